@@ -1,1 +1,14 @@
+//! The edupool scheduler.
+//!
+//! - `state`: the replicated state machine (pure: commands in, effects out).
+//! - `planner`: pure placement decisions over the state.
+//! - `raft`: the replicated log (raft-rs), its durable storage and driver task.
+//! - `api`: the gRPC services (jobs, admin, agents), authentication and the
+//!   one place where errors become gRPC statuses.
+//! - `sessions`: the leader's view of connected agents (observed state).
+//! - `control`: leader-only loops: planning, node liveness, effect delivery.
+//! - `server`: `run(config, shutdown)`, which wires all of the above.
+//! - `dev`: the one-process dev pool and its sample workloads.
 
+pub mod planner;
+pub mod state;

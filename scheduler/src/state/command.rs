@@ -1,0 +1,129 @@
+//! Commands (the log's entries), their outcomes, effects and rejections.
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::types::{GpuInfo, JobId, JobSpec, Millis};
+
+/// Every change to the pool. Commands are appended to the replicated log
+/// and applied in order on every replica.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    CreateTenant {
+        name: String,
+        token_hash: String,
+    },
+    SubmitJob {
+        tenant: String,
+        spec: JobSpec,
+    },
+    /// `tenant: None` is an admin acting on any tenant's job.
+    CancelJob {
+        tenant: Option<String>,
+        job: JobId,
+        reason: String,
+    },
+    /// An agent opened a session and reported its GPUs.
+    NodeConnected {
+        node: String,
+        gpus: Vec<GpuInfo>,
+        agent_version: String,
+    },
+    /// An agent's session ended; its jobs are presumed still running.
+    NodeDisconnected { node: String },
+    /// An agent was gone longer than the timeout.
+    NodeLost { node: String },
+    SetNodeSchedulable {
+        node: String,
+        cordoned: bool,
+        draining: bool,
+    },
+    /// A planner decision: run the job on these GPUs of the node.
+    PlaceJob {
+        job: JobId,
+        node: String,
+        gpus: Vec<String>,
+    },
+    JobStarted {
+        node: String,
+        job: JobId,
+        started_at: Millis,
+    },
+    JobExited {
+        node: String,
+        job: JobId,
+        exit_code: Option<i32>,
+        reason: String,
+        finished_at: Millis,
+    },
+    /// The node's agent no longer has a job the log placed there.
+    JobVanished {
+        node: String,
+        job: JobId,
+        reason: String,
+    },
+}
+
+/// What a command produced, for the proposer's reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    None,
+    Tenant(String),
+    Job(JobId),
+    Node(String),
+}
+
+/// Orders for the edges. Only the leader delivers them; every replica
+/// computes them, so they stay a pure function of the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    StartJob {
+        node: String,
+        job: JobId,
+    },
+    StopJob {
+        node: String,
+        job: JobId,
+        grace_secs: u64,
+        reason: String,
+    },
+    /// The exit is recorded; the agent may drop its record of the job.
+    ForgetJob {
+        node: String,
+        job: JobId,
+    },
+    /// The job's record changed (for watchers).
+    JobChanged(JobId),
+}
+
+/// Why a command changed nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Error)]
+pub enum Rejection {
+    #[error("tenant '{0}' already exists")]
+    TenantExists(String),
+    #[error("tenant '{0}' does not exist")]
+    UnknownTenant(String),
+    #[error("job {0} does not exist")]
+    UnknownJob(JobId),
+    #[error("node '{0}' does not exist")]
+    UnknownNode(String),
+    #[error("job {job} has already finished ({state})")]
+    JobFinished { job: JobId, state: &'static str },
+    #[error("the pool has no nodes yet, so no job can be placed; start an agent first")]
+    PoolEmpty,
+    #[error(
+        "job asks for {requested} GPUs on one node, but the largest node in the pool has {largest}"
+    )]
+    NoNodeCanHold { requested: u32, largest: u32 },
+    #[error("job {job} is {state}, not pending")]
+    NotPending { job: JobId, state: &'static str },
+    #[error("node '{node}' cannot take job {job}: {why}")]
+    BadPlacement {
+        job: JobId,
+        node: String,
+        why: String,
+    },
+    #[error("job {job} is not placed on node '{node}'")]
+    NotOnNode { job: JobId, node: String },
+}

@@ -1,0 +1,406 @@
+//! Exact effects of each command.
+
+use super::tests_support::*;
+use super::*;
+
+fn place(s: &mut State, job: JobId, node_name: &str, gpus: Vec<String>) -> Applied {
+    s.apply(
+        Command::PlaceJob {
+            job,
+            node: node_name.into(),
+            gpus,
+        },
+        2_000,
+    )
+}
+
+fn pool() -> State {
+    let mut s = State::default();
+    tenant(&mut s, "zju");
+    tenant(&mut s, "hdu");
+    node(&mut s, "n1", 4);
+    s
+}
+
+#[test]
+fn submit_assigns_ids_in_log_order_and_queues() {
+    let mut s = pool();
+    let (out, effects) = apply_ok(
+        &mut s,
+        Command::SubmitJob {
+            tenant: "zju".into(),
+            spec: spec(2, JobClass::Batch),
+        },
+    );
+    assert_eq!(out, Outcome::Job(JobId(1)));
+    assert_eq!(effects, vec![Effect::JobChanged(JobId(1))]);
+    let job = s.job(JobId(1)).unwrap();
+    assert_eq!(job.state, JobState::Pending);
+    assert_eq!(job.submitted_at, 1_000);
+    assert_eq!(job.attempt, 1);
+    assert_eq!(submit(&mut s, "hdu", 1, JobClass::Batch), JobId(2));
+    assert_eq!(s.pending_jobs().count(), 2);
+}
+
+#[test]
+fn submit_rejections_change_nothing() {
+    let mut empty = State::default();
+    tenant(&mut empty, "zju");
+    let before = empty.clone();
+    let cmd = |t: &str, g| Command::SubmitJob {
+        tenant: t.into(),
+        spec: spec(g, JobClass::Batch),
+    };
+    assert_eq!(empty.apply(cmd("zju", 1), 0), Err(Rejection::PoolEmpty));
+    assert_eq!(empty, before);
+
+    let mut s = pool();
+    let before = s.clone();
+    assert_eq!(
+        s.apply(cmd("zju", 5), 0),
+        Err(Rejection::NoNodeCanHold {
+            requested: 5,
+            largest: 4
+        })
+    );
+    assert_eq!(
+        s.apply(cmd("nobody", 1), 0),
+        Err(Rejection::UnknownTenant("nobody".into()))
+    );
+    assert_eq!(s, before);
+}
+
+#[test]
+fn create_tenant_twice_is_rejected() {
+    let mut s = pool();
+    let before = s.clone();
+    let r = s.apply(
+        Command::CreateTenant {
+            name: "zju".into(),
+            token_hash: "other".into(),
+        },
+        0,
+    );
+    assert_eq!(r, Err(Rejection::TenantExists("zju".into())));
+    assert_eq!(s, before);
+    assert_eq!(s.tenant_by_token_hash("hash-of-zju"), Some("zju"));
+    assert_eq!(s.tenant_by_token_hash("other"), None);
+}
+
+#[test]
+fn place_emits_start_and_holds_gpus() {
+    let mut s = pool();
+    let j = submit(&mut s, "zju", 2, JobClass::Batch);
+    let (_, effects) = place(&mut s, j, "n1", vec![uuid("n1", 1), uuid("n1", 3)]).unwrap();
+    assert_eq!(
+        effects,
+        vec![
+            Effect::StartJob {
+                node: "n1".into(),
+                job: j
+            },
+            Effect::JobChanged(j)
+        ]
+    );
+    let job = s.job(j).unwrap();
+    assert_eq!(job.state, JobState::Assigned);
+    assert_eq!(job.node.as_deref(), Some("n1"));
+    assert_eq!(s.node("n1").unwrap().free_gpus().count(), 2);
+    assert_eq!(s.pending_jobs().count(), 0);
+}
+
+#[test]
+fn a_gpu_is_never_given_twice() {
+    let mut s = pool();
+    let a = submit(&mut s, "zju", 1, JobClass::Batch);
+    let b = submit(&mut s, "hdu", 1, JobClass::Batch);
+    place(&mut s, a, "n1", vec![uuid("n1", 0)]).unwrap();
+    let before = s.clone();
+    let r = place(&mut s, b, "n1", vec![uuid("n1", 0)]);
+    assert_eq!(
+        r,
+        Err(Rejection::BadPlacement {
+            job: b,
+            node: "n1".into(),
+            why: format!("GPU {} is held by {a}", uuid("n1", 0)),
+        })
+    );
+    assert_eq!(s, before);
+    // Placing the same job again is rejected too.
+    assert!(matches!(
+        place(&mut s, a, "n1", vec![uuid("n1", 1)]),
+        Err(Rejection::NotPending { .. })
+    ));
+    // Wrong count and duplicates.
+    assert!(place(&mut s, b, "n1", vec![uuid("n1", 1), uuid("n1", 2)]).is_err());
+    let c = submit(&mut s, "hdu", 2, JobClass::Batch);
+    assert!(place(&mut s, c, "n1", vec![uuid("n1", 1), uuid("n1", 1)]).is_err());
+}
+
+#[test]
+fn start_then_exit_ends_the_job_and_frees_gpus() {
+    let mut s = pool();
+    let j = submit(&mut s, "zju", 2, JobClass::Batch);
+    place(&mut s, j, "n1", vec![uuid("n1", 0), uuid("n1", 1)]).unwrap();
+    let (_, e) = s
+        .apply(
+            Command::JobStarted {
+                node: "n1".into(),
+                job: j,
+                started_at: 3_000,
+            },
+            3_001,
+        )
+        .unwrap();
+    assert_eq!(e, vec![Effect::JobChanged(j)]);
+    assert_eq!(s.job(j).unwrap().state, JobState::Running);
+    let (_, e) = s
+        .apply(
+            Command::JobExited {
+                node: "n1".into(),
+                job: j,
+                exit_code: Some(0),
+                reason: String::new(),
+                finished_at: 9_000,
+            },
+            9_001,
+        )
+        .unwrap();
+    assert_eq!(
+        e,
+        vec![
+            Effect::ForgetJob {
+                node: "n1".into(),
+                job: j
+            },
+            Effect::JobChanged(j)
+        ]
+    );
+    let job = s.job(j).unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(job.exit_code, Some(0));
+    assert_eq!((job.started_at, job.finished_at), (Some(3_000), Some(9_000)));
+    assert_eq!(s.node("n1").unwrap().free_gpus().count(), 4);
+
+    // A repeated report changes nothing but still lets the agent forget.
+    let before = s.clone();
+    let (out, e) = s
+        .apply(
+            Command::JobExited {
+                node: "n1".into(),
+                job: j,
+                exit_code: Some(0),
+                reason: String::new(),
+                finished_at: 9_000,
+            },
+            9_500,
+        )
+        .unwrap();
+    assert_eq!(out, Outcome::None);
+    assert_eq!(
+        e,
+        vec![Effect::ForgetJob {
+            node: "n1".into(),
+            job: j
+        }]
+    );
+    assert_eq!(s, before);
+}
+
+#[test]
+fn nonzero_exit_is_failed_with_code() {
+    let mut s = pool();
+    let j = submit(&mut s, "zju", 1, JobClass::Batch);
+    place(&mut s, j, "n1", vec![uuid("n1", 0)]).unwrap();
+    s.apply(
+        Command::JobExited {
+            node: "n1".into(),
+            job: j,
+            exit_code: Some(3),
+            reason: String::new(),
+            finished_at: 5,
+        },
+        5,
+    )
+    .unwrap();
+    let job = s.job(j).unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.exit_code, Some(3));
+    assert_eq!(job.reason, "exited with code 3");
+}
+
+#[test]
+fn cancel_pending_running_and_finished() {
+    let mut s = pool();
+    let p = submit(&mut s, "zju", 1, JobClass::Batch);
+    let (_, e) = s
+        .apply(
+            Command::CancelJob {
+                tenant: Some("zju".into()),
+                job: p,
+                reason: String::new(),
+            },
+            7,
+        )
+        .unwrap();
+    assert_eq!(e, vec![Effect::JobChanged(p)]);
+    assert_eq!(s.job(p).unwrap().state, JobState::Cancelled);
+    assert_eq!(s.pending_jobs().count(), 0);
+
+    let r = submit(&mut s, "zju", 1, JobClass::Batch);
+    place(&mut s, r, "n1", vec![uuid("n1", 2)]).unwrap();
+    // Another tenant cannot see it, let alone cancel it.
+    let before = s.clone();
+    assert_eq!(
+        s.apply(
+            Command::CancelJob {
+                tenant: Some("hdu".into()),
+                job: r,
+                reason: String::new()
+            },
+            8
+        ),
+        Err(Rejection::UnknownJob(r))
+    );
+    assert_eq!(s, before);
+    let (_, e) = s
+        .apply(
+            Command::CancelJob {
+                tenant: None,
+                job: r,
+                reason: "maintenance".into(),
+            },
+            8,
+        )
+        .unwrap();
+    assert_eq!(
+        e,
+        vec![
+            Effect::StopJob {
+                node: "n1".into(),
+                job: r,
+                grace_secs: 5,
+                reason: "cancelled: maintenance".into()
+            },
+            Effect::JobChanged(r)
+        ]
+    );
+    assert_eq!(s.job(r).unwrap().state, JobState::Cancelling);
+    s.apply(
+        Command::JobExited {
+            node: "n1".into(),
+            job: r,
+            exit_code: None,
+            reason: "terminated by signal 15".into(),
+            finished_at: 9,
+        },
+        9,
+    )
+    .unwrap();
+    assert_eq!(s.job(r).unwrap().state, JobState::Cancelled);
+    assert_eq!(s.job(r).unwrap().reason, "cancelled: maintenance");
+    assert!(matches!(
+        s.apply(
+            Command::CancelJob {
+                tenant: None,
+                job: r,
+                reason: String::new()
+            },
+            10
+        ),
+        Err(Rejection::JobFinished { .. })
+    ));
+}
+
+#[test]
+fn node_loss_requeues_within_retries_then_loses() {
+    let mut s = pool();
+    let j = submit(&mut s, "zju", 1, JobClass::Batch); // max_retries 1
+    let f = s
+        .apply(
+            Command::SubmitJob {
+                tenant: "zju".into(),
+                spec: JobSpec {
+                    on_node_lost: OnNodeLost::Fail,
+                    ..spec(1, JobClass::Batch)
+                },
+            },
+            1,
+        )
+        .map(|(o, _)| match o {
+            Outcome::Job(id) => id,
+            _ => unreachable!(),
+        })
+        .unwrap();
+    place(&mut s, j, "n1", vec![uuid("n1", 0)]).unwrap();
+    place(&mut s, f, "n1", vec![uuid("n1", 1)]).unwrap();
+    apply_ok(&mut s, Command::NodeDisconnected { node: "n1".into() });
+    assert_eq!(s.node("n1").unwrap().status, NodeStatus::Down);
+    assert_eq!(s.job(j).unwrap().state, JobState::Assigned, "kept while down");
+    let (_, e) = apply_ok(&mut s, Command::NodeLost { node: "n1".into() });
+    assert_eq!(e, vec![Effect::JobChanged(j), Effect::JobChanged(f)]);
+    let job = s.job(j).unwrap();
+    assert_eq!(job.state, JobState::Pending);
+    assert_eq!(job.attempt, 2);
+    assert_eq!(job.reason, "node n1 was lost; requeued (attempt 2)");
+    assert_eq!(s.job(f).unwrap().state, JobState::Lost);
+
+    // The node comes back; the job runs again and is lost again: no retries left.
+    node(&mut s, "n1", 4);
+    place(&mut s, j, "n1", vec![uuid("n1", 0)]).unwrap();
+    apply_ok(&mut s, Command::NodeDisconnected { node: "n1".into() });
+    apply_ok(&mut s, Command::NodeLost { node: "n1".into() });
+    assert_eq!(s.job(j).unwrap().state, JobState::Lost);
+    assert_eq!(s.node("n1").unwrap().free_gpus().count(), 4);
+}
+
+#[test]
+fn reconnect_before_loss_keeps_jobs() {
+    let mut s = pool();
+    let j = submit(&mut s, "zju", 1, JobClass::Batch);
+    place(&mut s, j, "n1", vec![uuid("n1", 0)]).unwrap();
+    apply_ok(&mut s, Command::NodeDisconnected { node: "n1".into() });
+    node(&mut s, "n1", 4);
+    let (_, e) = apply_ok(&mut s, Command::NodeLost { node: "n1".into() });
+    assert!(e.is_empty());
+    assert_eq!(s.job(j).unwrap().state, JobState::Assigned);
+    assert_eq!(s.node("n1").unwrap().gpus[0].assigned, Some(j));
+}
+
+#[test]
+fn vanished_job_is_requeued() {
+    let mut s = pool();
+    let j = submit(&mut s, "zju", 1, JobClass::Batch);
+    place(&mut s, j, "n1", vec![uuid("n1", 0)]).unwrap();
+    let (out, e) = apply_ok(
+        &mut s,
+        Command::JobVanished {
+            node: "n1".into(),
+            job: j,
+            reason: "the agent no longer has it".into(),
+        },
+    );
+    assert_eq!(out, Outcome::Job(j));
+    assert_eq!(e, vec![Effect::JobChanged(j)]);
+    assert_eq!(s.job(j).unwrap().state, JobState::Pending);
+}
+
+#[test]
+fn same_log_same_state() {
+    let run = || {
+        let mut s = pool();
+        let a = submit(&mut s, "zju", 2, JobClass::Training);
+        for d in crate::planner::plan(&s) {
+            apply_ok(
+                &mut s,
+                Command::PlaceJob {
+                    job: d.job,
+                    node: d.node,
+                    gpus: d.gpus,
+                },
+            );
+        }
+        (a, serde_json::to_string(&s).unwrap())
+    };
+    assert_eq!(run(), run());
+}

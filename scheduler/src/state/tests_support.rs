@@ -1,0 +1,72 @@
+//! Builders shared by the core's unit tests.
+
+use super::*;
+
+pub fn apply_ok(s: &mut State, cmd: Command) -> (Outcome, Vec<Effect>) {
+    s.apply(cmd.clone(), 1_000)
+        .unwrap_or_else(|e| panic!("{cmd:?} rejected: {e}"))
+}
+
+pub fn uuid(node: &str, i: u32) -> String {
+    format!("GPU-{node}-{i}")
+}
+
+pub fn tenant(s: &mut State, name: &str) {
+    apply_ok(
+        s,
+        Command::CreateTenant {
+            name: name.into(),
+            token_hash: format!("hash-of-{name}"),
+        },
+    );
+}
+
+pub fn gpus(node: &str, n: u32) -> Vec<GpuInfo> {
+    (0..n)
+        .map(|i| GpuInfo {
+            uuid: uuid(node, i),
+            index: i,
+            model: "A100-80GB".into(),
+            memory_bytes: 80 << 30,
+            healthy: true,
+        })
+        .collect()
+}
+
+pub fn node(s: &mut State, name: &str, n: u32) {
+    apply_ok(
+        s,
+        Command::NodeConnected {
+            node: name.into(),
+            gpus: gpus(name, n),
+            agent_version: "test".into(),
+        },
+    );
+}
+
+pub fn spec(gpus: u32, class: JobClass) -> JobSpec {
+    JobSpec {
+        name: "job".into(),
+        command: vec!["true".into()],
+        env: Default::default(),
+        gpus,
+        class,
+        walltime_secs: 3600,
+        grace_period_secs: 5,
+        on_node_lost: OnNodeLost::Requeue,
+        max_retries: 1,
+    }
+}
+
+pub fn submit(s: &mut State, tenant: &str, gpus: u32, class: JobClass) -> JobId {
+    match apply_ok(
+        s,
+        Command::SubmitJob {
+            tenant: tenant.into(),
+            spec: spec(gpus, class),
+        },
+    ) {
+        (Outcome::Job(id), _) => id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
