@@ -11,4 +11,5 @@
 //! - `dev`: the one-process dev pool and its sample workloads.
 
 pub mod planner;
+pub mod raft;
 pub mod state;
