@@ -10,6 +10,10 @@
 //! - `server`: `run(config, shutdown)`, which wires all of the above.
 //! - `dev`: the one-process dev pool and its sample workloads.
 
+pub mod api;
+pub mod control;
 pub mod planner;
 pub mod raft;
+pub mod server;
+pub mod sessions;
 pub mod state;

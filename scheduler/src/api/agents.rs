@@ -1,0 +1,236 @@
+//! `AgentService`: one bidirectional session per node.
+//!
+//! The agent opens with `AgentHello` (inventory and every job it holds);
+//! the handler records the node, reconciles the agent's jobs with what the
+//! log says should run there, then turns the agent's reports into commands
+//! and forwards log answers. Orders go down through `Sessions`.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::time::Duration;
+
+use edupool_proto::v1 as pb;
+use edupool_proto::v1::agent_message::Msg as Up;
+use edupool_proto::v1::agent_service_server::AgentService;
+use edupool_proto::v1::scheduler_message::Msg as Down;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::{self, truncate};
+use super::{status, Auth, Caller};
+use crate::control::{now_millis, start_message, stop_message};
+use crate::raft::{ProposeError, Replica};
+use crate::sessions::{Hello, Sessions};
+use crate::state::{Command, JobId, JobState};
+
+#[derive(Clone)]
+pub struct Agents {
+    pub replica: Replica,
+    pub auth: Auth,
+    pub sessions: Sessions,
+    pub heartbeat: Duration,
+    pub scheduler_id: String,
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+type Orders = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AgentService for Agents {
+    type SessionStream = Orders;
+
+    async fn session(
+        &self,
+        req: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Orders>, Status> {
+        if self.auth.caller(&req)? != Caller::Agent {
+            return Err(Status::permission_denied(
+                "agent sessions need the agent token",
+            ));
+        }
+        if !self.replica.leadership().borrow().is_leader {
+            return Err(status(ProposeError::NotLeader {
+                leader: self.replica.leadership().borrow().leader_id,
+            }));
+        }
+        let mut inbound = req.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(pb::AgentMessage {
+                msg: Some(Up::Hello(h)),
+            })) => h,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an agent session must start with AgentHello",
+                ))
+            }
+        };
+        let gpus = convert::inventory(&hello.node_name, hello.gpus)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let node = hello.node_name;
+        let (tx, rx) = mpsc::channel(1024);
+        let _ = tx.try_send(pb::SchedulerMessage {
+            msg: Some(Down::Welcome(pb::Welcome {
+                scheduler_id: self.scheduler_id.clone(),
+                heartbeat_interval_ms: self.heartbeat.as_millis() as u64,
+            })),
+        });
+        let agent_version = truncate(&hello.agent_version);
+        let inventory = Hello {
+            gpus: gpus.clone(),
+            agent_version: agent_version.clone(),
+        };
+        let session = self.sessions.open(&node, inventory, tx, now_millis());
+        self.replica
+            .propose(Command::NodeConnected {
+                node: node.clone(),
+                gpus,
+                agent_version,
+            })
+            .await
+            .map_err(|e| {
+                self.sessions.close(&node, session);
+                status(e)
+            })?;
+        tracing::info!(node, session, jobs = hello.jobs.len(), "agent connected");
+        let me = self.clone();
+        self.tasks.spawn(async move {
+            me.reconcile(&node, hello.jobs).await;
+            me.serve(&node, session, inbound).await;
+            if me.sessions.close(&node, session) {
+                tracing::info!(node, session, "agent disconnected");
+                if let Err(e) = me
+                    .replica
+                    .propose(Command::NodeDisconnected { node: node.clone() })
+                    .await
+                {
+                    tracing::warn!(node, "could not record the disconnect: {e}");
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(Ok))))
+    }
+}
+
+impl Agents {
+    /// Closes the gap between what the agent holds and what the log says
+    /// should run on its node.
+    async fn reconcile(&self, node: &str, reports: Vec<pb::JobReport>) {
+        let mut held: BTreeMap<JobId, pb::JobReport> = BTreeMap::new();
+        for r in reports {
+            match r.job_id.parse::<JobId>() {
+                Ok(id) => {
+                    held.insert(id, r);
+                }
+                Err(e) => tracing::warn!(node, "agent holds a job with a bad id: {e}"),
+            }
+        }
+        for (id, report) in &held {
+            self.on_report(node, *id, report.clone()).await;
+        }
+        let placed: Vec<(JobId, JobState)> = self
+            .replica
+            .read(|s| s.jobs_on(node).map(|j| (j.id, j.state)).collect());
+        for (id, state) in placed {
+            let report = held.get(&id);
+            match (state, report) {
+                (JobState::Assigned, None) => {
+                    if let Some(m) = self.replica.read(|s| start_message(s, id)) {
+                        self.sessions.send(node, m);
+                    }
+                }
+                (JobState::Running | JobState::Cancelling, None) => {
+                    self.propose(Command::JobVanished {
+                        node: node.to_string(),
+                        job: id,
+                        reason: format!("the agent on {node} no longer has the job"),
+                    })
+                    .await;
+                }
+                (JobState::Cancelling, Some(r)) if r.running => {
+                    if let Some(m) = self.replica.read(|s| stop_message(s, id)) {
+                        self.sessions.send(node, m);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn serve(&self, node: &str, session: u64, mut inbound: Streaming<pb::AgentMessage>) {
+        loop {
+            let msg = match inbound.next().await {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
+                    tracing::info!(node, "agent session ended: {}", e.message());
+                    return;
+                }
+                None => return,
+            };
+            self.sessions.touch(node, session, now_millis());
+            match msg.msg {
+                Some(Up::Job(r)) => match r.job_id.parse::<JobId>() {
+                    Ok(id) => self.on_report(node, id, r).await,
+                    Err(e) => tracing::warn!(node, "bad job report: {e}"),
+                },
+                Some(Up::Log(chunk)) => self.sessions.log_answer(chunk),
+                Some(Up::Heartbeat(_)) => {}
+                Some(Up::Hello(_)) | None => {
+                    tracing::warn!(node, "unexpected message in an open session");
+                }
+            }
+        }
+    }
+
+    async fn on_report(&self, node: &str, id: JobId, r: pb::JobReport) {
+        let placed_here = self.replica.read(|s| {
+            s.job(id)
+                .is_some_and(|j| j.state.is_placed() && j.node.as_deref() == Some(node))
+        });
+        if r.running {
+            if placed_here {
+                self.propose(Command::JobStarted {
+                    node: node.to_string(),
+                    job: id,
+                    started_at: r.started_at_ms,
+                })
+                .await;
+            } else {
+                // Running where the log did not put it (it was requeued
+                // while the node was away, or cancelled): stop it.
+                self.sessions.send(
+                    node,
+                    pb::SchedulerMessage {
+                        msg: Some(Down::Stop(pb::StopJob {
+                            job_id: id.to_string(),
+                            grace_period_seconds: 10,
+                            reason: "the job is no longer assigned to this node".into(),
+                        })),
+                    },
+                );
+            }
+            return;
+        }
+        let reason = if r.reason.is_empty() && !r.has_exit_code && r.signal != 0 {
+            format!("killed by signal {}", r.signal)
+        } else {
+            truncate(&r.reason)
+        };
+        self.propose(Command::JobExited {
+            node: node.to_string(),
+            job: id,
+            exit_code: r.has_exit_code.then_some(r.exit_code),
+            reason,
+            finished_at: r.finished_at_ms,
+        })
+        .await;
+    }
+
+    async fn propose(&self, cmd: Command) {
+        if let Err(e) = self.replica.propose(cmd.clone()).await {
+            tracing::debug!(?cmd, "agent report not applied: {e}");
+        }
+    }
+}

@@ -1,0 +1,458 @@
+//! Conversions between the wire types (`edupool_proto::v1`) and the domain,
+//! and validation of what callers send. Nothing past this module sees a
+//! protobuf type.
+
+use std::collections::BTreeMap;
+
+use edupool_proto::v1 as pb;
+use thiserror::Error;
+
+use crate::state::{
+    GpuInfo, Job, JobClass, JobSpec, JobState, Millis, Node, NodeStatus, OnNodeLost,
+};
+
+/// Bounds on what a job spec may hold, and the pool's defaults.
+#[derive(Clone, Debug)]
+pub struct JobLimits {
+    pub max_gpus: u32,
+    pub default_walltime_secs: u64,
+    pub max_walltime_secs: u64,
+    pub default_grace_secs: u64,
+    pub max_grace_secs: u64,
+    pub default_max_retries: u32,
+}
+
+impl Default for JobLimits {
+    fn default() -> Self {
+        JobLimits {
+            max_gpus: 1024,
+            default_walltime_secs: 24 * 3600,
+            max_walltime_secs: 30 * 24 * 3600,
+            default_grace_secs: 30,
+            max_grace_secs: 3600,
+            default_max_retries: 3,
+        }
+    }
+}
+
+pub const MAX_NAME_LEN: usize = 128;
+pub const MAX_ARGS: usize = 1024;
+pub const MAX_COMMAND_BYTES: usize = 64 * 1024;
+pub const MAX_ENV_VARS: usize = 256;
+pub const MAX_ENV_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SpecError {
+    #[error("the job spec is missing")]
+    Missing,
+    #[error("the command is empty: give the program to run and its arguments")]
+    EmptyCommand,
+    #[error("the program name (command[0]) is empty")]
+    EmptyProgram,
+    #[error("command argument {index} contains a NUL byte")]
+    NulInArgument { index: usize },
+    #[error("the command has {count} arguments; at most {MAX_ARGS} are allowed")]
+    TooManyArgs { count: usize },
+    #[error("the command is {bytes} bytes long; at most {MAX_COMMAND_BYTES} are allowed")]
+    CommandTooLong { bytes: usize },
+    #[error("a job needs at least 1 GPU (gpus was 0)")]
+    ZeroGpus,
+    #[error("a job may ask for at most {max} GPUs; it asked for {requested}")]
+    TooManyGpus { requested: u32, max: u32 },
+    #[error("unknown job class {0}; use inference, training, batch or scavenger")]
+    UnknownClass(i32),
+    #[error("unknown on_node_lost value {0}; use requeue or fail")]
+    UnknownOnNodeLost(i32),
+    #[error("walltime of {secs}s is over the pool's limit of {max}s")]
+    WalltimeTooLong { secs: u64, max: u64 },
+    #[error("grace period of {secs}s is over the pool's limit of {max}s")]
+    GraceTooLong { secs: u64, max: u64 },
+    #[error("invalid job name '{0}': use at most {MAX_NAME_LEN} letters, digits, '-', '_' or '.'")]
+    BadName(String),
+    #[error("invalid environment variable name '{0}': use letters, digits and '_', not starting with a digit")]
+    BadEnvName(String),
+    #[error("environment variable {0} is reserved for edupool")]
+    ReservedEnv(String),
+    #[error("environment variable {0} contains a NUL byte")]
+    NulInEnv(String),
+    #[error("the environment has {count} variables ({bytes} bytes); at most {MAX_ENV_VARS} variables and {MAX_ENV_BYTES} bytes are allowed")]
+    EnvTooLarge { count: usize, bytes: usize },
+}
+
+/// Checks a submitted spec and fills in the pool's defaults.
+pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec, SpecError> {
+    let spec = spec.ok_or(SpecError::Missing)?;
+    check_command(&spec.command)?;
+    if spec.gpus == 0 {
+        return Err(SpecError::ZeroGpus);
+    }
+    if spec.gpus > limits.max_gpus {
+        return Err(SpecError::TooManyGpus {
+            requested: spec.gpus,
+            max: limits.max_gpus,
+        });
+    }
+    if !spec.name.is_empty() && !valid_name(&spec.name) {
+        return Err(SpecError::BadName(truncate(&spec.name)));
+    }
+    let env = check_env(spec.env)?;
+    let class = match pb::JobClass::try_from(spec.class) {
+        Ok(pb::JobClass::Unspecified | pb::JobClass::Batch) => JobClass::Batch,
+        Ok(pb::JobClass::Inference) => JobClass::Inference,
+        Ok(pb::JobClass::Training) => JobClass::Training,
+        Ok(pb::JobClass::Scavenger) => JobClass::Scavenger,
+        Err(_) => return Err(SpecError::UnknownClass(spec.class)),
+    };
+    let on_node_lost = match pb::OnNodeLost::try_from(spec.on_node_lost) {
+        Ok(pb::OnNodeLost::Unspecified | pb::OnNodeLost::Requeue) => OnNodeLost::Requeue,
+        Ok(pb::OnNodeLost::Fail) => OnNodeLost::Fail,
+        Err(_) => return Err(SpecError::UnknownOnNodeLost(spec.on_node_lost)),
+    };
+    let walltime_secs = or_default(spec.walltime_seconds, limits.default_walltime_secs);
+    if walltime_secs > limits.max_walltime_secs {
+        return Err(SpecError::WalltimeTooLong {
+            secs: walltime_secs,
+            max: limits.max_walltime_secs,
+        });
+    }
+    let grace_period_secs = or_default(spec.grace_period_seconds, limits.default_grace_secs);
+    if grace_period_secs > limits.max_grace_secs {
+        return Err(SpecError::GraceTooLong {
+            secs: grace_period_secs,
+            max: limits.max_grace_secs,
+        });
+    }
+    let max_retries = match spec.max_retries {
+        0 => limits.default_max_retries,
+        n => n,
+    };
+    Ok(JobSpec {
+        name: spec.name,
+        command: spec.command,
+        env,
+        gpus: spec.gpus,
+        class,
+        walltime_secs,
+        grace_period_secs,
+        on_node_lost,
+        max_retries,
+    })
+}
+
+fn or_default(v: u64, default: u64) -> u64 {
+    if v == 0 {
+        default
+    } else {
+        v
+    }
+}
+
+fn check_command(command: &[String]) -> Result<(), SpecError> {
+    let first = command.first().ok_or(SpecError::EmptyCommand)?;
+    if first.is_empty() {
+        return Err(SpecError::EmptyProgram);
+    }
+    if command.len() > MAX_ARGS {
+        return Err(SpecError::TooManyArgs {
+            count: command.len(),
+        });
+    }
+    let bytes: usize = command.iter().map(String::len).sum();
+    if bytes > MAX_COMMAND_BYTES {
+        return Err(SpecError::CommandTooLong { bytes });
+    }
+    if let Some(index) = command.iter().position(|a| a.contains('\0')) {
+        return Err(SpecError::NulInArgument { index });
+    }
+    Ok(())
+}
+
+fn check_env(env: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, SpecError> {
+    let bytes: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if env.len() > MAX_ENV_VARS || bytes > MAX_ENV_BYTES {
+        return Err(SpecError::EnvTooLarge {
+            count: env.len(),
+            bytes,
+        });
+    }
+    let mut out = BTreeMap::new();
+    for (k, v) in env {
+        let ok = !k.is_empty()
+            && !k.starts_with(|c: char| c.is_ascii_digit())
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(SpecError::BadEnvName(truncate(&k)));
+        }
+        if k.starts_with("EDUPOOL_") || k == "CUDA_VISIBLE_DEVICES" {
+            return Err(SpecError::ReservedEnv(k));
+        }
+        if v.contains('\0') {
+            return Err(SpecError::NulInEnv(k));
+        }
+        out.insert(k, v);
+    }
+    Ok(out)
+}
+
+/// Names of jobs and nodes: letters, digits, '-', '_', '.'.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Tenant names: 1-63 lower-case letters, digits and '-', starting with a letter.
+pub fn valid_tenant_name(s: &str) -> bool {
+    (1..=63).contains(&s.len())
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Shortens hostile input before it is echoed back in an error.
+pub fn truncate(s: &str) -> String {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s.escape_debug().to_string();
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", s[..end].escape_debug())
+}
+
+pub fn job(j: &Job) -> pb::Job {
+    pb::Job {
+        id: j.id.to_string(),
+        tenant: j.tenant.clone(),
+        spec: Some(spec(&j.spec)),
+        state: job_state(j.state) as i32,
+        node: j.node.clone().unwrap_or_default(),
+        gpu_uuids: j.gpus.clone(),
+        exit_code: j.exit_code.unwrap_or(0),
+        has_exit_code: j.exit_code.is_some(),
+        reason: j.reason.clone(),
+        submitted_at_ms: j.submitted_at,
+        started_at_ms: j.started_at.unwrap_or(0),
+        finished_at_ms: j.finished_at.unwrap_or(0),
+        attempt: j.attempt,
+    }
+}
+
+pub fn spec(s: &JobSpec) -> pb::JobSpec {
+    pb::JobSpec {
+        name: s.name.clone(),
+        command: s.command.clone(),
+        env: s.env.clone().into_iter().collect(),
+        gpus: s.gpus,
+        class: job_class(s.class) as i32,
+        walltime_seconds: s.walltime_secs,
+        grace_period_seconds: s.grace_period_secs,
+        on_node_lost: match s.on_node_lost {
+            OnNodeLost::Requeue => pb::OnNodeLost::Requeue,
+            OnNodeLost::Fail => pb::OnNodeLost::Fail,
+        } as i32,
+        max_retries: s.max_retries,
+    }
+}
+
+pub fn job_class(c: JobClass) -> pb::JobClass {
+    match c {
+        JobClass::Inference => pb::JobClass::Inference,
+        JobClass::Training => pb::JobClass::Training,
+        JobClass::Batch => pb::JobClass::Batch,
+        JobClass::Scavenger => pb::JobClass::Scavenger,
+    }
+}
+
+pub fn job_state(s: JobState) -> pb::JobState {
+    match s {
+        JobState::Pending => pb::JobState::Pending,
+        JobState::Assigned => pb::JobState::Assigned,
+        JobState::Running => pb::JobState::Running,
+        JobState::Cancelling => pb::JobState::Cancelling,
+        JobState::Succeeded => pb::JobState::Succeeded,
+        JobState::Failed => pb::JobState::Failed,
+        JobState::Cancelled => pb::JobState::Cancelled,
+        JobState::Lost => pb::JobState::Lost,
+    }
+}
+
+pub fn parse_job_state(v: i32) -> Option<JobState> {
+    Some(match pb::JobState::try_from(v).ok()? {
+        pb::JobState::Unspecified => return None,
+        pb::JobState::Pending => JobState::Pending,
+        pb::JobState::Assigned => JobState::Assigned,
+        pb::JobState::Running => JobState::Running,
+        pb::JobState::Cancelling => JobState::Cancelling,
+        pb::JobState::Succeeded => JobState::Succeeded,
+        pb::JobState::Failed => JobState::Failed,
+        pb::JobState::Cancelled => JobState::Cancelled,
+        pb::JobState::Lost => JobState::Lost,
+    })
+}
+
+pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
+    pb::Node {
+        name: n.name.clone(),
+        status: match n.status {
+            NodeStatus::Ready => pb::NodeStatus::Ready,
+            NodeStatus::Down => pb::NodeStatus::Down,
+            NodeStatus::Lost => pb::NodeStatus::Lost,
+        } as i32,
+        cordoned: n.cordoned,
+        draining: n.draining,
+        gpus: n
+            .gpus
+            .iter()
+            .map(|g| pb::Gpu {
+                uuid: g.info.uuid.clone(),
+                index: g.info.index,
+                model: g.info.model.clone(),
+                memory_bytes: g.info.memory_bytes,
+                healthy: g.info.healthy,
+                assigned_job: g.assigned.map(|j| j.to_string()).unwrap_or_default(),
+            })
+            .collect(),
+        running_jobs,
+        last_seen_ms,
+        agent_version: n.agent_version.clone(),
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum InventoryError {
+    #[error("invalid node name '{0}': use letters, digits, '-', '_' or '.'")]
+    BadNodeName(String),
+    #[error("the agent reported {0} GPUs; at most 64 per node are supported")]
+    TooManyGpus(usize),
+    #[error("GPU {index} has an empty UUID")]
+    EmptyUuid { index: u32 },
+    #[error("GPU UUID {0} is reported twice")]
+    DuplicateUuid(String),
+}
+
+/// Checks an agent's inventory report.
+pub fn inventory(node_name: &str, gpus: Vec<pb::Gpu>) -> Result<Vec<GpuInfo>, InventoryError> {
+    if !valid_name(node_name) {
+        return Err(InventoryError::BadNodeName(truncate(node_name)));
+    }
+    if gpus.len() > 64 {
+        return Err(InventoryError::TooManyGpus(gpus.len()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    gpus.into_iter()
+        .map(|g| {
+            if g.uuid.is_empty() || g.uuid.len() > MAX_NAME_LEN {
+                return Err(InventoryError::EmptyUuid { index: g.index });
+            }
+            if !seen.insert(g.uuid.clone()) {
+                return Err(InventoryError::DuplicateUuid(truncate(&g.uuid)));
+            }
+            Ok(GpuInfo {
+                uuid: g.uuid,
+                index: g.index,
+                model: truncate(&g.model),
+                memory_bytes: g.memory_bytes,
+                healthy: g.healthy,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> pb::JobSpec {
+        pb::JobSpec {
+            command: vec!["python3".into(), "train.py".into()],
+            gpus: 2,
+            ..Default::default()
+        }
+    }
+
+    fn check(f: impl FnOnce(&mut pb::JobSpec)) -> Result<JobSpec, SpecError> {
+        let mut s = base();
+        f(&mut s);
+        job_spec(Some(s), &JobLimits::default())
+    }
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let s = check(|_| {}).unwrap();
+        assert_eq!(s.class, JobClass::Batch);
+        assert_eq!(s.walltime_secs, 24 * 3600);
+        assert_eq!(s.grace_period_secs, 30);
+        assert_eq!(s.on_node_lost, OnNodeLost::Requeue);
+        assert_eq!(s.max_retries, 3);
+    }
+
+    #[test]
+    fn bad_specs_get_precise_errors() {
+        assert_eq!(job_spec(None, &JobLimits::default()), Err(SpecError::Missing));
+        assert_eq!(check(|s| s.command.clear()), Err(SpecError::EmptyCommand));
+        assert_eq!(check(|s| s.command[0].clear()), Err(SpecError::EmptyProgram));
+        assert_eq!(check(|s| s.gpus = 0), Err(SpecError::ZeroGpus));
+        assert_eq!(
+            check(|s| s.gpus = u32::MAX),
+            Err(SpecError::TooManyGpus {
+                requested: u32::MAX,
+                max: 1024
+            })
+        );
+        assert_eq!(check(|s| s.class = 9), Err(SpecError::UnknownClass(9)));
+        assert_eq!(check(|s| s.on_node_lost = -1), Err(SpecError::UnknownOnNodeLost(-1)));
+        assert_eq!(
+            check(|s| s.command.push("a\0b".into())),
+            Err(SpecError::NulInArgument { index: 2 })
+        );
+        assert!(matches!(
+            check(|s| s.command = vec!["x".repeat(70_000)]),
+            Err(SpecError::CommandTooLong { .. })
+        ));
+        assert!(matches!(check(|s| s.name = "a b".into()), Err(SpecError::BadName(_))));
+        assert!(matches!(
+            check(|s| {
+                s.env.insert("1X".into(), "v".into());
+            }),
+            Err(SpecError::BadEnvName(_))
+        ));
+        assert!(matches!(
+            check(|s| {
+                s.env.insert("CUDA_VISIBLE_DEVICES".into(), "0".into());
+            }),
+            Err(SpecError::ReservedEnv(_))
+        ));
+        assert!(matches!(
+            check(|s| s.walltime_seconds = u64::MAX),
+            Err(SpecError::WalltimeTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn tenant_names() {
+        assert!(valid_tenant_name("zju"));
+        assert!(valid_tenant_name("lishui-no2-middle"));
+        assert!(!valid_tenant_name(""));
+        assert!(!valid_tenant_name("ZJU"));
+        assert!(!valid_tenant_name("1school"));
+        assert!(!valid_tenant_name(&"a".repeat(64)));
+    }
+
+    #[test]
+    fn inventory_checks() {
+        let g = |u: &str| pb::Gpu {
+            uuid: u.into(),
+            ..Default::default()
+        };
+        assert!(inventory("n1", vec![g("a"), g("b")]).is_ok());
+        assert_eq!(
+            inventory("n1", vec![g("a"), g("a")]),
+            Err(InventoryError::DuplicateUuid("a".into()))
+        );
+        assert!(matches!(inventory("bad name", vec![]), Err(InventoryError::BadNodeName(_))));
+    }
+}

@@ -1,0 +1,256 @@
+//! `JobService`: what tenants call. Every call is scoped to the caller's
+//! tenant; another tenant's job is reported as not found, never revealed.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use edupool_proto::v1 as pb;
+use edupool_proto::v1::job_service_server::JobService;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, JobLimits};
+use super::{status, Auth, Caller};
+use crate::raft::Replica;
+use crate::sessions::Sessions;
+use crate::state::{Command, Effect, Job, JobId, Outcome};
+
+const DEFAULT_LOG_CHUNK: u32 = 64 * 1024;
+const MAX_LOG_CHUNK: u32 = 1024 * 1024;
+const LOG_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct Jobs {
+    pub replica: Replica,
+    pub auth: Auth,
+    pub sessions: Sessions,
+    pub limits: JobLimits,
+    /// Watch streams run here, so shutdown can wait for them.
+    pub tasks: tokio_util::task::TaskTracker,
+}
+
+impl Jobs {
+    /// The job if the caller may see it; NOT_FOUND otherwise.
+    fn visible_job(&self, caller: &Caller, id: &str) -> Result<Job, Status> {
+        let scope = caller.tenant_scope()?;
+        let id: JobId = id.parse().map_err(Status::invalid_argument)?;
+        self.replica
+            .read(|s| s.job(id).cloned())
+            .filter(|j| scope.is_none_or(|t| j.tenant == t))
+            .ok_or_else(|| Status::not_found(format!("job {id} does not exist")))
+    }
+
+    fn job_reply(&self, id: JobId) -> Result<pb::Job, Status> {
+        self.replica
+            .read(|s| s.job(id).map(convert::job))
+            .ok_or_else(|| Status::internal(format!("job {id} vanished after it was written")))
+    }
+}
+
+type JobEvents = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for Jobs {
+    async fn submit_job(
+        &self,
+        req: Request<pb::SubmitJobRequest>,
+    ) -> Result<Response<pb::SubmitJobResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        let tenant = match caller.tenant_scope()? {
+            Some(t) => t.to_string(),
+            None => {
+                return Err(Status::permission_denied(
+                    "jobs belong to a tenant: submit with a tenant token, not the admin token",
+                ))
+            }
+        };
+        let spec = convert::job_spec(req.into_inner().spec, &self.limits)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let out = self
+            .replica
+            .propose(Command::SubmitJob { tenant, spec })
+            .await
+            .map_err(status)?;
+        let Outcome::Job(id) = out else {
+            return Err(Status::internal("submission produced no job"));
+        };
+        Ok(Response::new(pb::SubmitJobResponse {
+            job: Some(self.job_reply(id)?),
+        }))
+    }
+
+    async fn get_job(
+        &self,
+        req: Request<pb::GetJobRequest>,
+    ) -> Result<Response<pb::GetJobResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        let job = self.visible_job(&caller, &req.get_ref().id)?;
+        Ok(Response::new(pb::GetJobResponse {
+            job: Some(convert::job(&job)),
+        }))
+    }
+
+    async fn list_jobs(
+        &self,
+        req: Request<pb::ListJobsRequest>,
+    ) -> Result<Response<pb::ListJobsResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        let scope = caller.tenant_scope()?.map(str::to_string);
+        let r = req.into_inner();
+        let tenant = match (scope, r.tenant.is_empty()) {
+            (Some(own), true) => Some(own),
+            (Some(own), false) if own == r.tenant => Some(own),
+            (Some(_), false) => {
+                return Err(Status::permission_denied(
+                    "a tenant token can list only its own tenant's jobs",
+                ))
+            }
+            (None, true) => None,
+            (None, false) => Some(r.tenant),
+        };
+        let mut states = Vec::with_capacity(r.states.len());
+        for s in &r.states {
+            states.push(
+                convert::parse_job_state(*s)
+                    .ok_or_else(|| Status::invalid_argument(format!("unknown job state {s}")))?,
+            );
+        }
+        let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+        let jobs = self.replica.read(|s| {
+            s.jobs()
+                .filter(|j| tenant.as_deref().is_none_or(|t| j.tenant == t))
+                .filter(|j| states.is_empty() || states.contains(&j.state))
+                .take(limit)
+                .map(convert::job)
+                .collect()
+        });
+        Ok(Response::new(pb::ListJobsResponse { jobs }))
+    }
+
+    async fn cancel_job(
+        &self,
+        req: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        let tenant = caller.tenant_scope()?.map(str::to_string);
+        let r = req.into_inner();
+        let job: JobId = r.id.parse().map_err(Status::invalid_argument)?;
+        if r.reason.len() > 1024 {
+            return Err(Status::invalid_argument("the reason is longer than 1024 bytes"));
+        }
+        self.replica
+            .propose(Command::CancelJob {
+                tenant,
+                job,
+                reason: r.reason,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::CancelJobResponse {
+            job: Some(self.job_reply(job)?),
+        }))
+    }
+
+    type WatchJobStream = JobEvents;
+
+    async fn watch_job(
+        &self,
+        req: Request<pb::WatchJobRequest>,
+    ) -> Result<Response<JobEvents>, Status> {
+        let caller = self.auth.caller(&req)?;
+        // Subscribe before reading, so no change falls between the two.
+        let mut changes = self.replica.subscribe();
+        let job = self.visible_job(&caller, &req.get_ref().id)?;
+        let id = job.id;
+        let (tx, rx) = mpsc::channel(16);
+        let replica = self.replica.clone();
+        self.tasks.spawn(async move {
+            let mut last = convert::job(&job);
+            if tx.send(Ok(pb::JobEvent { job: Some(last.clone()) })).await.is_err() {
+                return;
+            }
+            while !job_is_final(&last) {
+                let next = tokio::select! {
+                    _ = tx.closed() => break,
+                    next = changes.recv() => next,
+                };
+                let changed = match next {
+                    Ok(effects) => effects.contains(&Effect::JobChanged(id)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => true,
+                    Err(broadcast::error::RecvError::Closed) => break,
+                };
+                if !changed {
+                    continue;
+                }
+                let Some(now) = replica.read(|s| s.job(id).map(convert::job)) else {
+                    break;
+                };
+                if now != last {
+                    last = now;
+                    if tx.send(Ok(pb::JobEvent { job: Some(last.clone()) })).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_job_logs(
+        &self,
+        req: Request<pb::GetJobLogsRequest>,
+    ) -> Result<Response<pb::GetJobLogsResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        let job = self.visible_job(&caller, &req.get_ref().id)?;
+        let r = req.into_inner();
+        let complete = job.state.is_final();
+        let Some(node) = job.node.clone() else {
+            // Never ran (yet): there is no log.
+            return Ok(Response::new(pb::GetJobLogsResponse {
+                data: vec![],
+                next_offset: r.offset,
+                eof: true,
+                complete,
+            }));
+        };
+        let max_bytes = match r.max_bytes {
+            0 => DEFAULT_LOG_CHUNK,
+            n => n.min(MAX_LOG_CHUNK),
+        };
+        let chunk = self
+            .sessions
+            .read_log(
+                &node,
+                pb::LogRequest {
+                    request_id: 0,
+                    job_id: job.id.to_string(),
+                    stream: r.stream,
+                    offset: r.offset,
+                    max_bytes,
+                },
+                LOG_TIMEOUT,
+            )
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("{e}; the job's logs are kept on that node"))
+            })?;
+        if !chunk.error.is_empty() {
+            return Err(Status::not_found(format!(
+                "node '{node}' could not read the log of {}: {}",
+                job.id, chunk.error
+            )));
+        }
+        Ok(Response::new(pb::GetJobLogsResponse {
+            data: chunk.data,
+            next_offset: chunk.next_offset,
+            eof: chunk.eof,
+            complete,
+        }))
+    }
+}
+
+fn job_is_final(j: &pb::Job) -> bool {
+    convert::parse_job_state(j.state).is_some_and(|s| s.is_final())
+}

@@ -1,0 +1,240 @@
+//! Leader-only loops that close the gap between the log and the world:
+//!
+//! - effect delivery: orders produced by applied commands go to agents;
+//! - planning: the pure planner's decisions are proposed as commands;
+//! - liveness: nodes whose agents are gone become down, then lost.
+//!
+//! Followers run none of these; a new leader starts them afresh, and the
+//! agent session handler re-derives every order from the log on reconnect,
+//! so nothing depends on an effect having been delivered before.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use edupool_proto::v1 as pb;
+use edupool_proto::v1::scheduler_message::Msg as Down;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
+
+use crate::planner;
+use crate::raft::Replica;
+use crate::sessions::Sessions;
+use crate::state::{Command, Effect, JobId, JobState, Millis, NodeStatus, State};
+
+#[derive(Clone, Debug)]
+pub struct ControlConfig {
+    /// How often the planner runs when nothing else wakes it.
+    pub plan_interval: Duration,
+    /// A node whose agent is gone this long is lost and its jobs requeued.
+    pub node_lost_timeout: Duration,
+    /// A session silent this long is treated as gone.
+    pub session_timeout: Duration,
+}
+
+pub fn now_millis() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
+}
+
+/// The order that starts a placed job on its node.
+pub fn start_message(s: &State, id: JobId) -> Option<pb::SchedulerMessage> {
+    let j = s.job(id).filter(|j| j.state == JobState::Assigned)?;
+    Some(pb::SchedulerMessage {
+        msg: Some(Down::Start(pb::StartJob {
+            job_id: id.to_string(),
+            tenant: j.tenant.clone(),
+            command: j.spec.command.clone(),
+            env: j.spec.env.clone().into_iter().collect(),
+            gpu_uuids: j.gpus.clone(),
+            walltime_seconds: j.spec.walltime_secs,
+            grace_period_seconds: j.spec.grace_period_secs,
+            attempt: j.attempt,
+        })),
+    })
+}
+
+/// The order that stops a job being cancelled.
+pub fn stop_message(s: &State, id: JobId) -> Option<pb::SchedulerMessage> {
+    let j = s.job(id).filter(|j| j.state == JobState::Cancelling)?;
+    Some(pb::SchedulerMessage {
+        msg: Some(Down::Stop(pb::StopJob {
+            job_id: id.to_string(),
+            grace_period_seconds: j.spec.grace_period_secs,
+            reason: j.reason.clone(),
+        })),
+    })
+}
+
+/// Runs the leader loops whenever this replica leads, until shutdown.
+pub async fn run(
+    replica: Replica,
+    sessions: Sessions,
+    config: ControlConfig,
+    shutdown: CancellationToken,
+) {
+    let mut leadership = replica.leadership();
+    loop {
+        let leading = leadership.borrow_and_update().is_leader;
+        if leading {
+            tracing::info!("leading: planning and talking to agents");
+            let term = shutdown.child_token();
+            let work = lead(&replica, &sessions, &config, &term);
+            tokio::select! {
+                _ = work => {}
+                _ = shutdown.cancelled() => return,
+                _ = leadership.changed() => {}
+            }
+            term.cancel();
+        } else {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = leadership.changed() => if r.is_err() { return },
+            }
+        }
+    }
+}
+
+async fn lead(
+    replica: &Replica,
+    sessions: &Sessions,
+    config: &ControlConfig,
+    stop: &CancellationToken,
+) {
+    let mut applied = replica.subscribe();
+    let mut plan_tick = tokio::time::interval(config.plan_interval);
+    let mut liveness_tick = tokio::time::interval(Duration::from_millis(500));
+    let mut absent_since: HashMap<String, Instant> = HashMap::new();
+    let mut replan = true;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = applied.recv() => match r {
+                Ok(effects) => {
+                    replan |= deliver(replica, sessions, &effects);
+                }
+                Err(RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "effect stream lagged; agents are reconciled on reconnect");
+                    replan = true;
+                }
+                Err(RecvError::Closed) => return,
+            },
+            _ = plan_tick.tick() => {
+                if replan {
+                    replan = plan_round(replica).await;
+                }
+            }
+            _ = liveness_tick.tick() => {
+                check_liveness(replica, sessions, config, &mut absent_since).await;
+                // A node that came back may have room now.
+                replan = true;
+            }
+        }
+    }
+}
+
+/// Sends each order to its node; true if something freed or queued work.
+fn deliver(replica: &Replica, sessions: &Sessions, effects: &[Effect]) -> bool {
+    let mut replan = false;
+    for e in effects {
+        match e {
+            Effect::StartJob { node, job } => {
+                if let Some(m) = replica.read(|s| start_message(s, *job)) {
+                    sessions.send(node, m);
+                }
+            }
+            Effect::StopJob {
+                node,
+                job,
+                grace_secs,
+                reason,
+            } => {
+                sessions.send(
+                    node,
+                    pb::SchedulerMessage {
+                        msg: Some(Down::Stop(pb::StopJob {
+                            job_id: job.to_string(),
+                            grace_period_seconds: *grace_secs,
+                            reason: reason.clone(),
+                        })),
+                    },
+                );
+            }
+            Effect::ForgetJob { node, job } => {
+                sessions.send(
+                    node,
+                    pb::SchedulerMessage {
+                        msg: Some(Down::Forget(pb::ForgetJob {
+                            job_id: job.to_string(),
+                        })),
+                    },
+                );
+            }
+            Effect::JobChanged(_) => replan = true,
+        }
+    }
+    replan
+}
+
+/// One planning round; true if another round may place more.
+async fn plan_round(replica: &Replica) -> bool {
+    let decisions = replica.read(planner::plan);
+    let full = decisions.len() == planner::MAX_DECISIONS_PER_ROUND;
+    for d in decisions {
+        let cmd = Command::PlaceJob {
+            job: d.job,
+            node: d.node,
+            gpus: d.gpus,
+        };
+        if let Err(e) = replica.propose(cmd).await {
+            // A stale decision (the job was cancelled meanwhile) is
+            // rejected by the state machine; the next round re-plans.
+            tracing::debug!("placement not applied: {e}");
+        }
+    }
+    full
+}
+
+async fn check_liveness(
+    replica: &Replica,
+    sessions: &Sessions,
+    config: &ControlConfig,
+    absent_since: &mut HashMap<String, Instant>,
+) {
+    for (node, session) in sessions.silent_for(config.session_timeout) {
+        tracing::warn!(node, "agent session silent too long; closing it");
+        sessions.close(&node, session);
+    }
+    let nodes: Vec<(String, NodeStatus)> =
+        replica.read(|s| s.nodes().map(|n| (n.name.clone(), n.status)).collect());
+    let mut commands = vec![];
+    for (node, status) in nodes {
+        if let Some(hello) = sessions.hello(&node) {
+            absent_since.remove(&node);
+            if status != NodeStatus::Ready {
+                // A disconnect committed after the agent came back.
+                commands.push(Command::NodeConnected {
+                    node,
+                    gpus: hello.gpus,
+                    agent_version: hello.agent_version,
+                });
+            }
+            continue;
+        }
+        let since = *absent_since.entry(node.clone()).or_insert_with(Instant::now);
+        match status {
+            NodeStatus::Ready => commands.push(Command::NodeDisconnected { node }),
+            NodeStatus::Down if since.elapsed() >= config.node_lost_timeout => {
+                tracing::warn!(node, "agent gone longer than the timeout; node lost");
+                commands.push(Command::NodeLost { node });
+            }
+            _ => {}
+        }
+    }
+    for cmd in commands {
+        if let Err(e) = replica.propose(cmd).await {
+            tracing::warn!("liveness change not applied: {e}");
+        }
+    }
+}
