@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod control;
+pub mod dev;
 pub mod planner;
 pub mod raft;
 pub mod server;

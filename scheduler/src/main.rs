@@ -1,1 +1,181 @@
-fn main() {}
+//! `edupool-scheduler`: parse the command line, build a validated config,
+//! and call the library's `run`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use edupool_scheduler::api::convert::JobLimits;
+use edupool_scheduler::dev::{self, DevConfig, DevOutcome};
+use edupool_scheduler::server::{self, ServerConfig};
+use tokio_util::sync::CancellationToken;
+
+/// The edupool GPU scheduler for education compute alliances.
+#[derive(Parser)]
+#[command(name = "edupool-scheduler", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a scheduler replica.
+    Serve(ServeArgs),
+    /// Run a whole pool in one process: a scheduler and simulated agents,
+    /// with generated tokens and plaintext gRPC. For trying edupool out.
+    Dev(DevArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address for the gRPC API (jobs, admin, agents). Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Where the replicated log is kept.
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The admin token (at least 16 characters).
+    #[arg(long, env = "EDUPOOL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: String,
+    /// The token agents present (at least 16 characters).
+    #[arg(long, env = "EDUPOOL_AGENT_TOKEN", hide_env_values = true)]
+    agent_token: String,
+    /// A node whose agent is gone this long is lost, and its jobs requeued.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    node_lost_timeout: Duration,
+    /// How often agents send a heartbeat; three missed ones end a session.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    heartbeat_interval: Duration,
+    /// The walltime of jobs that give none.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    default_walltime: Duration,
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Address for the gRPC API. Port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    listen: SocketAddr,
+    /// Number of in-process agents (nodes).
+    #[arg(long, default_value_t = 3)]
+    agents: u32,
+    /// Simulated GPUs per agent.
+    #[arg(long, default_value_t = 4)]
+    gpus_per_agent: u32,
+    /// Model of the simulated GPUs, with its memory.
+    #[arg(long, default_value = "A100-80GB")]
+    gpu_model: String,
+    /// The admin token; generated and printed when not given.
+    #[arg(long, env = "EDUPOOL_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
+    /// Keep the pool's state here; a temporary directory (removed at exit) otherwise.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Run this workload (see examples/), print the outcome and exit.
+    #[arg(long)]
+    workload: Option<PathBuf>,
+    /// Give up on a workload that has not finished after this long.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    workload_timeout: Duration,
+    /// A node whose agent is gone this long is lost.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    node_lost_timeout: Duration,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet = matches!(&cli.command, Cmd::Dev(a) if a.workload.is_some());
+    init_tracing(if quiet { "warn" } else { "info" });
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    match cli.command {
+        Cmd::Serve(a) => {
+            let config = ServerConfig {
+                listen: a.listen,
+                data_dir: a.data_dir,
+                admin_token: a.admin_token,
+                agent_token: a.agent_token,
+                node_lost_timeout: a.node_lost_timeout,
+                heartbeat_interval: a.heartbeat_interval,
+                limits: JobLimits {
+                    default_walltime_secs: a.default_walltime.as_secs(),
+                    ..JobLimits::default()
+                },
+            };
+            let bound = server::bind(config).await?;
+            // Tests and scripts read the bound address from this line.
+            println!("edupool-scheduler listening on {}", bound.local_addr());
+            server::serve(bound, shutdown).await.context("scheduler stopped")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dev(a) => {
+            let config = DevConfig {
+                listen: a.listen,
+                agents: a.agents,
+                gpus_per_agent: a.gpus_per_agent,
+                gpu_model: a.gpu_model,
+                admin_token: a.admin_token,
+                data_dir: a.data_dir,
+                workload: a.workload,
+                workload_timeout: a.workload_timeout,
+                node_lost_timeout: a.node_lost_timeout,
+            };
+            match dev::run(config, shutdown).await? {
+                DevOutcome::WorkloadDone { unexpected: 0, .. } | DevOutcome::Stopped => {
+                    Ok(ExitCode::SUCCESS)
+                }
+                DevOutcome::WorkloadDone { .. } => Ok(ExitCode::FAILURE),
+            }
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// SIGINT or SIGTERM cancels the shutdown token; the library stops cleanly.
+fn spawn_signal_handler(shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("warning: cannot watch SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        shutdown.cancel();
+    });
+}

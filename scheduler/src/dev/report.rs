@@ -1,0 +1,219 @@
+//! Runs a workload against the dev pool through the public API, as a
+//! university would, and reports where each job ran and how it ended.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edupool_proto::v1 as pb;
+use edupoolctl::client::{connect, describe_status, Clients};
+use edupoolctl::output::Table;
+use edupoolctl::{class_name, job_state_is_final, job_state_name};
+use tokio::time::Instant;
+
+use super::workload::Workload;
+use super::DevError;
+
+const POLL: Duration = Duration::from_millis(200);
+
+/// Submits the workload and follows it; returns (jobs, jobs not in their
+/// expected final state).
+pub async fn run_workload(
+    endpoint: &str,
+    admin_token: &str,
+    nodes: usize,
+    workload: &Workload,
+    timeout: Duration,
+) -> Result<(usize, usize), DevError> {
+    let deadline = Instant::now() + timeout;
+    let admin = client(endpoint, admin_token).await?;
+    wait_for_nodes(&admin, nodes, deadline).await?;
+
+    let mut expect: BTreeMap<String, Option<String>> = BTreeMap::new();
+    for tenant in &workload.tenants {
+        let created = admin
+            .admin
+            .clone()
+            .create_tenant(pb::CreateTenantRequest {
+                name: tenant.name.clone(),
+            })
+            .await
+            .map_err(|s| run_err(&format!("create tenant {}", tenant.name), &s))?
+            .into_inner();
+        let own = client(endpoint, &created.token).await?;
+        for job in &tenant.jobs {
+            let spec = job
+                .file
+                .to_spec()
+                .map_err(|e| DevError::Run(e.to_string()))?;
+            let submitted = own
+                .jobs
+                .clone()
+                .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+                .await
+                .map_err(|s| run_err("submit", &s))?
+                .into_inner()
+                .job
+                .ok_or_else(|| DevError::Run("the scheduler returned no job".into()))?;
+            let spec = submitted.spec.clone().unwrap_or_default();
+            println!(
+                "{:<6} {:<18} submitted {:<18} {} GPU(s), {}",
+                submitted.id,
+                submitted.tenant,
+                spec.name,
+                spec.gpus,
+                class_name(spec.class)
+            );
+            expect.insert(submitted.id, job.expect.clone());
+        }
+    }
+    println!();
+    let jobs = follow(&admin, &expect, deadline).await?;
+    println!();
+    print_summary(&admin, &jobs).await;
+    let unexpected = jobs
+        .iter()
+        .filter(|j| {
+            expect
+                .get(&j.id)
+                .and_then(|e| e.as_deref())
+                .is_some_and(|e| e != job_state_name(j.state))
+        })
+        .count();
+    if unexpected > 0 {
+        println!("{unexpected} job(s) did not end as the workload expected.");
+    } else {
+        println!("All {} jobs ended as expected.", jobs.len());
+    }
+    Ok((jobs.len(), unexpected))
+}
+
+async fn client(endpoint: &str, token: &str) -> Result<Clients, DevError> {
+    connect(&[endpoint.to_string()], Some(token))
+        .await
+        .map_err(|e| DevError::Run(e.to_string()))
+}
+
+fn run_err(what: &str, s: &tonic::Status) -> DevError {
+    DevError::Run(format!("{what}: {}", describe_status(s)))
+}
+
+async fn wait_for_nodes(admin: &Clients, want: usize, deadline: Instant) -> Result<(), DevError> {
+    loop {
+        let nodes = admin
+            .admin
+            .clone()
+            .list_nodes(pb::ListNodesRequest {})
+            .await
+            .map_err(|s| run_err("list nodes", &s))?
+            .into_inner()
+            .nodes;
+        let ready = nodes
+            .iter()
+            .filter(|n| n.status == pb::NodeStatus::Ready as i32)
+            .count();
+        if ready >= want {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(DevError::Run(format!("only {ready} of {want} agents connected")));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Prints each job's changes until every job has ended.
+async fn follow(
+    admin: &Clients,
+    ids: &BTreeMap<String, Option<String>>,
+    deadline: Instant,
+) -> Result<Vec<pb::Job>, DevError> {
+    let mut seen: BTreeMap<String, (i32, u32)> = BTreeMap::new();
+    loop {
+        let jobs: Vec<pb::Job> = admin
+            .jobs
+            .clone()
+            .list_jobs(pb::ListJobsRequest::default())
+            .await
+            .map_err(|s| run_err("list jobs", &s))?
+            .into_inner()
+            .jobs
+            .into_iter()
+            .filter(|j| ids.contains_key(&j.id))
+            .collect();
+        for j in &jobs {
+            if seen.get(&j.id) != Some(&(j.state, j.attempt)) {
+                seen.insert(j.id.clone(), (j.state, j.attempt));
+                println!("{:<6} {:<18} {:<11} {}", j.id, j.tenant, job_state_name(j.state), where_and_why(j));
+            }
+        }
+        if jobs.len() == ids.len() && jobs.iter().all(|j| job_state_is_final(j.state)) {
+            return Ok(jobs);
+        }
+        if Instant::now() > deadline {
+            return Err(DevError::Run("the workload's time ran out".into()));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn where_and_why(j: &pb::Job) -> String {
+    if j.node.is_empty() {
+        return j.reason.clone();
+    }
+    // The first block of each UUID is enough to tell GPUs apart here.
+    let gpus: Vec<&str> = j
+        .gpu_uuids
+        .iter()
+        .map(|u| u.get(..12).unwrap_or(u))
+        .collect();
+    format!("{} [{}] {}", j.node, gpus.join(","), j.reason)
+}
+
+async fn print_summary(admin: &Clients, jobs: &[pb::Job]) {
+    let mut table = Table::new(["JOB", "TENANT", "NAME", "GPUS", "NODE", "STATE", "EXIT", "SECONDS", "FIRST OUTPUT LINE"]);
+    for j in jobs {
+        let spec = j.spec.clone().unwrap_or_default();
+        let secs = if j.started_at_ms > 0 && j.finished_at_ms >= j.started_at_ms {
+            format!("{:.1}", (j.finished_at_ms - j.started_at_ms) as f64 / 1000.0)
+        } else {
+            "-".into()
+        };
+        let exit = if j.has_exit_code { j.exit_code.to_string() } else { "-".into() };
+        table.row([
+            j.id.clone(),
+            j.tenant.clone(),
+            spec.name,
+            spec.gpus.to_string(),
+            if j.node.is_empty() { "-".into() } else { j.node.clone() },
+            job_state_name(j.state).to_string(),
+            exit,
+            secs,
+            first_line(admin, &j.id).await,
+        ]);
+    }
+    print!("{}", table.render());
+    println!();
+}
+
+async fn first_line(admin: &Clients, id: &str) -> String {
+    let logs = admin
+        .jobs
+        .clone()
+        .get_job_logs(pb::GetJobLogsRequest {
+            id: id.to_string(),
+            stream: pb::LogStream::Stdout as i32,
+            offset: 0,
+            max_bytes: 4096,
+        })
+        .await;
+    match logs {
+        Ok(r) => String::from_utf8_lossy(&r.into_inner().data)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(60)
+            .collect(),
+        Err(s) => format!("(logs unavailable: {})", s.message()),
+    }
+}
