@@ -1,1 +1,196 @@
-//! Shared helpers for the end-to-end tests.
+//! A harness for end-to-end tests: the real `edupool-scheduler`,
+//! `edupool-agent` and `edupoolctl` binaries started as processes on
+//! loopback, with ports from the OS and temporary directories, torn down
+//! when their handles drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const AGENT_TOKEN: &str = "test-agent-token-0123456789";
+
+/// Where the workspace's binaries are, built once per test process.
+pub fn bin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.args(["build", "--quiet", "--bins"])
+            .args(["-p", "edupool-scheduler", "-p", "edupool-agent", "-p", "edupoolctl"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"));
+        if !cfg!(debug_assertions) {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building the binaries failed");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let exe = std::env::current_exe().expect("test executable path");
+        exe.parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf()
+    });
+    dir.join(name)
+}
+
+/// Polls `f` until it returns `Some`, or fails after `timeout`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc {
+    child: Option<Child>,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// `kill -9`, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A scheduler replica started with `edupool-scheduler serve`.
+pub struct Scheduler {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub node_lost_timeout: String,
+}
+
+impl Scheduler {
+    pub fn start(data_dir: &Path) -> Result<Scheduler> {
+        Self::start_with(data_dir, "127.0.0.1:0", "30s")
+    }
+
+    pub fn start_with(data_dir: &Path, listen: &str, node_lost_timeout: &str) -> Result<Scheduler> {
+        let mut child = Command::new(bin("edupool-scheduler"))
+            .args(["serve", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .args(["--node-lost-timeout", node_lost_timeout, "--heartbeat-interval", "200ms"])
+            .env("EDUPOOL_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting edupool-scheduler")?;
+        let stdout = child.stdout.take().expect("piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = loop {
+            let line = lines
+                .next()
+                .ok_or_else(|| anyhow!("edupool-scheduler exited before listening"))??;
+            if let Some(a) = line.strip_prefix("edupool-scheduler listening on ") {
+                break a.trim().parse::<SocketAddr>()?;
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Ok(Scheduler {
+            proc: Proc {
+                child: Some(child),
+                name: "scheduler".into(),
+            },
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            node_lost_timeout: node_lost_timeout.to_string(),
+        })
+    }
+
+    /// Starts a new process on the same data directory and port.
+    pub fn restart(&mut self) -> Result<()> {
+        self.proc.kill9();
+        let listen = self.addr.to_string();
+        let again = eventually("the port to be free again", Duration::from_secs(10), || {
+            Self::start_with(&self.data_dir, &listen, &self.node_lost_timeout).ok()
+        })?;
+        *self = again;
+        Ok(())
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Starts an agent process with simulated GPUs.
+    pub fn agent(&self, node: &str, gpus: &str, work_dir: &Path) -> Result<Proc> {
+        let child = Command::new(bin("edupool-agent"))
+            .args(["run", "--scheduler", &self.endpoint(), "--node-name", node])
+            .args(["--simulate-gpus", gpus, "--work-dir"])
+            .arg(work_dir)
+            .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting edupool-agent")?;
+        Ok(Proc {
+            child: Some(child),
+            name: node.to_string(),
+        })
+    }
+
+    /// Runs `edupoolctl --output json <args>` with `token`.
+    pub fn ctl(&self, token: &str, args: &[&str]) -> Output {
+        Command::new(bin("edupoolctl"))
+            .args(["--endpoint", &self.endpoint(), "--output", "json"])
+            .args(args)
+            .env("EDUPOOL_TOKEN", token)
+            .output()
+            .expect("edupoolctl runs")
+    }
+
+    /// `ctl` that must succeed; its stdout parsed as JSON.
+    pub fn ctl_json(&self, token: &str, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self.ctl(token, args);
+        if !out.status.success() {
+            bail!(
+                "edupoolctl {} failed: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "edupoolctl {} printed no JSON: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+}

@@ -1,0 +1,331 @@
+//! Connecting to a scheduler: an ordered list of endpoints, the first that
+//! answers wins, and a bearer token sent with every request.
+//!
+//! Also how a gRPC [`Status`] reads for a person ([`describe_status`]).
+
+use std::{error::Error as StdError, time::Duration};
+
+use edupool_proto::v1::{
+    admin_service_client::AdminServiceClient, job_service_client::JobServiceClient,
+};
+use tonic::{
+    metadata::AsciiMetadataValue,
+    service::{interceptor::InterceptedService, Interceptor},
+    transport::{Channel, Endpoint},
+    Code, Request, Status,
+};
+
+/// Where a scheduler listens when nothing else is said.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
+
+/// How long one endpoint may take to accept a connection before the next
+/// one is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Adds `authorization: Bearer <token>` to every request, or nothing when
+/// there is no token.
+#[derive(Clone, Debug, Default)]
+pub struct BearerToken {
+    header: Option<AsciiMetadataValue>,
+}
+
+impl BearerToken {
+    /// `None` or an empty token sends no `authorization` header.
+    pub fn new(token: Option<&str>) -> Result<Self, ClientError> {
+        let header = match token.map(str::trim) {
+            None | Some("") => None,
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<AsciiMetadataValue>()
+                    .map_err(|_| ClientError::InvalidToken)?,
+            ),
+        };
+        Ok(BearerToken { header })
+    }
+}
+
+impl Interceptor for BearerToken {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(header) = &self.header {
+            request
+                .metadata_mut()
+                .insert("authorization", header.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry the bearer token.
+pub type AuthChannel = InterceptedService<Channel, BearerToken>;
+/// The `JobService` client [`connect`] gives.
+pub type JobClient = JobServiceClient<AuthChannel>;
+/// The `AdminService` client [`connect`] gives.
+pub type AdminClient = AdminServiceClient<AuthChannel>;
+
+/// Clients of both public services over one connection.
+#[derive(Clone, Debug)]
+pub struct Clients {
+    pub jobs: JobClient,
+    pub admin: AdminClient,
+    /// The endpoint that answered, e.g. `http://10.0.0.5:7070`.
+    pub endpoint: String,
+}
+
+impl Clients {
+    /// Clients over an already connected channel.
+    pub fn new(
+        channel: Channel,
+        token: Option<&str>,
+        endpoint: impl Into<String>,
+    ) -> Result<Self, ClientError> {
+        let auth = BearerToken::new(token)?;
+        Ok(Clients {
+            jobs: JobServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            admin: AdminServiceClient::with_interceptor(channel, auth),
+            endpoint: endpoint.into(),
+        })
+    }
+}
+
+/// Connects to the first of `endpoints` that accepts a connection, trying
+/// them in order. Each entry may itself be a comma-separated list. A bare
+/// `host:port` means `http://host:port`; only `http://` is supported.
+pub async fn connect(endpoints: &[String], token: Option<&str>) -> Result<Clients, ClientError> {
+    let endpoints = endpoints
+        .iter()
+        .flat_map(|e| split_endpoints(e))
+        .map(|e| normalize_endpoint(&e))
+        .collect::<Result<Vec<_>, _>>()?;
+    if endpoints.is_empty() {
+        return Err(ClientError::NoEndpoints);
+    }
+    // Refuse a bad token before touching the network.
+    BearerToken::new(token)?;
+
+    let mut attempts = Vec::new();
+    for endpoint in endpoints {
+        let target = Endpoint::from_shared(endpoint.clone())
+            .map_err(|e| ClientError::InvalidEndpoint {
+                endpoint: endpoint.clone(),
+                reason: error_chain(&e),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT);
+        match target.connect().await {
+            Ok(channel) => return Clients::new(channel, token, endpoint),
+            // The outer error only says "transport error"; its sources say what.
+            Err(e) => attempts.push(Attempt {
+                endpoint,
+                cause: e.source().map_or_else(|| e.to_string(), error_chain),
+            }),
+        }
+    }
+    Err(ClientError::Unreachable { attempts })
+}
+
+/// Splits a comma-separated endpoint list, dropping blanks.
+pub fn split_endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `host:port` → `http://host:port`; `http://...` unchanged (less a
+/// trailing `/`); any other scheme is refused.
+pub fn normalize_endpoint(endpoint: &str) -> Result<String, ClientError> {
+    let endpoint = endpoint.trim();
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(ClientError::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason: format!("the {scheme}:// scheme is not supported; use http://"),
+        });
+    }
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(ClientError::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            reason: "no host given".into(),
+        });
+    }
+    Ok(format!("http://{rest}"))
+}
+
+/// One endpoint that could not be reached, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub endpoint: String,
+    pub cause: String,
+}
+
+/// Why no client could be made. Messages are one line and carry their cause.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no scheduler endpoint given")]
+    NoEndpoints,
+    #[error("invalid endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint { endpoint: String, reason: String },
+    #[error("cannot reach the scheduler at {}", unreachable_list(attempts))]
+    Unreachable { attempts: Vec<Attempt> },
+    #[error("the token is not a valid header value: it must be printable ASCII")]
+    InvalidToken,
+}
+
+fn unreachable_list(attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .map(|a| format!("{}: {}", a.endpoint, a.cause))
+        .collect::<Vec<_>>()
+        .join("; at ")
+}
+
+/// An error and its sources joined with `: `, skipping a source whose text
+/// its parent already shows.
+pub fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// A gRPC status for a person: its message, then its code in words, e.g.
+/// `job asks for 9 GPUs but the largest node has 8 (invalid argument)`.
+pub fn describe_status(status: &Status) -> String {
+    let message = status.message().trim();
+    let code = code_words(status.code());
+    if message.is_empty() {
+        code.to_owned()
+    } else {
+        format!("{message} ({code})")
+    }
+}
+
+/// A gRPC code in lower-case words: `invalid argument`, `not found`, ...
+pub fn code_words(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown error",
+        Code::InvalidArgument => "invalid argument",
+        Code::DeadlineExceeded => "deadline exceeded",
+        Code::NotFound => "not found",
+        Code::AlreadyExists => "already exists",
+        Code::PermissionDenied => "permission denied",
+        Code::ResourceExhausted => "resource exhausted",
+        Code::FailedPrecondition => "failed precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out of range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal error",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_normalized() {
+        assert_eq!(
+            normalize_endpoint("10.0.0.5:7070").unwrap(),
+            "http://10.0.0.5:7070"
+        );
+        assert_eq!(
+            normalize_endpoint(" http://sched-1:7070/ ").unwrap(),
+            "http://sched-1:7070"
+        );
+        assert_eq!(normalize_endpoint("HTTP://a:1").unwrap(), "http://a:1");
+        let err = normalize_endpoint("https://a:1").unwrap_err().to_string();
+        assert!(err.contains("https:// scheme is not supported"), "{err}");
+        assert!(normalize_endpoint("http://").is_err());
+    }
+
+    #[test]
+    fn endpoint_lists_are_split() {
+        assert_eq!(
+            split_endpoints("a:1, b:2,,c:3 "),
+            vec!["a:1".to_owned(), "b:2".into(), "c:3".into()]
+        );
+        assert!(split_endpoints(" , ").is_empty());
+    }
+
+    #[test]
+    fn bearer_token_sets_the_header() {
+        let mut auth = BearerToken::new(Some("s3cret")).unwrap();
+        let request = auth.call(Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer s3cret"
+        );
+
+        let mut none = BearerToken::new(Some("")).unwrap();
+        let request = none.call(Request::new(())).unwrap();
+        assert!(request.metadata().get("authorization").is_none());
+
+        assert!(matches!(
+            BearerToken::new(Some("bad\ntoken")),
+            Err(ClientError::InvalidToken)
+        ));
+    }
+
+    #[test]
+    fn statuses_read_as_words() {
+        let status = Status::invalid_argument("job asks for 9 GPUs but nodes have at most 8");
+        assert_eq!(
+            describe_status(&status),
+            "job asks for 9 GPUs but nodes have at most 8 (invalid argument)"
+        );
+        assert_eq!(describe_status(&Status::not_found("")), "not found");
+    }
+
+    #[test]
+    fn unreachable_lists_every_attempt() {
+        let err = ClientError::Unreachable {
+            attempts: vec![
+                Attempt {
+                    endpoint: "http://a:1".into(),
+                    cause: "connection refused".into(),
+                },
+                Attempt {
+                    endpoint: "http://b:2".into(),
+                    cause: "timed out".into(),
+                },
+            ],
+        };
+        assert_eq!(
+            err.to_string(),
+            "cannot reach the scheduler at http://a:1: connection refused; at http://b:2: timed out"
+        );
+    }
+
+    #[tokio::test]
+    async fn connect_reports_the_cause() {
+        // Bind then drop a listener: the port is very likely closed now.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let err = connect(&[format!("127.0.0.1:{port}")], None)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!(
+                "cannot reach the scheduler at http://127.0.0.1:{port}: "
+            )),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
+    }
+}

@@ -1,0 +1,851 @@
+//! What the CLI prints: aligned tables and `key: value` pages for people,
+//! JSON views for scripts.
+//!
+//! The JSON views are plain structs built from the protocol's messages:
+//! enums are lower-case words (`running`, `training`), times are RFC 3339
+//! with milliseconds (`null` when unset) and durations are whole seconds.
+//! Rendering takes `now` as an argument so that ages are testable.
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    str::FromStr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use edupool_proto::v1::{Gpu, Job, Node, Tenant};
+use serde::{Deserialize, Serialize};
+
+use crate::{class_name, job_state_is_final, job_state_name, node_status_name, on_node_lost_name};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// Aligned columns and `key: value` lines, for people.
+    #[default]
+    Table,
+    /// Pretty JSON (one compact object per line for event streams).
+    Json,
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "table" => Ok(OutputFormat::Table),
+            "json" => Ok(OutputFormat::Json),
+            _ => Err(format!(
+                "unknown output format {s:?}; expected table or json"
+            )),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- views
+
+/// A job, for scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: String,
+    pub name: Option<String>,
+    pub tenant: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub class: String,
+    pub gpus: u32,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    /// `null`: the pool's default.
+    pub walltime_seconds: Option<u64>,
+    /// `null`: the pool's default.
+    pub grace_period_seconds: Option<u64>,
+    pub on_node_lost: String,
+    pub max_retries: u32,
+    pub node: Option<String>,
+    pub gpu_uuids: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub attempt: u32,
+    pub submitted_at: Option<String>,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl From<&Job> for JobView {
+    fn from(job: &Job) -> Self {
+        let spec = job.spec.clone().unwrap_or_default();
+        JobView {
+            id: job.id.clone(),
+            name: non_empty(&spec.name),
+            tenant: job.tenant.clone(),
+            state: job_state_name(job.state).to_owned(),
+            reason: non_empty(&job.reason),
+            class: class_name(spec.class).to_owned(),
+            gpus: spec.gpus,
+            command: spec.command,
+            env: spec.env.into_iter().collect(),
+            walltime_seconds: non_zero(spec.walltime_seconds),
+            grace_period_seconds: non_zero(spec.grace_period_seconds),
+            on_node_lost: on_node_lost_name(spec.on_node_lost).to_owned(),
+            max_retries: spec.max_retries,
+            node: non_empty(&job.node),
+            gpu_uuids: job.gpu_uuids.clone(),
+            exit_code: job.has_exit_code.then_some(job.exit_code),
+            attempt: job.attempt,
+            submitted_at: timestamp(job.submitted_at_ms),
+            started_at: timestamp(job.started_at_ms),
+            finished_at: timestamp(job.finished_at_ms),
+        }
+    }
+}
+
+/// A GPU, for scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuView {
+    pub uuid: String,
+    pub index: u32,
+    pub model: String,
+    pub memory_bytes: u64,
+    pub healthy: bool,
+    /// `null`: free.
+    pub assigned_job: Option<String>,
+}
+
+impl From<&Gpu> for GpuView {
+    fn from(gpu: &Gpu) -> Self {
+        GpuView {
+            uuid: gpu.uuid.clone(),
+            index: gpu.index,
+            model: gpu.model.clone(),
+            memory_bytes: gpu.memory_bytes,
+            healthy: gpu.healthy,
+            assigned_job: non_empty(&gpu.assigned_job),
+        }
+    }
+}
+
+/// A node, for scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub name: String,
+    pub status: String,
+    pub cordoned: bool,
+    pub draining: bool,
+    /// Healthy GPUs no job holds.
+    pub free_gpus: u32,
+    pub gpus: Vec<GpuView>,
+    pub running_jobs: u32,
+    pub last_seen_at: Option<String>,
+    pub agent_version: Option<String>,
+}
+
+impl From<&Node> for NodeView {
+    fn from(node: &Node) -> Self {
+        NodeView {
+            name: node.name.clone(),
+            status: node_status_name(node.status).to_owned(),
+            cordoned: node.cordoned,
+            draining: node.draining,
+            free_gpus: free_gpus(node),
+            gpus: node.gpus.iter().map(GpuView::from).collect(),
+            running_jobs: node.running_jobs,
+            last_seen_at: timestamp(node.last_seen_ms),
+            agent_version: non_empty(&node.agent_version),
+        }
+    }
+}
+
+/// A tenant, for scripts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantView {
+    pub name: String,
+    pub created_at: Option<String>,
+    pub running_jobs: u32,
+    pub pending_jobs: u32,
+    pub gpus_in_use: u32,
+}
+
+impl From<&Tenant> for TenantView {
+    fn from(tenant: &Tenant) -> Self {
+        TenantView {
+            name: tenant.name.clone(),
+            created_at: timestamp(tenant.created_at_ms),
+            running_jobs: tenant.running_jobs,
+            pending_jobs: tenant.pending_jobs,
+            gpus_in_use: tenant.gpus_in_use,
+        }
+    }
+}
+
+/// A tenant just created, with the token the scheduler shows only once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewTenantView {
+    pub tenant: TenantView,
+    pub token: String,
+}
+
+/// `value` as pretty JSON, without a trailing newline.
+pub fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+    serde_json::to_string_pretty(value)
+}
+
+/// `value` as one line of JSON.
+pub fn to_json_line<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+    serde_json::to_string(value)
+}
+
+// ---------------------------------------------------------------- tables
+
+/// Columns aligned with two spaces between them; the last column is not
+/// padded. Control characters in cells become spaces so a row stays a line.
+#[derive(Debug, Clone, Default)]
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new<I, S>(header: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Table {
+            header: header.into_iter().map(Into::into).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    /// Adds a row; missing cells are empty, extra cells are kept.
+    pub fn row<I, S>(&mut self, cells: I) -> &mut Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.rows
+            .push(cells.into_iter().map(|c| one_line(&c.into())).collect());
+        self
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// The table, each line ending in `\n`.
+    pub fn render(&self) -> String {
+        let columns = self
+            .rows
+            .iter()
+            .map(Vec::len)
+            .chain([self.header.len()])
+            .max()
+            .unwrap_or(0);
+        let mut widths = vec![0; columns];
+        for line in std::iter::once(&self.header).chain(&self.rows) {
+            for (i, cell) in line.iter().enumerate() {
+                widths[i] = widths[i].max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for line in std::iter::once(&self.header).chain(&self.rows) {
+            let mut text = String::new();
+            for (i, width) in widths.iter().enumerate() {
+                let cell = line.get(i).map_or("", String::as_str);
+                if i > 0 {
+                    text.push_str("  ");
+                }
+                text.push_str(cell);
+                let pad = width - cell.chars().count();
+                text.extend(std::iter::repeat_n(' ', pad));
+            }
+            out.push_str(text.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// `job list`: ID NAME TENANT STATE GPUS NODE AGE/EXIT REASON. AGE/EXIT is
+/// the time since submission while the job is live, `exit N` once it has
+/// ended with an exit code.
+pub fn job_table(jobs: &[Job], now: SystemTime) -> String {
+    let mut table = Table::new([
+        "ID", "NAME", "TENANT", "STATE", "GPUS", "NODE", "AGE/EXIT", "REASON",
+    ]);
+    for job in jobs {
+        let spec = job.spec.clone().unwrap_or_default();
+        let age_exit = if job_state_is_final(job.state) {
+            if job.has_exit_code {
+                format!("exit {}", job.exit_code)
+            } else {
+                "-".to_owned()
+            }
+        } else {
+            age(job.submitted_at_ms, now)
+        };
+        table.row([
+            job.id.clone(),
+            dash(&spec.name),
+            dash(&job.tenant),
+            job_state_name(job.state).to_owned(),
+            spec.gpus.to_string(),
+            dash(&job.node),
+            age_exit,
+            dash(&job.reason),
+        ]);
+    }
+    table.render()
+}
+
+/// `job get`: one `key: value` line per field.
+pub fn job_detail(job: &Job, now: SystemTime) -> String {
+    let spec = job.spec.clone().unwrap_or_default();
+    let mut env: Vec<_> = spec.env.iter().collect();
+    env.sort();
+    let seconds = |s: u64| {
+        if s == 0 {
+            "pool default".to_owned()
+        } else {
+            humantime::format_duration(Duration::from_secs(s)).to_string()
+        }
+    };
+    let when = |ms: i64| match timestamp(ms) {
+        Some(t) => format!("{t} ({} ago)", age(ms, now)),
+        None => "-".to_owned(),
+    };
+    let mut fields: Vec<(&str, String)> = vec![
+        ("id", job.id.clone()),
+        ("name", dash(&spec.name)),
+        ("tenant", dash(&job.tenant)),
+        ("state", job_state_name(job.state).to_owned()),
+        ("reason", dash(&job.reason)),
+        ("class", class_name(spec.class).to_owned()),
+        ("gpus", spec.gpus.to_string()),
+        ("command", shell_words(&spec.command)),
+    ];
+    if env.is_empty() {
+        fields.push(("env", "-".to_owned()));
+    }
+    for (k, v) in env {
+        fields.push(("env", format!("{k}={}", shell_quote(v))));
+    }
+    fields.extend([
+        ("walltime", seconds(spec.walltime_seconds)),
+        ("grace period", seconds(spec.grace_period_seconds)),
+        (
+            "on node lost",
+            on_node_lost_name(spec.on_node_lost).to_owned(),
+        ),
+        ("max retries", spec.max_retries.to_string()),
+        ("node", dash(&job.node)),
+        (
+            "gpu uuids",
+            if job.gpu_uuids.is_empty() {
+                "-".to_owned()
+            } else {
+                job.gpu_uuids.join(", ")
+            },
+        ),
+        (
+            "exit code",
+            if job.has_exit_code {
+                job.exit_code.to_string()
+            } else {
+                "-".to_owned()
+            },
+        ),
+        ("attempt", job.attempt.to_string()),
+        ("submitted", when(job.submitted_at_ms)),
+        ("started", when(job.started_at_ms)),
+        ("finished", when(job.finished_at_ms)),
+    ]);
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (key, value) in fields {
+        let key = format!("{key}:");
+        let _ = writeln!(out, "{key:<width$} {}", one_line(&value));
+    }
+    out
+}
+
+/// `job watch`: one line per event, `<state> node=<node> [exit=N] [reason: ...]`.
+pub fn job_event_line(job: &Job) -> String {
+    let mut line = format!("{:<10} node={}", job_state_name(job.state), dash(&job.node));
+    if job.has_exit_code {
+        let _ = write!(line, " exit={}", job.exit_code);
+    }
+    if !job.reason.is_empty() {
+        let _ = write!(line, " reason: {}", one_line(&job.reason));
+    }
+    line
+}
+
+/// `node list`: NAME STATUS GPUS FREE MODELS RUNNING CORDONED/DRAINING LAST-SEEN.
+pub fn node_table(nodes: &[Node], now: SystemTime) -> String {
+    let mut table = Table::new([
+        "NAME",
+        "STATUS",
+        "GPUS",
+        "FREE",
+        "MODELS",
+        "RUNNING",
+        "CORDONED/DRAINING",
+        "LAST-SEEN",
+    ]);
+    for node in nodes {
+        let unhealthy = node.gpus.iter().filter(|g| !g.healthy).count();
+        let gpus = if unhealthy == 0 {
+            node.gpus.len().to_string()
+        } else {
+            format!("{} ({unhealthy} unhealthy)", node.gpus.len())
+        };
+        let last_seen = if node.last_seen_ms > 0 {
+            format!("{} ago", age(node.last_seen_ms, now))
+        } else {
+            "-".to_owned()
+        };
+        table.row([
+            node.name.clone(),
+            node_status_name(node.status).to_owned(),
+            gpus,
+            free_gpus(node).to_string(),
+            models(&node.gpus),
+            node.running_jobs.to_string(),
+            node_schedulability(node).to_owned(),
+            last_seen,
+        ]);
+    }
+    table.render()
+}
+
+/// `draining`, `cordoned` or `-`.
+pub fn node_schedulability(node: &Node) -> &'static str {
+    if node.draining {
+        "draining"
+    } else if node.cordoned {
+        "cordoned"
+    } else {
+        "-"
+    }
+}
+
+/// `tenant list`: NAME RUNNING PENDING GPUS-IN-USE AGE.
+pub fn tenant_table(tenants: &[Tenant], now: SystemTime) -> String {
+    let mut table = Table::new(["NAME", "RUNNING", "PENDING", "GPUS-IN-USE", "AGE"]);
+    for t in tenants {
+        table.row([
+            t.name.clone(),
+            t.running_jobs.to_string(),
+            t.pending_jobs.to_string(),
+            t.gpus_in_use.to_string(),
+            age(t.created_at_ms, now),
+        ]);
+    }
+    table.render()
+}
+
+// ---------------------------------------------------------------- pieces
+
+/// Unix milliseconds as RFC 3339 with milliseconds; `None` for 0 (unset).
+pub fn timestamp(ms: i64) -> Option<String> {
+    let ms = u64::try_from(ms).ok().filter(|&ms| ms > 0)?;
+    Some(humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+}
+
+/// Time from `ms` (unix milliseconds) to `now`, as [`short_duration`];
+/// `-` when `ms` is unset.
+pub fn age(ms: i64, now: SystemTime) -> String {
+    let Ok(ms) = u64::try_from(ms) else {
+        return "-".to_owned();
+    };
+    if ms == 0 {
+        return "-".to_owned();
+    }
+    let then = UNIX_EPOCH + Duration::from_millis(ms);
+    short_duration(now.duration_since(then).unwrap_or_default())
+}
+
+/// At most two units, largest first: `42s`, `5m30s`, `3h`, `2d4h`.
+pub fn short_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    let (big, big_unit, small, small_unit) = match s {
+        0..60 => return format!("{s}s"),
+        60..3600 => (s / 60, "m", s % 60, "s"),
+        3600..86400 => (s / 3600, "h", s % 3600 / 60, "m"),
+        _ => (s / 86400, "d", s % 86400 / 3600, "h"),
+    };
+    if small == 0 {
+        format!("{big}{big_unit}")
+    } else {
+        format!("{big}{big_unit}{small}{small_unit}")
+    }
+}
+
+/// `2xA100-80GB,1xH100`: GPU models and how many of each, in index order
+/// of first appearance.
+fn models(gpus: &[Gpu]) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for gpu in gpus {
+        let model = if gpu.model.is_empty() {
+            "unknown"
+        } else {
+            gpu.model.as_str()
+        };
+        match counts.iter_mut().find(|(m, _)| *m == model) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((model, 1)),
+        }
+    }
+    if counts.is_empty() {
+        return "-".to_owned();
+    }
+    counts
+        .iter()
+        .map(|(m, n)| format!("{n}x{m}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn free_gpus(node: &Node) -> u32 {
+    let free = node
+        .gpus
+        .iter()
+        .filter(|g| g.healthy && g.assigned_job.is_empty())
+        .count();
+    u32::try_from(free).unwrap_or(u32::MAX)
+}
+
+/// An argv as a shell would need it typed.
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| shell_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `word` unchanged when a shell would read it as is, else single-quoted.
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+fn one_line(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
+fn non_empty(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+fn non_zero(n: u64) -> Option<u64> {
+    (n != 0).then_some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use edupool_proto::v1::{JobClass, JobSpec, JobState, NodeStatus, OnNodeLost};
+
+    use super::*;
+
+    /// 2025-01-01T00:00:00Z
+    const T0: i64 = 1_735_689_600_000;
+
+    fn at(ms: i64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap())
+    }
+
+    fn running_job() -> Job {
+        let mut spec = JobSpec {
+            name: "train-resnet".into(),
+            command: vec![
+                "python3".into(),
+                "train.py".into(),
+                "--note".into(),
+                "a b".into(),
+            ],
+            env: [("DATASET".to_owned(), "/data/x".to_owned())].into(),
+            gpus: 2,
+            walltime_seconds: 7200,
+            grace_period_seconds: 0,
+            max_retries: 3,
+            ..JobSpec::default()
+        };
+        spec.set_class(JobClass::Training);
+        spec.set_on_node_lost(OnNodeLost::Fail);
+        let mut job = Job {
+            id: "j-0001".into(),
+            tenant: "physics".into(),
+            spec: Some(spec),
+            node: "gpu-01".into(),
+            gpu_uuids: vec!["GPU-aaa".into(), "GPU-bbb".into()],
+            submitted_at_ms: T0,
+            started_at_ms: T0 + 1_500,
+            attempt: 1,
+            ..Job::default()
+        };
+        job.set_state(JobState::Running);
+        job
+    }
+
+    fn failed_job() -> Job {
+        let mut job = Job {
+            id: "j-0002".into(),
+            tenant: "bio".into(),
+            spec: Some(JobSpec {
+                command: vec!["false".into()],
+                gpus: 1,
+                ..JobSpec::default()
+            }),
+            node: "gpu-02".into(),
+            exit_code: 1,
+            has_exit_code: true,
+            reason: "exited with code 1".into(),
+            submitted_at_ms: T0,
+            started_at_ms: T0 + 1_000,
+            finished_at_ms: T0 + 2_000,
+            attempt: 1,
+            ..Job::default()
+        };
+        job.set_state(JobState::Failed);
+        job
+    }
+
+    fn pending_job() -> Job {
+        let mut job = Job {
+            id: "j-0003".into(),
+            tenant: "bio".into(),
+            spec: Some(JobSpec {
+                command: vec!["x".into()],
+                gpus: 8,
+                ..JobSpec::default()
+            }),
+            reason: "waiting for 8 free GPUs\non one node".into(),
+            submitted_at_ms: T0 + 60_000,
+            ..Job::default()
+        };
+        job.set_state(JobState::Pending);
+        job
+    }
+
+    #[test]
+    fn table_aligns_columns_and_trims_the_last() {
+        let mut t = Table::new(["A", "LONGER", "C"]);
+        t.row(["xxxx", "y", ""]);
+        t.row(["z", "", "last"]);
+        assert_eq!(t.render(), "A     LONGER  C\nxxxx  y\nz             last\n");
+    }
+
+    #[test]
+    fn job_table_golden() {
+        let now = at(T0 + 3_725_000);
+        let text = job_table(&[running_job(), failed_job(), pending_job()], now);
+        let expected = "\
+ID      NAME          TENANT   STATE    GPUS  NODE    AGE/EXIT  REASON
+j-0001  train-resnet  physics  running  2     gpu-01  1h2m      -
+j-0002  -             bio      failed   1     gpu-02  exit 1    exited with code 1
+j-0003  -             bio      pending  8     -       1h1m      waiting for 8 free GPUs on one node
+";
+        assert_eq!(text, expected);
+    }
+
+    #[test]
+    fn job_detail_golden() {
+        let now = at(T0 + 90_000);
+        let expected = "\
+id:           j-0001
+name:         train-resnet
+tenant:       physics
+state:        running
+reason:       -
+class:        training
+gpus:         2
+command:      python3 train.py --note 'a b'
+env:          DATASET=/data/x
+walltime:     2h
+grace period: pool default
+on node lost: fail
+max retries:  3
+node:         gpu-01
+gpu uuids:    GPU-aaa, GPU-bbb
+exit code:    -
+attempt:      1
+submitted:    2025-01-01T00:00:00.000Z (1m30s ago)
+started:      2025-01-01T00:00:01.500Z (1m28s ago)
+finished:     -
+";
+        assert_eq!(job_detail(&running_job(), now), expected);
+    }
+
+    #[test]
+    fn job_event_lines() {
+        assert_eq!(job_event_line(&running_job()), "running    node=gpu-01");
+        assert_eq!(
+            job_event_line(&failed_job()),
+            "failed     node=gpu-02 exit=1 reason: exited with code 1"
+        );
+        assert_eq!(
+            job_event_line(&pending_job()),
+            "pending    node=- reason: waiting for 8 free GPUs on one node"
+        );
+    }
+
+    #[test]
+    fn job_view_json() {
+        let view = JobView::from(&running_job());
+        let json: serde_json::Value = serde_json::from_str(&to_json(&view).unwrap()).unwrap();
+        assert_eq!(json["state"], "running");
+        assert_eq!(json["class"], "training");
+        assert_eq!(json["on_node_lost"], "fail");
+        assert_eq!(json["walltime_seconds"], 7200);
+        assert_eq!(json["grace_period_seconds"], serde_json::Value::Null);
+        assert_eq!(json["submitted_at"], "2025-01-01T00:00:00.000Z");
+        assert_eq!(json["started_at"], "2025-01-01T00:00:01.500Z");
+        assert_eq!(json["finished_at"], serde_json::Value::Null);
+        assert_eq!(json["exit_code"], serde_json::Value::Null);
+        assert_eq!(json["env"]["DATASET"], "/data/x");
+        assert_eq!(json["gpu_uuids"][1], "GPU-bbb");
+
+        let failed = JobView::from(&failed_job());
+        assert_eq!(failed.state, "failed");
+        assert_eq!(failed.exit_code, Some(1));
+        assert_eq!(failed.class, "batch");
+        assert_eq!(failed.on_node_lost, "requeue");
+        assert_eq!(failed.name, None);
+
+        let line = to_json_line(&failed).unwrap();
+        assert!(!line.contains('\n'));
+    }
+
+    fn node() -> Node {
+        let gpu = |i: u32, model: &str, job: &str, healthy: bool| Gpu {
+            uuid: format!("GPU-{i}"),
+            index: i,
+            model: model.into(),
+            memory_bytes: 80 << 30,
+            healthy,
+            assigned_job: job.into(),
+        };
+        let mut node = Node {
+            name: "gpu-01".into(),
+            cordoned: true,
+            draining: false,
+            gpus: vec![
+                gpu(0, "A100-80GB", "j-0001", true),
+                gpu(1, "A100-80GB", "", true),
+                gpu(2, "A100-80GB", "", false),
+                gpu(3, "H100", "", true),
+            ],
+            running_jobs: 1,
+            last_seen_ms: T0,
+            agent_version: "0.1.0".into(),
+            ..Node::default()
+        };
+        node.set_status(NodeStatus::Ready);
+        node
+    }
+
+    #[test]
+    fn node_table_golden() {
+        let mut lost = Node {
+            name: "gpu-02".into(),
+            ..Node::default()
+        };
+        lost.set_status(NodeStatus::Lost);
+        let text = node_table(&[node(), lost], at(T0 + 4_000));
+        let expected = "\
+NAME    STATUS  GPUS             FREE  MODELS              RUNNING  CORDONED/DRAINING  LAST-SEEN
+gpu-01  ready   4 (1 unhealthy)  2     3xA100-80GB,1xH100  1        cordoned           4s ago
+gpu-02  lost    0                0     -                   0        -                  -
+";
+        assert_eq!(text, expected);
+
+        let view = NodeView::from(&node());
+        assert_eq!(view.free_gpus, 2);
+        assert_eq!(view.status, "ready");
+        assert_eq!(view.gpus[0].assigned_job.as_deref(), Some("j-0001"));
+        assert_eq!(view.gpus[1].assigned_job, None);
+        assert_eq!(
+            view.last_seen_at.as_deref(),
+            Some("2025-01-01T00:00:00.000Z")
+        );
+    }
+
+    #[test]
+    fn tenant_table_and_view() {
+        let tenant = Tenant {
+            name: "physics".into(),
+            created_at_ms: T0,
+            running_jobs: 2,
+            pending_jobs: 5,
+            gpus_in_use: 6,
+        };
+        assert_eq!(
+            tenant_table(std::slice::from_ref(&tenant), at(T0 + 2 * 86_400_000 + 3_600_000)),
+            "NAME     RUNNING  PENDING  GPUS-IN-USE  AGE\nphysics  2        5        6            2d1h\n"
+        );
+        let view = NewTenantView {
+            tenant: TenantView::from(&tenant),
+            token: "tok".into(),
+        };
+        let json: serde_json::Value = serde_json::from_str(&to_json(&view).unwrap()).unwrap();
+        assert_eq!(json["tenant"]["created_at"], "2025-01-01T00:00:00.000Z");
+        assert_eq!(json["token"], "tok");
+    }
+
+    #[test]
+    fn durations_and_times() {
+        assert_eq!(short_duration(Duration::from_secs(0)), "0s");
+        assert_eq!(short_duration(Duration::from_secs(59)), "59s");
+        assert_eq!(short_duration(Duration::from_secs(60)), "1m");
+        assert_eq!(short_duration(Duration::from_secs(330)), "5m30s");
+        assert_eq!(short_duration(Duration::from_secs(3 * 3600 + 59)), "3h");
+        assert_eq!(short_duration(Duration::from_secs(3 * 3600 + 720)), "3h12m");
+        assert_eq!(
+            short_duration(Duration::from_secs(86_400 * 2 + 3600 * 4)),
+            "2d4h"
+        );
+        assert_eq!(timestamp(0), None);
+        assert_eq!(timestamp(-5), None);
+        assert_eq!(
+            timestamp(T0 + 7).as_deref(),
+            Some("2025-01-01T00:00:00.007Z")
+        );
+        assert_eq!(age(0, at(T0)), "-");
+        // A clock behind the server's reads as 0s, not a panic.
+        assert_eq!(age(T0 + 5_000, at(T0)), "0s");
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("train.py"), "train.py");
+        assert_eq!(shell_quote("--lr=0.1"), "--lr=0.1");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
+    }
+
+    #[test]
+    fn output_format_parses() {
+        assert_eq!("JSON".parse::<OutputFormat>(), Ok(OutputFormat::Json));
+        assert_eq!("table".parse::<OutputFormat>(), Ok(OutputFormat::Table));
+        assert!("yaml".parse::<OutputFormat>().is_err());
+    }
+}
