@@ -1,1 +1,120 @@
+//! The edupool node agent: it tells the scheduler what GPUs this node has,
+//! runs the jobs the scheduler places here, and reports how they end.
+//!
+//! - [`inventory`]: the [`GpuInventory`](inventory::GpuInventory) trait and
+//!   its backends (today the simulated one, from specs like `4xA100-80GB`).
+//! - [`runner`]: jobs as processes, each in its own process group with
+//!   `CUDA_VISIBLE_DEVICES` set to its GPUs; walltime, stop with a grace
+//!   period, logs, and a record per job until the scheduler forgets it.
+//! - `session` (private): the `AgentService.Session` stream to the
+//!   scheduler, reopened with backoff over a list of endpoints.
+//! - [`config`]: [`AgentConfig`] and its validation.
+//! - `convert` (private): every conversion to and from `edupool_proto::v1`.
+//! - [`run`]: the whole agent, until a shutdown token is cancelled.
+//!
+//! The library installs no global state (no tracing subscriber, no signal
+//! handlers), so several agents can run in one process, as the scheduler's
+//! development mode does.
 
+pub mod config;
+mod convert;
+pub mod inventory;
+pub mod runner;
+mod session;
+
+use std::error::Error;
+use std::io;
+use std::path::PathBuf;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::info;
+
+pub use config::{AgentConfig, ConfigError};
+
+use runner::{Runner, RunnerConfig};
+use session::{Backoff, Session};
+
+/// The reason recorded for jobs stopped because the agent shuts down.
+pub const SHUTDOWN_REASON: &str = "agent shutting down";
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The configuration is invalid.
+    #[error("invalid agent configuration")]
+    Config(#[from] ConfigError),
+    /// The work directory cannot be created or resolved.
+    #[error("cannot use the work directory {}", path.display())]
+    WorkDir {
+        /// The directory as configured.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Runs the agent until `shutdown` is cancelled: keeps a session with the
+/// scheduler open (reconnecting as needed), runs the jobs it is given, and
+/// on shutdown stops every running job with its grace period and returns
+/// once they have all exited and their exits have been offered to the
+/// scheduler.
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    config.validate()?;
+    let work_dir = prepare_work_dir(&config.work_dir).await?;
+    let tracker = TaskTracker::new();
+    let (runner, events) = Runner::new(RunnerConfig {
+        work_dir: work_dir.clone(),
+        default_grace_period: config.default_grace_period,
+    });
+    let session = Session {
+        node_name: config.node_name.clone(),
+        endpoints: config.tonic_endpoints()?,
+        authorization: config.authorization()?,
+        inventory: config.inventory.clone(),
+        runner: runner.clone(),
+        tracker: tracker.clone(),
+        backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
+    };
+    info!(node = %config.node_name, work_dir = %work_dir.display(),
+        endpoints = ?config.endpoints, gpus = config.inventory.backend(), "agent starting");
+
+    // The session outlives the jobs, so that their last exits are reported.
+    let session_stop = CancellationToken::new();
+    tracker.spawn(session.run(events, session_stop.clone()));
+
+    shutdown.cancelled().await;
+    info!(node = %config.node_name, "agent shutting down");
+    runner.shutdown(SHUTDOWN_REASON).await;
+    session_stop.cancel();
+    tracker.close();
+    tracker.wait().await;
+    info!(node = %config.node_name, "agent stopped");
+    Ok(())
+}
+
+/// Creates `<work_dir>/jobs` and returns the work directory as an absolute
+/// path, so that jobs' directories do not depend on the current directory.
+async fn prepare_work_dir(work_dir: &std::path::Path) -> Result<PathBuf, AgentError> {
+    let error = |source| AgentError::WorkDir {
+        path: work_dir.to_owned(),
+        source,
+    };
+    tokio::fs::create_dir_all(work_dir.join("jobs"))
+        .await
+        .map_err(error)?;
+    tokio::fs::canonicalize(work_dir).await.map_err(error)
+}
+
+/// `err` and its sources, joined by `": "`.
+pub(crate) fn error_chain(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

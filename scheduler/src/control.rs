@@ -222,7 +222,9 @@ async fn check_liveness(
             }
             continue;
         }
-        let since = *absent_since.entry(node.clone()).or_insert_with(Instant::now);
+        let since = *absent_since
+            .entry(node.clone())
+            .or_insert_with(Instant::now);
         match status {
             NodeStatus::Ready => commands.push(Command::NodeDisconnected { node }),
             NodeStatus::Down if since.elapsed() >= config.node_lost_timeout => {

@@ -126,7 +126,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let bound = server::bind(config).await?;
             // Tests and scripts read the bound address from this line.
             println!("edupool-scheduler listening on {}", bound.local_addr());
-            server::serve(bound, shutdown).await.context("scheduler stopped")?;
+            server::serve(bound, shutdown)
+                .await
+                .context("scheduler stopped")?;
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Dev(a) => {
@@ -163,15 +165,16 @@ fn init_tracing(default: &str) {
 /// SIGINT or SIGTERM cancels the shutdown token; the library stops cleanly.
 fn spawn_signal_handler(shutdown: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("warning: cannot watch SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-                shutdown.cancel();
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("warning: cannot watch SIGTERM: {e}");
+                    let _ = tokio::signal::ctrl_c().await;
+                    shutdown.cancel();
+                    return;
+                }
+            };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

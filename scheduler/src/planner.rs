@@ -67,8 +67,8 @@ pub fn plan(state: &State) -> Vec<Decision> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
     use crate::state::tests_support::*;
+    use std::collections::BTreeSet;
 
     #[test]
     fn first_fit_in_class_then_submission_order() {

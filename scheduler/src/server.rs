@@ -149,9 +149,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<JobServiceServer<Jobs>>()
-        .await;
+    health.set_serving::<JobServiceServer<Jobs>>().await;
     health.set_serving::<AdminServiceServer<Admin>>().await;
     health.set_serving::<AgentServiceServer<Agents>>().await;
     let reflection = tonic_reflection::server::Builder::configure()

@@ -21,7 +21,14 @@ pub fn bin(name: &str) -> PathBuf {
     let dir = BUILT.get_or_init(|| {
         let mut cmd = Command::new(env!("CARGO"));
         cmd.args(["build", "--quiet", "--bins"])
-            .args(["-p", "edupool-scheduler", "-p", "edupool-agent", "-p", "edupoolctl"])
+            .args([
+                "-p",
+                "edupool-scheduler",
+                "-p",
+                "edupool-agent",
+                "-p",
+                "edupoolctl",
+            ])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
@@ -101,7 +108,12 @@ impl Scheduler {
         let mut child = Command::new(bin("edupool-scheduler"))
             .args(["serve", "--listen", listen, "--data-dir"])
             .arg(data_dir)
-            .args(["--node-lost-timeout", node_lost_timeout, "--heartbeat-interval", "200ms"])
+            .args([
+                "--node-lost-timeout",
+                node_lost_timeout,
+                "--heartbeat-interval",
+                "200ms",
+            ])
             .env("EDUPOOL_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
             .env("RUST_LOG", "warn")

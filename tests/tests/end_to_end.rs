@@ -43,7 +43,9 @@ fn wait_nodes_ready(s: &Scheduler, n: usize) -> Result<Value> {
 }
 
 async fn grpc(s: &Scheduler) -> JobServiceClient<tonic::transport::Channel> {
-    JobServiceClient::connect(s.endpoint()).await.expect("connect")
+    JobServiceClient::connect(s.endpoint())
+        .await
+        .expect("connect")
 }
 
 fn authed<T>(token: &str, msg: T) -> Request<T> {
@@ -72,7 +74,18 @@ async fn jobs_run_on_real_processes_and_end_right() -> Result<()> {
     // Through the CLI.
     let submitted = s.ctl_json(
         &zju,
-        &["job", "submit", "--gpus", "2", "--name", "hello", "--", "sh", "-c", "echo gpus=$CUDA_VISIBLE_DEVICES job=$EDUPOOL_JOB_ID"],
+        &[
+            "job",
+            "submit",
+            "--gpus",
+            "2",
+            "--name",
+            "hello",
+            "--",
+            "sh",
+            "-c",
+            "echo gpus=$CUDA_VISIBLE_DEVICES job=$EDUPOOL_JOB_ID",
+        ],
     )?;
     let id = submitted["id"].as_str().unwrap().to_string();
     let done = wait_state(&s, &zju, &id, "succeeded")?;
@@ -107,11 +120,18 @@ async fn jobs_run_on_real_processes_and_end_right() -> Result<()> {
     assert_eq!(failed["exit_code"], 7);
 
     // Cancel: SIGTERM to the job, which ends Cancelled.
-    let long = s.ctl_json(&zju, &["job", "submit", "--gpus", "1", "--", "sleep", "300"])?;
+    let long = s.ctl_json(
+        &zju,
+        &["job", "submit", "--gpus", "1", "--", "sleep", "300"],
+    )?;
     let long_id = long["id"].as_str().unwrap().to_string();
     wait_state(&s, &zju, &long_id, "running")?;
     let out = s.ctl(&zju, &["job", "cancel", &long_id]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cancelled = wait_state(&s, &zju, &long_id, "cancelled")?;
     assert!(cancelled["exit_code"].is_null(), "ended by a signal");
 
@@ -123,12 +143,24 @@ async fn jobs_run_on_real_processes_and_end_right() -> Result<()> {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = client
-        .cancel_job(authed(&hdu, pb::CancelJobRequest { id: long_id.clone(), reason: String::new() }))
+        .cancel_job(authed(
+            &hdu,
+            pb::CancelJobRequest {
+                id: long_id.clone(),
+                reason: String::new(),
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     let err = client
-        .get_job_logs(authed(&hdu, pb::GetJobLogsRequest { id: id.clone(), ..Default::default() }))
+        .get_job_logs(authed(
+            &hdu,
+            pb::GetJobLogsRequest {
+                id: id.clone(),
+                ..Default::default()
+            },
+        ))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
@@ -158,25 +190,66 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing() -> Result<()> {
         pb::SubmitJobRequest { spec: Some(s) }
     };
     let cases: Vec<(pb::SubmitJobRequest, Code, &str)> = vec![
-        (spec(&|s| s.gpus = 0), Code::InvalidArgument, "at least 1 GPU"),
-        (spec(&|s| s.gpus = 100_000), Code::InvalidArgument, "at most 1024"),
-        (spec(&|s| s.gpus = 5), Code::FailedPrecondition, "largest node in the pool has 4"),
-        (spec(&|s| s.command.clear()), Code::InvalidArgument, "command is empty"),
-        (spec(&|s| s.class = 42), Code::InvalidArgument, "unknown job class 42"),
-        (spec(&|s| s.name = "no spaces please".into()), Code::InvalidArgument, "invalid job name"),
-        (pb::SubmitJobRequest { spec: None }, Code::InvalidArgument, "spec is missing"),
+        (
+            spec(&|s| s.gpus = 0),
+            Code::InvalidArgument,
+            "at least 1 GPU",
+        ),
+        (
+            spec(&|s| s.gpus = 100_000),
+            Code::InvalidArgument,
+            "at most 1024",
+        ),
+        (
+            spec(&|s| s.gpus = 5),
+            Code::FailedPrecondition,
+            "largest node in the pool has 4",
+        ),
+        (
+            spec(&|s| s.command.clear()),
+            Code::InvalidArgument,
+            "command is empty",
+        ),
+        (
+            spec(&|s| s.class = 42),
+            Code::InvalidArgument,
+            "unknown job class 42",
+        ),
+        (
+            spec(&|s| s.name = "no spaces please".into()),
+            Code::InvalidArgument,
+            "invalid job name",
+        ),
+        (
+            pb::SubmitJobRequest { spec: None },
+            Code::InvalidArgument,
+            "spec is missing",
+        ),
     ];
     for (req, code, text) in cases {
         let err = client.submit_job(authed(&zju, req)).await.unwrap_err();
         assert_eq!(err.code(), code, "{}", err.message());
-        assert!(err.message().contains(text), "{:?} should say {text:?}", err.message());
+        assert!(
+            err.message().contains(text),
+            "{:?} should say {text:?}",
+            err.message()
+        );
     }
     // Oversize request.
     let huge = spec(&|s| s.command = vec!["x".repeat(2 * 1024 * 1024)]);
     let err = client.submit_job(authed(&zju, huge)).await.unwrap_err();
-    assert!(matches!(err.code(), Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument), "{err:?}");
+    assert!(
+        matches!(
+            err.code(),
+            Code::OutOfRange | Code::ResourceExhausted | Code::InvalidArgument
+        ),
+        "{err:?}"
+    );
     // Tokens.
-    let err = client.list_jobs(Request::new(pb::ListJobsRequest::default())).await.unwrap_err();
+    let err = client
+        .list_jobs(Request::new(pb::ListJobsRequest::default()))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
     let err = client
         .list_jobs(authed("not-a-token", pb::ListJobsRequest::default()))
@@ -190,7 +263,12 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing() -> Result<()> {
     let out = s.ctl(ADMIN_TOKEN, &["tenant", "create", "Bad Name"]);
     assert_eq!(out.status.code(), Some(1));
     // The CLI refuses a bad job before sending it.
-    let out = s.ctl(&zju, &["job", "submit", "--gpus", "1", "--class", "urgent", "--", "true"]);
+    let out = s.ctl(
+        &zju,
+        &[
+            "job", "submit", "--gpus", "1", "--class", "urgent", "--", "true",
+        ],
+    );
     assert_ne!(out.status.code(), Some(0));
 
     // Nothing of the above changed the pool.
@@ -213,8 +291,14 @@ async fn kill_9_of_the_scheduler_loses_nothing() -> Result<()> {
     wait_state(&s, &zju, &quick, "succeeded")?;
     // A marker file lets the test end this job when it chooses.
     let marker = dir.path().join("finish");
-    let script = format!("while [ ! -e {} ]; do sleep 0.1; done; echo done", marker.display());
-    let long = s.ctl_json(&zju, &["job", "submit", "--gpus", "1", "--", "sh", "-c", &script])?;
+    let script = format!(
+        "while [ ! -e {} ]; do sleep 0.1; done; echo done",
+        marker.display()
+    );
+    let long = s.ctl_json(
+        &zju,
+        &["job", "submit", "--gpus", "1", "--", "sh", "-c", &script],
+    )?;
     let long = long["id"].as_str().unwrap().to_string();
     wait_state(&s, &zju, &long, "running")?;
     let pending = s.ctl_json(&zju, &["job", "submit", "--gpus", "2", "--", "true"])?;
@@ -226,7 +310,12 @@ async fn kill_9_of_the_scheduler_loses_nothing() -> Result<()> {
     // Everything acknowledged is still there, tokens included.
     let after = s.ctl_json(ADMIN_TOKEN, &["job", "list"])?;
     assert_eq!(after.as_array().unwrap().len(), 3);
-    for (b, a) in before.as_array().unwrap().iter().zip(after.as_array().unwrap()) {
+    for (b, a) in before
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(after.as_array().unwrap())
+    {
         assert_eq!(b["id"], a["id"]);
         assert_eq!(b["submitted_at"], a["submitted_at"]);
     }
@@ -251,7 +340,19 @@ async fn a_lost_nodes_job_is_requeued_elsewhere() -> Result<()> {
     let mut first = s.agent("gpu-node-1", "1xT4-16GB", &dir.path().join("a1"))?;
     wait_nodes_ready(&s, 1)?;
     let zju = tenant(&s, "zju")?;
-    let j = s.ctl_json(&zju, &["job", "submit", "--gpus", "1", "--", "sh", "-c", "sleep 2; echo attempt $EDUPOOL_ATTEMPT"])?;
+    let j = s.ctl_json(
+        &zju,
+        &[
+            "job",
+            "submit",
+            "--gpus",
+            "1",
+            "--",
+            "sh",
+            "-c",
+            "sleep 2; echo attempt $EDUPOOL_ATTEMPT",
+        ],
+    )?;
     let id = j["id"].as_str().unwrap().to_string();
     wait_state(&s, &zju, &id, "running")?;
     first.kill9();

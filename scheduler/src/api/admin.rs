@@ -43,7 +43,9 @@ impl Admin {
         let (cordoned, draining) = self
             .replica
             .read(|s| s.node(&name).map(|n| (n.cordoned, n.draining)))
-            .ok_or_else(|| Status::not_found(format!("node '{}' does not exist", truncate(&name))))?;
+            .ok_or_else(|| {
+                Status::not_found(format!("node '{}' does not exist", truncate(&name)))
+            })?;
         let (cordoned, draining) = change(cordoned, draining);
         self.replica
             .propose(Command::SetNodeSchedulable {
@@ -119,7 +121,8 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        self.set_schedulable(req, |_, draining| (true, draining)).await
+        self.set_schedulable(req, |_, draining| (true, draining))
+            .await
     }
 
     async fn uncordon_node(

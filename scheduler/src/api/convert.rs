@@ -167,7 +167,9 @@ fn check_command(command: &[String]) -> Result<(), SpecError> {
     Ok(())
 }
 
-fn check_env(env: std::collections::HashMap<String, String>) -> Result<BTreeMap<String, String>, SpecError> {
+fn check_env(
+    env: std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, String>, SpecError> {
     let bytes: usize = env.iter().map(|(k, v)| k.len() + v.len()).sum();
     if env.len() > MAX_ENV_VARS || bytes > MAX_ENV_BYTES {
         return Err(SpecError::EnvTooLarge {
@@ -392,9 +394,15 @@ mod tests {
 
     #[test]
     fn bad_specs_get_precise_errors() {
-        assert_eq!(job_spec(None, &JobLimits::default()), Err(SpecError::Missing));
+        assert_eq!(
+            job_spec(None, &JobLimits::default()),
+            Err(SpecError::Missing)
+        );
         assert_eq!(check(|s| s.command.clear()), Err(SpecError::EmptyCommand));
-        assert_eq!(check(|s| s.command[0].clear()), Err(SpecError::EmptyProgram));
+        assert_eq!(
+            check(|s| s.command[0].clear()),
+            Err(SpecError::EmptyProgram)
+        );
         assert_eq!(check(|s| s.gpus = 0), Err(SpecError::ZeroGpus));
         assert_eq!(
             check(|s| s.gpus = u32::MAX),
@@ -404,7 +412,10 @@ mod tests {
             })
         );
         assert_eq!(check(|s| s.class = 9), Err(SpecError::UnknownClass(9)));
-        assert_eq!(check(|s| s.on_node_lost = -1), Err(SpecError::UnknownOnNodeLost(-1)));
+        assert_eq!(
+            check(|s| s.on_node_lost = -1),
+            Err(SpecError::UnknownOnNodeLost(-1))
+        );
         assert_eq!(
             check(|s| s.command.push("a\0b".into())),
             Err(SpecError::NulInArgument { index: 2 })
@@ -413,7 +424,10 @@ mod tests {
             check(|s| s.command = vec!["x".repeat(70_000)]),
             Err(SpecError::CommandTooLong { .. })
         ));
-        assert!(matches!(check(|s| s.name = "a b".into()), Err(SpecError::BadName(_))));
+        assert!(matches!(
+            check(|s| s.name = "a b".into()),
+            Err(SpecError::BadName(_))
+        ));
         assert!(matches!(
             check(|s| {
                 s.env.insert("1X".into(), "v".into());
@@ -453,6 +467,9 @@ mod tests {
             inventory("n1", vec![g("a"), g("a")]),
             Err(InventoryError::DuplicateUuid("a".into()))
         );
-        assert!(matches!(inventory("bad name", vec![]), Err(InventoryError::BadNodeName(_))));
+        assert!(matches!(
+            inventory("bad name", vec![]),
+            Err(InventoryError::BadNodeName(_))
+        ));
     }
 }

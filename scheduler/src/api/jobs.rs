@@ -117,7 +117,11 @@ impl JobService for Jobs {
                     .ok_or_else(|| Status::invalid_argument(format!("unknown job state {s}")))?,
             );
         }
-        let limit = if r.limit == 0 { usize::MAX } else { r.limit as usize };
+        let limit = if r.limit == 0 {
+            usize::MAX
+        } else {
+            r.limit as usize
+        };
         let jobs = self.replica.read(|s| {
             s.jobs()
                 .filter(|j| tenant.as_deref().is_none_or(|t| j.tenant == t))
@@ -138,7 +142,9 @@ impl JobService for Jobs {
         let r = req.into_inner();
         let job: JobId = r.id.parse().map_err(Status::invalid_argument)?;
         if r.reason.len() > 1024 {
-            return Err(Status::invalid_argument("the reason is longer than 1024 bytes"));
+            return Err(Status::invalid_argument(
+                "the reason is longer than 1024 bytes",
+            ));
         }
         self.replica
             .propose(Command::CancelJob {
@@ -168,7 +174,13 @@ impl JobService for Jobs {
         let replica = self.replica.clone();
         self.tasks.spawn(async move {
             let mut last = convert::job(&job);
-            if tx.send(Ok(pb::JobEvent { job: Some(last.clone()) })).await.is_err() {
+            if tx
+                .send(Ok(pb::JobEvent {
+                    job: Some(last.clone()),
+                }))
+                .await
+                .is_err()
+            {
                 return;
             }
             while !job_is_final(&last) {
@@ -189,7 +201,13 @@ impl JobService for Jobs {
                 };
                 if now != last {
                     last = now;
-                    if tx.send(Ok(pb::JobEvent { job: Some(last.clone()) })).await.is_err() {
+                    if tx
+                        .send(Ok(pb::JobEvent {
+                            job: Some(last.clone()),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }

@@ -39,9 +39,7 @@ impl Caller {
     pub fn require_admin(&self) -> Result<(), Status> {
         match self {
             Caller::Admin => Ok(()),
-            _ => Err(Status::permission_denied(
-                "this call needs the admin token",
-            )),
+            _ => Err(Status::permission_denied("this call needs the admin token")),
         }
     }
 }
@@ -77,7 +75,9 @@ impl Auth {
             .map_err(|_| Status::unauthenticated("the authorization header is not valid text"))?;
         let token = value
             .strip_prefix("Bearer ")
-            .ok_or_else(|| Status::unauthenticated("the authorization header must be 'Bearer <token>'"))?
+            .ok_or_else(|| {
+                Status::unauthenticated("the authorization header must be 'Bearer <token>'")
+            })?
             .trim();
         let hash = token_hash(token);
         if constant_time_eq(&hash, &self.admin_hash) {
@@ -103,7 +103,11 @@ pub fn new_token(prefix: &str) -> String {
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The one mapping from domain errors to gRPC statuses.

@@ -66,15 +66,24 @@ pub enum DevOutcome {
 
 pub async fn run(config: DevConfig, shutdown: CancellationToken) -> Result<DevOutcome, DevError> {
     if config.agents == 0 || config.agents > 1000 {
-        return Err(DevError::Config("--agents must be between 1 and 1000".into()));
+        return Err(DevError::Config(
+            "--agents must be between 1 and 1000".into(),
+        ));
     }
     if config.gpus_per_agent == 0 || config.gpus_per_agent > 64 {
-        return Err(DevError::Config("--gpus-per-agent must be between 1 and 64".into()));
+        return Err(DevError::Config(
+            "--gpus-per-agent must be between 1 and 64".into(),
+        ));
     }
     let workload = config.workload.as_deref().map(Workload::load).transpose()?;
     let temp = match &config.data_dir {
         Some(_) => None,
-        None => Some(tempfile::Builder::new().prefix("edupool-dev-").tempdir().map_err(DevError::DataDir)?),
+        None => Some(
+            tempfile::Builder::new()
+                .prefix("edupool-dev-")
+                .tempdir()
+                .map_err(DevError::DataDir)?,
+        ),
     };
     let data_dir = config
         .data_dir
@@ -82,7 +91,10 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> Result<DevOu
         .unwrap_or_else(|| temp.as_ref().expect("made above").path().to_path_buf());
     std::fs::create_dir_all(&data_dir).map_err(DevError::DataDir)?;
 
-    let admin_token = config.admin_token.clone().unwrap_or_else(|| new_token("epa"));
+    let admin_token = config
+        .admin_token
+        .clone()
+        .unwrap_or_else(|| new_token("epa"));
     let agent_token = new_token("epn");
     let bound = server::bind(ServerConfig {
         listen: config.listen,

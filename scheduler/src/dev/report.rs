@@ -115,7 +115,9 @@ async fn wait_for_nodes(admin: &Clients, want: usize, deadline: Instant) -> Resu
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(DevError::Run(format!("only {ready} of {want} agents connected")));
+            return Err(DevError::Run(format!(
+                "only {ready} of {want} agents connected"
+            )));
         }
         tokio::time::sleep(POLL).await;
     }
@@ -143,7 +145,13 @@ async fn follow(
         for j in &jobs {
             if seen.get(&j.id) != Some(&(j.state, j.attempt)) {
                 seen.insert(j.id.clone(), (j.state, j.attempt));
-                println!("{:<6} {:<18} {:<11} {}", j.id, j.tenant, job_state_name(j.state), where_and_why(j));
+                println!(
+                    "{:<6} {:<18} {:<11} {}",
+                    j.id,
+                    j.tenant,
+                    job_state_name(j.state),
+                    where_and_why(j)
+                );
             }
         }
         if jobs.len() == ids.len() && jobs.iter().all(|j| job_state_is_final(j.state)) {
@@ -170,21 +178,42 @@ fn where_and_why(j: &pb::Job) -> String {
 }
 
 async fn print_summary(admin: &Clients, jobs: &[pb::Job]) {
-    let mut table = Table::new(["JOB", "TENANT", "NAME", "GPUS", "NODE", "STATE", "EXIT", "SECONDS", "FIRST OUTPUT LINE"]);
+    let mut table = Table::new([
+        "JOB",
+        "TENANT",
+        "NAME",
+        "GPUS",
+        "NODE",
+        "STATE",
+        "EXIT",
+        "SECONDS",
+        "FIRST OUTPUT LINE",
+    ]);
     for j in jobs {
         let spec = j.spec.clone().unwrap_or_default();
         let secs = if j.started_at_ms > 0 && j.finished_at_ms >= j.started_at_ms {
-            format!("{:.1}", (j.finished_at_ms - j.started_at_ms) as f64 / 1000.0)
+            format!(
+                "{:.1}",
+                (j.finished_at_ms - j.started_at_ms) as f64 / 1000.0
+            )
         } else {
             "-".into()
         };
-        let exit = if j.has_exit_code { j.exit_code.to_string() } else { "-".into() };
+        let exit = if j.has_exit_code {
+            j.exit_code.to_string()
+        } else {
+            "-".into()
+        };
         table.row([
             j.id.clone(),
             j.tenant.clone(),
             spec.name,
             spec.gpus.to_string(),
-            if j.node.is_empty() { "-".into() } else { j.node.clone() },
+            if j.node.is_empty() {
+                "-".into()
+            } else {
+                j.node.clone()
+            },
             job_state_name(j.state).to_string(),
             exit,
             secs,

@@ -152,7 +152,9 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") && path.to_string_lossy().contains("workload") {
+            if path.extension().is_some_and(|e| e == "toml")
+                && path.to_string_lossy().contains("workload")
+            {
                 Workload::load(&path).unwrap();
             }
         }

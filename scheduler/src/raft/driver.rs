@@ -102,7 +102,14 @@ impl Replica {
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         let mut node = RawNode::new(&raft_config, store, &super::logger::logger())
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        let voters = node.raft.prs().conf().voters().ids().iter().collect::<Vec<_>>();
+        let voters = node
+            .raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .collect::<Vec<_>>();
         if voters == [config.id] {
             // A one-voter cluster elects itself at once.
             let _ = node.campaign();
@@ -362,7 +369,10 @@ mod tests {
             })
             .await
             .unwrap_err();
-        assert!(matches!(err, ProposeError::Rejected(Rejection::TenantExists(_))));
+        assert!(matches!(
+            err,
+            ProposeError::Rejected(Rejection::TenantExists(_))
+        ));
         r.propose(Command::NodeConnected {
             node: "n1".into(),
             gpus: vec![],

@@ -95,7 +95,8 @@ impl RaftStore {
         let mut core = self.mem.wl();
         core.set_conf_state(conf.clone());
         core.set_hardstate(hard);
-        core.append(&entries).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        core.append(&entries)
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         drop(core);
         if meta.get(CONF_STATE)?.is_none() {
             self.write(|meta, _| put(meta, CONF_STATE, &conf))?;
@@ -122,7 +123,8 @@ impl RaftStore {
             Ok(())
         })?;
         let mut core = self.mem.wl();
-        core.append(entries).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        core.append(entries)
+            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         if let Some(hs) = hard {
             core.set_hardstate(hs.clone());
         }
@@ -212,11 +214,12 @@ mod tests {
     use super::*;
 
     fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e.data = data.to_vec().into();
-        e
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -225,9 +228,11 @@ mod tests {
         let path = dir.path().join("raft.redb");
         {
             let s = RaftStore::open(&path, &[1]).unwrap();
-            let mut hs = HardState::default();
-            hs.term = 2;
-            hs.vote = 1;
+            let hs = HardState {
+                term: 2,
+                vote: 1,
+                ..Default::default()
+            };
             s.persist(&[entry(1, 1, b"a"), entry(2, 2, b"b")], Some(&hs))
                 .unwrap();
             // A conflicting suffix replaces what was there.
@@ -237,7 +242,9 @@ mod tests {
         let s = RaftStore::open(&path, &[9]).unwrap();
         assert_eq!(s.last_index().unwrap(), 2);
         assert_eq!(s.term(2).unwrap(), 3);
-        let got = s.entries(1, 3, None, GetEntriesContext::empty(false)).unwrap();
+        let got = s
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
         assert_eq!(&got[1].data[..], b"c");
         let st = s.initial_state().unwrap();
         assert_eq!(st.hard_state.term, 2);

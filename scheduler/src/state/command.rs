@@ -31,9 +31,13 @@ pub enum Command {
         agent_version: String,
     },
     /// An agent's session ended; its jobs are presumed still running.
-    NodeDisconnected { node: String },
+    NodeDisconnected {
+        node: String,
+    },
     /// An agent was gone longer than the timeout.
-    NodeLost { node: String },
+    NodeLost {
+        node: String,
+    },
     SetNodeSchedulable {
         node: String,
         cordoned: bool,

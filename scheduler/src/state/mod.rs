@@ -434,12 +434,9 @@ impl State {
         let vanished: BTreeSet<JobId> = self
             .jobs_on(&name)
             .filter(|j| {
-                j.gpus.iter().any(|u| {
-                    !self.nodes[&name]
-                        .gpus
-                        .iter()
-                        .any(|g| &g.info.uuid == u)
-                })
+                j.gpus
+                    .iter()
+                    .any(|u| !self.nodes[&name].gpus.iter().any(|g| &g.info.uuid == u))
             })
             .map(|j| j.id)
             .collect();

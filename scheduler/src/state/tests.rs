@@ -179,7 +179,10 @@ fn start_then_exit_ends_the_job_and_frees_gpus() {
     let job = s.job(j).unwrap();
     assert_eq!(job.state, JobState::Succeeded);
     assert_eq!(job.exit_code, Some(0));
-    assert_eq!((job.started_at, job.finished_at), (Some(3_000), Some(9_000)));
+    assert_eq!(
+        (job.started_at, job.finished_at),
+        (Some(3_000), Some(9_000))
+    );
     assert_eq!(s.node("n1").unwrap().free_gpus().count(), 4);
 
     // A repeated report changes nothing but still lets the agent forget.
@@ -336,7 +339,11 @@ fn node_loss_requeues_within_retries_then_loses() {
     place(&mut s, f, "n1", vec![uuid("n1", 1)]).unwrap();
     apply_ok(&mut s, Command::NodeDisconnected { node: "n1".into() });
     assert_eq!(s.node("n1").unwrap().status, NodeStatus::Down);
-    assert_eq!(s.job(j).unwrap().state, JobState::Assigned, "kept while down");
+    assert_eq!(
+        s.job(j).unwrap().state,
+        JobState::Assigned,
+        "kept while down"
+    );
     let (_, e) = apply_ok(&mut s, Command::NodeLost { node: "n1".into() });
     assert_eq!(e, vec![Effect::JobChanged(j), Effect::JobChanged(f)]);
     let job = s.job(j).unwrap();

@@ -1,0 +1,311 @@
+//! The agent's configuration and its validation.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Endpoint;
+
+use crate::inventory::GpuInventory;
+use crate::runner::DEFAULT_GRACE_PERIOD;
+
+/// The longest node name accepted (a DNS name's limit).
+pub const MAX_NODE_NAME_LEN: usize = 253;
+
+/// Everything [`run`](crate::run) needs. Build it with
+/// [`AgentConfig::new`], adjust the public fields, then
+/// [`validate`](AgentConfig::validate) (which `run` also does).
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// This node's name in the pool.
+    pub node_name: String,
+    /// The scheduler's endpoints, tried in turn: `http://host:port`, or
+    /// `host:port` for the same.
+    pub endpoints: Vec<String>,
+    /// The agent's token, sent as `authorization: Bearer <token>`.
+    pub token: String,
+    /// Jobs run in `<work_dir>/jobs/<job_id>/`; created if missing.
+    pub work_dir: PathBuf,
+    /// Where the GPU inventory comes from.
+    pub inventory: Arc<dyn GpuInventory>,
+    /// SIGTERM to SIGKILL for jobs whose start order gives no grace period.
+    pub default_grace_period: Duration,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+    /// The first delay before reconnecting; it doubles on every failed
+    /// attempt, up to `reconnect_max`.
+    pub reconnect_min: Duration,
+    /// The longest delay between two connection attempts.
+    pub reconnect_max: Duration,
+}
+
+impl AgentConfig {
+    /// A configuration with default timings.
+    pub fn new(
+        node_name: impl Into<String>,
+        endpoints: Vec<String>,
+        token: impl Into<String>,
+        work_dir: impl Into<PathBuf>,
+        inventory: Arc<dyn GpuInventory>,
+    ) -> Self {
+        AgentConfig {
+            node_name: node_name.into(),
+            endpoints,
+            token: token.into(),
+            work_dir: work_dir.into(),
+            inventory,
+            default_grace_period: DEFAULT_GRACE_PERIOD,
+            connect_timeout: Duration::from_secs(5),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks every field and the rules between them.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_node_name(&self.node_name)?;
+        if self.endpoints.is_empty() {
+            return Err(ConfigError::NoEndpoints);
+        }
+        for endpoint in &self.endpoints {
+            parse_endpoint(endpoint)?;
+        }
+        self.authorization()?;
+        if self.work_dir.as_os_str().is_empty() {
+            return Err(ConfigError::EmptyWorkDir);
+        }
+        for (name, value) in [
+            ("default_grace_period", self.default_grace_period),
+            ("connect_timeout", self.connect_timeout),
+            ("reconnect_min", self.reconnect_min),
+            ("reconnect_max", self.reconnect_max),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::ZeroDuration { name });
+            }
+        }
+        if self.reconnect_max < self.reconnect_min {
+            return Err(ConfigError::ReconnectRange {
+                min: self.reconnect_min,
+                max: self.reconnect_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// The `authorization` metadata value for the token.
+    pub(crate) fn authorization(&self) -> Result<MetadataValue<Ascii>, ConfigError> {
+        if self.token.is_empty() {
+            return Err(ConfigError::EmptyToken);
+        }
+        if !self.token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::InvalidToken);
+        }
+        format!("Bearer {}", self.token)
+            .parse()
+            .map_err(|_| ConfigError::InvalidToken)
+    }
+
+    /// The endpoints as tonic endpoints, with this configuration's timeouts.
+    pub(crate) fn tonic_endpoints(&self) -> Result<Vec<(String, Endpoint)>, ConfigError> {
+        self.endpoints
+            .iter()
+            .map(|e| {
+                let endpoint = parse_endpoint(e)?
+                    .connect_timeout(self.connect_timeout)
+                    .tcp_nodelay(true)
+                    // A scheduler that vanished without closing the
+                    // connection is noticed within about 20 s.
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(10))
+                    .keep_alive_while_idle(true);
+                Ok((e.clone(), endpoint))
+            })
+            .collect()
+    }
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("node_name", &self.node_name)
+            .field("endpoints", &self.endpoints)
+            .field("token", &"<redacted>")
+            .field("work_dir", &self.work_dir)
+            .field("inventory", &self.inventory.backend())
+            .field("default_grace_period", &self.default_grace_period)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .finish()
+    }
+}
+
+fn validate_node_name(name: &str) -> Result<(), ConfigError> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NODE_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ConfigError::InvalidNodeName {
+            name: name.to_owned(),
+        })
+    }
+}
+
+fn parse_endpoint(endpoint: &str) -> Result<Endpoint, ConfigError> {
+    let invalid = |reason: &str| ConfigError::InvalidEndpoint {
+        endpoint: endpoint.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("http://{endpoint}")
+    };
+    let parsed = Endpoint::from_shared(uri).map_err(|e| invalid(&e.to_string()))?;
+    match parsed.uri().scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(ConfigError::TlsUnsupported {
+                endpoint: endpoint.to_owned(),
+            })
+        }
+        _ => return Err(invalid("expected http://host:port or host:port")),
+    }
+    if parsed.uri().host().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    Ok(parsed)
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// The node name is empty, too long, or has other characters.
+    #[error("invalid node name {name:?}: expected 1 to {max} letters, digits, '-', '_' or '.'", max = MAX_NODE_NAME_LEN)]
+    InvalidNodeName {
+        /// The name as given.
+        name: String,
+    },
+    /// No scheduler endpoint.
+    #[error("no scheduler endpoint given")]
+    NoEndpoints,
+    /// An endpoint that is not a URL the agent can connect to.
+    #[error("invalid scheduler endpoint {endpoint:?}: {reason}")]
+    InvalidEndpoint {
+        /// The endpoint as given.
+        endpoint: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An `https://` endpoint; this build speaks plain HTTP/2 only.
+    #[error("scheduler endpoint {endpoint:?} uses https, which this build does not support; use http://")]
+    TlsUnsupported {
+        /// The endpoint as given.
+        endpoint: String,
+    },
+    /// No token.
+    #[error("the agent token is empty")]
+    EmptyToken,
+    /// A token that cannot be sent as gRPC metadata.
+    #[error("the agent token may contain only visible ASCII characters")]
+    InvalidToken,
+    /// No work directory.
+    #[error("the work directory is empty")]
+    EmptyWorkDir,
+    /// A duration that must be positive is zero.
+    #[error("{name} must be greater than zero")]
+    ZeroDuration {
+        /// The field's name.
+        name: &'static str,
+    },
+    /// The reconnect delays are the wrong way round.
+    #[error("reconnect_max ({max:?}) is shorter than reconnect_min ({min:?})")]
+    ReconnectRange {
+        /// `reconnect_min`.
+        min: Duration,
+        /// `reconnect_max`.
+        max: Duration,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::SimulatedInventory;
+
+    fn config() -> AgentConfig {
+        AgentConfig::new(
+            "node-1",
+            vec!["http://127.0.0.1:7070".into(), "sched-2:7070".into()],
+            "tok3n",
+            "/tmp/edupool-agent",
+            Arc::new(SimulatedInventory::parse("node-1", "1xT4-16GB").unwrap()),
+        )
+    }
+
+    #[test]
+    fn a_good_config_validates_and_hides_its_token() {
+        let config = config();
+        config.validate().unwrap();
+        assert_eq!(config.authorization().unwrap(), "Bearer tok3n");
+        let endpoints = config.tonic_endpoints().unwrap();
+        assert_eq!(endpoints[1].1.uri().to_string(), "http://sched-2:7070/");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("tok3n") && debug.contains("simulated"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_rejected() {
+        type Change = fn(&mut AgentConfig);
+        let cases: Vec<(Change, &str)> = vec![
+            (|c| c.node_name = String::new(), "invalid node name \"\""),
+            (|c| c.node_name = "a b".into(), "invalid node name \"a b\""),
+            (|c| c.endpoints.clear(), "no scheduler endpoint given"),
+            (
+                |c| c.endpoints = vec!["https://s:1".into()],
+                "uses https, which this build does not support",
+            ),
+            (
+                |c| c.endpoints = vec!["ftp://s:1".into()],
+                "invalid scheduler endpoint \"ftp://s:1\"",
+            ),
+            (
+                |c| c.endpoints = vec!["http://".into()],
+                "invalid scheduler endpoint \"http://\"",
+            ),
+            (|c| c.token = String::new(), "the agent token is empty"),
+            (
+                |c| c.token = "two words".into(),
+                "may contain only visible ASCII",
+            ),
+            (
+                |c| c.work_dir = PathBuf::new(),
+                "the work directory is empty",
+            ),
+            (
+                |c| c.connect_timeout = Duration::ZERO,
+                "connect_timeout must be greater than zero",
+            ),
+            (
+                |c| c.reconnect_max = Duration::from_millis(10),
+                "reconnect_max (10ms) is shorter than reconnect_min (100ms)",
+            ),
+        ];
+        for (change, message) in cases {
+            let mut config = config();
+            change(&mut config);
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(message), "{err:?} should contain {message:?}");
+        }
+    }
+}

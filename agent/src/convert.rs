@@ -1,0 +1,172 @@
+//! Conversions between the agent's domain types and `edupool_proto::v1`,
+//! all in one place: nothing else in the agent builds or reads protocol
+//! messages field by field.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use edupool_proto::v1;
+
+use crate::inventory::GpuInfo;
+use crate::runner::{ExitOutcome, JobReport, JobState, LogChunk, LogStream, StartRequest};
+
+/// Milliseconds since the Unix epoch; 0 for times before it.
+pub(crate) fn unix_ms(at: SystemTime) -> i64 {
+    at.duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A GPU of the inventory as the scheduler sees it.
+pub(crate) fn gpu(info: &GpuInfo) -> v1::Gpu {
+    v1::Gpu {
+        uuid: info.uuid.clone(),
+        index: info.index,
+        model: info.model.clone(),
+        memory_bytes: info.memory_bytes,
+        healthy: info.healthy,
+        assigned_job: String::new(),
+    }
+}
+
+/// A start order. Walltime 0 means no limit; grace period 0 means the
+/// agent's default.
+pub(crate) fn start_request(start: v1::StartJob) -> StartRequest {
+    StartRequest {
+        job_id: start.job_id,
+        tenant: start.tenant,
+        command: start.command,
+        env: start.env.into_iter().collect(),
+        gpu_uuids: start.gpu_uuids,
+        walltime: nonzero_seconds(start.walltime_seconds),
+        grace_period: nonzero_seconds(start.grace_period_seconds),
+        attempt: start.attempt,
+    }
+}
+
+/// `None` for 0, which the protocol uses for "not given".
+pub(crate) fn nonzero_seconds(seconds: u64) -> Option<Duration> {
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
+
+/// A job's report as the protocol carries it.
+pub(crate) fn job_report(report: &JobReport) -> v1::JobReport {
+    let mut out = v1::JobReport {
+        job_id: report.job_id.clone(),
+        running: report.is_running(),
+        started_at_ms: report.started_at.map_or(0, unix_ms),
+        ..Default::default()
+    };
+    if let JobState::Exited(exit) = &report.state {
+        match exit.outcome {
+            ExitOutcome::Code(code) => {
+                out.has_exit_code = true;
+                out.exit_code = code;
+            }
+            ExitOutcome::Signal(signal) => out.signal = signal,
+            ExitOutcome::Unknown => {}
+        }
+        out.reason = exit.reason.clone();
+        out.finished_at_ms = unix_ms(exit.finished_at);
+    }
+    out
+}
+
+/// The stream a log request asks for; unspecified means stdout. An unknown
+/// value is returned as the error.
+pub(crate) fn log_stream(stream: i32) -> Result<LogStream, i32> {
+    match v1::LogStream::try_from(stream) {
+        Ok(v1::LogStream::Unspecified | v1::LogStream::Stdout) => Ok(LogStream::Stdout),
+        Ok(v1::LogStream::Stderr) => Ok(LogStream::Stderr),
+        Err(_) => Err(stream),
+    }
+}
+
+/// The answer to log request `request_id`: a chunk, or why there is none.
+pub(crate) fn log_chunk(request_id: u64, result: Result<LogChunk, String>) -> v1::LogChunk {
+    match result {
+        Ok(chunk) => v1::LogChunk {
+            request_id,
+            data: chunk.data,
+            next_offset: chunk.next_offset,
+            eof: chunk.eof,
+            error: String::new(),
+        },
+        Err(error) => v1::LogChunk {
+            request_id,
+            error,
+            ..Default::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::JobExit;
+
+    fn exited(outcome: ExitOutcome, reason: &str) -> JobReport {
+        JobReport {
+            job_id: "j1".into(),
+            started_at: Some(UNIX_EPOCH + Duration::from_millis(1_000)),
+            state: JobState::Exited(JobExit {
+                outcome,
+                reason: reason.into(),
+                finished_at: UNIX_EPOCH + Duration::from_millis(5_500),
+            }),
+        }
+    }
+
+    #[test]
+    fn reports_carry_exit_code_or_signal() {
+        let code = job_report(&exited(ExitOutcome::Code(3), "exited with code 3"));
+        assert_eq!(
+            code,
+            v1::JobReport {
+                job_id: "j1".into(),
+                running: false,
+                exit_code: 3,
+                has_exit_code: true,
+                signal: 0,
+                reason: "exited with code 3".into(),
+                started_at_ms: 1_000,
+                finished_at_ms: 5_500,
+            }
+        );
+        let signal = job_report(&exited(ExitOutcome::Signal(9), "cancelled"));
+        assert!(!signal.has_exit_code && signal.signal == 9 && signal.reason == "cancelled");
+        let failed = job_report(&JobReport {
+            started_at: None,
+            ..exited(ExitOutcome::Unknown, "failed to start: x")
+        });
+        assert!(!failed.has_exit_code && failed.signal == 0 && failed.started_at_ms == 0);
+        let running = job_report(&JobReport {
+            job_id: "j2".into(),
+            started_at: Some(UNIX_EPOCH + Duration::from_millis(7)),
+            state: JobState::Running,
+        });
+        assert!(running.running && running.finished_at_ms == 0 && running.started_at_ms == 7);
+    }
+
+    #[test]
+    fn start_orders_map_zero_to_defaults() {
+        let request = start_request(v1::StartJob {
+            job_id: "j1".into(),
+            command: vec!["true".into()],
+            walltime_seconds: 0,
+            grace_period_seconds: 5,
+            attempt: 2,
+            ..Default::default()
+        });
+        assert_eq!(request.walltime, None);
+        assert_eq!(request.grace_period, Some(Duration::from_secs(5)));
+        assert_eq!(request.attempt, 2);
+    }
+
+    #[test]
+    fn log_streams() {
+        assert_eq!(log_stream(0), Ok(LogStream::Stdout));
+        assert_eq!(log_stream(1), Ok(LogStream::Stdout));
+        assert_eq!(log_stream(2), Ok(LogStream::Stderr));
+        assert_eq!(log_stream(9), Err(9));
+    }
+}

@@ -1,0 +1,559 @@
+//! Runs jobs as processes on this node and keeps a record of each.
+//!
+//! [`Runner::start`] spawns a job's command in its own process group, in
+//! `<work_dir>/jobs/<job_id>/` with its output in `stdout.log` and
+//! `stderr.log` there, and hands the process to a supervisor task that waits
+//! for it, enforces the walltime and carries out stop orders (SIGTERM to the
+//! group, SIGKILL after the grace period).
+//!
+//! The runner holds one record per job from its start until the scheduler has
+//! durably recorded the exit and says [`Runner::forget`]; every change of a
+//! record is sent as a [`JobReport`] on the [`JobEvents`] channel, and
+//! [`Runner::reports`] lists all records, so an exit that happened while the
+//! scheduler was unreachable is still reported when it comes back.
+//!
+//! All records live behind one mutex that is never held across an await.
+
+mod logs;
+mod process;
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use nix::sys::signal::Signal;
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+pub use logs::{LogChunk, LogError, LogStream, DEFAULT_LOG_CHUNK, MAX_LOG_CHUNK};
+
+/// The grace period used when neither the start nor the stop order gives one.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
+
+/// Variables of the agent's own environment that jobs inherit. Everything
+/// else, credentials included, stays with the agent.
+pub const INHERITED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// `PATH` for jobs when the agent itself has none.
+const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The longest job id the runner accepts.
+pub const MAX_JOB_ID_LEN: usize = 128;
+
+/// How the runner is set up.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Job directories are created under `<work_dir>/jobs/`.
+    pub work_dir: PathBuf,
+    /// The grace period for jobs whose start order gives none.
+    pub default_grace_period: Duration,
+}
+
+impl RunnerConfig {
+    /// A runner working in `work_dir` with the default grace period.
+    pub fn new(work_dir: impl Into<PathBuf>) -> Self {
+        RunnerConfig {
+            work_dir: work_dir.into(),
+            default_grace_period: DEFAULT_GRACE_PERIOD,
+        }
+    }
+}
+
+/// An order to start a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    /// The scheduler's id of the job; also the name of its directory, so
+    /// only letters, digits, `-`, `_` and `.` are accepted.
+    pub job_id: String,
+    /// The tenant that owns the job, for logs.
+    pub tenant: String,
+    /// The argv; `command[0]` is run directly, without a shell, and looked up
+    /// in the job's `PATH` when it has no `/`.
+    pub command: Vec<String>,
+    /// The job's own environment variables.
+    pub env: BTreeMap<String, String>,
+    /// The GPUs the job may use, as `CUDA_VISIBLE_DEVICES`.
+    pub gpu_uuids: Vec<String>,
+    /// Stop the job (reason `walltime exceeded`) after this long; `None`
+    /// means no limit.
+    pub walltime: Option<Duration>,
+    /// SIGTERM to SIGKILL when the job is stopped; `None` means the runner's
+    /// default.
+    pub grace_period: Option<Duration>,
+    /// 1 on the first run, +1 per requeue; given to the job as `EDUPOOL_ATTEMPT`.
+    pub attempt: u32,
+}
+
+/// What the runner knows of one job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobReport {
+    /// The job's id.
+    pub job_id: String,
+    /// When the process was spawned; `None` if it never was.
+    pub started_at: Option<SystemTime>,
+    /// Running or exited.
+    pub state: JobState,
+}
+
+impl JobReport {
+    /// True while the process runs.
+    pub fn is_running(&self) -> bool {
+        matches!(self.state, JobState::Running)
+    }
+
+    /// The exit, once there is one.
+    pub fn exit(&self) -> Option<&JobExit> {
+        match &self.state {
+            JobState::Running => None,
+            JobState::Exited(exit) => Some(exit),
+        }
+    }
+}
+
+/// Whether a job's process is still there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobState {
+    /// The process runs (it may be stopping).
+    Running,
+    /// The process is gone, or never started.
+    Exited(JobExit),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobExit {
+    /// Exit code, signal, or neither.
+    pub outcome: ExitOutcome,
+    /// Why, for people: `exited with code 3`, `killed by signal SIGSEGV`,
+    /// `walltime exceeded`, the stop order's reason (e.g. `cancelled`), or
+    /// `failed to start: <error>`.
+    pub reason: String,
+    /// When the runner saw the exit.
+    pub finished_at: SystemTime,
+}
+
+/// The process's end as the kernel reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitOutcome {
+    /// It exited with this code.
+    Code(i32),
+    /// A signal ended it (e.g. 15 for SIGTERM, 9 for SIGKILL).
+    Signal(i32),
+    /// There is no exit status: the process never started (the reason says
+    /// `failed to start: ...`), or its status could not be collected.
+    Unknown,
+}
+
+impl fmt::Display for ExitOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ExitOutcome::Code(code) => write!(f, "exited with code {code}"),
+            ExitOutcome::Signal(sig) => match Signal::try_from(sig) {
+                Ok(signal) => write!(f, "killed by signal {signal}"),
+                Err(_) => write!(f, "killed by signal {sig}"),
+            },
+            ExitOutcome::Unknown => f.write_str("exit status unknown"),
+        }
+    }
+}
+
+/// What [`Runner::start`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartOutcome {
+    /// The process was spawned.
+    Started,
+    /// The process could not be spawned; the job is recorded as exited with
+    /// reason `failed to start: ...`.
+    FailedToStart,
+    /// The job was already held (running or exited and not forgotten);
+    /// nothing was started and its current report was sent again.
+    AlreadyHeld,
+    /// The runner is shutting down and starts nothing more.
+    ShuttingDown,
+}
+
+/// What [`Runner::stop`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopOutcome {
+    /// The job is being stopped; its exit will be reported.
+    Stopping,
+    /// The job has already exited.
+    AlreadyExited,
+    /// The runner holds no such job.
+    Unknown,
+}
+
+/// What [`Runner::forget`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForgetOutcome {
+    /// The exited job's record is gone.
+    Forgotten,
+    /// The job still runs; its record was kept.
+    StillRunning,
+    /// The runner holds no such job.
+    Unknown,
+}
+
+/// A job id that cannot be used as a directory name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid job id {job_id:?}: expected 1 to {max} letters, digits, '-', '_' or '.', and not '.' or '..'", max = MAX_JOB_ID_LEN)]
+pub struct InvalidJobId {
+    /// The id as given.
+    pub job_id: String,
+}
+
+/// Checks that `job_id` is safe as one path component.
+pub fn validate_job_id(job_id: &str) -> Result<(), InvalidJobId> {
+    let ok = !job_id.is_empty()
+        && job_id.len() <= MAX_JOB_ID_LEN
+        && job_id != "."
+        && job_id != ".."
+        && job_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidJobId {
+            job_id: job_id.to_owned(),
+        })
+    }
+}
+
+/// The receiving end of the runner's reports: one [`JobReport`] for every
+/// start, exit, and repeated start order of a held job.
+#[derive(Debug)]
+pub struct JobEvents {
+    rx: mpsc::UnboundedReceiver<JobReport>,
+}
+
+impl JobEvents {
+    /// The next report; `None` once the runner and all its tasks are gone.
+    pub async fn recv(&mut self) -> Option<JobReport> {
+        self.rx.recv().await
+    }
+
+    /// The next report if one is waiting.
+    pub fn try_recv(&mut self) -> Option<JobReport> {
+        self.rx.try_recv().ok()
+    }
+}
+
+/// The job runner; cheap to clone, all clones share the same jobs.
+#[derive(Clone)]
+pub struct Runner {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Runner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runner")
+            .field("jobs_dir", &self.inner.jobs_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    jobs_dir: PathBuf,
+    default_grace_period: Duration,
+    /// `PATH`, `HOME` and `LANG` of the agent, taken once at construction.
+    base_env: Vec<(OsString, OsString)>,
+    state: Mutex<State>,
+    tracker: TaskTracker,
+}
+
+struct State {
+    jobs: HashMap<String, Record>,
+    events: mpsc::UnboundedSender<JobReport>,
+    shutting_down: bool,
+}
+
+struct Record {
+    report: JobReport,
+    grace_period: Duration,
+    /// Stop orders for the supervisor; `None` once the job has exited.
+    control: Option<mpsc::UnboundedSender<StopOrder>>,
+}
+
+/// An order to the supervisor of a running job.
+#[derive(Debug)]
+struct StopOrder {
+    grace_period: Duration,
+    reason: String,
+}
+
+impl State {
+    /// Sends a report while the state lock is held, so reports leave in the
+    /// order the records changed (see [`Runner::snapshot`]).
+    fn emit(&self, report: JobReport) {
+        // The receiver is gone only when the agent is going away.
+        let _ = self.events.send(report);
+    }
+}
+
+impl Runner {
+    /// A runner with no jobs, and the channel its reports go to. Jobs
+    /// inherit the agent's `PATH`, `HOME` and `LANG` as they are now.
+    pub fn new(config: RunnerConfig) -> (Runner, JobEvents) {
+        let base_env = INHERITED_ENV
+            .iter()
+            .filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v)))
+            .collect();
+        Self::with_base_env(config, base_env)
+    }
+
+    fn with_base_env(
+        config: RunnerConfig,
+        mut base_env: Vec<(OsString, OsString)>,
+    ) -> (Runner, JobEvents) {
+        if !base_env.iter().any(|(k, _)| k == "PATH") {
+            base_env.push(("PATH".into(), FALLBACK_PATH.into()));
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let runner = Runner {
+            inner: Arc::new(Inner {
+                jobs_dir: config.work_dir.join("jobs"),
+                default_grace_period: config.default_grace_period,
+                base_env,
+                state: Mutex::new(State {
+                    jobs: HashMap::new(),
+                    events: tx,
+                    shutting_down: false,
+                }),
+                tracker: TaskTracker::new(),
+            }),
+        };
+        (runner, JobEvents { rx })
+    }
+
+    /// `<work_dir>/jobs`, where job directories are created.
+    pub fn jobs_dir(&self) -> &Path {
+        &self.inner.jobs_dir
+    }
+
+    /// `<work_dir>/jobs/<job_id>`.
+    pub fn job_dir(&self, job_id: &str) -> Result<PathBuf, InvalidJobId> {
+        validate_job_id(job_id)?;
+        Ok(self.inner.jobs_dir.join(job_id))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // No code panics while holding the lock; if some did, the records
+        // are still consistent, as every change is one assignment.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts a job unless it is already held.
+    ///
+    /// Starting a held job (running, or exited and not forgotten) does
+    /// nothing but report it again: the scheduler repeats start orders it is
+    /// not sure arrived. A job whose process cannot be spawned is recorded
+    /// as exited with [`ExitOutcome::Unknown`] and reason
+    /// `failed to start: <error>`, and reported like any exit. A job started
+    /// again after it was forgotten (requeued onto the same node) starts
+    /// afresh, its log files truncated. Must be called within a tokio
+    /// runtime.
+    pub fn start(&self, request: StartRequest) -> StartOutcome {
+        // The lock is held across the spawn so that a repeated start order
+        // can never spawn the job twice or truncate a running job's logs.
+        let mut state = self.lock();
+        if state.shutting_down {
+            warn!(job = %request.job_id, "not starting the job: the runner is shutting down");
+            return StartOutcome::ShuttingDown;
+        }
+        if let Some(record) = state.jobs.get(&request.job_id) {
+            debug!(job = %request.job_id, running = record.report.is_running(),
+                "start order for a job already held; reporting it again");
+            let report = record.report.clone();
+            state.emit(report);
+            return StartOutcome::AlreadyHeld;
+        }
+        let grace_period = request
+            .grace_period
+            .unwrap_or(self.inner.default_grace_period);
+        let job_id = request.job_id.clone();
+        match process::spawn(&self.inner.jobs_dir, &self.inner.base_env, &request) {
+            Ok(spawned) => {
+                let report = JobReport {
+                    job_id: job_id.clone(),
+                    started_at: Some(SystemTime::now()),
+                    state: JobState::Running,
+                };
+                let (control, orders) = mpsc::unbounded_channel();
+                info!(job = %job_id, tenant = %request.tenant, attempt = request.attempt,
+                    pid = spawned.pid(), gpus = ?request.gpu_uuids, "job started");
+                state.jobs.insert(
+                    job_id.clone(),
+                    Record {
+                        report: report.clone(),
+                        grace_period,
+                        control: Some(control),
+                    },
+                );
+                state.emit(report);
+                let supervisor = process::Supervisor {
+                    runner: self.clone(),
+                    job_id,
+                    walltime: request.walltime,
+                    grace_period,
+                    orders,
+                };
+                self.inner.tracker.spawn(supervisor.run(spawned));
+                StartOutcome::Started
+            }
+            Err(err) => {
+                let reason = format!("failed to start: {}", crate::error_chain(&err));
+                warn!(job = %job_id, tenant = %request.tenant, %reason, "job did not start");
+                let report = JobReport {
+                    job_id: job_id.clone(),
+                    started_at: None,
+                    state: JobState::Exited(JobExit {
+                        outcome: ExitOutcome::Unknown,
+                        reason,
+                        finished_at: SystemTime::now(),
+                    }),
+                };
+                state.jobs.insert(
+                    job_id,
+                    Record {
+                        report: report.clone(),
+                        grace_period,
+                        control: None,
+                    },
+                );
+                state.emit(report);
+                StartOutcome::FailedToStart
+            }
+        }
+    }
+
+    /// Stops a running job: SIGTERM to its process group now, SIGKILL to the
+    /// group once `grace_period` (default: the job's own) has passed and the
+    /// job is still there. `reason` becomes the exit's reason. A second stop
+    /// order can shorten the grace period but keeps the first reason.
+    pub fn stop(&self, job_id: &str, grace_period: Option<Duration>, reason: &str) -> StopOutcome {
+        let state = self.lock();
+        let Some(record) = state.jobs.get(job_id) else {
+            return StopOutcome::Unknown;
+        };
+        let Some(control) = &record.control else {
+            return StopOutcome::AlreadyExited;
+        };
+        let order = StopOrder {
+            grace_period: grace_period.unwrap_or(record.grace_period),
+            reason: reason.to_owned(),
+        };
+        match control.send(order) {
+            Ok(()) => StopOutcome::Stopping,
+            // The supervisor has seen the exit and is about to record it.
+            Err(_) => StopOutcome::AlreadyExited,
+        }
+    }
+
+    /// Drops the record of an exited job. A running job is kept: its exit
+    /// has not been reported yet.
+    pub fn forget(&self, job_id: &str) -> ForgetOutcome {
+        let mut state = self.lock();
+        match state.jobs.get(job_id) {
+            None => ForgetOutcome::Unknown,
+            Some(record) if record.report.is_running() => ForgetOutcome::StillRunning,
+            Some(_) => {
+                state.jobs.remove(job_id);
+                debug!(job = %job_id, "job forgotten");
+                ForgetOutcome::Forgotten
+            }
+        }
+    }
+
+    /// The report of one held job.
+    pub fn report(&self, job_id: &str) -> Option<JobReport> {
+        self.lock().jobs.get(job_id).map(|r| r.report.clone())
+    }
+
+    /// Reports of every held job, running or exited, ordered by job id.
+    pub fn reports(&self) -> Vec<JobReport> {
+        Self::collect_reports(&self.lock())
+    }
+
+    /// Like [`reports`](Runner::reports), and at the same instant discards
+    /// the reports waiting in `events`: the snapshot already covers them.
+    /// A session that sends this snapshot and then whatever `events` yields
+    /// never sends a report older than one it sent before. `events` must be
+    /// the channel this runner was created with.
+    pub fn snapshot(&self, events: &mut JobEvents) -> Vec<JobReport> {
+        let state = self.lock();
+        while events.try_recv().is_some() {}
+        Self::collect_reports(&state)
+    }
+
+    fn collect_reports(state: &State) -> Vec<JobReport> {
+        let mut reports: Vec<JobReport> = state.jobs.values().map(|r| r.report.clone()).collect();
+        reports.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        reports
+    }
+
+    /// Reads up to `max_bytes` (0: [`DEFAULT_LOG_CHUNK`], at most
+    /// [`MAX_LOG_CHUNK`]) of a job's log from byte `offset`. Logs stay
+    /// readable after the job is forgotten.
+    pub async fn read_log(
+        &self,
+        job_id: &str,
+        stream: LogStream,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<LogChunk, LogError> {
+        let dir = self.job_dir(job_id)?;
+        logs::read_chunk(job_id, &dir, stream, offset, max_bytes).await
+    }
+
+    /// Stops every running job with its own grace period and `reason`,
+    /// refuses further starts, and returns once every job has exited and
+    /// its exit is recorded.
+    pub async fn shutdown(&self, reason: &str) {
+        {
+            let mut state = self.lock();
+            state.shutting_down = true;
+            let mut stopping = 0;
+            for record in state.jobs.values() {
+                if let Some(control) = &record.control {
+                    let order = StopOrder {
+                        grace_period: record.grace_period,
+                        reason: reason.to_owned(),
+                    };
+                    if control.send(order).is_ok() {
+                        stopping += 1;
+                    }
+                }
+            }
+            if stopping > 0 {
+                info!(jobs = stopping, "stopping all running jobs");
+            }
+        }
+        self.inner.tracker.close();
+        self.inner.tracker.wait().await;
+    }
+
+    /// Records the exit of a job; called once by its supervisor.
+    fn record_exit(&self, job_id: &str, exit: JobExit) {
+        let mut state = self.lock();
+        let Some(record) = state.jobs.get_mut(job_id) else {
+            // Unreachable: running jobs are never forgotten.
+            warn!(job = %job_id, "exit of a job that has no record");
+            return;
+        };
+        record.control = None;
+        record.report.state = JobState::Exited(exit);
+        let report = record.report.clone();
+        state.emit(report);
+    }
+}
+
+#[cfg(test)]
+mod tests;
