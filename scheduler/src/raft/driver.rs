@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use raft::prelude::{Entry, EntryType};
-use raft::{Config, RawNode, StateRole};
+use raft::{Config, RawNode, StateRole, Storage};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -88,8 +88,13 @@ impl Replica {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StorageError::Io(format!("{}: {e}", config.data_dir.display())))?;
         let store = RaftStore::open(&config.data_dir.join("raft.redb"), &[config.id])?;
+        // Replay the committed log before anything can read the state, so a
+        // restarted replica never serves a state older than it acknowledged.
+        let mut state = State::default();
+        let applied = replay(&store, &mut state)?;
         let raft_config = Config {
             id: config.id,
+            applied,
             election_tick: 10,
             heartbeat_tick: 3,
             max_inflight_msgs: 256,
@@ -117,7 +122,7 @@ impl Replica {
         let (proposals, rx) = mpsc::channel(4096);
         let (applied, _) = broadcast::channel(16_384);
         let (lead_tx, leadership) = watch::channel(Leadership::default());
-        let state = Arc::new(RwLock::new(State::default()));
+        let state = Arc::new(RwLock::new(state));
         let driver = Driver {
             node,
             state: state.clone(),
@@ -285,25 +290,10 @@ impl Driver {
 
     fn apply_entries(&mut self, entries: Vec<Entry>) {
         for entry in entries {
-            if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
-                continue;
-            }
-            let result = match serde_json::from_slice::<LogEntry>(&entry.data) {
-                Ok(e) if e.v == LOG_FORMAT => {
-                    let mut state = self.state.write().expect("state lock poisoned");
-                    state.apply(e.cmd, e.at)
-                }
-                // Every replica skips the same undecodable entry, so they
-                // stay identical; it can only come from a newer version.
-                Ok(e) => {
-                    tracing::error!(index = entry.index, v = e.v, "log entry of unknown format");
-                    Ok((Outcome::None, vec![]))
-                }
-                Err(err) => {
-                    tracing::error!(index = entry.index, "undecodable log entry: {err}");
-                    Ok((Outcome::None, vec![]))
-                }
-            };
+            let result = apply_entry(
+                &mut self.state.write().expect("state lock poisoned"),
+                &entry,
+            );
             let reply = <[u8; 8]>::try_from(&entry.context[..])
                 .ok()
                 .and_then(|ctx| self.pending.remove(&u64::from_le_bytes(ctx)));
@@ -319,6 +309,50 @@ impl Driver {
             if let Some(reply) = reply {
                 let _ = reply.send(outcome);
             }
+        }
+    }
+}
+
+/// Applies every committed entry in the store to `state`; returns the
+/// index of the last one.
+fn replay(store: &RaftStore, state: &mut State) -> Result<u64, StorageError> {
+    let commit = store.hard_state().commit;
+    let first = store
+        .first_index()
+        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    if commit < first {
+        return Ok(commit);
+    }
+    let entries = store
+        .entries(
+            first,
+            commit + 1,
+            None,
+            raft::GetEntriesContext::empty(false),
+        )
+        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    for entry in &entries {
+        let _ = apply_entry(state, entry);
+    }
+    Ok(commit)
+}
+
+/// Applies one log entry; entries that carry no command produce nothing.
+fn apply_entry(state: &mut State, entry: &Entry) -> crate::state::Applied {
+    if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
+        return Ok((Outcome::None, vec![]));
+    }
+    match serde_json::from_slice::<LogEntry>(&entry.data) {
+        Ok(e) if e.v == LOG_FORMAT => state.apply(e.cmd, e.at),
+        // Every replica skips the same undecodable entry, so they stay
+        // identical; it can only come from a newer version.
+        Ok(e) => {
+            tracing::error!(index = entry.index, v = e.v, "log entry of unknown format");
+            Ok((Outcome::None, vec![]))
+        }
+        Err(err) => {
+            tracing::error!(index = entry.index, "undecodable log entry: {err}");
+            Ok((Outcome::None, vec![]))
         }
     }
 }
@@ -386,12 +420,8 @@ mod tests {
         tracker.wait().await;
 
         let (r, stop, tracker) = start(dir.path()).await;
-        // Replay happens as the log is re-committed; poll with a deadline.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while r.read(|s| s.clone()) != before {
-            assert!(tokio::time::Instant::now() < deadline, "state not replayed");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        // The log is replayed before the replica can be read.
+        assert_eq!(r.read(|s| s.clone()), before);
         // And the replica keeps accepting writes after the replay.
         let spec = JobSpec {
             name: String::new(),
