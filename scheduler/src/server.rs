@@ -114,6 +114,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         stop.clone(),
         &tasks,
     )?;
+    wait_for_leader(&replica, Duration::from_secs(10)).await;
     let sessions = Sessions::default();
     let auth = Auth::new(&config.admin_token, &config.agent_token, replica.clone());
     tasks.spawn(control::run(
@@ -171,4 +172,15 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
     tasks.close();
     tasks.wait().await;
     Ok(result?)
+}
+
+/// Waits until some replica leads (at once for a single voter), so the
+/// first callers are not told to look elsewhere. Serving starts anyway
+/// after `timeout`: followers answer with the leader's address.
+async fn wait_for_leader(replica: &Replica, timeout: Duration) {
+    let mut leadership = replica.leadership();
+    let known = leadership.wait_for(|l| l.leader_id.is_some());
+    if tokio::time::timeout(timeout, known).await.is_err() {
+        tracing::warn!("no raft leader after {timeout:?}; serving anyway");
+    }
 }
