@@ -9,10 +9,12 @@
 //! - `control`: leader-only loops: planning, node liveness, effect delivery.
 //! - `server`: `run(config, shutdown)`, which wires all of the above.
 //! - `dev`: the one-process dev pool and its sample workloads.
+//! - `metrics`: Prometheus metrics and their `/metrics` listener.
 
 pub mod api;
 pub mod control;
 pub mod dev;
+pub mod metrics;
 pub mod planner;
 pub mod raft;
 pub mod server;

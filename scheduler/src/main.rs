@@ -53,6 +53,9 @@ struct ServeArgs {
     /// The walltime of jobs that give none.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     default_walltime: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args)]
@@ -84,6 +87,9 @@ struct DevArgs {
     /// A node whose agent is gone this long is lost.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     node_lost_timeout: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -122,10 +128,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     default_walltime_secs: a.default_walltime.as_secs(),
                     ..JobLimits::default()
                 },
+                metrics_listen: a.metrics_listen,
             };
             let bound = server::bind(config).await?;
             // Tests and scripts read the bound address from this line.
             println!("edupool-scheduler listening on {}", bound.local_addr());
+            if let Some(addr) = bound.metrics_addr() {
+                println!("edupool-scheduler metrics listening on {addr}");
+            }
             server::serve(bound, shutdown)
                 .await
                 .context("scheduler stopped")?;
@@ -142,6 +152,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 workload: a.workload,
                 workload_timeout: a.workload_timeout,
                 node_lost_timeout: a.node_lost_timeout,
+                metrics_listen: a.metrics_listen,
             };
             match dev::run(config, shutdown).await? {
                 DevOutcome::WorkloadDone { unexpected: 0, .. } | DevOutcome::Stopped => {

@@ -34,6 +34,8 @@ pub struct ServerConfig {
     pub node_lost_timeout: Duration,
     pub heartbeat_interval: Duration,
     pub limits: JobLimits,
+    /// Where to serve Prometheus metrics (`/metrics`); off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Error)]
@@ -79,6 +81,7 @@ impl ServerConfig {
 pub struct Bound {
     config: ServerConfig,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
 }
 
 impl Bound {
@@ -86,6 +89,11 @@ impl Bound {
         self.listener
             .local_addr()
             .expect("a bound listener has an address")
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(crate::metrics::http::local_addr)
     }
 }
 
@@ -97,12 +105,28 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
             addr: config.listen,
             source,
         })?;
-    Ok(Bound { config, listener })
+    let metrics = match config.metrics_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    Ok(Bound {
+        config,
+        listener,
+        metrics,
+    })
 }
 
 /// Serves until `shutdown` is cancelled, then stops every task it started.
 pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), ServerError> {
-    let Bound { config, listener } = bound;
+    let Bound {
+        config,
+        listener,
+        metrics,
+    } = bound;
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
     let replica = Replica::start(
@@ -116,6 +140,16 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
     )?;
     wait_for_leader(&replica, Duration::from_secs(10)).await;
     let sessions = Sessions::default();
+    if let Some(listener) = metrics {
+        crate::metrics::start(
+            listener,
+            &replica,
+            &sessions,
+            &config.data_dir,
+            &tasks,
+            &stop,
+        );
+    }
     let auth = Auth::new(&config.admin_token, &config.agent_token, replica.clone());
     tasks.spawn(control::run(
         replica.clone(),
@@ -161,6 +195,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
 
     tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving");
     let result = tonic::transport::Server::builder()
+        .layer(crate::metrics::ApiMetricsLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(JobServiceServer::new(jobs).max_decoding_message_size(MAX_REQUEST_BYTES))

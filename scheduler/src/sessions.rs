@@ -59,6 +59,7 @@ impl Sessions {
         tx: mpsc::Sender<pb::SchedulerMessage>,
         now_ms: i64,
     ) -> u64 {
+        crate::metrics::edge().agent_sessions_opened.inc();
         let mut inner = self.lock();
         inner.next_id += 1;
         let id = inner.next_id;

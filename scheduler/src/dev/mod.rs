@@ -37,6 +37,8 @@ pub struct DevConfig {
     /// How long a workload may take before the run gives up.
     pub workload_timeout: Duration,
     pub node_lost_timeout: Duration,
+    /// Where to serve Prometheus metrics; off when `None`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Error)]
@@ -104,10 +106,15 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> Result<DevOu
         node_lost_timeout: config.node_lost_timeout,
         heartbeat_interval: Duration::from_secs(1),
         limits: JobLimits::default(),
+        metrics_listen: config.metrics_listen,
     })
     .await?;
     let endpoint = format!("http://{}", bound.local_addr());
     banner(&config, &endpoint, &admin_token, &data_dir, temp.is_some());
+    if let Some(addr) = bound.metrics_addr() {
+        // Scripts read the metrics address from this line.
+        println!("edupool-scheduler metrics listening on {addr}");
+    }
 
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();

@@ -143,6 +143,7 @@ impl Replica {
     /// Appends `cmd` to the log and waits until it is committed and
     /// applied; returns what applying it produced.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
+        let _timer = crate::metrics::edge().proposal_duration.start_timer();
         let (reply, rx) = oneshot::channel();
         self.proposals
             .send(Proposal { cmd, reply })

@@ -1,0 +1,126 @@
+//! Counters and histograms updated where things happen: the gRPC layer,
+//! the raft proposal path, the planner loop, the agent sessions and the
+//! job observer.
+//!
+//! They are process-wide (one set per scheduler process), so an edge
+//! needs no handle threaded through its callers: `edge().planner_round`
+//! is all a call site has to name.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
+};
+
+pub struct Edge {
+    /// gRPC calls by service, method and final status code.
+    pub api_requests: IntCounterVec,
+    /// gRPC call duration by service and method, until the response ends
+    /// (for streams, the whole stream).
+    pub api_duration: HistogramVec,
+    /// Job state changes by from-state, to-state and priority class.
+    pub job_transitions: IntCounterVec,
+    /// Time a job waited between (re)entering the queue and its placement.
+    pub queue_delay: HistogramVec,
+    /// Time between a job's placement and its agent reporting it running.
+    pub placement_latency: Histogram,
+    /// Wall time of one planning round, placements proposed included.
+    pub planner_round: Histogram,
+    /// Time from proposing a command to its being committed and applied.
+    pub proposal_duration: Histogram,
+    /// Agent sessions opened (a reconnecting agent opens a new one).
+    pub agent_sessions_opened: IntCounter,
+}
+
+static EDGE: LazyLock<Edge> = LazyLock::new(Edge::new);
+
+/// The process-wide edge metrics.
+pub fn edge() -> &'static Edge {
+    &EDGE
+}
+
+/// Buckets from 10 ms to about 1.5 days, for waits measured in seconds
+/// to hours (queueing).
+fn wait_buckets() -> Vec<f64> {
+    exponential_buckets(0.01, 3.0, 14).expect("valid buckets")
+}
+
+/// Buckets from 0.5 ms to about 16 s, for control-plane latencies.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")
+}
+
+impl Edge {
+    fn new() -> Edge {
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+                .expect("valid metric")
+        };
+        Edge {
+            api_requests: counter_vec(
+                "edupool_api_requests_total",
+                "gRPC calls served, by service, method and status code.",
+                &["service", "method", "code"],
+            ),
+            api_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "edupool_api_request_duration_seconds",
+                    "Duration of gRPC calls until their response ends, by service and method.",
+                )
+                .buckets(latency_buckets()),
+                &["service", "method"],
+            )
+            .expect("valid metric"),
+            job_transitions: counter_vec(
+                "edupool_job_transitions_total",
+                "Job state changes seen by the leader, by from-state, to-state and priority class.",
+                &["from", "to", "priority"],
+            ),
+            queue_delay: HistogramVec::new(
+                HistogramOpts::new(
+                    "edupool_job_queue_delay_seconds",
+                    "Time jobs waited in the queue before placement, by priority class.",
+                )
+                .buckets(wait_buckets()),
+                &["priority"],
+            )
+            .expect("valid metric"),
+            placement_latency: histogram(
+                "edupool_job_placement_latency_seconds",
+                "Time from a job's placement to its agent reporting it running.",
+                latency_buckets(),
+            ),
+            planner_round: histogram(
+                "edupool_planner_round_duration_seconds",
+                "Duration of one planning round, proposing its placements included.",
+                latency_buckets(),
+            ),
+            proposal_duration: histogram(
+                "edupool_raft_proposal_duration_seconds",
+                "Time from proposing a command to its being committed and applied.",
+                latency_buckets(),
+            ),
+            agent_sessions_opened: IntCounter::new(
+                "edupool_agent_sessions_opened_total",
+                "Agent sessions opened on this replica.",
+            )
+            .expect("valid metric"),
+        }
+    }
+
+    /// Registers every edge metric in `registry`.
+    pub fn register(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.api_requests.clone()))?;
+        registry.register(Box::new(self.api_duration.clone()))?;
+        registry.register(Box::new(self.job_transitions.clone()))?;
+        registry.register(Box::new(self.queue_delay.clone()))?;
+        registry.register(Box::new(self.placement_latency.clone()))?;
+        registry.register(Box::new(self.planner_round.clone()))?;
+        registry.register(Box::new(self.proposal_duration.clone()))?;
+        registry.register(Box::new(self.agent_sessions_opened.clone()))?;
+        Ok(())
+    }
+}

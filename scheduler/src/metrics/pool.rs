@@ -1,0 +1,362 @@
+//! Gauges that describe the pool, computed from the replicated `State` at
+//! scrape time. This is the only place they are derived; nothing keeps a
+//! second copy that could drift from the log.
+//!
+//! The GPU class is the GPU model as agents report it. Tenant figures of
+//! the policy engine (guarantee, borrowed, lent, fair-share usage) are
+//! added here as further gauges from its per-tenant books.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use prometheus::proto::MetricFamily;
+use prometheus::{GaugeVec, Opts};
+
+use crate::state::{JobClass, JobState, Millis, NodeStatus, State};
+
+const PRIORITIES: [JobClass; 4] = [
+    JobClass::Inference,
+    JobClass::Training,
+    JobClass::Batch,
+    JobClass::Scavenger,
+];
+
+/// Job states that describe work in the pool (final states are counted by
+/// `edupool_job_transitions_total` instead).
+const ACTIVE_STATES: [JobState; 4] = [
+    JobState::Pending,
+    JobState::Assigned,
+    JobState::Running,
+    JobState::Cancelling,
+];
+
+const NODE_STATUSES: [NodeStatus; 3] = [NodeStatus::Ready, NodeStatus::Down, NodeStatus::Lost];
+
+fn status_name(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Ready => "ready",
+        NodeStatus::Down => "down",
+        NodeStatus::Lost => "lost",
+    }
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).expect("valid metric")
+}
+
+/// Every pool gauge, from `state` as of `now` (used for ages only).
+pub fn families(state: &State, now: Millis) -> Vec<MetricFamily> {
+    let mut out = gpu_families(state);
+    out.extend(node_families(state));
+    out.extend(tenant_families(state, now));
+    out
+}
+
+fn gpu_families(state: &State) -> Vec<MetricFamily> {
+    let total = gauge(
+        "edupool_pool_gpus",
+        "GPUs in the pool, by GPU class and node.",
+        &["class", "node"],
+    );
+    let healthy = gauge(
+        "edupool_pool_gpus_healthy",
+        "Healthy GPUs, by GPU class and node.",
+        &["class", "node"],
+    );
+    let allocated = gauge(
+        "edupool_pool_gpus_allocated",
+        "GPUs held by jobs, by GPU class and node.",
+        &["class", "node"],
+    );
+    for n in state.nodes() {
+        for g in &n.gpus {
+            let l = [g.info.model.as_str(), n.name.as_str()];
+            total.with_label_values(&l).inc();
+            let h = healthy.with_label_values(&l);
+            let a = allocated.with_label_values(&l);
+            if g.info.healthy {
+                h.inc();
+            }
+            if g.assigned.is_some() {
+                a.inc();
+            }
+        }
+    }
+    [total, healthy, allocated]
+        .iter()
+        .flat_map(prometheus::core::Collector::collect)
+        .collect()
+}
+
+fn node_families(state: &State) -> Vec<MetricFamily> {
+    let status = gauge(
+        "edupool_node_status",
+        "1 for the node's current status (ready: agent connected; down: agent gone; lost: gone past the timeout), 0 for the others.",
+        &["node", "status"],
+    );
+    let schedulable = gauge(
+        "edupool_node_schedulable",
+        "1 if the planner may place jobs on the node (ready, neither cordoned nor draining).",
+        &["node"],
+    );
+    for n in state.nodes() {
+        for s in NODE_STATUSES {
+            let v = if n.status == s { 1.0 } else { 0.0 };
+            status.with_label_values(&[&n.name, status_name(s)]).set(v);
+        }
+        let v = if n.schedulable() { 1.0 } else { 0.0 };
+        schedulable.with_label_values(&[&n.name]).set(v);
+    }
+    [status, schedulable]
+        .iter()
+        .flat_map(prometheus::core::Collector::collect)
+        .collect()
+}
+
+fn tenant_families(state: &State, now: Millis) -> Vec<MetricFamily> {
+    let in_use = gauge(
+        "edupool_tenant_gpus_in_use",
+        "GPUs held by the tenant's jobs, by GPU class.",
+        &["tenant", "class"],
+    );
+    let jobs = gauge(
+        "edupool_tenant_jobs",
+        "The tenant's jobs in each active state.",
+        &["tenant", "state"],
+    );
+    let pending_jobs = gauge(
+        "edupool_tenant_pending_jobs",
+        "The tenant's jobs waiting for GPUs, by priority class.",
+        &["tenant", "priority"],
+    );
+    let pending_gpus = gauge(
+        "edupool_tenant_pending_gpus",
+        "GPUs asked for by the tenant's waiting jobs, by priority class.",
+        &["tenant", "priority"],
+    );
+    let oldest = gauge(
+        "edupool_tenant_oldest_pending_age_seconds",
+        "How long the tenant's oldest waiting job has waited since submission; 0 when none waits.",
+        &["tenant"],
+    );
+
+    // Every tenant appears with every label value, zeros included, so a
+    // tenant with nothing running still has a row on the dashboards.
+    let classes: BTreeSet<&str> = state
+        .nodes()
+        .flat_map(|n| n.gpus.iter().map(|g| g.info.model.as_str()))
+        .collect();
+    for t in state.tenants() {
+        let t = t.name.as_str();
+        for c in &classes {
+            in_use.with_label_values(&[t, c]).set(0.0);
+        }
+        for s in ACTIVE_STATES {
+            jobs.with_label_values(&[t, s.name()]).set(0.0);
+        }
+        for p in PRIORITIES {
+            pending_jobs.with_label_values(&[t, p.name()]).set(0.0);
+            pending_gpus.with_label_values(&[t, p.name()]).set(0.0);
+        }
+        oldest.with_label_values(&[t]).set(0.0);
+    }
+
+    let model_of: BTreeMap<(&str, &str), &str> = state
+        .nodes()
+        .flat_map(|n| {
+            n.gpus.iter().map(move |g| {
+                (
+                    (n.name.as_str(), g.info.uuid.as_str()),
+                    g.info.model.as_str(),
+                )
+            })
+        })
+        .collect();
+    for j in state.jobs().filter(|j| !j.state.is_final()) {
+        jobs.with_label_values(&[j.tenant.as_str(), j.state.name()])
+            .inc();
+        let Some(node) = j.node.as_deref().filter(|_| j.state.is_placed()) else {
+            continue;
+        };
+        for uuid in &j.gpus {
+            if let Some(class) = model_of.get(&(node, uuid.as_str())) {
+                in_use.with_label_values(&[j.tenant.as_str(), class]).inc();
+            }
+        }
+    }
+    for j in state.pending_jobs() {
+        let l = [j.tenant.as_str(), j.spec.class.name()];
+        pending_jobs.with_label_values(&l).inc();
+        pending_gpus
+            .with_label_values(&l)
+            .add(f64::from(j.spec.gpus));
+        let age = (now - j.submitted_at).max(0) as f64 / 1000.0;
+        let o = oldest.with_label_values(&[j.tenant.as_str()]);
+        if age > o.get() {
+            o.set(age);
+        }
+    }
+    [in_use, jobs, pending_jobs, pending_gpus, oldest]
+        .iter()
+        .flat_map(prometheus::core::Collector::collect)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests_support::*;
+    use crate::state::Command;
+
+    /// The value of the sample of `name` with exactly these labels.
+    fn value(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let family = families.iter().find(|f| f.name() == name)?;
+        family
+            .get_metric()
+            .iter()
+            .find(|m| {
+                let have: BTreeSet<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                have == labels.iter().copied().collect()
+            })
+            .map(|m| m.get_gauge().get_value())
+    }
+
+    #[test]
+    fn a_placed_job_raises_allocated_gpus_for_its_tenant_and_class() {
+        let mut s = State::default();
+        tenant(&mut s, "zju");
+        tenant(&mut s, "hdu");
+        node(&mut s, "n1", 4);
+        let job = submit(&mut s, "zju", 2, JobClass::Training);
+
+        let before = families(&s, 0);
+        let class = [("class", "A100-80GB"), ("node", "n1")];
+        assert_eq!(value(&before, "edupool_pool_gpus", &class), Some(4.0));
+        assert_eq!(
+            value(&before, "edupool_pool_gpus_allocated", &class),
+            Some(0.0)
+        );
+        let zju_a100 = [("tenant", "zju"), ("class", "A100-80GB")];
+        assert_eq!(
+            value(&before, "edupool_tenant_gpus_in_use", &zju_a100),
+            Some(0.0)
+        );
+        let zju_training = [("tenant", "zju"), ("priority", "training")];
+        assert_eq!(
+            value(&before, "edupool_tenant_pending_jobs", &zju_training),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&before, "edupool_tenant_pending_gpus", &zju_training),
+            Some(2.0)
+        );
+
+        apply_ok(
+            &mut s,
+            Command::PlaceJob {
+                job,
+                node: "n1".into(),
+                gpus: vec![uuid("n1", 0), uuid("n1", 1)],
+            },
+        );
+        let after = families(&s, 0);
+        assert_eq!(
+            value(&after, "edupool_pool_gpus_allocated", &class),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&after, "edupool_tenant_gpus_in_use", &zju_a100),
+            Some(2.0)
+        );
+        let hdu_a100 = [("tenant", "hdu"), ("class", "A100-80GB")];
+        assert_eq!(
+            value(&after, "edupool_tenant_gpus_in_use", &hdu_a100),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&after, "edupool_tenant_pending_jobs", &zju_training),
+            Some(0.0)
+        );
+        let assigned = [("tenant", "zju"), ("state", "assigned")];
+        assert_eq!(value(&after, "edupool_tenant_jobs", &assigned), Some(1.0));
+    }
+
+    #[test]
+    fn finished_jobs_give_their_gpus_back() {
+        let mut s = State::default();
+        tenant(&mut s, "zju");
+        node(&mut s, "n1", 2);
+        let job = submit(&mut s, "zju", 2, JobClass::Batch);
+        apply_ok(
+            &mut s,
+            Command::PlaceJob {
+                job,
+                node: "n1".into(),
+                gpus: vec![uuid("n1", 0), uuid("n1", 1)],
+            },
+        );
+        apply_ok(
+            &mut s,
+            Command::JobExited {
+                node: "n1".into(),
+                job,
+                exit_code: Some(0),
+                reason: String::new(),
+                finished_at: 5,
+            },
+        );
+        let f = families(&s, 10);
+        let class = [("class", "A100-80GB"), ("node", "n1")];
+        assert_eq!(value(&f, "edupool_pool_gpus_allocated", &class), Some(0.0));
+        let zju_a100 = [("tenant", "zju"), ("class", "A100-80GB")];
+        assert_eq!(
+            value(&f, "edupool_tenant_gpus_in_use", &zju_a100),
+            Some(0.0)
+        );
+        let running = [("tenant", "zju"), ("state", "running")];
+        assert_eq!(value(&f, "edupool_tenant_jobs", &running), Some(0.0));
+    }
+
+    #[test]
+    fn node_status_and_queue_age_follow_the_state() {
+        let mut s = State::default();
+        tenant(&mut s, "zju");
+        node(&mut s, "n1", 1);
+        // Two GPUs fit nowhere free once the first job holds the only one.
+        let first = submit(&mut s, "zju", 1, JobClass::Batch);
+        apply_ok(
+            &mut s,
+            Command::PlaceJob {
+                job: first,
+                node: "n1".into(),
+                gpus: vec![uuid("n1", 0)],
+            },
+        );
+        submit(&mut s, "zju", 1, JobClass::Batch);
+        let submitted = s.pending_jobs().next().expect("one waits").submitted_at;
+        let f = families(&s, submitted + 90_000);
+        assert_eq!(
+            value(
+                &f,
+                "edupool_tenant_oldest_pending_age_seconds",
+                &[("tenant", "zju")]
+            ),
+            Some(90.0)
+        );
+        let ready = [("node", "n1"), ("status", "ready")];
+        assert_eq!(value(&f, "edupool_node_status", &ready), Some(1.0));
+
+        apply_ok(&mut s, Command::NodeDisconnected { node: "n1".into() });
+        let f = families(&s, 0);
+        assert_eq!(value(&f, "edupool_node_status", &ready), Some(0.0));
+        let down = [("node", "n1"), ("status", "down")];
+        assert_eq!(value(&f, "edupool_node_status", &down), Some(1.0));
+        assert_eq!(
+            value(&f, "edupool_node_schedulable", &[("node", "n1")]),
+            Some(0.0)
+        );
+    }
+}
