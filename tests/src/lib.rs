@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod prometheus;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const AGENT_TOKEN: &str = "test-agent-token-0123456789";
 
@@ -66,6 +68,14 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Takes ownership of a started child, to kill and reap it on drop.
+    pub fn new(child: Child, name: &str) -> Proc {
+        Proc {
+            child: Some(child),
+            name: name.to_string(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }
@@ -97,6 +107,8 @@ pub struct Scheduler {
     pub addr: SocketAddr,
     pub data_dir: PathBuf,
     pub node_lost_timeout: String,
+    /// Where `/metrics` is served, for a scheduler started with metrics.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Scheduler {
@@ -105,9 +117,27 @@ impl Scheduler {
     }
 
     pub fn start_with(data_dir: &Path, listen: &str, node_lost_timeout: &str) -> Result<Scheduler> {
-        let mut child = Command::new(bin("edupool-scheduler"))
-            .args(["serve", "--listen", listen, "--data-dir"])
-            .arg(data_dir)
+        Self::spawn(data_dir, listen, node_lost_timeout, false)
+    }
+
+    /// Starts a replica that also serves `/metrics` on a port from the OS.
+    pub fn start_with_metrics(data_dir: &Path) -> Result<Scheduler> {
+        Self::spawn(data_dir, "127.0.0.1:0", "30s", true)
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        listen: &str,
+        node_lost_timeout: &str,
+        metrics: bool,
+    ) -> Result<Scheduler> {
+        let mut cmd = Command::new(bin("edupool-scheduler"));
+        cmd.args(["serve", "--listen", listen, "--data-dir"])
+            .arg(data_dir);
+        if metrics {
+            cmd.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        let mut child = cmd
             .args([
                 "--node-lost-timeout",
                 node_lost_timeout,
@@ -131,6 +161,15 @@ impl Scheduler {
                 break a.trim().parse::<SocketAddr>()?;
             }
         };
+        let mut metrics_addr = None;
+        while metrics && metrics_addr.is_none() {
+            let line = lines
+                .next()
+                .ok_or_else(|| anyhow!("edupool-scheduler exited before serving metrics"))??;
+            if let Some(a) = line.strip_prefix("edupool-scheduler metrics listening on ") {
+                metrics_addr = Some(a.trim().parse::<SocketAddr>()?);
+            }
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Ok(Scheduler {
@@ -141,6 +180,7 @@ impl Scheduler {
             addr,
             data_dir: data_dir.to_path_buf(),
             node_lost_timeout: node_lost_timeout.to_string(),
+            metrics_addr,
         })
     }
 
@@ -148,8 +188,9 @@ impl Scheduler {
     pub fn restart(&mut self) -> Result<()> {
         self.proc.kill9();
         let listen = self.addr.to_string();
+        let metrics = self.metrics_addr.is_some();
         let again = eventually("the port to be free again", Duration::from_secs(10), || {
-            Self::start_with(&self.data_dir, &listen, &self.node_lost_timeout).ok()
+            Self::spawn(&self.data_dir, &listen, &self.node_lost_timeout, metrics).ok()
         })?;
         *self = again;
         Ok(())
