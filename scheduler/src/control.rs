@@ -179,8 +179,9 @@ fn deliver(replica: &Replica, sessions: &Sessions, effects: &[Effect]) -> bool {
 
 /// One planning round; true if another round may place more.
 async fn plan_round(replica: &Replica) -> bool {
-    let _timer = crate::metrics::edge().planner_round.start_timer();
+    let timer = crate::metrics::edge().planner_round.start_timer();
     let decisions = replica.read(planner::plan);
+    timer.observe_duration();
     let full = decisions.len() == planner::MAX_DECISIONS_PER_ROUND;
     for d in decisions {
         let cmd = Command::PlaceJob {

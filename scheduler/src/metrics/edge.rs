@@ -24,7 +24,7 @@ pub struct Edge {
     pub queue_delay: HistogramVec,
     /// Time between a job's placement and its agent reporting it running.
     pub placement_latency: Histogram,
-    /// Wall time of one planning round, placements proposed included.
+    /// Wall time of one planning call (the pure planner over the state).
     pub planner_round: Histogram,
     /// Time from proposing a command to its being committed and applied.
     pub proposal_duration: Histogram,
@@ -95,7 +95,7 @@ impl Edge {
             ),
             planner_round: histogram(
                 "edupool_planner_round_duration_seconds",
-                "Duration of one planning round, proposing its placements included.",
+                "Duration of one planning round: the planner computing its decisions over the state.",
                 latency_buckets(),
             ),
             proposal_duration: histogram(
