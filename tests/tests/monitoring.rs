@@ -93,10 +93,42 @@ fn prometheus_has_data_for_every_expression_and_agent_loss_fires() -> Result<()>
     wait_nodes_ready(&s, 2)?;
     let jobs = run_workload(&s)?;
 
-    // The live scrape passes Prometheus's own lint.
+    // The live scrape passes Prometheus's own lint, and says what happened.
     let (status, scrape) = http_get(metrics, "/metrics")?;
     assert_eq!(status, 200);
     promtool(&["check", "metrics"], Some(&scrape))?;
+    let text = String::from_utf8(scrape)?;
+    let api = "edupool_api_requests_total";
+    let unknown_job = [
+        ("service", "edupool.v1.JobService"),
+        ("method", "GetJob"),
+        ("code", "NOT_FOUND"),
+    ];
+    assert_eq!(sample(&text, api, &unknown_job), Some(1.0), "{text}");
+    let failed = [("from", "running"), ("to", "failed"), ("priority", "batch")];
+    assert_eq!(
+        sample(&text, "edupool_job_transitions_total", &failed),
+        Some(1.0)
+    );
+    let in_use = "edupool_tenant_gpus_in_use";
+    assert_eq!(
+        sample(&text, in_use, &[("tenant", "hdu"), ("class", "A100-80GB")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&text, in_use, &[("tenant", "zju"), ("class", "V100-32GB")]),
+        Some(2.0)
+    );
+    let waiting = [("tenant", "hdu"), ("priority", "batch")];
+    assert_eq!(
+        sample(&text, "edupool_tenant_pending_gpus", &waiting),
+        Some(2.0)
+    );
+    let busy = [("class", "V100-32GB"), ("node", "node-b")];
+    assert_eq!(
+        sample(&text, "edupool_pool_gpus_allocated", &busy),
+        Some(2.0)
+    );
 
     let prom_dir = dir.path().join("prometheus");
     // Agents join here once they serve /metrics:
@@ -159,6 +191,18 @@ fn prometheus_has_data_for_every_expression_and_agent_loss_fires() -> Result<()>
                 && a["labels"]["node"] == "node-a")
     );
     Ok(())
+}
+
+/// The value of the sample of `name` with exactly `labels`, from a scrape
+/// in the text format.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let want: BTreeSet<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+        let (inside, value) = rest.split_once("} ")?;
+        let have: BTreeSet<String> = inside.split(',').map(str::to_string).collect();
+        (have == want).then(|| value.trim().parse().ok())?
+    })
 }
 
 fn wait_nodes_ready(s: &Scheduler, n: usize) -> Result<()> {
