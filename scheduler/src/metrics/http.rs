@@ -89,3 +89,72 @@ pub fn local_addr(listener: &TcpListener) -> SocketAddr {
         .local_addr()
         .expect("a bound listener has an address")
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+    use crate::raft::{Replica, ReplicaConfig};
+    use crate::sessions::Sessions;
+
+    /// One HTTP/1.0 request; the whole response as text.
+    async fn request(addr: SocketAddr, method: &str, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connects");
+        let req = format!("{method} {path} HTTP/1.0\r\nHost: test\r\n\r\n");
+        s.write_all(req.as_bytes()).await.expect("writes");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("reads");
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_the_replica_metrics_at_metrics_only() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let replica = Replica::start(
+            ReplicaConfig {
+                id: 1,
+                data_dir: dir.path().to_path_buf(),
+                tick: Duration::from_millis(10),
+            },
+            stop.clone(),
+            &tasks,
+        )
+        .expect("the replica starts");
+        let mut lead = replica.leadership();
+        tokio::time::timeout(Duration::from_secs(10), lead.wait_for(|l| l.is_leader))
+            .await
+            .expect("a single voter leads")
+            .expect("the driver runs");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("binds");
+        let addr = local_addr(&listener);
+        super::super::start(
+            listener,
+            &replica,
+            &Sessions::default(),
+            dir.path(),
+            &tasks,
+            &stop,
+        );
+
+        let ok = request(addr, "GET", "/metrics").await;
+        assert!(ok.starts_with("HTTP/1.0 200"), "{ok}");
+        assert!(ok.contains("text/plain; version=0.0.4"), "{ok}");
+        assert!(ok.contains("\nedupool_raft_is_leader 1\n"), "{ok}");
+        assert!(ok.contains("\nedupool_agents_connected 0\n"), "{ok}");
+        assert!(ok.contains("\nedupool_raft_log_size_bytes "), "{ok}");
+        let other = request(addr, "GET", "/").await;
+        assert!(other.starts_with("HTTP/1.0 404"), "{other}");
+        let post = request(addr, "POST", "/metrics").await;
+        assert!(post.starts_with("HTTP/1.0 405"), "{post}");
+
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+    }
+}

@@ -61,6 +61,9 @@ impl Scrape {
         let mut families = self.registry.gather();
         families.extend(self.replica.read(|s| pool::families(s, now_millis())));
         families.extend(self.replica_families());
+        // A pool without nodes or tenants yet has empty families, which
+        // the text format cannot carry.
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut out = vec![];
         TextEncoder::new().encode(&families, &mut out)?;
