@@ -6,8 +6,8 @@
 //! agent-lost alert.
 //!
 //! Needs `prometheus` and `promtool` (Debian's `prometheus` package, which
-//! .ci/run installs); `EDUPOOL_SKIP_PROMETHEUS=1` skips where they are not
-//! installed.
+//! .ci/run installs). In CI, or with `EDUPOOL_REQUIRE_PROMETHEUS=1`, their
+//! absence fails; elsewhere the tests say they skipped.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
