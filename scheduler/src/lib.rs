@@ -9,12 +9,17 @@
 //! - `control`: leader-only loops: planning, node liveness, effect delivery.
 //! - `server`: `run(config, shutdown)`, which wires all of the above.
 //! - `dev`: the one-process dev pool and its sample workloads.
+//! - `fragmentation`: how much free GPU capacity the expected jobs could
+//!   not use (the packing measure).
+//! - `simulate`: trace replay through the same code, with a virtual clock.
 
 pub mod api;
 pub mod control;
 pub mod dev;
+pub mod fragmentation;
 pub mod planner;
 pub mod raft;
 pub mod server;
 pub mod sessions;
+pub mod simulate;
 pub mod state;
