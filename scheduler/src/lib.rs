@@ -10,13 +10,18 @@
 //! - `server`: `run(config, shutdown)`, which wires all of the above.
 //! - `dev`: the one-process dev pool and its sample workloads.
 //! - `metrics`: Prometheus metrics and their `/metrics` listener.
+//! - `fragmentation`: how much free GPU capacity the expected jobs could
+//!   not use (the packing measure).
+//! - `simulate`: trace replay through the same code, with a virtual clock.
 
 pub mod api;
 pub mod control;
 pub mod dev;
 pub mod metrics;
+pub mod fragmentation;
 pub mod planner;
 pub mod raft;
 pub mod server;
 pub mod sessions;
+pub mod simulate;
 pub mod state;

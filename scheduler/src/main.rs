@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use edupool_scheduler::api::convert::JobLimits;
 use edupool_scheduler::dev::{self, DevConfig, DevOutcome};
 use edupool_scheduler::server::{self, ServerConfig};
+use edupool_scheduler::simulate;
 use tokio_util::sync::CancellationToken;
 
 /// The edupool GPU scheduler for education compute alliances.
@@ -28,6 +29,22 @@ enum Cmd {
     /// Run a whole pool in one process: a scheduler and simulated agents,
     /// with generated tokens and plaintext gRPC. For trying edupool out.
     Dev(DevArgs),
+    /// Replay real cluster traces through the placement code and report
+    /// against baselines computed in the same run (see examples/scenarios/).
+    Simulate(SimulateArgs),
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// The scenario file (TOML).
+    #[arg(long)]
+    scenario: PathBuf,
+    /// The folder the scenario's trace paths are relative to.
+    #[arg(long, default_value = "../shared/traces")]
+    traces: PathBuf,
+    /// Where report.json, report.txt and the SVG plots are written.
+    #[arg(long, default_value = "target/simulate")]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -94,7 +111,11 @@ struct DevArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = matches!(&cli.command, Cmd::Dev(a) if a.workload.is_some());
+    let quiet = match &cli.command {
+        Cmd::Dev(a) => a.workload.is_some(),
+        Cmd::Simulate(_) => true,
+        Cmd::Serve(_) => false,
+    };
     init_tracing(if quiet { "warn" } else { "info" });
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -141,6 +162,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("scheduler stopped")?;
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Simulate(a) => simulate(a),
         Cmd::Dev(a) => {
             let config = DevConfig {
                 listen: a.listen,
@@ -162,6 +184,36 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
+    let scenario = simulate::Scenario::load(&a.scenario)?;
+    let traces = scenario.traces.clone().unwrap_or(a.traces);
+    let tty = std::io::stderr().is_terminal();
+    let progress = move |done: usize, total: usize| {
+        // A bar on a terminal; a line per tenth in logs.
+        let width = 30 * done / total.max(1);
+        if tty {
+            eprint!(
+                "\r[{}{}] {done}/{total} runs",
+                "#".repeat(width),
+                " ".repeat(30 - width)
+            );
+            if done == total {
+                eprintln!();
+            }
+            let _ = std::io::stderr().flush();
+        } else if done * 10 / total.max(1) != (done - 1) * 10 / total.max(1) {
+            eprintln!("{done}/{total} runs");
+        }
+    };
+    let report = simulate::run(&scenario, &traces, &progress)?;
+    print!("{}", report.table());
+    for f in report.write(&a.out)? {
+        println!("wrote {}", f.display());
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing(default: &str) {

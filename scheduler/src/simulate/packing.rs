@@ -1,0 +1,509 @@
+//! Scenario 2: packing on the Alibaba GPU-sharing trace, by the protocol
+//! of the FGD experiments (USENIX ATC'23): tasks sorted by name, shuffled
+//! with a seed, topped up with uniformly drawn copies until their GPU
+//! request reaches `inflation` × the cluster's GPU capacity, then placed
+//! one by one with nothing ever leaving; a task that fits nowhere fails.
+//! The GPU allocation ratio is recorded each time the arrived GPU request
+//! crosses another 1 % of capacity.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use super::traces::{OpenbNode, OpenbTask};
+use crate::fragmentation::{self, Demand, Kind, NodeFree, WHOLE};
+
+/// How a task is given a node and GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Packer {
+    /// A random feasible node, a random fitting GPU (baseline).
+    Random,
+    /// FGD's best-fit baseline: the feasible node with the least leftover
+    /// of 0.5 × CPU / max CPU + 0.5 × GPUs / 8, scored 0–100, ties at random.
+    BestFit,
+    /// edupool: the placement that raises the node's expected
+    /// fragmentation least, then the least leftover, then node order.
+    Edupool,
+}
+
+impl Packer {
+    pub fn name(self) -> &'static str {
+        match self {
+            Packer::Random => "random",
+            Packer::BestFit => "best-fit",
+            Packer::Edupool => "edupool",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Node {
+    cpu_free: u64,
+    mem_free: u64,
+    model: String,
+    gpus: Vec<u32>,
+}
+
+/// The cluster as it fills up.
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    nodes: Vec<Node>,
+    capacity_milli: u64,
+    allocated_milli: u64,
+    max_cpu: u64,
+}
+
+impl Cluster {
+    pub fn new(nodes: &[OpenbNode]) -> Cluster {
+        let nodes: Vec<Node> = nodes
+            .iter()
+            .map(|n| Node {
+                cpu_free: n.cpu_milli,
+                mem_free: n.memory_mib,
+                model: n.model.clone(),
+                gpus: vec![WHOLE; n.gpus as usize],
+            })
+            .collect();
+        Cluster {
+            capacity_milli: nodes
+                .iter()
+                .map(|n| n.gpus.len() as u64 * u64::from(WHOLE))
+                .sum(),
+            allocated_milli: 0,
+            max_cpu: nodes.iter().map(|n| n.cpu_free).max().unwrap_or(1).max(1),
+            nodes,
+        }
+    }
+
+    pub fn capacity_milli(&self) -> u64 {
+        self.capacity_milli
+    }
+
+    /// Allocated GPU thousandths over capacity, in percent.
+    pub fn allocation_percent(&self) -> f64 {
+        100.0 * self.allocated_milli as f64 / self.capacity_milli.max(1) as f64
+    }
+
+    fn fits(&self, n: usize, t: &OpenbTask) -> bool {
+        let node = &self.nodes[n];
+        if node.cpu_free < t.cpu_milli || node.mem_free < t.memory_mib {
+            return false;
+        }
+        if t.gpus == 0 {
+            return true;
+        }
+        if !t.models.is_empty() && !t.models.contains(&node.model) {
+            return false;
+        }
+        if t.gpu_milli < WHOLE {
+            node.gpus.iter().any(|&g| g >= t.gpu_milli)
+        } else {
+            node.gpus.iter().filter(|&&g| g == WHOLE).count() >= t.gpus as usize
+        }
+    }
+
+    /// The distinct GPU choices worth comparing on a node: for a shared-GPU
+    /// task, the lowest-indexed GPU of each distinct free amount that fits;
+    /// for whole GPUs, the lowest-indexed free ones.
+    fn choices(&self, n: usize, t: &OpenbTask) -> Vec<Vec<usize>> {
+        let gpus = &self.nodes[n].gpus;
+        if t.gpus == 0 {
+            return vec![vec![]];
+        }
+        if t.gpu_milli < WHOLE {
+            let mut seen = BTreeMap::new();
+            for (i, &g) in gpus.iter().enumerate() {
+                if g >= t.gpu_milli {
+                    seen.entry(g).or_insert(i);
+                }
+            }
+            return seen.into_values().map(|i| vec![i]).collect();
+        }
+        let free: Vec<usize> = (0..gpus.len()).filter(|&i| gpus[i] == WHOLE).collect();
+        vec![free[..t.gpus as usize].to_vec()]
+    }
+
+    fn take(&mut self, n: usize, gpus: &[usize], t: &OpenbTask) {
+        let node = &mut self.nodes[n];
+        node.cpu_free -= t.cpu_milli;
+        node.mem_free -= t.memory_mib;
+        for &g in gpus {
+            node.gpus[g] -= t.gpu_milli;
+        }
+        self.allocated_milli += t.gpu_request_milli();
+    }
+
+    /// Leftover after placing `t` on node `n` with `gpus`: 0.5 × CPU / max
+    /// CPU + 0.5 × free GPUs / 8 (FGD's best-fit measure).
+    fn leftover(&self, n: usize, t: &OpenbTask) -> f64 {
+        let node = &self.nodes[n];
+        let cpu = (node.cpu_free - t.cpu_milli) as f64 / self.max_cpu as f64;
+        let free: u64 = node.gpus.iter().map(|&g| u64::from(g)).sum();
+        let gpu = (free - t.gpu_request_milli()) as f64 / f64::from(8 * WHOLE);
+        0.5 * cpu + 0.5 * gpu
+    }
+}
+
+/// Expected fragmentation of node states, remembered: many nodes share a
+/// state, and the mix never changes within a run.
+struct FragMemo<'a> {
+    mix: &'a [Kind],
+    memo: HashMap<(String, u64, u64, Vec<u32>), f64>,
+}
+
+impl FragMemo<'_> {
+    fn of(&mut self, model: &str, cpu: u64, mem: u64, gpus: &[u32]) -> f64 {
+        let mut key_gpus = gpus.to_vec();
+        key_gpus.sort_unstable();
+        let mix = self.mix;
+        *self
+            .memo
+            .entry((model.to_string(), cpu, mem, key_gpus))
+            .or_insert_with_key(|(model, cpu, mem, gpus)| {
+                fragmentation::expected(
+                    NodeFree {
+                        gpus,
+                        cpu_milli: *cpu,
+                        memory_mib: *mem,
+                        model,
+                    },
+                    mix,
+                )
+            })
+    }
+}
+
+/// The expected mix of task kinds: every task of the trace, grouped by
+/// its demand and model set (FGD takes the target workload from the
+/// trace), each kind weighted by the GPUs it asks for in all, so that the
+/// capacity at stake, not the count of tasks, decides what is kept free.
+pub fn mix_of(tasks: &[OpenbTask]) -> Vec<Kind> {
+    let mut counts: BTreeMap<(Demand, Vec<String>), f64> = BTreeMap::new();
+    for t in tasks {
+        let demand = Demand {
+            gpus: t.gpus,
+            milli: t.gpu_milli,
+            cpu_milli: t.cpu_milli,
+            memory_mib: t.memory_mib,
+        };
+        *counts.entry((demand, t.models.clone())).or_default() +=
+            t.gpu_request_milli() as f64 / 1000.0;
+    }
+    counts
+        .into_iter()
+        .map(|((demand, models), weight)| Kind {
+            demand,
+            weight,
+            models,
+        })
+        .collect()
+}
+
+/// Places one task; returns whether it fitted.
+fn place(
+    cluster: &mut Cluster,
+    t: &OpenbTask,
+    packer: Packer,
+    rng: &mut StdRng,
+    memo: &mut FragMemo<'_>,
+) -> bool {
+    let feasible: Vec<usize> = (0..cluster.nodes.len())
+        .filter(|&n| cluster.fits(n, t))
+        .collect();
+    if feasible.is_empty() {
+        return false;
+    }
+    let (node, gpus) = match packer {
+        Packer::Random => {
+            let n = *feasible.choose(rng).expect("not empty");
+            let g = &cluster.nodes[n].gpus;
+            let gpus = if t.gpus == 0 {
+                vec![]
+            } else if t.gpu_milli < WHOLE {
+                let fit: Vec<usize> = (0..g.len()).filter(|&i| g[i] >= t.gpu_milli).collect();
+                vec![*fit.choose(rng).expect("fits")]
+            } else {
+                let free: Vec<usize> = (0..g.len()).filter(|&i| g[i] == WHOLE).collect();
+                free.choose_multiple(rng, t.gpus as usize)
+                    .copied()
+                    .collect()
+            };
+            (n, gpus)
+        }
+        Packer::BestFit => {
+            let scored: Vec<(i64, usize)> = feasible
+                .iter()
+                .map(|&n| (((1.0 - cluster.leftover(n, t)) * 100.0) as i64, n))
+                .collect();
+            let best = scored.iter().map(|s| s.0).max().expect("not empty");
+            let top: Vec<usize> = scored.iter().filter(|s| s.0 == best).map(|s| s.1).collect();
+            let n = *top.choose(rng).expect("not empty");
+            (n, tightest(&cluster.nodes[n].gpus, t))
+        }
+        Packer::Edupool => {
+            let mut best: Option<(i64, i64, usize, Vec<usize>)> = None;
+            for &n in &feasible {
+                let node = &cluster.nodes[n];
+                let before = memo.of(&node.model, node.cpu_free, node.mem_free, &node.gpus);
+                let left = (cluster.leftover(n, t) * 1e6) as i64;
+                for gpus in cluster.choices(n, t) {
+                    let mut after = node.gpus.clone();
+                    for &g in &gpus {
+                        after[g] -= t.gpu_milli;
+                    }
+                    let delta = memo.of(
+                        &node.model,
+                        node.cpu_free - t.cpu_milli,
+                        node.mem_free - t.memory_mib,
+                        &after,
+                    ) - before;
+                    // Whole thousandths of a GPU decide; finer differences are noise.
+                    let key = ((delta * 1e6).round() as i64, left, n, gpus);
+                    if best.as_ref().is_none_or(|b| key < *b) {
+                        best = Some(key);
+                    }
+                }
+            }
+            let (_, _, n, gpus) = best.expect("not empty");
+            (n, gpus)
+        }
+    };
+    cluster.take(node, &gpus, t);
+    true
+}
+
+/// For a shared-GPU task, the fitting GPU with the least left (lowest index
+/// on ties); for whole GPUs, the lowest-indexed free ones.
+fn tightest(gpus: &[u32], t: &OpenbTask) -> Vec<usize> {
+    if t.gpus == 0 {
+        return vec![];
+    }
+    if t.gpu_milli < WHOLE {
+        let i = (0..gpus.len())
+            .filter(|&i| gpus[i] >= t.gpu_milli)
+            .min_by_key(|&i| (gpus[i], i))
+            .expect("fits");
+        return vec![i];
+    }
+    (0..gpus.len())
+        .filter(|&i| gpus[i] == WHOLE)
+        .take(t.gpus as usize)
+        .collect()
+}
+
+/// The arrival order of one run: sorted by name, shuffled with `seed`,
+/// then topped up with uniformly drawn copies until the GPU request
+/// reaches `inflation` × `capacity_milli`.
+pub fn arrivals(
+    tasks: &[OpenbTask],
+    seed: u64,
+    inflation: f64,
+    capacity_milli: u64,
+) -> Vec<OpenbTask> {
+    let mut order: Vec<OpenbTask> = tasks.to_vec();
+    order.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut rng = StdRng::seed_from_u64(seed);
+    order.shuffle(&mut rng);
+    let target = (inflation * capacity_milli as f64) as u64;
+    let mut total: u64 = order.iter().map(OpenbTask::gpu_request_milli).sum();
+    let gpu_tasks: Vec<usize> = (0..tasks.len()).filter(|&i| tasks[i].gpus > 0).collect();
+    while total < target && !gpu_tasks.is_empty() {
+        let t = tasks[gpu_tasks[rng.gen_range(0..gpu_tasks.len())]].clone();
+        total += t.gpu_request_milli();
+        order.push(t);
+    }
+    order
+}
+
+/// One run's allocation curve: `curve[k]` is the allocation ratio (%) when
+/// the arrived GPU request first reached k % of capacity.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub packer: Packer,
+    pub seed: u64,
+    pub curve: Vec<f64>,
+    pub tasks: usize,
+    pub failed: usize,
+}
+
+pub fn run(
+    nodes: &[OpenbNode],
+    tasks: &[OpenbTask],
+    packer: Packer,
+    seed: u64,
+    inflation: f64,
+) -> Run {
+    let mut cluster = Cluster::new(nodes);
+    let order = arrivals(tasks, seed, inflation, cluster.capacity_milli());
+    let mix = mix_of(tasks);
+    let mut memo = FragMemo {
+        mix: &mix,
+        memo: HashMap::new(),
+    };
+    // The random choices of the baselines get their own stream, so the
+    // arrival order is the same for every packer at one seed.
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
+    let steps = (inflation * 100.0).round() as usize;
+    let mut curve = Vec::with_capacity(steps + 1);
+    curve.push(0.0);
+    let (mut arrived, mut failed) = (0u64, 0usize);
+    for t in &order {
+        if !place(&mut cluster, t, packer, &mut rng, &mut memo) {
+            failed += 1;
+        }
+        arrived += t.gpu_request_milli();
+        let reached = (arrived as f64 * 100.0 / cluster.capacity_milli() as f64).floor() as usize;
+        while curve.len() <= reached.min(steps) {
+            curve.push(cluster.allocation_percent());
+        }
+    }
+    while curve.len() <= steps {
+        curve.push(cluster.allocation_percent());
+    }
+    Run {
+        packer,
+        seed,
+        curve,
+        tasks: order.len(),
+        failed,
+    }
+}
+
+/// The median of the runs' values at `percent` arrived.
+pub fn median_at(runs: &[&Run], percent: usize) -> f64 {
+    let mut v: Vec<f64> = runs
+        .iter()
+        .filter_map(|r| r.curve.get(percent).copied())
+        .collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, gpus: u32) -> OpenbNode {
+        OpenbNode {
+            name: name.into(),
+            cpu_milli: 64_000,
+            memory_mib: 262_144,
+            gpus,
+            model: "T4".into(),
+        }
+    }
+
+    fn task(name: &str, gpus: u32, milli: u32) -> OpenbTask {
+        OpenbTask {
+            name: name.into(),
+            cpu_milli: 1000,
+            memory_mib: 1024,
+            gpus,
+            gpu_milli: milli,
+            models: vec![],
+        }
+    }
+
+    #[test]
+    fn allocation_is_worked_out_by_hand() {
+        // Two nodes of 2 GPUs = 4000 thousandths. Tasks: 1 whole GPU, then
+        // 2 whole GPUs, then 2 whole GPUs again (fits nowhere: 1 left).
+        let nodes = [node("a", 2), node("b", 2)];
+        let mut cluster = Cluster::new(&nodes);
+        let mix = mix_of(&[]);
+        let mut memo = FragMemo {
+            mix: &mix,
+            memo: HashMap::new(),
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        assert!(place(
+            &mut cluster,
+            &task("t1", 1, 1000),
+            Packer::BestFit,
+            &mut rng,
+            &mut memo
+        ));
+        assert!(place(
+            &mut cluster,
+            &task("t2", 2, 1000),
+            Packer::BestFit,
+            &mut rng,
+            &mut memo
+        ));
+        assert!(!place(
+            &mut cluster,
+            &task("t3", 2, 1000),
+            Packer::BestFit,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.allocation_percent(), 75.0);
+    }
+
+    #[test]
+    fn edupool_keeps_whole_gpus_for_whole_gpu_work() {
+        // One shared-GPU task on nodes [1000,1000] and [1000,400]: it goes
+        // to node b, which a 2-GPU job cannot use anyway, and keeps node a
+        // whole for such a job.
+        let nodes = [node("a", 2), node("b", 2)];
+        let mut cluster = Cluster::new(&nodes);
+        cluster.nodes[1].gpus[1] = 400;
+        let tasks = [task("s", 1, 300), task("w", 2, 1000)];
+        let mix = mix_of(&tasks);
+        let mut memo = FragMemo {
+            mix: &mix,
+            memo: HashMap::new(),
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        assert!(place(
+            &mut cluster,
+            &tasks[0],
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.nodes[0].gpus, vec![1000, 1000]);
+        assert!(place(
+            &mut cluster,
+            &tasks[1],
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.nodes[0].gpus, vec![0, 0]);
+    }
+
+    #[test]
+    fn arrivals_top_up_to_the_inflation_and_are_seeded() {
+        let tasks: Vec<OpenbTask> = (0..10).map(|i| task(&format!("t{i}"), 1, 500)).collect();
+        let a = arrivals(&tasks, 42, 1.3, 10_000);
+        let total: u64 = a.iter().map(OpenbTask::gpu_request_milli).sum();
+        assert!((13_000..13_500).contains(&total), "{total}");
+        assert_eq!(a.len(), 26);
+        let names = |v: &[OpenbTask]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&a), names(&arrivals(&tasks, 42, 1.3, 10_000)));
+        assert_ne!(names(&a), names(&arrivals(&tasks, 43, 1.3, 10_000)));
+    }
+
+    #[test]
+    fn the_curve_has_a_point_per_percent() {
+        let nodes = [node("a", 4)];
+        let tasks: Vec<OpenbTask> = (0..4).map(|i| task(&format!("t{i}"), 1, 1000)).collect();
+        let r = run(&nodes, &tasks, Packer::Edupool, 42, 1.3);
+        assert_eq!(r.curve.len(), 131);
+        // Whole-GPU tasks of 1/4 of capacity each: 25 % allocated at 25 %.
+        assert_eq!(r.curve[25], 25.0);
+        assert_eq!(r.curve[100], 100.0);
+        assert_eq!(r.curve[130], 100.0);
+        // Topped up to 6 tasks (6000 >= 1.3 x 4000); the two copies find no room.
+        assert_eq!((r.tasks, r.failed), (6, 2));
+    }
+}
