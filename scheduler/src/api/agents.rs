@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{self, truncate};
 use super::{status, Auth, Caller};
 use crate::control::{now_millis, start_message, stop_message};
-use crate::raft::{ProposeError, Replica};
+use crate::raft::Replica;
 use crate::sessions::{Hello, Sessions};
 use crate::state::{Command, JobId, JobState};
 
@@ -51,9 +51,7 @@ impl AgentService for Agents {
             ));
         }
         if !self.replica.leadership().borrow().is_leader {
-            return Err(status(ProposeError::NotLeader {
-                leader: self.replica.leadership().borrow().leader_id,
-            }));
+            return Err(status(self.replica.not_leader()));
         }
         let mut inbound = req.into_inner();
         let hello = match inbound.next().await {

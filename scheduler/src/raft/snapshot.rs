@@ -1,0 +1,73 @@
+//! Snapshots of the state machine: a versioned envelope around the serde
+//! encoding of `State`, the peers' addresses and the log position. The same
+//! bytes are what raft ships to a lagging replica and what an operator
+//! keeps as a backup file.
+
+use std::path::Path;
+
+use raft::prelude::Snapshot;
+use serde::{Deserialize, Serialize};
+
+use super::storage::{Peers, RaftStore, StorageError};
+use crate::state::State;
+
+/// The envelope's format; a replica refuses formats it does not know.
+pub const SNAPSHOT_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotEnvelope {
+    pub v: u32,
+    /// The last log entry folded into `state`.
+    pub index: u64,
+    pub term: u64,
+    pub peers: Peers,
+    pub state: State,
+}
+
+impl SnapshotEnvelope {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("the state always serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<SnapshotEnvelope, StorageError> {
+        let env: SnapshotEnvelope = serde_json::from_slice(bytes)
+            .map_err(|e| StorageError::Corrupt(format!("undecodable snapshot: {e}")))?;
+        if env.v != SNAPSHOT_FORMAT {
+            return Err(StorageError::Corrupt(format!(
+                "snapshot format {} is not known to this version (knows {SNAPSHOT_FORMAT})",
+                env.v
+            )));
+        }
+        Ok(env)
+    }
+}
+
+/// Writes a backup (a snapshot envelope) into a fresh data directory as
+/// the snapshot of a one-replica cluster whose only voter is `id`, serving
+/// at `address`. Grow it afterwards with `edupoolctl cluster add-member`.
+pub fn restore_backup(
+    data_dir: &Path,
+    id: u64,
+    address: &str,
+    backup: &[u8],
+) -> Result<u64, StorageError> {
+    let mut env = SnapshotEnvelope::decode(backup)?;
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| StorageError::Io(format!("{}: {e}", data_dir.display())))?;
+    let store = RaftStore::open(&data_dir.join("raft.redb"), &[id])?;
+    if !store.is_fresh() {
+        return Err(StorageError::Corrupt(format!(
+            "{} already holds a raft log; restore only into an empty data directory",
+            data_dir.display()
+        )));
+    }
+    env.peers = Peers::from([(id, address.to_string())]);
+    let mut snap = Snapshot::default();
+    let meta = snap.mut_metadata();
+    meta.index = env.index;
+    meta.term = env.term;
+    meta.mut_conf_state().voters = vec![id];
+    snap.data = env.encode().into();
+    store.apply_snapshot(&snap, &env.peers)?;
+    Ok(env.index)
+}
