@@ -7,8 +7,8 @@ use std::time::Duration;
 use edupool_proto::v1::admin_service_server::AdminServiceServer;
 use edupool_proto::v1::agent_service_server::AgentServiceServer;
 use edupool_proto::v1::cluster_service_server::ClusterServiceServer;
-use edupool_proto::v1::raft_service_server::RaftServiceServer;
 use edupool_proto::v1::job_service_server::JobServiceServer;
+use edupool_proto::v1::raft_service_server::RaftServiceServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -269,7 +269,9 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         .add_service(JobServiceServer::new(jobs).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AgentServiceServer::new(agents).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(ClusterServiceServer::new(cluster).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(
+            ClusterServiceServer::new(cluster).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .add_service(
             RaftServiceServer::new(raft_server)
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod cluster;
+pub mod load;
+
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const AGENT_TOKEN: &str = "test-agent-token-0123456789";
 
@@ -66,6 +69,14 @@ pub struct Proc {
 }
 
 impl Proc {
+    /// Takes charge of a started child: killed and reaped on drop.
+    pub fn new(child: Child, name: &str) -> Proc {
+        Proc {
+            child: Some(child),
+            name: name.to_string(),
+        }
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map_or(0, Child::id)
     }

@@ -31,6 +31,13 @@ impl Cluster {
         view
     }
 
+    /// Waits (briefly) until the published status shows `done`: the reply
+    /// to a change comes as it is applied, a moment before the status.
+    async fn settle(&self, done: impl Fn(&RaftStatus) -> bool) {
+        let mut watch = self.replica.watch_status();
+        let _ = tokio::time::timeout(Duration::from_secs(2), watch.wait_for(|s| done(s))).await;
+    }
+
     async fn wait_caught_up(&self, id: u64) -> Result<(), Status> {
         let deadline = Instant::now() + CATCH_UP_TIMEOUT;
         let mut watch = self.replica.watch_status();
@@ -42,7 +49,8 @@ impl Cluster {
                 }
                 let matched = s.members.iter().find(|m| m.id == id).map(|m| m.match_index);
                 // Close enough: the rest arrives within a heartbeat or two.
-                if matched.is_some_and(|m| m + 100 >= s.commit) {
+                // A match of 0 means it has not even taken the snapshot.
+                if matched.is_some_and(|m| m > 0 && m + 100 >= s.commit) {
                     return Ok(());
                 }
             }
@@ -134,6 +142,8 @@ impl ClusterService for Cluster {
             .change_membership(MembershipChange::Promote { id: r.id })
             .await
             .map_err(status)?;
+        self.settle(|s| s.members.iter().any(|m| m.id == r.id && m.voter))
+            .await;
         Ok(Response::new(self.view()))
     }
 
@@ -147,6 +157,7 @@ impl ClusterService for Cluster {
             .change_membership(MembershipChange::Remove { id })
             .await
             .map_err(status)?;
+        self.settle(|s| s.members.iter().all(|m| m.id != id)).await;
         Ok(Response::new(self.view()))
     }
 

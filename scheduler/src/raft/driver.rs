@@ -171,6 +171,7 @@ pub struct Replica {
     leadership: watch::Receiver<Leadership>,
     status: watch::Receiver<RaftStatus>,
     inbound: mpsc::Sender<Message>,
+    transport: Arc<Transport>,
 }
 
 impl Replica {
@@ -189,6 +190,9 @@ impl Replica {
             &config.voters(),
             &config.peers,
         )?;
+        if store.is_fresh() && !config.join {
+            bootstrap(&store, &config)?;
+        }
         let (state, snap_index) = match store.snapshot_info() {
             (0, _, _) => (State::default(), 0),
             _ => {
@@ -233,12 +237,13 @@ impl Replica {
             applied: applied.clone(),
             leadership: lead_tx,
             status: status_tx,
-            transport,
+            transport: transport.clone(),
             pending: HashMap::new(),
             pending_at: BTreeMap::new(),
             reads: HashMap::new(),
             ready_reads: Vec::new(),
             snapshot_waiters: Vec::new(),
+            force_snapshot: false,
             next_id: rand::random::<u64>() >> 1,
             snapshot_entries: config.snapshot_entries.max(1),
             keep_entries: config.keep_entries,
@@ -261,6 +266,7 @@ impl Replica {
             leadership,
             status,
             inbound,
+            transport,
         })
     }
 
@@ -365,6 +371,7 @@ impl Replica {
         RaftServer {
             me: self.id,
             inbound: self.inbound.clone(),
+            transport: self.transport.clone(),
         }
     }
 }
@@ -392,6 +399,7 @@ struct Driver {
     /// Confirmed reads waiting for their index to be applied.
     ready_reads: Vec<(u64, oneshot::Sender<Result<(), ProposeError>>)>,
     snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotEnvelope, ProposeError>>>,
+    force_snapshot: bool,
     next_id: u64,
     snapshot_entries: u64,
     keep_entries: u64,
@@ -440,7 +448,9 @@ impl Driver {
                 shutdown.cancel();
                 break;
             }
-            let force = !self.snapshot_waiters.is_empty();
+            let force = !self.snapshot_waiters.is_empty()
+                || std::mem::take(&mut self.force_snapshot)
+                || self.store.take_snapshot_wanted();
             if let Err(e) = self.maybe_snapshot(force).await {
                 tracing::error!("taking a snapshot failed, stopping this replica: {e}");
                 shutdown.cancel();
@@ -488,7 +498,9 @@ impl Driver {
 
     fn dropped(&self) -> ProposeError {
         match self.not_leader() {
-            ProposeError::NotLeader { leader, address } => ProposeError::Dropped { leader, address },
+            ProposeError::NotLeader { leader, address } => {
+                ProposeError::Dropped { leader, address }
+            }
             other => other,
         }
     }
@@ -570,6 +582,12 @@ impl Driver {
                         "replica {id} is already a voter"
                     ))));
                     return;
+                }
+                // A log that still starts at index 1 (from before bootstrap
+                // snapshots) is compacted first, so the learner starts from
+                // a snapshot that carries the configuration.
+                if self.store.snapshot_info().0 == 0 {
+                    self.force_snapshot = true;
                 }
                 (*id, ConfChangeType::AddLearnerNode, address.clone())
             }
@@ -783,7 +801,10 @@ impl Driver {
                 ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
                     if !v1.context.is_empty() =>
                 {
-                    peers.insert(v1.node_id, String::from_utf8_lossy(&v1.context).into_owned());
+                    peers.insert(
+                        v1.node_id,
+                        String::from_utf8_lossy(&v1.context).into_owned(),
+                    );
                 }
                 ConfChangeType::RemoveNode => {
                     peers.remove(&v1.node_id);
@@ -838,7 +859,8 @@ impl Driver {
         meta.index = env.index;
         meta.term = env.term;
         meta.set_conf_state(self.store.conf_state());
-        let compact_to = env.index.saturating_sub(self.keep_entries);
+        // Never keep index 1: see `bootstrap`.
+        let compact_to = env.index.saturating_sub(self.keep_entries).max(1);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             snap.data = env.encode().into();
@@ -908,6 +930,29 @@ fn clone_err(e: &ProposeError) -> ProposeError {
         },
         _ => ProposeError::Stopped,
     }
+}
+
+/// Starts a new cluster's log with a snapshot at index 1 that holds the
+/// initial configuration. Every bootstrapping replica writes the same one,
+/// and since the log proper starts after it, a replica that joins later
+/// always begins from a snapshot, which carries the configuration, rather
+/// than from entries that never held it.
+fn bootstrap(store: &RaftStore, config: &ReplicaConfig) -> Result<(), StorageError> {
+    let peers = store.peers();
+    let env = SnapshotEnvelope {
+        v: SNAPSHOT_FORMAT,
+        index: 1,
+        term: 1,
+        peers: peers.clone(),
+        state: State::default(),
+    };
+    let mut snap = Snapshot::default();
+    let meta = snap.mut_metadata();
+    meta.index = 1;
+    meta.term = 1;
+    meta.mut_conf_state().voters = config.voters();
+    snap.data = env.encode().into();
+    store.apply_snapshot(&snap, &peers)
 }
 
 /// Applies one normal log entry; entries that carry no command produce

@@ -25,7 +25,7 @@ mod sim;
 pub use driver::{
     apply_entry, Leadership, LogEntry, MembershipChange, ProposeError, Replica, ReplicaConfig,
 };
-pub use snapshot::{restore_backup, SnapshotEnvelope, SNAPSHOT_FORMAT};
+pub use snapshot::{replay_data_dir, restore_backup, SnapshotEnvelope, SNAPSHOT_FORMAT};
 pub use status::{MemberStatus, RaftStatus, Role};
 pub use storage::{Peers, RaftStore, StorageError};
 pub use transport::{RaftServer, MAX_RAFT_MESSAGE_BYTES};

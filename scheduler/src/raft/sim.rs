@@ -6,11 +6,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use raft::prelude::{Entry, EntryType, Message};
 use raft::storage::MemStorage;
 use raft::{Config, RawNode, StateRole};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 struct Sim {
     nodes: HashMap<u64, RawNode<MemStorage>>,
@@ -277,5 +277,8 @@ fn a_minority_partition_keeps_serving_the_majority_and_a_majority_cut_stops_writ
     assert!(sim.propose(l, b"c"));
     sim.run(100);
     sim.assert_consistent();
-    assert!(sim.applied.values().all(|log| log.last() == Some(&b"c".to_vec())));
+    assert!(sim
+        .applied
+        .values()
+        .all(|log| log.last() == Some(&b"c".to_vec())));
 }

@@ -86,6 +86,8 @@ impl Core {
 pub struct RaftStore {
     db: Arc<Database>,
     core: Arc<RwLock<Core>>,
+    /// Raft asked for a snapshot the latest one cannot serve.
+    snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftStore {
@@ -96,7 +98,11 @@ impl RaftStore {
         Self::open_with_peers(path, voters, &Peers::new())
     }
 
-    pub fn open_with_peers(path: &Path, voters: &[u64], peers: &Peers) -> Result<Self, StorageError> {
+    pub fn open_with_peers(
+        path: &Path,
+        voters: &[u64],
+        peers: &Peers,
+    ) -> Result<Self, StorageError> {
         let db = Database::create(path).map_err(|source| StorageError::Open {
             path: path.display().to_string(),
             source,
@@ -108,6 +114,7 @@ impl RaftStore {
         let store = RaftStore {
             db: Arc::new(db),
             core: Arc::new(RwLock::new(Core::default())),
+            snapshot_wanted: Arc::default(),
         };
         store.load(voters, peers)?;
         Ok(store)
@@ -264,6 +271,12 @@ impl RaftStore {
 
     pub fn snapshot_data(&self) -> Snapshot {
         self.rl().snapshot.clone()
+    }
+
+    /// Whether raft asked for a newer snapshot than the latest (and clears it).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Number of entries held in the log (memory and disk alike).
@@ -423,12 +436,20 @@ impl Storage for RaftStore {
         Ok(self.rl().last_index())
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let c = self.rl();
-        let index = c.snapshot.get_metadata().index;
-        // The driver takes a fresh snapshot when asked for a newer one.
-        if index == 0 || index < request_index {
-            return Err(store_err(raft::StorageError::SnapshotTemporarilyUnavailable));
+        let meta = c.snapshot.get_metadata();
+        let conf = meta.get_conf_state();
+        // A replica added after the snapshot was taken would refuse it (it
+        // is not in its configuration): the driver takes a fresh one, and
+        // raft asks again on its next heartbeat.
+        let knows_to = conf.voters.contains(&to) || conf.learners.contains(&to);
+        if meta.index == 0 || meta.index < request_index || !knows_to {
+            self.snapshot_wanted
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(store_err(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
         }
         Ok(c.snapshot.clone())
     }
@@ -510,7 +531,10 @@ mod tests {
             .unwrap();
         drop(s);
         let s = RaftStore::open(&path, &[1]).unwrap();
-        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (21, 20));
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (21, 20)
+        );
         assert_eq!(s.term(20).unwrap(), 3);
         assert_eq!(s.hard_state().commit, 20);
         assert_eq!(s.conf_state().voters, vec![1, 2, 3]);

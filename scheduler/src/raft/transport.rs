@@ -49,6 +49,8 @@ struct Link {
 /// The outbound side: one link per peer.
 pub struct Transport {
     me: u64,
+    /// Where this replica serves, sent with every batch (empty until known).
+    me_address: Arc<Mutex<String>>,
     links: Mutex<HashMap<u64, Link>>,
     feedback: mpsc::Sender<Feedback>,
     tasks: TaskTracker,
@@ -64,6 +66,7 @@ impl Transport {
     ) -> Arc<Transport> {
         Arc::new(Transport {
             me,
+            me_address: Arc::new(Mutex::new(String::new())),
             links: Mutex::new(HashMap::new()),
             feedback,
             tasks,
@@ -74,6 +77,9 @@ impl Transport {
     /// Opens links to new peers, re-opens those whose address changed and
     /// closes those no longer listed.
     pub fn set_peers(&self, peers: &Peers) {
+        if let Some(a) = peers.get(&self.me) {
+            a.clone_into(&mut self.me_address.lock().expect("address lock"));
+        }
         let mut links = self.links.lock().expect("links lock");
         links.retain(|id, link| {
             let keep = peers.get(id) == Some(&link.address);
@@ -92,6 +98,7 @@ impl Transport {
                 Ok(ep) => {
                     self.tasks.spawn(run_link(
                         self.me,
+                        self.me_address.clone(),
                         *id,
                         ep,
                         rx,
@@ -112,6 +119,24 @@ impl Transport {
                     stop,
                 },
             );
+        }
+    }
+
+    /// Opens a link to a replica that is not in the address book yet: a
+    /// replica that joined empty learns the leader this way, from the
+    /// leader's own messages, before any snapshot tells it the members.
+    pub fn learn(&self, id: u64, address: &str) {
+        let known = self.links.lock().expect("links lock").contains_key(&id);
+        if !known && id != self.me {
+            let mut peers: Peers = self
+                .links
+                .lock()
+                .expect("links lock")
+                .iter()
+                .map(|(id, l)| (*id, l.address.clone()))
+                .collect();
+            peers.insert(id, address.to_string());
+            self.set_peers(&peers);
         }
     }
 
@@ -143,8 +168,10 @@ fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
         .tcp_nodelay(true))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_link(
     me: u64,
+    me_address: Arc<Mutex<String>>,
     peer: u64,
     endpoint: Endpoint,
     mut queue: mpsc::Receiver<Message>,
@@ -172,6 +199,7 @@ async fn run_link(
             .any(|m| m.get_msg_type() == MessageType::MsgSnapshot);
         let request = pb::RaftBatch {
             from: me,
+            from_address: me_address.lock().expect("address lock").clone(),
             messages: batch
                 .iter()
                 .filter_map(|m| m.write_to_bytes().ok())
@@ -189,8 +217,13 @@ async fn run_link(
             Ok(_) => failures = 0,
             Err(status) => {
                 failures += 1;
-                if failures == 1 || failures % 50 == 0 {
-                    tracing::debug!(peer, failures, "raft message to peer failed: {}", status.message());
+                if failures == 1 || failures.is_multiple_of(50) {
+                    tracing::debug!(
+                        peer,
+                        failures,
+                        "raft message to peer failed: {}",
+                        status.message()
+                    );
                 }
                 let _ = feedback.try_send(Feedback::Unreachable(peer));
                 // Back off a little so a dead peer costs no busy loop; what
@@ -211,6 +244,7 @@ async fn run_link(
 pub struct RaftServer {
     pub(super) me: u64,
     pub(super) inbound: mpsc::Sender<Message>,
+    pub(super) transport: Arc<Transport>,
 }
 
 #[tonic::async_trait]
@@ -220,6 +254,9 @@ impl pb::raft_service_server::RaftService for RaftServer {
         request: tonic::Request<pb::RaftBatch>,
     ) -> Result<tonic::Response<pb::RaftAck>, tonic::Status> {
         let batch = request.into_inner();
+        if !batch.from_address.is_empty() {
+            self.transport.learn(batch.from, &batch.from_address);
+        }
         for bytes in batch.messages {
             let m = Message::parse_from_bytes(&bytes).map_err(|e| {
                 tonic::Status::invalid_argument(format!("undecodable raft message: {e}"))
