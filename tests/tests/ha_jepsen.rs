@@ -216,7 +216,9 @@ fn acknowledged_work_survives_crashes_pauses_and_partitions() -> Result<()> {
 
     // Stop everything, then replay each replica's committed log.
     let dirs: Vec<_> = c.replicas.values().map(|r| r.data_dir.clone()).collect();
-    drop(c);
+    for i in c.ids() {
+        c.kill9(i);
+    }
     let started = Instant::now();
     let mut finals = BTreeSet::new();
     for dir in dirs {
