@@ -38,12 +38,15 @@ pub fn bin(name: &str) -> PathBuf {
         }
         let status = cmd.status().expect("cargo runs");
         assert!(status.success(), "building the binaries failed");
-        // target/<profile>/deps/<test> -> target/<profile>
+        // target/<profile>/deps/<test> -> target/<profile>; a binary of
+        // this crate (edupool-bench) already lives in target/<profile>.
         let exe = std::env::current_exe().expect("test executable path");
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf()
+        let dir = exe.parent().expect("target dir");
+        if dir.ends_with("deps") {
+            dir.parent().expect("target dir").to_path_buf()
+        } else {
+            dir.to_path_buf()
+        }
     });
     dir.join(name)
 }

@@ -88,7 +88,13 @@ impl LeaderClient {
                         return Reply::Unknown;
                     }
                 }
-                Ok(Err(s)) => return Reply::Refused(s.code()),
+                Ok(Err(s)) if refusal(s.code()) => return Reply::Refused(s.code()),
+                Ok(Err(_)) => {
+                    // A broken connection (a killed or cut-off replica): the
+                    // call may or may not have been applied.
+                    self.clients = None;
+                    return Reply::Unknown;
+                }
                 Err(_) => {
                     self.clients = None;
                     return Reply::Unknown;
@@ -119,7 +125,13 @@ impl LeaderClient {
                         return Reply::Unknown;
                     }
                 }
-                Ok(Err(s)) => return Reply::Refused(s.code()),
+                Ok(Err(s)) if refusal(s.code()) => return Reply::Refused(s.code()),
+                Ok(Err(_)) => {
+                    // A broken connection (a killed or cut-off replica): the
+                    // call may or may not have been applied.
+                    self.clients = None;
+                    return Reply::Unknown;
+                }
                 Err(_) => {
                     self.clients = None;
                     return Reply::Unknown;
@@ -145,7 +157,13 @@ impl LeaderClient {
                         return Reply::Unknown;
                     }
                 }
-                Ok(Err(s)) => return Reply::Refused(s.code()),
+                Ok(Err(s)) if refusal(s.code()) => return Reply::Refused(s.code()),
+                Ok(Err(_)) => {
+                    // A broken connection (a killed or cut-off replica): the
+                    // call may or may not have been applied.
+                    self.clients = None;
+                    return Reply::Unknown;
+                }
                 Err(_) => {
                     self.clients = None;
                     return Reply::Unknown;
@@ -154,6 +172,21 @@ impl LeaderClient {
         }
         Reply::Unknown
     }
+}
+
+/// Codes by which the scheduler says "no" to a request it did not apply.
+fn refusal(code: Code) -> bool {
+    matches!(
+        code,
+        Code::InvalidArgument
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::FailedPrecondition
+            | Code::Unauthenticated
+            | Code::ResourceExhausted
+            | Code::OutOfRange
+    )
 }
 
 /// A job that runs briefly on one GPU, named so it can be found again.

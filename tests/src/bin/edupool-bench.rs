@@ -109,6 +109,10 @@ fn pool() -> Result<(Cluster, edupool_tests::Proc, tempfile::TempDir, String)> {
         let v = Cluster::ctl_json(&all, edupool_tests::ADMIN_TOKEN, &["node", "list"]).ok()?;
         (v.as_array()?.len() == 1).then_some(())
     })?;
+    // Cordoned: submissions are admitted (a node could hold them) but stay
+    // pending, so the figures measure the replicated log, not job churn on
+    // the same two cores.
+    Cluster::ctl_json(&all, edupool_tests::ADMIN_TOKEN, &["node", "cordon", "n1"])?;
     Ok((c, agent, work, token))
 }
 
