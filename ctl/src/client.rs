@@ -142,25 +142,64 @@ pub async fn connect_leader(
     options: ConnectOptions,
 ) -> Result<Clients, ClientError> {
     let auth = BearerToken::new(token)?.stale_ok(options.stale_ok);
-    let (channel, endpoint) = connect_channel(endpoints).await?;
-    let mut clients = Clients::with_auth(channel, auth.clone(), endpoint)?;
     if options.stale_ok {
-        return Ok(clients);
+        let (channel, endpoint) = connect_channel(endpoints).await?;
+        return Clients::with_auth(channel, auth, endpoint);
     }
-    let Ok(status) = clients
-        .cluster
-        .get_status(GetClusterStatusRequest {})
-        .await
-        .map(|r| r.into_inner())
-    else {
-        return Ok(clients);
-    };
-    if status.role == ReplicaRole::Leader as i32 || status.leader_address.is_empty() {
-        return Ok(clients);
+    // A replica that accepts the connection but cannot answer (killed
+    // behind a proxy, paused, cut off) is skipped for the next one.
+    let list: Vec<String> = endpoints.iter().flat_map(|e| split_endpoints(e)).collect();
+    let mut fallback = None;
+    let mut attempts = Vec::new();
+    for (n, _) in list.iter().enumerate() {
+        let (channel, endpoint) = match connect_channel(&list[n..n + 1]).await {
+            Ok(c) => c,
+            Err(ClientError::Unreachable { attempts: a }) => {
+                attempts.extend(a);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut clients = Clients::with_auth(channel, auth.clone(), endpoint)?;
+        let asked = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            clients.cluster.get_status(GetClusterStatusRequest {}),
+        )
+        .await;
+        let status = match asked {
+            Ok(Ok(r)) => r.into_inner(),
+            // No answer or a broken connection: try the next replica.
+            Err(_) => continue,
+            Ok(Err(s))
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+                ) =>
+            {
+                fallback.get_or_insert(clients);
+                continue;
+            }
+            // It answers but cannot say (an older scheduler, a bad token):
+            // keep it, its own answers will tell.
+            Ok(Err(_)) => return Ok(clients),
+        };
+        if status.role == ReplicaRole::Leader as i32 || status.leader_address.is_empty() {
+            return Ok(clients);
+        }
+        return match connect_to(&status.leader_address, auth.clone()).await {
+            Ok(leader) => Ok(leader),
+            Err(_) => Ok(clients),
+        };
     }
-    match connect_to(&status.leader_address, auth).await {
-        Ok(leader) => Ok(leader),
-        Err(_) => Ok(clients),
+    match fallback {
+        Some(clients) => Ok(clients),
+        None if list.is_empty() => Err(ClientError::NoEndpoints),
+        None if !attempts.is_empty() => Err(ClientError::Unreachable { attempts }),
+        // Every replica connected but none answered in time.
+        None => {
+            let (channel, endpoint) = connect_channel(endpoints).await?;
+            Clients::with_auth(channel, auth, endpoint)
+        }
     }
 }
 

@@ -509,6 +509,7 @@ mod tests {
             let mut snap = Snapshot::default();
             snap.mut_metadata().index = 8;
             snap.mut_metadata().term = 1;
+            snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
             snap.data = b"state".to_vec().into();
             s.save_snapshot(&snap, 6).unwrap();
             assert_eq!(s.first_index().unwrap(), 7);
@@ -519,7 +520,11 @@ mod tests {
         }
         let s = RaftStore::open(&path, &[1]).unwrap();
         assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 10));
-        assert_eq!(s.snapshot(0, 0).unwrap().data.as_ref(), b"state");
+        assert_eq!(s.snapshot(0, 2).unwrap().data.as_ref(), b"state");
+        // A replica the snapshot does not know would refuse it: raft is
+        // told to wait, and the driver is asked for a fresh one.
+        assert!(s.snapshot(0, 3).is_err());
+        assert!(s.take_snapshot_wanted());
         assert_eq!(s.log_len(), 4);
 
         // A snapshot from the leader replaces the whole log.
