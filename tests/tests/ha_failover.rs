@@ -91,8 +91,14 @@ fn followers_name_the_leader_and_a_leader_kill_loses_nothing() -> Result<()> {
     c.kill9(leader);
     let new = c.leader(WAIT)?;
     assert_ne!(new, leader);
-    eventually("a write to the new leader", WAIT, || {
+    let second = eventually("a write to the new leader", WAIT, || {
         submit(&all, &token, "second").ok()
+    })?;
+    // The agent followed the leader: the new leader places the job and
+    // the agent runs it to the end.
+    eventually("the job submitted after failover to succeed", WAIT, || {
+        let v = Cluster::ctl_json(&all, &token, &["job", "get", &second]).ok()?;
+        (v["state"] == "succeeded").then_some(())
     })?;
     let names = job_names(&all, &token, &[])?;
     for n in ["first", "second"] {

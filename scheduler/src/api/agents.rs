@@ -158,8 +158,20 @@ impl Agents {
     }
 
     async fn serve(&self, node: &str, session: u64, mut inbound: Streaming<pb::AgentMessage>) {
+        // Only the leader holds sessions: a replica that stops leading (a
+        // newer leader elsewhere, or cut off from its quorum) ends them, so
+        // agents move to the leader and the new leader never sees a node
+        // as gone while its agent talks to a deposed one.
+        let mut leadership = self.replica.leadership();
         loop {
-            let msg = match inbound.next().await {
+            let next = tokio::select! {
+                m = inbound.next() => m,
+                _ = leadership.wait_for(|l| !l.is_leader) => {
+                    tracing::info!(node, "no longer leading: ending the agent session");
+                    return;
+                }
+            };
+            let msg = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     tracing::info!(node, "agent session ended: {}", e.message());
