@@ -11,6 +11,17 @@
 //!   of the committed log replayed from each replica's store;
 //! - all replicas' state machines are identical (same hash at the same
 //!   index, and the same state replayed from each store).
+//!
+//! "A replica restarted from an old snapshot" is played as a replica that
+//! stays down until the leader has compacted the log past it, so it must
+//! restart from its own old snapshot and install the leader's. Putting an
+//! old copy of a data directory back under a running cluster is not
+//! played: it rolls back a raft vote, which raft does not tolerate and
+//! docs/operations.md forbids (old copies are restored as a new cluster).
+//!
+//! Faults are injected through the harness in `edupool_tests::cluster`
+//! (loopback proxies per directed link; see its docs for why not network
+//! namespaces).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
