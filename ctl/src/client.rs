@@ -163,7 +163,9 @@ pub async fn connect_leader(
         let mut clients = Clients::with_auth(channel, auth.clone(), endpoint)?;
         let asked = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            clients.cluster.get_status(GetClusterStatusRequest {}),
+            clients
+                .cluster
+                .get_status(GetClusterStatusRequest::default()),
         )
         .await;
         let status = match asked {

@@ -148,7 +148,9 @@ impl<W: Write> Ctl<W> {
         let status = self
             .clients
             .cluster
-            .get_status(GetClusterStatusRequest {})
+            .get_status(GetClusterStatusRequest {
+                with_state_hash: true,
+            })
             .await?
             .into_inner();
         self.print_cluster(&status)?;

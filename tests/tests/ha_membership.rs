@@ -116,11 +116,51 @@ fn a_backup_restores_into_a_new_cluster_that_grows_to_three() -> Result<()> {
         endpoints.push(format!("http://{addr}"));
     }
     let all = endpoints.join(",");
+
+    // Bad requests get a precise answer and change nothing.
+    let refused = |args: &[&str], token: &str, says: &str| {
+        let out = Cluster::ctl_at(&all, token, args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success(), "{args:?} must fail");
+        assert!(err.contains(says), "{args:?}: {err}");
+    };
+    refused(
+        &["cluster", "add-member", "0", "127.0.0.1:1"],
+        ADMIN_TOKEN,
+        "replica ids start at 1",
+    );
+    refused(
+        &["cluster", "add-member", "5", "nowhere"],
+        ADMIN_TOKEN,
+        "is not a host:port address",
+    );
+    refused(
+        &["cluster", "remove-member", "9"],
+        ADMIN_TOKEN,
+        "replica 9 is not a member",
+    );
+    refused(
+        &["cluster", "transfer-leader", "9"],
+        ADMIN_TOKEN,
+        "not a voter",
+    );
+    let tenant = Cluster::ctl_json(&all, ADMIN_TOKEN, &["tenant", "create", "fdu"])?;
+    let fdu = tenant["token"].as_str().expect("a token").to_string();
+    refused(
+        &["cluster", "snapshot", "--out", "/dev/null"],
+        &fdu,
+        "permission denied",
+    );
+    let status = Cluster::ctl_json(&all, &fdu, &["cluster", "status"])?;
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
     // The new replicas have the restored state.
     let e3 = endpoints[2].clone();
     eventually("replica 3 to have the tenant", WAIT, || {
         let v = Cluster::ctl_json(&e3, ADMIN_TOKEN, &["--stale-ok", "tenant", "list"]).ok()?;
-        (v.as_array()?.len() == 1).then_some(())
+        v.as_array()?
+            .iter()
+            .any(|t| t["name"] == "zju")
+            .then_some(())
     })?;
 
     // Hand leadership to replica 3, then remove replica 1.

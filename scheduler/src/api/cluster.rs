@@ -25,10 +25,7 @@ pub struct Cluster {
 
 impl Cluster {
     fn view(&self) -> pb::ClusterStatus {
-        let (_, state_hash) = self.replica.state_hash();
-        let mut view = status_view(&self.replica.status());
-        view.state_hash = state_hash;
-        view
+        status_view(&self.replica.status())
     }
 
     /// Waits (briefly) until the published status shows `done`: the reply
@@ -117,6 +114,14 @@ impl ClusterService for Cluster {
         req: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
         self.auth.caller(&req)?;
+        if req.get_ref().with_state_hash {
+            // Status and hash at the same applied index, taken together.
+            let (applied, hash) = self.replica.state_hash();
+            let mut view = self.view();
+            view.applied_index = applied;
+            view.state_hash = hash;
+            return Ok(Response::new(view));
+        }
         Ok(Response::new(self.view()))
     }
 
