@@ -94,6 +94,9 @@ pub struct ReplicaConfig {
     /// Entries kept behind a snapshot, so a briefly lagging follower catches
     /// up from the log instead of a whole snapshot.
     pub keep_entries: u64,
+    /// Also snapshot (keeping no entries) once the log holds this many
+    /// payload bytes, so a few huge entries cannot fill memory and disk.
+    pub snapshot_bytes: u64,
 }
 
 impl ReplicaConfig {
@@ -109,6 +112,7 @@ impl ReplicaConfig {
             heartbeat_ticks: 2,
             snapshot_entries: 10_000,
             keep_entries: 1_000,
+            snapshot_bytes: 64 * 1024 * 1024,
         }
     }
 
@@ -247,6 +251,7 @@ impl Replica {
             next_id: rand::random::<u64>() >> 1,
             snapshot_entries: config.snapshot_entries.max(1),
             keep_entries: config.keep_entries,
+            snapshot_bytes: config.snapshot_bytes.max(1),
         };
         // Apply the committed log before anything can read the state, so a
         // restarted replica never serves a state older than it acknowledged.
@@ -403,6 +408,7 @@ struct Driver {
     next_id: u64,
     snapshot_entries: u64,
     keep_entries: u64,
+    snapshot_bytes: u64,
 }
 
 impl Driver {
@@ -850,7 +856,10 @@ impl Driver {
     async fn maybe_snapshot(&mut self, force: bool) -> Result<(), StorageError> {
         let applied = self.machine.read().expect("state lock").applied;
         let (snap_index, _, _) = self.store.snapshot_info();
-        if applied <= snap_index || (!force && applied - snap_index < self.snapshot_entries) {
+        let too_big = self.store.log_bytes() > self.snapshot_bytes;
+        if applied <= snap_index
+            || (!force && !too_big && applied - snap_index < self.snapshot_entries)
+        {
             return Ok(());
         }
         let env = self.snapshot_envelope();
@@ -859,8 +868,10 @@ impl Driver {
         meta.index = env.index;
         meta.term = env.term;
         meta.set_conf_state(self.store.conf_state());
-        // Never keep index 1: see `bootstrap`.
-        let compact_to = env.index.saturating_sub(self.keep_entries).max(1);
+        // Never keep index 1: see `bootstrap`. A log over its size keeps
+        // nothing behind the snapshot.
+        let keep = if too_big { 0 } else { self.keep_entries };
+        let compact_to = env.index.saturating_sub(keep).max(1);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
             snap.data = env.encode().into();
@@ -1000,6 +1011,35 @@ mod tests {
         let tracker = TaskTracker::new();
         let r = Replica::start(config(dir), stop.clone(), &tracker).unwrap();
         (r, stop, tracker)
+    }
+
+    #[tokio::test]
+    async fn a_log_over_its_size_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.snapshot_entries = 1_000_000;
+        c.snapshot_bytes = 300;
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let r = Replica::start(c, stop.clone(), &tracker).unwrap();
+        for i in 0..20 {
+            r.propose(Command::CreateTenant {
+                name: format!("t{i}"),
+                token_hash: format!("h{i}"),
+            })
+            .await
+            .unwrap();
+        }
+        // Snapshots were taken and the log stays short.
+        let mut status = r.watch_status();
+        let settled = status.wait_for(|s| s.snapshot_index > 10 && s.log_entries < 5);
+        tokio::time::timeout(Duration::from_secs(10), settled)
+            .await
+            .expect("the log is compacted by size")
+            .unwrap();
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 
     #[tokio::test]

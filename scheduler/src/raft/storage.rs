@@ -69,6 +69,8 @@ struct Core {
     /// (index, term) of the entry just before `entries`.
     base: (u64, u64),
     entries: Vec<Entry>,
+    /// Payload bytes of `entries`, for compaction by size.
+    bytes: u64,
     peers: Peers,
 }
 
@@ -152,6 +154,7 @@ impl RaftStore {
                 None => peers.clone(),
             },
             entries: Vec::new(),
+            bytes: 0,
         };
         let table = txn.open_table(ENTRIES)?;
         for row in table.range(core.base.0 + 1..)? {
@@ -164,6 +167,7 @@ impl RaftStore {
                     core.last_index()
                 )));
             }
+            core.bytes += entry_bytes(&e);
             core.entries.push(e);
         }
         let (conf, peers) = (core.conf.clone(), core.peers.clone());
@@ -218,8 +222,13 @@ impl RaftStore {
         let mut core = self.wl();
         if let Some(first) = entries.first() {
             let keep = (first.index - core.base.0 - 1) as usize;
+            let dropped: u64 = core.entries[keep.min(core.entries.len())..]
+                .iter()
+                .map(entry_bytes)
+                .sum();
             core.entries.truncate(keep);
             core.entries.extend_from_slice(entries);
+            core.bytes = core.bytes - dropped + entries.iter().map(entry_bytes).sum::<u64>();
         }
         if let Some(hs) = hard {
             core.hard = hs.clone();
@@ -279,6 +288,11 @@ impl RaftStore {
             .swap(false, std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Payload bytes held in the log (memory and disk alike).
+    pub fn log_bytes(&self) -> u64 {
+        self.rl().bytes
+    }
+
     /// Number of entries held in the log (memory and disk alike).
     pub fn log_len(&self) -> usize {
         self.rl().entries.len()
@@ -307,6 +321,7 @@ impl RaftStore {
         core.conf = conf;
         core.base = base;
         core.entries.clear();
+        core.bytes = 0;
         core.peers = peers.clone();
         Ok(())
     }
@@ -332,7 +347,8 @@ impl RaftStore {
         })?;
         let mut core = self.wl();
         let drop_n = (base.0 - core.base.0) as usize;
-        core.entries.drain(..drop_n);
+        let dropped: u64 = core.entries.drain(..drop_n).map(|e| entry_bytes(&e)).sum();
+        core.bytes -= dropped;
         core.base = base;
         core.snapshot = snap.clone();
         Ok(())
@@ -381,6 +397,10 @@ fn decode<M: protobuf::Message>(bytes: &[u8]) -> Result<M, StorageError> {
 
 fn corrupt(e: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(e.to_string())
+}
+
+fn entry_bytes(e: &Entry) -> u64 {
+    (e.data.len() + e.context.len()) as u64
 }
 
 fn store_err(e: raft::StorageError) -> raft::Error {
@@ -526,6 +546,7 @@ mod tests {
         assert!(s.snapshot(0, 3).is_err());
         assert!(s.take_snapshot_wanted());
         assert_eq!(s.log_len(), 4);
+        assert_eq!(s.log_bytes(), 4, "one byte of data in each kept entry");
 
         // A snapshot from the leader replaces the whole log.
         let mut snap = Snapshot::default();
