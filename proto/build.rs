@@ -3,7 +3,10 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/edupool/v1/edupool.proto"];
+    let files = [
+        "proto/edupool/v1/edupool.proto",
+        "proto/edupool/v1/cluster.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,12 +1,16 @@
 //! Connecting to a scheduler: an ordered list of endpoints, the first that
-//! answers wins, and a bearer token sent with every request.
+//! answers wins, and a bearer token sent with every request. With several
+//! replicas, [`connect_leader`] asks the one that answered where the
+//! leader is and connects there, and [`leader_hint`] reads the address a
+//! follower names when it refuses a write.
 //!
 //! Also how a gRPC [`Status`] reads for a person ([`describe_status`]).
 
 use std::{error::Error as StdError, time::Duration};
 
 use edupool_proto::v1::{
-    admin_service_client::AdminServiceClient, job_service_client::JobServiceClient,
+    admin_service_client::AdminServiceClient, cluster_service_client::ClusterServiceClient,
+    job_service_client::JobServiceClient, GetClusterStatusRequest, ReplicaRole,
 };
 use tonic::{
     metadata::AsciiMetadataValue,
@@ -22,11 +26,18 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:7070";
 /// one is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Metadata a follower puts on UNAVAILABLE: the leader's `host:port`.
+pub const LEADER_METADATA: &str = "x-edupool-leader";
+/// Request metadata that lets any replica answer a read from its own,
+/// possibly stale, state.
+pub const STALE_OK_METADATA: &str = "x-edupool-stale-ok";
+
 /// Adds `authorization: Bearer <token>` to every request, or nothing when
-/// there is no token.
+/// there is no token; and `x-edupool-stale-ok` when stale reads are fine.
 #[derive(Clone, Debug, Default)]
 pub struct BearerToken {
     header: Option<AsciiMetadataValue>,
+    stale_ok: bool,
 }
 
 impl BearerToken {
@@ -40,7 +51,16 @@ impl BearerToken {
                     .map_err(|_| ClientError::InvalidToken)?,
             ),
         };
-        Ok(BearerToken { header })
+        Ok(BearerToken {
+            header,
+            stale_ok: false,
+        })
+    }
+
+    /// Marks every request as content with a follower's possibly stale view.
+    pub fn stale_ok(mut self, stale_ok: bool) -> Self {
+        self.stale_ok = stale_ok;
+        self
     }
 }
 
@@ -50,6 +70,11 @@ impl Interceptor for BearerToken {
             request
                 .metadata_mut()
                 .insert("authorization", header.clone());
+        }
+        if self.stale_ok {
+            request
+                .metadata_mut()
+                .insert(STALE_OK_METADATA, AsciiMetadataValue::from_static("true"));
         }
         Ok(request)
     }
@@ -61,12 +86,15 @@ pub type AuthChannel = InterceptedService<Channel, BearerToken>;
 pub type JobClient = JobServiceClient<AuthChannel>;
 /// The `AdminService` client [`connect`] gives.
 pub type AdminClient = AdminServiceClient<AuthChannel>;
+/// The `ClusterService` client [`connect`] gives.
+pub type ClusterClient = ClusterServiceClient<AuthChannel>;
 
 /// Clients of both public services over one connection.
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub jobs: JobClient,
     pub admin: AdminClient,
+    pub cluster: ClusterClient,
     /// The endpoint that answered, e.g. `http://10.0.0.5:7070`.
     pub endpoint: String,
 }
@@ -78,19 +106,150 @@ impl Clients {
         token: Option<&str>,
         endpoint: impl Into<String>,
     ) -> Result<Self, ClientError> {
-        let auth = BearerToken::new(token)?;
+        Self::with_auth(channel, BearerToken::new(token)?, endpoint)
+    }
+
+    /// Clients over a channel, with a prepared interceptor.
+    pub fn with_auth(
+        channel: Channel,
+        auth: BearerToken,
+        endpoint: impl Into<String>,
+    ) -> Result<Self, ClientError> {
         Ok(Clients {
             jobs: JobServiceClient::with_interceptor(channel.clone(), auth.clone()),
-            admin: AdminServiceClient::with_interceptor(channel, auth),
+            admin: AdminServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            cluster: ClusterServiceClient::with_interceptor(channel, auth),
             endpoint: endpoint.into(),
         })
     }
+}
+
+/// How [`connect_leader`] treats replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectOptions {
+    /// Reads may be answered by any replica from its own state; the
+    /// replica that answers first is kept.
+    pub stale_ok: bool,
+}
+
+/// Connects like [`connect`], then, unless stale reads are fine, asks the
+/// replica that answered who leads and moves to the leader, so writes and
+/// linearizable reads take no detour. A replica that cannot say (an older
+/// scheduler, no leader yet) is kept: its answers then name the leader.
+pub async fn connect_leader(
+    endpoints: &[String],
+    token: Option<&str>,
+    options: ConnectOptions,
+) -> Result<Clients, ClientError> {
+    let auth = BearerToken::new(token)?.stale_ok(options.stale_ok);
+    if options.stale_ok {
+        let (channel, endpoint) = connect_channel(endpoints).await?;
+        return Clients::with_auth(channel, auth, endpoint);
+    }
+    // A replica that accepts the connection but cannot answer (killed
+    // behind a proxy, paused, cut off) is skipped for the next one.
+    let list: Vec<String> = endpoints.iter().flat_map(|e| split_endpoints(e)).collect();
+    let mut fallback = None;
+    let mut attempts = Vec::new();
+    for (n, _) in list.iter().enumerate() {
+        let (channel, endpoint) = match connect_channel(&list[n..n + 1]).await {
+            Ok(c) => c,
+            Err(ClientError::Unreachable { attempts: a }) => {
+                attempts.extend(a);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let mut clients = Clients::with_auth(channel, auth.clone(), endpoint)?;
+        let asked = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            clients
+                .cluster
+                .get_status(GetClusterStatusRequest::default()),
+        )
+        .await;
+        let status = match asked {
+            Ok(Ok(r)) => r.into_inner(),
+            // No answer or a broken connection: try the next replica.
+            Err(_) => continue,
+            Ok(Err(s))
+                if matches!(
+                    s.code(),
+                    Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
+                ) =>
+            {
+                fallback.get_or_insert(clients);
+                continue;
+            }
+            // It answers but cannot say (an older scheduler, a bad token):
+            // keep it, its own answers will tell.
+            Ok(Err(_)) => return Ok(clients),
+        };
+        if status.role == ReplicaRole::Leader as i32 || status.leader_address.is_empty() {
+            return Ok(clients);
+        }
+        return match connect_to(&status.leader_address, auth.clone()).await {
+            Ok(leader) => Ok(leader),
+            Err(_) => Ok(clients),
+        };
+    }
+    match fallback {
+        Some(clients) => Ok(clients),
+        None if list.is_empty() => Err(ClientError::NoEndpoints),
+        None if !attempts.is_empty() => Err(ClientError::Unreachable { attempts }),
+        // Every replica connected but none answered in time.
+        None => {
+            let (channel, endpoint) = connect_channel(endpoints).await?;
+            Clients::with_auth(channel, auth, endpoint)
+        }
+    }
+}
+
+/// Connects to one endpoint (as a leader hint names it).
+pub async fn connect_to(endpoint: &str, auth: BearerToken) -> Result<Clients, ClientError> {
+    let endpoint = normalize_endpoint(endpoint)?;
+    let target = Endpoint::from_shared(endpoint.clone())
+        .map_err(|e| ClientError::InvalidEndpoint {
+            endpoint: endpoint.clone(),
+            reason: error_chain(&e),
+        })?
+        .connect_timeout(CONNECT_TIMEOUT);
+    match target.connect().await {
+        Ok(channel) => Clients::with_auth(channel, auth, endpoint),
+        Err(e) => Err(ClientError::Unreachable {
+            attempts: vec![Attempt {
+                endpoint,
+                cause: e.source().map_or_else(|| e.to_string(), error_chain),
+            }],
+        }),
+    }
+}
+
+/// The leader's address a follower names in an UNAVAILABLE status.
+pub fn leader_hint(status: &Status) -> Option<String> {
+    if status.code() != Code::Unavailable {
+        return None;
+    }
+    status
+        .metadata()
+        .get(LEADER_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .filter(|a| !a.is_empty())
 }
 
 /// Connects to the first of `endpoints` that accepts a connection, trying
 /// them in order. Each entry may itself be a comma-separated list. A bare
 /// `host:port` means `http://host:port`; only `http://` is supported.
 pub async fn connect(endpoints: &[String], token: Option<&str>) -> Result<Clients, ClientError> {
+    // Refuse a bad token before touching the network.
+    let auth = BearerToken::new(token)?;
+    let (channel, endpoint) = connect_channel(endpoints).await?;
+    Clients::with_auth(channel, auth, endpoint)
+}
+
+/// The first of `endpoints` that accepts a connection, and which it was.
+async fn connect_channel(endpoints: &[String]) -> Result<(Channel, String), ClientError> {
     let endpoints = endpoints
         .iter()
         .flat_map(|e| split_endpoints(e))
@@ -99,8 +258,6 @@ pub async fn connect(endpoints: &[String], token: Option<&str>) -> Result<Client
     if endpoints.is_empty() {
         return Err(ClientError::NoEndpoints);
     }
-    // Refuse a bad token before touching the network.
-    BearerToken::new(token)?;
 
     let mut attempts = Vec::new();
     for endpoint in endpoints {
@@ -111,7 +268,7 @@ pub async fn connect(endpoints: &[String], token: Option<&str>) -> Result<Client
             })?
             .connect_timeout(CONNECT_TIMEOUT);
         match target.connect().await {
-            Ok(channel) => return Clients::new(channel, token, endpoint),
+            Ok(channel) => return Ok((channel, endpoint)),
             // The outer error only says "transport error"; its sources say what.
             Err(e) => attempts.push(Attempt {
                 endpoint,

@@ -6,6 +6,7 @@
 //!   to a [`JobSpec`](edupool_proto::v1::JobSpec).
 //! - [`client`]: connecting to a scheduler (endpoint list, bearer token) and
 //!   describing gRPC errors for people.
+//! - [`cluster`]: the `cluster` commands (replicas, leadership, backups).
 //! - [`commands`]: one method per CLI command, writing its result to any
 //!   [`Write`](std::io::Write).
 //! - [`output`]: tables for people and JSON views for scripts.
@@ -15,6 +16,7 @@
 //! The command-line parsing itself (clap) lives only in `src/main.rs`.
 
 pub mod client;
+pub mod cluster;
 pub mod commands;
 pub mod jobfile;
 pub mod output;

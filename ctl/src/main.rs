@@ -9,7 +9,7 @@ use clap::{
 };
 use edupool_proto::v1::{JobSpec, JobState, LogStream};
 use edupoolctl::{
-    client::{self, DEFAULT_ENDPOINT},
+    client::{self, ConnectOptions, DEFAULT_ENDPOINT},
     commands::{CommandError, Ctl, JobFilter, NodeAction},
     jobfile::{self, Class, JobFile, NodeLostPolicy},
     output::OutputFormat,
@@ -63,6 +63,11 @@ struct Global {
         help_heading = "Global options"
     )]
     output: Format,
+
+    /// Let any replica answer reads from its own state, which may lag the
+    /// leader by a moment; without it reads are linearizable
+    #[arg(long, global = true, help_heading = "Global options")]
+    stale_ok: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -91,6 +96,40 @@ enum Command {
     /// Create and list tenants (admins)
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// The scheduler's replicas: status, members, leadership, backups
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ClusterCommand {
+    /// Members, leader, term, commit and applied index, and each member's lag
+    Status,
+    /// Add a replica (started with --join): it catches up as a learner,
+    /// then becomes a voter (admins)
+    AddMember {
+        /// The new replica's id (its --id)
+        id: u64,
+        /// Where it serves, host:port
+        address: String,
+    },
+    /// Remove a replica from the cluster (admins)
+    RemoveMember {
+        /// The replica's id
+        id: u64,
+    },
+    /// Hand leadership to another voter (admins)
+    TransferLeader {
+        /// The voter that should lead
+        to: u64,
+    },
+    /// Take a snapshot now and save it as a backup file (admins); restore
+    /// it with `edupool-scheduler serve --restore-from FILE`
+    Snapshot {
+        /// Where to write the backup
+        #[arg(long, short = 'f', value_name = "FILE")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -148,7 +187,7 @@ enum JobCommand {
     },
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 struct SubmitArgs {
     /// A job file (.yaml, .yml or .toml); flags given with it override its fields
     #[arg(short = 'f', long = "file", value_name = "FILE")]
@@ -273,72 +312,119 @@ fn build_spec(args: SubmitArgs) -> anyhow::Result<JobSpec> {
     Ok(file.to_spec()?)
 }
 
-async fn connect(global: &Global) -> anyhow::Result<Ctl<io::Stdout>> {
-    let clients = client::connect(&global.endpoint, global.token.as_deref()).await?;
-    Ok(Ctl::new(clients, global.output.into(), io::stdout()))
-}
+/// How many times a command follows a leader hint before it gives up.
+const MAX_LEADER_HOPS: usize = 3;
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
-    let command = match command {
-        Command::Job(JobCommand::Submit(args)) => {
-            // A bad job file is reported before any connection is made.
-            let spec = build_spec(args)?;
-            connect(&global).await?.submit_job(spec).await?;
-            return Ok(());
-        }
-        other => other,
+    // A bad job file is reported before any connection is made.
+    let spec = match &command {
+        Command::Job(JobCommand::Submit(args)) => Some(build_spec(args.clone())?),
+        _ => None,
     };
-    let mut ctl = connect(&global).await?;
+    let options = ConnectOptions {
+        stale_ok: global.stale_ok,
+    };
+    let token = global.token.as_deref();
+    let mut clients = client::connect_leader(&global.endpoint, token, options).await?;
+    let mut hops = 0;
+    loop {
+        let mut ctl = Ctl::new(clients, global.output.into(), io::stdout());
+        let result = dispatch(&mut ctl, &command, spec.clone()).await;
+        // A follower refused (it names the leader, and nothing was applied):
+        // go there and run the command again.
+        let hint = result.as_ref().err().and_then(leader_hint);
+        match hint {
+            Some(leader) if hops < MAX_LEADER_HOPS => {
+                hops += 1;
+                let auth = client::BearerToken::new(token)?.stale_ok(global.stale_ok);
+                clients = client::connect_to(&leader, auth).await?;
+            }
+            _ => return result,
+        }
+    }
+}
+
+fn leader_hint(error: &anyhow::Error) -> Option<String> {
+    error
+        .chain()
+        .filter_map(|e| e.downcast_ref::<CommandError>())
+        .filter_map(CommandError::status)
+        .find_map(client::leader_hint)
+}
+
+async fn dispatch(
+    ctl: &mut Ctl<io::Stdout>,
+    command: &Command,
+    spec: Option<JobSpec>,
+) -> anyhow::Result<()> {
     match command {
-        Command::Job(JobCommand::Submit(_)) => unreachable!("handled above"),
+        Command::Job(JobCommand::Submit(_)) => {
+            ctl.submit_job(spec.expect("built before connecting"))
+                .await?;
+        }
         Command::Job(JobCommand::List {
             state,
             tenant,
             limit,
         }) => {
             ctl.list_jobs(JobFilter {
-                states: state,
-                tenant,
-                limit,
+                states: state.clone(),
+                tenant: tenant.clone(),
+                limit: *limit,
             })
             .await?;
         }
         Command::Job(JobCommand::Get { id }) => {
-            ctl.get_job(&id).await?;
+            ctl.get_job(id).await?;
         }
         Command::Job(JobCommand::Cancel { id, reason }) => {
-            ctl.cancel_job(&id, reason.as_deref().unwrap_or_default())
+            ctl.cancel_job(id, reason.as_deref().unwrap_or_default())
                 .await?;
         }
         Command::Job(JobCommand::Logs { id, stderr, follow }) => {
-            let stream = if stderr {
+            let stream = if *stderr {
                 LogStream::Stderr
             } else {
                 LogStream::Stdout
             };
-            ctl.job_logs(&id, stream, follow).await?;
+            ctl.job_logs(id, stream, *follow).await?;
         }
         Command::Job(JobCommand::Watch { id }) => {
-            ctl.watch_job(&id).await?;
+            ctl.watch_job(id).await?;
         }
         Command::Node(NodeCommand::List) => {
             ctl.list_nodes().await?;
         }
         Command::Node(NodeCommand::Cordon { name }) => {
-            ctl.node_action(&name, NodeAction::Cordon).await?;
+            ctl.node_action(name, NodeAction::Cordon).await?;
         }
         Command::Node(NodeCommand::Uncordon { name }) => {
-            ctl.node_action(&name, NodeAction::Uncordon).await?;
+            ctl.node_action(name, NodeAction::Uncordon).await?;
         }
         Command::Node(NodeCommand::Drain { name }) => {
-            ctl.node_action(&name, NodeAction::Drain).await?;
+            ctl.node_action(name, NodeAction::Drain).await?;
         }
         Command::Tenant(TenantCommand::Create { name }) => {
-            ctl.create_tenant(&name).await?;
+            ctl.create_tenant(name).await?;
         }
         Command::Tenant(TenantCommand::List) => {
             ctl.list_tenants().await?;
+        }
+        Command::Cluster(ClusterCommand::Status) => {
+            ctl.cluster_status().await?;
+        }
+        Command::Cluster(ClusterCommand::AddMember { id, address }) => {
+            ctl.add_member(*id, address).await?;
+        }
+        Command::Cluster(ClusterCommand::RemoveMember { id }) => {
+            ctl.remove_member(*id).await?;
+        }
+        Command::Cluster(ClusterCommand::TransferLeader { to }) => {
+            ctl.transfer_leader(*to).await?;
+        }
+        Command::Cluster(ClusterCommand::Snapshot { out }) => {
+            ctl.cluster_snapshot(out).await?;
         }
     }
     Ok(())

@@ -1,4 +1,6 @@
-//! Generated gRPC types and services of `edupool.v1`, and nothing else.
+//! Generated gRPC types and services of `edupool.v1`, and nothing else:
+//! `edupool.proto` (the pool's API) and `cluster.proto` (raft messages
+//! between replicas and the operators' `ClusterService`), one package.
 //!
 //! Domain code converts to and from these types at its edges; the
 //! replicated state never stores them.

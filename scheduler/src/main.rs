@@ -10,7 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edupool_scheduler::api::convert::JobLimits;
 use edupool_scheduler::dev::{self, DevConfig, DevOutcome};
-use edupool_scheduler::server::{self, ServerConfig};
+use edupool_scheduler::raft::Peers;
+use edupool_scheduler::server::{self, ReplicationConfig, ServerConfig};
 use edupool_scheduler::simulate;
 use tokio_util::sync::CancellationToken;
 
@@ -73,6 +74,73 @@ struct ServeArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    #[command(flatten)]
+    replication: ReplicationArgs,
+}
+
+/// Replication: how this replica joins a 3- or 5-replica cluster.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Replication")]
+struct ReplicationArgs {
+    /// This replica's id (1 and up), unique in the cluster.
+    #[arg(long, default_value_t = 1)]
+    id: u64,
+    /// Every replica of the initial cluster, this one included, as
+    /// id=host:port (the address each serves on; raft and clients share
+    /// it). Left out: a single-replica cluster.
+    #[arg(long, value_delimiter = ',', value_parser = parse_peer, value_name = "ID=ADDR")]
+    peers: Vec<(u64, String)>,
+    /// Start empty and wait to be added by the leader with
+    /// `edupoolctl cluster add-member` (for a replica added later).
+    #[arg(long)]
+    join: bool,
+    /// Restore this backup (from `edupoolctl cluster snapshot`) into the
+    /// empty data directory, as a single-replica cluster to grow afterwards.
+    #[arg(long, value_name = "FILE")]
+    restore_from: Option<PathBuf>,
+    /// The raft clock: elections after 10 to 20 ticks without a leader,
+    /// heartbeats every 2.
+    #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
+    raft_tick: Duration,
+    /// Snapshot the state and compact the log every this many entries.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_entries: u64,
+}
+
+fn parse_peer(text: &str) -> Result<(u64, String), String> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not id=host:port"))?;
+    let id = id
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{id:?} is not a replica id (a number from 1)"))?;
+    let addr = addr.trim().trim_start_matches("http://");
+    match addr.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {
+            Ok((id, addr.to_string()))
+        }
+        _ => Err(format!("{addr:?} is not host:port")),
+    }
+}
+
+impl ReplicationArgs {
+    fn config(self) -> anyhow::Result<ReplicationConfig> {
+        let mut peers = Peers::new();
+        for (id, addr) in self.peers {
+            if peers.insert(id, addr).is_some() {
+                anyhow::bail!("--peers names replica {id} twice");
+            }
+        }
+        Ok(ReplicationConfig {
+            id: self.id,
+            peers,
+            join: self.join,
+            restore_from: self.restore_from,
+            raft_tick: self.raft_tick,
+            snapshot_entries: self.snapshot_entries,
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -138,6 +206,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(shutdown.clone());
     match cli.command {
         Cmd::Serve(a) => {
+            let replication = a.replication.config()?;
             let config = ServerConfig {
                 listen: a.listen,
                 data_dir: a.data_dir,
@@ -151,7 +220,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 metrics_listen: a.metrics_listen,
             };
-            let bound = server::bind(config).await?;
+            let bound = server::bind(config).await?.with_replication(replication)?;
             // Tests and scripts read the bound address from this line.
             println!("edupool-scheduler listening on {}", bound.local_addr());
             if let Some(addr) = bound.metrics_addr() {

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use edupool_proto::v1::admin_service_server::AdminServiceServer;
 use edupool_proto::v1::agent_service_server::AgentServiceServer;
+use edupool_proto::v1::cluster_service_server::ClusterServiceServer;
 use edupool_proto::v1::job_service_server::JobServiceServer;
+use edupool_proto::v1::raft_service_server::RaftServiceServer;
 use thiserror::Error;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -15,11 +17,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::admin::Admin;
 use crate::api::agents::Agents;
+use crate::api::cluster::Cluster;
 use crate::api::convert::JobLimits;
 use crate::api::jobs::Jobs;
 use crate::api::Auth;
 use crate::control::{self, ControlConfig};
-use crate::raft::{Replica, ReplicaConfig, StorageError};
+use crate::raft::{Peers, Replica, ReplicaConfig, StorageError, MAX_RAFT_MESSAGE_BYTES};
 use crate::sessions::Sessions;
 
 /// Largest request the server decodes; job specs are far smaller.
@@ -76,12 +79,78 @@ impl ServerConfig {
     }
 }
 
+/// How this replica takes part in the replica set. The default is a
+/// single-replica cluster, as `dev` runs.
+///
+/// Raft peers and clients share the one listener: the address a replica is
+/// known by in `peers` is also the address clients are sent to when it
+/// leads, and an operator opens one port per replica.
+#[derive(Clone, Debug)]
+pub struct ReplicationConfig {
+    /// This replica's id (1 and up), unique in the cluster.
+    pub id: u64,
+    /// Every replica of the initial cluster, this one included, and the
+    /// address it serves on. Empty: a single-replica cluster.
+    pub peers: Peers,
+    /// Start empty and wait to be added with `cluster add-member`.
+    pub join: bool,
+    /// Write this backup into the (empty) data directory first, as a
+    /// single-replica cluster.
+    pub restore_from: Option<PathBuf>,
+    /// The raft clock: elections after 10 to 20 ticks, heartbeats every 2.
+    pub raft_tick: Duration,
+    /// Snapshot and compact the log every this many applied entries.
+    pub snapshot_entries: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            id: 1,
+            peers: Peers::new(),
+            join: false,
+            restore_from: None,
+            raft_tick: Duration::from_millis(50),
+            snapshot_entries: 10_000,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    pub fn validate(&self) -> Result<(), ServerError> {
+        let bad = |m: String| Err(ServerError::Config(m));
+        if self.id == 0 {
+            return bad("replica ids start at 1".into());
+        }
+        if !self.peers.is_empty() && !self.peers.contains_key(&self.id) {
+            return bad(format!(
+                "--peers does not name this replica (--id {}); list every replica, this one included",
+                self.id
+            ));
+        }
+        if self.join && self.restore_from.is_some() {
+            return bad("--join and --restore-from exclude each other: a restored replica starts a new cluster".into());
+        }
+        if self.restore_from.is_some() && self.peers.len() > 1 {
+            return bad("a restore starts a single-replica cluster: give only this replica in --peers, then add the others with `edupoolctl cluster add-member`".into());
+        }
+        if self.raft_tick.is_zero() {
+            return bad("the raft tick must be above zero".into());
+        }
+        if self.snapshot_entries == 0 {
+            return bad("the snapshot interval must be at least one entry".into());
+        }
+        Ok(())
+    }
+}
+
 /// A replica whose listener is bound (so its address is known) but which
 /// is not serving yet.
 pub struct Bound {
     config: ServerConfig,
     listener: TcpListener,
     metrics: Option<TcpListener>,
+    replication: ReplicationConfig,
 }
 
 impl Bound {
@@ -94,6 +163,13 @@ impl Bound {
     /// Where `/metrics` is served, if it is.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics.as_ref().map(crate::metrics::http::local_addr)
+    }
+
+    /// Makes this replica part of a replica set (see `ReplicationConfig`).
+    pub fn with_replication(mut self, replication: ReplicationConfig) -> Result<Self, ServerError> {
+        replication.validate()?;
+        self.replication = replication;
+        Ok(self)
     }
 }
 
@@ -117,28 +193,44 @@ pub async fn bind(config: ServerConfig) -> Result<Bound, ServerError> {
         config,
         listener,
         metrics,
+        replication: ReplicationConfig::default(),
     })
 }
 
 /// Serves until `shutdown` is cancelled, then stops every task it started.
 pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let local = bound.local_addr();
     let Bound {
         config,
         listener,
         metrics,
+        replication: rep,
     } = bound;
+    if let Some(file) = &rep.restore_from {
+        let backup = std::fs::read(file)
+            .map_err(|e| ServerError::Config(format!("cannot read {}: {e}", file.display())))?;
+        let address = rep.peers.get(&rep.id).cloned().unwrap_or(local.to_string());
+        let index = crate::raft::restore_backup(&config.data_dir, rep.id, &address, &backup)?;
+        tracing::info!(index, file = %file.display(), "restored a backup as a single-replica cluster");
+    }
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
     let replica = Replica::start(
         ReplicaConfig {
-            id: 1,
-            data_dir: config.data_dir.clone(),
-            tick: Duration::from_millis(100),
+            peers: rep.peers.clone(),
+            join: rep.join,
+            snapshot_entries: rep.snapshot_entries,
+            keep_entries: (rep.snapshot_entries / 10).max(1),
+            ..ReplicaConfig::single(rep.id, config.data_dir.clone(), rep.raft_tick)
         },
         stop.clone(),
         &tasks,
     )?;
-    wait_for_leader(&replica, Duration::from_secs(10)).await;
+    if rep.peers.len() <= 1 && !rep.join {
+        // Peers reach this replica through the listener served below, so
+        // only a single voter (which elects itself) may wait here.
+        wait_for_leader(&replica, Duration::from_secs(10)).await;
+    }
     let sessions = Sessions::default();
     if let Some(listener) = metrics {
         crate::metrics::start(
@@ -174,12 +266,17 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         auth: auth.clone(),
         sessions: sessions.clone(),
     };
+    let cluster = Cluster {
+        replica: replica.clone(),
+        auth: auth.clone(),
+    };
+    let raft_server = replica.raft_server();
     let agents = Agents {
         replica: replica.clone(),
         auth,
         sessions,
         heartbeat: config.heartbeat_interval,
-        scheduler_id: "1".into(),
+        scheduler_id: rep.id.to_string(),
         tasks: tasks.clone(),
     };
 
@@ -201,6 +298,14 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         .add_service(JobServiceServer::new(jobs).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AgentServiceServer::new(agents).max_decoding_message_size(MAX_REQUEST_BYTES))
+        .add_service(
+            ClusterServiceServer::new(cluster).max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            RaftServiceServer::new(raft_server)
+                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
         .await;
     stop.cancel();

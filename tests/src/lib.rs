@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+pub mod cluster;
+pub mod load;
 pub mod prometheus;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -37,12 +39,15 @@ pub fn bin(name: &str) -> PathBuf {
         }
         let status = cmd.status().expect("cargo runs");
         assert!(status.success(), "building the binaries failed");
-        // target/<profile>/deps/<test> -> target/<profile>
+        // target/<profile>/deps/<test> -> target/<profile>; a binary of
+        // this crate (edupool-bench) already lives in target/<profile>.
         let exe = std::env::current_exe().expect("test executable path");
-        exe.parent()
-            .and_then(Path::parent)
-            .expect("target dir")
-            .to_path_buf()
+        let dir = exe.parent().expect("target dir");
+        if dir.ends_with("deps") {
+            dir.parent().expect("target dir").to_path_buf()
+        } else {
+            dir.to_path_buf()
+        }
     });
     dir.join(name)
 }
@@ -68,7 +73,7 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Takes ownership of a started child, to kill and reap it on drop.
+    /// Takes charge of a started child: killed and reaped on drop.
     pub fn new(child: Child, name: &str) -> Proc {
         Proc {
             child: Some(child),

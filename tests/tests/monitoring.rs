@@ -41,12 +41,9 @@ const AWAITED: &[(&str, &str)] = &[
     ("edupool_agent_runner_errors_total", AGENT),
     ("edupool_agent_session_connected", AGENT),
     ("edupool_tenant_guarantee_gpus", POLICY),
-    ("edupool_raft_commit_index", REPLICA_STATUS),
-    ("edupool_raft_applied_index", REPLICA_STATUS),
 ];
 const AGENT: &str = "the agent's /metrics (edupool-agent --metrics-listen)";
 const POLICY: &str = "the policy engine's per-tenant books";
-const REPLICA_STATUS: &str = "the replica status of the replication work";
 
 fn deploy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")

@@ -46,6 +46,10 @@
 //! - `LogRequest` is answered with a `LogChunk` of the same `request_id`,
 //!   possibly after later messages; `max_bytes` 0 means 64 KiB, and at most
 //!   1 MiB is returned. Logs stay readable after the job is forgotten.
+//! - Only the leader replica holds sessions. A follower refuses with
+//!   `UNAVAILABLE` and the leader's `host:port` in `x-edupool-leader`; the
+//!   agent goes there at once (a few hops at most, then the usual backoff
+//!   over its endpoint list).
 //! - When the agent shuts down it stops its jobs, reports their exits, then
 //!   closes its side of the stream; the scheduler is expected to end its
 //!   side in turn.
@@ -93,6 +97,10 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const FAILURE_WARN_INTERVAL: Duration = Duration::from_secs(30);
 /// The reason given to a stop order that has none.
 const DEFAULT_STOP_REASON: &str = "stopped by the scheduler";
+/// Metadata a follower puts on its refusal: the leader's `host:port`.
+const LEADER_METADATA: &str = "x-edupool-leader";
+/// Leader hints followed in a row before the usual backoff applies again.
+const MAX_LEADER_HOPS: u32 = 3;
 
 /// Why a session could not be opened or ended.
 #[derive(Debug, thiserror::Error)]
@@ -106,7 +114,12 @@ enum SessionError {
     #[error("the scheduler did not answer the session call within {0:?}")]
     NoAnswer(Duration),
     #[error("the scheduler refused the session ({code:?}): {message}")]
-    Refused { code: tonic::Code, message: String },
+    Refused {
+        code: tonic::Code,
+        message: String,
+        /// The leader's address, when a follower refused and named it.
+        leader: Option<String>,
+    },
     #[error("the session failed ({code:?}): {message}")]
     Stream { code: tonic::Code, message: String },
     #[error("the scheduler closed the session")]
@@ -117,9 +130,26 @@ enum SessionError {
 
 impl SessionError {
     fn refused(status: tonic::Status) -> Self {
+        let leader = (status.code() == tonic::Code::Unavailable)
+            .then(|| status.metadata().get(LEADER_METADATA))
+            .flatten()
+            .and_then(|v| v.to_str().ok())
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned);
         SessionError::Refused {
             code: status.code(),
             message: status.message().to_owned(),
+            leader,
+        }
+    }
+
+    /// Where a refusing follower says the leader is.
+    fn leader_hint(&self) -> Option<&str> {
+        match self {
+            SessionError::Refused {
+                leader: Some(a), ..
+            } => Some(a),
+            _ => None,
         }
     }
 
@@ -160,15 +190,35 @@ impl Session {
         // reported every FAILURE_WARN_INTERVAL, not on every attempt.
         let mut failures = 0u32;
         let mut last_warning: Option<Instant> = None;
+        // A leader a follower named, tried next without waiting; hops are
+        // bounded so two confused replicas cannot bounce the agent forever.
+        let mut hinted: Option<(String, Endpoint)> = None;
+        let mut hops = 0u32;
         loop {
-            let (name, endpoint) = self.endpoints[next % self.endpoints.len()].clone();
-            next += 1;
+            let (name, endpoint) = match hinted.take() {
+                Some(h) => h,
+                None => {
+                    next += 1;
+                    self.endpoints[(next - 1) % self.endpoints.len()].clone()
+                }
+            };
             let began = Instant::now();
             let mut welcomed = false;
-            match self
+            let result = self
                 .serve(&name, &endpoint, &mut events, &stop, &mut welcomed)
-                .await
-            {
+                .await;
+            if let Some(leader) = result.as_ref().err().and_then(SessionError::leader_hint) {
+                if hops < MAX_LEADER_HOPS {
+                    if let Some(h) = self.leader_endpoint(leader) {
+                        debug!(endpoint = %name, leader = %h.0, "following the leader");
+                        hops += 1;
+                        hinted = Some(h);
+                        continue;
+                    }
+                }
+            }
+            hops = 0;
+            match result {
                 Ok(()) => return,
                 Err(err) if welcomed => {
                     warn!(endpoint = %name, error = %error_chain(&err), "session with the scheduler lost");
@@ -203,6 +253,27 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The endpoint of a leader hint (`host:port`): one of ours when it
+    /// names the same place, else a new one with the same settings.
+    fn leader_endpoint(&self, leader: &str) -> Option<(String, Endpoint)> {
+        let url = if leader.contains("://") {
+            leader.to_owned()
+        } else {
+            format!("http://{leader}")
+        };
+        if let Some(known) = self
+            .endpoints
+            .iter()
+            .find(|(name, _)| name.trim_end_matches('/') == url)
+        {
+            return Some(known.clone());
+        }
+        let endpoint = Endpoint::from_shared(url.clone())
+            .ok()?
+            .connect_timeout(OPEN_TIMEOUT);
+        Some((url, endpoint))
     }
 
     /// Opens one session and serves it. `Ok` when `stop` ended it.

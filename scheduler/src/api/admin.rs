@@ -98,6 +98,7 @@ impl AdminService for Admin {
         req: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         self.auth.caller(&req)?.require_admin()?;
+        super::read_barrier(&self.replica, &req).await?;
         let tenants = self.replica.read(|s| {
             s.tenants()
                 .filter_map(|t| tenant_view(s, &t.name))
@@ -111,6 +112,7 @@ impl AdminService for Admin {
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.auth.caller(&req)?.require_admin()?;
+        super::read_barrier(&self.replica, &req).await?;
         let nodes = self
             .replica
             .read(|s| s.nodes().map(|n| self.node_view(s, n)).collect());

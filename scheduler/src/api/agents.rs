@@ -21,7 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::convert::{self, truncate};
 use super::{status, Auth, Caller};
 use crate::control::{now_millis, start_message, stop_message};
-use crate::raft::{ProposeError, Replica};
+use crate::raft::Replica;
 use crate::sessions::{Hello, Sessions};
 use crate::state::{Command, JobId, JobState};
 
@@ -51,9 +51,7 @@ impl AgentService for Agents {
             ));
         }
         if !self.replica.leadership().borrow().is_leader {
-            return Err(status(ProposeError::NotLeader {
-                leader: self.replica.leadership().borrow().leader_id,
-            }));
+            return Err(status(self.replica.not_leader()));
         }
         let mut inbound = req.into_inner();
         let hello = match inbound.next().await {
@@ -160,8 +158,20 @@ impl Agents {
     }
 
     async fn serve(&self, node: &str, session: u64, mut inbound: Streaming<pb::AgentMessage>) {
+        // Only the leader holds sessions: a replica that stops leading (a
+        // newer leader elsewhere, or cut off from its quorum) ends them, so
+        // agents move to the leader and the new leader never sees a node
+        // as gone while its agent talks to a deposed one.
+        let mut leadership = self.replica.leadership();
         loop {
-            let msg = match inbound.next().await {
+            let next = tokio::select! {
+                m = inbound.next() => m,
+                _ = leadership.wait_for(|l| !l.is_leader) => {
+                    tracing::info!(node, "no longer leading: ending the agent session");
+                    return;
+                }
+            };
+            let msg = match next {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
                     tracing::info!(node, "agent session ended: {}", e.message());

@@ -86,6 +86,7 @@ impl JobService for Jobs {
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
         let caller = self.auth.caller(&req)?;
+        super::read_barrier(&self.replica, &req).await?;
         let job = self.visible_job(&caller, &req.get_ref().id)?;
         Ok(Response::new(pb::GetJobResponse {
             job: Some(convert::job(&job)),
@@ -98,6 +99,7 @@ impl JobService for Jobs {
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
         let caller = self.auth.caller(&req)?;
         let scope = caller.tenant_scope()?.map(str::to_string);
+        super::read_barrier(&self.replica, &req).await?;
         let r = req.into_inner();
         let tenant = match (scope, r.tenant.is_empty()) {
             (Some(own), true) => Some(own),
@@ -221,6 +223,7 @@ impl JobService for Jobs {
         req: Request<pb::GetJobLogsRequest>,
     ) -> Result<Response<pb::GetJobLogsResponse>, Status> {
         let caller = self.auth.caller(&req)?;
+        super::read_barrier(&self.replica, &req).await?;
         let job = self.visible_job(&caller, &req.get_ref().id)?;
         let r = req.into_inner();
         let complete = job.state.is_final();

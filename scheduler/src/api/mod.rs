@@ -1,9 +1,11 @@
-//! The gRPC services: `jobs` (tenants), `admin` (cluster admins) and
-//! `agents` (node sessions); authentication; and the one place where
-//! domain errors become `tonic::Status`.
+//! The gRPC services: `jobs` (tenants), `admin` (cluster admins),
+//! `agents` (node sessions) and `cluster` (replica set); authentication;
+//! read consistency; and the one place where domain errors become
+//! `tonic::Status`.
 
 pub mod admin;
 pub mod agents;
+pub mod cluster;
 pub mod convert;
 pub mod jobs;
 
@@ -13,8 +15,35 @@ use tonic::{Code, Request, Status};
 use crate::raft::{ProposeError, Replica};
 use crate::state::Rejection;
 
-/// Metadata key naming the leader when a follower refuses a write.
+/// Metadata key naming the leader when a follower refuses a write: the
+/// address the leader serves on (`host:port`).
 pub const LEADER_METADATA: &str = "x-edupool-leader";
+/// Metadata key with the leader's replica id, beside `LEADER_METADATA`.
+pub const LEADER_ID_METADATA: &str = "x-edupool-leader-id";
+/// Request metadata `x-edupool-stale-ok: true` lets a replica answer a read
+/// from its own applied state, without confirming it is current.
+pub const STALE_OK_METADATA: &str = "x-edupool-stale-ok";
+
+/// Makes a read linearizable (raft ReadIndex) unless the caller said stale
+/// data is fine. Followers serve both kinds.
+pub async fn read_barrier<T>(replica: &Replica, req: &Request<T>) -> Result<(), Status> {
+    let stale_ok = req
+        .metadata()
+        .get(STALE_OK_METADATA)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+    if stale_ok {
+        return Ok(());
+    }
+    match tokio::time::timeout(READ_BARRIER_TIMEOUT, replica.read_barrier()).await {
+        Ok(r) => r.map_err(status),
+        Err(_) => Err(status(replica.not_leader())),
+    }
+}
+
+/// How long a linearizable read waits for a quorum before it gives up (a
+/// replica cut off from the leader cannot confirm anything).
+const READ_BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -114,20 +143,36 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 pub fn status(err: ProposeError) -> Status {
     match err {
         ProposeError::Rejected(r) => rejection(r),
-        ProposeError::NotLeader { leader } => {
-            let mut s = Status::unavailable(
-                "this scheduler replica is not the leader; retry against the leader",
-            );
-            if let Some(id) = leader {
-                if let Ok(v) = id.to_string().parse() {
-                    s.metadata_mut().insert(LEADER_METADATA, v);
-                }
-            }
-            s
-        }
+        ProposeError::NotLeader { leader, address } => leader_hint(
+            Status::unavailable(match &address {
+                Some(a) => format!("this scheduler replica is not the leader; the leader is at {a}"),
+                None => "this scheduler replica is not the leader and knows no leader yet; retry shortly".into(),
+            }),
+            leader,
+            address,
+        ),
+        ProposeError::Dropped { leader, address } => leader_hint(
+            Status::unavailable(
+                "leadership changed before the request was committed; it was not applied, retry against the leader",
+            ),
+            leader,
+            address,
+        ),
+        ProposeError::Membership(m) => Status::failed_precondition(m),
         ProposeError::Stopped => Status::unavailable("the scheduler is shutting down; retry"),
         ProposeError::Storage(e) => Status::internal(format!("the scheduler's log failed: {e}")),
     }
+}
+
+/// Adds where the leader is to an UNAVAILABLE status, so clients follow it.
+fn leader_hint(mut s: Status, leader: Option<u64>, address: Option<String>) -> Status {
+    if let Some(v) = address.and_then(|a| a.parse().ok()) {
+        s.metadata_mut().insert(LEADER_METADATA, v);
+    }
+    if let Some(v) = leader.and_then(|id| id.to_string().parse().ok()) {
+        s.metadata_mut().insert(LEADER_ID_METADATA, v);
+    }
+    s
 }
 
 fn rejection(r: Rejection) -> Status {

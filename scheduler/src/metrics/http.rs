@@ -117,11 +117,7 @@ mod tests {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
         let replica = Replica::start(
-            ReplicaConfig {
-                id: 1,
-                data_dir: dir.path().to_path_buf(),
-                tick: Duration::from_millis(10),
-            },
+            ReplicaConfig::single(1, dir.path().to_path_buf(), Duration::from_millis(10)),
             stop.clone(),
             &tasks,
         )

@@ -72,7 +72,7 @@ impl Scrape {
 
     /// Gauges of this replica: raft leadership, connected agents, the log's
     /// size and the room left for it. Commit and applied index and the
-    /// snapshot size join them from the replica's status once it has one.
+    /// snapshot, from the replica's raft status.
     fn replica_families(&self) -> Vec<MetricFamily> {
         let lead = *self.replica.leadership().borrow();
         let mut out = vec![];
@@ -96,6 +96,32 @@ impl Scrape {
             "edupool_raft_has_leader",
             "1 if this replica knows a leader.",
             flag(lead.leader_id.is_some()),
+        );
+        let status = self.replica.status();
+        one(
+            "edupool_raft_commit_index",
+            "The highest log index this replica knows to be committed.",
+            status.commit as f64,
+        );
+        one(
+            "edupool_raft_applied_index",
+            "The highest log index this replica has applied to its state.",
+            status.applied as f64,
+        );
+        one(
+            "edupool_raft_last_index",
+            "The last index of this replica's log.",
+            status.last_index as f64,
+        );
+        one(
+            "edupool_raft_snapshot_size_bytes",
+            "Size of this replica's latest snapshot of the state.",
+            status.snapshot_bytes as f64,
+        );
+        one(
+            "edupool_raft_log_entries",
+            "Entries kept in the log behind the latest snapshot.",
+            status.log_entries as f64,
         );
         one(
             "edupool_agents_connected",

@@ -1,17 +1,22 @@
 //! The raft driver: one task owns the `RawNode`.
 //!
-//! It `select!`s over proposals, ticks and shutdown, and handles each
-//! `Ready` in the order raft-rs documents: send messages, apply a
-//! snapshot, apply committed entries, persist entries and hard state,
-//! send persisted messages, advance. A proposal is matched to its reply by
-//! a proposal id carried in the entry's context, never by queue order.
+//! It `select!`s over requests (proposals, reads, membership), peer
+//! messages, delivery feedback, ticks and shutdown, and handles each
+//! `Ready` in the order raft-rs documents: send messages, install a
+//! snapshot, apply committed entries, persist entries and hard state, send
+//! persisted messages, advance. A proposal is matched to its reply by a
+//! proposal id carried in the entry's context, never by queue order; one
+//! whose log index was taken by another entry is answered as dropped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use raft::prelude::{Entry, EntryType};
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType, Message, Snapshot,
+};
 use raft::{Config, RawNode, StateRole, Storage};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
@@ -19,7 +24,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::storage::{RaftStore, StorageError};
+use super::snapshot::{SnapshotEnvelope, SNAPSHOT_FORMAT};
+use super::status::{MemberStatus, RaftStatus, Role};
+use super::storage::{Peers, RaftStore, StorageError};
+use super::transport::{Feedback, RaftServer, Transport};
 use crate::state::{Command, Effect, Millis, Outcome, Rejection, State};
 
 /// The encoding of one log entry's data. `v` versions the format.
@@ -31,15 +39,29 @@ pub struct LogEntry {
     pub cmd: Command,
 }
 
-const LOG_FORMAT: u32 = 1;
+pub const LOG_FORMAT: u32 = 1;
 const MAX_BATCH: usize = 512;
+const INBOUND_QUEUE: usize = 8192;
 
 #[derive(Debug, Error)]
 pub enum ProposeError {
     #[error(transparent)]
     Rejected(#[from] Rejection),
     #[error("this scheduler replica is not the leader")]
-    NotLeader { leader: Option<u64> },
+    NotLeader {
+        leader: Option<u64>,
+        /// Where the leader serves, when known.
+        address: Option<String>,
+    },
+    /// The command's log position went to another leader's entry: it was
+    /// never applied, so it is safe to retry.
+    #[error("leadership changed before the command was committed; it was not applied")]
+    Dropped {
+        leader: Option<u64>,
+        address: Option<String>,
+    },
+    #[error("membership change refused: {0}")]
+    Membership(String),
     #[error("the scheduler is shutting down")]
     Stopped,
     #[error(transparent)]
@@ -58,11 +80,86 @@ pub struct ReplicaConfig {
     pub id: u64,
     pub data_dir: PathBuf,
     pub tick: Duration,
+    /// Every replica of the initial cluster (this one included) and its
+    /// address. Empty or only this one: a single-replica cluster.
+    pub peers: Peers,
+    /// Start with no configuration and wait to be added by the leader
+    /// (`cluster add-member`), instead of bootstrapping from `peers`.
+    pub join: bool,
+    /// Ticks without a leader before an election (randomized up to twice).
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot (and compact the log) after this many applied entries.
+    pub snapshot_entries: u64,
+    /// Entries kept behind a snapshot, so a briefly lagging follower catches
+    /// up from the log instead of a whole snapshot.
+    pub keep_entries: u64,
+    /// Also snapshot (keeping no entries) once the log holds this many
+    /// payload bytes, so a few huge entries cannot fill memory and disk.
+    pub snapshot_bytes: u64,
 }
 
-struct Proposal {
-    cmd: Command,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+impl ReplicaConfig {
+    /// A single-replica cluster with the default timings.
+    pub fn single(id: u64, data_dir: PathBuf, tick: Duration) -> ReplicaConfig {
+        ReplicaConfig {
+            id,
+            data_dir,
+            tick,
+            peers: Peers::new(),
+            join: false,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            snapshot_entries: 10_000,
+            keep_entries: 1_000,
+            snapshot_bytes: 64 * 1024 * 1024,
+        }
+    }
+
+    fn voters(&self) -> Vec<u64> {
+        if self.join {
+            vec![]
+        } else if self.peers.is_empty() {
+            vec![self.id]
+        } else {
+            self.peers.keys().copied().collect()
+        }
+    }
+}
+
+/// The applied state machine and the index it reflects, under one lock.
+struct Machine {
+    state: State,
+    applied: u64,
+}
+
+/// A membership or leadership request from an operator.
+#[derive(Debug, Clone)]
+pub enum MembershipChange {
+    AddLearner { id: u64, address: String },
+    Promote { id: u64 },
+    Remove { id: u64 },
+}
+
+enum Request {
+    Propose {
+        cmd: Command,
+        reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
+    Membership {
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    },
+    TransferLeader {
+        to: u64,
+        reply: oneshot::Sender<Result<(), ProposeError>>,
+    },
+    Snapshot {
+        reply: oneshot::Sender<Result<SnapshotEnvelope, ProposeError>>,
+    },
 }
 
 /// Effects of one applied command, published to the edges.
@@ -71,15 +168,20 @@ pub type AppliedEffects = Arc<Vec<Effect>>;
 /// A handle on the local replica: propose commands, read the state.
 #[derive(Clone)]
 pub struct Replica {
-    proposals: mpsc::Sender<Proposal>,
-    state: Arc<RwLock<State>>,
+    id: u64,
+    requests: mpsc::Sender<Request>,
+    machine: Arc<RwLock<Machine>>,
     applied: broadcast::Sender<AppliedEffects>,
     leadership: watch::Receiver<Leadership>,
+    status: watch::Receiver<RaftStatus>,
+    inbound: mpsc::Sender<Message>,
+    transport: Arc<Transport>,
 }
 
 impl Replica {
-    /// Opens the store under `data_dir`, replays the committed log into a
-    /// fresh state machine and starts the driver task on `tracker`.
+    /// Opens the store under `data_dir`, brings the state machine up to the
+    /// committed log (snapshot, then entries) and starts the driver task
+    /// and peer links on `tracker`.
     pub fn start(
         config: ReplicaConfig,
         shutdown: CancellationToken,
@@ -87,17 +189,28 @@ impl Replica {
     ) -> Result<Replica, StorageError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| StorageError::Io(format!("{}: {e}", config.data_dir.display())))?;
-        let store = RaftStore::open(&config.data_dir.join("raft.redb"), &[config.id])?;
-        // Replay the committed log before anything can read the state, so a
-        // restarted replica never serves a state older than it acknowledged.
-        let mut state = State::default();
-        let applied = replay(&store, &mut state)?;
+        let store = RaftStore::open_with_peers(
+            &config.data_dir.join("raft.redb"),
+            &config.voters(),
+            &config.peers,
+        )?;
+        if store.is_fresh() && !config.join {
+            bootstrap(&store, &config)?;
+        }
+        let (state, snap_index) = match store.snapshot_info() {
+            (0, _, _) => (State::default(), 0),
+            _ => {
+                let env = SnapshotEnvelope::decode(&store.snapshot_data().data)?;
+                (env.state, env.index)
+            }
+        };
         let raft_config = Config {
             id: config.id,
-            applied,
-            election_tick: 10,
-            heartbeat_tick: 3,
+            applied: snap_index,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
             max_inflight_msgs: 256,
+            max_size_per_msg: 1024 * 1024,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()
@@ -105,56 +218,114 @@ impl Replica {
         raft_config
             .validate()
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        let mut node = RawNode::new(&raft_config, store, &super::logger::logger())
+        let node = RawNode::new(&raft_config, store.clone(), &super::logger::logger())
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        let voters = node
-            .raft
-            .prs()
-            .conf()
-            .voters()
-            .ids()
-            .iter()
-            .collect::<Vec<_>>();
-        if voters == [config.id] {
-            // A one-voter cluster elects itself at once.
-            let _ = node.campaign();
-        }
-        let (proposals, rx) = mpsc::channel(4096);
+
+        let (requests, requests_rx) = mpsc::channel(4096);
+        let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (feedback, feedback_rx) = mpsc::channel(1024);
         let (applied, _) = broadcast::channel(16_384);
         let (lead_tx, leadership) = watch::channel(Leadership::default());
-        let state = Arc::new(RwLock::new(state));
-        let driver = Driver {
+        let (status_tx, status) = watch::channel(RaftStatus::default());
+        let machine = Arc::new(RwLock::new(Machine {
+            state,
+            applied: snap_index,
+        }));
+        let transport = Transport::new(config.id, feedback, tracker.clone(), shutdown.clone());
+        transport.set_peers(&store.peers());
+        let mut driver = Driver {
+            id: config.id,
             node,
-            state: state.clone(),
+            store,
+            machine: machine.clone(),
             applied: applied.clone(),
             leadership: lead_tx,
+            status: status_tx,
+            transport: transport.clone(),
             pending: HashMap::new(),
-            next_proposal: rand::random::<u64>() >> 1,
+            pending_at: BTreeMap::new(),
+            reads: HashMap::new(),
+            ready_reads: Vec::new(),
+            snapshot_waiters: Vec::new(),
+            force_snapshot: false,
+            next_id: rand::random::<u64>() >> 1,
+            snapshot_entries: config.snapshot_entries.max(1),
+            keep_entries: config.keep_entries,
+            snapshot_bytes: config.snapshot_bytes.max(1),
         };
-        tracker.spawn(driver.run(rx, config.tick, shutdown));
+        // Apply the committed log before anything can read the state, so a
+        // restarted replica never serves a state older than it acknowledged.
+        driver.catch_up()?;
+        let voters = driver.node.raft.prs().conf().voters().ids();
+        if voters.len() == 1 && voters.contains(config.id) {
+            // A one-voter cluster elects itself at once.
+            let _ = driver.node.campaign();
+        }
+        driver.publish_status();
+        tracker.spawn(driver.run(requests_rx, inbound_rx, feedback_rx, config.tick, shutdown));
         Ok(Replica {
-            proposals,
-            state,
+            id: config.id,
+            requests,
+            machine,
             applied,
             leadership,
+            status,
+            inbound,
+            transport,
         })
+    }
+
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ProposeError>>) -> Request,
+    ) -> Result<T, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(make(reply))
+            .await
+            .map_err(|_| ProposeError::Stopped)?;
+        rx.await.map_err(|_| ProposeError::Stopped)?
     }
 
     /// Appends `cmd` to the log and waits until it is committed and
     /// applied; returns what applying it produced.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
         let _timer = crate::metrics::edge().proposal_duration.start_timer();
-        let (reply, rx) = oneshot::channel();
-        self.proposals
-            .send(Proposal { cmd, reply })
-            .await
-            .map_err(|_| ProposeError::Stopped)?;
-        rx.await.map_err(|_| ProposeError::Stopped)?
+        self.request(|reply| Request::Propose { cmd, reply }).await
     }
 
-    /// Reads the applied state.
+    /// Reads the applied state (this replica's view; may lag the leader).
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
-        f(&self.state.read().expect("state lock poisoned"))
+        f(&self.machine.read().expect("state lock poisoned").state)
+    }
+
+    /// Waits until this replica has applied everything committed when the
+    /// call was made, confirmed with a quorum (raft's ReadIndex), so a read
+    /// after it is linearizable, on the leader or a follower alike.
+    pub async fn read_barrier(&self) -> Result<(), ProposeError> {
+        self.request(|reply| Request::ReadIndex { reply }).await
+    }
+
+    /// `read` after `read_barrier`.
+    pub async fn read_linearizable<R>(
+        &self,
+        f: impl FnOnce(&State) -> R,
+    ) -> Result<R, ProposeError> {
+        self.read_barrier().await?;
+        Ok(self.read(f))
+    }
+
+    /// The applied index and the SHA-256 (hex) of the serialized state at
+    /// that index: replicas at the same index show the same hash.
+    pub fn state_hash(&self) -> (u64, String) {
+        use sha2::{Digest, Sha256};
+        let m = self.machine.read().expect("state lock poisoned");
+        let bytes = serde_json::to_vec(&m.state).expect("the state always serializes");
+        (m.applied, hex::encode(Sha256::digest(bytes)))
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<AppliedEffects> {
@@ -164,21 +335,89 @@ impl Replica {
     pub fn leadership(&self) -> watch::Receiver<Leadership> {
         self.leadership.clone()
     }
+
+    /// The latest published raft status of this replica.
+    pub fn status(&self) -> RaftStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Follows status changes (for metrics and the cluster service).
+    pub fn watch_status(&self) -> watch::Receiver<RaftStatus> {
+        self.status.clone()
+    }
+
+    /// The error a follower answers writes with: who leads, and where.
+    pub fn not_leader(&self) -> ProposeError {
+        let s = self.status.borrow();
+        ProposeError::NotLeader {
+            leader: s.leader_id,
+            address: s.leader_address.clone(),
+        }
+    }
+
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ProposeError> {
+        self.request(|reply| Request::Membership { change, reply })
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn transfer_leader(&self, to: u64) -> Result<(), ProposeError> {
+        self.request(|reply| Request::TransferLeader { to, reply })
+            .await
+    }
+
+    /// Takes a snapshot at the applied index now (compacting the log) and
+    /// returns it.
+    pub async fn snapshot_now(&self) -> Result<SnapshotEnvelope, ProposeError> {
+        self.request(|reply| Request::Snapshot { reply }).await
+    }
+
+    /// The `RaftService` that feeds peer messages to this replica.
+    pub fn raft_server(&self) -> RaftServer {
+        RaftServer {
+            me: self.id,
+            inbound: self.inbound.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+struct Pending {
+    index: u64,
+    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
 }
 
 struct Driver {
+    id: u64,
     node: RawNode<RaftStore>,
-    state: Arc<RwLock<State>>,
+    store: RaftStore,
+    machine: Arc<RwLock<Machine>>,
     applied: broadcast::Sender<AppliedEffects>,
     leadership: watch::Sender<Leadership>,
-    pending: HashMap<u64, oneshot::Sender<Result<Outcome, ProposeError>>>,
-    next_proposal: u64,
+    status: watch::Sender<RaftStatus>,
+    transport: Arc<Transport>,
+    /// Proposal id -> where it went in the log and who waits for it.
+    pending: HashMap<u64, Pending>,
+    /// Log index -> proposal id, to find proposals whose slot was lost.
+    pending_at: BTreeMap<u64, u64>,
+    /// ReadIndex context -> who waits.
+    reads: HashMap<u64, oneshot::Sender<Result<(), ProposeError>>>,
+    /// Confirmed reads waiting for their index to be applied.
+    ready_reads: Vec<(u64, oneshot::Sender<Result<(), ProposeError>>)>,
+    snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotEnvelope, ProposeError>>>,
+    force_snapshot: bool,
+    next_id: u64,
+    snapshot_entries: u64,
+    keep_entries: u64,
+    snapshot_bytes: u64,
 }
 
 impl Driver {
     async fn run(
         mut self,
-        mut proposals: mpsc::Receiver<Proposal>,
+        mut requests: mpsc::Receiver<Request>,
+        mut inbound: mpsc::Receiver<Message>,
+        mut feedback: mpsc::Receiver<Feedback>,
         tick: Duration,
         shutdown: CancellationToken,
     ) {
@@ -188,49 +427,205 @@ impl Driver {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = ticker.tick() => { self.node.tick(); }
-                p = proposals.recv() => {
-                    let Some(p) = p else { break };
-                    self.propose(p);
+                r = requests.recv() => {
+                    let Some(r) = r else { break };
+                    self.handle(r);
                     // Batch what is already queued into one fsync.
                     for _ in 0..MAX_BATCH {
-                        match proposals.try_recv() {
-                            Ok(p) => self.propose(p),
+                        match requests.try_recv() {
+                            Ok(r) => self.handle(r),
                             Err(_) => break,
                         }
                     }
                 }
+                m = inbound.recv() => {
+                    let Some(m) = m else { break };
+                    self.step(m);
+                    for _ in 0..MAX_BATCH {
+                        match inbound.try_recv() {
+                            Ok(m) => self.step(m),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(f) = feedback.recv() => self.on_feedback(f),
             }
             if let Err(e) = self.on_ready().await {
                 tracing::error!("raft storage failed, stopping this replica: {e}");
                 shutdown.cancel();
                 break;
             }
+            let force = !self.snapshot_waiters.is_empty()
+                || std::mem::take(&mut self.force_snapshot)
+                || self.store.take_snapshot_wanted();
+            if let Err(e) = self.maybe_snapshot(force).await {
+                tracing::error!("taking a snapshot failed, stopping this replica: {e}");
+                shutdown.cancel();
+                break;
+            }
+            for reply in std::mem::take(&mut self.snapshot_waiters) {
+                let _ = reply.send(Ok(self.snapshot_envelope()));
+            }
+            self.publish_status();
         }
-        for (_, reply) in self.pending.drain() {
-            let _ = reply.send(Err(ProposeError::Stopped));
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(ProposeError::Stopped));
         }
     }
 
-    fn propose(&mut self, p: Proposal) {
+    fn step(&mut self, m: Message) {
+        // Messages from replicas not in the configuration are still stepped:
+        // raft-rs ignores what it must, and a joining replica needs them.
+        if let Err(e) = self.node.step(m) {
+            tracing::debug!("raft refused a peer message: {e}");
+        }
+    }
+
+    fn on_feedback(&mut self, f: Feedback) {
+        match f {
+            Feedback::Unreachable(id) => self.node.report_unreachable(id),
+            Feedback::SnapshotSent { to, ok } => {
+                let status = if ok {
+                    raft::SnapshotStatus::Finish
+                } else {
+                    raft::SnapshotStatus::Failure
+                };
+                self.node.report_snapshot(to, status);
+            }
+        }
+    }
+
+    fn not_leader(&self) -> ProposeError {
+        let leader = Some(self.node.raft.leader_id).filter(|id| *id != 0);
+        ProposeError::NotLeader {
+            leader,
+            address: leader.and_then(|id| self.store.peers().get(&id).cloned()),
+        }
+    }
+
+    fn dropped(&self) -> ProposeError {
+        match self.not_leader() {
+            ProposeError::NotLeader { leader, address } => {
+                ProposeError::Dropped { leader, address }
+            }
+            other => other,
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id
+    }
+
+    fn handle(&mut self, r: Request) {
+        match r {
+            Request::Propose { cmd, reply } => self.propose(cmd, reply),
+            Request::ReadIndex { reply } => {
+                let ctx = self.next_id();
+                self.reads.insert(ctx, reply);
+                self.node.read_index(ctx.to_le_bytes().to_vec());
+            }
+            Request::Membership { change, reply } => self.propose_membership(change, reply),
+            Request::TransferLeader { to, reply } => {
+                let result = if self.node.raft.state != StateRole::Leader {
+                    Err(self.not_leader())
+                } else if !self.node.raft.prs().conf().voters().contains(to) {
+                    Err(ProposeError::Membership(format!(
+                        "replica {to} is not a voter of this cluster"
+                    )))
+                } else {
+                    self.node.transfer_leader(to);
+                    Ok(())
+                };
+                let _ = reply.send(result);
+            }
+            // Taken right after this batch's Ready, in `run`, so it
+            // covers everything applied so far.
+            Request::Snapshot { reply } => self.snapshot_waiters.push(reply),
+        }
+    }
+
+    fn propose(&mut self, cmd: Command, reply: oneshot::Sender<Result<Outcome, ProposeError>>) {
         if self.node.raft.state != StateRole::Leader {
-            let leader = Some(self.node.raft.leader_id).filter(|id| *id != 0);
-            let _ = p.reply.send(Err(ProposeError::NotLeader { leader }));
+            let _ = reply.send(Err(self.not_leader()));
             return;
         }
         let entry = LogEntry {
             v: LOG_FORMAT,
             at: now_millis(),
-            cmd: p.cmd,
+            cmd,
         };
         let data = serde_json::to_vec(&entry).expect("commands always serialize");
-        self.next_proposal = self.next_proposal.wrapping_add(1);
-        let id = self.next_proposal;
+        let id = self.next_id();
         match self.node.propose(id.to_le_bytes().to_vec(), data) {
-            Ok(()) => {
-                self.pending.insert(id, p.reply);
-            }
+            Ok(()) => self.track(id, reply),
             Err(_) => {
-                let _ = p.reply.send(Err(ProposeError::NotLeader { leader: None }));
+                let _ = reply.send(Err(self.not_leader()));
+            }
+        }
+    }
+
+    /// Remembers a proposal just appended at the log's last index.
+    fn track(&mut self, id: u64, reply: oneshot::Sender<Result<Outcome, ProposeError>>) {
+        let index = self.node.raft.raft_log.last_index();
+        self.pending.insert(id, Pending { index, reply });
+        self.pending_at.insert(index, id);
+    }
+
+    fn propose_membership(
+        &mut self,
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    ) {
+        if self.node.raft.state != StateRole::Leader {
+            let _ = reply.send(Err(self.not_leader()));
+            return;
+        }
+        let conf = self.node.raft.prs().conf();
+        let (node_id, change_type, context) = match &change {
+            MembershipChange::AddLearner { id, address } => {
+                if conf.voters().contains(*id) {
+                    let _ = reply.send(Err(ProposeError::Membership(format!(
+                        "replica {id} is already a voter"
+                    ))));
+                    return;
+                }
+                // A log that still starts at index 1 (from before bootstrap
+                // snapshots) is compacted first, so the learner starts from
+                // a snapshot that carries the configuration.
+                if self.store.snapshot_info().0 == 0 {
+                    self.force_snapshot = true;
+                }
+                (*id, ConfChangeType::AddLearnerNode, address.clone())
+            }
+            MembershipChange::Promote { id } => (*id, ConfChangeType::AddNode, String::new()),
+            MembershipChange::Remove { id } => {
+                if !conf.voters().contains(*id) && !conf.learners().contains(id) {
+                    let _ = reply.send(Err(ProposeError::Membership(format!(
+                        "replica {id} is not a member"
+                    ))));
+                    return;
+                }
+                if conf.voters().ids().len() == 1 && conf.voters().contains(*id) {
+                    let _ = reply.send(Err(ProposeError::Membership(
+                        "cannot remove the last voter".into(),
+                    )));
+                    return;
+                }
+                (*id, ConfChangeType::RemoveNode, String::new())
+            }
+        };
+        let mut cc = ConfChange::default();
+        cc.set_change_type(change_type);
+        cc.node_id = node_id;
+        cc.context = context.into_bytes().into();
+        let id = self.next_id();
+        match self.node.propose_conf_change(id.to_le_bytes().to_vec(), cc) {
+            Ok(()) => self.track(id, reply),
+            Err(e) => {
+                let _ = reply.send(Err(ProposeError::Membership(format!(
+                    "{e} (one membership change at a time; retry when the last one is applied)"
+                ))));
             }
         }
     }
@@ -243,26 +638,91 @@ impl Driver {
         if let Some(ss) = ready.ss() {
             self.on_role_change(ss.raft_state, ss.leader_id);
         }
-        // Peer messages go out here once there are peers (one voter: none).
-        let _ = ready.take_messages();
-        self.apply_entries(ready.take_committed_entries());
-        let store = self.node.store().clone();
-        let entries = ready.entries().clone();
+        // A leader may send before persisting (raft thesis 10.2.1).
+        self.send(ready.take_messages());
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.install_snapshot(snap).await?;
+        }
+        for rs in ready.take_read_states() {
+            if let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) {
+                if let Some(reply) = self.reads.remove(&u64::from_le_bytes(ctx)) {
+                    self.ready_reads.push((rs.index, reply));
+                }
+            }
+        }
+        self.apply_entries(ready.take_committed_entries())?;
+        let store = self.store.clone();
+        let entries = ready.take_entries();
         let hard = ready.hs().cloned();
         tokio::task::spawn_blocking(move || store.persist(&entries, hard.as_ref()))
             .await
             .map_err(|e| StorageError::Io(e.to_string()))??;
-        let _ = ready.take_persisted_messages();
+        self.send(ready.take_persisted_messages());
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
-            let store = self.node.store().clone();
+            let store = self.store.clone();
             tokio::task::spawn_blocking(move || store.set_commit(commit))
                 .await
                 .map_err(|e| StorageError::Io(e.to_string()))??;
         }
-        let _ = light.take_messages();
-        self.apply_entries(light.take_committed_entries());
+        self.send(light.take_messages());
+        self.apply_entries(light.take_committed_entries())?;
         self.node.advance_apply();
+        self.release_reads();
+        Ok(())
+    }
+
+    fn send(&mut self, messages: Vec<Message>) {
+        if messages.is_empty() {
+            return;
+        }
+        for id in self.transport.send(messages) {
+            self.node.report_unreachable(id);
+        }
+    }
+
+    fn release_reads(&mut self) {
+        let applied = self.machine.read().expect("state lock").applied;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ready_reads)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.ready_reads = waiting;
+        for (_, reply) in done {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Applies the committed log at start, before serving: no messages are
+    /// sent and nothing new is persisted at this point.
+    fn catch_up(&mut self) -> Result<(), StorageError> {
+        while self.node.has_ready() {
+            let mut ready = self.node.ready();
+            self.apply_entries(ready.take_committed_entries())?;
+            self.store.persist(ready.entries(), ready.hs())?;
+            let mut light = self.node.advance(ready);
+            if let Some(commit) = light.commit_index() {
+                self.store.set_commit(commit)?;
+            }
+            self.apply_entries(light.take_committed_entries())?;
+            self.node.advance_apply();
+        }
+        Ok(())
+    }
+
+    async fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), StorageError> {
+        let env = SnapshotEnvelope::decode(&snap.data)?;
+        let store = self.store.clone();
+        let peers = env.peers.clone();
+        let index = snap.get_metadata().index;
+        tokio::task::spawn_blocking(move || store.apply_snapshot(&snap, &peers))
+            .await
+            .map_err(|e| StorageError::Io(e.to_string()))??;
+        self.transport.set_peers(&env.peers);
+        let mut m = self.machine.write().expect("state lock poisoned");
+        m.state = env.state;
+        m.applied = index;
+        tracing::info!(index, "installed a snapshot from the leader");
         Ok(())
     }
 
@@ -274,10 +734,10 @@ impl Driver {
             term: self.node.raft.term,
         };
         if !is_leader {
-            for (_, reply) in self.pending.drain() {
-                let _ = reply.send(Err(ProposeError::NotLeader {
-                    leader: lead.leader_id,
-                }));
+            // Pending ReadIndex requests may never be answered now.
+            let err = self.not_leader();
+            for (_, reply) in self.reads.drain() {
+                let _ = reply.send(Err(clone_err(&err)));
             }
         }
         tracing::info!(
@@ -289,12 +749,21 @@ impl Driver {
         self.leadership.send_replace(lead);
     }
 
-    fn apply_entries(&mut self, entries: Vec<Entry>) {
+    fn apply_entries(&mut self, entries: Vec<Entry>) -> Result<(), StorageError> {
         for entry in entries {
-            let result = apply_entry(
-                &mut self.state.write().expect("state lock poisoned"),
-                &entry,
-            );
+            let index = entry.index;
+            let result = match entry.get_entry_type() {
+                EntryType::EntryNormal => {
+                    let mut m = self.machine.write().expect("state lock poisoned");
+                    m.applied = index;
+                    apply_entry(&mut m.state, &entry)
+                }
+                EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
+                    let r = self.apply_conf_change(&entry);
+                    self.machine.write().expect("state lock poisoned").applied = index;
+                    r?
+                }
+            };
             let reply = <[u8; 8]>::try_from(&entry.context[..])
                 .ok()
                 .and_then(|ctx| self.pending.remove(&u64::from_le_bytes(ctx)));
@@ -307,39 +776,200 @@ impl Driver {
                 }
                 Err(rejection) => Err(ProposeError::Rejected(rejection)),
             };
-            if let Some(reply) = reply {
-                let _ = reply.send(outcome);
+            if let Some(p) = reply {
+                self.pending_at.remove(&p.index);
+                let _ = p.reply.send(outcome);
+            }
+            self.drop_lost_proposals(index);
+        }
+        Ok(())
+    }
+
+    /// Proposals at or below an applied index that were not matched lost
+    /// their slot to another leader's entry: they will never apply.
+    fn drop_lost_proposals(&mut self, applied: u64) {
+        while let Some((&index, &id)) = self.pending_at.first_key_value() {
+            if index > applied {
+                break;
+            }
+            self.pending_at.remove(&index);
+            if let Some(p) = self.pending.remove(&id) {
+                let _ = p.reply.send(Err(self.dropped()));
             }
         }
     }
+
+    fn apply_conf_change(&mut self, entry: &Entry) -> Result<crate::state::Applied, StorageError> {
+        let cc: ConfChangeV2 = if entry.get_entry_type() == EntryType::EntryConfChange {
+            let v1 = ConfChange::parse_from_bytes(&entry.data)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+            let mut peers = self.store.peers();
+            match v1.get_change_type() {
+                ConfChangeType::AddNode | ConfChangeType::AddLearnerNode
+                    if !v1.context.is_empty() =>
+                {
+                    peers.insert(
+                        v1.node_id,
+                        String::from_utf8_lossy(&v1.context).into_owned(),
+                    );
+                }
+                ConfChangeType::RemoveNode => {
+                    peers.remove(&v1.node_id);
+                }
+                _ => {}
+            }
+            let cs = match self.node.apply_conf_change(&v1) {
+                Ok(cs) => cs,
+                Err(e) => {
+                    tracing::warn!("membership change not applied: {e}");
+                    return Ok(Ok((Outcome::None, vec![])));
+                }
+            };
+            self.store.set_conf_state(&cs, &peers)?;
+            self.transport.set_peers(&peers);
+            tracing::info!(voters = ?cs.voters, learners = ?cs.learners, "membership changed");
+            return Ok(Ok((Outcome::None, vec![])));
+        } else {
+            ConfChangeV2::parse_from_bytes(&entry.data)
+                .map_err(|e| StorageError::Corrupt(e.to_string()))?
+        };
+        // Joint changes are not proposed by edupool; apply them as raft says.
+        if let Ok(cs) = self.node.apply_conf_change(&cc) {
+            self.store.set_conf_state(&cs, &self.store.peers())?;
+        }
+        Ok(Ok((Outcome::None, vec![])))
+    }
+
+    fn snapshot_envelope(&self) -> SnapshotEnvelope {
+        let m = self.machine.read().expect("state lock poisoned");
+        let term = self.store.term(m.applied).unwrap_or(0);
+        SnapshotEnvelope {
+            v: SNAPSHOT_FORMAT,
+            index: m.applied,
+            term,
+            peers: self.store.peers(),
+            state: m.state.clone(),
+        }
+    }
+
+    /// Takes a snapshot at the applied index once enough entries were
+    /// applied since the last one, and compacts the log behind it.
+    async fn maybe_snapshot(&mut self, force: bool) -> Result<(), StorageError> {
+        let applied = self.machine.read().expect("state lock").applied;
+        let (snap_index, _, _) = self.store.snapshot_info();
+        let too_big = self.store.log_bytes() > self.snapshot_bytes;
+        if applied <= snap_index
+            || (!force && !too_big && applied - snap_index < self.snapshot_entries)
+        {
+            return Ok(());
+        }
+        let env = self.snapshot_envelope();
+        let mut snap = Snapshot::default();
+        let meta = snap.mut_metadata();
+        meta.index = env.index;
+        meta.term = env.term;
+        meta.set_conf_state(self.store.conf_state());
+        // Never keep index 1: see `bootstrap`. A log over its size keeps
+        // nothing behind the snapshot.
+        let keep = if too_big { 0 } else { self.keep_entries };
+        let compact_to = env.index.saturating_sub(keep).max(1);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            snap.data = env.encode().into();
+            store.save_snapshot(&snap, compact_to)
+        })
+        .await
+        .map_err(|e| StorageError::Io(e.to_string()))??;
+        tracing::debug!(index = applied, compact_to, "snapshot taken, log compacted");
+        Ok(())
+    }
+
+    fn publish_status(&mut self) {
+        let raft = &self.node.raft;
+        let peers = self.store.peers();
+        let leader_id = Some(raft.leader_id).filter(|id| *id != 0);
+        let conf = raft.prs().conf();
+        let is_leader = raft.state == StateRole::Leader;
+        let mut members: Vec<MemberStatus> = conf
+            .voters()
+            .ids()
+            .iter()
+            .map(|id| (id, true))
+            .chain(conf.learners().iter().map(|id| (*id, false)))
+            .map(|(id, voter)| MemberStatus {
+                id,
+                address: peers.get(&id).cloned().unwrap_or_default(),
+                voter,
+                match_index: if is_leader {
+                    raft.prs().get(id).map_or(0, |p| p.matched)
+                } else {
+                    0
+                },
+            })
+            .collect();
+        members.sort_by_key(|m| m.id);
+        let (snapshot_index, _, snapshot_bytes) = self.store.snapshot_info();
+        let status = RaftStatus {
+            id: self.id,
+            role: Role::from(raft.state),
+            leader_id,
+            leader_address: leader_id.and_then(|id| peers.get(&id).cloned()),
+            term: raft.term,
+            commit: raft.raft_log.committed,
+            applied: self.machine.read().expect("state lock").applied,
+            last_index: raft.raft_log.last_index(),
+            snapshot_index,
+            snapshot_bytes,
+            log_entries: self.store.log_len() as u64,
+            members,
+        };
+        self.status.send_if_modified(|s| {
+            if *s == status {
+                false
+            } else {
+                *s = status;
+                true
+            }
+        });
+    }
 }
 
-/// Applies every committed entry in the store to `state`; returns the
-/// index of the last one.
-fn replay(store: &RaftStore, state: &mut State) -> Result<u64, StorageError> {
-    let commit = store.hard_state().commit;
-    let first = store
-        .first_index()
-        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    if commit < first {
-        return Ok(commit);
+fn clone_err(e: &ProposeError) -> ProposeError {
+    match e {
+        ProposeError::NotLeader { leader, address } => ProposeError::NotLeader {
+            leader: *leader,
+            address: address.clone(),
+        },
+        _ => ProposeError::Stopped,
     }
-    let entries = store
-        .entries(
-            first,
-            commit + 1,
-            None,
-            raft::GetEntriesContext::empty(false),
-        )
-        .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-    for entry in &entries {
-        let _ = apply_entry(state, entry);
-    }
-    Ok(commit)
 }
 
-/// Applies one log entry; entries that carry no command produce nothing.
-fn apply_entry(state: &mut State, entry: &Entry) -> crate::state::Applied {
+/// Starts a new cluster's log with a snapshot at index 1 that holds the
+/// initial configuration. Every bootstrapping replica writes the same one,
+/// and since the log proper starts after it, a replica that joins later
+/// always begins from a snapshot, which carries the configuration, rather
+/// than from entries that never held it.
+fn bootstrap(store: &RaftStore, config: &ReplicaConfig) -> Result<(), StorageError> {
+    let peers = store.peers();
+    let env = SnapshotEnvelope {
+        v: SNAPSHOT_FORMAT,
+        index: 1,
+        term: 1,
+        peers: peers.clone(),
+        state: State::default(),
+    };
+    let mut snap = Snapshot::default();
+    let meta = snap.mut_metadata();
+    meta.index = 1;
+    meta.term = 1;
+    meta.mut_conf_state().voters = config.voters();
+    snap.data = env.encode().into();
+    store.apply_snapshot(&snap, &peers)
+}
+
+/// Applies one normal log entry; entries that carry no command produce
+/// nothing.
+pub fn apply_entry(state: &mut State, entry: &Entry) -> crate::state::Applied {
     if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
         return Ok((Outcome::None, vec![]));
     }
@@ -371,11 +1001,10 @@ mod tests {
     use crate::state::{JobClass, JobId, JobSpec, OnNodeLost};
 
     fn config(dir: &std::path::Path) -> ReplicaConfig {
-        ReplicaConfig {
-            id: 1,
-            data_dir: dir.to_path_buf(),
-            tick: Duration::from_millis(20),
-        }
+        let mut c = ReplicaConfig::single(1, dir.to_path_buf(), Duration::from_millis(20));
+        c.snapshot_entries = 2;
+        c.keep_entries = 1;
+        c
     }
 
     async fn start(dir: &std::path::Path) -> (Replica, CancellationToken, TaskTracker) {
@@ -383,6 +1012,35 @@ mod tests {
         let tracker = TaskTracker::new();
         let r = Replica::start(config(dir), stop.clone(), &tracker).unwrap();
         (r, stop, tracker)
+    }
+
+    #[tokio::test]
+    async fn a_log_over_its_size_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.snapshot_entries = 1_000_000;
+        c.snapshot_bytes = 300;
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let r = Replica::start(c, stop.clone(), &tracker).unwrap();
+        for i in 0..20 {
+            r.propose(Command::CreateTenant {
+                name: format!("t{i}"),
+                token_hash: format!("h{i}"),
+            })
+            .await
+            .unwrap();
+        }
+        // Snapshots were taken and the log stays short.
+        let mut status = r.watch_status();
+        let settled = status.wait_for(|s| s.snapshot_index > 10 && s.log_entries < 5);
+        tokio::time::timeout(Duration::from_secs(10), settled)
+            .await
+            .expect("the log is compacted by size")
+            .unwrap();
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
     }
 
     #[tokio::test]
@@ -415,7 +1073,12 @@ mod tests {
         })
         .await
         .unwrap();
+        r.read_barrier().await.unwrap();
         let before = r.read(|s| s.clone());
+        let hash = r.state_hash();
+        // Snapshots were taken on the way (every 2 entries), so the restart
+        // below starts from one and replays the rest of the log.
+        assert!(r.status().snapshot_index > 0);
         stop.cancel();
         tracker.close();
         tracker.wait().await;
@@ -423,6 +1086,7 @@ mod tests {
         let (r, stop, tracker) = start(dir.path()).await;
         // The log is replayed before the replica can be read.
         assert_eq!(r.read(|s| s.clone()), before);
+        assert_eq!(r.state_hash(), hash);
         // And the replica keeps accepting writes after the replay.
         let spec = JobSpec {
             name: String::new(),
@@ -443,6 +1107,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out, Outcome::Job(JobId(1)));
+        let env = r.snapshot_now().await.unwrap();
+        assert_eq!(env.state, r.read(|s| s.clone()));
         stop.cancel();
         tracker.close();
         tracker.wait().await;

@@ -1,13 +1,31 @@
-//! The replicated log: raft-rs driven by one task, durable in redb.
+//! The replicated log: raft-rs driven by one task per replica, durable in
+//! redb, replicated over gRPC.
 //!
-//! - `storage`: raft's `Storage` over redb (log, hard state, configuration).
+//! - `storage`: raft's `Storage` over redb (log, hard state, configuration,
+//!   snapshot, peer addresses), bounded by compaction.
 //! - `driver`: the task that owns `RawNode`, turns proposals into log
-//!   entries and applies committed entries to the state machine.
+//!   entries, applies committed entries to the state machine, serves
+//!   ReadIndex reads and membership changes, and takes snapshots.
+//! - `transport`: peer messages over the tonic `RaftService`, batched per
+//!   peer through bounded queues.
+//! - `snapshot`: the versioned snapshot envelope; restore from a backup.
+//! - `status`: the `RaftStatus` a replica publishes.
 //! - `logger`: raft-rs's slog records forwarded to tracing.
 
 mod driver;
 mod logger;
+mod snapshot;
+mod status;
 mod storage;
+mod transport;
 
-pub use driver::{Leadership, LogEntry, ProposeError, Replica, ReplicaConfig};
-pub use storage::{RaftStore, StorageError};
+#[cfg(test)]
+mod sim;
+
+pub use driver::{
+    apply_entry, Leadership, LogEntry, MembershipChange, ProposeError, Replica, ReplicaConfig,
+};
+pub use snapshot::{replay_data_dir, restore_backup, SnapshotEnvelope, SNAPSHOT_FORMAT};
+pub use status::{MemberStatus, RaftStatus, Role};
+pub use storage::{Peers, RaftStore, StorageError};
+pub use transport::{RaftServer, MAX_RAFT_MESSAGE_BYTES};

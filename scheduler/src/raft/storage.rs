@@ -1,23 +1,32 @@
-//! Durable raft storage: the log, hard state and configuration in redb.
+//! Durable raft storage: the log, hard state, configuration, the latest
+//! snapshot and the peers' addresses, in redb.
 //!
-//! Reads are served from an in-memory copy (`MemStorage`), which raft-rs
-//! reads through its `Storage` trait; every write goes to redb first, in one
-//! transaction per `Ready`, committed with fsync before raft is told the
-//! entries are persisted.
+//! Reads are served from an in-memory copy of the uncompacted log, which
+//! raft-rs reads through its `Storage` trait; every write goes to redb
+//! first, in one transaction committed with fsync, before the in-memory
+//! copy changes and before raft is told the write happened.
+//!
+//! The log starts after a "base" (index, term): the last entry folded into
+//! a snapshot or dropped by compaction. Entries after it are kept; entries
+//! up to it are gone from memory and disk, so both stay bounded.
 
+use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
-use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, TableDefinition};
 use thiserror::Error;
 
 const ENTRIES: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_entries");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const HARD_STATE: &str = "hard_state";
 const CONF_STATE: &str = "conf_state";
+const SNAPSHOT: &str = "snapshot";
+const LOG_BASE: &str = "log_base";
+const PEERS: &str = "peers";
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -49,16 +58,53 @@ io_err!(
     redb::CommitError
 );
 
+/// Replica id -> the address it serves on.
+pub type Peers = BTreeMap<u64, String>;
+
+#[derive(Default)]
+struct Core {
+    hard: HardState,
+    conf: ConfState,
+    snapshot: Snapshot,
+    /// (index, term) of the entry just before `entries`.
+    base: (u64, u64),
+    entries: Vec<Entry>,
+    /// Payload bytes of `entries`, for compaction by size.
+    bytes: u64,
+    peers: Peers,
+}
+
+impl Core {
+    fn first_index(&self) -> u64 {
+        self.base.0 + 1
+    }
+
+    fn last_index(&self) -> u64 {
+        self.entries.last().map_or(self.base.0, |e| e.index)
+    }
+}
+
 #[derive(Clone)]
 pub struct RaftStore {
-    db: std::sync::Arc<Database>,
-    mem: MemStorage,
+    db: Arc<Database>,
+    core: Arc<RwLock<Core>>,
+    /// Raft asked for a snapshot the latest one cannot serve.
+    snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RaftStore {
     /// Opens (or creates) the store. A new store is bootstrapped with
-    /// `voters` as its first configuration.
+    /// `voters` as its first configuration (none for a replica that joins
+    /// a running cluster) and `peers` as the known addresses.
     pub fn open(path: &Path, voters: &[u64]) -> Result<Self, StorageError> {
+        Self::open_with_peers(path, voters, &Peers::new())
+    }
+
+    pub fn open_with_peers(
+        path: &Path,
+        voters: &[u64],
+        peers: &Peers,
+    ) -> Result<Self, StorageError> {
         let db = Database::create(path).map_err(|source| StorageError::Open {
             path: path.display().to_string(),
             source,
@@ -68,40 +114,80 @@ impl RaftStore {
         txn.open_table(META)?;
         txn.commit()?;
         let store = RaftStore {
-            db: std::sync::Arc::new(db),
-            mem: MemStorage::new(),
+            db: Arc::new(db),
+            core: Arc::new(RwLock::new(Core::default())),
+            snapshot_wanted: Arc::default(),
         };
-        store.load(voters)?;
+        store.load(voters, peers)?;
         Ok(store)
     }
 
-    fn load(&self, voters: &[u64]) -> Result<(), StorageError> {
+    /// Whether nothing was ever written (a fresh data directory).
+    pub fn is_fresh(&self) -> bool {
+        let c = self.rl();
+        c.last_index() == 0 && c.hard.term == 0 && c.snapshot.get_metadata().index == 0
+    }
+
+    fn load(&self, voters: &[u64], peers: &Peers) -> Result<(), StorageError> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        let conf = match meta.get(CONF_STATE)? {
-            Some(v) => decode::<ConfState>(v.value())?,
-            None => ConfState::from((voters.to_vec(), vec![])),
-        };
-        let hard = match meta.get(HARD_STATE)? {
-            Some(v) => decode::<HardState>(v.value())?,
-            None => HardState::default(),
+        let fresh = meta.get(CONF_STATE)?.is_none();
+        let mut core = Core {
+            conf: match meta.get(CONF_STATE)? {
+                Some(v) => decode::<ConfState>(v.value())?,
+                None => ConfState::from((voters.to_vec(), vec![])),
+            },
+            hard: match meta.get(HARD_STATE)? {
+                Some(v) => decode::<HardState>(v.value())?,
+                None => HardState::default(),
+            },
+            snapshot: match meta.get(SNAPSHOT)? {
+                Some(v) => decode::<Snapshot>(v.value())?,
+                None => Snapshot::default(),
+            },
+            base: match meta.get(LOG_BASE)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
+                None => (0, 0),
+            },
+            peers: match meta.get(PEERS)? {
+                Some(v) => serde_json::from_slice(v.value()).map_err(corrupt)?,
+                None => peers.clone(),
+            },
+            entries: Vec::new(),
+            bytes: 0,
         };
         let table = txn.open_table(ENTRIES)?;
-        let mut entries = Vec::new();
-        for row in table.iter()? {
+        for row in table.range(core.base.0 + 1..)? {
             let (_, v) = row?;
-            entries.push(decode::<Entry>(v.value())?);
+            let e = decode::<Entry>(v.value())?;
+            if e.index != core.last_index() + 1 {
+                return Err(StorageError::Corrupt(format!(
+                    "log gap: entry {} after {}",
+                    e.index,
+                    core.last_index()
+                )));
+            }
+            core.bytes += entry_bytes(&e);
+            core.entries.push(e);
         }
-        let mut core = self.mem.wl();
-        core.set_conf_state(conf.clone());
-        core.set_hardstate(hard);
-        core.append(&entries)
-            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
-        drop(core);
-        if meta.get(CONF_STATE)?.is_none() {
-            self.write(|meta, _| put(meta, CONF_STATE, &conf))?;
+        let (conf, peers) = (core.conf.clone(), core.peers.clone());
+        *self.core.write().expect("store lock") = core;
+        drop((meta, table, txn));
+        if fresh {
+            self.write(|meta, _| {
+                put(meta, CONF_STATE, &conf)?;
+                put_json(meta, PEERS, &peers)
+            })?;
         }
         Ok(())
+    }
+
+    fn rl(&self) -> std::sync::RwLockReadGuard<'_, Core> {
+        self.core.read().expect("store lock poisoned")
+    }
+
+    fn wl(&self) -> std::sync::RwLockWriteGuard<'_, Core> {
+        self.core.write().expect("store lock poisoned")
     }
 
     /// Appends entries (replacing any conflicting suffix) and, if given,
@@ -109,6 +195,17 @@ impl RaftStore {
     pub fn persist(&self, entries: &[Entry], hard: Option<&HardState>) -> Result<(), StorageError> {
         if entries.is_empty() && hard.is_none() {
             return Ok(());
+        }
+        if let Some(first) = entries.first() {
+            let c = self.rl();
+            if first.index <= c.base.0 || first.index > c.last_index() + 1 {
+                return Err(StorageError::Corrupt(format!(
+                    "append at {} outside the log ({}..={})",
+                    first.index,
+                    c.base.0 + 1,
+                    c.last_index()
+                )));
+            }
         }
         self.write(|meta, table| {
             if let Some(first) = entries.first() {
@@ -122,24 +219,139 @@ impl RaftStore {
             }
             Ok(())
         })?;
-        let mut core = self.mem.wl();
-        core.append(entries)
-            .map_err(|e| StorageError::Corrupt(e.to_string()))?;
+        let mut core = self.wl();
+        if let Some(first) = entries.first() {
+            let keep = (first.index - core.base.0 - 1) as usize;
+            let dropped: u64 = core.entries[keep.min(core.entries.len())..]
+                .iter()
+                .map(entry_bytes)
+                .sum();
+            core.entries.truncate(keep);
+            core.entries.extend_from_slice(entries);
+            core.bytes = core.bytes - dropped + entries.iter().map(entry_bytes).sum::<u64>();
+        }
         if let Some(hs) = hard {
-            core.set_hardstate(hs.clone());
+            core.hard = hs.clone();
         }
         Ok(())
     }
 
     /// Records a new commit index (from a `LightReady`).
     pub fn set_commit(&self, commit: u64) -> Result<(), StorageError> {
-        let mut hs = self.mem.rl().hard_state().clone();
+        let mut hs = self.hard_state();
+        if hs.commit >= commit {
+            return Ok(());
+        }
         hs.set_commit(commit);
         self.persist(&[], Some(&hs))
     }
 
     pub fn hard_state(&self) -> HardState {
-        self.mem.rl().hard_state().clone()
+        self.rl().hard.clone()
+    }
+
+    pub fn conf_state(&self) -> ConfState {
+        self.rl().conf.clone()
+    }
+
+    /// Records the configuration after an applied membership change, with
+    /// the peers' addresses as they now are.
+    pub fn set_conf_state(&self, conf: &ConfState, peers: &Peers) -> Result<(), StorageError> {
+        self.write(|meta, _| {
+            put(meta, CONF_STATE, conf)?;
+            put_json(meta, PEERS, peers)
+        })?;
+        let mut core = self.wl();
+        core.conf = conf.clone();
+        core.peers = peers.clone();
+        Ok(())
+    }
+
+    pub fn peers(&self) -> Peers {
+        self.rl().peers.clone()
+    }
+
+    /// (index, term, size in bytes) of the latest snapshot.
+    pub fn snapshot_info(&self) -> (u64, u64, u64) {
+        let c = self.rl();
+        let m = c.snapshot.get_metadata();
+        (m.index, m.term, c.snapshot.data.len() as u64)
+    }
+
+    pub fn snapshot_data(&self) -> Snapshot {
+        self.rl().snapshot.clone()
+    }
+
+    /// Whether raft asked for a newer snapshot than the latest (and clears it).
+    pub fn take_snapshot_wanted(&self) -> bool {
+        self.snapshot_wanted
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Payload bytes held in the log (memory and disk alike).
+    pub fn log_bytes(&self) -> u64 {
+        self.rl().bytes
+    }
+
+    /// Number of entries held in the log (memory and disk alike).
+    pub fn log_len(&self) -> usize {
+        self.rl().entries.len()
+    }
+
+    /// Installs a snapshot received from the leader: it replaces the whole
+    /// log and configuration.
+    pub fn apply_snapshot(&self, snap: &Snapshot, peers: &Peers) -> Result<(), StorageError> {
+        let meta = snap.get_metadata();
+        let base = (meta.index, meta.term);
+        let mut hard = self.hard_state();
+        hard.term = hard.term.max(meta.term);
+        hard.commit = hard.commit.max(meta.index);
+        let conf = meta.get_conf_state().clone();
+        self.write(|m, table| {
+            table.retain(|_, _| false)?;
+            put(m, SNAPSHOT, snap)?;
+            put(m, HARD_STATE, &hard)?;
+            put(m, CONF_STATE, &conf)?;
+            put_json(m, LOG_BASE, &base)?;
+            put_json(m, PEERS, peers)
+        })?;
+        let mut core = self.wl();
+        core.snapshot = snap.clone();
+        core.hard = hard;
+        core.conf = conf;
+        core.base = base;
+        core.entries.clear();
+        core.bytes = 0;
+        core.peers = peers.clone();
+        Ok(())
+    }
+
+    /// Keeps `snap` (taken locally at an applied index) as the latest
+    /// snapshot and drops the log up to `compact_to` (at most the
+    /// snapshot's index), in one transaction.
+    pub fn save_snapshot(&self, snap: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
+        let compact_to = compact_to.min(snap.get_metadata().index);
+        let base = {
+            let c = self.rl();
+            if compact_to <= c.base.0 {
+                c.base
+            } else {
+                let at = (compact_to - c.base.0 - 1) as usize;
+                (compact_to, c.entries[at].term)
+            }
+        };
+        self.write(|m, table| {
+            table.retain_in(..=base.0, |_, _| false)?;
+            put(m, SNAPSHOT, snap)?;
+            put_json(m, LOG_BASE, &base)
+        })?;
+        let mut core = self.wl();
+        let drop_n = (base.0 - core.base.0) as usize;
+        let dropped: u64 = core.entries.drain(..drop_n).map(|e| entry_bytes(&e)).sum();
+        core.bytes -= dropped;
+        core.base = base;
+        core.snapshot = snap.clone();
+        Ok(())
     }
 
     fn write(
@@ -169,6 +381,16 @@ fn put(
     Ok(())
 }
 
+fn put_json(
+    meta: &mut redb::Table<&str, &[u8]>,
+    key: &str,
+    value: &impl serde::Serialize,
+) -> Result<(), StorageError> {
+    let bytes = serde_json::to_vec(value).map_err(corrupt)?;
+    meta.insert(key, bytes.as_slice())?;
+    Ok(())
+}
+
 fn decode<M: protobuf::Message>(bytes: &[u8]) -> Result<M, StorageError> {
     M::parse_from_bytes(bytes).map_err(corrupt)
 }
@@ -177,9 +399,18 @@ fn corrupt(e: impl std::fmt::Display) -> StorageError {
     StorageError::Corrupt(e.to_string())
 }
 
+fn entry_bytes(e: &Entry) -> u64 {
+    (e.data.len() + e.context.len()) as u64
+}
+
+fn store_err(e: raft::StorageError) -> raft::Error {
+    raft::Error::Store(e)
+}
+
 impl Storage for RaftStore {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        self.mem.initial_state()
+        let c = self.rl();
+        Ok(RaftState::new(c.hard.clone(), c.conf.clone()))
     }
 
     fn entries(
@@ -187,25 +418,60 @@ impl Storage for RaftStore {
         low: u64,
         high: u64,
         max_size: impl Into<Option<u64>>,
-        context: GetEntriesContext,
+        _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        self.mem.entries(low, high, max_size, context)
+        let c = self.rl();
+        if low < c.first_index() {
+            return Err(store_err(raft::StorageError::Compacted));
+        }
+        if high > c.last_index() + 1 || low > high {
+            return Err(store_err(raft::StorageError::Unavailable));
+        }
+        let lo = (low - c.base.0 - 1) as usize;
+        let hi = (high - c.base.0 - 1) as usize;
+        let mut entries = c.entries[lo..hi].to_vec();
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.mem.term(idx)
+        let c = self.rl();
+        if idx == c.base.0 {
+            return Ok(c.base.1);
+        }
+        if idx < c.base.0 {
+            return Err(store_err(raft::StorageError::Compacted));
+        }
+        if idx > c.last_index() {
+            return Err(store_err(raft::StorageError::Unavailable));
+        }
+        Ok(c.entries[(idx - c.base.0 - 1) as usize].term)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        self.mem.first_index()
+        Ok(self.rl().first_index())
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        self.mem.last_index()
+        Ok(self.rl().last_index())
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
-        self.mem.snapshot(request_index, to)
+        let c = self.rl();
+        let meta = c.snapshot.get_metadata();
+        let conf = meta.get_conf_state();
+        // A replica added after the snapshot was taken would refuse it (it
+        // is not in its configuration): the driver takes a fresh one, and
+        // raft asks again on its next heartbeat.
+        let knows_to = conf.voters.contains(&to) || conf.learners.contains(&to);
+        if meta.index == 0 || meta.index < request_index || !knows_to {
+            self.snapshot_wanted
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return Err(store_err(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(c.snapshot.clone())
     }
 }
 
@@ -250,5 +516,54 @@ mod tests {
         assert_eq!(st.hard_state.term, 2);
         assert_eq!(st.hard_state.commit, 2);
         assert_eq!(st.conf_state.voters, vec![1], "bootstrap config kept");
+    }
+
+    #[test]
+    fn compaction_and_snapshots_bound_the_log_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        {
+            let s = RaftStore::open(&path, &[1]).unwrap();
+            let entries: Vec<_> = (1..=10).map(|i| entry(i, 1, b"x")).collect();
+            s.persist(&entries, None).unwrap();
+            let mut snap = Snapshot::default();
+            snap.mut_metadata().index = 8;
+            snap.mut_metadata().term = 1;
+            snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
+            snap.data = b"state".to_vec().into();
+            s.save_snapshot(&snap, 6).unwrap();
+            assert_eq!(s.first_index().unwrap(), 7);
+            assert_eq!(s.term(6).unwrap(), 1, "the base keeps its term");
+            assert!(s
+                .entries(5, 8, None, GetEntriesContext::empty(false))
+                .is_err());
+        }
+        let s = RaftStore::open(&path, &[1]).unwrap();
+        assert_eq!((s.first_index().unwrap(), s.last_index().unwrap()), (7, 10));
+        assert_eq!(s.snapshot(0, 2).unwrap().data.as_ref(), b"state");
+        // A replica the snapshot does not know would refuse it: raft is
+        // told to wait, and the driver is asked for a fresh one.
+        assert!(s.snapshot(0, 3).is_err());
+        assert!(s.take_snapshot_wanted());
+        assert_eq!(s.log_len(), 4);
+        assert_eq!(s.log_bytes(), 4, "one byte of data in each kept entry");
+
+        // A snapshot from the leader replaces the whole log.
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = 20;
+        snap.mut_metadata().term = 3;
+        snap.mut_metadata().mut_conf_state().voters = vec![1, 2, 3];
+        s.apply_snapshot(&snap, &Peers::from([(2, "b:1".to_string())]))
+            .unwrap();
+        drop(s);
+        let s = RaftStore::open(&path, &[1]).unwrap();
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (21, 20)
+        );
+        assert_eq!(s.term(20).unwrap(), 3);
+        assert_eq!(s.hard_state().commit, 20);
+        assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
+        assert_eq!(s.peers()[&2], "b:1");
     }
 }

@@ -1,0 +1,118 @@
+//! Three scheduler replicas as processes: followers point writers to the
+//! leader, reads are linearizable or (with --stale-ok) local, and killing
+//! the leader loses nothing that was acknowledged.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use edupool_proto::v1 as pb;
+use edupool_proto::v1::job_service_client::JobServiceClient;
+use edupool_tests::cluster::Cluster;
+use edupool_tests::{eventually, ADMIN_TOKEN};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn submit(endpoints: &str, token: &str, name: &str) -> Result<String> {
+    let v = Cluster::ctl_json(
+        endpoints,
+        token,
+        &["job", "submit", "--gpus", "1", "--name", name, "--", "true"],
+    )?;
+    Ok(v["id"].as_str().expect("a job id").to_string())
+}
+
+fn job_names(endpoints: &str, token: &str, extra: &[&str]) -> Result<Vec<String>> {
+    let mut args = extra.to_vec();
+    args.extend(["job", "list"]);
+    let v = Cluster::ctl_json(endpoints, token, &args)?;
+    Ok(v.as_array()
+        .expect("a list")
+        .iter()
+        .filter_map(|j| j["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+#[test]
+fn followers_name_the_leader_and_a_leader_kill_loses_nothing() -> Result<()> {
+    let mut c = Cluster::start(3, &[])?;
+    let work = tempfile::tempdir()?;
+    let _agent = c.agent("n1", "4xA100-80GB", work.path())?;
+    let leader = c.leader(WAIT)?;
+    let all = c.endpoints();
+    let tenant = Cluster::ctl_json(&all, ADMIN_TOKEN, &["tenant", "create", "zju"])?;
+    let token = tenant["token"].as_str().expect("a token").to_string();
+    eventually("the agent's node", WAIT, || {
+        let v = Cluster::ctl_json(&all, ADMIN_TOKEN, &["node", "list"]).ok()?;
+        (v.as_array()?.len() == 1).then_some(())
+    })?;
+
+    // A follower refuses a write with the leader's address in metadata.
+    let follower = *c.ids().iter().find(|i| **i != leader).expect("a follower");
+    let rt = tokio::runtime::Runtime::new()?;
+    let refused = rt.block_on(async {
+        let mut client = JobServiceClient::connect(c.endpoint(follower)).await?;
+        let mut req = tonic::Request::new(pb::SubmitJobRequest {
+            spec: Some(edupool_tests::load::job("direct", "0")),
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        anyhow::Ok(
+            client
+                .submit_job(req)
+                .await
+                .expect_err("a follower refuses"),
+        )
+    })?;
+    assert_eq!(refused.code(), tonic::Code::Unavailable);
+    let hint = refused
+        .metadata()
+        .get("x-edupool-leader")
+        .expect("a leader hint");
+    assert_eq!(
+        hint.to_str()?,
+        c.links[&(follower, leader)].addr.to_string(),
+        "the follower names the leader as it reaches it"
+    );
+
+    // edupoolctl pointed at the follower alone follows it to the leader.
+    submit(&c.endpoint(follower), &token, "first")?;
+    // A linearizable read on a follower sees the write at once; a stale one
+    // sees it too once the follower has applied it.
+    let names = job_names(&c.endpoint(follower), &token, &[])?;
+    assert!(names.contains(&"first".to_string()), "{names:?}");
+    eventually("a stale read to catch up", WAIT, || {
+        job_names(&c.endpoint(follower), &token, &["--stale-ok"])
+            .ok()?
+            .contains(&"first".to_string())
+            .then_some(())
+    })?;
+
+    // Kill -9 the leader: another takes over, writes go on, nothing is lost.
+    c.kill9(leader);
+    let new = c.leader(WAIT)?;
+    assert_ne!(new, leader);
+    let second = eventually("a write to the new leader", WAIT, || {
+        submit(&all, &token, "second").ok()
+    })?;
+    // The agent followed the leader: the new leader places the job and
+    // the agent runs it to the end.
+    eventually("the job submitted after failover to succeed", WAIT, || {
+        let v = Cluster::ctl_json(&all, &token, &["job", "get", &second]).ok()?;
+        (v["state"] == "succeeded").then_some(())
+    })?;
+    let names = job_names(&all, &token, &[])?;
+    for n in ["first", "second"] {
+        assert_eq!(
+            names.iter().filter(|x| *x == n).count(),
+            1,
+            "{n} once: {names:?}"
+        );
+    }
+    // The old leader comes back as a follower and converges.
+    c.restart(leader)?;
+    c.converged(WAIT)?;
+    let status = c.status(leader)?;
+    assert_eq!(status["leader_id"].as_u64(), Some(new));
+    assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    Ok(())
+}
