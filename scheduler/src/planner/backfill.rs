@@ -26,22 +26,21 @@ pub(super) fn reserve(
         .buckets_for(&spec.constraints, classes)
         .map(|(b, _)| b)
         .collect();
-    let mut nodes: Vec<usize> = buckets
-        .iter()
-        .flat_map(|&b| round.index.members(b).iter().copied())
-        .collect();
-    nodes.sort_unstable();
-    nodes.dedup();
     let ends = expected_ends(round);
     // The earliest start on each node, grouped by site for gangs.
-    let mut by_site: BTreeMap<&str, Vec<(Millis, usize)>> = BTreeMap::new();
-    for i in nodes {
-        if round.index.nodes[i].reserved_until.is_some() {
-            continue;
-        }
-        if let Some(at) = earliest_start(round, job, &buckets, i, &ends) {
-            let site = round.index.nodes[i].node.site();
-            by_site.entry(site).or_default().push((at, i));
+    let mut by_site: BTreeMap<(&str, &str), Vec<(Millis, usize)>> = BTreeMap::new();
+    for &b in &buckets {
+        let key = round.index.key(b);
+        for &i in round.index.members(b) {
+            if round.index.nodes[i].reserved_until.is_some() {
+                continue;
+            }
+            if let Some(at) = earliest_start(round, job, &[b], i, &ends) {
+                by_site
+                    .entry((key.site.as_str(), key.class.as_str()))
+                    .or_default()
+                    .push((at, i));
+            }
         }
     }
     let want = spec.nodes.max(1) as usize;

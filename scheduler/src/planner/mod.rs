@@ -23,6 +23,8 @@ mod preemption;
 mod queue;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;

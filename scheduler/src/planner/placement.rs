@@ -201,6 +201,10 @@ impl<'a> FreeIndex<'a> {
         *r = Some(r.map_or(until, |u| u.min(until)));
     }
 
+    pub fn key(&self, b: usize) -> &BucketKey {
+        &self.keys[b]
+    }
+
     /// The nodes with GPUs in bucket `b`.
     pub fn members(&self, b: usize) -> &[usize] {
         &self.buckets[b].members
@@ -357,7 +361,7 @@ impl<'a> FreeIndex<'a> {
     }
 
     /// All tasks of a job, or none: a single task, or a gang of distinct
-    /// nodes inside one site.
+    /// nodes inside one site, all on GPUs of one class.
     pub fn place(
         &self,
         spec: &JobSpec,
@@ -368,14 +372,17 @@ impl<'a> FreeIndex<'a> {
         if n == 1 {
             return self.best_task(spec, buckets, &[], ends_at).map(|f| vec![f]);
         }
-        let mut sites: Vec<&str> = buckets.iter().map(|(_, k)| k.site.as_str()).collect();
-        sites.sort_unstable();
-        sites.dedup();
+        let mut groups: Vec<(&str, &str)> = buckets
+            .iter()
+            .map(|(_, k)| (k.site.as_str(), k.class.as_str()))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
         let mut best: Option<(Score, Vec<TaskFit>)> = None;
-        for site in sites {
+        for (site, class) in groups {
             let in_site: Vec<(usize, &BucketKey)> = buckets
                 .iter()
-                .filter(|(_, k)| k.site == site)
+                .filter(|(_, k)| k.site == site && k.class == class)
                 .copied()
                 .collect();
             let mut tasks: Vec<TaskFit> = vec![];
