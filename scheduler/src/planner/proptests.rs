@@ -182,7 +182,7 @@ fn time_passes(p: &mut Pool, round: usize) {
         p.s.jobs()
             .filter(|j| {
                 j.state == JobState::Preempting
-                    || (j.state == JobState::Running && (j.id.0 as usize + round) % 3 == 0)
+                    || (j.state == JobState::Running && (j.id.0 as usize + round).is_multiple_of(3))
             })
             .map(|j| j.id)
             .collect();
