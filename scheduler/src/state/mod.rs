@@ -217,6 +217,14 @@ impl State {
             return Err(Rejection::PoolEmpty);
         }
         let c = &spec.constraints;
+        // The common case, a job some node can hold, costs one short scan.
+        let holds = |n: &&Node| {
+            fits_node(c, n)
+                && n.gpus.iter().filter(|g| fits_gpu(c, n, g)).count() as u32 >= spec.gpus
+        };
+        if spec.nodes <= 1 && self.nodes.values().any(|n| holds(&n)) {
+            return Ok(());
+        }
         let certified: Vec<&Node> = self
             .nodes
             .values()
@@ -243,6 +251,28 @@ impl State {
                 "no node at data level {} or above is in site '{}'",
                 c.data_level,
                 c.site.as_deref().unwrap_or_default()
+            )));
+        }
+        let any_kind = |g: &Gpu, n: &Node| {
+            c.gpu_model.as_deref().is_none_or(|m| g.info.model == m)
+                && c.gpu_class.as_deref().is_none_or(|k| n.gpu_class(g) == k)
+        };
+        if !in_site
+            .iter()
+            .any(|n| n.gpus.iter().any(|g| any_kind(g, n)))
+        {
+            let what = match (&c.gpu_model, &c.gpu_class) {
+                (Some(m), _) => format!("model {m}"),
+                (None, Some(k)) => format!("class {k}"),
+                (None, None) => "any kind".into(),
+            };
+            return Err(Rejection::Infeasible(format!(
+                "no node{} has GPUs of {what}",
+                if c.site.is_some() || c.data_level > 0 {
+                    " that meets its site and data level"
+                } else {
+                    ""
+                }
             )));
         }
         let most = in_site
