@@ -335,8 +335,18 @@ pub fn job(j: &Job) -> pb::Job {
         tenant: j.tenant.clone(),
         spec: Some(spec(&j.spec)),
         state: job_state(j.state) as i32,
-        node: j.nodes().collect::<Vec<_>>().join(","),
-        gpu_uuids: j.gpu_uuids().map(String::from).collect(),
+        // A requeued job keeps its last run's tasks (for its logs), but it
+        // holds no node or GPU while it waits.
+        node: if j.state == JobState::Pending {
+            String::new()
+        } else {
+            j.nodes().collect::<Vec<_>>().join(",")
+        },
+        gpu_uuids: if j.state == JobState::Pending {
+            vec![]
+        } else {
+            j.gpu_uuids().map(String::from).collect()
+        },
         exit_code: j.exit_code.unwrap_or(0),
         has_exit_code: j.exit_code.is_some(),
         reason: j.reason.clone(),

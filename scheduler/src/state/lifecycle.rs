@@ -403,7 +403,8 @@ impl State {
             job.state = JobState::Pending;
             job.started_at = None;
             job.gpu_class = None;
-            job.tasks.clear();
+            // The finished tasks stay until the next placement, so the
+            // last run's logs can still be found on its nodes.
             job.queued_at = at;
             job.ending = None;
             job.reclaimed = false;
