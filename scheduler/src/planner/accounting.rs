@@ -63,10 +63,15 @@ impl Books {
                 continue;
             };
             for g in node.gpus.iter().filter(|g| g.info.healthy) {
-                *owner
-                    .guaranteed
-                    .entry(node.gpu_class(g).to_string())
-                    .or_default() += u64::from(WHOLE_GPU);
+                let class = node.gpu_class(g);
+                match owner.guaranteed.get_mut(class) {
+                    Some(m) => *m += u64::from(WHOLE_GPU),
+                    None => {
+                        owner
+                            .guaranteed
+                            .insert(class.to_string(), u64::from(WHOLE_GPU));
+                    }
+                }
             }
         }
         for t in state.tenants() {

@@ -95,21 +95,33 @@ impl<'a> FreeIndex<'a> {
             models: BTreeSet::new(),
         };
         for node in state.nodes().filter(|n| n.schedulable()) {
+            // A node's GPUs are nearly always of one class: look its
+            // bucket up once.
+            let mut last: Option<(&str, usize)> = None;
             let bucket_of: Vec<usize> = node
                 .gpus
                 .iter()
                 .map(|g| {
-                    index.bucket_id(BucketKey {
-                        class: node.gpu_class(g).to_string(),
-                        site: node.site().to_string(),
-                        data_level: node.labels.data_level,
-                    })
+                    let class = node.gpu_class(g);
+                    match last {
+                        Some((c, b)) if c == class => b,
+                        _ => {
+                            let b = index.bucket_id(BucketKey {
+                                class: class.to_string(),
+                                site: node.site().to_string(),
+                                data_level: node.labels.data_level,
+                            });
+                            last = Some((class, b));
+                            b
+                        }
+                    }
                 })
                 .collect();
             for g in &node.gpus {
-                index
-                    .models
-                    .insert((node.gpu_class(g), g.info.model.as_str()));
+                let pair = (node.gpu_class(g), g.info.model.as_str());
+                if !index.models.contains(&pair) {
+                    index.models.insert(pair);
+                }
             }
             let free = node.gpus.iter().map(|g| g.free_milli()).collect();
             let i = index.nodes.len();
@@ -260,8 +272,32 @@ impl<'a> FreeIndex<'a> {
         exclude: &[usize],
         ends_at: Millis,
     ) -> Option<TaskFit> {
+        // The score's leading fields are the same for every node of a
+        // bucket: visit buckets best first and stop once a found fit beats
+        // what any later bucket could offer.
+        let c = &spec.constraints;
+        let rank = |k: &BucketKey| {
+            (
+                c.preferred_site.as_deref().is_some_and(|s| s != k.site),
+                k.data_level - c.data_level.min(k.data_level),
+            )
+        };
+        let mut order: Vec<((bool, u8), usize, &BucketKey)> =
+            buckets.iter().map(|&(b, k)| (rank(k), b, k)).collect();
+        order.sort_unstable_by_key(|(r, b, _)| (*r, *b));
+        let whole = spec.milli_per_gpu() == WHOLE_GPU;
         let mut best: Option<TaskFit> = None;
-        for &(b, key) in buckets {
+        for (r, b, key) in order {
+            if let Some(x) = &best {
+                if r > (x.score.off_preferred_site, x.score.excess_data_level) {
+                    break;
+                }
+                // The tightest node of the bucket bounds what it can offer.
+                let tightest = self.buckets[b].by_free.range((spec.gpus, 0)..).next();
+                if whole && tightest.is_none_or(|(n, _)| n - spec.gpus > x.score.leftover_gpus) {
+                    continue;
+                }
+            }
             for fit in self.bucket_candidates(spec, b, key, exclude, ends_at) {
                 if best.as_ref().is_none_or(|x| fit.score < x.score) {
                     best = Some(fit);
@@ -325,7 +361,12 @@ impl<'a> FreeIndex<'a> {
         }
         let want = spec.gpus;
         for &(whole, i) in bucket.by_free.range((want, 0)..).take(SCAN_LIMIT) {
-            if fits.len() == CANDIDATES_PER_BUCKET {
+            // Past the first fit, only nodes as tight can still win (on
+            // links or name).
+            let looser = fits
+                .first()
+                .is_some_and(|f: &TaskFit| whole - want > f.score.leftover_gpus);
+            if fits.len() == CANDIDATES_PER_BUCKET || looser {
                 break;
             }
             if !self.usable(i, exclude, ends_at) {
