@@ -675,6 +675,102 @@ mod tests {
     }
 
     #[test]
+    fn policy_fields_are_checked_precisely() {
+        assert_eq!(
+            check(|s| {
+                s.gpus = 2;
+                s.gpu_fraction = 250;
+            }),
+            Err(SpecError::FractionWithManyGpus(2))
+        );
+        assert_eq!(
+            check(|s| {
+                s.gpus = 1;
+                s.gpu_fraction = 1000;
+            }),
+            Err(SpecError::BadFraction(1000))
+        );
+        assert_eq!(
+            check(|s| {
+                s.gpus = 1;
+                s.gpu_fraction = 500;
+                s.nodes = 2;
+            }),
+            Err(SpecError::FractionWithGang(2))
+        );
+        assert_eq!(check(|s| s.data_level = 4), Err(SpecError::BadDataLevel(4)));
+        assert_eq!(
+            check(|s| s.nodes = 1000),
+            Err(SpecError::TooManyNodes {
+                requested: 1000,
+                max: MAX_NODES
+            })
+        );
+        assert!(matches!(
+            check(|s| s.site = "a b".into()),
+            Err(SpecError::BadLabel { field: "site", .. })
+        ));
+        let s = check(|s| {
+            s.nodes = 2;
+            s.gpus = 4;
+            s.gpu_class = "A100".into();
+            s.data_level = 2;
+            s.priority = -3;
+            s.no_requeue_on_preempt = true;
+        })
+        .unwrap();
+        assert_eq!((s.nodes, s.gpus, s.priority), (2, 4, -3));
+        assert_eq!(s.constraints.gpu_class.as_deref(), Some("A100"));
+        assert_eq!(s.constraints.data_level, 2);
+        assert!(!s.requeue_on_preempt);
+    }
+
+    #[test]
+    fn quotas_and_weights_are_checked_precisely() {
+        let q = |guaranteed, borrow_limit| {
+            quota(Some(pb::Quota {
+                gpu_class: "A100".into(),
+                guaranteed,
+                borrow_limit,
+            }))
+        };
+        assert_eq!(
+            q(-1, -1),
+            Ok((
+                "A100".into(),
+                Quota {
+                    guaranteed: None,
+                    borrow_limit: None
+                }
+            ))
+        );
+        assert_eq!(
+            q(4, 0).unwrap().1,
+            Quota {
+                guaranteed: Some(4),
+                borrow_limit: Some(0)
+            }
+        );
+        assert_eq!(
+            q(-3, -1).unwrap_err().to_string(),
+            "guaranteed is -3; use a number of GPUs from 0 up, or -1 for the GPUs of the nodes it owns"
+        );
+        assert_eq!(
+            quota(Some(pb::Quota::default())),
+            Err(PolicyError::MissingClass)
+        );
+        assert_eq!(weight("weight", 0, 1500), Ok(1500));
+        assert!(weight("equity", 2_000_000, 1000).is_err());
+        assert_eq!(
+            node_labels(Some(pb::NodeLabels {
+                data_level: 9,
+                ..Default::default()
+            })),
+            Err(SpecError::BadDataLevel(9))
+        );
+    }
+
+    #[test]
     fn defaults_are_filled_in() {
         let s = check(|_| {}).unwrap();
         assert_eq!(s.class, JobClass::Batch);
