@@ -71,6 +71,7 @@ pub struct JobSpec {
     pub gpus: u32,
     /// Tasks of a gang: all start together on distinct nodes of one site,
     /// or none does. 1 for a single-node job.
+    #[serde(default = "one")]
     pub nodes: u32,
     pub class: JobClass,
     /// Seconds; the agent ends the job after this long.
@@ -80,13 +81,27 @@ pub struct JobSpec {
     pub on_node_lost: OnNodeLost,
     /// Requeues allowed after a node loss.
     pub max_retries: u32,
+    // Policy fields default when absent, so entries written before
+    // they existed still replay.
     /// Order among the tenant's own jobs of one class; higher first.
+    #[serde(default)]
     pub priority: i32,
     /// Thousandths of one GPU (1-999) for small work; 0 = whole GPUs.
+    #[serde(default)]
     pub gpu_fraction: u32,
+    #[serde(default)]
     pub constraints: Constraints,
     /// Go back to the queue when preempted (default), or end `failed`.
+    #[serde(default = "yes")]
     pub requeue_on_preempt: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl JobSpec {
