@@ -76,7 +76,8 @@ fn an_owner_reclaims_borrowed_gpus_and_the_borrower_gets_sigterm_first() -> Resu
     })?;
     assert_eq!(running["capacity"], "borrowed", "{running}");
 
-    // beta claims one GPU of its guarantee.
+    // beta claims one GPU of its guarantee. Its job keeps the GPU while
+    // the test looks, so the borrower (2 GPUs) cannot run again meanwhile.
     let owner = submit(
         &s,
         &beta,
@@ -88,13 +89,11 @@ fn an_owner_reclaims_borrowed_gpus_and_the_borrower_gets_sigterm_first() -> Resu
             "--",
             "sh",
             "-c",
-            "echo owner-ran",
+            "echo owner-ran; sleep 120",
         ],
     )?;
-    let done = wait_job(&s, &beta, &owner, "succeeded", |j| {
-        j["state"] == "succeeded"
-    })?;
-    assert_eq!(done["capacity"], "own", "{done}");
+    let claimed = wait_job(&s, &beta, &owner, "running", |j| j["state"] == "running")?;
+    assert_eq!(claimed["capacity"], "own", "{claimed}");
 
     // The borrower was preempted and requeued; it saw SIGTERM first.
     let requeued = wait_job(&s, &alpha, &borrower, "requeued", |j| {
@@ -118,6 +117,11 @@ fn an_owner_reclaims_borrowed_gpus_and_the_borrower_gets_sigterm_first() -> Resu
         .as_str()
         .unwrap_or_default()
         .is_empty());
+
+    s.ctl_json(&beta, &["job", "cancel", &owner])?;
+    wait_job(&s, &beta, &owner, "cancelled", |j| {
+        j["state"] == "cancelled"
+    })?;
     Ok(())
 }
 
