@@ -217,7 +217,9 @@ impl<'a> Round<'a> {
                     return Outcome::Placed;
                 }
             }
-            if all_classes && self.index_unreserved() {
+            // Once nodes are reserved, "did not fit" depends on the job's
+            // walltime, so it is only remembered before.
+            if all_classes && !self.reserved {
                 self.blocked
                     .entry(shape)
                     .and_modify(|m| *m = (*m).min(task))
@@ -247,12 +249,6 @@ impl<'a> Round<'a> {
             within_guarantee: terms.tier == Tier::Guaranteed,
             gang: spec.nodes > 1,
         })
-    }
-
-    /// Whether no node is reserved yet (reservations make "did not fit"
-    /// specific to one job's walltime, so it cannot be remembered).
-    fn index_unreserved(&self) -> bool {
-        !self.reserved
     }
 
     fn commit(&mut self, job: &Job, fits: &[placement::TaskFit], capacity: Capacity) {
