@@ -25,6 +25,8 @@ pub(crate) fn gpu(info: &GpuInfo) -> v1::Gpu {
         memory_bytes: info.memory_bytes,
         healthy: info.healthy,
         assigned_job: String::new(),
+        // The simulated backend reports no GPU links.
+        peers: Vec::new(),
     }
 }
 

@@ -10,6 +10,15 @@
 //! on_node_lost: requeue       # requeue | fail; default requeue
 //! max_retries: 3              # optional
 //! env: { DATASET: /data/x }   # optional
+//! # Policy (docs/policy.md), all optional:
+//! nodes: 2                    # a gang: this many tasks of `gpus` each, one per node, one site
+//! priority: 5                 # order among your own jobs of one class; higher first
+//! gpu_fraction: 250           # thousandths of one GPU (with gpus: 1)
+//! gpu_model: A100-80GB        # or gpu_class: A100
+//! min_gpu_memory_gib: 40
+//! site: hangzhou              # required site; or preferred_site
+//! data_level: 2               # data classification 0-3
+//! requeue_on_preempt: false   # default true
 //! ```
 //!
 //! Unknown fields are rejected, so a misspelt field never goes unnoticed.
@@ -206,6 +215,39 @@ pub struct JobFile {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub env: BTreeMap<String, String>,
+    /// Tasks of a gang, one per node, all in one site; 1 when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+    /// Order among the tenant's own jobs of one class; higher first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
+    /// Thousandths of one GPU (1-999), only with `gpus: 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_fraction: Option<u32>,
+    /// An exact GPU model, e.g. `A100-80GB`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_model: Option<String>,
+    /// A GPU class (model family), e.g. `A100`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_gpu_memory_gib: Option<u64>,
+    /// Only nodes of this site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    /// Nodes of this site first, others if none fits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_site: Option<String>,
+    /// Data classification level 0-3; only nodes certified at or above it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_level: Option<u32>,
+    /// Go back to the queue when preempted (the default), or end failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeue_on_preempt: Option<bool>,
+}
+
+fn is_zero(n: &i32) -> bool {
+    *n == 0
 }
 
 impl JobFile {
@@ -221,6 +263,16 @@ impl JobFile {
             on_node_lost: NodeLostPolicy::default(),
             max_retries: None,
             env: BTreeMap::new(),
+            nodes: None,
+            priority: 0,
+            gpu_fraction: None,
+            gpu_model: None,
+            gpu_class: None,
+            min_gpu_memory_gib: None,
+            site: None,
+            preferred_site: None,
+            data_level: None,
+            requeue_on_preempt: None,
         }
     }
 
@@ -248,6 +300,19 @@ impl JobFile {
         }
         if self.gpus == 0 {
             return Err(JobFileError::ZeroGpus);
+        }
+        if self.nodes == Some(0) {
+            return Err(JobFileError::ZeroNodes);
+        }
+        match self.gpu_fraction {
+            Some(f) if f == 0 || f >= 1000 => return Err(JobFileError::BadFraction(f)),
+            Some(_) if self.gpus != 1 || self.nodes.unwrap_or(1) != 1 => {
+                return Err(JobFileError::FractionNeedsOneGpu)
+            }
+            _ => {}
+        }
+        if let Some(level) = self.data_level.filter(|l| *l > 3) {
+            return Err(JobFileError::BadDataLevel(level));
         }
         whole_seconds("walltime", self.walltime)?;
         whole_seconds("grace_period", self.grace_period)?;
@@ -280,6 +345,16 @@ impl JobFile {
             walltime_seconds: self.walltime.map_or(0, |d| d.as_secs()),
             grace_period_seconds: self.grace_period.map_or(0, |d| d.as_secs()),
             max_retries: self.max_retries.unwrap_or(0),
+            nodes: self.nodes.unwrap_or(1),
+            priority: self.priority,
+            gpu_fraction: self.gpu_fraction.unwrap_or(0),
+            gpu_model: self.gpu_model.clone().unwrap_or_default(),
+            gpu_class: self.gpu_class.clone().unwrap_or_default(),
+            min_gpu_memory_bytes: self.min_gpu_memory_gib.unwrap_or(0) << 30,
+            site: self.site.clone().unwrap_or_default(),
+            preferred_site: self.preferred_site.clone().unwrap_or_default(),
+            data_level: self.data_level.unwrap_or(0),
+            no_requeue_on_preempt: self.requeue_on_preempt == Some(false),
             ..JobSpec::default()
         };
         spec.set_class(self.class.into());
@@ -360,6 +435,14 @@ pub enum JobFileError {
     EmptyProgram,
     #[error("gpus must be at least 1")]
     ZeroGpus,
+    #[error("nodes must be at least 1")]
+    ZeroNodes,
+    #[error("gpu_fraction is {0}; use 1-999 thousandths of one GPU (leave it out for whole GPUs)")]
+    BadFraction(u32),
+    #[error("gpu_fraction needs gpus: 1 on one node; a fraction lives on a single GPU")]
+    FractionNeedsOneGpu,
+    #[error("data_level {0} does not exist; data classification levels are 0-3")]
+    BadDataLevel(u32),
     #[error("invalid job name {0:?}: use only letters, digits, '-', '_' and '.'")]
     InvalidName(String),
     #[error(
@@ -536,7 +619,34 @@ DEBUG = true
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect(),
+            ..JobFile::new(vec![], 0)
         }
+    }
+
+    #[test]
+    fn policy_keys_become_spec_fields() {
+        let file = parse(
+            "command: [x]\ngpus: 1\nnodes: 1\npriority: 3\ngpu_fraction: 250\ngpu_class: A100\n\
+             min_gpu_memory_gib: 40\nsite: hz\ndata_level: 2\nrequeue_on_preempt: false\n",
+            JobFileFormat::Yaml,
+        )
+        .unwrap();
+        let spec = file.to_spec().unwrap();
+        assert_eq!(
+            (spec.priority, spec.gpu_fraction, spec.gpu_class.as_str()),
+            (3, 250, "A100")
+        );
+        assert_eq!(spec.min_gpu_memory_bytes, 40 << 30);
+        assert_eq!((spec.site.as_str(), spec.data_level), ("hz", 2));
+        assert!(spec.no_requeue_on_preempt);
+        assert_eq!(
+            yaml_err("command: [x]\ngpus: 2\ngpu_fraction: 250\n"),
+            "gpu_fraction needs gpus: 1 on one node; a fraction lives on a single GPU"
+        );
+        assert_eq!(
+            yaml_err("command: [x]\ngpus: 1\ndata_level: 4\n"),
+            "data_level 4 does not exist; data classification levels are 0-3"
+        );
     }
 
     fn yaml_err(text: &str) -> String {
@@ -597,12 +707,12 @@ DEBUG = true
 
     #[test]
     fn unknown_field_is_named() {
-        let err = yaml_err("command: [a]\ngpus: 1\ngpu_model: A100\n");
-        assert!(err.contains("unknown field `gpu_model`"), "{err}");
+        let err = yaml_err("command: [a]\ngpus: 1\ngpu_modle: A100\n");
+        assert!(err.contains("unknown field `gpu_modle`"), "{err}");
         assert!(err.contains("line 3"), "{err}");
 
-        let err = toml_err("command = [\"a\"]\ngpus = 1\ngpu_model = \"A100\"\n");
-        assert!(err.contains("unknown field `gpu_model`"), "{err}");
+        let err = toml_err("command = [\"a\"]\ngpus = 1\ngpu_modle = \"A100\"\n");
+        assert!(err.contains("unknown field `gpu_modle`"), "{err}");
         assert!(err.contains("line 3 column 1"), "{err}");
         assert!(!err.contains('\n'), "one line: {err}");
     }

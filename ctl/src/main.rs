@@ -7,13 +7,15 @@ use clap::{
     builder::{PossibleValuesParser, TypedValueParser as _},
     Args, Parser, Subcommand, ValueEnum,
 };
-use edupool_proto::v1::{JobSpec, JobState, LogStream};
+use edupool_proto::v1::{JobSpec, JobState, LogStream, NodeLabels};
 use edupoolctl::{
     client::{self, ConnectOptions, DEFAULT_ENDPOINT},
     commands::{CommandError, Ctl, JobFilter, NodeAction},
     jobfile::{self, Class, JobFile, NodeLostPolicy},
     output::OutputFormat,
-    parse_job_state, JOB_STATE_NAMES,
+    parse_job_state,
+    policy::{parse_weight, Count},
+    JOB_STATE_NAMES,
 };
 
 /// The edupool command-line tool: submit and follow GPU jobs, and (for
@@ -138,7 +140,7 @@ enum JobCommand {
     #[command(after_help = "Examples:\n  \
         edupoolctl job submit -f train.yaml\n  \
         edupoolctl job submit --gpus 2 --class training --walltime 2h -- python3 train.py --epochs 3")]
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
     /// List jobs
     List {
         /// Only jobs in these states (comma-separated or repeated)
@@ -182,6 +184,12 @@ enum JobCommand {
     },
     /// Print each change of a job's state until it ends
     Watch {
+        /// The job's id
+        id: String,
+    },
+    /// Say why a job is where it is: for a pending job, the rule that holds
+    /// it back (guarantee, borrow limit, class cap, reservation, capacity)
+    Explain {
         /// The job's id
         id: String,
     },
@@ -237,6 +245,54 @@ struct SubmitArgs {
     /// The program and its arguments, after `--` [required without -f]
     #[arg(last = true, value_name = "COMMAND", required_unless_present = "file")]
     command: Vec<String>,
+
+    #[command(flatten)]
+    policy: PolicyArgs,
+}
+
+/// The job's policy fields (docs/policy.md).
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Placement")]
+struct PolicyArgs {
+    /// Run as a gang of N tasks of --gpus GPUs each, one per node, all in one site
+    #[arg(long, value_name = "N")]
+    nodes: Option<u32>,
+
+    /// Order among your own jobs of one class; higher first
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    priority: Option<i32>,
+
+    /// Thousandths of one GPU (1-999), for small work; needs --gpus 1
+    #[arg(long, value_name = "MILLI")]
+    gpu_fraction: Option<u32>,
+
+    /// Only GPUs of this exact model, e.g. A100-80GB
+    #[arg(long, value_name = "MODEL")]
+    gpu_model: Option<String>,
+
+    /// Only GPUs of this class (model family), e.g. A100
+    #[arg(long, value_name = "CLASS")]
+    gpu_class: Option<String>,
+
+    /// Only GPUs with at least this much memory, in GiB
+    #[arg(long, value_name = "GIB")]
+    min_gpu_memory_gib: Option<u64>,
+
+    /// Only nodes of this site
+    #[arg(long)]
+    site: Option<String>,
+
+    /// Nodes of this site first, others if none fits
+    #[arg(long, value_name = "SITE")]
+    preferred_site: Option<String>,
+
+    /// Data classification level 0-3; only nodes certified at or above it run the job
+    #[arg(long, value_name = "LEVEL")]
+    data_level: Option<u32>,
+
+    /// End the job failed if it is preempted, instead of requeueing it
+    #[arg(long)]
+    no_requeue_on_preempt: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +314,25 @@ enum NodeCommand {
         /// The node's name
         name: String,
     },
+    /// Set a node's labels (all of them: a label left out is cleared)
+    #[command(after_help = "Example:\n  \
+        edupoolctl node label gpu-07 --owner zju --site hangzhou --data-level 2")]
+    Label {
+        /// The node's name
+        name: String,
+        /// The member that contributed it; its healthy GPUs count towards that member's guarantee
+        #[arg(long, value_name = "TENANT")]
+        owner: Option<String>,
+        /// The node's site [default: default]
+        #[arg(long)]
+        site: Option<String>,
+        /// The highest data classification level (0-3) it is certified for
+        #[arg(long, value_name = "LEVEL", default_value_t = 0)]
+        data_level: u32,
+        /// Override the GPU class derived from the model (A100-80GB is class A100)
+        #[arg(long, value_name = "CLASS")]
+        gpu_class: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -269,6 +344,57 @@ enum TenantCommand {
     },
     /// List tenants and what they use
     List,
+    /// Show a tenant's guarantee, use, borrowing, lending, fair-share usage and queue
+    Show {
+        /// The tenant's name
+        name: String,
+    },
+    /// Set a tenant's quota for one GPU class
+    #[command(after_help = "Examples:\n  \
+        edupoolctl tenant set-quota zju --class A100 --guaranteed 16 --borrow-limit 8\n  \
+        edupoolctl tenant set-quota hdu --class A100 --guaranteed auto --borrow-limit unlimited")]
+    SetQuota {
+        /// The tenant's name
+        name: String,
+        /// The GPU class, e.g. A100
+        #[arg(long = "class", value_name = "CLASS")]
+        gpu_class: String,
+        /// Guaranteed GPUs, or `auto`: the healthy GPUs of the nodes it owns
+        #[arg(long, value_name = "N|auto", default_value = "auto",
+              value_parser = |s: &str| Count::parse(s, &["auto"]))]
+        guaranteed: Count,
+        /// GPUs it may borrow above the guarantee, or `unlimited`
+        #[arg(long, value_name = "N|unlimited", default_value = "unlimited",
+              value_parser = |s: &str| Count::parse(s, &["unlimited"]))]
+        borrow_limit: Count,
+    },
+    /// Set a tenant's fair-share weight and equity multiplier
+    SetShare {
+        /// The tenant's name
+        name: String,
+        /// Fair-share weight, e.g. 1.5 [default: unchanged]
+        #[arg(long, value_parser = parse_weight)]
+        weight: Option<u32>,
+        /// Multiplier on the weight for under-resourced members, e.g. 2 [default: unchanged]
+        #[arg(long, value_parser = parse_weight)]
+        equity: Option<u32>,
+    },
+    /// Cap how many GPUs of its guarantee one job class of a tenant may hold
+    SetCap {
+        /// The tenant's name
+        name: String,
+        /// The job class
+        #[arg(
+            long,
+            value_parser = PossibleValuesParser::new(Class::ALL.map(Class::name))
+                .try_map(|s| s.parse::<Class>())
+        )]
+        job_class: Class,
+        /// The cap in GPUs, or `none` to remove it
+        #[arg(long, value_name = "N|none",
+              value_parser = |s: &str| Count::parse(s, &["none"]))]
+        max_gpus: Count,
+    },
 }
 
 fn parse_env(text: &str) -> Result<(String, String), String> {
@@ -309,6 +435,19 @@ fn build_spec(args: SubmitArgs) -> anyhow::Result<JobSpec> {
         file.max_retries = Some(retries);
     }
     file.env.extend(args.env);
+    let p = args.policy;
+    file.nodes = p.nodes.or(file.nodes);
+    file.priority = p.priority.unwrap_or(file.priority);
+    file.gpu_fraction = p.gpu_fraction.or(file.gpu_fraction);
+    file.gpu_model = p.gpu_model.or(file.gpu_model);
+    file.gpu_class = p.gpu_class.or(file.gpu_class);
+    file.min_gpu_memory_gib = p.min_gpu_memory_gib.or(file.min_gpu_memory_gib);
+    file.site = p.site.or(file.site);
+    file.preferred_site = p.preferred_site.or(file.preferred_site);
+    file.data_level = p.data_level.or(file.data_level);
+    if p.no_requeue_on_preempt {
+        file.requeue_on_preempt = Some(false);
+    }
     Ok(file.to_spec()?)
 }
 
@@ -319,7 +458,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
     // A bad job file is reported before any connection is made.
     let spec = match &command {
-        Command::Job(JobCommand::Submit(args)) => Some(build_spec(args.clone())?),
+        Command::Job(JobCommand::Submit(args)) => Some(build_spec(args.as_ref().clone())?),
         _ => None,
     };
     let options = ConnectOptions {
@@ -426,6 +565,52 @@ async fn dispatch(
         Command::Cluster(ClusterCommand::Snapshot { out }) => {
             ctl.cluster_snapshot(out).await?;
         }
+        Command::Job(JobCommand::Explain { id }) => {
+            ctl.explain_job(id).await?;
+        }
+        Command::Node(NodeCommand::Label {
+            name,
+            owner,
+            site,
+            data_level,
+            gpu_class,
+        }) => {
+            let labels = NodeLabels {
+                owner: owner.clone().unwrap_or_default(),
+                site: site.clone().unwrap_or_default(),
+                data_level: *data_level,
+                gpu_class: gpu_class.clone().unwrap_or_default(),
+            };
+            ctl.label_node(name, labels).await?;
+        }
+        Command::Tenant(TenantCommand::Show { name }) => {
+            ctl.show_tenant(name).await?;
+        }
+        Command::Tenant(TenantCommand::SetQuota {
+            name,
+            gpu_class,
+            guaranteed,
+            borrow_limit,
+        }) => {
+            ctl.set_quota(name, gpu_class, *guaranteed, *borrow_limit)
+                .await?;
+        }
+        Command::Tenant(TenantCommand::SetShare {
+            name,
+            weight,
+            equity,
+        }) => {
+            ctl.set_share(name, weight.unwrap_or(0), equity.unwrap_or(0))
+                .await?;
+        }
+        Command::Tenant(TenantCommand::SetCap {
+            name,
+            job_class,
+            max_gpus,
+        }) => {
+            ctl.set_class_cap(name, (*job_class).into(), *max_gpus)
+                .await?;
+        }
     }
     Ok(())
 }
@@ -496,7 +681,7 @@ mod tests {
         let Command::Job(JobCommand::Submit(submit)) = cli.command else {
             panic!("not a submit")
         };
-        build_spec(submit)
+        build_spec(*submit)
     }
 
     #[test]

@@ -69,6 +69,19 @@ pub struct JobView {
     pub submitted_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Tasks of a gang (one per node); 1 for a single-node job.
+    #[serde(default)]
+    pub nodes: u32,
+    /// Thousandths of one GPU; `null`: whole GPUs.
+    #[serde(default)]
+    pub gpu_fraction: Option<u32>,
+    #[serde(default)]
+    pub priority: i32,
+    /// own | guaranteed | borrowed | idle; `null` until placed.
+    #[serde(default)]
+    pub capacity: Option<String>,
+    #[serde(default)]
+    pub preemptions: u32,
 }
 
 impl From<&Job> for JobView {
@@ -95,6 +108,11 @@ impl From<&Job> for JobView {
             submitted_at: timestamp(job.submitted_at_ms),
             started_at: timestamp(job.started_at_ms),
             finished_at: timestamp(job.finished_at_ms),
+            nodes: spec.nodes.max(1),
+            gpu_fraction: non_zero(u64::from(spec.gpu_fraction)).map(|f| f as u32),
+            priority: spec.priority,
+            capacity: non_empty(&job.capacity),
+            preemptions: job.preemptions,
         }
     }
 }
@@ -355,6 +373,12 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
             },
         ),
         ("attempt", job.attempt.to_string()),
+    ]);
+    let terms = placement_terms(job, &spec);
+    if terms != "-" {
+        fields.push(("placement", terms));
+    }
+    fields.extend([
         ("submitted", when(job.submitted_at_ms)),
         ("started", when(job.started_at_ms)),
         ("finished", when(job.finished_at_ms)),
@@ -366,6 +390,47 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
         let _ = writeln!(out, "{key:<width$} {}", one_line(&value));
     }
     out
+}
+
+/// The policy side of a job in one line: shape, constraints and terms.
+fn placement_terms(job: &Job, spec: &edupool_proto::v1::JobSpec) -> String {
+    let mut parts = vec![];
+    if spec.nodes > 1 {
+        parts.push(format!("{} nodes x {} GPUs", spec.nodes, spec.gpus));
+    }
+    if spec.gpu_fraction > 0 {
+        parts.push(format!("{}/1000 of a GPU", spec.gpu_fraction));
+    }
+    if spec.priority != 0 {
+        parts.push(format!("priority {}", spec.priority));
+    }
+    for (what, value) in [
+        ("model", &spec.gpu_model),
+        ("class", &spec.gpu_class),
+        ("site", &spec.site),
+        ("preferred site", &spec.preferred_site),
+    ] {
+        if !value.is_empty() {
+            parts.push(format!("{what} {value}"));
+        }
+    }
+    if spec.min_gpu_memory_bytes > 0 {
+        parts.push(format!("at least {} GiB", spec.min_gpu_memory_bytes >> 30));
+    }
+    if spec.data_level > 0 {
+        parts.push(format!("data level {}", spec.data_level));
+    }
+    if !job.capacity.is_empty() {
+        parts.push(format!("{} capacity", job.capacity));
+    }
+    if job.preemptions > 0 {
+        parts.push(format!("preempted {} times", job.preemptions));
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// `job watch`: one line per event, `<state> node=<node> [exit=N] [reason: ...]`.
@@ -550,7 +615,7 @@ fn dash(text: &str) -> String {
     }
 }
 
-fn non_empty(text: &str) -> Option<String> {
+pub fn non_empty(text: &str) -> Option<String> {
     (!text.is_empty()).then(|| text.to_owned())
 }
 
@@ -741,6 +806,7 @@ finished:     -
             memory_bytes: 80 << 30,
             healthy,
             assigned_job: job.into(),
+            peers: vec![],
         };
         let mut node = Node {
             name: "gpu-01".into(),

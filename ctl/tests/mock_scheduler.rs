@@ -11,6 +11,7 @@ use std::{
 };
 
 use edupool_proto::v1::{
+    self as pb,
     admin_service_server::{AdminService, AdminServiceServer},
     job_service_server::{JobService, JobServiceServer},
     CancelJobRequest, CancelJobResponse, CreateTenantRequest, CreateTenantResponse,
@@ -180,6 +181,13 @@ impl JobService for Mock {
             complete: to == LOG.len(),
         }))
     }
+
+    async fn explain_job(
+        &self,
+        _: Request<pb::ExplainJobRequest>,
+    ) -> Result<Response<pb::ExplainJobResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 #[tonic::async_trait]
@@ -225,6 +233,41 @@ impl AdminService for Mock {
     }
 
     async fn drain_node(&self, _: Request<NodeRequest>) -> Result<Response<NodeResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn label_node(
+        &self,
+        _: Request<pb::LabelNodeRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn set_tenant_quota(
+        &self,
+        _: Request<pb::SetTenantQuotaRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn set_tenant_share(
+        &self,
+        _: Request<pb::SetTenantShareRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn set_class_cap(
+        &self,
+        _: Request<pb::SetClassCapRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn get_tenant(
+        &self,
+        _: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
 }
@@ -438,7 +481,7 @@ async fn binary_prints_results_and_one_line_errors() {
     // A bad job file is reported before connecting, naming the file.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("job.yaml");
-    std::fs::write(&file, "command: [a]\ngpus: 1\ngpu_model: A100\n").unwrap();
+    std::fs::write(&file, "command: [a]\ngpus: 1\ngpu_modle: A100\n").unwrap();
     let out = edupoolctl(&[
         "--endpoint",
         &dead,
@@ -452,7 +495,7 @@ async fn binary_prints_results_and_one_line_errors() {
     let err = stderr(&out);
     assert!(
         err.starts_with(&format!(
-            "error: job file {}: unknown field `gpu_model`",
+            "error: job file {}: unknown field `gpu_modle`",
             file.display()
         )),
         "{err}"

@@ -29,6 +29,8 @@ pub struct ControlConfig {
     pub node_lost_timeout: Duration,
     /// A session silent this long is treated as gone.
     pub session_timeout: Duration,
+    /// The planner's per-round budgets.
+    pub policy: planner::Policy,
 }
 
 pub fn now_millis() -> Millis {
@@ -38,26 +40,43 @@ pub fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
-/// The order that starts a placed job on its node.
-pub fn start_message(s: &State, id: JobId) -> Option<pb::SchedulerMessage> {
+/// The order that starts a placed job's task on `node`. A gang's tasks
+/// learn their place in it from the task fields and environment.
+pub fn start_message(s: &State, id: JobId, node: &str) -> Option<pb::SchedulerMessage> {
     let j = s.job(id).filter(|j| j.state == JobState::Assigned)?;
+    let index = j.tasks.iter().position(|t| t.node == node)?;
+    let task = &j.tasks[index];
+    if task.started || task.finished {
+        return None;
+    }
+    let nodes: Vec<String> = j.nodes().map(String::from).collect();
+    let mut env = j.spec.env.clone();
+    env.insert("EDUPOOL_TASK_INDEX".into(), index.to_string());
+    env.insert("EDUPOOL_TASK_COUNT".into(), nodes.len().to_string());
+    env.insert("EDUPOOL_TASK_NODES".into(), nodes.join(","));
     Some(pb::SchedulerMessage {
         msg: Some(Down::Start(pb::StartJob {
             job_id: id.to_string(),
             tenant: j.tenant.clone(),
             command: j.spec.command.clone(),
-            env: j.spec.env.clone().into_iter().collect(),
-            gpu_uuids: j.gpus.clone(),
+            env: env.into_iter().collect(),
+            gpu_uuids: task.gpus.clone(),
             walltime_seconds: j.spec.walltime_secs,
             grace_period_seconds: j.spec.grace_period_secs,
             attempt: j.attempt,
+            task_index: index as u32,
+            task_count: nodes.len() as u32,
+            task_nodes: nodes,
         })),
     })
 }
 
-/// The order that stops a job being cancelled.
+/// The order that stops a job being cancelled or preempted, or the rest
+/// of a gang one of whose tasks failed.
 pub fn stop_message(s: &State, id: JobId) -> Option<pb::SchedulerMessage> {
-    let j = s.job(id).filter(|j| j.state == JobState::Cancelling)?;
+    let j = s.job(id).filter(|j| {
+        matches!(j.state, JobState::Cancelling | JobState::Preempting) || j.ending.is_some()
+    })?;
     Some(pb::SchedulerMessage {
         msg: Some(Down::Stop(pb::StopJob {
             job_id: id.to_string(),
@@ -122,7 +141,7 @@ async fn lead(
             },
             _ = plan_tick.tick() => {
                 if replan {
-                    replan = plan_round(replica).await;
+                    replan = plan_round(replica, &config.policy).await;
                 }
             }
             _ = liveness_tick.tick() => {
@@ -140,7 +159,7 @@ fn deliver(replica: &Replica, sessions: &Sessions, effects: &[Effect]) -> bool {
     for e in effects {
         match e {
             Effect::StartJob { node, job } => {
-                if let Some(m) = replica.read(|s| start_message(s, *job)) {
+                if let Some(m) = replica.read(|s| start_message(s, *job, node)) {
                     sessions.send(node, m);
                 }
             }
@@ -177,22 +196,20 @@ fn deliver(replica: &Replica, sessions: &Sessions, effects: &[Effect]) -> bool {
     replan
 }
 
-/// One planning round; true if another round may place more.
-async fn plan_round(replica: &Replica) -> bool {
+/// One planning round; true if another round may place more. Preempted
+/// jobs free their GPUs only after their grace period, so a round that
+/// preempted is followed by more rounds as they exit.
+async fn plan_round(replica: &Replica, policy: &planner::Policy) -> bool {
+    let now = now_millis();
     let timer = crate::metrics::edge().planner_round.start_timer();
-    let decisions = replica.read(planner::plan);
+    let decisions = replica.read(|s| planner::plan(s, now, policy));
     timer.observe_duration();
-    let full = decisions.len() == planner::MAX_DECISIONS_PER_ROUND;
+    let full = decisions.len() >= policy.max_decisions;
     for d in decisions {
-        let cmd = Command::PlaceJob {
-            job: d.job,
-            node: d.node,
-            gpus: d.gpus,
-        };
-        if let Err(e) = replica.propose(cmd).await {
+        if let Err(e) = replica.propose(d.into_command()).await {
             // A stale decision (the job was cancelled meanwhile) is
             // rejected by the state machine; the next round re-plans.
-            tracing::debug!("placement not applied: {e}");
+            tracing::debug!("planner decision not applied: {e}");
         }
     }
     full

@@ -250,6 +250,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
             plan_interval: Duration::from_millis(100),
             node_lost_timeout: config.node_lost_timeout,
             session_timeout: config.heartbeat_interval * 3,
+            policy: Default::default(),
         },
         stop.clone(),
     ));

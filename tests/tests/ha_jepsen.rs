@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use edupool_scheduler::raft::replay_data_dir;
-use edupool_scheduler::state::{JobState, State};
+use edupool_scheduler::state::{State, WHOLE_GPU};
 use edupool_tests::cluster::Cluster;
 use edupool_tests::load::{run_client, History};
 use edupool_tests::{eventually, ADMIN_TOKEN};
@@ -44,30 +44,30 @@ fn during_fault() {
     std::thread::sleep(FAULT);
 }
 
-fn holding(state: JobState) -> bool {
-    matches!(
-        state,
-        JobState::Assigned | JobState::Running | JobState::Cancelling
-    )
-}
-
-/// No GPU held by two jobs, and node and job records agree.
+/// No GPU over-committed (whole GPUs held by one job, fractions summing to
+/// at most one GPU), and node and job records agree.
 fn check_gpus(index: u64, s: &State) -> Result<()> {
-    let mut holder: BTreeMap<&str, u64> = BTreeMap::new();
-    for j in s.jobs().filter(|j| holding(j.state)) {
-        for g in &j.gpus {
-            if let Some(other) = holder.insert(g, j.id.0) {
+    let mut used: BTreeMap<&str, (u32, Vec<u64>)> = BTreeMap::new();
+    for j in s.jobs().filter(|j| j.state.is_placed()) {
+        for g in j.gpu_uuids() {
+            let e = used.entry(g).or_default();
+            e.0 += j.spec.milli_per_gpu();
+            e.1.push(j.id.0);
+            if e.0 > WHOLE_GPU {
                 bail!(
-                    "at log index {index}: GPU {g} held by jobs {other} and {}",
-                    j.id.0
+                    "at log index {index}: GPU {g} over-committed by jobs {:?}",
+                    e.1
                 );
             }
         }
     }
     for n in s.nodes() {
         for g in &n.gpus {
-            if let Some(job) = g.assigned {
-                if holder.get(g.info.uuid.as_str()) != Some(&job.0) {
+            for job in g.holders.keys() {
+                let held = used
+                    .get(g.info.uuid.as_str())
+                    .is_some_and(|(_, jobs)| jobs.contains(&job.0));
+                if !held {
                     bail!(
                         "at log index {index}: GPU {} says job {} but that job does not hold it",
                         g.info.uuid,

@@ -5,7 +5,9 @@ use edupool_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, truncate, valid_tenant_name};
-use super::{new_token, status, token_hash, Auth};
+use super::{new_token, status, token_hash, Auth, Caller};
+use crate::control::now_millis;
+use crate::planner::accounting;
 use crate::raft::Replica;
 use crate::sessions::Sessions;
 use crate::state::{Command, JobState, State};
@@ -140,6 +142,95 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::NodeResponse>, Status> {
         self.set_schedulable(req, |_, _| (true, true)).await
     }
+
+    async fn label_node(
+        &self,
+        req: Request<pb::LabelNodeRequest>,
+    ) -> Result<Response<pb::NodeResponse>, Status> {
+        self.auth.caller(&req)?.require_admin()?;
+        let r = req.into_inner();
+        let labels = convert::node_labels(r.labels).map_err(invalid)?;
+        self.replica
+            .propose(Command::LabelNode {
+                node: r.name.clone(),
+                labels,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::NodeResponse {
+            node: Some(self.node_reply(&r.name)?),
+        }))
+    }
+
+    async fn set_tenant_quota(
+        &self,
+        req: Request<pb::SetTenantQuotaRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        self.auth.caller(&req)?.require_admin()?;
+        let r = req.into_inner();
+        let (gpu_class, quota) = convert::quota(r.quota).map_err(invalid)?;
+        let cmd = Command::SetTenantQuota {
+            tenant: r.tenant.clone(),
+            gpu_class,
+            quota,
+        };
+        self.change_tenant(r.tenant, cmd).await
+    }
+
+    async fn set_tenant_share(
+        &self,
+        req: Request<pb::SetTenantShareRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        self.auth.caller(&req)?.require_admin()?;
+        let r = req.into_inner();
+        let current = self
+            .replica
+            .read(|s| s.tenant(&r.tenant).map(|t| t.policy.clone()))
+            .ok_or_else(|| {
+                Status::not_found(format!("tenant '{}' does not exist", truncate(&r.tenant)))
+            })?;
+        let cmd = Command::SetTenantShare {
+            tenant: r.tenant.clone(),
+            weight_milli: convert::weight("weight", r.weight_milli, current.weight_milli)
+                .map_err(invalid)?,
+            equity_milli: convert::weight("equity", r.equity_milli, current.equity_milli)
+                .map_err(invalid)?,
+        };
+        self.change_tenant(r.tenant, cmd).await
+    }
+
+    async fn set_class_cap(
+        &self,
+        req: Request<pb::SetClassCapRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        self.auth.caller(&req)?.require_admin()?;
+        let r = req.into_inner();
+        let cmd = Command::SetClassCap {
+            tenant: r.tenant.clone(),
+            job_class: convert::parse_job_class(r.job_class).map_err(invalid)?,
+            max_gpus: convert::cap(r.max_gpus).map_err(invalid)?,
+        };
+        self.change_tenant(r.tenant, cmd).await
+    }
+
+    /// Admins see every tenant; a tenant sees itself.
+    async fn get_tenant(
+        &self,
+        req: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        let name = req.into_inner().name;
+        match &caller {
+            Caller::Admin => {}
+            Caller::Tenant(t) if *t == name => {}
+            _ => {
+                return Err(Status::permission_denied(
+                    "only an admin or the tenant itself may read a tenant's policy",
+                ))
+            }
+        }
+        self.tenant_reply(&name)
+    }
 }
 
 fn tenant_view(s: &State, name: &str) -> Option<pb::Tenant> {
@@ -160,4 +251,38 @@ fn tenant_view(s: &State, name: &str) -> Option<pb::Tenant> {
         }
     }
     Some(view)
+}
+
+impl Admin {
+    /// Proposes a tenant policy change and replies with the tenant's view.
+    async fn change_tenant(
+        &self,
+        tenant: String,
+        cmd: Command,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        self.replica.propose(cmd).await.map_err(status)?;
+        self.tenant_reply(&tenant)
+    }
+
+    fn tenant_reply(&self, name: &str) -> Result<Response<pb::GetTenantResponse>, Status> {
+        let now = now_millis();
+        let report = self
+            .replica
+            .read(|s| {
+                s.tenant(name)?;
+                accounting::tenant_reports(s, now)
+                    .into_iter()
+                    .find(|r| r.name == name)
+            })
+            .ok_or_else(|| {
+                Status::not_found(format!("tenant '{}' does not exist", truncate(name)))
+            })?;
+        Ok(Response::new(pb::GetTenantResponse {
+            tenant: Some(convert::tenant_view(&report)),
+        }))
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(e.to_string())
 }

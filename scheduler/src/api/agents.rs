@@ -128,18 +128,24 @@ impl Agents {
         for (id, report) in &held {
             self.on_report(node, *id, report.clone()).await;
         }
-        let placed: Vec<(JobId, JobState)> = self
-            .replica
-            .read(|s| s.jobs_on(node).map(|j| (j.id, j.state)).collect());
-        for (id, state) in placed {
+        // (job, state, whether its task here started, whether it is stopping)
+        let placed: Vec<(JobId, JobState, bool, bool)> = self.replica.read(|s| {
+            s.jobs_on(node)
+                .map(|j| {
+                    let started = j.tasks.iter().any(|t| t.node == node && t.started);
+                    (j.id, j.state, started, j.ending.is_some())
+                })
+                .collect()
+        });
+        for (id, state, started, stopping) in placed {
             let report = held.get(&id);
             match (state, report) {
-                (JobState::Assigned, None) => {
-                    if let Some(m) = self.replica.read(|s| start_message(s, id)) {
+                (JobState::Assigned, None) if !started => {
+                    if let Some(m) = self.replica.read(|s| start_message(s, id, node)) {
                         self.sessions.send(node, m);
                     }
                 }
-                (JobState::Running | JobState::Cancelling, None) => {
+                (_, None) => {
                     self.propose(Command::JobVanished {
                         node: node.to_string(),
                         job: id,
@@ -147,7 +153,12 @@ impl Agents {
                     })
                     .await;
                 }
-                (JobState::Cancelling, Some(r)) if r.running => {
+                (JobState::Cancelling | JobState::Preempting, Some(r)) if r.running => {
+                    if let Some(m) = self.replica.read(|s| stop_message(s, id)) {
+                        self.sessions.send(node, m);
+                    }
+                }
+                (_, Some(r)) if r.running && stopping => {
                     if let Some(m) = self.replica.read(|s| stop_message(s, id)) {
                         self.sessions.send(node, m);
                     }
@@ -197,7 +208,7 @@ impl Agents {
     async fn on_report(&self, node: &str, id: JobId, r: pb::JobReport) {
         let placed_here = self.replica.read(|s| {
             s.job(id)
-                .is_some_and(|j| j.state.is_placed() && j.node.as_deref() == Some(node))
+                .is_some_and(|j| j.state.is_placed() && j.runs_on(node))
         });
         if r.running {
             if placed_here {

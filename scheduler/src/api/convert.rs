@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 use edupool_proto::v1 as pb;
 use thiserror::Error;
 
+use crate::planner::accounting::TenantReport;
 use crate::state::{
-    GpuInfo, Job, JobClass, JobSpec, JobState, Millis, Node, NodeStatus, OnNodeLost,
+    Constraints, GpuInfo, Job, JobClass, JobSpec, JobState, Millis, Node, NodeLabels, NodeStatus,
+    OnNodeLost, Quota, WHOLE_GPU,
 };
 
 /// Bounds on what a job spec may hold, and the pool's defaults.
@@ -77,11 +79,107 @@ pub enum SpecError {
     NulInEnv(String),
     #[error("the environment has {count} variables ({bytes} bytes); at most {MAX_ENV_VARS} variables and {MAX_ENV_BYTES} bytes are allowed")]
     EnvTooLarge { count: usize, bytes: usize },
+    #[error("gpu_fraction is {0} thousandths; use 1-999 (a part of one GPU), or 0 for whole GPUs")]
+    BadFraction(u32),
+    #[error(
+        "gpu_fraction needs gpus = 1 (a fraction lives on one GPU); the job asks for {0} GPUs"
+    )]
+    FractionWithManyGpus(u32),
+    #[error("gpu_fraction cannot be combined with nodes = {0}; a fractional job runs on one node")]
+    FractionWithGang(u32),
+    #[error("data_level {0} does not exist; data classification levels are 0-3")]
+    BadDataLevel(u32),
+    #[error("a job may span at most {max} nodes; it asked for {requested}")]
+    TooManyNodes { requested: u32, max: u32 },
+    #[error("a job may ask for at most {max} GPUs in all; {nodes} nodes x {gpus} GPUs is {total}")]
+    TooManyGpusInAll {
+        nodes: u32,
+        gpus: u32,
+        total: u64,
+        max: u32,
+    },
+    #[error(
+        "invalid {field} '{value}': use at most {MAX_NAME_LEN} letters, digits, '-', '_' or '.'"
+    )]
+    BadLabel { field: &'static str, value: String },
+    #[error("site and preferred_site are both set and differ ('{site}' vs '{preferred}'); a required site leaves no choice")]
+    ConflictingSites { site: String, preferred: String },
+}
+
+/// The most nodes one gang may span.
+pub const MAX_NODES: u32 = 256;
+
+/// An optional name-like field: empty means unset.
+fn label(field: &'static str, value: String) -> Result<Option<String>, SpecError> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if !valid_name(&value) {
+        return Err(SpecError::BadLabel {
+            field,
+            value: truncate(&value),
+        });
+    }
+    Ok(Some(value))
+}
+
+/// Checks the policy fields of a spec: gang size, fraction and constraints.
+fn policy_fields(
+    spec: &mut pb::JobSpec,
+    limits: &JobLimits,
+) -> Result<(u32, Constraints), SpecError> {
+    let nodes = spec.nodes.max(1);
+    if nodes > MAX_NODES {
+        return Err(SpecError::TooManyNodes {
+            requested: nodes,
+            max: MAX_NODES,
+        });
+    }
+    let total = u64::from(nodes) * u64::from(spec.gpus);
+    if total > u64::from(limits.max_gpus) {
+        return Err(SpecError::TooManyGpusInAll {
+            nodes,
+            gpus: spec.gpus,
+            total,
+            max: limits.max_gpus,
+        });
+    }
+    match spec.gpu_fraction {
+        0 => {}
+        f if f >= 1000 => return Err(SpecError::BadFraction(f)),
+        _ if spec.gpus != 1 => return Err(SpecError::FractionWithManyGpus(spec.gpus)),
+        _ if nodes != 1 => return Err(SpecError::FractionWithGang(nodes)),
+        _ => {}
+    }
+    if spec.data_level > 3 {
+        return Err(SpecError::BadDataLevel(spec.data_level));
+    }
+    let site = label("site", std::mem::take(&mut spec.site))?;
+    let preferred_site = label("preferred_site", std::mem::take(&mut spec.preferred_site))?;
+    if let (Some(s), Some(p)) = (&site, &preferred_site) {
+        if s != p {
+            return Err(SpecError::ConflictingSites {
+                site: s.clone(),
+                preferred: p.clone(),
+            });
+        }
+    }
+    Ok((
+        nodes,
+        Constraints {
+            gpu_model: label("gpu_model", std::mem::take(&mut spec.gpu_model))?,
+            gpu_class: label("gpu_class", std::mem::take(&mut spec.gpu_class))?,
+            min_gpu_memory_bytes: spec.min_gpu_memory_bytes,
+            site,
+            preferred_site,
+            data_level: spec.data_level as u8,
+        },
+    ))
 }
 
 /// Checks a submitted spec and fills in the pool's defaults.
 pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec, SpecError> {
-    let spec = spec.ok_or(SpecError::Missing)?;
+    let mut spec = spec.ok_or(SpecError::Missing)?;
     check_command(&spec.command)?;
     if spec.gpus == 0 {
         return Err(SpecError::ZeroGpus);
@@ -95,6 +193,7 @@ pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec
     if !spec.name.is_empty() && !valid_name(&spec.name) {
         return Err(SpecError::BadName(truncate(&spec.name)));
     }
+    let (nodes, constraints) = policy_fields(&mut spec, limits)?;
     let env = check_env(spec.env)?;
     let class = match pb::JobClass::try_from(spec.class) {
         Ok(pb::JobClass::Unspecified | pb::JobClass::Batch) => JobClass::Batch,
@@ -131,11 +230,16 @@ pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec
         command: spec.command,
         env,
         gpus: spec.gpus,
+        nodes,
         class,
         walltime_secs,
         grace_period_secs,
         on_node_lost,
         max_retries,
+        priority: spec.priority,
+        gpu_fraction: spec.gpu_fraction,
+        constraints,
+        requeue_on_preempt: !spec.no_requeue_on_preempt,
     })
 }
 
@@ -231,8 +335,18 @@ pub fn job(j: &Job) -> pb::Job {
         tenant: j.tenant.clone(),
         spec: Some(spec(&j.spec)),
         state: job_state(j.state) as i32,
-        node: j.node.clone().unwrap_or_default(),
-        gpu_uuids: j.gpus.clone(),
+        // A requeued job keeps its last run's tasks (for its logs), but it
+        // holds no node or GPU while it waits.
+        node: if j.state == JobState::Pending {
+            String::new()
+        } else {
+            j.nodes().collect::<Vec<_>>().join(",")
+        },
+        gpu_uuids: if j.state == JobState::Pending {
+            vec![]
+        } else {
+            j.gpu_uuids().map(String::from).collect()
+        },
         exit_code: j.exit_code.unwrap_or(0),
         has_exit_code: j.exit_code.is_some(),
         reason: j.reason.clone(),
@@ -240,6 +354,25 @@ pub fn job(j: &Job) -> pb::Job {
         started_at_ms: j.started_at.unwrap_or(0),
         finished_at_ms: j.finished_at.unwrap_or(0),
         attempt: j.attempt,
+        tasks: j
+            .tasks
+            .iter()
+            .map(|t| pb::JobTask {
+                node: t.node.clone(),
+                gpu_uuids: t.gpus.clone(),
+                lender: t.lender.clone().unwrap_or_default(),
+                started: t.started,
+                finished: t.finished,
+            })
+            .collect(),
+        capacity: if j.placed_at.is_some() {
+            j.capacity.name().to_string()
+        } else {
+            String::new()
+        },
+        preemptions: j.preemptions,
+        placed_at_ms: j.placed_at.unwrap_or(0),
+        reclaimed: j.reclaimed,
     }
 }
 
@@ -257,6 +390,16 @@ pub fn spec(s: &JobSpec) -> pb::JobSpec {
             OnNodeLost::Fail => pb::OnNodeLost::Fail,
         } as i32,
         max_retries: s.max_retries,
+        nodes: s.nodes,
+        priority: s.priority,
+        gpu_fraction: s.gpu_fraction,
+        gpu_model: s.constraints.gpu_model.clone().unwrap_or_default(),
+        gpu_class: s.constraints.gpu_class.clone().unwrap_or_default(),
+        min_gpu_memory_bytes: s.constraints.min_gpu_memory_bytes,
+        site: s.constraints.site.clone().unwrap_or_default(),
+        preferred_site: s.constraints.preferred_site.clone().unwrap_or_default(),
+        data_level: u32::from(s.constraints.data_level),
+        no_requeue_on_preempt: !s.requeue_on_preempt,
     }
 }
 
@@ -274,7 +417,7 @@ pub fn job_state(s: JobState) -> pb::JobState {
         JobState::Pending => pb::JobState::Pending,
         JobState::Assigned => pb::JobState::Assigned,
         JobState::Running => pb::JobState::Running,
-        JobState::Cancelling => pb::JobState::Cancelling,
+        JobState::Cancelling | JobState::Preempting => pb::JobState::Cancelling,
         JobState::Succeeded => pb::JobState::Succeeded,
         JobState::Failed => pb::JobState::Failed,
         JobState::Cancelled => pb::JobState::Cancelled,
@@ -315,12 +458,160 @@ pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
                 model: g.info.model.clone(),
                 memory_bytes: g.info.memory_bytes,
                 healthy: g.info.healthy,
-                assigned_job: g.assigned.map(|j| j.to_string()).unwrap_or_default(),
+                assigned_job: g
+                    .holders
+                    .keys()
+                    .map(|j| j.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                peers: g.info.peers.clone(),
             })
             .collect(),
         running_jobs,
         last_seen_ms,
         agent_version: n.agent_version.clone(),
+        labels: Some(pb::NodeLabels {
+            owner: n.labels.owner.clone().unwrap_or_default(),
+            site: n.labels.site.clone().unwrap_or_default(),
+            data_level: u32::from(n.labels.data_level),
+            gpu_class: n.labels.gpu_class.clone().unwrap_or_default(),
+        }),
+    }
+}
+
+/// Checks node labels an admin sets.
+pub fn node_labels(l: Option<pb::NodeLabels>) -> Result<NodeLabels, SpecError> {
+    let l = l.unwrap_or_default();
+    if l.data_level > 3 {
+        return Err(SpecError::BadDataLevel(l.data_level));
+    }
+    Ok(NodeLabels {
+        owner: label("owner", l.owner)?,
+        site: label("site", l.site)?,
+        data_level: l.data_level as u8,
+        gpu_class: label("gpu_class", l.gpu_class)?,
+    })
+}
+
+/// Why a policy setting was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("{field} is {value}; use a number of GPUs from 0 up, or -1 for {default}")]
+    Negative {
+        field: &'static str,
+        value: i64,
+        default: &'static str,
+    },
+    #[error("{field} of {value} GPUs is more than the {max} any pool can hold")]
+    TooLarge {
+        field: &'static str,
+        value: i64,
+        max: i64,
+    },
+    #[error("the quota needs a GPU class, e.g. A100")]
+    MissingClass,
+    #[error("invalid GPU class '{0}': use letters, digits, '-', '_' or '.'")]
+    BadClass(String),
+    #[error("the {field} must be from 1 to 1000000 thousandths (0.001-1000.0); it was {value}")]
+    BadWeight { field: &'static str, value: u32 },
+    #[error("unknown job class {0}; use inference, training, batch or scavenger")]
+    UnknownJobClass(i32),
+}
+
+const MAX_POLICY_GPUS: i64 = 1 << 24;
+
+fn gpu_count(
+    field: &'static str,
+    v: i64,
+    default: &'static str,
+) -> Result<Option<u32>, PolicyError> {
+    match v {
+        -1 => Ok(None),
+        v if v < 0 => Err(PolicyError::Negative {
+            field,
+            value: v,
+            default,
+        }),
+        v if v > MAX_POLICY_GPUS => Err(PolicyError::TooLarge {
+            field,
+            value: v,
+            max: MAX_POLICY_GPUS,
+        }),
+        v => Ok(Some(v as u32)),
+    }
+}
+
+/// A quota from the wire: (GPU class, quota).
+pub fn quota(q: Option<pb::Quota>) -> Result<(String, Quota), PolicyError> {
+    let q = q.ok_or(PolicyError::MissingClass)?;
+    if q.gpu_class.is_empty() {
+        return Err(PolicyError::MissingClass);
+    }
+    if !valid_name(&q.gpu_class) {
+        return Err(PolicyError::BadClass(truncate(&q.gpu_class)));
+    }
+    Ok((
+        q.gpu_class,
+        Quota {
+            guaranteed: gpu_count("guaranteed", q.guaranteed, "the GPUs of the nodes it owns")?,
+            borrow_limit: gpu_count("borrow_limit", q.borrow_limit, "unlimited")?,
+        },
+    ))
+}
+
+/// A share weight in thousandths; 0 keeps `current`.
+pub fn weight(field: &'static str, v: u32, current: u32) -> Result<u32, PolicyError> {
+    match v {
+        0 => Ok(current),
+        v if v > 1_000_000 => Err(PolicyError::BadWeight { field, value: v }),
+        v => Ok(v),
+    }
+}
+
+pub fn parse_job_class(v: i32) -> Result<JobClass, PolicyError> {
+    match pb::JobClass::try_from(v) {
+        Ok(pb::JobClass::Inference) => Ok(JobClass::Inference),
+        Ok(pb::JobClass::Training) => Ok(JobClass::Training),
+        Ok(pb::JobClass::Batch | pb::JobClass::Unspecified) => Ok(JobClass::Batch),
+        Ok(pb::JobClass::Scavenger) => Ok(JobClass::Scavenger),
+        Err(_) => Err(PolicyError::UnknownJobClass(v)),
+    }
+}
+
+pub fn cap(v: i64) -> Result<Option<u32>, PolicyError> {
+    gpu_count("max_gpus", v, "no cap")
+}
+
+/// A tenant's policy and capacity for `tenant show`.
+pub fn tenant_view(r: &TenantReport) -> pb::TenantPolicyView {
+    let gpus = |m: u64| m as f64 / f64::from(WHOLE_GPU);
+    pb::TenantPolicyView {
+        name: r.name.clone(),
+        classes: r
+            .classes
+            .iter()
+            .map(|c| pb::TenantClassView {
+                gpu_class: c.gpu_class.clone(),
+                guaranteed: gpus(c.guaranteed),
+                in_use: gpus(c.in_use),
+                borrowed: gpus(c.borrowed),
+                lent: gpus(c.lent),
+                guarantee_override: c.quota.guaranteed.map_or(-1, i64::from),
+                borrow_limit: c.quota.borrow_limit.map_or(-1, i64::from),
+            })
+            .collect(),
+        weight_milli: r.weight_milli,
+        equity_milli: r.equity_milli,
+        usage_gpu_seconds: r.usage_gpu_seconds,
+        usage_share: r.usage_share,
+        pending_jobs: r.pending_jobs,
+        running_jobs: r.running_jobs,
+        class_caps: r
+            .class_caps
+            .iter()
+            .map(|(c, n)| (c.name().to_string(), *n))
+            .collect(),
+        queue: r.queue.iter().map(|j| j.to_string()).collect(),
     }
 }
 
@@ -359,6 +650,7 @@ pub fn inventory(node_name: &str, gpus: Vec<pb::Gpu>) -> Result<Vec<GpuInfo>, In
                 model: truncate(&g.model),
                 memory_bytes: g.memory_bytes,
                 healthy: g.healthy,
+                peers: g.peers.into_iter().filter(|p| *p < 64).collect(),
             })
         })
         .collect()
@@ -380,6 +672,102 @@ mod tests {
         let mut s = base();
         f(&mut s);
         job_spec(Some(s), &JobLimits::default())
+    }
+
+    #[test]
+    fn policy_fields_are_checked_precisely() {
+        assert_eq!(
+            check(|s| {
+                s.gpus = 2;
+                s.gpu_fraction = 250;
+            }),
+            Err(SpecError::FractionWithManyGpus(2))
+        );
+        assert_eq!(
+            check(|s| {
+                s.gpus = 1;
+                s.gpu_fraction = 1000;
+            }),
+            Err(SpecError::BadFraction(1000))
+        );
+        assert_eq!(
+            check(|s| {
+                s.gpus = 1;
+                s.gpu_fraction = 500;
+                s.nodes = 2;
+            }),
+            Err(SpecError::FractionWithGang(2))
+        );
+        assert_eq!(check(|s| s.data_level = 4), Err(SpecError::BadDataLevel(4)));
+        assert_eq!(
+            check(|s| s.nodes = 1000),
+            Err(SpecError::TooManyNodes {
+                requested: 1000,
+                max: MAX_NODES
+            })
+        );
+        assert!(matches!(
+            check(|s| s.site = "a b".into()),
+            Err(SpecError::BadLabel { field: "site", .. })
+        ));
+        let s = check(|s| {
+            s.nodes = 2;
+            s.gpus = 4;
+            s.gpu_class = "A100".into();
+            s.data_level = 2;
+            s.priority = -3;
+            s.no_requeue_on_preempt = true;
+        })
+        .unwrap();
+        assert_eq!((s.nodes, s.gpus, s.priority), (2, 4, -3));
+        assert_eq!(s.constraints.gpu_class.as_deref(), Some("A100"));
+        assert_eq!(s.constraints.data_level, 2);
+        assert!(!s.requeue_on_preempt);
+    }
+
+    #[test]
+    fn quotas_and_weights_are_checked_precisely() {
+        let q = |guaranteed, borrow_limit| {
+            quota(Some(pb::Quota {
+                gpu_class: "A100".into(),
+                guaranteed,
+                borrow_limit,
+            }))
+        };
+        assert_eq!(
+            q(-1, -1),
+            Ok((
+                "A100".into(),
+                Quota {
+                    guaranteed: None,
+                    borrow_limit: None
+                }
+            ))
+        );
+        assert_eq!(
+            q(4, 0).unwrap().1,
+            Quota {
+                guaranteed: Some(4),
+                borrow_limit: Some(0)
+            }
+        );
+        assert_eq!(
+            q(-3, -1).unwrap_err().to_string(),
+            "guaranteed is -3; use a number of GPUs from 0 up, or -1 for the GPUs of the nodes it owns"
+        );
+        assert_eq!(
+            quota(Some(pb::Quota::default())),
+            Err(PolicyError::MissingClass)
+        );
+        assert_eq!(weight("weight", 0, 1500), Ok(1500));
+        assert!(weight("equity", 2_000_000, 1000).is_err());
+        assert_eq!(
+            node_labels(Some(pb::NodeLabels {
+                data_level: 9,
+                ..Default::default()
+            })),
+            Err(SpecError::BadDataLevel(9))
+        );
     }
 
     #[test]

@@ -227,7 +227,8 @@ impl JobService for Jobs {
         let job = self.visible_job(&caller, &req.get_ref().id)?;
         let r = req.into_inner();
         let complete = job.state.is_final();
-        let Some(node) = job.node.clone() else {
+        // A gang's log is its first task's.
+        let Some(node) = job.tasks.first().map(|t| t.node.clone()) else {
             // Never ran (yet): there is no log.
             return Ok(Response::new(pb::GetJobLogsResponse {
                 data: vec![],
@@ -268,6 +269,26 @@ impl JobService for Jobs {
             next_offset: chunk.next_offset,
             eof: chunk.eof,
             complete,
+        }))
+    }
+
+    /// Why the job is where it is: for a pending job, the planner rule
+    /// that holds it back right now.
+    async fn explain_job(
+        &self,
+        req: Request<pb::ExplainJobRequest>,
+    ) -> Result<Response<pb::ExplainJobResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        let job = self.visible_job(&caller, &req.get_ref().id)?;
+        let now = crate::control::now_millis();
+        let policy = crate::planner::Policy::default();
+        let explanation = self
+            .replica
+            .read(|s| crate::planner::explain(s, now, &policy, job.id))
+            .ok_or_else(|| Status::not_found(format!("job {} does not exist", job.id)))?;
+        Ok(Response::new(pb::ExplainJobResponse {
+            job: Some(self.job_reply(job.id)?),
+            explanation,
         }))
     }
 }

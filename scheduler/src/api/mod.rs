@@ -186,7 +186,9 @@ fn rejection(r: Rejection) -> Status {
         | Rejection::NoNodeCanHold { .. }
         | Rejection::NotPending { .. }
         | Rejection::BadPlacement { .. }
-        | Rejection::NotOnNode { .. } => Code::FailedPrecondition,
+        | Rejection::NotOnNode { .. }
+        | Rejection::Infeasible(_)
+        | Rejection::NotPreemptible { .. } => Code::FailedPrecondition,
     };
     Status::new(code, r.to_string())
 }

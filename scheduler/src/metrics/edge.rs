@@ -30,6 +30,12 @@ pub struct Edge {
     pub proposal_duration: Histogram,
     /// Agent sessions opened (a reconnecting agent opens a new one).
     pub agent_sessions_opened: IntCounter,
+    /// Jobs ordered to stop so a tenant below its guarantee gets GPUs, by
+    /// the victim's priority class.
+    pub preemptions: IntCounterVec,
+    /// Time from a guaranteed demand (the job's queueing) to its GPUs, for
+    /// placements that needed borrowed GPUs reclaimed.
+    pub reclaim_latency: Histogram,
 }
 
 static EDGE: LazyLock<Edge> = LazyLock::new(Edge::new);
@@ -108,6 +114,16 @@ impl Edge {
                 "Agent sessions opened on this replica.",
             )
             .expect("valid metric"),
+            preemptions: counter_vec(
+                "edupool_preemptions_total",
+                "Jobs preempted to return borrowed GPUs to a tenant below its guarantee, by the victim's priority class.",
+                &["priority"],
+            ),
+            reclaim_latency: histogram(
+                "edupool_reclaim_latency_seconds",
+                "Time from a tenant's guaranteed demand to its GPUs, for placements that reclaimed borrowed GPUs.",
+                wait_buckets(),
+            ),
         }
     }
 
@@ -121,6 +137,8 @@ impl Edge {
         registry.register(Box::new(self.planner_round.clone()))?;
         registry.register(Box::new(self.proposal_duration.clone()))?;
         registry.register(Box::new(self.agent_sessions_opened.clone()))?;
+        registry.register(Box::new(self.preemptions.clone()))?;
+        registry.register(Box::new(self.reclaim_latency.clone()))?;
         Ok(())
     }
 }

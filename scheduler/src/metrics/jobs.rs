@@ -33,6 +33,8 @@ pub(crate) struct Change {
     pub priority: &'static str,
     pub queue_delay_secs: Option<f64>,
     pub placement_latency_secs: Option<f64>,
+    /// Guaranteed demand to GPUs, when the placement reclaimed borrowed GPUs.
+    pub reclaim_latency_secs: Option<f64>,
 }
 
 #[derive(Default)]
@@ -94,12 +96,19 @@ impl Observer {
                 },
             );
         }
+        let reclaim_latency_secs = match job.state {
+            s if left_queue && s.is_placed() && job.reclaimed => {
+                job.wait_ms().map(|ms| ms as f64 / 1000.0)
+            }
+            _ => None,
+        };
         Some(Change {
             from,
             to: job.state.name(),
             priority: job.spec.class.name(),
             queue_delay_secs,
             placement_latency_secs,
+            reclaim_latency_secs,
         })
     }
 }
@@ -121,6 +130,12 @@ fn record(change: &Change) {
     }
     if let Some(d) = change.placement_latency_secs {
         e.placement_latency.observe(d);
+    }
+    if change.to == JobState::Preempting.name() {
+        e.preemptions.with_label_values(&[change.priority]).inc();
+    }
+    if let Some(d) = change.reclaim_latency_secs {
+        e.reclaim_latency.observe(d);
     }
 }
 
@@ -190,8 +205,11 @@ mod tests {
             &mut s,
             Command::PlaceJob {
                 job: id,
-                node: "n1".into(),
-                gpus: vec![uuid("n1", 0)],
+                tasks: vec![crate::state::TaskPlacement {
+                    node: "n1".into(),
+                    gpus: vec![uuid("n1", 0)],
+                }],
+                capacity: crate::state::Capacity::Guaranteed,
             },
         );
         let c = o.observe(&job(&s, id), 4_000).expect("placed");
@@ -236,8 +254,11 @@ mod tests {
             &mut s,
             Command::PlaceJob {
                 job: id,
-                node: "n1".into(),
-                gpus: vec![uuid("n1", 0)],
+                tasks: vec![crate::state::TaskPlacement {
+                    node: "n1".into(),
+                    gpus: vec![uuid("n1", 0)],
+                }],
+                capacity: crate::state::Capacity::Guaranteed,
             },
         );
         let c = o.observe(&job(&s, id), 61_000).expect("placed");

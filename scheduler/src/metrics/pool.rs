@@ -2,16 +2,22 @@
 //! scrape time. This is the only place they are derived; nothing keeps a
 //! second copy that could drift from the log.
 //!
-//! The GPU class is the GPU model as agents report it. Tenant figures of
-//! the policy engine (guarantee, borrowed, lent, fair-share usage) are
-//! added here as further gauges from its per-tenant books.
+//! GPUs are labelled by GPU class (the model family, or the node's class
+//! label), site and owner. Tenant figures (guarantee, in use, borrowed,
+//! lent, fair-share usage) come from the planner's per-tenant books
+//! (`planner::accounting::tenant_reports`), the same numbers the planner
+//! decides by.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, Opts};
 
-use crate::state::{JobClass, JobState, Millis, NodeStatus, State};
+use crate::planner::accounting;
+use crate::state::{JobClass, JobState, Millis, NodeStatus, State, WHOLE_GPU};
+
+/// The owner label of a node no tenant contributed.
+const NO_OWNER: &str = "none";
 
 const PRIORITIES: [JobClass; 4] = [
     JobClass::Inference,
@@ -22,11 +28,12 @@ const PRIORITIES: [JobClass; 4] = [
 
 /// Job states that describe work in the pool (final states are counted by
 /// `edupool_job_transitions_total` instead).
-const ACTIVE_STATES: [JobState; 4] = [
+const ACTIVE_STATES: [JobState; 5] = [
     JobState::Pending,
     JobState::Assigned,
     JobState::Running,
     JobState::Cancelling,
+    JobState::Preempting,
 ];
 
 const NODE_STATUSES: [NodeStatus; 3] = [NodeStatus::Ready, NodeStatus::Down, NodeStatus::Lost];
@@ -52,33 +59,33 @@ pub fn families(state: &State, now: Millis) -> Vec<MetricFamily> {
 }
 
 fn gpu_families(state: &State) -> Vec<MetricFamily> {
+    let labels = ["class", "site", "owner", "node"];
     let total = gauge(
         "edupool_pool_gpus",
-        "GPUs in the pool, by GPU class and node.",
-        &["class", "node"],
+        "GPUs in the pool, by GPU class, site, owner and node.",
+        &labels,
     );
     let healthy = gauge(
         "edupool_pool_gpus_healthy",
-        "Healthy GPUs, by GPU class and node.",
-        &["class", "node"],
+        "Healthy GPUs, by GPU class, site, owner and node.",
+        &labels,
     );
     let allocated = gauge(
         "edupool_pool_gpus_allocated",
-        "GPUs held by jobs, by GPU class and node.",
-        &["class", "node"],
+        "GPUs held by jobs (fractions count as parts of a GPU), by GPU class, site, owner and node.",
+        &labels,
     );
     for n in state.nodes() {
+        let owner = n.labels.owner.as_deref().unwrap_or(NO_OWNER);
         for g in &n.gpus {
-            let l = [g.info.model.as_str(), n.name.as_str()];
+            let l = [n.gpu_class(g), n.site(), owner, n.name.as_str()];
             total.with_label_values(&l).inc();
             let h = healthy.with_label_values(&l);
             let a = allocated.with_label_values(&l);
             if g.info.healthy {
                 h.inc();
             }
-            if g.assigned.is_some() {
-                a.inc();
-            }
+            a.add(f64::from(g.used_milli()) / f64::from(WHOLE_GPU));
         }
     }
     [total, healthy, allocated]
@@ -113,10 +120,31 @@ fn node_families(state: &State) -> Vec<MetricFamily> {
 }
 
 fn tenant_families(state: &State, now: Millis) -> Vec<MetricFamily> {
+    let by_class = ["tenant", "class"];
     let in_use = gauge(
         "edupool_tenant_gpus_in_use",
         "GPUs held by the tenant's jobs, by GPU class.",
-        &["tenant", "class"],
+        &by_class,
+    );
+    let guarantee = gauge(
+        "edupool_tenant_guarantee_gpus",
+        "GPUs guaranteed to the tenant (its contribution, or the admin's quota), by GPU class.",
+        &by_class,
+    );
+    let borrowed = gauge(
+        "edupool_tenant_borrowed_gpus",
+        "GPUs the tenant's jobs hold above its guarantee, by GPU class.",
+        &by_class,
+    );
+    let lent = gauge(
+        "edupool_tenant_lent_gpus",
+        "GPUs of the tenant's own nodes held by other tenants' jobs, by GPU class.",
+        &by_class,
+    );
+    let usage = gauge(
+        "edupool_tenant_fair_share_usage",
+        "The tenant's part (0-1) of the pool's decayed, class-weighted GPU usage.",
+        &["tenant"],
     );
     let jobs = gauge(
         "edupool_tenant_jobs",
@@ -143,13 +171,24 @@ fn tenant_families(state: &State, now: Millis) -> Vec<MetricFamily> {
     // tenant with nothing running still has a row on the dashboards.
     let classes: BTreeSet<&str> = state
         .nodes()
-        .flat_map(|n| n.gpus.iter().map(|g| g.info.model.as_str()))
+        .flat_map(|n| n.gpus.iter().map(|g| n.gpu_class(g)))
         .collect();
-    for t in state.tenants() {
-        let t = t.name.as_str();
+    let gpus = |milli: u64| milli as f64 / f64::from(WHOLE_GPU);
+    for report in accounting::tenant_reports(state, now) {
+        let t = report.name.as_str();
         for c in &classes {
-            in_use.with_label_values(&[t, c]).set(0.0);
+            for g in [&in_use, &guarantee, &borrowed, &lent] {
+                g.with_label_values(&[t, c]).set(0.0);
+            }
         }
+        for c in &report.classes {
+            let l = [t, c.gpu_class.as_str()];
+            in_use.with_label_values(&l).set(gpus(c.in_use));
+            guarantee.with_label_values(&l).set(gpus(c.guaranteed));
+            borrowed.with_label_values(&l).set(gpus(c.borrowed));
+            lent.with_label_values(&l).set(gpus(c.lent));
+        }
+        usage.with_label_values(&[t]).set(report.usage_share);
         for s in ACTIVE_STATES {
             jobs.with_label_values(&[t, s.name()]).set(0.0);
         }
@@ -159,46 +198,36 @@ fn tenant_families(state: &State, now: Millis) -> Vec<MetricFamily> {
         }
         oldest.with_label_values(&[t]).set(0.0);
     }
-
-    let model_of: BTreeMap<(&str, &str), &str> = state
-        .nodes()
-        .flat_map(|n| {
-            n.gpus.iter().map(move |g| {
-                (
-                    (n.name.as_str(), g.info.uuid.as_str()),
-                    g.info.model.as_str(),
-                )
-            })
-        })
-        .collect();
     for j in state.jobs().filter(|j| !j.state.is_final()) {
         jobs.with_label_values(&[j.tenant.as_str(), j.state.name()])
             .inc();
-        let Some(node) = j.node.as_deref().filter(|_| j.state.is_placed()) else {
-            continue;
-        };
-        for uuid in &j.gpus {
-            if let Some(class) = model_of.get(&(node, uuid.as_str())) {
-                in_use.with_label_values(&[j.tenant.as_str(), class]).inc();
-            }
-        }
     }
     for j in state.pending_jobs() {
         let l = [j.tenant.as_str(), j.spec.class.name()];
         pending_jobs.with_label_values(&l).inc();
         pending_gpus
             .with_label_values(&l)
-            .add(f64::from(j.spec.gpus));
+            .add(gpus(j.spec.demand_milli()));
         let age = (now - j.submitted_at).max(0) as f64 / 1000.0;
         let o = oldest.with_label_values(&[j.tenant.as_str()]);
         if age > o.get() {
             o.set(age);
         }
     }
-    [in_use, jobs, pending_jobs, pending_gpus, oldest]
-        .iter()
-        .flat_map(prometheus::core::Collector::collect)
-        .collect()
+    [
+        in_use,
+        guarantee,
+        borrowed,
+        lent,
+        usage,
+        jobs,
+        pending_jobs,
+        pending_gpus,
+        oldest,
+    ]
+    .iter()
+    .flat_map(prometheus::core::Collector::collect)
+    .collect()
 }
 
 #[cfg(test)]
@@ -233,13 +262,18 @@ mod tests {
         let job = submit(&mut s, "zju", 2, JobClass::Training);
 
         let before = families(&s, 0);
-        let class = [("class", "A100-80GB"), ("node", "n1")];
+        let class = [
+            ("class", "A100"),
+            ("site", "default"),
+            ("owner", "none"),
+            ("node", "n1"),
+        ];
         assert_eq!(value(&before, "edupool_pool_gpus", &class), Some(4.0));
         assert_eq!(
             value(&before, "edupool_pool_gpus_allocated", &class),
             Some(0.0)
         );
-        let zju_a100 = [("tenant", "zju"), ("class", "A100-80GB")];
+        let zju_a100 = [("tenant", "zju"), ("class", "A100")];
         assert_eq!(
             value(&before, "edupool_tenant_gpus_in_use", &zju_a100),
             Some(0.0)
@@ -258,8 +292,11 @@ mod tests {
             &mut s,
             Command::PlaceJob {
                 job,
-                node: "n1".into(),
-                gpus: vec![uuid("n1", 0), uuid("n1", 1)],
+                tasks: vec![crate::state::TaskPlacement {
+                    node: "n1".into(),
+                    gpus: vec![uuid("n1", 0), uuid("n1", 1)],
+                }],
+                capacity: crate::state::Capacity::Guaranteed,
             },
         );
         let after = families(&s, 0);
@@ -271,7 +308,7 @@ mod tests {
             value(&after, "edupool_tenant_gpus_in_use", &zju_a100),
             Some(2.0)
         );
-        let hdu_a100 = [("tenant", "hdu"), ("class", "A100-80GB")];
+        let hdu_a100 = [("tenant", "hdu"), ("class", "A100")];
         assert_eq!(
             value(&after, "edupool_tenant_gpus_in_use", &hdu_a100),
             Some(0.0)
@@ -294,8 +331,11 @@ mod tests {
             &mut s,
             Command::PlaceJob {
                 job,
-                node: "n1".into(),
-                gpus: vec![uuid("n1", 0), uuid("n1", 1)],
+                tasks: vec![crate::state::TaskPlacement {
+                    node: "n1".into(),
+                    gpus: vec![uuid("n1", 0), uuid("n1", 1)],
+                }],
+                capacity: crate::state::Capacity::Guaranteed,
             },
         );
         apply_ok(
@@ -309,9 +349,14 @@ mod tests {
             },
         );
         let f = families(&s, 10);
-        let class = [("class", "A100-80GB"), ("node", "n1")];
+        let class = [
+            ("class", "A100"),
+            ("site", "default"),
+            ("owner", "none"),
+            ("node", "n1"),
+        ];
         assert_eq!(value(&f, "edupool_pool_gpus_allocated", &class), Some(0.0));
-        let zju_a100 = [("tenant", "zju"), ("class", "A100-80GB")];
+        let zju_a100 = [("tenant", "zju"), ("class", "A100")];
         assert_eq!(
             value(&f, "edupool_tenant_gpus_in_use", &zju_a100),
             Some(0.0)
@@ -331,8 +376,11 @@ mod tests {
             &mut s,
             Command::PlaceJob {
                 job: first,
-                node: "n1".into(),
-                gpus: vec![uuid("n1", 0)],
+                tasks: vec![crate::state::TaskPlacement {
+                    node: "n1".into(),
+                    gpus: vec![uuid("n1", 0)],
+                }],
+                capacity: crate::state::Capacity::Guaranteed,
             },
         );
         submit(&mut s, "zju", 1, JobClass::Batch);

@@ -1093,11 +1093,16 @@ mod tests {
             command: vec!["true".into()],
             env: Default::default(),
             gpus: 0,
+            nodes: 1,
             class: JobClass::Batch,
             walltime_secs: 1,
             grace_period_secs: 1,
             on_node_lost: OnNodeLost::Requeue,
             max_retries: 0,
+            priority: 0,
+            gpu_fraction: 0,
+            constraints: Default::default(),
+            requeue_on_preempt: true,
         };
         let out = r
             .propose(Command::SubmitJob {

@@ -3,7 +3,14 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::types::{GpuInfo, JobId, JobSpec, Millis};
+use super::types::{Capacity, GpuInfo, JobClass, JobId, JobSpec, Millis, NodeLabels, Quota};
+
+/// Where one task of a job goes: a node and GPUs on it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TaskPlacement {
+    pub node: String,
+    pub gpus: Vec<String>,
+}
 
 /// Every change to the pool. Commands are appended to the replicated log
 /// and applied in order on every replica.
@@ -43,11 +50,12 @@ pub enum Command {
         cordoned: bool,
         draining: bool,
     },
-    /// A planner decision: run the job on these GPUs of the node.
+    /// A planner decision: run the job's tasks on these GPUs, on the
+    /// given terms.
     PlaceJob {
         job: JobId,
-        node: String,
-        gpus: Vec<String>,
+        tasks: Vec<TaskPlacement>,
+        capacity: Capacity,
     },
     JobStarted {
         node: String,
@@ -66,6 +74,36 @@ pub enum Command {
         node: String,
         job: JobId,
         reason: String,
+    },
+    /// A planner decision: stop a borrowing job so a tenant below its
+    /// guarantee gets its GPUs.
+    PreemptJob {
+        job: JobId,
+        reason: String,
+        /// The pending job within its guarantee the GPUs are freed for.
+        for_job: Option<JobId>,
+    },
+    SetTenantQuota {
+        tenant: String,
+        gpu_class: String,
+        quota: Quota,
+    },
+    SetTenantShare {
+        tenant: String,
+        weight_milli: u32,
+        equity_milli: u32,
+    },
+    /// Caps the GPUs of one GPU class that a job class may hold within the
+    /// tenant's guarantee; `None` removes the cap.
+    SetClassCap {
+        tenant: String,
+        job_class: JobClass,
+        max_gpus: Option<u32>,
+    },
+    /// Replaces the node's labels.
+    LabelNode {
+        node: String,
+        labels: NodeLabels,
     },
 }
 
@@ -130,4 +168,9 @@ pub enum Rejection {
     },
     #[error("job {job} is not placed on node '{node}'")]
     NotOnNode { job: JobId, node: String },
+    /// No registered node could ever run the job.
+    #[error("no node in the pool can run this job: {0}")]
+    Infeasible(String),
+    #[error("job {job} cannot be preempted: {why}")]
+    NotPreemptible { job: JobId, why: String },
 }

@@ -5,6 +5,7 @@
 //! every replica that applies the same log ends in the same state.
 
 mod command;
+mod lifecycle;
 mod types;
 
 #[cfg(test)]
@@ -16,7 +17,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, Effect, Outcome, Rejection};
+pub use command::{Command, Effect, Outcome, Rejection, TaskPlacement};
+use lifecycle::TaskEnd;
 pub use types::*;
 
 /// The result of applying one command: an outcome and effects, or a
@@ -33,6 +35,7 @@ pub struct State {
     /// Jobs waiting for GPUs, in submission order.
     pending: BTreeSet<JobId>,
     last_job: u64,
+    policy: PoolPolicy,
 }
 
 impl State {
@@ -57,7 +60,11 @@ impl State {
                 cordoned,
                 draining,
             } => self.set_schedulable(&node, cordoned, draining),
-            Command::PlaceJob { job, node, gpus } => self.place_job(job, &node, gpus),
+            Command::PlaceJob {
+                job,
+                tasks,
+                capacity,
+            } => self.place_job(job, tasks, capacity, at),
             Command::JobStarted {
                 node,
                 job,
@@ -72,10 +79,72 @@ impl State {
             } => self.job_exited(&node, job, exit_code, reason, finished_at),
             Command::JobVanished { node, job, reason } => {
                 let job = self.job_on(&node, job)?;
-                let effects = self.lose_job(job, &node, &reason, at);
+                let effects = self.task_ended(job, &node, TaskEnd::Lost(reason), at);
                 Ok((Outcome::Job(job), effects))
             }
+            Command::PreemptJob {
+                job,
+                reason,
+                for_job,
+            } => self.preempt_job(job, reason, for_job),
+            Command::SetTenantQuota {
+                tenant,
+                gpu_class,
+                quota,
+            } => self.with_tenant(&tenant, |t| {
+                if quota == Quota::default() {
+                    t.policy.quotas.remove(&gpu_class);
+                } else {
+                    t.policy.quotas.insert(gpu_class, quota);
+                }
+            }),
+            Command::SetTenantShare {
+                tenant,
+                weight_milli,
+                equity_milli,
+            } => self.with_tenant(&tenant, |t| {
+                t.policy.weight_milli = weight_milli;
+                t.policy.equity_milli = equity_milli;
+            }),
+            Command::SetClassCap {
+                tenant,
+                job_class,
+                max_gpus,
+            } => self.with_tenant(&tenant, |t| match max_gpus {
+                Some(n) => {
+                    t.policy.class_caps.insert(job_class, n);
+                }
+                None => {
+                    t.policy.class_caps.remove(&job_class);
+                }
+            }),
+            Command::LabelNode { node, labels } => {
+                let n = self
+                    .nodes
+                    .get_mut(&node)
+                    .ok_or_else(|| Rejection::UnknownNode(node.clone()))?;
+                if let Some(owner) = &labels.owner {
+                    if !self.tenants.contains_key(owner) {
+                        return Err(Rejection::UnknownTenant(owner.clone()));
+                    }
+                }
+                n.labels = labels;
+                Ok((Outcome::Node(node), vec![]))
+            }
         }
+    }
+
+    fn with_tenant(&mut self, name: &str, f: impl FnOnce(&mut Tenant)) -> Applied {
+        let t = self
+            .tenants
+            .get_mut(name)
+            .ok_or_else(|| Rejection::UnknownTenant(name.to_string()))?;
+        f(t);
+        Ok((Outcome::Tenant(name.to_string()), vec![]))
+    }
+
+    pub fn policy(&self) -> &PoolPolicy {
+        &self.policy
     }
 
     // ------------------------------------------------------------ reads
@@ -113,11 +182,11 @@ impl State {
         self.pending.iter().map(|id| &self.jobs[id])
     }
 
-    /// Jobs that hold GPUs on `node`.
+    /// Jobs with a task still running (or starting) on `node`.
     pub fn jobs_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
-        self.jobs
-            .values()
-            .filter(move |j| j.state.is_placed() && j.node.as_deref() == Some(node))
+        self.jobs.values().filter(move |j| {
+            j.state.is_placed() && j.tasks.iter().any(|t| t.node == node && !t.finished)
+        })
     }
 
     // ------------------------------------------------------------ tenants
@@ -132,264 +201,129 @@ impl State {
             Tenant {
                 name: name.clone(),
                 created_at: at,
+                policy: TenantPolicy::default(),
+                usage: Usage::default(),
             },
         );
         Ok((Outcome::Tenant(name), vec![]))
     }
 
-    // ------------------------------------------------------------ jobs
+    // ------------------------------------------------------------ jobs: see lifecycle.rs
 
-    fn submit_job(&mut self, tenant: String, spec: JobSpec, at: Millis) -> Applied {
-        if !self.tenants.contains_key(&tenant) {
-            return Err(Rejection::UnknownTenant(tenant));
+    /// Checks that some registered node could ever run the job, and says
+    /// precisely why not.
+    fn check_feasible(&self, spec: &JobSpec) -> Result<(), Rejection> {
+        if self.nodes.is_empty() {
+            return Err(Rejection::PoolEmpty);
         }
-        let largest = self
+        let c = &spec.constraints;
+        // The common case, a job some node can hold, costs one short scan.
+        let holds = |n: &&Node| {
+            fits_node(c, n)
+                && n.gpus.iter().filter(|g| fits_gpu(c, n, g)).count() as u32 >= spec.gpus
+        };
+        if spec.nodes <= 1 && self.nodes.values().any(|n| holds(&n)) {
+            return Ok(());
+        }
+        let certified: Vec<&Node> = self
             .nodes
             .values()
-            .map(|n| n.gpus.len() as u32)
-            .max()
-            .ok_or(Rejection::PoolEmpty)?;
-        if spec.gpus > largest {
-            return Err(Rejection::NoNodeCanHold {
-                requested: spec.gpus,
-                largest,
-            });
-        }
-        self.last_job += 1;
-        let id = JobId(self.last_job);
-        self.jobs.insert(
-            id,
-            Job {
-                id,
-                tenant,
-                spec,
-                state: JobState::Pending,
-                node: None,
-                gpus: vec![],
-                exit_code: None,
-                reason: "waiting for GPUs".into(),
-                submitted_at: at,
-                started_at: None,
-                finished_at: None,
-                attempt: 1,
-            },
-        );
-        self.pending.insert(id);
-        Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
-    }
-
-    fn cancel_job(
-        &mut self,
-        tenant: Option<&str>,
-        id: JobId,
-        reason: String,
-        at: Millis,
-    ) -> Applied {
-        let job = self
-            .jobs
-            .get_mut(&id)
-            // Another tenant's job is reported as absent, never as forbidden.
-            .filter(|j| tenant.is_none_or(|t| j.tenant == t))
-            .ok_or(Rejection::UnknownJob(id))?;
-        let reason = if reason.is_empty() {
-            "cancelled".to_string()
-        } else {
-            format!("cancelled: {reason}")
-        };
-        match job.state {
-            s if s.is_final() => Err(Rejection::JobFinished {
-                job: id,
-                state: s.name(),
-            }),
-            JobState::Pending => {
-                job.state = JobState::Cancelled;
-                job.reason = reason;
-                job.finished_at = Some(at);
-                self.pending.remove(&id);
-                Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
-            }
-            JobState::Cancelling => Ok((Outcome::Job(id), vec![])),
-            _ => {
-                job.state = JobState::Cancelling;
-                job.reason = reason.clone();
-                let node = job.node.clone().expect("a placed job has a node");
-                let grace_secs = job.spec.grace_period_secs;
-                Ok((
-                    Outcome::Job(id),
-                    vec![
-                        Effect::StopJob {
-                            node,
-                            job: id,
-                            grace_secs,
-                            reason,
-                        },
-                        Effect::JobChanged(id),
-                    ],
-                ))
-            }
-        }
-    }
-
-    fn place_job(&mut self, id: JobId, node_name: &str, gpus: Vec<String>) -> Applied {
-        let job = self.jobs.get(&id).ok_or(Rejection::UnknownJob(id))?;
-        if job.state != JobState::Pending {
-            return Err(Rejection::NotPending {
-                job: id,
-                state: job.state.name(),
-            });
-        }
-        let bad = |why: String| Rejection::BadPlacement {
-            job: id,
-            node: node_name.to_string(),
-            why,
-        };
-        let node = self
-            .nodes
-            .get_mut(node_name)
-            .ok_or_else(|| Rejection::UnknownNode(node_name.to_string()))?;
-        if !node.schedulable() {
-            return Err(bad("the node is not schedulable".into()));
-        }
-        if gpus.len() != job.spec.gpus as usize {
-            return Err(bad(format!(
-                "{} GPUs given for a job of {}",
-                gpus.len(),
-                job.spec.gpus
+            .filter(|n| n.labels.data_level >= c.data_level)
+            .collect();
+        if certified.is_empty() {
+            let top = self
+                .nodes
+                .values()
+                .map(|n| n.labels.data_level)
+                .max()
+                .unwrap_or(0);
+            return Err(Rejection::Infeasible(format!(
+                "no node is certified for data level {} (the highest is {top})",
+                c.data_level
             )));
         }
-        let unique: BTreeSet<&String> = gpus.iter().collect();
-        if unique.len() != gpus.len() {
-            return Err(bad("the same GPU is listed twice".into()));
+        let in_site: Vec<&Node> = certified
+            .into_iter()
+            .filter(|n| c.site.as_deref().is_none_or(|s| n.site() == s))
+            .collect();
+        if in_site.is_empty() {
+            return Err(Rejection::Infeasible(format!(
+                "no node at data level {} or above is in site '{}'",
+                c.data_level,
+                c.site.as_deref().unwrap_or_default()
+            )));
         }
-        for uuid in &gpus {
-            match node.gpus.iter().find(|g| &g.info.uuid == uuid) {
-                None => return Err(bad(format!("no GPU {uuid} on the node"))),
-                Some(g) if !g.info.healthy => return Err(bad(format!("GPU {uuid} is unhealthy"))),
-                Some(Gpu {
-                    assigned: Some(other),
-                    ..
-                }) => return Err(bad(format!("GPU {uuid} is held by {other}"))),
-                Some(_) => {}
+        let any_kind = |g: &Gpu, n: &Node| {
+            c.gpu_model.as_deref().is_none_or(|m| g.info.model == m)
+                && c.gpu_class.as_deref().is_none_or(|k| n.gpu_class(g) == k)
+        };
+        if !in_site
+            .iter()
+            .any(|n| n.gpus.iter().any(|g| any_kind(g, n)))
+        {
+            let what = match (&c.gpu_model, &c.gpu_class) {
+                (Some(m), _) => format!("model {m}"),
+                (None, Some(k)) => format!("class {k}"),
+                (None, None) => "any kind".into(),
+            };
+            return Err(Rejection::Infeasible(format!(
+                "no node{} has GPUs of {what}",
+                if c.site.is_some() || c.data_level > 0 {
+                    " that meets its site and data level"
+                } else {
+                    ""
+                }
+            )));
+        }
+        let most = in_site
+            .iter()
+            .map(|n| n.gpus.iter().filter(|g| fits_gpu(c, n, g)).count() as u32)
+            .max()
+            .unwrap_or(0);
+        if spec.gpus <= most && spec.nodes <= 1 {
+            return Ok(());
+        }
+        if spec.gpus <= most {
+            return self.check_gang_feasible(spec, &in_site);
+        }
+        let unconstrained = c.gpu_model.is_none()
+            && c.gpu_class.is_none()
+            && c.min_gpu_memory_bytes == 0
+            && c.site.is_none()
+            && c.data_level == 0;
+        if unconstrained {
+            return Err(Rejection::NoNodeCanHold {
+                requested: spec.gpus,
+                largest: most,
+            });
+        }
+        Err(Rejection::Infeasible(format!(
+            "it asks for {} GPUs{} on one node, but the most any node has is {most}",
+            spec.gpus,
+            describe(c)
+        )))
+    }
+
+    /// A gang needs `nodes` distinct nodes of one site, each able to hold
+    /// one task.
+    fn check_gang_feasible(&self, spec: &JobSpec, candidates: &[&Node]) -> Result<(), Rejection> {
+        let c = &spec.constraints;
+        let mut per_site: BTreeMap<&str, u32> = BTreeMap::new();
+        for n in candidates {
+            if n.gpus.iter().filter(|g| fits_gpu(c, n, g)).count() as u32 >= spec.gpus {
+                *per_site.entry(n.site()).or_default() += 1;
             }
         }
-        for g in node.gpus.iter_mut().filter(|g| gpus.contains(&g.info.uuid)) {
-            g.assigned = Some(id);
+        let most = per_site.values().copied().max().unwrap_or(0);
+        if most >= spec.nodes {
+            return Ok(());
         }
-        let job = self.jobs.get_mut(&id).expect("checked above");
-        job.state = JobState::Assigned;
-        job.node = Some(node_name.to_string());
-        job.gpus = gpus;
-        job.reason = format!("assigned to {node_name}");
-        self.pending.remove(&id);
-        Ok((
-            Outcome::Job(id),
-            vec![
-                Effect::StartJob {
-                    node: node_name.to_string(),
-                    job: id,
-                },
-                Effect::JobChanged(id),
-            ],
-        ))
-    }
-
-    /// The job if the log placed it on `node`.
-    fn job_on(&self, node: &str, id: JobId) -> Result<JobId, Rejection> {
-        match self.jobs.get(&id) {
-            Some(j) if j.state.is_placed() && j.node.as_deref() == Some(node) => Ok(id),
-            Some(_) => Err(Rejection::NotOnNode {
-                job: id,
-                node: node.to_string(),
-            }),
-            None => Err(Rejection::UnknownJob(id)),
-        }
-    }
-
-    fn job_started(&mut self, node: &str, id: JobId, started_at: Millis) -> Applied {
-        self.job_on(node, id)?;
-        let job = self.jobs.get_mut(&id).expect("checked by job_on");
-        if job.state != JobState::Assigned {
-            return Ok((Outcome::Job(id), vec![]));
-        }
-        job.state = JobState::Running;
-        job.started_at = Some(started_at);
-        job.reason = format!("running on {node}");
-        Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
-    }
-
-    fn job_exited(
-        &mut self,
-        node: &str,
-        id: JobId,
-        exit_code: Option<i32>,
-        reason: String,
-        finished_at: Millis,
-    ) -> Applied {
-        let forget = Effect::ForgetJob {
-            node: node.to_string(),
-            job: id,
-        };
-        // A report for a job the log no longer places here (a repeated
-        // report after a reconnect) changes nothing, but the agent may
-        // still drop its record.
-        if self.job_on(node, id).is_err() {
-            return Ok((Outcome::None, vec![forget]));
-        }
-        let job = self.jobs.get_mut(&id).expect("checked by job_on");
-        job.state = match (job.state, exit_code) {
-            (JobState::Cancelling, _) => JobState::Cancelled,
-            (_, Some(0)) => JobState::Succeeded,
-            _ => JobState::Failed,
-        };
-        if job.state != JobState::Cancelled {
-            job.reason = match (reason.is_empty(), exit_code) {
-                (false, _) => reason,
-                (true, Some(0)) => "completed".into(),
-                (true, Some(code)) => format!("exited with code {code}"),
-                (true, None) => "ended without an exit code".into(),
-            };
-        }
-        job.exit_code = exit_code;
-        job.finished_at = Some(finished_at);
-        job.started_at.get_or_insert(finished_at);
-        self.release_gpus(node, id);
-        Ok((Outcome::Job(id), vec![forget, Effect::JobChanged(id)]))
-    }
-
-    /// A placed job whose process is gone without an exit status: requeue
-    /// it if its spec allows, otherwise it ends as lost.
-    fn lose_job(&mut self, id: JobId, node: &str, why: &str, at: Millis) -> Vec<Effect> {
-        self.release_gpus(node, id);
-        let job = self.jobs.get_mut(&id).expect("caller checked");
-        let requeue = job.spec.on_node_lost == OnNodeLost::Requeue
-            && job.attempt <= job.spec.max_retries
-            && job.state != JobState::Cancelling;
-        job.node = None;
-        job.gpus.clear();
-        if requeue {
-            job.attempt += 1;
-            job.state = JobState::Pending;
-            job.started_at = None;
-            job.reason = format!("{why}; requeued (attempt {})", job.attempt);
-            self.pending.insert(id);
-        } else {
-            job.state = if job.state == JobState::Cancelling {
-                JobState::Cancelled
-            } else {
-                JobState::Lost
-            };
-            job.reason = why.to_string();
-            job.finished_at = Some(at);
-        }
-        vec![Effect::JobChanged(id)]
-    }
-
-    fn release_gpus(&mut self, node: &str, id: JobId) {
-        if let Some(n) = self.nodes.get_mut(node) {
-            for g in n.gpus.iter_mut().filter(|g| g.assigned == Some(id)) {
-                g.assigned = None;
-            }
-        }
+        Err(Rejection::Infeasible(format!(
+            "it asks for {} nodes of {} GPUs{} in one site, but no site has more than {most} such nodes",
+            spec.nodes,
+            spec.gpus,
+            describe(c)
+        )))
     }
 
     // ------------------------------------------------------------ nodes
@@ -406,15 +340,19 @@ impl State {
         let (cordoned, draining) = previous
             .as_ref()
             .map_or((false, false), |n| (n.cordoned, n.draining));
-        let held: BTreeMap<String, JobId> = previous
-            .iter()
-            .flat_map(|n| &n.gpus)
-            .filter_map(|g| g.assigned.map(|j| (g.info.uuid.clone(), j)))
+        let labels = previous
+            .as_ref()
+            .map(|n| n.labels.clone())
+            .unwrap_or_default();
+        let mut held: BTreeMap<String, BTreeMap<JobId, u32>> = previous
+            .into_iter()
+            .flat_map(|n| n.gpus)
+            .map(|g| (g.info.uuid, g.holders))
             .collect();
         let gpus: Vec<Gpu> = gpus
             .into_iter()
             .map(|info| Gpu {
-                assigned: held.get(&info.uuid).copied(),
+                holders: held.remove(&info.uuid).unwrap_or_default(),
                 info,
             })
             .collect();
@@ -428,20 +366,24 @@ impl State {
                 draining,
                 agent_version,
                 status_since: at,
+                labels,
             },
         );
         // A job whose GPUs are no longer on the node cannot keep running.
         let vanished: BTreeSet<JobId> = self
             .jobs_on(&name)
             .filter(|j| {
-                j.gpus
+                j.tasks
                     .iter()
+                    .filter(|t| t.node == name)
+                    .flat_map(|t| &t.gpus)
                     .any(|u| !self.nodes[&name].gpus.iter().any(|g| &g.info.uuid == u))
             })
             .map(|j| j.id)
             .collect();
         for id in vanished {
-            effects.extend(self.lose_job(id, &name, "its GPUs left the node", at));
+            let why = TaskEnd::Lost("its GPUs left the node".into());
+            effects.extend(self.task_ended(id, &name, why, at));
         }
         Ok((Outcome::Node(name), effects))
     }
@@ -473,7 +415,7 @@ impl State {
         let why = format!("node {name} was lost");
         let effects = ids
             .into_iter()
-            .flat_map(|id| self.lose_job(id, name, &why, at))
+            .flat_map(|id| self.task_ended(id, name, TaskEnd::Lost(why.clone()), at))
             .collect();
         Ok((Outcome::Node(name.to_string()), effects))
     }
@@ -486,5 +428,44 @@ impl State {
         node.cordoned = cordoned;
         node.draining = draining;
         Ok((Outcome::Node(name.to_string()), vec![]))
+    }
+}
+
+/// Whether the GPU meets the job's GPU constraints (model, class, memory).
+pub fn fits_gpu(c: &Constraints, node: &Node, g: &Gpu) -> bool {
+    g.info.healthy
+        && c.gpu_model.as_deref().is_none_or(|m| g.info.model == m)
+        && c.gpu_class
+            .as_deref()
+            .is_none_or(|k| node.gpu_class(g) == k)
+        && g.info.memory_bytes >= c.min_gpu_memory_bytes
+}
+
+/// Whether the node meets the job's node constraints (site, data level).
+pub fn fits_node(c: &Constraints, node: &Node) -> bool {
+    node.labels.data_level >= c.data_level && c.site.as_deref().is_none_or(|s| node.site() == s)
+}
+
+fn describe(c: &Constraints) -> String {
+    let mut parts = vec![];
+    if let Some(m) = &c.gpu_model {
+        parts.push(format!("model {m}"));
+    }
+    if let Some(k) = &c.gpu_class {
+        parts.push(format!("class {k}"));
+    }
+    if c.min_gpu_memory_bytes > 0 {
+        parts.push(format!("at least {} GiB", c.min_gpu_memory_bytes >> 30));
+    }
+    if let Some(s) = &c.site {
+        parts.push(format!("in site {s}"));
+    }
+    if c.data_level > 0 {
+        parts.push(format!("certified for data level {}", c.data_level));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", parts.join(", "))
     }
 }

@@ -7,8 +7,11 @@ fn place(s: &mut State, job: JobId, node_name: &str, gpus: Vec<String>) -> Appli
     s.apply(
         Command::PlaceJob {
             job,
-            node: node_name.into(),
-            gpus,
+            tasks: vec![TaskPlacement {
+                node: node_name.into(),
+                gpus,
+            }],
+            capacity: Capacity::Guaranteed,
         },
         2_000,
     )
@@ -104,7 +107,7 @@ fn place_emits_start_and_holds_gpus() {
     );
     let job = s.job(j).unwrap();
     assert_eq!(job.state, JobState::Assigned);
-    assert_eq!(job.node.as_deref(), Some("n1"));
+    assert_eq!(job.nodes().collect::<Vec<_>>(), vec!["n1"]);
     assert_eq!(s.node("n1").unwrap().free_gpus().count(), 2);
     assert_eq!(s.pending_jobs().count(), 0);
 }
@@ -371,7 +374,10 @@ fn reconnect_before_loss_keeps_jobs() {
     let (_, e) = apply_ok(&mut s, Command::NodeLost { node: "n1".into() });
     assert!(e.is_empty());
     assert_eq!(s.job(j).unwrap().state, JobState::Assigned);
-    assert_eq!(s.node("n1").unwrap().gpus[0].assigned, Some(j));
+    assert_eq!(
+        s.node("n1").unwrap().gpus[0].holders.get(&j),
+        Some(&WHOLE_GPU)
+    );
 }
 
 #[test]
@@ -397,15 +403,8 @@ fn same_log_same_state() {
     let run = || {
         let mut s = pool();
         let a = submit(&mut s, "zju", 2, JobClass::Training);
-        for d in crate::planner::plan(&s) {
-            apply_ok(
-                &mut s,
-                Command::PlaceJob {
-                    job: d.job,
-                    node: d.node,
-                    gpus: d.gpus,
-                },
-            );
+        for d in crate::planner::plan(&s, 1_000, &Default::default()) {
+            apply_ok(&mut s, d.into_command());
         }
         (a, serde_json::to_string(&s).unwrap())
     };

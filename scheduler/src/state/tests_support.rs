@@ -29,6 +29,7 @@ pub fn gpus(node: &str, n: u32) -> Vec<GpuInfo> {
             model: "A100-80GB".into(),
             memory_bytes: 80 << 30,
             healthy: true,
+            peers: vec![],
         })
         .collect()
 }
@@ -50,11 +51,16 @@ pub fn spec(gpus: u32, class: JobClass) -> JobSpec {
         command: vec!["true".into()],
         env: Default::default(),
         gpus,
+        nodes: 1,
         class,
         walltime_secs: 3600,
         grace_period_secs: 5,
         on_node_lost: OnNodeLost::Requeue,
         max_retries: 1,
+        priority: 0,
+        gpu_fraction: 0,
+        constraints: Constraints::default(),
+        requeue_on_preempt: true,
     }
 }
 

@@ -67,7 +67,12 @@ pub struct JobSpec {
     pub name: String,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// GPUs per task (each task runs on one node).
     pub gpus: u32,
+    /// Tasks of a gang: all start together on distinct nodes of one site,
+    /// or none does. 1 for a single-node job.
+    #[serde(default = "one")]
+    pub nodes: u32,
     pub class: JobClass,
     /// Seconds; the agent ends the job after this long.
     pub walltime_secs: u64,
@@ -76,6 +81,64 @@ pub struct JobSpec {
     pub on_node_lost: OnNodeLost,
     /// Requeues allowed after a node loss.
     pub max_retries: u32,
+    // Policy fields default when absent, so entries written before
+    // they existed still replay.
+    /// Order among the tenant's own jobs of one class; higher first.
+    #[serde(default)]
+    pub priority: i32,
+    /// Thousandths of one GPU (1-999) for small work; 0 = whole GPUs.
+    #[serde(default)]
+    pub gpu_fraction: u32,
+    #[serde(default)]
+    pub constraints: Constraints,
+    /// Go back to the queue when preempted (default), or end `failed`.
+    #[serde(default = "yes")]
+    pub requeue_on_preempt: bool,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl JobSpec {
+    /// Thousandths of a GPU the job holds on each of its GPUs.
+    pub fn milli_per_gpu(&self) -> u32 {
+        if self.gpu_fraction == 0 {
+            WHOLE_GPU
+        } else {
+            self.gpu_fraction
+        }
+    }
+
+    /// GPU demand of one task in thousandths.
+    pub fn task_milli(&self) -> u64 {
+        u64::from(self.gpus) * u64::from(self.milli_per_gpu())
+    }
+
+    /// GPU demand of the whole job in thousandths.
+    pub fn demand_milli(&self) -> u64 {
+        self.task_milli() * u64::from(self.nodes.max(1))
+    }
+}
+
+/// Where a job may run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Constraints {
+    /// An exact GPU model, e.g. `A100-80GB`.
+    pub gpu_model: Option<String>,
+    /// A GPU class, e.g. `A100`.
+    pub gpu_class: Option<String>,
+    pub min_gpu_memory_bytes: u64,
+    /// Only nodes of this site.
+    pub site: Option<String>,
+    /// Nodes of this site first, others if none fits.
+    pub preferred_site: Option<String>,
+    /// Data classification level 0-3; only nodes certified at or above it.
+    pub data_level: u8,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +148,8 @@ pub enum JobState {
     Assigned,
     Running,
     Cancelling,
+    /// Stop ordered to give its GPUs to a tenant below its guarantee.
+    Preempting,
     Succeeded,
     Failed,
     Cancelled,
@@ -103,7 +168,7 @@ impl JobState {
     pub fn is_placed(self) -> bool {
         matches!(
             self,
-            JobState::Assigned | JobState::Running | JobState::Cancelling
+            JobState::Assigned | JobState::Running | JobState::Cancelling | JobState::Preempting
         )
     }
 
@@ -113,10 +178,64 @@ impl JobState {
             JobState::Assigned => "assigned",
             JobState::Running => "running",
             JobState::Cancelling => "cancelling",
+            JobState::Preempting => "preempting",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",
             JobState::Lost => "lost",
+        }
+    }
+}
+
+/// One task of a placed job: its node and GPUs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Task {
+    pub node: String,
+    pub gpus: Vec<String>,
+    /// The node's owner when it is not the job's tenant (who lent it).
+    pub lender: Option<String>,
+    /// The agent reported this task's process started.
+    pub started: bool,
+    /// The task's process has ended (or was lost); its GPUs are free.
+    pub finished: bool,
+}
+
+/// Why a job that had a task fail is ending, kept until its other tasks
+/// have stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    Failed {
+        exit_code: Option<i32>,
+        reason: String,
+    },
+    Lost {
+        reason: String,
+    },
+}
+
+/// On what terms a job holds its GPUs, decided when it is placed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Capacity {
+    /// Within its guarantee, on nodes it contributed.
+    Own,
+    /// Within its guarantee, on other members' nodes.
+    #[default]
+    Guaranteed,
+    /// Above its guarantee: preemptible when an owner claims it back.
+    Borrowed,
+    /// A scavenger job on idle capacity, charged against nothing.
+    Idle,
+}
+
+impl Capacity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Capacity::Own => "own",
+            Capacity::Guaranteed => "guaranteed",
+            Capacity::Borrowed => "borrowed",
+            Capacity::Idle => "idle",
         }
     }
 }
@@ -127,8 +246,8 @@ pub struct Job {
     pub tenant: String,
     pub spec: JobSpec,
     pub state: JobState,
-    pub node: Option<String>,
-    pub gpus: Vec<String>,
+    /// Where its tasks run; empty while pending.
+    pub tasks: Vec<Task>,
     pub exit_code: Option<i32>,
     pub reason: String,
     pub submitted_at: Millis,
@@ -136,12 +255,157 @@ pub struct Job {
     pub finished_at: Option<Millis>,
     /// 1 on the first run, +1 for each requeue.
     pub attempt: u32,
+    /// The GPU class it was placed on (for accounting against quotas).
+    pub gpu_class: Option<String>,
+    pub preemptions: u32,
+    /// When it last entered the queue (submission or requeue).
+    pub queued_at: Millis,
+    /// When it was last placed.
+    pub placed_at: Option<Millis>,
+    /// The terms of its current or last placement.
+    pub capacity: Capacity,
+    /// Its current or last placement needed other jobs preempted first.
+    pub reclaimed: bool,
+    /// Set when one task failed or was lost while others still run.
+    pub ending: Option<Ending>,
+}
+
+impl Job {
+    /// The nodes its tasks run on, in task order.
+    pub fn nodes(&self) -> impl Iterator<Item = &str> {
+        self.tasks.iter().map(|t| t.node.as_str())
+    }
+
+    pub fn runs_on(&self, node: &str) -> bool {
+        self.tasks.iter().any(|t| t.node == node)
+    }
+
+    /// All GPU UUIDs it holds, in task order.
+    pub fn gpu_uuids(&self) -> impl Iterator<Item = &str> {
+        self.tasks
+            .iter()
+            .flat_map(|t| t.gpus.iter().map(String::as_str))
+    }
+
+    /// The time from entering the queue to its GPUs, for a placement
+    /// within its guarantee (the reclaim latency when others had to be
+    /// preempted for it).
+    pub fn wait_ms(&self) -> Option<Millis> {
+        self.placed_at.map(|p| (p - self.queued_at).max(0))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tenant {
     pub name: String,
     pub created_at: Millis,
+    pub policy: TenantPolicy,
+    pub usage: Usage,
+}
+
+/// A tenant's GPUs of one class.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// `None`: the healthy GPUs of this class on the nodes it owns.
+    pub guaranteed: Option<u32>,
+    /// GPUs it may borrow above its guarantee; `None`: unlimited.
+    pub borrow_limit: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantPolicy {
+    /// Per GPU class; a class not listed has the default quota.
+    pub quotas: BTreeMap<String, Quota>,
+    /// Fair-share weight in thousandths (1000 = 1.0).
+    pub weight_milli: u32,
+    /// Multiplier on the weight for under-resourced members, in thousandths.
+    pub equity_milli: u32,
+    /// Most GPUs of its guarantee a job class may hold (per GPU class).
+    pub class_caps: BTreeMap<JobClass, u32>,
+    /// Stops new work (the kill switch).
+    pub suspended: bool,
+}
+
+impl Default for TenantPolicy {
+    fn default() -> Self {
+        TenantPolicy {
+            quotas: BTreeMap::new(),
+            weight_milli: 1000,
+            equity_milli: 1000,
+            class_caps: BTreeMap::new(),
+            suspended: false,
+        }
+    }
+}
+
+impl TenantPolicy {
+    pub fn quota(&self, gpu_class: &str) -> Quota {
+        self.quotas.get(gpu_class).copied().unwrap_or_default()
+    }
+
+    /// Weight times equity, in millionths.
+    pub fn effective_weight(&self) -> u64 {
+        u64::from(self.weight_milli) * u64::from(self.equity_milli)
+    }
+}
+
+/// Finished GPU time, decayed with the pool's half-life. Running jobs are
+/// added by the planner at the moment it plans.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Class-weighted GPU-seconds as of `as_of`.
+    pub gpu_seconds: f64,
+    pub as_of: Millis,
+}
+
+// Usage holds a float that is only ever computed from the log, so equality
+// of two replicas' states still means equal logs applied.
+impl Eq for Usage {}
+
+impl Usage {
+    /// The value decayed to `at`.
+    pub fn at(&self, at: Millis, half_life_ms: u64) -> f64 {
+        let dt = (at - self.as_of).max(0) as f64;
+        self.gpu_seconds * (-dt / half_life_ms.max(1) as f64).exp2()
+    }
+
+    pub fn add(&mut self, at: Millis, half_life_ms: u64, gpu_seconds: f64) {
+        self.gpu_seconds = self.at(at, half_life_ms) + gpu_seconds;
+        self.as_of = self.as_of.max(at);
+    }
+}
+
+/// Pool-wide policy settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolPolicy {
+    /// Fair-share usage halves over this long.
+    pub half_life_ms: u64,
+}
+
+impl Default for PoolPolicy {
+    fn default() -> Self {
+        PoolPolicy {
+            half_life_ms: 7 * 24 * 3600 * 1000,
+        }
+    }
+}
+
+impl JobClass {
+    /// How much a GPU-second of this class counts towards fair-share usage.
+    pub fn usage_weight(self) -> f64 {
+        match self {
+            JobClass::Inference | JobClass::Training => 1.0,
+            JobClass::Batch => 0.75,
+            JobClass::Scavenger => 0.0,
+        }
+    }
+
+    pub const ALL: [JobClass; 4] = [
+        JobClass::Inference,
+        JobClass::Training,
+        JobClass::Batch,
+        JobClass::Scavenger,
+    ];
 }
 
 /// One GPU as the agent reported it.
@@ -152,12 +416,59 @@ pub struct GpuInfo {
     pub model: String,
     pub memory_bytes: u64,
     pub healthy: bool,
+    /// Indexes of the GPUs on the same node it shares a fast link
+    /// (NVLink) with; empty when the node reports none.
+    #[serde(default)]
+    pub peers: Vec<u32>,
 }
+
+/// A whole GPU is this many thousandths.
+pub const WHOLE_GPU: u32 = 1000;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gpu {
     pub info: GpuInfo,
-    pub assigned: Option<JobId>,
+    /// Jobs holding this GPU and how many thousandths of it each holds:
+    /// one job with 1000, or fractional jobs summing to at most 1000.
+    pub holders: BTreeMap<JobId, u32>,
+}
+
+impl Gpu {
+    pub fn used_milli(&self) -> u32 {
+        self.holders.values().sum()
+    }
+
+    pub fn free_milli(&self) -> u32 {
+        if self.info.healthy {
+            WHOLE_GPU.saturating_sub(self.used_milli())
+        } else {
+            0
+        }
+    }
+
+    /// Healthy and held by nobody.
+    pub fn is_free(&self) -> bool {
+        self.info.healthy && self.holders.is_empty()
+    }
+}
+
+/// The GPU class of a model: its family, the name before the first '-'
+/// (`A100-80GB` is class `A100`).
+pub fn gpu_class_of(model: &str) -> &str {
+    model.split('-').next().unwrap_or(model)
+}
+
+/// What admins say about a node.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeLabels {
+    /// The member that contributed the node; its healthy GPUs count
+    /// towards that member's guarantee.
+    pub owner: Option<String>,
+    pub site: Option<String>,
+    /// The highest data classification level (0-3) the node is certified for.
+    pub data_level: u8,
+    /// Overrides the GPU class derived from the model.
+    pub gpu_class: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,16 +491,28 @@ pub struct Node {
     pub draining: bool,
     pub agent_version: String,
     pub status_since: Millis,
+    pub labels: NodeLabels,
 }
 
+pub const DEFAULT_SITE: &str = "default";
+
 impl Node {
+    pub fn site(&self) -> &str {
+        self.labels.site.as_deref().unwrap_or(DEFAULT_SITE)
+    }
+
+    pub fn gpu_class<'a>(&'a self, gpu: &'a Gpu) -> &'a str {
+        self.labels
+            .gpu_class
+            .as_deref()
+            .unwrap_or_else(|| gpu_class_of(&gpu.info.model))
+    }
+
     pub fn schedulable(&self) -> bool {
         self.status == NodeStatus::Ready && !self.cordoned && !self.draining
     }
 
     pub fn free_gpus(&self) -> impl Iterator<Item = &Gpu> {
-        self.gpus
-            .iter()
-            .filter(|g| g.info.healthy && g.assigned.is_none())
+        self.gpus.iter().filter(|g| g.is_free())
     }
 }

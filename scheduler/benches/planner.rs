@@ -1,0 +1,195 @@
+//! One planning round on a busy pool, at growing sizes: N nodes of 8 GPUs
+//! (half of them full of running jobs), 10 × N pending jobs from 200
+//! tenants with mixed shapes (whole GPUs, fractions, gangs, constraints).
+//!
+//! `round` is a whole round (at most 1,024 placements); `setup` is the part
+//! every round pays before its first decision (books, free-capacity index,
+//! queue), so `round - setup` over the placements made is the cost of one
+//! placement. Results are recorded in docs/benchmarks.md.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use edupool_scheduler::planner::{plan, Policy};
+use edupool_scheduler::state::{
+    Capacity, Command, Constraints, GpuInfo, JobClass, JobSpec, Millis, NodeLabels, OnNodeLost,
+    Outcome, State, TaskPlacement,
+};
+
+const T0: Millis = 1_700_000_000_000;
+const TENANTS: usize = 200;
+const SITES: usize = 10;
+const GPUS_PER_NODE: u32 = 8;
+
+fn ok(s: &mut State, cmd: Command) -> Outcome {
+    s.apply(cmd, T0).expect("bench setup command applies").0
+}
+
+fn spec(gpus: u32, class: JobClass) -> JobSpec {
+    JobSpec {
+        name: "bench".into(),
+        command: vec!["true".into()],
+        env: Default::default(),
+        gpus,
+        nodes: 1,
+        class,
+        walltime_secs: 3600,
+        grace_period_secs: 30,
+        on_node_lost: OnNodeLost::Requeue,
+        max_retries: 1,
+        priority: 0,
+        gpu_fraction: 0,
+        constraints: Constraints::default(),
+        requeue_on_preempt: true,
+    }
+}
+
+/// A pool of `nodes` nodes, half busy, and `pending` queued jobs.
+fn pool(nodes: usize, pending: usize) -> State {
+    let mut rng = StdRng::seed_from_u64(42);
+    let mut s = State::default();
+    for t in 0..TENANTS {
+        ok(
+            &mut s,
+            Command::CreateTenant {
+                name: format!("t{t:03}"),
+                token_hash: format!("hash{t}"),
+            },
+        );
+    }
+    for n in 0..nodes {
+        let name = format!("n{n:05}");
+        let model = if n % 4 == 0 { "H100-80GB" } else { "A100-80GB" };
+        let gpus = (0..GPUS_PER_NODE)
+            .map(|i| GpuInfo {
+                uuid: format!("GPU-{name}-{i}"),
+                index: i,
+                model: model.into(),
+                memory_bytes: 80 << 30,
+                healthy: true,
+                peers: vec![i ^ 1],
+            })
+            .collect();
+        ok(
+            &mut s,
+            Command::NodeConnected {
+                node: name.clone(),
+                gpus,
+                agent_version: "bench".into(),
+            },
+        );
+        // Three quarters of the nodes are contributed by a member.
+        let owner = (n % 4 != 3).then(|| format!("t{:03}", n % TENANTS));
+        ok(
+            &mut s,
+            Command::LabelNode {
+                node: name,
+                labels: NodeLabels {
+                    owner,
+                    site: Some(format!("site{}", n % SITES)),
+                    data_level: (n % 7).min(3) as u8,
+                    gpu_class: None,
+                },
+            },
+        );
+    }
+    // Half the nodes run one 8-GPU job each, borrowed from their owners.
+    for n in 0..nodes / 2 {
+        let name = format!("n{n:05}");
+        let tenant = format!("t{:03}", (n + 1) % TENANTS);
+        let Outcome::Job(id) = ok(
+            &mut s,
+            Command::SubmitJob {
+                tenant,
+                spec: spec(GPUS_PER_NODE, JobClass::Training),
+            },
+        ) else {
+            unreachable!()
+        };
+        ok(
+            &mut s,
+            Command::PlaceJob {
+                job: id,
+                tasks: vec![TaskPlacement {
+                    node: name.clone(),
+                    gpus: (0..GPUS_PER_NODE)
+                        .map(|i| format!("GPU-{name}-{i}"))
+                        .collect(),
+                }],
+                capacity: Capacity::Borrowed,
+            },
+        );
+        ok(
+            &mut s,
+            Command::JobStarted {
+                node: name,
+                job: id,
+                started_at: T0,
+            },
+        );
+    }
+    for _ in 0..pending {
+        let tenant = format!("t{:03}", rng.gen_range(0..TENANTS));
+        let class = [
+            JobClass::Inference,
+            JobClass::Training,
+            JobClass::Batch,
+            JobClass::Scavenger,
+        ][rng.gen_range(0..4)];
+        let mut job = spec([1, 1, 2, 4, 8][rng.gen_range(0..5)], class);
+        job.priority = rng.gen_range(0..3);
+        match rng.gen_range(0..10) {
+            0 => {
+                job.gpus = 1;
+                job.gpu_fraction = [250, 500][rng.gen_range(0..2)];
+            }
+            1 => {
+                job.gpus = GPUS_PER_NODE;
+                job.nodes = 2;
+            }
+            2 => job.constraints.gpu_class = Some("H100".into()),
+            3 => job.constraints.site = Some(format!("site{}", rng.gen_range(0..SITES))),
+            4 => job.constraints.data_level = 2,
+            5 => job.constraints.preferred_site = Some("site3".into()),
+            _ => {}
+        }
+        ok(&mut s, Command::SubmitJob { tenant, spec: job });
+    }
+    s
+}
+
+fn bench(c: &mut Criterion) {
+    let mut group = c.benchmark_group("planner");
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    let setup = Policy {
+        max_decisions: 0,
+        ..Policy::default()
+    };
+    for nodes in [1_000usize, 3_000, 10_000] {
+        let state = pool(nodes, nodes * 10);
+        let now = T0 + 60_000;
+        let placed = plan(&state, now, &Policy::default()).len();
+        eprintln!(
+            "{nodes} nodes / {} GPUs / {} pending / {TENANTS} tenants: {placed} decisions per round",
+            nodes * GPUS_PER_NODE as usize,
+            nodes * 10
+        );
+        group.bench_with_input(BenchmarkId::new("round", nodes), &state, |b, s| {
+            b.iter(|| black_box(plan(s, now, &Policy::default())))
+        });
+        group.bench_with_input(BenchmarkId::new("setup", nodes), &state, |b, s| {
+            b.iter(|| black_box(plan(s, now, &setup)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

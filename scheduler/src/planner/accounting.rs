@@ -1,0 +1,331 @@
+//! Who holds what against which guarantee: the numbers the policy rules
+//! are decided by, computed from the state at the planning instant.
+//!
+//! All GPU amounts are in thousandths of a GPU, so fractional jobs count
+//! exactly.
+
+use std::collections::BTreeMap;
+
+use crate::state::{JobClass, JobId, JobState, Millis, NodeStatus, Quota, State, WHOLE_GPU};
+
+/// Seconds of GPU time a placement adds to its tenant's share within one
+/// round, so one tenant does not take everything at once.
+pub const ROUND_SHARE_HORIZON_SECS: f64 = 3600.0;
+
+#[derive(Clone, Debug, Default)]
+pub struct TenantBook {
+    /// Guaranteed thousandths per GPU class.
+    pub guaranteed: BTreeMap<String, u64>,
+    /// Thousandths held per GPU class by non-scavenger jobs (not counting
+    /// jobs being preempted).
+    pub held: BTreeMap<String, u64>,
+    /// Thousandths held per (GPU class, job class), for class caps.
+    pub held_by_job_class: BTreeMap<(String, JobClass), u64>,
+    /// Decayed, class-weighted GPU-seconds divided by the effective weight.
+    pub share: f64,
+}
+
+impl TenantBook {
+    pub fn guaranteed(&self, class: &str) -> u64 {
+        self.guaranteed.get(class).copied().unwrap_or(0)
+    }
+
+    pub fn held(&self, class: &str) -> u64 {
+        self.held.get(class).copied().unwrap_or(0)
+    }
+
+    /// Room left inside the guarantee of `class`.
+    pub fn guarantee_room(&self, class: &str) -> u64 {
+        self.guaranteed(class).saturating_sub(self.held(class))
+    }
+
+    /// Borrowed beyond the guarantee in `class`.
+    pub fn borrowed(&self, class: &str) -> u64 {
+        self.held(class).saturating_sub(self.guaranteed(class))
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Books {
+    pub tenants: BTreeMap<String, TenantBook>,
+}
+
+impl Books {
+    pub fn new(state: &State, now: Millis) -> Books {
+        let mut tenants: BTreeMap<String, TenantBook> = state
+            .tenants()
+            .map(|t| (t.name.clone(), TenantBook::default()))
+            .collect();
+        // Guarantees by default follow contribution: the healthy GPUs of
+        // the ready nodes a tenant owns.
+        for node in state.nodes().filter(|n| n.status == NodeStatus::Ready) {
+            let Some(owner) = node.labels.owner.as_ref().and_then(|o| tenants.get_mut(o)) else {
+                continue;
+            };
+            for g in node.gpus.iter().filter(|g| g.info.healthy) {
+                let class = node.gpu_class(g);
+                match owner.guaranteed.get_mut(class) {
+                    Some(m) => *m += u64::from(WHOLE_GPU),
+                    None => {
+                        owner
+                            .guaranteed
+                            .insert(class.to_string(), u64::from(WHOLE_GPU));
+                    }
+                }
+            }
+        }
+        for t in state.tenants() {
+            let book = tenants.get_mut(&t.name).expect("inserted above");
+            for (class, quota) in &t.policy.quotas {
+                if let Some(g) = quota.guaranteed {
+                    book.guaranteed
+                        .insert(class.clone(), u64::from(g) * u64::from(WHOLE_GPU));
+                }
+            }
+        }
+        let half_life = state.policy().half_life_ms;
+        let mut usage: BTreeMap<&str, f64> = state
+            .tenants()
+            .map(|t| (t.name.as_str(), t.usage.at(now, half_life)))
+            .collect();
+        for job in state.jobs().filter(|j| j.state.is_placed()) {
+            let Some(book) = tenants.get_mut(&job.tenant) else {
+                continue;
+            };
+            let class = job.gpu_class.clone().unwrap_or_default();
+            let milli = job.spec.demand_milli();
+            // A job in its preemption grace period is already given back.
+            let leaving = job.state == JobState::Preempting;
+            if job.spec.class != JobClass::Scavenger && !leaving {
+                *book.held.entry(class.clone()).or_default() += milli;
+            }
+            *book
+                .held_by_job_class
+                .entry((class, job.spec.class))
+                .or_default() += milli;
+            if let (Some(started), JobState::Running) = (job.started_at, job.state) {
+                let secs = (now - started).max(0) as f64 / 1000.0;
+                *usage.entry(job.tenant.as_str()).or_default() +=
+                    secs * milli as f64 / f64::from(WHOLE_GPU) * job.spec.class.usage_weight();
+            }
+        }
+        for t in state.tenants() {
+            let weight = t.policy.effective_weight().max(1) as f64 / 1e6;
+            tenants.get_mut(&t.name).expect("inserted above").share =
+                usage.get(t.name.as_str()).copied().unwrap_or(0.0) / weight;
+        }
+        Books { tenants }
+    }
+
+    /// Records a placement made during this round.
+    pub fn place(
+        &mut self,
+        state: &State,
+        tenant: &str,
+        class: &str,
+        job_class: JobClass,
+        milli: u64,
+    ) {
+        let Some(book) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        if job_class != JobClass::Scavenger {
+            *book.held.entry(class.to_string()).or_default() += milli;
+        }
+        *book
+            .held_by_job_class
+            .entry((class.to_string(), job_class))
+            .or_default() += milli;
+        let weight = state
+            .tenant(tenant)
+            .map_or(1.0, |t| t.policy.effective_weight().max(1) as f64 / 1e6);
+        book.share += ROUND_SHARE_HORIZON_SECS * milli as f64 / f64::from(WHOLE_GPU)
+            * job_class.usage_weight()
+            / weight;
+    }
+
+    /// Records GPUs that preemption will free.
+    pub fn release(&mut self, tenant: &str, class: &str, job_class: JobClass, milli: u64) {
+        let Some(book) = self.tenants.get_mut(tenant) else {
+            return;
+        };
+        if job_class != JobClass::Scavenger {
+            let h = book.held.entry(class.to_string()).or_default();
+            *h = h.saturating_sub(milli);
+        }
+        let h = book
+            .held_by_job_class
+            .entry((class.to_string(), job_class))
+            .or_default();
+        *h = h.saturating_sub(milli);
+    }
+}
+
+/// One GPU class of a tenant's capacity report, in thousandths.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClassReport {
+    pub gpu_class: String,
+    pub guaranteed: u64,
+    /// Held by its jobs (scavenger work included).
+    pub in_use: u64,
+    /// Held above its guarantee by its charged jobs.
+    pub borrowed: u64,
+    /// Its own nodes' GPUs held by other tenants' jobs.
+    pub lent: u64,
+    /// The admin's quota setting for the class.
+    pub quota: Quota,
+}
+
+/// What `tenant show` prints and metrics export, per tenant.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TenantReport {
+    pub name: String,
+    pub classes: Vec<ClassReport>,
+    pub weight_milli: u32,
+    pub equity_milli: u32,
+    /// Decayed, class-weighted GPU-seconds, running jobs included.
+    pub usage_gpu_seconds: f64,
+    /// Its part of the pool's decayed usage, 0-1.
+    pub usage_share: f64,
+    pub pending_jobs: u32,
+    pub running_jobs: u32,
+    pub class_caps: BTreeMap<JobClass, u32>,
+    /// Its pending jobs in the order the planner considers them.
+    pub queue: Vec<JobId>,
+}
+
+/// A placement within a guarantee that needed others preempted: how long
+/// the guaranteed demand waited for its GPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReclaimSample {
+    pub tenant: String,
+    pub job: JobId,
+    pub gpu_class: String,
+    pub latency_ms: Millis,
+}
+
+/// Every tenant's guarantee, use, borrowing, lending and fair-share usage
+/// at `now`.
+pub fn tenant_reports(state: &State, now: Millis) -> Vec<TenantReport> {
+    let books = Books::new(state, now);
+    let mut reports: BTreeMap<&str, TenantReport> = BTreeMap::new();
+    let mut classes: BTreeMap<&str, BTreeMap<String, ClassReport>> = BTreeMap::new();
+    for t in state.tenants() {
+        let book = &books.tenants[&t.name];
+        let entry = classes.entry(t.name.as_str()).or_default();
+        let names = book
+            .guaranteed
+            .keys()
+            .chain(book.held.keys())
+            .chain(t.policy.quotas.keys());
+        for c in names {
+            entry.entry(c.clone()).or_insert_with(|| ClassReport {
+                gpu_class: c.clone(),
+                guaranteed: book.guaranteed(c),
+                borrowed: book.borrowed(c),
+                quota: t.policy.quota(c),
+                ..Default::default()
+            });
+        }
+        let weight = t.policy.effective_weight().max(1) as f64 / 1e6;
+        reports.insert(
+            t.name.as_str(),
+            TenantReport {
+                name: t.name.clone(),
+                weight_milli: t.policy.weight_milli,
+                equity_milli: t.policy.equity_milli,
+                usage_gpu_seconds: book.share * weight,
+                class_caps: t.policy.class_caps.clone(),
+                ..Default::default()
+            },
+        );
+    }
+    for job in state.jobs() {
+        let Some(r) = reports.get_mut(job.tenant.as_str()) else {
+            continue;
+        };
+        if job.state == JobState::Pending {
+            r.pending_jobs += 1;
+            continue;
+        }
+        if !job.state.is_placed() {
+            continue;
+        }
+        r.running_jobs += 1;
+        let class = job.gpu_class.clone().unwrap_or_default();
+        let task = job.spec.task_milli();
+        let live = job.tasks.iter().filter(|t| !t.finished).count() as u64;
+        class_entry(&mut classes, &job.tenant, &class).in_use += task * live;
+        for t in job.tasks.iter().filter(|t| !t.finished) {
+            if let Some(lender) = &t.lender {
+                if reports.contains_key(lender.as_str()) {
+                    class_entry(&mut classes, lender, &class).lent += task;
+                }
+            }
+        }
+    }
+    let total: f64 = reports.values().map(|r| r.usage_gpu_seconds).sum();
+    let mut queues: BTreeMap<&str, Vec<&crate::state::Job>> = BTreeMap::new();
+    for j in state.pending_jobs() {
+        queues.entry(j.tenant.as_str()).or_default().push(j);
+    }
+    reports
+        .into_iter()
+        .map(|(name, mut r)| {
+            r.usage_share = if total > 0.0 {
+                r.usage_gpu_seconds / total
+            } else {
+                0.0
+            };
+            r.classes = classes
+                .remove(name)
+                .unwrap_or_default()
+                .into_values()
+                .collect();
+            let mut q = queues.remove(name).unwrap_or_default();
+            q.sort_by_key(|j| {
+                (
+                    j.spec.class,
+                    std::cmp::Reverse(j.spec.priority),
+                    j.queued_at,
+                    j.id,
+                )
+            });
+            r.queue = q.iter().map(|j| j.id).collect();
+            r
+        })
+        .collect()
+}
+
+fn class_entry<'m>(
+    classes: &'m mut BTreeMap<&str, BTreeMap<String, ClassReport>>,
+    tenant: &str,
+    class: &str,
+) -> &'m mut ClassReport {
+    let per = classes
+        .iter_mut()
+        .find(|(t, _)| **t == tenant)
+        .map(|(_, m)| m)
+        .expect("every tenant has an entry");
+    per.entry(class.to_string()).or_insert_with(|| ClassReport {
+        gpu_class: class.to_string(),
+        ..Default::default()
+    })
+}
+
+/// The reclaim latency of every job whose current or last placement was
+/// within its guarantee and needed borrowed GPUs preempted first.
+pub fn reclaim_latencies(state: &State) -> Vec<ReclaimSample> {
+    state
+        .jobs()
+        .filter(|j| j.reclaimed && j.placed_at.is_some())
+        .filter_map(|j| {
+            Some(ReclaimSample {
+                tenant: j.tenant.clone(),
+                job: j.id,
+                gpu_class: j.gpu_class.clone().unwrap_or_default(),
+                latency_ms: j.wait_ms()?,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,146 @@
+//! The reservation for the top blocked job.
+//!
+//! The highest job in the queue order that does not fit gets the nodes
+//! where it could start earliest, judged by when the jobs there reach their
+//! walltime. Until then, smaller jobs may still run on those nodes, but
+//! only if their own walltime ends before the reservation starts, so they
+//! never delay it.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::explain::Hold;
+use super::Round;
+use crate::state::{Job, JobState, Millis, WHOLE_GPU};
+
+/// Reserves nodes for `job` over the allowed GPU classes; the hold that
+/// says so, or `None` when no set of nodes could ever take it.
+pub(super) fn reserve(
+    round: &mut Round,
+    job: &Job,
+    classes: &[&str],
+    within_guarantee: bool,
+) -> Option<Hold> {
+    let spec = &job.spec;
+    let buckets: Vec<usize> = round
+        .index
+        .buckets_for(&spec.constraints, classes)
+        .map(|(b, _)| b)
+        .collect();
+    let ends = expected_ends(round);
+    // The earliest start on each node, grouped by site for gangs.
+    let mut by_site: BTreeMap<(&str, &str), Vec<(Millis, usize)>> = BTreeMap::new();
+    for &b in &buckets {
+        let key = round.index.key(b);
+        for &i in round.index.members(b) {
+            if round.index.nodes[i].reserved_until.is_some() {
+                continue;
+            }
+            if let Some(at) = earliest_start(round, job, &[b], i, &ends) {
+                by_site
+                    .entry((key.site.as_str(), key.class.as_str()))
+                    .or_default()
+                    .push((at, i));
+            }
+        }
+    }
+    let want = spec.nodes.max(1) as usize;
+    let mut best: Option<(Millis, Vec<usize>)> = None;
+    for (_, mut starts) in by_site {
+        if starts.len() < want {
+            continue;
+        }
+        starts.sort_unstable();
+        let at = starts[want - 1].0;
+        if best.as_ref().is_none_or(|(b, _)| at < *b) {
+            best = Some((at, starts[..want].iter().map(|&(_, i)| i).collect()));
+        }
+    }
+    let (until, chosen) = best?;
+    let names = chosen
+        .iter()
+        .map(|&i| round.index.nodes[i].node.name.clone())
+        .collect();
+    for i in chosen {
+        round.index.reserve(i, until);
+    }
+    Some(Hold::Reserved {
+        until,
+        nodes: names,
+        within_guarantee,
+    })
+}
+
+/// When each placed job's GPUs are expected back, by node name.
+fn expected_ends<'a>(round: &Round<'a>) -> HashMap<&'a str, Vec<(Millis, &'a Job)>> {
+    let mut ends: HashMap<&'a str, Vec<(Millis, &'a Job)>> = HashMap::new();
+    for job in round.state.jobs().filter(|j| j.state.is_placed()) {
+        let at = match job.state {
+            JobState::Preempting | JobState::Cancelling => {
+                round.now + job.spec.grace_period_secs as Millis * 1000
+            }
+            _ => {
+                let from = job.started_at.or(job.placed_at).unwrap_or(round.now);
+                from + job.spec.walltime_secs as Millis * 1000
+            }
+        };
+        for t in job.tasks.iter().filter(|t| !t.finished) {
+            ends.entry(t.node.as_str())
+                .or_default()
+                .push((at.max(round.now), job));
+        }
+    }
+    ends
+}
+
+/// The earliest time one task of `job` fits on node `i`, as the jobs there
+/// end at their walltime.
+fn earliest_start(
+    round: &Round,
+    job: &Job,
+    buckets: &[usize],
+    i: usize,
+    ends: &HashMap<&str, Vec<(Millis, &Job)>>,
+) -> Option<Millis> {
+    let view = &round.index.nodes[i];
+    let spec = &job.spec;
+    let milli = spec.milli_per_gpu();
+    let eligible: Vec<bool> = (0..view.free.len())
+        .map(|pos| {
+            buckets
+                .iter()
+                .any(|&b| round.index.gpu_in(&spec.constraints, i, pos, b))
+        })
+        .collect();
+    if eligible.iter().filter(|e| **e).count() < spec.gpus as usize {
+        return None;
+    }
+    let mut free = view.free.clone();
+    let fits = |free: &[u32]| {
+        free.iter()
+            .zip(&eligible)
+            .filter(|(f, e)| **e && (**f).min(WHOLE_GPU) >= milli)
+            .count()
+            >= spec.gpus as usize
+    };
+    if fits(&free) {
+        return Some(round.now);
+    }
+    let mut releases = ends
+        .get(view.node.name.as_str())
+        .cloned()
+        .unwrap_or_default();
+    releases.sort_by_key(|(at, j)| (*at, j.id));
+    for (at, j) in releases {
+        for t in j.tasks.iter().filter(|t| t.node == view.node.name) {
+            for (pos, g) in view.node.gpus.iter().enumerate() {
+                if t.gpus.contains(&g.info.uuid) {
+                    free[pos] += j.spec.milli_per_gpu();
+                }
+            }
+        }
+        if fits(&free) {
+            return Some(at);
+        }
+    }
+    None
+}

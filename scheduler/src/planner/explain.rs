@@ -1,0 +1,130 @@
+//! Why a job is where it is, in words a person can act on.
+//!
+//! `explain` runs the same planning round the leader runs and records what
+//! happened to one job, so the answer is the rule that really holds it
+//! back, not a guess beside the planner.
+
+use std::fmt;
+
+use super::{Policy, Round};
+use crate::state::{JobClass, JobId, JobState, Millis, State};
+
+/// What held a job back in a round (or that it would be placed now).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hold {
+    /// It would be placed in this round.
+    PlacedNow,
+    /// Its tenant is suspended.
+    Suspended,
+    /// No schedulable node has a GPU of the class or model it asks for.
+    NoMatchingGpu,
+    /// Above its guarantee and at its borrow limit in every class.
+    BorrowLimit { gpu_class: String, limit: u32 },
+    /// Its job class has used the tenant's cap for it.
+    ClassCap { job_class: JobClass, cap: u32 },
+    /// GPUs are being freed for it by preempted jobs in their grace period.
+    WaitingForPreemption { node: String },
+    /// This round preempts these jobs for it.
+    Reclaiming { node: String, victims: Vec<JobId> },
+    /// It is the top blocked job and holds these nodes from `until`.
+    Reserved {
+        until: Millis,
+        nodes: Vec<String>,
+        within_guarantee: bool,
+    },
+    /// No free GPUs for it now.
+    NoCapacity { within_guarantee: bool, gang: bool },
+    /// The round's budget ran out before its turn.
+    NotReached,
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Hold::PlacedNow => write!(f, "it fits now and will be placed in the next planning round"),
+            Hold::Suspended => write!(f, "its tenant is suspended, so none of its jobs start"),
+            Hold::NoMatchingGpu => write!(
+                f,
+                "no schedulable node has GPUs of the model or class it asks for (they may be down or cordoned)"
+            ),
+            Hold::BorrowLimit { gpu_class, limit } => write!(
+                f,
+                "borrow limit: its tenant is above its guarantee and already borrows the most it may ({limit} {gpu_class} GPUs above the guarantee)"
+            ),
+            Hold::ClassCap { job_class, cap } => write!(
+                f,
+                "class cap: {} jobs of its tenant may use at most {cap} GPUs of the guarantee, and no idle GPUs are free to borrow",
+                job_class.name()
+            ),
+            Hold::WaitingForPreemption { node } => write!(
+                f,
+                "guarantee: its tenant is below its guarantee; borrowed GPUs on {node} are being reclaimed and the preempted jobs are in their grace period"
+            ),
+            Hold::Reclaiming { node, victims } => {
+                let v: Vec<String> = victims.iter().map(JobId::to_string).collect();
+                write!(
+                    f,
+                    "guarantee: its tenant is below its guarantee; preempting {} on {node} to free borrowed GPUs for it",
+                    v.join(", ")
+                )
+            }
+            Hold::Reserved {
+                until,
+                nodes,
+                within_guarantee,
+            } => write!(
+                f,
+                "reservation: it is the first blocked job in the queue; {} {} reserved for it from {} (when running jobs there reach their walltime); smaller jobs may only use them if they end before then{}",
+                if nodes.len() == 1 { "node" } else { "nodes" },
+                nodes.join(", "),
+                humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_millis((*until).max(0) as u64)
+                ),
+                guarantee_note(*within_guarantee)
+            ),
+            Hold::NoCapacity {
+                within_guarantee,
+                gang,
+            } => {
+                let what = if *gang {
+                    "not enough nodes in one site have the GPUs free for all its tasks at once"
+                } else {
+                    "no node has enough free GPUs that meet its constraints"
+                };
+                write!(f, "capacity: {what}{}", guarantee_note(*within_guarantee))
+            }
+            Hold::NotReached => write!(
+                f,
+                "queue: jobs ahead of it (by guarantee, fair share, class, priority and submit time) used this round's planning budget"
+            ),
+        }
+    }
+}
+
+fn guarantee_note(within_guarantee: bool) -> &'static str {
+    if within_guarantee {
+        "; it is within its tenant's guarantee, but no borrowed GPUs can be reclaimed for it (the GPUs in use are inference jobs, within their owners' guarantees, or it is a multi-node gang)"
+    } else {
+        "; its tenant is at or above its guarantee, so it waits for idle GPUs"
+    }
+}
+
+/// Why job `id` is in its state: for a pending job, the rule that holds it
+/// back in a round planned now.
+pub fn explain(state: &State, now: Millis, policy: &Policy, id: JobId) -> Option<String> {
+    let job = state.job(id)?;
+    let nodes: Vec<&str> = job.nodes().collect();
+    Some(match job.state {
+        JobState::Pending => {
+            let (_, hold) = Round::new(state, now, policy, Some(id)).run();
+            hold.unwrap_or(Hold::NotReached).to_string()
+        }
+        JobState::Assigned | JobState::Running => format!(
+            "{} on {} ({} capacity)",
+            job.state.name(),
+            nodes.join(", "),
+            job.capacity.name()
+        ),
+        _ => format!("{}: {}", job.state.name(), job.reason),
+    })
+}

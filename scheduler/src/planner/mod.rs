@@ -1,0 +1,279 @@
+//! The planner: a pure function from the state, the time and the planner
+//! settings to decisions (place a job's tasks, or preempt a job).
+//!
+//! Only the leader runs it; its decisions are proposed as commands, so a
+//! decision is durable before any agent hears of it, and `State::apply`
+//! re-checks each one (a stale decision is rejected, never applied twice).
+//! The trace simulator replays through the same `plan` with a virtual clock.
+//!
+//! - `accounting`: per-tenant books (guarantee, held, borrowed, share) and
+//!   the capacity report metrics and `tenant show` read;
+//! - `queue`: the order jobs are considered in (guarantees, fair share,
+//!   then class, priority and submit time within a tenant);
+//! - `placement`: the free-capacity index and fragmentation-aware packing;
+//! - `preemption`: reclaiming borrowed GPUs for a tenant below its guarantee;
+//! - `backfill`: the reservation for the top blocked job;
+//! - `explain`: why a pending job is pending, in words.
+
+pub mod accounting;
+mod backfill;
+pub mod explain;
+mod placement;
+mod preemption;
+mod queue;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+
+use crate::state::{
+    Capacity, Command, Constraints, Job, JobClass, JobId, Millis, State, TaskPlacement,
+};
+
+use accounting::Books;
+pub use explain::{explain, Hold};
+use placement::{BucketKey, FreeIndex};
+use queue::{Queue, Tier};
+
+/// Planner settings: budgets that bound one round's cost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Policy {
+    /// At most this many decisions per round.
+    pub max_decisions: usize,
+    /// At most this many pending jobs considered per round.
+    pub max_examined: usize,
+    /// At most this many victim searches per round.
+    pub max_reclaims: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            max_decisions: 1024,
+            max_examined: 20_000,
+            max_reclaims: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Run the job's tasks on these GPUs, on these terms.
+    Place {
+        job: JobId,
+        tasks: Vec<TaskPlacement>,
+        capacity: Capacity,
+    },
+    /// Stop the job so `for_job` gets its guaranteed GPUs.
+    Preempt {
+        job: JobId,
+        reason: String,
+        for_job: JobId,
+    },
+}
+
+impl Decision {
+    pub fn job(&self) -> JobId {
+        match self {
+            Decision::Place { job, .. } | Decision::Preempt { job, .. } => *job,
+        }
+    }
+
+    /// The command that carries the decision through the log.
+    pub fn into_command(self) -> Command {
+        match self {
+            Decision::Place {
+                job,
+                tasks,
+                capacity,
+            } => Command::PlaceJob {
+                job,
+                tasks,
+                capacity,
+            },
+            Decision::Preempt {
+                job,
+                reason,
+                for_job,
+            } => Command::PreemptJob {
+                job,
+                reason,
+                for_job: Some(for_job),
+            },
+        }
+    }
+}
+
+/// One planning round's decisions.
+pub fn plan(state: &State, now: Millis, policy: &Policy) -> Vec<Decision> {
+    Round::new(state, now, policy, None).run().0
+}
+
+/// A round in progress.
+struct Round<'a> {
+    state: &'a State,
+    now: Millis,
+    policy: &'a Policy,
+    books: Books,
+    index: FreeIndex<'a>,
+    decisions: Vec<Decision>,
+    /// The job being explained: its hold is recorded.
+    watch: Option<JobId>,
+    watched: Option<Hold>,
+    /// The top blocked job has its reservation.
+    reserved: bool,
+    reclaims: usize,
+    victims: Option<preemption::Victims<'a>>,
+    /// Smallest task demand (thousandths) found not to fit, per shape:
+    /// capacity only shrinks within a round, so a larger job of the same
+    /// shape cannot fit either.
+    blocked: HashMap<(Constraints, u32, bool), u32>,
+}
+
+/// How a job fared this round.
+enum Outcome {
+    Placed,
+    Held(Hold),
+}
+
+impl<'a> Round<'a> {
+    fn new(state: &'a State, now: Millis, policy: &'a Policy, watch: Option<JobId>) -> Self {
+        Round {
+            state,
+            now,
+            policy,
+            books: Books::new(state, now),
+            index: FreeIndex::new(state),
+            decisions: vec![],
+            watch,
+            watched: None,
+            reserved: false,
+            reclaims: 0,
+            victims: None,
+            blocked: HashMap::new(),
+        }
+    }
+
+    fn run(mut self) -> (Vec<Decision>, Option<Hold>) {
+        let mut queue = Queue::new(self.state);
+        queue.start(&self.books, &self.index);
+        let mut examined = 0;
+        while let Some((tenant, job)) = queue.pop() {
+            if examined == self.policy.max_examined
+                || self.decisions.len() >= self.policy.max_decisions
+            {
+                break;
+            }
+            examined += 1;
+            let outcome = self.consider(job);
+            if Some(job.id) == self.watch {
+                self.watched = Some(match outcome {
+                    Outcome::Placed => Hold::PlacedNow,
+                    Outcome::Held(h) => h,
+                });
+            }
+            queue.advance(tenant, &self.books, &self.index);
+        }
+        if self.watch.is_some() && self.watched.is_none() {
+            self.watched = Some(Hold::NotReached);
+        }
+        (self.decisions, self.watched)
+    }
+
+    fn consider(&mut self, job: &'a Job) -> Outcome {
+        let spec = &job.spec;
+        let classes = self.index.classes_for(&spec.constraints);
+        if classes.is_empty() {
+            return Outcome::Held(Hold::NoMatchingGpu);
+        }
+        let terms = queue::terms(&self.books, self.state, job, &classes);
+        if terms.guaranteed.is_empty() && terms.borrowable.is_empty() {
+            return Outcome::Held(terms.why_not.unwrap_or(Hold::NoMatchingGpu));
+        }
+        let shape = (
+            spec.constraints.clone(),
+            spec.nodes,
+            spec.milli_per_gpu() < crate::state::WHOLE_GPU,
+        );
+        let all_classes = terms.guaranteed.len() + terms.borrowable.len() == classes.len();
+        let task = spec.task_milli() as u32;
+        let ends_at = self.now + (spec.walltime_secs as Millis).saturating_mul(1000);
+        let known_blocked = self.blocked.get(&shape).is_some_and(|&m| task >= m);
+        if !known_blocked {
+            for (list, capacity) in [
+                (&terms.guaranteed, terms.capacity_within),
+                (&terms.borrowable, terms.capacity_above),
+            ] {
+                if list.is_empty() {
+                    continue;
+                }
+                let buckets: Vec<(usize, &BucketKey)> =
+                    self.index.buckets_for(&spec.constraints, list).collect();
+                if let Some(fits) = self.index.place(spec, &buckets, ends_at) {
+                    self.commit(job, &fits, capacity);
+                    return Outcome::Placed;
+                }
+            }
+            // Once nodes are reserved, "did not fit" depends on the job's
+            // walltime, so it is only remembered before.
+            if all_classes && !self.reserved {
+                self.blocked
+                    .entry(shape)
+                    .and_modify(|m| *m = (*m).min(task))
+                    .or_insert(task);
+            }
+        }
+        // Within its guarantee: reclaim borrowed GPUs for it.
+        if terms.tier == Tier::Guaranteed && spec.nodes <= 1 {
+            if let Some(hold) = self.reclaim(job, &terms.guaranteed) {
+                return Outcome::Held(hold);
+            }
+        }
+        if !self.reserved {
+            self.reserved = true;
+            let all: Vec<&str> = terms
+                .guaranteed
+                .iter()
+                .chain(&terms.borrowable)
+                .copied()
+                .collect();
+            let within = terms.tier == Tier::Guaranteed;
+            if let Some(hold) = backfill::reserve(self, job, &all, within) {
+                return Outcome::Held(hold);
+            }
+        }
+        Outcome::Held(Hold::NoCapacity {
+            within_guarantee: terms.tier == Tier::Guaranteed,
+            gang: spec.nodes > 1,
+        })
+    }
+
+    fn commit(&mut self, job: &Job, fits: &[placement::TaskFit], capacity: Capacity) {
+        let milli = job.spec.milli_per_gpu();
+        let class = self.index.class_of(&fits[0]).to_string();
+        let tasks = self.index.placements(fits);
+        for f in fits {
+            self.index.take(f.node, &f.gpus, milli);
+        }
+        self.books.place(
+            self.state,
+            &job.tenant,
+            &class,
+            job.spec.class,
+            job.spec.demand_milli(),
+        );
+        self.decisions.push(Decision::Place {
+            job: job.id,
+            tasks,
+            capacity,
+        });
+    }
+}
+
+/// Whether a job class is charged against guarantees.
+fn charged(class: JobClass) -> bool {
+    class != JobClass::Scavenger
+}

@@ -1,0 +1,501 @@
+//! Where a job's tasks go: an index of free capacity by (GPU class, site,
+//! data level), and fragmentation-aware packing over it.
+//!
+//! The index keeps, per bucket, the nodes ordered by how many whole GPUs
+//! they have free and the shared GPUs ordered by the thousandths they have
+//! free, so the best fit for a job is a range lookup rather than a scan of
+//! every node.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::state::{fits_gpu, Constraints, JobSpec, Millis, Node, State, TaskPlacement, WHOLE_GPU};
+
+/// How many feasible nodes per bucket are scored for one task; the index
+/// order already puts the best fits first.
+const CANDIDATES_PER_BUCKET: usize = 8;
+/// How many index entries one lookup may skip (nodes that fail a GPU
+/// model or memory constraint, or are reserved) before giving up.
+const SCAN_LIMIT: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BucketKey {
+    pub class: String,
+    pub site: String,
+    pub data_level: u8,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    /// (free whole GPUs, node index) for nodes with at least one.
+    by_free: BTreeSet<(u32, usize)>,
+    /// (free thousandths, node index, GPU position) for GPUs partly held.
+    shared: BTreeSet<(u32, usize, usize)>,
+    /// Every node with a GPU in this bucket, in index order.
+    members: Vec<usize>,
+}
+
+/// One schedulable node as this round sees it.
+#[derive(Debug)]
+pub struct NodeView<'a> {
+    pub node: &'a Node,
+    /// Free thousandths per GPU position (0 for unhealthy GPUs).
+    pub free: Vec<u32>,
+    /// The bucket of each GPU position.
+    bucket_of: Vec<usize>,
+    /// Held until this time for a blocked job (backfill reservation), or
+    /// wholly for a job waiting on preemption (`Millis::MIN`).
+    pub reserved_until: Option<Millis>,
+}
+
+/// A candidate placement's score: lower is better. The fields are the
+/// packing rules in priority order; the node index (name order) comes last
+/// so ties break the same way on every replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Score {
+    /// Outside the job's preferred site.
+    pub off_preferred_site: bool,
+    /// Certified above what the job needs: keep such nodes for sensitive work.
+    pub excess_data_level: u8,
+    /// A fraction that opens a fresh GPU instead of filling a shared one.
+    pub opens_gpu: bool,
+    /// Thousandths left free on the shared GPU a fraction lands on.
+    pub stranded_milli: u32,
+    /// Whole GPUs left free on the node: fewer keeps large blocks intact
+    /// elsewhere.
+    pub leftover_gpus: u32,
+    /// A multi-GPU task whose GPUs are not all linked to each other.
+    pub unlinked: bool,
+    pub node: usize,
+}
+
+/// A chosen task: the node index, the GPU positions, and its score.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskFit {
+    pub score: Score,
+    pub node: usize,
+    pub gpus: Vec<usize>,
+}
+
+pub struct FreeIndex<'a> {
+    pub nodes: Vec<NodeView<'a>>,
+    keys: Vec<BucketKey>,
+    buckets: Vec<Bucket>,
+    by_key: BTreeMap<BucketKey, usize>,
+    /// (class, model) pairs present, so a model constraint maps to classes.
+    models: BTreeSet<(&'a str, &'a str)>,
+}
+
+impl<'a> FreeIndex<'a> {
+    pub fn new(state: &'a State) -> FreeIndex<'a> {
+        let mut index = FreeIndex {
+            nodes: vec![],
+            keys: vec![],
+            buckets: vec![],
+            by_key: BTreeMap::new(),
+            models: BTreeSet::new(),
+        };
+        for node in state.nodes().filter(|n| n.schedulable()) {
+            // A node's GPUs are nearly always of one class: look its
+            // bucket up once.
+            let mut last: Option<(&str, usize)> = None;
+            let bucket_of: Vec<usize> = node
+                .gpus
+                .iter()
+                .map(|g| {
+                    let class = node.gpu_class(g);
+                    match last {
+                        Some((c, b)) if c == class => b,
+                        _ => {
+                            let b = index.bucket_id(BucketKey {
+                                class: class.to_string(),
+                                site: node.site().to_string(),
+                                data_level: node.labels.data_level,
+                            });
+                            last = Some((class, b));
+                            b
+                        }
+                    }
+                })
+                .collect();
+            for g in &node.gpus {
+                let pair = (node.gpu_class(g), g.info.model.as_str());
+                if !index.models.contains(&pair) {
+                    index.models.insert(pair);
+                }
+            }
+            let free = node.gpus.iter().map(|g| g.free_milli()).collect();
+            let i = index.nodes.len();
+            let mut mine = bucket_of.clone();
+            mine.dedup();
+            for &b in &mine {
+                if index.buckets[b].members.last() != Some(&i) {
+                    index.buckets[b].members.push(i);
+                }
+            }
+            index.nodes.push(NodeView {
+                node,
+                free,
+                bucket_of,
+                reserved_until: None,
+            });
+            index.insert(i);
+        }
+        index
+    }
+
+    fn bucket_id(&mut self, key: BucketKey) -> usize {
+        if let Some(&b) = self.by_key.get(&key) {
+            return b;
+        }
+        let b = self.buckets.len();
+        self.buckets.push(Bucket::default());
+        self.keys.push(key.clone());
+        self.by_key.insert(key, b);
+        b
+    }
+
+    /// Whole free GPUs of the node per bucket.
+    fn whole_per_bucket(&self, i: usize) -> BTreeMap<usize, u32> {
+        let v = &self.nodes[i];
+        let mut whole = BTreeMap::new();
+        for (pos, &f) in v.free.iter().enumerate() {
+            if f == WHOLE_GPU {
+                *whole.entry(v.bucket_of[pos]).or_insert(0) += 1;
+            }
+        }
+        whole
+    }
+
+    fn insert(&mut self, i: usize) {
+        for (b, n) in self.whole_per_bucket(i) {
+            self.buckets[b].by_free.insert((n, i));
+        }
+        let v = &self.nodes[i];
+        for (pos, &f) in v.free.iter().enumerate() {
+            if f > 0 && f < WHOLE_GPU {
+                self.buckets[v.bucket_of[pos]].shared.insert((f, i, pos));
+            }
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        for (b, n) in self.whole_per_bucket(i) {
+            self.buckets[b].by_free.remove(&(n, i));
+        }
+        let v = &self.nodes[i];
+        for (pos, &f) in v.free.iter().enumerate() {
+            if f > 0 && f < WHOLE_GPU {
+                self.buckets[v.bucket_of[pos]].shared.remove(&(f, i, pos));
+            }
+        }
+    }
+
+    /// Takes `milli` of each listed GPU of node `i`.
+    pub fn take(&mut self, i: usize, gpus: &[usize], milli: u32) {
+        self.remove(i);
+        for &pos in gpus {
+            let f = &mut self.nodes[i].free[pos];
+            *f = f.saturating_sub(milli);
+        }
+        self.insert(i);
+    }
+
+    /// Reserves node `i` for a job waiting on preemption: nothing else is
+    /// placed there this round.
+    pub fn hold(&mut self, i: usize) {
+        self.nodes[i].reserved_until = Some(Millis::MIN);
+    }
+
+    /// Reserves node `i` for a blocked job that can start at `until`: only
+    /// work that ends by then may run there meanwhile.
+    pub fn reserve(&mut self, i: usize, until: Millis) {
+        let r = &mut self.nodes[i].reserved_until;
+        *r = Some(r.map_or(until, |u| u.min(until)));
+    }
+
+    pub fn key(&self, b: usize) -> &BucketKey {
+        &self.keys[b]
+    }
+
+    /// The nodes with GPUs in bucket `b`.
+    pub fn members(&self, b: usize) -> &[usize] {
+        &self.buckets[b].members
+    }
+
+    /// Whether GPU `pos` of node `i` is in bucket `b` and meets `c`.
+    pub fn gpu_in(&self, c: &Constraints, i: usize, pos: usize, b: usize) -> bool {
+        self.gpu_fits(c, i, pos, b)
+    }
+
+    pub fn node_index(&self, name: &str) -> Option<usize> {
+        self.nodes
+            .binary_search_by(|v| v.node.name.as_str().cmp(name))
+            .ok()
+    }
+
+    /// The buckets a job's constraints allow, restricted to `classes`.
+    pub fn buckets_for<'k>(
+        &'k self,
+        c: &'k Constraints,
+        classes: &'k [&str],
+    ) -> impl Iterator<Item = (usize, &'k BucketKey)> + 'k {
+        self.by_key.iter().filter_map(move |(k, &b)| {
+            let ok = classes.contains(&k.class.as_str())
+                && k.data_level >= c.data_level
+                && c.site.as_deref().is_none_or(|s| k.site == s);
+            ok.then_some((b, k))
+        })
+    }
+
+    /// The GPU classes a job's constraints allow, in name order.
+    pub fn classes_for(&self, c: &Constraints) -> Vec<&'a str> {
+        let mut classes: Vec<&'a str> = self
+            .models
+            .iter()
+            .filter(|(k, m)| {
+                c.gpu_model.as_deref().is_none_or(|want| want == *m)
+                    && c.gpu_class.as_deref().is_none_or(|want| want == *k)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        classes.dedup();
+        classes
+    }
+
+    /// The best place for one task of `spec` among the allowed buckets,
+    /// skipping nodes in `exclude`. `ends_at` is when the job would end if
+    /// started now (for reservations).
+    pub fn best_task(
+        &self,
+        spec: &JobSpec,
+        buckets: &[(usize, &BucketKey)],
+        exclude: &[usize],
+        ends_at: Millis,
+    ) -> Option<TaskFit> {
+        // The score's leading fields are the same for every node of a
+        // bucket: visit buckets best first and stop once a found fit beats
+        // what any later bucket could offer.
+        let c = &spec.constraints;
+        let rank = |k: &BucketKey| {
+            (
+                c.preferred_site.as_deref().is_some_and(|s| s != k.site),
+                k.data_level - c.data_level.min(k.data_level),
+            )
+        };
+        let mut order: Vec<((bool, u8), usize, &BucketKey)> =
+            buckets.iter().map(|&(b, k)| (rank(k), b, k)).collect();
+        order.sort_unstable_by_key(|(r, b, _)| (*r, *b));
+        let whole = spec.milli_per_gpu() == WHOLE_GPU;
+        let mut best: Option<TaskFit> = None;
+        for (r, b, key) in order {
+            if let Some(x) = &best {
+                if r > (x.score.off_preferred_site, x.score.excess_data_level) {
+                    break;
+                }
+                // The tightest node of the bucket bounds what it can offer.
+                let tightest = self.buckets[b].by_free.range((spec.gpus, 0)..).next();
+                if whole && tightest.is_none_or(|(n, _)| n - spec.gpus > x.score.leftover_gpus) {
+                    continue;
+                }
+            }
+            for fit in self.bucket_candidates(spec, b, key, exclude, ends_at) {
+                if best.as_ref().is_none_or(|x| fit.score < x.score) {
+                    best = Some(fit);
+                }
+            }
+        }
+        best
+    }
+
+    fn usable(&self, i: usize, exclude: &[usize], ends_at: Millis) -> bool {
+        !exclude.contains(&i) && self.nodes[i].reserved_until.is_none_or(|u| ends_at <= u)
+    }
+
+    fn bucket_candidates(
+        &self,
+        spec: &JobSpec,
+        b: usize,
+        key: &BucketKey,
+        exclude: &[usize],
+        ends_at: Millis,
+    ) -> Vec<TaskFit> {
+        let c = &spec.constraints;
+        let base = Score {
+            off_preferred_site: c.preferred_site.as_deref().is_some_and(|s| s != key.site),
+            excess_data_level: key.data_level - c.data_level.min(key.data_level),
+            opens_gpu: false,
+            stranded_milli: 0,
+            leftover_gpus: 0,
+            unlinked: false,
+            node: 0,
+        };
+        let bucket = &self.buckets[b];
+        let milli = spec.milli_per_gpu();
+        let mut fits = vec![];
+        if milli < WHOLE_GPU {
+            // Fill a shared GPU first: the tightest one that still fits.
+            for &(free, i, pos) in bucket
+                .shared
+                .range((milli, 0, 0)..)
+                .take(SCAN_LIMIT)
+                .filter(|(_, i, pos)| {
+                    self.usable(*i, exclude, ends_at) && self.gpu_fits(c, *i, *pos, b)
+                })
+                .take(CANDIDATES_PER_BUCKET)
+            {
+                let leftover = self.whole_per_bucket(i).get(&b).copied().unwrap_or(0);
+                fits.push(TaskFit {
+                    score: Score {
+                        stranded_milli: free - milli,
+                        leftover_gpus: leftover,
+                        node: i,
+                        ..base
+                    },
+                    node: i,
+                    gpus: vec![pos],
+                });
+            }
+            if !fits.is_empty() {
+                return fits;
+            }
+        }
+        let want = spec.gpus;
+        for &(whole, i) in bucket.by_free.range((want, 0)..).take(SCAN_LIMIT) {
+            // Past the first fit, only nodes as tight can still win (on
+            // links or name).
+            let looser = fits
+                .first()
+                .is_some_and(|f: &TaskFit| whole - want > f.score.leftover_gpus);
+            if fits.len() == CANDIDATES_PER_BUCKET || looser {
+                break;
+            }
+            if !self.usable(i, exclude, ends_at) {
+                continue;
+            }
+            let free: Vec<usize> = (0..self.nodes[i].free.len())
+                .filter(|&pos| self.nodes[i].free[pos] == WHOLE_GPU && self.gpu_fits(c, i, pos, b))
+                .collect();
+            if free.len() < want as usize {
+                continue;
+            }
+            let (gpus, unlinked) = pick_linked(self.nodes[i].node, &free, want as usize);
+            let opens = milli < WHOLE_GPU;
+            fits.push(TaskFit {
+                score: Score {
+                    opens_gpu: opens,
+                    stranded_milli: if opens { WHOLE_GPU - milli } else { 0 },
+                    leftover_gpus: whole - want,
+                    unlinked,
+                    node: i,
+                    ..base
+                },
+                node: i,
+                gpus,
+            });
+        }
+        fits
+    }
+
+    fn gpu_fits(&self, c: &Constraints, i: usize, pos: usize, b: usize) -> bool {
+        let v = &self.nodes[i];
+        v.bucket_of[pos] == b && fits_gpu(c, v.node, &v.node.gpus[pos])
+    }
+
+    /// All tasks of a job, or none: a single task, or a gang of distinct
+    /// nodes inside one site, all on GPUs of one class.
+    pub fn place(
+        &self,
+        spec: &JobSpec,
+        buckets: &[(usize, &BucketKey)],
+        ends_at: Millis,
+    ) -> Option<Vec<TaskFit>> {
+        let n = spec.nodes.max(1) as usize;
+        if n == 1 {
+            return self.best_task(spec, buckets, &[], ends_at).map(|f| vec![f]);
+        }
+        let mut groups: Vec<(&str, &str)> = buckets
+            .iter()
+            .map(|(_, k)| (k.site.as_str(), k.class.as_str()))
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let mut best: Option<(Score, Vec<TaskFit>)> = None;
+        for (site, class) in groups {
+            let in_site: Vec<(usize, &BucketKey)> = buckets
+                .iter()
+                .filter(|(_, k)| k.site == site && k.class == class)
+                .copied()
+                .collect();
+            let mut tasks: Vec<TaskFit> = vec![];
+            let mut used: Vec<usize> = vec![];
+            while tasks.len() < n {
+                let Some(fit) = self.best_task(spec, &in_site, &used, ends_at) else {
+                    break;
+                };
+                used.push(fit.node);
+                tasks.push(fit);
+            }
+            if tasks.len() < n {
+                continue;
+            }
+            // A gang's score is its worst task's.
+            let worst = tasks.iter().map(|t| t.score).max().expect("n > 1");
+            if best.as_ref().is_none_or(|(s, _)| worst < *s) {
+                best = Some((worst, tasks));
+            }
+        }
+        best.map(|(_, t)| t)
+    }
+
+    pub fn placements(&self, fits: &[TaskFit]) -> Vec<TaskPlacement> {
+        fits.iter()
+            .map(|f| {
+                let node = self.nodes[f.node].node;
+                TaskPlacement {
+                    node: node.name.clone(),
+                    gpus: f
+                        .gpus
+                        .iter()
+                        .map(|&p| node.gpus[p].info.uuid.clone())
+                        .collect(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn class_of(&self, fit: &TaskFit) -> &str {
+        let v = &self.nodes[fit.node];
+        &self.keys[v.bucket_of[fit.gpus[0]]].class
+    }
+}
+
+/// Picks `want` of the free GPU positions, preferring a set in which every
+/// GPU is linked to every other (NVLink peers); lowest positions first.
+/// Returns the set and whether it is not fully linked.
+fn pick_linked(node: &Node, free: &[usize], want: usize) -> (Vec<usize>, bool) {
+    let fallback = || (free[..want].to_vec(), want > 1);
+    if want <= 1 {
+        return (free[..want].to_vec(), false);
+    }
+    let linked = |a: usize, b: usize| {
+        let (ga, gb) = (&node.gpus[a].info, &node.gpus[b].info);
+        ga.peers.contains(&gb.index) || gb.peers.contains(&ga.index)
+    };
+    if free.iter().all(|&p| node.gpus[p].info.peers.is_empty()) {
+        return fallback();
+    }
+    // Greedy clique from each seed, in position order: enough for the
+    // islands nodes report (pairs, quads, all-to-all).
+    for (k, &seed) in free.iter().enumerate() {
+        let mut set = vec![seed];
+        for &p in &free[k + 1..] {
+            if set.iter().all(|&q| linked(p, q)) {
+                set.push(p);
+                if set.len() == want {
+                    return (set, false);
+                }
+            }
+        }
+    }
+    fallback()
+}

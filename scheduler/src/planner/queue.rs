@@ -1,0 +1,174 @@
+//! The order jobs are considered in.
+//!
+//! Across tenants: first those whose next job fits within their guarantee,
+//! then those borrowing, then scavenger work; inside each tier the tenant
+//! furthest below its weighted fair share (least decayed usage per unit of
+//! weight × equity) goes first. Within a tenant: job class, then priority,
+//! then the time it entered the queue.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap};
+
+use super::accounting::Books;
+use super::charged;
+use super::explain::Hold;
+use super::placement::FreeIndex;
+use crate::state::{Capacity, Job, State, WHOLE_GPU};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Tier {
+    /// The job fits within its tenant's guarantee in some GPU class.
+    Guaranteed,
+    /// It would borrow above the guarantee.
+    Borrowing,
+    /// Scavenger work: idle capacity only.
+    Idle,
+}
+
+/// On what terms a job may be placed, per GPU class.
+pub struct Terms<'c> {
+    pub tier: Tier,
+    /// Classes where it fits within the guarantee.
+    pub guaranteed: Vec<&'c str>,
+    /// Classes where it may borrow (within the borrow limit).
+    pub borrowable: Vec<&'c str>,
+    pub capacity_within: Capacity,
+    pub capacity_above: Capacity,
+    /// Why a class was ruled out, when all were.
+    pub why_not: Option<Hold>,
+}
+
+pub fn terms<'c>(books: &Books, state: &State, job: &Job, classes: &[&'c str]) -> Terms<'c> {
+    let mut t = Terms {
+        tier: Tier::Borrowing,
+        guaranteed: vec![],
+        borrowable: vec![],
+        capacity_within: Capacity::Guaranteed,
+        capacity_above: Capacity::Borrowed,
+        why_not: None,
+    };
+    let Some(tenant) = state.tenant(&job.tenant) else {
+        return t;
+    };
+    if tenant.policy.suspended {
+        t.why_not = Some(Hold::Suspended);
+        return t;
+    }
+    if !charged(job.spec.class) {
+        t.tier = Tier::Idle;
+        t.borrowable = classes.to_vec();
+        t.capacity_above = Capacity::Idle;
+        return t;
+    }
+    let Some(book) = books.tenants.get(&job.tenant) else {
+        return t;
+    };
+    let demand = job.spec.demand_milli();
+    let cap = tenant.policy.class_caps.get(&job.spec.class).map(|&c| {
+        let held: u64 = book
+            .held_by_job_class
+            .iter()
+            .filter(|((_, jc), _)| *jc == job.spec.class)
+            .map(|(_, m)| m)
+            .sum();
+        (c, held + demand <= u64::from(c) * u64::from(WHOLE_GPU))
+    });
+    for &class in classes {
+        let within = demand <= book.guarantee_room(class);
+        if within && cap.is_none_or(|(_, ok)| ok) {
+            t.guaranteed.push(class);
+            continue;
+        }
+        if within {
+            t.why_not = Some(Hold::ClassCap {
+                job_class: job.spec.class,
+                cap: cap.map_or(0, |(c, _)| c),
+            });
+        }
+        let quota = tenant.policy.quota(class);
+        let limit = quota
+            .borrow_limit
+            .map(|l| book.guaranteed(class) + u64::from(l) * u64::from(WHOLE_GPU));
+        if limit.is_none_or(|l| book.held(class) + demand <= l) {
+            t.borrowable.push(class);
+        } else if t.why_not.is_none() {
+            t.why_not = Some(Hold::BorrowLimit {
+                gpu_class: class.to_string(),
+                limit: quota.borrow_limit.unwrap_or(0),
+            });
+        }
+    }
+    if !t.guaranteed.is_empty() {
+        t.tier = Tier::Guaranteed;
+    }
+    t
+}
+
+struct TenantQueue<'a> {
+    jobs: Vec<&'a Job>,
+    next: usize,
+}
+
+pub struct Queue<'a> {
+    state: &'a State,
+    tenants: Vec<(&'a str, TenantQueue<'a>)>,
+    heap: BinaryHeap<Reverse<(Tier, u64, usize)>>,
+}
+
+impl<'a> Queue<'a> {
+    pub fn new(state: &'a State) -> Queue<'a> {
+        let mut by_tenant: BTreeMap<&'a str, Vec<&'a Job>> = BTreeMap::new();
+        for job in state.pending_jobs() {
+            by_tenant.entry(job.tenant.as_str()).or_default().push(job);
+        }
+        let tenants = by_tenant
+            .into_iter()
+            .map(|(name, mut jobs)| {
+                jobs.sort_by_key(|j| (j.spec.class, Reverse(j.spec.priority), j.queued_at, j.id));
+                (name, TenantQueue { jobs, next: 0 })
+            })
+            .collect();
+        Queue {
+            state,
+            tenants,
+            heap: BinaryHeap::new(),
+        }
+    }
+
+    /// Fills the heap with every tenant's first job.
+    pub fn start(&mut self, books: &Books, index: &FreeIndex) {
+        for t in 0..self.tenants.len() {
+            self.push(t, books, index);
+        }
+    }
+
+    fn push(&mut self, t: usize, books: &Books, index: &FreeIndex) {
+        let (name, q) = &self.tenants[t];
+        let Some(job) = q.jobs.get(q.next) else {
+            return;
+        };
+        let classes = index.classes_for(&job.spec.constraints);
+        let tier = terms(books, self.state, job, &classes).tier;
+        let share = books.tenants.get(*name).map_or(0.0, |b| b.share);
+        // Non-negative floats order like their bit patterns.
+        let share = if share.is_finite() && share > 0.0 {
+            share.to_bits()
+        } else {
+            0
+        };
+        self.heap.push(Reverse((tier, share, t)));
+    }
+
+    /// The next job to consider and its tenant's slot.
+    pub fn pop(&mut self) -> Option<(usize, &'a Job)> {
+        let Reverse((_, _, t)) = self.heap.pop()?;
+        let q = &self.tenants[t].1;
+        Some((t, q.jobs[q.next]))
+    }
+
+    /// Moves the tenant to its next job, keyed by its share now.
+    pub fn advance(&mut self, t: usize, books: &Books, index: &FreeIndex) {
+        self.tenants[t].1.next += 1;
+        self.push(t, books, index);
+    }
+}

@@ -1,0 +1,509 @@
+//! A job's life in the state machine: submitted, placed (one task per
+//! node), started, stopped, ended, and requeued.
+//!
+//! A job of several tasks (a gang) runs when all its tasks have started
+//! and succeeds when all exit 0. When one task fails or is lost the others
+//! are stopped, and the job ends (or is requeued) once every task is gone.
+
+use std::collections::BTreeSet;
+
+use super::command::{Effect, Outcome, Rejection, TaskPlacement};
+use super::types::*;
+use super::{fits_gpu, fits_node, Applied, State};
+
+/// How one task of a placed job ended.
+pub(crate) enum TaskEnd {
+    Exited {
+        exit_code: Option<i32>,
+        reason: String,
+    },
+    Lost(String),
+}
+
+impl State {
+    pub(super) fn submit_job(&mut self, tenant: String, spec: JobSpec, at: Millis) -> Applied {
+        if !self.tenants.contains_key(&tenant) {
+            return Err(Rejection::UnknownTenant(tenant));
+        }
+        self.check_feasible(&spec)?;
+        self.last_job += 1;
+        let id = JobId(self.last_job);
+        self.jobs.insert(
+            id,
+            Job {
+                id,
+                tenant,
+                spec,
+                state: JobState::Pending,
+                tasks: vec![],
+                exit_code: None,
+                reason: "waiting for GPUs".into(),
+                submitted_at: at,
+                started_at: None,
+                finished_at: None,
+                attempt: 1,
+                gpu_class: None,
+                preemptions: 0,
+                queued_at: at,
+                placed_at: None,
+                capacity: Capacity::default(),
+                reclaimed: false,
+                ending: None,
+            },
+        );
+        self.pending.insert(id);
+        Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
+    }
+
+    pub(super) fn cancel_job(
+        &mut self,
+        tenant: Option<&str>,
+        id: JobId,
+        reason: String,
+        at: Millis,
+    ) -> Applied {
+        let job = self
+            .jobs
+            .get_mut(&id)
+            // Another tenant's job is reported as absent, never as forbidden.
+            .filter(|j| tenant.is_none_or(|t| j.tenant == t))
+            .ok_or(Rejection::UnknownJob(id))?;
+        let reason = if reason.is_empty() {
+            "cancelled".to_string()
+        } else {
+            format!("cancelled: {reason}")
+        };
+        match job.state {
+            s if s.is_final() => Err(Rejection::JobFinished {
+                job: id,
+                state: s.name(),
+            }),
+            JobState::Pending => {
+                job.state = JobState::Cancelled;
+                job.reason = reason;
+                job.finished_at = Some(at);
+                self.pending.remove(&id);
+                Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
+            }
+            JobState::Cancelling => Ok((Outcome::Job(id), vec![])),
+            _ => {
+                job.state = JobState::Cancelling;
+                job.reason = reason.clone();
+                let mut effects = stop_tasks(job, &reason);
+                effects.push(Effect::JobChanged(id));
+                Ok((Outcome::Job(id), effects))
+            }
+        }
+    }
+
+    /// Re-checks a planner decision against the state it is applied to,
+    /// so a stale one is rejected whole and nothing is half-placed.
+    pub(super) fn place_job(
+        &mut self,
+        id: JobId,
+        tasks: Vec<TaskPlacement>,
+        capacity: Capacity,
+        at: Millis,
+    ) -> Applied {
+        let job = self.jobs.get(&id).ok_or(Rejection::UnknownJob(id))?;
+        if job.state != JobState::Pending {
+            return Err(Rejection::NotPending {
+                job: id,
+                state: job.state.name(),
+            });
+        }
+        let spec = &job.spec;
+        let first = tasks.first().map(|t| t.node.clone()).unwrap_or_default();
+        let bad = |node: &str, why: String| Rejection::BadPlacement {
+            job: id,
+            node: node.to_string(),
+            why,
+        };
+        if tasks.len() != spec.nodes.max(1) as usize {
+            return Err(bad(
+                &first,
+                format!(
+                    "{} tasks given for a job of {} nodes",
+                    tasks.len(),
+                    spec.nodes.max(1)
+                ),
+            ));
+        }
+        let distinct: BTreeSet<&str> = tasks.iter().map(|t| t.node.as_str()).collect();
+        if distinct.len() != tasks.len() {
+            return Err(bad(&first, "two tasks on one node".into()));
+        }
+        let mut class: Option<String> = None;
+        let mut site: Option<&str> = None;
+        for t in &tasks {
+            let c = self.check_task(job, t)?;
+            if class.get_or_insert_with(|| c.clone()) != &c {
+                return Err(bad(
+                    &t.node,
+                    "the tasks' GPUs are of different classes".into(),
+                ));
+            }
+            let s = self.nodes[&t.node].site();
+            if *site.get_or_insert(s) != s {
+                return Err(bad(&t.node, "the tasks span more than one site".into()));
+            }
+        }
+        let milli = spec.milli_per_gpu();
+        let tenant = job.tenant.clone();
+        let mut placed = Vec::with_capacity(tasks.len());
+        for t in tasks {
+            let node = self.nodes.get_mut(&t.node).expect("checked above");
+            for g in node
+                .gpus
+                .iter_mut()
+                .filter(|g| t.gpus.contains(&g.info.uuid))
+            {
+                g.holders.insert(id, milli);
+            }
+            let lender = node.labels.owner.clone().filter(|o| *o != tenant);
+            placed.push(Task {
+                node: t.node,
+                gpus: t.gpus,
+                lender,
+                started: false,
+                finished: false,
+            });
+        }
+        let own = placed
+            .iter()
+            .all(|t| self.nodes[&t.node].labels.owner.as_deref() == Some(tenant.as_str()));
+        let job = self.jobs.get_mut(&id).expect("checked above");
+        job.capacity = match capacity {
+            Capacity::Guaranteed if own => Capacity::Own,
+            Capacity::Own if !own => Capacity::Guaranteed,
+            c => c,
+        };
+        let nodes: Vec<&str> = placed.iter().map(|t| t.node.as_str()).collect();
+        job.reason = format!("assigned to {}", nodes.join(", "));
+        let effects = placed
+            .iter()
+            .map(|t| Effect::StartJob {
+                node: t.node.clone(),
+                job: id,
+            })
+            .chain([Effect::JobChanged(id)])
+            .collect();
+        job.state = JobState::Assigned;
+        job.tasks = placed;
+        job.gpu_class = class;
+        job.placed_at = Some(at);
+        job.ending = None;
+        self.pending.remove(&id);
+        Ok((Outcome::Job(id), effects))
+    }
+
+    /// Checks one task of a placement; returns the GPU class it would use.
+    fn check_task(&self, job: &Job, t: &TaskPlacement) -> Result<String, Rejection> {
+        let bad = |why: String| Rejection::BadPlacement {
+            job: job.id,
+            node: t.node.clone(),
+            why,
+        };
+        let node = self
+            .nodes
+            .get(&t.node)
+            .ok_or_else(|| Rejection::UnknownNode(t.node.clone()))?;
+        if !node.schedulable() {
+            return Err(bad("the node is not schedulable".into()));
+        }
+        if t.gpus.len() != job.spec.gpus as usize {
+            return Err(bad(format!(
+                "{} GPUs given for a task of {}",
+                t.gpus.len(),
+                job.spec.gpus
+            )));
+        }
+        let unique: BTreeSet<&String> = t.gpus.iter().collect();
+        if unique.len() != t.gpus.len() {
+            return Err(bad("a GPU is listed twice".into()));
+        }
+        if !fits_node(&job.spec.constraints, node) {
+            return Err(bad("the node does not meet the job's constraints".into()));
+        }
+        let milli = job.spec.milli_per_gpu();
+        let mut class: Option<String> = None;
+        for uuid in &t.gpus {
+            let g = node
+                .gpus
+                .iter()
+                .find(|g| &g.info.uuid == uuid)
+                .ok_or_else(|| bad(format!("it has no GPU {uuid}")))?;
+            if g.free_milli() < milli {
+                let holders: Vec<String> = g.holders.keys().map(|j| j.to_string()).collect();
+                return Err(bad(if milli == WHOLE_GPU {
+                    format!("GPU {uuid} is held by {}", holders.join(", "))
+                } else {
+                    format!(
+                        "GPU {uuid} has {} thousandths free, {milli} needed (held by {})",
+                        g.free_milli(),
+                        holders.join(", ")
+                    )
+                }));
+            }
+            if !fits_gpu(&job.spec.constraints, node, g) {
+                return Err(bad(format!(
+                    "GPU {uuid} does not meet the job's constraints"
+                )));
+            }
+            let c = node.gpu_class(g).to_string();
+            if class.get_or_insert_with(|| c.clone()) != &c {
+                return Err(bad("the GPUs are of different classes".into()));
+            }
+        }
+        Ok(class.unwrap_or_default())
+    }
+
+    /// The job if the log placed an unfinished task of it on `node`.
+    pub(super) fn job_on(&self, node: &str, id: JobId) -> Result<JobId, Rejection> {
+        match self.jobs.get(&id) {
+            Some(j)
+                if j.state.is_placed() && j.tasks.iter().any(|t| t.node == node && !t.finished) =>
+            {
+                Ok(id)
+            }
+            Some(_) => Err(Rejection::NotOnNode {
+                job: id,
+                node: node.to_string(),
+            }),
+            None => Err(Rejection::UnknownJob(id)),
+        }
+    }
+
+    pub(super) fn job_started(&mut self, node: &str, id: JobId, started_at: Millis) -> Applied {
+        self.job_on(node, id)?;
+        let job = self.jobs.get_mut(&id).expect("checked by job_on");
+        let task = job
+            .tasks
+            .iter_mut()
+            .find(|t| t.node == node)
+            .expect("checked by job_on");
+        if task.started {
+            return Ok((Outcome::Job(id), vec![]));
+        }
+        task.started = true;
+        // GPU time is charged from the first task's start.
+        job.started_at.get_or_insert(started_at);
+        if job.state != JobState::Assigned || !job.tasks.iter().all(|t| t.started) {
+            return Ok((Outcome::Job(id), vec![]));
+        }
+        job.state = JobState::Running;
+        let nodes: Vec<&str> = job.nodes().collect();
+        job.reason = format!("running on {}", nodes.join(", "));
+        Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
+    }
+
+    pub(super) fn job_exited(
+        &mut self,
+        node: &str,
+        id: JobId,
+        exit_code: Option<i32>,
+        reason: String,
+        finished_at: Millis,
+    ) -> Applied {
+        let forget = Effect::ForgetJob {
+            node: node.to_string(),
+            job: id,
+        };
+        // A report for a job the log no longer places here (a repeated
+        // report after a reconnect) changes nothing, but the agent may
+        // still drop its record.
+        if self.job_on(node, id).is_err() {
+            return Ok((Outcome::None, vec![forget]));
+        }
+        let end = TaskEnd::Exited { exit_code, reason };
+        let effects = self.task_ended(id, node, end, finished_at);
+        Ok((Outcome::Job(id), [vec![forget], effects].concat()))
+    }
+
+    /// One task is gone: its GPUs are freed; a failure stops the other
+    /// tasks; the job ends once no task is left.
+    pub(super) fn task_ended(
+        &mut self,
+        id: JobId,
+        node: &str,
+        end: TaskEnd,
+        at: Millis,
+    ) -> Vec<Effect> {
+        self.charge_task(id, at);
+        self.release_task(id, node);
+        let job = self.jobs.get_mut(&id).expect("caller checked");
+        let index = job.tasks.iter().position(|t| t.node == node);
+        if let Some(t) = index.map(|i| &mut job.tasks[i]) {
+            t.finished = true;
+        }
+        let failure = match end {
+            TaskEnd::Exited {
+                exit_code: Some(0), ..
+            } => None,
+            TaskEnd::Exited { exit_code, reason } => Some(Ending::Failed {
+                exit_code,
+                reason: match (reason.is_empty(), exit_code) {
+                    (false, _) => reason,
+                    (true, Some(code)) => format!("exited with code {code}"),
+                    (true, None) => "ended without an exit code".into(),
+                },
+            }),
+            TaskEnd::Lost(reason) => Some(Ending::Lost { reason }),
+        };
+        let mut effects = vec![];
+        if let Some(failure) = failure {
+            if job.ending.is_none() {
+                let gang = job.tasks.len() > 1;
+                job.ending = Some(match failure {
+                    // Name the task so a person knows which node failed.
+                    Ending::Failed { exit_code, reason } if gang => Ending::Failed {
+                        exit_code,
+                        reason: format!("task {} on {node}: {reason}", index.unwrap_or(0)),
+                    },
+                    Ending::Lost { reason } if gang => Ending::Lost {
+                        reason: format!("task {} on {node}: {reason}", index.unwrap_or(0)),
+                    },
+                    f => f,
+                });
+                if matches!(job.state, JobState::Assigned | JobState::Running) {
+                    let why = "another task of the job ended";
+                    effects.extend(stop_tasks(job, why));
+                }
+            }
+        }
+        if job.tasks.iter().any(|t| !t.finished) {
+            return effects;
+        }
+        effects.extend(self.finish(id, at));
+        effects
+    }
+
+    /// Every task is gone: the job ends, or goes back to the queue.
+    fn finish(&mut self, id: JobId, at: Millis) -> Vec<Effect> {
+        let job = self.jobs.get_mut(&id).expect("caller checked");
+        let preempted = job.state == JobState::Preempting;
+        if preempted {
+            job.preemptions += 1;
+        }
+        let requeue = match (&job.ending, job.state) {
+            (_, JobState::Cancelling) => false,
+            (_, JobState::Preempting) => job.spec.requeue_on_preempt,
+            (Some(Ending::Lost { .. }), _) => {
+                job.spec.on_node_lost == OnNodeLost::Requeue && job.attempt <= job.spec.max_retries
+            }
+            _ => false,
+        };
+        let why = match &job.ending {
+            Some(Ending::Lost { reason }) => reason.clone(),
+            Some(Ending::Failed { reason, .. }) => reason.clone(),
+            None => job.reason.clone(),
+        };
+        if requeue {
+            job.attempt += 1;
+            job.state = JobState::Pending;
+            job.started_at = None;
+            job.gpu_class = None;
+            // The finished tasks stay until the next placement, so the
+            // last run's logs can still be found on its nodes.
+            job.queued_at = at;
+            job.ending = None;
+            job.reclaimed = false;
+            job.placed_at = None;
+            job.reason = format!("{why}; requeued (attempt {})", job.attempt);
+            self.pending.insert(id);
+            return vec![Effect::JobChanged(id)];
+        }
+        let (state, exit_code, reason) = match (job.state, job.ending.take()) {
+            (JobState::Cancelling, _) => (JobState::Cancelled, None, job.reason.clone()),
+            (JobState::Preempting, _) => (JobState::Failed, None, job.reason.clone()),
+            (_, Some(Ending::Lost { reason })) => (JobState::Lost, None, reason),
+            (_, Some(Ending::Failed { exit_code, reason })) => {
+                (JobState::Failed, exit_code, reason)
+            }
+            (_, None) => (JobState::Succeeded, Some(0), "completed".into()),
+        };
+        job.state = state;
+        job.exit_code = exit_code;
+        job.reason = reason;
+        job.finished_at = Some(at);
+        job.started_at.get_or_insert(at);
+        vec![Effect::JobChanged(id)]
+    }
+
+    fn release_task(&mut self, id: JobId, node: &str) {
+        if let Some(n) = self.nodes.get_mut(node) {
+            for g in n.gpus.iter_mut() {
+                g.holders.remove(&id);
+            }
+        }
+    }
+
+    pub(super) fn preempt_job(
+        &mut self,
+        id: JobId,
+        reason: String,
+        for_job: Option<JobId>,
+    ) -> Applied {
+        if let Some(claimant) = for_job {
+            match self.jobs.get(&claimant) {
+                Some(j) if j.state == JobState::Pending => {}
+                Some(j) => {
+                    return Err(Rejection::NotPending {
+                        job: claimant,
+                        state: j.state.name(),
+                    })
+                }
+                None => return Err(Rejection::UnknownJob(claimant)),
+            }
+        }
+        let job = self.jobs.get_mut(&id).ok_or(Rejection::UnknownJob(id))?;
+        let why = |why: &str| Rejection::NotPreemptible {
+            job: id,
+            why: why.to_string(),
+        };
+        if job.spec.class == JobClass::Inference {
+            return Err(why("inference jobs are never preempted"));
+        }
+        if !matches!(job.state, JobState::Assigned | JobState::Running) || job.ending.is_some() {
+            return Err(why(&format!("it is {}", job.state.name())));
+        }
+        job.state = JobState::Preempting;
+        job.reason = reason.clone();
+        let mut effects = stop_tasks(job, &reason);
+        effects.push(Effect::JobChanged(id));
+        // Its wait from now on counts as reclaim latency.
+        if let Some(claimant) = for_job.and_then(|c| self.jobs.get_mut(&c)) {
+            claimant.reclaimed = true;
+        }
+        Ok((Outcome::Job(id), effects))
+    }
+
+    /// Adds one task's GPU time, up to `until`, to its tenant's usage.
+    fn charge_task(&mut self, id: JobId, until: Millis) {
+        let job = &self.jobs[&id];
+        let Some(started) = job.started_at else {
+            return;
+        };
+        let secs = (until - started).max(0) as f64 / 1000.0;
+        let gpus = job.spec.task_milli() as f64 / f64::from(WHOLE_GPU);
+        let charge = secs * gpus * job.spec.class.usage_weight();
+        let half_life = self.policy.half_life_ms;
+        if let Some(t) = self.tenants.get_mut(&job.tenant) {
+            t.usage.add(until, half_life, charge);
+        }
+    }
+}
+
+/// Stop orders for every task of the job still running.
+fn stop_tasks(job: &Job, reason: &str) -> Vec<Effect> {
+    job.tasks
+        .iter()
+        .filter(|t| !t.finished)
+        .map(|t| Effect::StopJob {
+            node: t.node.clone(),
+            job: job.id,
+            grace_secs: job.spec.grace_period_secs,
+            reason: reason.to_string(),
+        })
+        .collect()
+}
