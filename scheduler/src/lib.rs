@@ -17,8 +17,8 @@
 pub mod api;
 pub mod control;
 pub mod dev;
-pub mod metrics;
 pub mod fragmentation;
+pub mod metrics;
 pub mod planner;
 pub mod raft;
 pub mod server;
