@@ -533,6 +533,28 @@ mod tests {
     }
 
     #[test]
+    fn the_replay_is_deterministic_for_a_seed() {
+        let nodes = [node("a", 8), node("b", 2), node("c", 0)];
+        let shares = [0, 1000, 810, 470, 320, 160];
+        let tasks: Vec<OpenbTask> = (0..24)
+            .map(|i| {
+                let milli = shares[i % shares.len()];
+                let gpus = match (milli, i % 4) {
+                    (0, _) => 0,
+                    (1000, 3) => 2,
+                    _ => 1,
+                };
+                task(&format!("t{i:02}"), gpus, milli)
+            })
+            .collect();
+        for packer in [Packer::Random, Packer::BestFit, Packer::Edupool] {
+            let a = run(&nodes, &tasks, packer, 7, 1.3);
+            let b = run(&nodes, &tasks, packer, 7, 1.3);
+            assert_eq!((a.curve, a.failed), (b.curve, b.failed), "{packer:?}");
+        }
+    }
+
+    #[test]
     fn the_curve_has_a_point_per_percent() {
         let nodes = [node("a", 4)];
         let tasks: Vec<OpenbTask> = (0..4).map(|i| task(&format!("t{i}"), 1, 1000)).collect();
