@@ -19,12 +19,12 @@
 //!   by small jobs cannot host its last whole-GPU jobs);
 //! - a kind that cannot place a single copy (wrong GPU model, too little
 //!   CPU or memory) strands all the free GPU capacity; CPU-only kinds
-//!   follow that rule as well, so taking a node's last cores strands its
-//!   GPUs for them, and CPU-only jobs drift to nodes whose GPUs need no
-//!   cores.
+//!   follow that rule as well (as in FGD), so taking a GPU node's last
+//!   cores counts against it, and CPU-only jobs go to CPU-only nodes or
+//!   to GPU nodes with cores to spare.
 //!
-//! Pure and integer-valued (thousandths of a GPU per kind; the weighted
-//! average is summed in a fixed order), so it gives the same answer on
+//! Pure and exactly reproducible (integer thousandths of a GPU per kind,
+//! weighted and summed in a fixed order), so it gives the same answer on
 //! every replica.
 
 /// Thousandths of one GPU.
