@@ -5,11 +5,27 @@
 //! GPU-Sharing Workloads with Fragmentation Gradient Descent" (USENIX
 //! ATC'23): for one kind of job, the fragment of a node is the free GPU
 //! capacity that kind cannot use there; the node's fragmentation is the
-//! average over the expected mix of job kinds. Placing a job where it
-//! raises that average the least keeps large free blocks intact.
+//! average over the expected mix of job kinds, each weighted by how often
+//! it occurs. Placing a job where it raises that average the least keeps
+//! large free blocks intact.
 //!
-//! Pure and integer-valued where it matters (thousandths of a GPU), so it
-//! gives the same answer on every replica.
+//! "Cannot use" is counted for jobs of the kind arriving one after another
+//! until the node is full for them, not for a single job:
+//! - copies of the kind fit in each GPU `free / share` times (whole-GPU
+//!   kinds: `whole free GPUs / GPUs per job` times in all), so the
+//!   remainder a shared GPU keeps after its last copy is stranded too;
+//! - the node's free CPU and memory cap the copies: GPUs beyond what the
+//!   CPU and memory can feed are stranded (a node whose cores were taken
+//!   by small jobs cannot host its last whole-GPU jobs);
+//! - a kind that cannot place a single copy (wrong GPU model, too little
+//!   CPU or memory) strands all the free GPU capacity; CPU-only kinds
+//!   follow that rule as well (as in FGD), so taking a GPU node's last
+//!   cores counts against it, and CPU-only jobs go to CPU-only nodes or
+//!   to GPU nodes with cores to spare.
+//!
+//! Pure and exactly reproducible (integer thousandths of a GPU per kind,
+//! weighted and summed in a fixed order), so it gives the same answer on
+//! every replica.
 
 /// Thousandths of one GPU.
 pub const WHOLE: u32 = 1000;
@@ -44,38 +60,47 @@ pub struct NodeFree<'a> {
     pub model: &'a str,
 }
 
-/// Free GPU thousandths of the node that a job of `demand` cannot use.
+/// How many jobs of `demand` the node's free CPU and memory could host
+/// (unbounded when the demand asks for neither).
+fn host_limit(node: NodeFree<'_>, demand: Demand) -> u64 {
+    let cpu = node
+        .cpu_milli
+        .checked_div(demand.cpu_milli)
+        .unwrap_or(u64::MAX);
+    let memory = node
+        .memory_mib
+        .checked_div(demand.memory_mib)
+        .unwrap_or(u64::MAX);
+    cpu.min(memory)
+}
+
+/// Free GPU thousandths of the node that jobs of `demand`, placed there
+/// one after another until none fits, would leave unused.
 pub fn fragment(node: NodeFree<'_>, demand: Demand, models: &[String]) -> u64 {
     let free: u64 = node.gpus.iter().map(|&g| u64::from(g)).sum();
+    let limit = host_limit(node, demand);
     if demand.gpus == 0 {
-        // A job without GPUs leaves every GPU to others: nothing is lost.
-        return 0;
+        // A CPU-only job uses no GPU; once it fits no more, the node is
+        // full for it and its GPUs are stranded (as in FGD).
+        return if limit == 0 { free } else { 0 };
     }
     let allowed = models.is_empty() || models.iter().any(|m| m == node.model);
-    if !allowed || node.cpu_milli < demand.cpu_milli || node.memory_mib < demand.memory_mib {
+    if !allowed || limit == 0 {
         return free;
     }
-    if demand.milli < WHOLE {
-        // A shared-GPU job can use any GPU with enough left; the rest of
-        // the GPUs' free capacity is stranded for it.
-        return node
-            .gpus
-            .iter()
-            .filter(|&&g| g < demand.milli)
-            .map(|&g| u64::from(g))
-            .sum();
-    }
-    let whole = node.gpus.iter().filter(|&&g| g == WHOLE).count() as u32;
-    if whole < demand.gpus {
-        free
-    } else {
-        // Whole-GPU jobs cannot use partly taken GPUs.
+    let copies = if demand.milli < WHOLE {
+        // A shared-GPU job fits `free / share` times on each GPU.
         node.gpus
             .iter()
-            .filter(|&&g| g < WHOLE)
-            .map(|&g| u64::from(g))
-            .sum()
-    }
+            .map(|&g| u64::from(g / demand.milli.max(1)))
+            .sum::<u64>()
+    } else {
+        // Whole-GPU jobs cannot use partly taken GPUs.
+        let whole = node.gpus.iter().filter(|&&g| g == WHOLE).count() as u64;
+        whole / u64::from(demand.gpus)
+    };
+    let used = copies.min(limit) * u64::from(demand.gpus) * u64::from(demand.milli);
+    free - used
 }
 
 /// The node's expected fragmentation over the mix of kinds, in GPU
@@ -133,6 +158,48 @@ mod tests {
     }
 
     #[test]
+    fn remainders_after_the_last_copy_are_stranded() {
+        // 300-jobs fit 3 times in a free GPU (100 left) and once in 400
+        // (100 left): 200 of 1400 is stranded.
+        assert_eq!(fragment(node(&[1000, 400]), d(1, 300), &[]), 200);
+        // A 2-GPU job fits once in three whole GPUs: the third is stranded.
+        assert_eq!(fragment(node(&[1000, 1000, 1000]), d(2, 1000), &[]), 1000);
+    }
+
+    #[test]
+    fn cpu_and_memory_cap_the_copies() {
+        let gpus = [1000, 1000, 1000, 1000];
+        // Jobs of 1 core fit twice in 2.5 cores: two of four GPUs are
+        // stranded.
+        let cpu_bound = NodeFree {
+            cpu_milli: 2500,
+            ..node(&gpus)
+        };
+        assert_eq!(fragment(cpu_bound, d(1, 1000), &[]), 2000);
+        // 3 GiB of memory feeds three 1-GiB jobs: one GPU is stranded.
+        let memory_bound = NodeFree {
+            memory_mib: 3072,
+            ..node(&gpus)
+        };
+        assert_eq!(fragment(memory_bound, d(1, 1000), &[]), 1000);
+        // Shared jobs: 4 GPUs hold 8 half-GPU copies, the cores only 2.
+        assert_eq!(fragment(cpu_bound, d(1, 500), &[]), 3000);
+    }
+
+    #[test]
+    fn a_cpu_only_kind_strands_the_gpus_once_it_no_longer_fits() {
+        let n = node(&[1000, 600]);
+        assert_eq!(fragment(n, d(0, 0), &[]), 0);
+        let full = NodeFree {
+            cpu_milli: 999,
+            ..n
+        };
+        assert_eq!(fragment(full, d(0, 0), &[]), 1600);
+        // A CPU-only node has nothing to strand.
+        assert_eq!(fragment(node(&[]), d(0, 0), &[]), 0);
+    }
+
+    #[test]
     fn expectation_weights_the_mix() {
         let n = node(&[1000, 300]);
         let mix = vec![
@@ -147,7 +214,8 @@ mod tests {
                 models: vec![],
             },
         ];
-        // 500-jobs strand 300; 2-GPU jobs strand all 1300.
+        // 500-jobs fit twice in the free GPU and strand the 300; 2-GPU
+        // jobs strand all 1300.
         assert_eq!(expected(n, &mix), (3.0 * 300.0 + 1300.0) / 4.0);
     }
 }

@@ -179,8 +179,9 @@ impl FragMemo<'_> {
 
 /// The expected mix of task kinds: every task of the trace, grouped by
 /// its demand and model set (FGD takes the target workload from the
-/// trace), each kind weighted by the GPUs it asks for in all, so that the
-/// capacity at stake, not the count of tasks, decides what is kept free.
+/// trace), each kind weighted by how many tasks it has (FGD's
+/// popularity). CPU-only kinds are part of the mix: they are what keeps
+/// GPU nodes' cores from being taken by work that needs no GPU.
 pub fn mix_of(tasks: &[OpenbTask]) -> Vec<Kind> {
     let mut counts: BTreeMap<(Demand, Vec<String>), f64> = BTreeMap::new();
     for t in tasks {
@@ -190,8 +191,7 @@ pub fn mix_of(tasks: &[OpenbTask]) -> Vec<Kind> {
             cpu_milli: t.cpu_milli,
             memory_mib: t.memory_mib,
         };
-        *counts.entry((demand, t.models.clone())).or_default() +=
-            t.gpu_request_milli() as f64 / 1000.0;
+        *counts.entry((demand, t.models.clone())).or_default() += 1.0;
     }
     counts
         .into_iter()
@@ -482,6 +482,45 @@ mod tests {
     }
 
     #[test]
+    fn edupool_leaves_gpu_nodes_the_cores_their_gpus_need() {
+        // Two 2-GPU nodes, a with 8 cores, b with 16; whole-GPU tasks need
+        // 4 cores each. A 4-core CPU-only task on a would leave a 4 cores,
+        // enough for one of its two GPUs (1000 stranded for whole-GPU
+        // work); on b it leaves 12, enough for both. Best-fit takes a (the
+        // least left over); edupool takes b, and both GPU tasks still fit
+        // on a afterwards.
+        let mut nodes = [node("a", 2), node("b", 2)];
+        nodes[0].cpu_milli = 8000;
+        nodes[1].cpu_milli = 16_000;
+        let cpu = |name: &str, gpus: u32, milli: u32| OpenbTask {
+            cpu_milli: 4000,
+            ..task(name, gpus, milli)
+        };
+        let tasks = [cpu("c", 0, 0), cpu("w1", 1, 1000), cpu("w2", 1, 1000)];
+        let mix = mix_of(&tasks);
+        let mut memo = FragMemo {
+            mix: &mix,
+            memo: HashMap::new(),
+        };
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut best_fit = Cluster::new(&nodes);
+        assert!(place(
+            &mut best_fit,
+            &tasks[0],
+            Packer::BestFit,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(best_fit.nodes[0].cpu_free, 4000);
+        let mut cluster = Cluster::new(&nodes);
+        for t in &tasks {
+            assert!(place(&mut cluster, t, Packer::Edupool, &mut rng, &mut memo));
+        }
+        assert_eq!(cluster.nodes[1].cpu_free, 12_000);
+        assert_eq!(cluster.nodes[0].gpus, vec![0, 0]);
+    }
+
+    #[test]
     fn arrivals_top_up_to_the_inflation_and_are_seeded() {
         let tasks: Vec<OpenbTask> = (0..10).map(|i| task(&format!("t{i}"), 1, 500)).collect();
         let a = arrivals(&tasks, 42, 1.3, 10_000);
@@ -491,6 +530,28 @@ mod tests {
         let names = |v: &[OpenbTask]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&a), names(&arrivals(&tasks, 42, 1.3, 10_000)));
         assert_ne!(names(&a), names(&arrivals(&tasks, 43, 1.3, 10_000)));
+    }
+
+    #[test]
+    fn the_replay_is_deterministic_for_a_seed() {
+        let nodes = [node("a", 8), node("b", 2), node("c", 0)];
+        let shares = [0, 1000, 810, 470, 320, 160];
+        let tasks: Vec<OpenbTask> = (0..24)
+            .map(|i| {
+                let milli = shares[i % shares.len()];
+                let gpus = match (milli, i % 4) {
+                    (0, _) => 0,
+                    (1000, 3) => 2,
+                    _ => 1,
+                };
+                task(&format!("t{i:02}"), gpus, milli)
+            })
+            .collect();
+        for packer in [Packer::Random, Packer::BestFit, Packer::Edupool] {
+            let a = run(&nodes, &tasks, packer, 7, 1.3);
+            let b = run(&nodes, &tasks, packer, 7, 1.3);
+            assert_eq!((a.curve, a.failed), (b.curve, b.failed), "{packer:?}");
+        }
     }
 
     #[test]
