@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{self, truncate};
+use super::convert::{self, reported_reason, truncate};
 use super::{status, Auth, Caller};
 use crate::control::{now_millis, start_message, stop_message};
 use crate::raft::Replica;
@@ -237,7 +237,7 @@ impl Agents {
         let reason = if r.reason.is_empty() && !r.has_exit_code && r.signal != 0 {
             format!("killed by signal {}", r.signal)
         } else {
-            truncate(&r.reason)
+            reported_reason(&r.reason)
         };
         self.propose(Command::JobExited {
             node: node.to_string(),

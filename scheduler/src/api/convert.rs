@@ -329,6 +329,27 @@ pub fn truncate(s: &str) -> String {
     format!("{}...", s[..end].escape_debug())
 }
 
+/// A reason reported by an agent, kept for people to read: control
+/// characters become spaces and it is cut at 512 bytes, but quotes and
+/// other text stay as they are (unlike `truncate`, which is for echoing
+/// hostile input in errors).
+pub fn reported_reason(s: &str) -> String {
+    const MAX: usize = 512;
+    let mut end = s.len().min(MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let clean: String = s[..end]
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if end < s.len() {
+        format!("{clean}...")
+    } else {
+        clean
+    }
+}
+
 pub fn job(j: &Job) -> pb::Job {
     pb::Job {
         id: j.id.to_string(),
@@ -672,6 +693,16 @@ mod tests {
         let mut s = base();
         f(&mut s);
         job_spec(Some(s), &JobLimits::default())
+    }
+
+    #[test]
+    fn reported_reasons_keep_their_text_and_lose_control_characters() {
+        assert_eq!(
+            reported_reason("preempted: tenant 'wzu' reclaims\nits GPUs"),
+            "preempted: tenant 'wzu' reclaims its GPUs"
+        );
+        let long = "x".repeat(600);
+        assert_eq!(reported_reason(&long).len(), 515);
     }
 
     #[test]

@@ -39,6 +39,27 @@ pub async fn run_workload(
             .await
             .map_err(|s| run_err(&format!("create tenant {}", tenant.name), &s))?
             .into_inner();
+        for node in &tenant.owns {
+            admin
+                .admin
+                .clone()
+                .label_node(pb::LabelNodeRequest {
+                    name: node.clone(),
+                    labels: Some(pb::NodeLabels {
+                        owner: tenant.name.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+                .map_err(|s| run_err(&format!("label node {node}"), &s))?;
+        }
+        if !tenant.owns.is_empty() {
+            println!(
+                "{} contributes {}: their GPUs are its guarantee",
+                tenant.name,
+                tenant.owns.join(", ")
+            );
+        }
         let own = client(endpoint, &created.token).await?;
         for job in &tenant.jobs {
             let spec = job

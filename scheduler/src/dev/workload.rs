@@ -28,6 +28,9 @@ pub struct Workload {
 #[derive(Debug)]
 pub struct WorkloadTenant {
     pub name: String,
+    /// The dev nodes this member contributed: they are labelled with it as
+    /// owner, so their GPUs are its guarantee.
+    pub owns: Vec<String>,
     pub jobs: Vec<WorkloadJob>,
 }
 
@@ -60,6 +63,8 @@ struct RawWorkload {
 #[serde(deny_unknown_fields)]
 struct RawTenant {
     name: String,
+    #[serde(default)]
+    owns: Vec<String>,
     #[serde(default)]
     job: Vec<toml::Table>,
 }
@@ -103,7 +108,11 @@ impl Workload {
                 file.validate().map_err(|e| format!("{}: {e}", at()))?;
                 jobs.push(WorkloadJob { file, expect });
             }
-            tenants.push(WorkloadTenant { name: t.name, jobs });
+            tenants.push(WorkloadTenant {
+                name: t.name,
+                owns: t.owns,
+                jobs,
+            });
         }
         if tenants.is_empty() {
             return Err("the workload names no tenant".into());
@@ -122,6 +131,7 @@ mod tests {
             r#"
             [[tenant]]
             name = "zju"
+            owns = ["dev-node-1"]
             [[tenant.job]]
             name = "a"
             command = ["true"]
@@ -136,6 +146,8 @@ mod tests {
         assert_eq!(w.tenants[0].jobs[0].file.gpus, 2);
         assert_eq!(w.tenants[0].jobs[0].expect.as_deref(), Some("succeeded"));
         assert!(w.tenants[1].jobs.is_empty());
+        assert_eq!(w.tenants[0].owns, vec!["dev-node-1"]);
+        assert!(w.tenants[1].owns.is_empty());
     }
 
     #[test]
