@@ -5,8 +5,9 @@
 use std::io::Write;
 
 use edupool_proto::v1::{
-    ExplainJobRequest, GetTenantRequest, JobClass, LabelNodeRequest, Node, NodeLabels, Quota,
-    SetClassCapRequest, SetTenantQuotaRequest, SetTenantShareRequest, TenantPolicyView,
+    ExplainJobRequest, GetTenantRequest, GetTenantResponse, JobClass, LabelNodeRequest, Node,
+    NodeLabels, Quota, SetClassCapRequest, SetTenantQuotaRequest, SetTenantShareRequest,
+    TenantPolicyView,
 };
 use serde::Serialize;
 
@@ -267,18 +268,15 @@ impl<W: Write> Ctl<W> {
 
     /// `tenant show`.
     pub async fn show_tenant(&mut self, name: &str) -> Result<TenantPolicyView, CommandError> {
-        let t = self
+        let reply = self
             .clients
             .admin
             .get_tenant(GetTenantRequest {
                 name: name.to_owned(),
             })
             .await?
-            .into_inner()
-            .tenant
-            .ok_or(CommandError::MissingField("tenant"))?;
-        self.print_tenant(&t)?;
-        Ok(t)
+            .into_inner();
+        self.print_tenant(reply)
     }
 
     /// `tenant set-quota`.
@@ -289,7 +287,7 @@ impl<W: Write> Ctl<W> {
         guaranteed: Count,
         borrow_limit: Count,
     ) -> Result<TenantPolicyView, CommandError> {
-        let t = self
+        let reply = self
             .clients
             .admin
             .set_tenant_quota(SetTenantQuotaRequest {
@@ -301,11 +299,8 @@ impl<W: Write> Ctl<W> {
                 }),
             })
             .await?
-            .into_inner()
-            .tenant
-            .ok_or(CommandError::MissingField("tenant"))?;
-        self.print_tenant(&t)?;
-        Ok(t)
+            .into_inner();
+        self.print_tenant(reply)
     }
 
     /// `tenant set-share`: weights in thousandths; 0 keeps the current one.
@@ -315,7 +310,7 @@ impl<W: Write> Ctl<W> {
         weight_milli: u32,
         equity_milli: u32,
     ) -> Result<TenantPolicyView, CommandError> {
-        let t = self
+        let reply = self
             .clients
             .admin
             .set_tenant_share(SetTenantShareRequest {
@@ -324,11 +319,8 @@ impl<W: Write> Ctl<W> {
                 equity_milli,
             })
             .await?
-            .into_inner()
-            .tenant
-            .ok_or(CommandError::MissingField("tenant"))?;
-        self.print_tenant(&t)?;
-        Ok(t)
+            .into_inner();
+        self.print_tenant(reply)
     }
 
     /// `tenant set-cap`.
@@ -338,7 +330,7 @@ impl<W: Write> Ctl<W> {
         job_class: JobClass,
         max_gpus: Count,
     ) -> Result<TenantPolicyView, CommandError> {
-        let t = self
+        let reply = self
             .clients
             .admin
             .set_class_cap(SetClassCapRequest {
@@ -347,22 +339,23 @@ impl<W: Write> Ctl<W> {
                 max_gpus: max_gpus.wire(),
             })
             .await?
-            .into_inner()
-            .tenant
-            .ok_or(CommandError::MissingField("tenant"))?;
-        self.print_tenant(&t)?;
-        Ok(t)
+            .into_inner();
+        self.print_tenant(reply)
     }
 
-    fn print_tenant(&mut self, t: &TenantPolicyView) -> Result<(), CommandError> {
+    /// Prints the tenant a reply carries and returns it.
+    fn print_tenant(&mut self, reply: GetTenantResponse) -> Result<TenantPolicyView, CommandError> {
+        let t = reply.tenant.ok_or(CommandError::MissingField("tenant"))?;
         match self.format {
-            OutputFormat::Table => self.out.write_all(tenant_detail(t).as_bytes())?,
-            OutputFormat::Json => {
-                writeln!(self.out, "{}", output::to_json(&TenantPolicyJson::from(t))?)?
-            }
+            OutputFormat::Table => self.out.write_all(tenant_detail(&t).as_bytes())?,
+            OutputFormat::Json => writeln!(
+                self.out,
+                "{}",
+                output::to_json(&TenantPolicyJson::from(&t))?
+            )?,
         }
         self.out.flush()?;
-        Ok(())
+        Ok(t)
     }
 }
 
