@@ -25,6 +25,8 @@ pub(crate) fn gpu(info: &GpuInfo) -> v1::Gpu {
         memory_bytes: info.memory_bytes,
         healthy: info.healthy,
         assigned_job: String::new(),
+        health_reason: info.health_reason.clone().unwrap_or_default(),
+        reset_seen: false,
     }
 }
 
@@ -67,6 +69,10 @@ pub(crate) fn job_report(report: &JobReport) -> v1::JobReport {
         }
         out.reason = exit.reason.clone();
         out.finished_at_ms = unix_ms(exit.finished_at);
+        if let Some(usage) = exit.usage {
+            out.gpu_seconds = usage.gpu_time.as_secs_f64();
+            out.energy_joules = usage.energy_millijoules.unwrap_or(0) as f64 / 1e3;
+        }
     }
     out
 }
@@ -102,7 +108,7 @@ pub(crate) fn log_chunk(request_id: u64, result: Result<LogChunk, String>) -> v1
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::JobExit;
+    use crate::runner::{JobExit, JobUsage};
 
     fn exited(outcome: ExitOutcome, reason: &str) -> JobReport {
         JobReport {
@@ -112,6 +118,10 @@ mod tests {
                 outcome,
                 reason: reason.into(),
                 finished_at: UNIX_EPOCH + Duration::from_millis(5_500),
+                usage: Some(JobUsage {
+                    gpu_time: Duration::from_millis(9_000),
+                    energy_millijoules: Some(1_234_500),
+                }),
             }),
         }
     }
@@ -130,6 +140,8 @@ mod tests {
                 reason: "exited with code 3".into(),
                 started_at_ms: 1_000,
                 finished_at_ms: 5_500,
+                gpu_seconds: 9.0,
+                energy_joules: 1_234.5,
             }
         );
         let signal = job_report(&exited(ExitOutcome::Signal(9), "cancelled"));

@@ -40,7 +40,9 @@ pub fn now_millis() -> Millis {
 
 /// The order that starts a placed job on its node.
 pub fn start_message(s: &State, id: JobId) -> Option<pb::SchedulerMessage> {
-    let j = s.job(id).filter(|j| j.state == JobState::Assigned)?;
+    let j = s
+        .job(id)
+        .filter(|j| j.state == JobState::Assigned && j.gpu_fault.is_none())?;
     Some(pb::SchedulerMessage {
         msg: Some(Down::Start(pb::StartJob {
             job_id: id.to_string(),
@@ -55,14 +57,19 @@ pub fn start_message(s: &State, id: JobId) -> Option<pb::SchedulerMessage> {
     })
 }
 
-/// The order that stops a job being cancelled.
+/// The order that stops a job being cancelled, or one whose GPU failed.
 pub fn stop_message(s: &State, id: JobId) -> Option<pb::SchedulerMessage> {
-    let j = s.job(id).filter(|j| j.state == JobState::Cancelling)?;
+    let j = s.job(id)?;
+    let reason = match (&j.gpu_fault, j.state) {
+        (_, JobState::Cancelling) => j.reason.clone(),
+        (Some(fault), state) if state.is_placed() => fault.clone(),
+        _ => return None,
+    };
     Some(pb::SchedulerMessage {
         msg: Some(Down::Stop(pb::StopJob {
             job_id: id.to_string(),
             grace_period_seconds: j.spec.grace_period_secs,
-            reason: j.reason.clone(),
+            reason,
         })),
     })
 }

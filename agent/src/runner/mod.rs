@@ -12,6 +12,10 @@
 //! [`Runner::reports`] lists all records, so an exit that happened while the
 //! scheduler was unreachable is still reported when it comes back.
 //!
+//! When the runner is given an energy source, each exit carries the job's
+//! [`JobUsage`]: its GPU time and the energy its GPUs used while it ran,
+//! from the GPUs' energy counters read at its start and at its exit.
+//!
 //! All records live behind one mutex that is never held across an await.
 
 mod logs;
@@ -21,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +33,8 @@ use nix::sys::signal::Signal;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+
+use crate::inventory::GpuInventory;
 
 pub use logs::{LogChunk, LogError, LogStream, DEFAULT_LOG_CHUNK, MAX_LOG_CHUNK};
 
@@ -45,12 +52,25 @@ const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub const MAX_JOB_ID_LEN: usize = 128;
 
 /// How the runner is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunnerConfig {
     /// Job directories are created under `<work_dir>/jobs/`.
     pub work_dir: PathBuf,
     /// The grace period for jobs whose start order gives none.
     pub default_grace_period: Duration,
+    /// Where the energy counters of jobs' GPUs are read; `None` reports
+    /// GPU time only.
+    pub energy: Option<Arc<dyn GpuInventory>>,
+}
+
+impl fmt::Debug for RunnerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunnerConfig")
+            .field("work_dir", &self.work_dir)
+            .field("default_grace_period", &self.default_grace_period)
+            .field("energy", &self.energy.as_ref().map(|e| e.backend()))
+            .finish()
+    }
 }
 
 impl RunnerConfig {
@@ -59,6 +79,7 @@ impl RunnerConfig {
         RunnerConfig {
             work_dir: work_dir.into(),
             default_grace_period: DEFAULT_GRACE_PERIOD,
+            energy: None,
         }
     }
 }
@@ -134,6 +155,18 @@ pub struct JobExit {
     pub reason: String,
     /// When the runner saw the exit.
     pub finished_at: SystemTime,
+    /// What the run used; `None` when it never started.
+    pub usage: Option<JobUsage>,
+}
+
+/// What one run of a job used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobUsage {
+    /// How long it ran times the number of its GPUs.
+    pub gpu_time: Duration,
+    /// Energy its GPUs used from its start to its exit, millijoules; `None`
+    /// when the GPUs have no energy counter (or it was reset meanwhile).
+    pub energy_millijoules: Option<u64>,
 }
 
 /// The process's end as the kernel reported it.
@@ -260,6 +293,9 @@ impl fmt::Debug for Runner {
 struct Inner {
     jobs_dir: PathBuf,
     default_grace_period: Duration,
+    energy: Option<Arc<dyn GpuInventory>>,
+    /// Jobs that could not be started, or whose exit could not be collected.
+    errors: AtomicU64,
     /// `PATH`, `HOME` and `LANG` of the agent, taken once at construction.
     base_env: Vec<(OsString, OsString)>,
     state: Mutex<State>,
@@ -318,6 +354,8 @@ impl Runner {
             inner: Arc::new(Inner {
                 jobs_dir: config.work_dir.join("jobs"),
                 default_grace_period: config.default_grace_period,
+                energy: config.energy,
+                errors: AtomicU64::new(0),
                 base_env,
                 state: Mutex::new(State {
                     jobs: HashMap::new(),
@@ -401,6 +439,7 @@ impl Runner {
                 let supervisor = process::Supervisor {
                     runner: self.clone(),
                     job_id,
+                    gpu_uuids: request.gpu_uuids.clone(),
                     walltime: request.walltime,
                     grace_period,
                     orders,
@@ -409,6 +448,7 @@ impl Runner {
                 StartOutcome::Started
             }
             Err(err) => {
+                self.count_error();
                 let reason = format!("failed to start: {}", crate::error_chain(&err));
                 warn!(job = %job_id, tenant = %request.tenant, %reason, "job did not start");
                 let report = JobReport {
@@ -418,6 +458,7 @@ impl Runner {
                         outcome: ExitOutcome::Unknown,
                         reason,
                         finished_at: SystemTime::now(),
+                        usage: None,
                     }),
                 };
                 state.jobs.insert(
@@ -538,6 +579,31 @@ impl Runner {
         }
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+    }
+
+    /// Jobs that could not be started, or whose exit status could not be
+    /// collected, since the runner was made.
+    pub fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    fn count_error(&self) {
+        self.inner.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The summed energy counters of `gpus`, joules, read on a blocking
+    /// thread; `None` without an energy source or a counter.
+    async fn read_energy(&self, gpus: &[String]) -> Option<f64> {
+        let source = Arc::clone(self.inner.energy.as_ref()?);
+        let gpus = gpus.to_vec();
+        match tokio::task::spawn_blocking(move || source.energy_joules(&gpus)).await {
+            Ok(Ok(joules)) => joules,
+            Ok(Err(err)) => {
+                debug!(error = %err, "cannot read the GPUs' energy counters");
+                None
+            }
+            Err(_) => None,
+        }
     }
 
     /// Records the exit of a job; called once by its supervisor.

@@ -53,6 +53,7 @@
 mod backoff;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,7 +73,8 @@ pub(crate) use backoff::Backoff;
 
 use crate::convert;
 use crate::error_chain;
-use crate::inventory::GpuInventory;
+use crate::health::{HealthBoard, HealthChanges};
+use crate::inventory::{schedulable_units, GpuInventory};
 use crate::runner::{ForgetOutcome, JobEvents, Runner, StartOutcome, StopOutcome};
 
 /// The heartbeat interval until a `Welcome` sets another.
@@ -140,6 +142,10 @@ pub(crate) struct Session {
     pub(crate) runner: Runner,
     pub(crate) tracker: TaskTracker,
     pub(crate) backoff: Backoff,
+    /// GPU health as the agent judges it; overrides the inventory's.
+    pub(crate) health: HealthBoard,
+    /// True while a session is established (welcomed).
+    pub(crate) connected: Arc<AtomicBool>,
 }
 
 /// State of one open session.
@@ -153,7 +159,14 @@ struct Open<'a> {
 impl Session {
     /// Keeps a session open until `stop` is cancelled. Reports that arrive
     /// while no session is open are dropped: the next hello has them all.
-    pub(crate) async fn run(mut self, mut events: JobEvents, stop: CancellationToken) {
+    /// Health changes wait for the next session: its hello has the board
+    /// as it is, and the changes that follow it repeat what led there.
+    pub(crate) async fn run(
+        mut self,
+        mut events: JobEvents,
+        mut changes: HealthChanges,
+        stop: CancellationToken,
+    ) {
         let mut next = 0;
         // Failed attempts since the last session that worked, and when one
         // was last logged as a warning: a scheduler that stays away is
@@ -166,7 +179,13 @@ impl Session {
             let began = Instant::now();
             let mut welcomed = false;
             match self
-                .serve(&name, &endpoint, &mut events, &stop, &mut welcomed)
+                .serve(
+                    &name,
+                    &endpoint,
+                    (&mut events, &mut changes),
+                    &stop,
+                    &mut welcomed,
+                )
                 .await
             {
                 Ok(()) => return,
@@ -210,17 +229,20 @@ impl Session {
         &self,
         name: &str,
         endpoint: &Endpoint,
-        events: &mut JobEvents,
+        (events, changes): (&mut JobEvents, &mut HealthChanges),
         stop: &CancellationToken,
         welcomed: &mut bool,
     ) -> Result<(), SessionError> {
         let inventory = Arc::clone(&self.inventory);
-        let gpus = match until(stop, self.tracker.spawn_blocking(move || inventory.gpus())).await {
-            None => return Ok(()),
-            Some(joined) => joined
-                .map_err(SessionError::InventoryTask)?
-                .map_err(SessionError::Inventory)?,
-        };
+        let mut gpus =
+            match until(stop, self.tracker.spawn_blocking(move || inventory.gpus())).await {
+                None => return Ok(()),
+                Some(joined) => joined
+                    .map_err(SessionError::InventoryTask)?
+                    .map_err(SessionError::Inventory)?,
+            };
+        self.health.overlay(&mut gpus);
+        let gpus = schedulable_units(&gpus);
         debug!(endpoint = %name, "connecting");
         let channel = match until(stop, endpoint.connect()).await {
             None => return Ok(()),
@@ -259,6 +281,7 @@ impl Session {
             welcomed: false,
         };
         let result = loop {
+            self.connected.store(open.welcomed, Ordering::Relaxed);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
@@ -278,6 +301,19 @@ impl Session {
                         break Err(err);
                     }
                 }
+                Some(change) = changes.recv() => {
+                    let sent = send(&open.outbound, message(agent_message::Msg::GpuHealth(
+                        v1::GpuHealth {
+                            gpu_uuid: change.uuid,
+                            healthy: change.healthy,
+                            reason: change.reason,
+                            at_ms: convert::unix_ms(std::time::SystemTime::now()),
+                        },
+                    ))).await;
+                    if let Err(err) = sent {
+                        break Err(err);
+                    }
+                }
                 _ = open.heartbeat.tick() => {
                     let at_ms = convert::unix_ms(std::time::SystemTime::now());
                     let sent = send(&open.outbound, message(agent_message::Msg::Heartbeat(
@@ -289,6 +325,7 @@ impl Session {
                 }
             }
         };
+        self.connected.store(false, Ordering::Relaxed);
         *welcomed = open.welcomed;
         result
     }

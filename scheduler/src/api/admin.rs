@@ -138,6 +138,33 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::NodeResponse>, Status> {
         self.set_schedulable(req, |_, _| (true, true)).await
     }
+
+    async fn clear_gpu(
+        &self,
+        req: Request<pb::ClearGpuRequest>,
+    ) -> Result<Response<pb::NodeResponse>, Status> {
+        self.auth.caller(&req)?.require_admin()?;
+        let pb::ClearGpuRequest { node, gpu_uuid } = req.into_inner();
+        if gpu_uuid.is_empty() {
+            return Err(Status::invalid_argument(
+                "give the UUID of the GPU to clear (see `edupoolctl node list`)",
+            ));
+        }
+        self.replica
+            .propose(Command::GpuHealthChanged {
+                node: truncate(&node),
+                gpu: truncate(&gpu_uuid),
+                healthy: true,
+                reason: String::new(),
+                cleared_by: Some("admin".into()),
+            })
+            .await
+            .map_err(status)?;
+        tracing::info!(node, gpu = gpu_uuid, "GPU cleared by an admin");
+        Ok(Response::new(pb::NodeResponse {
+            node: Some(self.node_reply(&node)?),
+        }))
+    }
 }
 
 fn tenant_view(s: &State, name: &str) -> Option<pb::Tenant> {

@@ -139,6 +139,14 @@ impl Agents {
                 (JobState::Assigned, None) => {
                     if let Some(m) = self.replica.read(|s| start_message(s, id)) {
                         self.sessions.send(node, m);
+                    } else {
+                        // Its GPU failed before it started: nothing to stop.
+                        self.propose(Command::JobVanished {
+                            node: node.to_string(),
+                            job: id,
+                            reason: format!("a GPU of the job on {node} failed before it started"),
+                        })
+                        .await;
                     }
                 }
                 (JobState::Running | JobState::Cancelling, None) => {
@@ -149,7 +157,8 @@ impl Agents {
                     })
                     .await;
                 }
-                (JobState::Cancelling, Some(r)) if r.running => {
+                // Being cancelled, or stopped because one of its GPUs failed.
+                (_, Some(r)) if r.running => {
                     if let Some(m) = self.replica.read(|s| stop_message(s, id)) {
                         self.sessions.send(node, m);
                     }
@@ -177,6 +186,23 @@ impl Agents {
                 },
                 Some(Up::Log(chunk)) => self.sessions.log_answer(chunk),
                 Some(Up::Heartbeat(_)) => {}
+                Some(Up::GpuHealth(h)) => {
+                    tracing::info!(
+                        node,
+                        gpu = h.gpu_uuid,
+                        healthy = h.healthy,
+                        reason = h.reason,
+                        "agent reports a GPU health change"
+                    );
+                    self.propose(Command::GpuHealthChanged {
+                        node: node.to_string(),
+                        gpu: truncate(&h.gpu_uuid),
+                        healthy: h.healthy,
+                        reason: truncate(&h.reason),
+                        cleared_by: None,
+                    })
+                    .await;
+                }
                 Some(Up::Hello(_)) | None => {
                     tracing::warn!(node, "unexpected message in an open session");
                 }
@@ -224,6 +250,7 @@ impl Agents {
             exit_code: r.has_exit_code.then_some(r.exit_code),
             reason,
             finished_at: r.finished_at_ms,
+            usage: convert::usage(&r),
         })
         .await;
     }

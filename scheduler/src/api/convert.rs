@@ -8,7 +8,7 @@ use edupool_proto::v1 as pb;
 use thiserror::Error;
 
 use crate::state::{
-    GpuInfo, Job, JobClass, JobSpec, JobState, Millis, Node, NodeStatus, OnNodeLost,
+    GpuInfo, Job, JobClass, JobSpec, JobState, Millis, Node, NodeStatus, OnNodeLost, Usage,
 };
 
 /// Bounds on what a job spec may hold, and the pool's defaults.
@@ -240,6 +240,24 @@ pub fn job(j: &Job) -> pb::Job {
         started_at_ms: j.started_at.unwrap_or(0),
         finished_at_ms: j.finished_at.unwrap_or(0),
         attempt: j.attempt,
+        gpu_seconds: j.usage.gpu_ms as f64 / 1e3,
+        energy_joules: j.usage.energy_mj as f64 / 1e3,
+    }
+}
+
+/// What an agent measured for one run; negative or non-finite values
+/// (a broken agent) count as nothing.
+pub fn usage(r: &pb::JobReport) -> Usage {
+    let milli = |v: f64| {
+        if v.is_finite() && v > 0.0 {
+            (v * 1e3).min(u64::MAX as f64) as u64
+        } else {
+            0
+        }
+    };
+    Usage {
+        gpu_ms: milli(r.gpu_seconds),
+        energy_mj: milli(r.energy_joules),
     }
 }
 
@@ -314,8 +332,13 @@ pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
                 index: g.info.index,
                 model: g.info.model.clone(),
                 memory_bytes: g.info.memory_bytes,
-                healthy: g.info.healthy,
+                healthy: g.usable(),
                 assigned_job: g.assigned.map(|j| j.to_string()).unwrap_or_default(),
+                health_reason: match &g.fault {
+                    Some(f) => f.reason.clone(),
+                    None => g.info.health_reason.clone(),
+                },
+                reset_seen: g.fault.as_ref().is_some_and(|f| f.reset_seen),
             })
             .collect(),
         running_jobs,
@@ -359,6 +382,7 @@ pub fn inventory(node_name: &str, gpus: Vec<pb::Gpu>) -> Result<Vec<GpuInfo>, In
                 model: truncate(&g.model),
                 memory_bytes: g.memory_bytes,
                 healthy: g.healthy,
+                health_reason: truncate(&g.health_reason),
             })
         })
         .collect()

@@ -133,15 +133,18 @@ pub fn status(err: ProposeError) -> Status {
 fn rejection(r: Rejection) -> Status {
     let code = match &r {
         Rejection::TenantExists(_) => Code::AlreadyExists,
-        Rejection::UnknownTenant(_) | Rejection::UnknownJob(_) | Rejection::UnknownNode(_) => {
-            Code::NotFound
-        }
+        Rejection::UnknownTenant(_)
+        | Rejection::UnknownJob(_)
+        | Rejection::UnknownNode(_)
+        | Rejection::UnknownGpu { .. } => Code::NotFound,
         Rejection::JobFinished { .. }
         | Rejection::PoolEmpty
         | Rejection::NoNodeCanHold { .. }
         | Rejection::NotPending { .. }
         | Rejection::BadPlacement { .. }
-        | Rejection::NotOnNode { .. } => Code::FailedPrecondition,
+        | Rejection::NotOnNode { .. }
+        | Rejection::GpuNotFaulty { .. }
+        | Rejection::GpuNotReset { .. } => Code::FailedPrecondition,
     };
     Status::new(code, r.to_string())
 }

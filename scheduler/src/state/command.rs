@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::types::{GpuInfo, JobId, JobSpec, Millis};
+use super::types::{GpuInfo, JobId, JobSpec, Millis, Usage};
 
 /// Every change to the pool. Commands are appended to the replicated log
 /// and applied in order on every replica.
@@ -60,12 +60,27 @@ pub enum Command {
         exit_code: Option<i32>,
         reason: String,
         finished_at: Millis,
+        /// GPU time and energy of this run, as the agent measured them.
+        #[serde(default)]
+        usage: Usage,
     },
     /// The node's agent no longer has a job the log placed there.
     JobVanished {
         node: String,
         job: JobId,
         reason: String,
+    },
+    /// A GPU's health changed. `healthy: false` (from the agent) marks it
+    /// failed: it leaves placement and the job on it is stopped and
+    /// requeued per its spec. `healthy: true` from the agent
+    /// (`cleared_by: None`) only notes that the GPU was reset; it returns
+    /// to placement when an admin clears it (`cleared_by: Some(who)`).
+    GpuHealthChanged {
+        node: String,
+        gpu: String,
+        healthy: bool,
+        reason: String,
+        cleared_by: Option<String>,
     },
 }
 
@@ -130,4 +145,14 @@ pub enum Rejection {
     },
     #[error("job {job} is not placed on node '{node}'")]
     NotOnNode { job: JobId, node: String },
+    #[error("node '{node}' has no GPU {gpu}")]
+    UnknownGpu { node: String, gpu: String },
+    #[error("GPU {gpu} on node '{node}' is not marked unhealthy; there is nothing to clear")]
+    GpuNotFaulty { node: String, gpu: String },
+    #[error("GPU {gpu} on node '{node}' cannot be cleared yet: its agent has not reported it healthy since it failed ({reason}); reset the GPU first")]
+    GpuNotReset {
+        node: String,
+        gpu: String,
+        reason: String,
+    },
 }

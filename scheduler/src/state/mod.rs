@@ -69,12 +69,20 @@ impl State {
                 exit_code,
                 reason,
                 finished_at,
-            } => self.job_exited(&node, job, exit_code, reason, finished_at),
+                usage,
+            } => self.job_exited(&node, job, exit_code, reason, finished_at, usage),
             Command::JobVanished { node, job, reason } => {
                 let job = self.job_on(&node, job)?;
                 let effects = self.lose_job(job, &node, &reason, at);
                 Ok((Outcome::Job(job), effects))
             }
+            Command::GpuHealthChanged {
+                node,
+                gpu,
+                healthy,
+                reason,
+                cleared_by,
+            } => self.gpu_health_changed(&node, &gpu, healthy, reason, cleared_by, at),
         }
     }
 
@@ -172,6 +180,8 @@ impl State {
                 started_at: None,
                 finished_at: None,
                 attempt: 1,
+                usage: Usage::default(),
+                gpu_fault: None,
             },
         );
         self.pending.insert(id);
@@ -264,7 +274,7 @@ impl State {
         for uuid in &gpus {
             match node.gpus.iter().find(|g| &g.info.uuid == uuid) {
                 None => return Err(bad(format!("no GPU {uuid} on the node"))),
-                Some(g) if !g.info.healthy => return Err(bad(format!("GPU {uuid} is unhealthy"))),
+                Some(g) if !g.usable() => return Err(bad(format!("GPU {uuid} is unhealthy"))),
                 Some(Gpu {
                     assigned: Some(other),
                     ..
@@ -324,6 +334,7 @@ impl State {
         exit_code: Option<i32>,
         reason: String,
         finished_at: Millis,
+        usage: Usage,
     ) -> Applied {
         let forget = Effect::ForgetJob {
             node: node.to_string(),
@@ -336,6 +347,21 @@ impl State {
             return Ok((Outcome::None, vec![forget]));
         }
         let job = self.jobs.get_mut(&id).expect("checked by job_on");
+        job.usage = job.usage.add(usage);
+        if let Some(why) = job.gpu_fault.clone() {
+            // Stopped because a GPU failed: unless it finished on its own
+            // first, the run does not count as the job's end.
+            if job.state != JobState::Cancelling && exit_code != Some(0) {
+                let mut effects = vec![forget];
+                effects.extend(self.retry_or_end(id, node, &why, finished_at, JobState::Failed));
+                if let Some(job) = self.jobs.get_mut(&id).filter(|j| j.state.is_final()) {
+                    job.exit_code = exit_code;
+                }
+                return Ok((Outcome::Job(id), effects));
+            }
+        }
+        let job = self.jobs.get_mut(&id).expect("checked by job_on");
+        job.gpu_fault = None;
         job.state = match (job.state, exit_code) {
             (JobState::Cancelling, _) => JobState::Cancelled,
             (_, Some(0)) => JobState::Succeeded,
@@ -359,8 +385,23 @@ impl State {
     /// A placed job whose process is gone without an exit status: requeue
     /// it if its spec allows, otherwise it ends as lost.
     fn lose_job(&mut self, id: JobId, node: &str, why: &str, at: Millis) -> Vec<Effect> {
+        self.retry_or_end(id, node, why, at, JobState::Lost)
+    }
+
+    /// Frees the job's GPUs, then requeues it if its spec allows (the same
+    /// rule as a node loss), or ends it in `end` (a job being cancelled
+    /// ends cancelled).
+    fn retry_or_end(
+        &mut self,
+        id: JobId,
+        node: &str,
+        why: &str,
+        at: Millis,
+        end: JobState,
+    ) -> Vec<Effect> {
         self.release_gpus(node, id);
         let job = self.jobs.get_mut(&id).expect("caller checked");
+        job.gpu_fault = None;
         let requeue = job.spec.on_node_lost == OnNodeLost::Requeue
             && job.attempt <= job.spec.max_retries
             && job.state != JobState::Cancelling;
@@ -376,7 +417,7 @@ impl State {
             job.state = if job.state == JobState::Cancelling {
                 JobState::Cancelled
             } else {
-                JobState::Lost
+                end
             };
             job.reason = why.to_string();
             job.finished_at = Some(at);
@@ -411,12 +452,27 @@ impl State {
             .flat_map(|n| &n.gpus)
             .filter_map(|g| g.assigned.map(|j| (g.info.uuid.clone(), j)))
             .collect();
+        // A fault outlives reconnects: only an admin clears it.
+        let faults: BTreeMap<String, GpuFault> = previous
+            .iter()
+            .flat_map(|n| &n.gpus)
+            .filter_map(|g| g.fault.clone().map(|f| (g.info.uuid.clone(), f)))
+            .collect();
         let gpus: Vec<Gpu> = gpus
             .into_iter()
             .map(|info| Gpu {
                 assigned: held.get(&info.uuid).copied(),
+                fault: faults.get(&info.uuid).cloned().map(|mut f| {
+                    f.reset_seen |= info.healthy;
+                    f
+                }),
                 info,
             })
+            .collect();
+        let unhealthy: Vec<(String, String)> = gpus
+            .iter()
+            .filter(|g| !g.info.healthy)
+            .map(|g| (g.info.uuid.clone(), g.info.health_reason.clone()))
             .collect();
         self.nodes.insert(
             name.clone(),
@@ -430,6 +486,9 @@ impl State {
                 status_since: at,
             },
         );
+        for (uuid, reason) in unhealthy {
+            effects.extend(self.fail_gpu(&name, &uuid, reason, at));
+        }
         // A job whose GPUs are no longer on the node cannot keep running.
         let vanished: BTreeSet<JobId> = self
             .jobs_on(&name)
@@ -476,6 +535,105 @@ impl State {
             .flat_map(|id| self.lose_job(id, name, &why, at))
             .collect();
         Ok((Outcome::Node(name.to_string()), effects))
+    }
+
+    fn gpu_health_changed(
+        &mut self,
+        node: &str,
+        uuid: &str,
+        healthy: bool,
+        reason: String,
+        cleared_by: Option<String>,
+        at: Millis,
+    ) -> Applied {
+        let gpu = self.gpu_mut(node, uuid)?;
+        let outcome = Outcome::Node(node.to_string());
+        if !healthy {
+            gpu.info.healthy = false;
+            gpu.info.health_reason = reason.clone();
+            let effects = self.fail_gpu(node, uuid, reason, at);
+            return Ok((outcome, effects));
+        }
+        match cleared_by {
+            None => {
+                gpu.info.healthy = true;
+                gpu.info.health_reason.clear();
+                if let Some(fault) = &mut gpu.fault {
+                    fault.reset_seen = true;
+                }
+            }
+            Some(_) => {
+                let Some(fault) = &gpu.fault else {
+                    return Err(Rejection::GpuNotFaulty {
+                        node: node.to_string(),
+                        gpu: uuid.to_string(),
+                    });
+                };
+                if !(fault.reset_seen && gpu.info.healthy) {
+                    return Err(Rejection::GpuNotReset {
+                        node: node.to_string(),
+                        gpu: uuid.to_string(),
+                        reason: fault.reason.clone(),
+                    });
+                }
+                gpu.fault = None;
+            }
+        }
+        Ok((outcome, vec![]))
+    }
+
+    fn gpu_mut(&mut self, node: &str, uuid: &str) -> Result<&mut Gpu, Rejection> {
+        self.nodes
+            .get_mut(node)
+            .ok_or_else(|| Rejection::UnknownNode(node.to_string()))?
+            .gpus
+            .iter_mut()
+            .find(|g| g.info.uuid == uuid)
+            .ok_or_else(|| Rejection::UnknownGpu {
+                node: node.to_string(),
+                gpu: uuid.to_string(),
+            })
+    }
+
+    /// Marks a GPU failed (keeping the time of a fault already recorded)
+    /// and orders the job on it stopped; its exit requeues it.
+    fn fail_gpu(&mut self, node: &str, uuid: &str, reason: String, at: Millis) -> Vec<Effect> {
+        let Ok(gpu) = self.gpu_mut(node, uuid) else {
+            return vec![];
+        };
+        let reason = if reason.is_empty() {
+            "reported unhealthy by its agent".to_string()
+        } else {
+            reason
+        };
+        let since = gpu.fault.as_ref().map_or(at, |f| f.since);
+        gpu.fault = Some(GpuFault {
+            reason: reason.clone(),
+            since,
+            reset_seen: false,
+        });
+        let Some(id) = gpu.assigned else {
+            return vec![];
+        };
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .expect("an assigned GPU's job exists");
+        if !matches!(job.state, JobState::Assigned | JobState::Running) || job.gpu_fault.is_some() {
+            return vec![];
+        }
+        let why = format!("GPU {uuid} on {node} failed: {reason}");
+        job.gpu_fault = Some(why.clone());
+        job.reason = format!("{why}; stopping it to requeue");
+        vec![
+            Effect::StopJob {
+                node: node.to_string(),
+                job: id,
+                grace_secs: job.spec.grace_period_secs,
+                reason: why,
+            },
+            Effect::JobChanged(id),
+        ]
     }
 
     fn set_schedulable(&mut self, name: &str, cordoned: bool, draining: bool) -> Applied {

@@ -162,6 +162,7 @@ fn start_then_exit_ends_the_job_and_frees_gpus() {
                 exit_code: Some(0),
                 reason: String::new(),
                 finished_at: 9_000,
+                usage: Usage::default(),
             },
             9_001,
         )
@@ -195,6 +196,7 @@ fn start_then_exit_ends_the_job_and_frees_gpus() {
                 exit_code: Some(0),
                 reason: String::new(),
                 finished_at: 9_000,
+                usage: Usage::default(),
             },
             9_500,
         )
@@ -222,6 +224,7 @@ fn nonzero_exit_is_failed_with_code() {
             exit_code: Some(3),
             reason: String::new(),
             finished_at: 5,
+            usage: Usage::default(),
         },
         5,
     )
@@ -296,6 +299,7 @@ fn cancel_pending_running_and_finished() {
             exit_code: None,
             reason: "terminated by signal 15".into(),
             finished_at: 9,
+            usage: Usage::default(),
         },
         9,
     )

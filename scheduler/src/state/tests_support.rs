@@ -29,6 +29,7 @@ pub fn gpus(node: &str, n: u32) -> Vec<GpuInfo> {
             model: "A100-80GB".into(),
             memory_bytes: 80 << 30,
             healthy: true,
+            health_reason: String::new(),
         })
         .collect()
 }

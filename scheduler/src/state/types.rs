@@ -136,6 +136,32 @@ pub struct Job {
     pub finished_at: Option<Millis>,
     /// 1 on the first run, +1 for each requeue.
     pub attempt: u32,
+    /// GPU time and energy over all attempts, as the agents reported them.
+    #[serde(default)]
+    pub usage: Usage,
+    /// Set when a GPU of the job failed: the job is being stopped, and its
+    /// exit requeues it (per its spec) instead of ending it.
+    #[serde(default)]
+    pub gpu_fault: Option<String>,
+}
+
+/// What a job used, in integer milli-units so that the replicated state
+/// stays exact (`Eq`) on every replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// GPU time: GPUs x milliseconds.
+    pub gpu_ms: u64,
+    /// Energy of the job's GPUs, millijoules.
+    pub energy_mj: u64,
+}
+
+impl Usage {
+    pub fn add(self, other: Usage) -> Usage {
+        Usage {
+            gpu_ms: self.gpu_ms.saturating_add(other.gpu_ms),
+            energy_mj: self.energy_mj.saturating_add(other.energy_mj),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,12 +178,36 @@ pub struct GpuInfo {
     pub model: String,
     pub memory_bytes: u64,
     pub healthy: bool,
+    /// The agent's reason when it reports the GPU unhealthy.
+    #[serde(default)]
+    pub health_reason: String,
+}
+
+/// A GPU the scheduler saw fail. It stays out of placement until an admin
+/// clears it, whatever the agent reports later: recovery is never silent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuFault {
+    pub reason: String,
+    pub since: Millis,
+    /// The agent reports the GPU healthy again (it was reset); only now may
+    /// an admin clear the fault.
+    pub reset_seen: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Gpu {
     pub info: GpuInfo,
     pub assigned: Option<JobId>,
+    #[serde(default)]
+    pub fault: Option<GpuFault>,
+}
+
+impl Gpu {
+    /// May be given to a job: the agent reports it healthy and no fault is
+    /// waiting to be cleared.
+    pub fn usable(&self) -> bool {
+        self.info.healthy && self.fault.is_none()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +240,6 @@ impl Node {
     pub fn free_gpus(&self) -> impl Iterator<Item = &Gpu> {
         self.gpus
             .iter()
-            .filter(|g| g.info.healthy && g.assigned.is_none())
+            .filter(|g| g.usable() && g.assigned.is_none())
     }
 }
