@@ -45,7 +45,7 @@ impl FromStr for OutputFormat {
 // ---------------------------------------------------------------- views
 
 /// A job, for scripts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: String,
     pub name: Option<String>,
@@ -69,6 +69,12 @@ pub struct JobView {
     pub submitted_at: Option<String>,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// GPU time over all attempts, GPUs x seconds.
+    #[serde(default)]
+    pub gpu_seconds: f64,
+    /// GPU energy over all attempts, joules.
+    #[serde(default)]
+    pub energy_joules: f64,
 }
 
 impl From<&Job> for JobView {
@@ -95,6 +101,8 @@ impl From<&Job> for JobView {
             submitted_at: timestamp(job.submitted_at_ms),
             started_at: timestamp(job.started_at_ms),
             finished_at: timestamp(job.finished_at_ms),
+            gpu_seconds: job.gpu_seconds,
+            energy_joules: job.energy_joules,
         }
     }
 }
@@ -109,6 +117,12 @@ pub struct GpuView {
     pub healthy: bool,
     /// `null`: free.
     pub assigned_job: Option<String>,
+    /// Why it is unhealthy; `null` when healthy.
+    #[serde(default)]
+    pub health_reason: Option<String>,
+    /// Unhealthy, but reset since: an admin may clear it.
+    #[serde(default)]
+    pub reset_seen: bool,
 }
 
 impl From<&Gpu> for GpuView {
@@ -120,6 +134,8 @@ impl From<&Gpu> for GpuView {
             memory_bytes: gpu.memory_bytes,
             healthy: gpu.healthy,
             assigned_job: non_empty(&gpu.assigned_job),
+            health_reason: non_empty(&gpu.health_reason),
+            reset_seen: gpu.reset_seen,
         }
     }
 }
@@ -358,6 +374,8 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
         ("submitted", when(job.submitted_at_ms)),
         ("started", when(job.started_at_ms)),
         ("finished", when(job.finished_at_ms)),
+        ("gpu time", gpu_hours(job.gpu_seconds)),
+        ("energy", kilowatt_hours(job.energy_joules)),
     ]);
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
@@ -366,6 +384,25 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
         let _ = writeln!(out, "{key:<width$} {}", one_line(&value));
     }
     out
+}
+
+/// GPU time as GPU-hours, e.g. `0.0125 GPU-hours (45.0 GPU-seconds)`.
+pub fn gpu_hours(gpu_seconds: f64) -> String {
+    if gpu_seconds <= 0.0 {
+        return "-".to_owned();
+    }
+    format!(
+        "{:.4} GPU-hours ({gpu_seconds:.1} GPU-seconds)",
+        gpu_seconds / 3600.0
+    )
+}
+
+/// Energy as kWh, e.g. `0.000125 kWh (450 J)`.
+pub fn kilowatt_hours(joules: f64) -> String {
+    if joules <= 0.0 {
+        return "-".to_owned();
+    }
+    format!("{:.6} kWh ({joules:.0} J)", joules / 3.6e6)
 }
 
 /// `job watch`: one line per event, `<state> node=<node> [exit=N] [reason: ...]`.
@@ -415,7 +452,35 @@ pub fn node_table(nodes: &[Node], now: SystemTime) -> String {
             last_seen,
         ]);
     }
-    table.render()
+    let mut out = table.render();
+    out.push_str(&unhealthy_gpu_table(nodes));
+    out
+}
+
+/// The unhealthy GPUs of `nodes` and why, after a blank line; empty when
+/// every GPU is healthy.
+fn unhealthy_gpu_table(nodes: &[Node]) -> String {
+    let mut table = Table::new(["NODE", "GPU", "INDEX", "RECOVERY", "WHY UNHEALTHY"]);
+    for node in nodes {
+        for gpu in node.gpus.iter().filter(|g| !g.healthy) {
+            table.row([
+                node.name.clone(),
+                gpu.uuid.clone(),
+                gpu.index.to_string(),
+                if gpu.reset_seen {
+                    "reset; clear-gpu to use".to_owned()
+                } else {
+                    "needs a reset".to_owned()
+                },
+                dash(&gpu.health_reason),
+            ]);
+        }
+    }
+    if table.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}", table.render())
+    }
 }
 
 /// `draining`, `cordoned` or `-`.
@@ -598,6 +663,8 @@ mod tests {
             submitted_at_ms: T0,
             started_at_ms: T0 + 1_500,
             attempt: 1,
+            gpu_seconds: 90.0,
+            energy_joules: 18_000.0,
             ..Job::default()
         };
         job.set_state(JobState::Running);
@@ -689,6 +756,8 @@ attempt:      1
 submitted:    2025-01-01T00:00:00.000Z (1m30s ago)
 started:      2025-01-01T00:00:01.500Z (1m28s ago)
 finished:     -
+gpu time:     0.0250 GPU-hours (90.0 GPU-seconds)
+energy:       0.005000 kWh (18000 J)
 ";
         assert_eq!(job_detail(&running_job(), now), expected);
     }
@@ -741,6 +810,12 @@ finished:     -
             memory_bytes: 80 << 30,
             healthy,
             assigned_job: job.into(),
+            health_reason: if healthy {
+                String::new()
+            } else {
+                "XID 79: GPU has fallen off the bus".into()
+            },
+            reset_seen: false,
         };
         let mut node = Node {
             name: "gpu-01".into(),
@@ -773,6 +848,9 @@ finished:     -
 NAME    STATUS  GPUS             FREE  MODELS              RUNNING  CORDONED/DRAINING  LAST-SEEN
 gpu-01  ready   4 (1 unhealthy)  2     3xA100-80GB,1xH100  1        cordoned           4s ago
 gpu-02  lost    0                0     -                   0        -                  -
+
+NODE    GPU    INDEX  RECOVERY       WHY UNHEALTHY
+gpu-01  GPU-2  2      needs a reset  XID 79: GPU has fallen off the bus
 ";
         assert_eq!(text, expected);
 

@@ -227,6 +227,13 @@ impl AdminService for Mock {
     async fn drain_node(&self, _: Request<NodeRequest>) -> Result<Response<NodeResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn clear_gpu(
+        &self,
+        _: Request<edupool_proto::v1::ClearGpuRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 struct Running {
