@@ -13,7 +13,8 @@ use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edupool_agent::health::HealthBoard;
 use edupool_agent::inventory::{
-    GpuInfo, GpuInventory, GpuSample, GpuSpec, InventoryError, NvmlInventory, SimulatedInventory,
+    GpuInfo, GpuInventory, GpuSample, GpuSpec, InventoryError, NvmlInventory, OnlyGpus,
+    SimulatedInventory,
 };
 use edupool_agent::AgentConfig;
 use serde::Serialize;
@@ -66,6 +67,16 @@ struct GpuArgs {
     /// (see docs/agent.md).
     #[arg(long, env = "EDUPOOL_SIMULATE_FAULTS", value_name = "FILE")]
     simulate_faults: Option<PathBuf>,
+
+    /// Offer only these GPUs (UUIDs, comma-separated) to the pool, e.g. to
+    /// keep some of a node's GPUs for other work [default: all].
+    #[arg(
+        long,
+        env = "EDUPOOL_ONLY_GPUS",
+        value_name = "UUIDS",
+        value_delimiter = ','
+    )]
+    only_gpus: Vec<String>,
 
     /// The NVML library to load [default: libnvidia-ml.so.1 from the
     /// library path].
@@ -239,11 +250,18 @@ fn inventory(args: &GpuArgs) -> anyhow::Result<(String, Arc<dyn GpuInventory>)> 
             "--simulate-faults works with simulated GPUs only (--gpus simulated or auto)"
         ));
     }
+    let only = |inventory: Arc<dyn GpuInventory>| -> Arc<dyn GpuInventory> {
+        if args.only_gpus.is_empty() {
+            inventory
+        } else {
+            Arc::new(OnlyGpus::new(inventory, args.only_gpus.clone()))
+        }
+    };
     let simulated = |spec: &GpuSpec| -> Arc<dyn GpuInventory> {
         let inventory = SimulatedInventory::new(&node_name, spec);
         match &args.simulate_faults {
-            Some(path) => Arc::new(inventory.with_fault_file(path)),
-            None => Arc::new(inventory),
+            Some(path) => only(Arc::new(inventory.with_fault_file(path))),
+            None => only(Arc::new(inventory)),
         }
     };
     let inventory: Arc<dyn GpuInventory> = match backend {
@@ -255,16 +273,16 @@ fn inventory(args: &GpuArgs) -> anyhow::Result<(String, Arc<dyn GpuInventory>)> 
             };
             simulated(spec)
         }
-        Backend::Nvml => Arc::new(NvmlInventory::open(args.nvml_lib.as_deref()).map_err(
-            |err| {
+        Backend::Nvml => only(Arc::new(
+            NvmlInventory::open(args.nvml_lib.as_deref()).map_err(|err| {
                 anyhow!(
                     "{err} (to run without GPUs, use --simulate-gpus SPEC, or --gpus auto \
                      to fall back to simulated GPUs)"
                 )
-            },
-        )?),
+            })?,
+        )),
         Backend::Auto => match NvmlInventory::open(args.nvml_lib.as_deref()) {
-            Ok(nvml) => Arc::new(nvml),
+            Ok(nvml) => only(Arc::new(nvml)),
             Err(err @ InventoryError::Unavailable { .. }) => {
                 let spec = match &args.simulate_gpus {
                     Some(spec) => spec.clone(),

@@ -355,7 +355,7 @@ mod tests {
             ecc_aggregate_uncorrected: Some(3),
             ..Default::default()
         };
-        metrics.observe(&[sample.clone()], &board);
+        metrics.observe(std::slice::from_ref(&sample), &board);
         metrics.observe(
             &[GpuSample {
                 energy_joules: Some(1500.0),

@@ -224,6 +224,70 @@ pub trait GpuInventory: Send + Sync {
     }
 }
 
+impl<T: GpuInventory + ?Sized> GpuInventory for std::sync::Arc<T> {
+    fn gpus(&self) -> Result<Vec<GpuInfo>, InventoryError> {
+        (**self).gpus()
+    }
+
+    fn sample(&self) -> Result<Vec<GpuSample>, InventoryError> {
+        (**self).sample()
+    }
+
+    fn wait_for_events(&self, timeout: Duration) -> Result<Vec<HealthEvent>, InventoryError> {
+        (**self).wait_for_events(timeout)
+    }
+
+    fn backend(&self) -> &'static str {
+        (**self).backend()
+    }
+
+    fn energy_joules(&self, uuids: &[String]) -> Result<Option<f64>, InventoryError> {
+        (**self).energy_joules(uuids)
+    }
+}
+
+/// Some GPUs of another inventory: a node shared with work outside the
+/// pool offers only these, by UUID. GPUs not on the node are not invented.
+pub struct OnlyGpus<I> {
+    inner: I,
+    uuids: Vec<String>,
+}
+
+impl<I: GpuInventory> OnlyGpus<I> {
+    /// The GPUs of `inner` whose UUIDs are in `uuids`.
+    pub fn new(inner: I, uuids: Vec<String>) -> Self {
+        OnlyGpus { inner, uuids }
+    }
+
+    fn keeps(&self, uuid: &str) -> bool {
+        self.uuids.iter().any(|u| u == uuid)
+    }
+}
+
+impl<I: GpuInventory> GpuInventory for OnlyGpus<I> {
+    fn gpus(&self) -> Result<Vec<GpuInfo>, InventoryError> {
+        let mut gpus = self.inner.gpus()?;
+        gpus.retain(|g| self.keeps(&g.uuid));
+        Ok(gpus)
+    }
+
+    fn sample(&self) -> Result<Vec<GpuSample>, InventoryError> {
+        let mut samples = self.inner.sample()?;
+        samples.retain(|s| self.keeps(&s.uuid));
+        Ok(samples)
+    }
+
+    fn wait_for_events(&self, timeout: Duration) -> Result<Vec<HealthEvent>, InventoryError> {
+        let mut events = self.inner.wait_for_events(timeout)?;
+        events.retain(|e| self.keeps(&e.uuid));
+        Ok(events)
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+}
+
 /// Why an inventory could not be read.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -285,5 +349,21 @@ mod tests {
             ]
         );
         assert_eq!(units[0], plain);
+    }
+
+    #[test]
+    fn only_gpus_keeps_the_named_ones() {
+        let all = SimulatedInventory::parse("n1", "3xT4-16GB").unwrap();
+        let keep = simulated_gpu_uuid("n1", 1);
+        let only = OnlyGpus::new(all, vec![keep.clone(), "GPU-elsewhere".into()]);
+        let gpus = only.gpus().unwrap();
+        assert_eq!(
+            gpus.iter()
+                .map(|g| (g.index, g.uuid.as_str()))
+                .collect::<Vec<_>>(),
+            [(1, keep.as_str())]
+        );
+        assert_eq!(only.sample().unwrap().len(), 1);
+        assert_eq!(only.backend(), "simulated");
     }
 }

@@ -347,7 +347,7 @@ impl State {
             return Ok((Outcome::None, vec![forget]));
         }
         let job = self.jobs.get_mut(&id).expect("checked by job_on");
-        job.usage = job.usage.add(usage);
+        job.usage = job.usage.plus(usage);
         if let Some(why) = job.gpu_fault.clone() {
             // Stopped because a GPU failed: unless it finished on its own
             // first, the run does not count as the job's end.

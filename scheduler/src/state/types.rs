@@ -156,7 +156,7 @@ pub struct Usage {
 }
 
 impl Usage {
-    pub fn add(self, other: Usage) -> Usage {
+    pub fn plus(self, other: Usage) -> Usage {
         Usage {
             gpu_ms: self.gpu_ms.saturating_add(other.gpu_ms),
             energy_mj: self.energy_mj.saturating_add(other.energy_mj),
