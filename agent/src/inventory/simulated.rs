@@ -762,4 +762,124 @@ mod tests {
             gpus
         );
     }
+
+    #[test]
+    fn simulated_gpus_carry_the_richer_facts() {
+        let inv = SimulatedInventory::parse("node-a", "2xH100-80GB,1xT4-16GB").unwrap();
+        let gpus = inv.gpus().unwrap();
+        assert_eq!(gpus[0].compute_capability.as_deref(), Some("9.0"));
+        assert_eq!(gpus[0].power_limit_watts, Some(700.0));
+        assert_eq!(gpus[0].pci_bus_id.as_deref(), Some("00000000:10:00.0"));
+        assert_eq!(gpus[0].nvlink_peers, ["00000000:11:00.0"]);
+        assert_eq!(gpus[2].compute_capability.as_deref(), Some("7.5"));
+        assert!(gpus[2].nvlink_peers.is_empty());
+    }
+
+    #[test]
+    fn power_curve_and_energy_counter_agree() {
+        let inv = SimulatedInventory::parse("node-a", "1xA100-80GB").unwrap();
+        let info = &inv.gpus[0];
+        let sim = SimGpu::default();
+        let mut last = 0.0;
+        // Integrate the power curve numerically over a full period: the
+        // counter must match, and always grow.
+        let steps = 6_000;
+        let dt = LOAD_PERIOD_SECS / f64::from(steps);
+        let mut integral = 0.0;
+        for k in 0..steps {
+            let t = f64::from(k) * dt;
+            let a = inv.sample_of(info, &sim, t);
+            let b = inv.sample_of(info, &sim, t + dt);
+            integral += 0.5 * (a.power_watts.unwrap() + b.power_watts.unwrap()) * dt;
+            let energy = b.energy_joules.unwrap();
+            assert!(energy > last);
+            last = energy;
+            let power = a.power_watts.unwrap();
+            assert!((60.0..=400.0).contains(&power), "{power}");
+        }
+        assert!(
+            (integral - last).abs() < 1e-3 * last,
+            "{integral} vs {last}"
+        );
+        // Mean power over a period is the middle of idle and limit.
+        assert!((last / LOAD_PERIOD_SECS - 230.0).abs() < 0.5, "{last}");
+    }
+
+    #[test]
+    fn fault_lines_parse_with_precise_errors() {
+        let ok = |line: &str| parse_fault_line(line).unwrap().map(|f| (f.gpu, f.fault));
+        assert_eq!(ok("0 xid 79"), Some(("0".into(), Fault::Xid(79))));
+        assert_eq!(ok("  GPU-x ecc "), Some(("GPU-x".into(), Fault::Ecc(1))));
+        assert_eq!(ok("1 ecc 3"), Some(("1".into(), Fault::Ecc(3))));
+        assert_eq!(ok("1 retire"), Some(("1".into(), Fault::RetirePages)));
+        assert_eq!(ok("1 lost"), Some(("1".into(), Fault::Lost)));
+        assert_eq!(
+            ok("1 thermal"),
+            Some(("1".into(), Fault::Throttle("hw_thermal_slowdown")))
+        );
+        assert_eq!(ok("1 reset"), Some(("1".into(), Fault::Reset)));
+        assert_eq!(ok("# a comment"), None);
+        assert_eq!(ok(""), None);
+        for (line, error) in [
+            ("0", "expected `<gpu> <fault> [value]`, e.g. `0 xid 79`"),
+            ("0 xid", "xid: missing code, e.g. `0 xid 79`"),
+            ("0 xid x", "xid: expected a whole number, got \"x\""),
+            ("0 melt", "unknown fault \"melt\""),
+        ] {
+            let err = parse_fault_line(line).unwrap_err();
+            assert!(err.starts_with(error), "{line:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn faults_from_the_file_become_events_and_telemetry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faults");
+        let inv = SimulatedInventory::parse("node-a", "2xA100-80GB")
+            .unwrap()
+            .with_fault_file(&path);
+        let uuid = |i| simulated_gpu_uuid("node-a", i);
+        // No file yet: nothing, after the wait.
+        assert_eq!(inv.wait_for_events(Duration::from_millis(1)).unwrap(), []);
+        std::fs::write(
+            &path,
+            "0 xid 79\n1 ecc 2\n1 retire\n# note\n9 lost\n0 thermal\n1 res",
+        )
+        .unwrap();
+        let events = inv.wait_for_events(Duration::from_millis(1)).unwrap();
+        assert_eq!(
+            events,
+            [
+                HealthEvent {
+                    uuid: uuid(0),
+                    kind: HealthEventKind::Xid(79)
+                },
+                HealthEvent {
+                    uuid: uuid(1),
+                    kind: HealthEventKind::UncorrectableEcc
+                },
+            ]
+        );
+        let samples = inv.sample().unwrap();
+        assert_eq!(samples[0].throttle_reasons, ["hw_thermal_slowdown"]);
+        assert_eq!(samples[1].ecc_volatile_uncorrected, Some(2));
+        assert!(samples[1].retired_pages_pending);
+        // The unfinished last line is applied once it is complete.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"et\n").unwrap();
+        assert_eq!(
+            inv.wait_for_events(Duration::from_millis(1)).unwrap(),
+            [HealthEvent {
+                uuid: uuid(1),
+                kind: HealthEventKind::Reset
+            }]
+        );
+        let samples = inv.sample().unwrap();
+        assert_eq!(samples[1].ecc_volatile_uncorrected, Some(0));
+        assert_eq!(samples[1].ecc_aggregate_uncorrected, Some(2));
+        assert!(!samples[1].retired_pages_pending);
+    }
 }
