@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edupool_proto::v1;
 
-use crate::inventory::GpuInfo;
+use crate::inventory::{GpuInfo, GpuSample};
 use crate::runner::{ExitOutcome, JobReport, JobState, LogChunk, LogStream, StartRequest};
 
 /// Milliseconds since the Unix epoch; 0 for times before it.
@@ -27,6 +27,27 @@ pub(crate) fn gpu(info: &GpuInfo) -> v1::Gpu {
         assigned_job: String::new(),
         health_reason: info.health_reason.clone().unwrap_or_default(),
         reset_seen: false,
+        telemetry: None,
+    }
+}
+
+/// A telemetry round as the summary the scheduler keeps.
+pub(crate) fn telemetry(samples: &[GpuSample], at: SystemTime) -> v1::TelemetrySummary {
+    let at_ms = unix_ms(at);
+    v1::TelemetrySummary {
+        gpus: samples
+            .iter()
+            .filter(|s| !s.lost)
+            .map(|s| v1::GpuTelemetry {
+                gpu_uuid: s.uuid.clone(),
+                utilization_ratio: s.utilization_ratio.unwrap_or(0.0),
+                memory_used_bytes: s.memory_used_bytes.unwrap_or(0),
+                temperature_celsius: s.temperature_celsius.unwrap_or(0.0),
+                power_watts: s.power_watts.unwrap_or(0.0),
+                energy_joules: s.energy_joules.unwrap_or(0.0),
+                at_ms,
+            })
+            .collect(),
     }
 }
 

@@ -86,6 +86,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         energy: Some(Arc::clone(&config.inventory)),
     });
     let (board, changes) = HealthBoard::new();
+    let (feed, telemetry_feed) = tokio::sync::watch::channel(Vec::new());
     let connected = Arc::new(AtomicBool::new(false));
     let metrics = Arc::new(AgentMetrics::new(&config.node_name));
     let session = Session {
@@ -126,6 +127,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         Arc::clone(&config.inventory),
         board.clone(),
         metrics,
+        feed,
         config.telemetry_interval,
         telemetry_stop.clone(),
     ));
@@ -138,7 +140,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
 
     // The session outlives the jobs, so that their last exits are reported.
     let session_stop = CancellationToken::new();
-    tracker.spawn(session.run(events, changes, session_stop.clone()));
+    tracker.spawn(session.run(events, changes, telemetry_feed, session_stop.clone()));
 
     shutdown.cancelled().await;
     info!(node = %config.node_name, "agent shutting down");

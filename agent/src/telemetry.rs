@@ -8,12 +8,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::error_chain;
 use crate::health::HealthBoard;
-use crate::inventory::{GpuInventory, InventoryError};
+use crate::inventory::{GpuInventory, GpuSample, InventoryError};
+
+/// The latest round of samples, for the session's summaries.
+pub(crate) type TelemetryFeed = watch::Receiver<Vec<GpuSample>>;
 use crate::metrics::AgentMetrics;
 
 /// How long one wait for driver events lasts before the watcher looks at
@@ -29,6 +33,7 @@ pub(crate) async fn run_sampler(
     inventory: Arc<dyn GpuInventory>,
     board: HealthBoard,
     metrics: Arc<AgentMetrics>,
+    feed: watch::Sender<Vec<GpuSample>>,
     interval: Duration,
     stop: CancellationToken,
 ) {
@@ -59,6 +64,8 @@ pub(crate) async fn run_sampler(
                     board.on_sample(sample);
                 }
                 metrics.observe(&samples, &board);
+                // Nobody listening (no session task) is fine.
+                let _ = feed.send(samples);
             }
             Ok(Err(err)) => warn!(error = %error_chain(&err), "GPU telemetry not read"),
             Err(err) => warn!(error = %err, "GPU telemetry task failed"),

@@ -108,7 +108,7 @@ impl From<&Job> for JobView {
 }
 
 /// A GPU, for scripts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuView {
     pub uuid: String,
     pub index: u32,
@@ -123,6 +123,20 @@ pub struct GpuView {
     /// Unhealthy, but reset since: an admin may clear it.
     #[serde(default)]
     pub reset_seen: bool,
+    /// The agent's latest telemetry summary; `null` when none.
+    #[serde(default)]
+    pub telemetry: Option<GpuTelemetryView>,
+}
+
+/// A GPU's latest telemetry, for scripts (base units).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuTelemetryView {
+    pub utilization_ratio: f64,
+    pub memory_used_bytes: u64,
+    pub temperature_celsius: f64,
+    pub power_watts: f64,
+    pub energy_joules: f64,
+    pub sampled_at: Option<String>,
 }
 
 impl From<&Gpu> for GpuView {
@@ -136,12 +150,20 @@ impl From<&Gpu> for GpuView {
             assigned_job: non_empty(&gpu.assigned_job),
             health_reason: non_empty(&gpu.health_reason),
             reset_seen: gpu.reset_seen,
+            telemetry: gpu.telemetry.as_ref().map(|t| GpuTelemetryView {
+                utilization_ratio: t.utilization_ratio,
+                memory_used_bytes: t.memory_used_bytes,
+                temperature_celsius: t.temperature_celsius,
+                power_watts: t.power_watts,
+                energy_joules: t.energy_joules,
+                sampled_at: timestamp(t.at_ms),
+            }),
         }
     }
 }
 
 /// A node, for scripts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub name: String,
     pub status: String,
@@ -816,6 +838,7 @@ energy:       0.005000 kWh (18000 J)
                 "XID 79: GPU has fallen off the bus".into()
             },
             reset_seen: false,
+            telemetry: None,
         };
         let mut node = Node {
             name: "gpu-01".into(),

@@ -3,7 +3,7 @@
 //! another GPU, keeps the failed GPU out of placement until it is reset and
 //! an admin clears it, and shows why in `node list`; every job's GPU time
 //! and energy (from the simulated power curve) reach `job get`; the agent's
-//! `/metrics` shows the same.
+//! `/metrics` shows the same, and its telemetry summary reaches `node list`.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
@@ -219,6 +219,15 @@ fn a_gpu_fault_requeues_its_job_and_keeps_the_gpu_out_until_cleared() -> Result<
     })?;
     let energy_total = metric(&text, "edupool_gpu_energy_joules_total", &labels);
     assert!(energy_total.is_some_and(|j| j > 0.0), "{text}");
+
+    // The agent's telemetry summary reaches the scheduler.
+    let summary = eventually("a telemetry summary in node list", WAIT, || {
+        let g = gpu(&s, second).ok()?;
+        g["telemetry"].is_object().then(|| g["telemetry"].clone())
+    })?;
+    let power = summary["power_watts"].as_f64().context("power_watts")?;
+    assert!((60.0..=400.0).contains(&power), "{summary}");
+    assert!(summary["energy_joules"].as_f64() > Some(0.0), "{summary}");
 
     // Reset: the agent reports it healthy, the scheduler still waits for
     // the admin, and then the GPU is back.

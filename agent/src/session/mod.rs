@@ -76,6 +76,7 @@ use crate::error_chain;
 use crate::health::{HealthBoard, HealthChanges};
 use crate::inventory::{schedulable_units, GpuInventory};
 use crate::runner::{ForgetOutcome, JobEvents, Runner, StartOutcome, StopOutcome};
+use crate::telemetry::TelemetryFeed;
 
 /// The heartbeat interval until a `Welcome` sets another.
 pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
@@ -165,6 +166,7 @@ impl Session {
         mut self,
         mut events: JobEvents,
         mut changes: HealthChanges,
+        mut telemetry: TelemetryFeed,
         stop: CancellationToken,
     ) {
         let mut next = 0;
@@ -182,7 +184,7 @@ impl Session {
                 .serve(
                     &name,
                     &endpoint,
-                    (&mut events, &mut changes),
+                    (&mut events, &mut changes, &mut telemetry),
                     &stop,
                     &mut welcomed,
                 )
@@ -229,7 +231,7 @@ impl Session {
         &self,
         name: &str,
         endpoint: &Endpoint,
-        (events, changes): (&mut JobEvents, &mut HealthChanges),
+        (events, changes, telemetry): (&mut JobEvents, &mut HealthChanges, &mut TelemetryFeed),
         stop: &CancellationToken,
         welcomed: &mut bool,
     ) -> Result<(), SessionError> {
@@ -310,6 +312,16 @@ impl Session {
                             at_ms: convert::unix_ms(std::time::SystemTime::now()),
                         },
                     ))).await;
+                    if let Err(err) = sent {
+                        break Err(err);
+                    }
+                }
+                Ok(()) = telemetry.changed() => {
+                    let summary = convert::telemetry(
+                        &telemetry.borrow_and_update(),
+                        std::time::SystemTime::now(),
+                    );
+                    let sent = send(&open.outbound, message(agent_message::Msg::Telemetry(summary))).await;
                     if let Err(err) = sent {
                         break Err(err);
                     }

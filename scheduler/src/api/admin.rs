@@ -30,7 +30,11 @@ impl Admin {
             .sessions
             .last_seen_ms(&n.name)
             .unwrap_or(n.status_since);
-        convert::node(n, running, last_seen)
+        let mut node = convert::node(n, running, last_seen);
+        for gpu in &mut node.gpus {
+            gpu.telemetry = self.sessions.telemetry(&n.name, &gpu.uuid);
+        }
+        node
     }
 
     async fn set_schedulable(

@@ -35,6 +35,9 @@ pub struct Agents {
     pub tasks: tokio_util::task::TaskTracker,
 }
 
+/// GPUs of one telemetry summary that are kept (an inventory has at most 64).
+const MAX_TELEMETRY_GPUS: usize = 64;
+
 type Orders = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -186,6 +189,11 @@ impl Agents {
                 },
                 Some(Up::Log(chunk)) => self.sessions.log_answer(chunk),
                 Some(Up::Heartbeat(_)) => {}
+                Some(Up::Telemetry(summary)) => {
+                    let mut gpus = summary.gpus;
+                    gpus.truncate(MAX_TELEMETRY_GPUS);
+                    self.sessions.set_telemetry(node, session, gpus);
+                }
                 Some(Up::GpuHealth(h)) => {
                     tracing::info!(
                         node,

@@ -339,6 +339,8 @@ pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
                     None => g.info.health_reason.clone(),
                 },
                 reset_seen: g.fault.as_ref().is_some_and(|f| f.reset_seen),
+                // Observed, not replicated: filled in by the admin service.
+                telemetry: None,
             })
             .collect(),
         running_jobs,
