@@ -123,6 +123,20 @@ pub fn schedulable_units(gpus: &[GpuInfo]) -> Vec<GpuInfo> {
     units
 }
 
+/// The MIG instances that stand for each GPU in MIG mode, by the GPU's
+/// UUID: a health change of the GPU applies to each of them.
+pub fn mig_units(gpus: &[GpuInfo]) -> std::collections::HashMap<String, Vec<String>> {
+    gpus.iter()
+        .filter_map(|g| match &g.mig {
+            Some(mig) if mig.enabled && !mig.instances.is_empty() => Some((
+                g.uuid.clone(),
+                mig.instances.iter().map(|m| m.uuid.clone()).collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// One reading of a GPU's telemetry. A value the device does not support
 /// is `None`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize)]
@@ -336,7 +350,16 @@ mod tests {
                 },
             ],
         });
-        let units = schedulable_units(&[plain.clone(), split]);
+        let units = schedulable_units(&[plain.clone(), split.clone()]);
+        assert_eq!(
+            mig_units(&[plain.clone(), split]),
+            [(
+                "GPU-b".to_owned(),
+                vec!["MIG-1".to_owned(), "MIG-2".to_owned()]
+            )]
+            .into_iter()
+            .collect()
+        );
         assert_eq!(
             units
                 .iter()

@@ -74,7 +74,7 @@ pub(crate) use backoff::Backoff;
 use crate::convert;
 use crate::error_chain;
 use crate::health::{HealthBoard, HealthChanges};
-use crate::inventory::{schedulable_units, GpuInventory};
+use crate::inventory::{mig_units, schedulable_units, GpuInventory};
 use crate::runner::{ForgetOutcome, JobEvents, Runner, StartOutcome, StopOutcome};
 use crate::telemetry::TelemetryFeed;
 
@@ -244,6 +244,7 @@ impl Session {
                     .map_err(SessionError::Inventory)?,
             };
         self.health.overlay(&mut gpus);
+        let units = mig_units(&gpus);
         let gpus = schedulable_units(&gpus);
         debug!(endpoint = %name, "connecting");
         let channel = match until(stop, endpoint.connect()).await {
@@ -304,14 +305,25 @@ impl Session {
                     }
                 }
                 Some(change) = changes.recv() => {
-                    let sent = send(&open.outbound, message(agent_message::Msg::GpuHealth(
-                        v1::GpuHealth {
-                            gpu_uuid: change.uuid,
+                    // The scheduler knows a GPU in MIG mode by its instances.
+                    let at_ms = convert::unix_ms(std::time::SystemTime::now());
+                    let targets = units
+                        .get(&change.uuid)
+                        .cloned()
+                        .unwrap_or_else(|| vec![change.uuid.clone()]);
+                    let mut sent = Ok(());
+                    for gpu_uuid in targets {
+                        let health = v1::GpuHealth {
+                            gpu_uuid,
                             healthy: change.healthy,
-                            reason: change.reason,
-                            at_ms: convert::unix_ms(std::time::SystemTime::now()),
-                        },
-                    ))).await;
+                            reason: change.reason.clone(),
+                            at_ms,
+                        };
+                        sent = send(&open.outbound, message(agent_message::Msg::GpuHealth(health))).await;
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
                     if let Err(err) = sent {
                         break Err(err);
                     }
