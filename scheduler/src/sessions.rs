@@ -78,6 +78,17 @@ impl Sessions {
         id
     }
 
+    /// Notes a GPU health change in the session's inventory, so that a
+    /// `NodeConnected` re-proposed from it carries the GPU as it is now.
+    pub fn set_gpu_health(&self, node: &str, id: u64, gpu: &str, healthy: bool, reason: &str) {
+        if let Some(s) = self.lock().nodes.get_mut(node).filter(|s| s.id == id) {
+            for g in s.hello.gpus.iter_mut().filter(|g| g.uuid == gpu) {
+                g.healthy = healthy;
+                g.health_reason = reason.to_string();
+            }
+        }
+    }
+
     /// Keeps the agent's latest telemetry summary.
     pub fn set_telemetry(&self, node: &str, id: u64, gpus: Vec<pb::GpuTelemetry>) {
         if let Some(s) = self.lock().nodes.get_mut(node).filter(|s| s.id == id) {

@@ -38,6 +38,9 @@ use crate::inventory::GpuInventory;
 
 pub use logs::{LogChunk, LogError, LogStream, DEFAULT_LOG_CHUNK, MAX_LOG_CHUNK};
 
+/// How long reading the energy counters at a job's start or exit may take.
+pub const ENERGY_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The grace period used when neither the start nor the stop order gives one.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
@@ -592,17 +595,24 @@ impl Runner {
     }
 
     /// The summed energy counters of `gpus`, joules, read on a blocking
-    /// thread; `None` without an energy source or a counter.
+    /// thread; `None` without an energy source or a counter, or when the
+    /// driver does not answer within [`ENERGY_READ_TIMEOUT`] (a wedged
+    /// driver must not hold up a job's supervision).
     async fn read_energy(&self, gpus: &[String]) -> Option<f64> {
         let source = Arc::clone(self.inner.energy.as_ref()?);
         let gpus = gpus.to_vec();
-        match tokio::task::spawn_blocking(move || source.energy_joules(&gpus)).await {
-            Ok(Ok(joules)) => joules,
-            Ok(Err(err)) => {
+        let read = tokio::task::spawn_blocking(move || source.energy_joules(&gpus));
+        match tokio::time::timeout(ENERGY_READ_TIMEOUT, read).await {
+            Ok(Ok(Ok(joules))) => joules,
+            Ok(Ok(Err(err))) => {
                 debug!(error = %err, "cannot read the GPUs' energy counters");
                 None
             }
-            Err(_) => None,
+            Ok(Err(_)) => None,
+            Err(_) => {
+                warn!("the GPUs' energy counters did not answer in time");
+                None
+            }
         }
     }
 

@@ -193,7 +193,10 @@ impl Supervisor {
         group.kill_leftovers();
         let energy_at_exit = self.runner.read_energy(&self.gpu_uuids).await;
         let usage = JobUsage {
-            gpu_time: started.elapsed() * self.gpu_uuids.len() as u32,
+            gpu_time: u32::try_from(self.gpu_uuids.len())
+                .ok()
+                .and_then(|n| started.elapsed().checked_mul(n))
+                .unwrap_or(Duration::MAX),
             energy_millijoules: match (energy_at_start, energy_at_exit) {
                 (Some(start), Some(end)) if end >= start => Some(((end - start) * 1e3) as u64),
                 _ => None,

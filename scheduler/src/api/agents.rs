@@ -202,6 +202,13 @@ impl Agents {
                         reason = h.reason,
                         "agent reports a GPU health change"
                     );
+                    self.sessions.set_gpu_health(
+                        node,
+                        session,
+                        &h.gpu_uuid,
+                        h.healthy,
+                        &truncate(&h.reason),
+                    );
                     self.propose(Command::GpuHealthChanged {
                         node: node.to_string(),
                         gpu: truncate(&h.gpu_uuid),
