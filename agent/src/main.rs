@@ -329,12 +329,20 @@ struct GpuReport<'a> {
 fn print_inventory(args: InventoryArgs) -> anyhow::Result<()> {
     let (node_name, inventory) = inventory(&args.gpus)?;
     let mut gpus = inventory.gpus().context("cannot read the GPU inventory")?;
+    // A single look: the events waiting now (none from NVML, which reports
+    // only what happens while it is watched; injected faults for simulated
+    // GPUs), then the faults the counters show (ECC, pending retirement, a
+    // lost GPU).
+    let (board, _changes) = HealthBoard::new();
+    let events = inventory
+        .wait_for_events(Duration::ZERO)
+        .context("cannot read the GPUs' health events")?;
+    for event in &events {
+        board.on_event(event);
+    }
     let samples = inventory
         .sample()
         .context("cannot read the GPUs' telemetry")?;
-    // Events come and go; what a single look shows are the faults visible
-    // in the counters (ECC, pending retirement, a lost GPU).
-    let (board, _changes) = HealthBoard::new();
     for sample in &samples {
         board.on_sample(sample);
     }

@@ -243,3 +243,77 @@ fn a_gpu_fault_requeues_its_job_and_keeps_the_gpu_out_until_cleared() -> Result<
     assert_eq!(cleared["health_reason"], Value::Null);
     Ok(())
 }
+
+/// `edupool-agent inventory` with `args`: its exit status, stdout, stderr.
+fn inventory(args: &[&str]) -> Result<(bool, String, String)> {
+    let out = Command::new(bin("edupool-agent"))
+        .args(["inventory", "--node-name", "n1"])
+        .args(args)
+        .env("RUST_LOG", "warn")
+        // No driver library anywhere on this path.
+        .env("EDUPOOL_NVML_LIB", "/nonexistent/libnvidia-ml.so.1")
+        .output()?;
+    Ok((
+        out.status.success(),
+        String::from_utf8(out.stdout)?,
+        String::from_utf8(out.stderr)?,
+    ))
+}
+
+#[test]
+fn inventory_shows_health_and_never_crashes_without_a_driver() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let faults = dir.path().join("faults");
+    append(&faults, "1 ecc 2")?;
+    append(&faults, "0 thermal")?;
+    let faults_arg = faults.to_str().context("a UTF-8 path")?;
+    let (ok, json, _) = inventory(&[
+        "--simulate-gpus",
+        "2xA100-80GB",
+        "--simulate-faults",
+        faults_arg,
+        "--output",
+        "json",
+    ])?;
+    assert!(ok);
+    let report: Value = serde_json::from_str(&json)?;
+    assert_eq!(report["backend"], "simulated");
+    let gpus = report["gpus"].as_array().context("gpus")?;
+    assert_eq!(gpus.len(), 2);
+    assert_eq!(gpus[0]["compute_capability"], "8.0");
+    assert_eq!(gpus[0]["power_limit_watts"], 400.0);
+    assert_eq!(
+        gpus[0]["nvlink_peers"],
+        serde_json::json!([gpus[1]["pci_bus_id"]])
+    );
+    assert!(gpus[0]["telemetry"]["power_watts"].as_f64() >= Some(60.0));
+    // Throttling is shown but is no fault; uncorrectable ECC errors are.
+    assert_eq!(gpus[0]["healthy"], true);
+    assert_eq!(
+        gpus[0]["telemetry"]["throttle_reasons"],
+        serde_json::json!(["hw_thermal_slowdown"])
+    );
+    assert_eq!(gpus[1]["healthy"], false);
+    assert_eq!(gpus[1]["health_reason"], "uncorrectable ECC error");
+    assert_eq!(gpus[1]["telemetry"]["ecc_volatile_uncorrected"], 2);
+
+    // Without the driver: one clear line and a failure, or with `auto` the
+    // simulated GPUs.
+    let (ok, _, err) = inventory(&["--gpus", "nvml"])?;
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("/nonexistent/libnvidia-ml.so.1")
+            && err.contains("is the NVIDIA driver installed?"),
+        "{err}"
+    );
+    let (ok, table, err) = inventory(&["--gpus", "auto", "--simulate-gpus", "1xT4-16GB"])?;
+    assert!(ok, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("using simulated GPUs 1xT4-16GB instead"),
+        "{err}"
+    );
+    assert!(table.starts_with("node n1: 1 GPUs (simulated"), "{table}");
+    Ok(())
+}
