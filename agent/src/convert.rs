@@ -28,6 +28,9 @@ pub(crate) fn gpu(info: &GpuInfo) -> v1::Gpu {
         health_reason: info.health_reason.clone().unwrap_or_default(),
         reset_seen: false,
         telemetry: None,
+        pci_bus_id: info.pci_bus_id.clone().unwrap_or_default(),
+        compute_capability: info.compute_capability.clone().unwrap_or_default(),
+        nvlink_peers: info.nvlink_peers.clone(),
     }
 }
 

@@ -126,6 +126,15 @@ pub struct GpuView {
     /// The agent's latest telemetry summary; `null` when none.
     #[serde(default)]
     pub telemetry: Option<GpuTelemetryView>,
+    /// `null` when unknown.
+    #[serde(default)]
+    pub pci_bus_id: Option<String>,
+    /// `null` when unknown.
+    #[serde(default)]
+    pub compute_capability: Option<String>,
+    /// PCI bus ids of its NVLink peers.
+    #[serde(default)]
+    pub nvlink_peers: Vec<String>,
 }
 
 /// A GPU's latest telemetry, for scripts (base units).
@@ -158,6 +167,9 @@ impl From<&Gpu> for GpuView {
                 energy_joules: t.energy_joules,
                 sampled_at: timestamp(t.at_ms),
             }),
+            pci_bus_id: non_empty(&gpu.pci_bus_id),
+            compute_capability: non_empty(&gpu.compute_capability),
+            nvlink_peers: gpu.nvlink_peers.clone(),
         }
     }
 }
@@ -838,7 +850,7 @@ energy:       0.005000 kWh (18000 J)
                 "XID 79: GPU has fallen off the bus".into()
             },
             reset_seen: false,
-            telemetry: None,
+            ..Gpu::default()
         };
         let mut node = Node {
             name: "gpu-01".into(),

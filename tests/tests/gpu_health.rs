@@ -117,6 +117,13 @@ fn a_gpu_fault_requeues_its_job_and_keeps_the_gpu_out_until_cleared() -> Result<
         .map(|g| g["uuid"].as_str().unwrap_or_default().to_owned())
         .collect();
     let (first, second) = (&uuids[0], &uuids[1]);
+    // The topology the agent reports reaches the scheduler.
+    let gpus = &nodes[0]["gpus"];
+    assert_eq!(gpus[0]["compute_capability"], "8.0");
+    assert_eq!(
+        gpus[0]["nvlink_peers"],
+        serde_json::json!([gpus[1]["pci_bus_id"]])
+    );
 
     let zju = s.ctl_json(ADMIN_TOKEN, &["tenant", "create", "zju"])?["token"]
         .as_str()

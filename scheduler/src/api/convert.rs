@@ -341,6 +341,9 @@ pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
                 reset_seen: g.fault.as_ref().is_some_and(|f| f.reset_seen),
                 // Observed, not replicated: filled in by the admin service.
                 telemetry: None,
+                pci_bus_id: g.info.pci_bus_id.clone(),
+                compute_capability: g.info.compute_capability.clone(),
+                nvlink_peers: g.info.nvlink_peers.clone(),
             })
             .collect(),
         running_jobs,
@@ -360,6 +363,9 @@ pub enum InventoryError {
     #[error("GPU UUID {0} is reported twice")]
     DuplicateUuid(String),
 }
+
+/// NVLink peers kept per GPU (NVML has at most 18 links).
+const MAX_NVLINK_PEERS: usize = 18;
 
 /// Checks an agent's inventory report.
 pub fn inventory(node_name: &str, gpus: Vec<pb::Gpu>) -> Result<Vec<GpuInfo>, InventoryError> {
@@ -385,6 +391,14 @@ pub fn inventory(node_name: &str, gpus: Vec<pb::Gpu>) -> Result<Vec<GpuInfo>, In
                 memory_bytes: g.memory_bytes,
                 healthy: g.healthy,
                 health_reason: truncate(&g.health_reason),
+                pci_bus_id: truncate(&g.pci_bus_id),
+                compute_capability: truncate(&g.compute_capability),
+                nvlink_peers: g
+                    .nvlink_peers
+                    .iter()
+                    .take(MAX_NVLINK_PEERS)
+                    .map(|p| truncate(p))
+                    .collect(),
             })
         })
         .collect()

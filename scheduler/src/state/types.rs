@@ -181,6 +181,15 @@ pub struct GpuInfo {
     /// The agent's reason when it reports the GPU unhealthy.
     #[serde(default)]
     pub health_reason: String,
+    /// Where the GPU sits, for topology-aware placement: its PCI bus id
+    /// and the PCI bus ids of its NVLink peers (empty when unknown).
+    #[serde(default)]
+    pub pci_bus_id: String,
+    #[serde(default)]
+    pub nvlink_peers: Vec<String>,
+    /// CUDA compute capability, e.g. `8.0`; empty when unknown.
+    #[serde(default)]
+    pub compute_capability: String,
 }
 
 /// A GPU the scheduler saw fail. It stays out of placement until an admin
