@@ -46,6 +46,14 @@
 //! - `LogRequest` is answered with a `LogChunk` of the same `request_id`,
 //!   possibly after later messages; `max_bytes` 0 means 64 KiB, and at most
 //!   1 MiB is returned. Logs stay readable after the job is forgotten.
+//! - The hello's GPUs carry the agent's health judgement (`healthy`,
+//!   `health_reason`); every later change is a `GpuHealth` message (for a
+//!   GPU in MIG mode, one per instance). Changes made while no session was
+//!   open are sent after the next hello, in order.
+//! - An exit report carries the run's `gpu_seconds` and `energy_joules`
+//!   (0 when the GPUs have no energy counter).
+//! - After every telemetry round the agent sends a `TelemetrySummary`; the
+//!   scheduler keeps only the latest.
 //! - When the agent shuts down it stops its jobs, reports their exits, then
 //!   closes its side of the stream; the scheduler is expected to end its
 //!   side in turn.
