@@ -42,6 +42,9 @@ pub struct NvmlInventory {
     /// Energy integrated from power for GPUs without an energy counter
     /// (older than Volta): uuid -> (last reading, watts then, joules so far).
     integrated: Mutex<HashMap<String, (Instant, f64, f64)>>,
+    /// The UUID of each index as last read, to name a GPU that has since
+    /// fallen off the bus and no longer answers.
+    uuids: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for NvmlInventory {
@@ -93,6 +96,7 @@ impl NvmlInventory {
             nvml,
             events: Mutex::new(events),
             integrated: Mutex::new(HashMap::new()),
+            uuids: Mutex::new(vec![]),
         })
     }
 
@@ -148,18 +152,29 @@ impl NvmlInventory {
         (driver, cuda)
     }
 
+    /// The UUID last seen at `index`, for a GPU that no longer answers.
+    fn known_uuid(&self, index: u32) -> String {
+        let uuids = self.uuids.lock().unwrap_or_else(PoisonError::into_inner);
+        uuids
+            .get(index as usize)
+            .cloned()
+            .unwrap_or_else(|| format!("index-{index}"))
+    }
+
+    fn lost(&self, index: u32, error: &NvmlError) -> GpuSample {
+        warn!(index, %error, "GPU does not answer");
+        GpuSample {
+            uuid: self.known_uuid(index),
+            lost: true,
+            ..Default::default()
+        }
+    }
+
     fn sample_device(&self, index: u32, device: &Device<'static>) -> GpuSample {
         let uuid = match device.uuid() {
             Ok(uuid) => uuid,
-            Err(e) => {
-                // A GPU that no longer answers its UUID is gone.
-                warn!(index, error = %e, "GPU does not answer");
-                return GpuSample {
-                    uuid: format!("index-{index}"),
-                    lost: true,
-                    ..Default::default()
-                };
-            }
+            // A GPU that no longer answers its UUID is gone.
+            Err(e) => return self.lost(index, &e),
         };
         let mut lost = false;
         let mut ok = Answers { lost: &mut lost };
@@ -344,19 +359,29 @@ fn nvlink_peers(device: &Device<'static>) -> Vec<String> {
 impl GpuInventory for NvmlInventory {
     fn gpus(&self) -> Result<Vec<GpuInfo>, InventoryError> {
         let versions = self.versions();
-        self.devices()?
-            .iter()
-            .zip(0u32..)
-            .map(|(device, index)| self.info(index, device, &versions))
-            .collect()
-    }
-
-    fn sample(&self) -> Result<Vec<GpuSample>, InventoryError> {
-        Ok(self
+        let gpus = self
             .devices()?
             .iter()
             .zip(0u32..)
-            .map(|(device, index)| self.sample_device(index, device))
+            .map(|(device, index)| self.info(index, device, &versions))
+            .collect::<Result<Vec<_>, _>>()?;
+        *self.uuids.lock().unwrap_or_else(PoisonError::into_inner) =
+            gpus.iter().map(|g| g.uuid.clone()).collect();
+        Ok(gpus)
+    }
+
+    /// Every GPU, one at a time: a GPU that fell off the bus is sampled as
+    /// lost (under the UUID it last had) instead of failing the round.
+    fn sample(&self) -> Result<Vec<GpuSample>, InventoryError> {
+        let count = self
+            .nvml
+            .device_count()
+            .map_err(|e| query("device count", e))?;
+        Ok((0..count)
+            .map(|index| match self.nvml.device_by_index(index) {
+                Ok(device) => self.sample_device(index, &device),
+                Err(e) => self.lost(index, &e),
+            })
             .collect())
     }
 
