@@ -120,10 +120,11 @@ ctl --token "$TENANT" job get "$ID"
 echo "--- job output"
 ctl --token "$TENANT" job logs "$ID"
 ctl --token "$TENANT" job logs --stderr "$ID" >&2
-ctl --token "$TENANT" --output json job get "$ID" | python3 - "$GPU_UUID" <<'PY'
+ctl --token "$TENANT" --output json job get "$ID" > "$WORK/job.json"
+python3 - "$WORK/job.json" "$GPU_UUID" <<'PY'
 import json, sys
-job = json.load(sys.stdin)
-want = sys.argv[1]
+job = json.load(open(sys.argv[1]))
+want = sys.argv[2]
 assert job["state"] == "succeeded", f"job ended {job['state']}: {job.get('reason')}"
 assert job["gpu_uuids"] == [want], (job["gpu_uuids"], want)
 assert job["energy_joules"] > 0, f"energy {job['energy_joules']} J"
