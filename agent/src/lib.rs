@@ -104,37 +104,14 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     // exits are metered and the endpoint shows the shutdown.
     let telemetry_stop = CancellationToken::new();
     if let Some(listener) = &config.metrics_listener {
-        let listener = listener
-            .try_clone()
-            .and_then(|l| {
-                l.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(l)
-            })
-            .map_err(AgentError::Metrics)?;
         let sources = MetricsSources {
             metrics: Arc::clone(&metrics),
             runner: runner.clone(),
             connected,
         };
-        let stop = telemetry_stop.clone();
-        tracker.spawn(async move {
-            if let Err(err) = metrics::serve(listener, sources, stop).await {
-                tracing::warn!(error = %err, "the metrics endpoint failed");
-            }
-        });
+        serve_metrics(listener, sources, &tracker, &telemetry_stop)?;
     }
-    tracker.spawn(telemetry::run_sampler(
-        Arc::clone(&config.inventory),
-        board.clone(),
-        metrics,
-        feed,
-        config.telemetry_interval,
-        telemetry_stop.clone(),
-    ));
-    {
-        let (inventory, stop) = (Arc::clone(&config.inventory), telemetry_stop.clone());
-        tracker.spawn_blocking(move || telemetry::watch_events(inventory, board, stop));
-    }
+    watch_gpus(&config, board, metrics, feed, &tracker, &telemetry_stop);
     info!(node = %config.node_name, work_dir = %work_dir.display(),
         endpoints = ?config.endpoints, gpus = config.inventory.backend(), "agent starting");
 
@@ -151,6 +128,51 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tracker.wait().await;
     info!(node = %config.node_name, "agent stopped");
     Ok(())
+}
+
+/// Serves `/metrics` on `listener` until `stop` is cancelled.
+fn serve_metrics(
+    listener: &std::net::TcpListener,
+    sources: MetricsSources,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<(), AgentError> {
+    let listener = listener
+        .try_clone()
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        })
+        .map_err(AgentError::Metrics)?;
+    let stop = stop.clone();
+    tracker.spawn(async move {
+        if let Err(err) = metrics::serve(listener, sources, stop).await {
+            tracing::warn!(error = %err, "the metrics endpoint failed");
+        }
+    });
+    Ok(())
+}
+
+/// Starts the telemetry sampler and the health event watcher, until `stop`
+/// is cancelled.
+fn watch_gpus(
+    config: &AgentConfig,
+    board: HealthBoard,
+    metrics: Arc<AgentMetrics>,
+    feed: tokio::sync::watch::Sender<Vec<inventory::GpuSample>>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    tracker.spawn(telemetry::run_sampler(
+        Arc::clone(&config.inventory),
+        board.clone(),
+        metrics,
+        feed,
+        config.telemetry_interval,
+        stop.clone(),
+    ));
+    let (inventory, stop) = (Arc::clone(&config.inventory), stop.clone());
+    tracker.spawn_blocking(move || telemetry::watch_events(inventory, board, stop));
 }
 
 /// Creates `<work_dir>/jobs` and returns the work directory as an absolute
