@@ -103,6 +103,9 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     // Telemetry and metrics run until the jobs are stopped, so the last
     // exits are metered and the endpoint shows the shutdown.
     let telemetry_stop = CancellationToken::new();
+    // Should this future be dropped rather than shut down, the watchers
+    // still stop (a blocking one would otherwise hold up the runtime).
+    let _stop_watchers = telemetry_stop.clone().drop_guard();
     if let Some(listener) = &config.metrics_listener {
         let sources = MetricsSources {
             metrics: Arc::clone(&metrics),

@@ -163,8 +163,11 @@ fn a_gpu_fault_requeues_its_job_and_keeps_the_gpu_out_until_cleared() -> Result<
     let energy = done["energy_joules"].as_f64().context("energy_joules")?;
     // Both runs count: at least the second's one second of sleep.
     assert!(gpu_seconds >= 1.0, "gpu_seconds {gpu_seconds}");
-    // The simulated A100 never draws less than 60 W (15% of 400 W).
-    assert!(energy >= 60.0, "energy_joules {energy}");
+    // A simulated A100 draws 60 to 400 W.
+    assert!(
+        energy > 0.0 && energy <= 400.0 * gpu_seconds,
+        "energy_joules {energy} for {gpu_seconds} GPU-seconds"
+    );
     let detail = ctl_table(&s, &zju, &["job", "get", &id])?;
     assert!(
         detail.contains("GPU-hours") && detail.contains("kWh"),

@@ -443,6 +443,7 @@ impl Runner {
                     runner: self.clone(),
                     job_id,
                     gpu_uuids: request.gpu_uuids.clone(),
+                    spawned_at: tokio::time::Instant::now(),
                     walltime: request.walltime,
                     grace_period,
                     orders,

@@ -145,6 +145,8 @@ pub(super) struct Supervisor {
     pub(super) runner: Runner,
     pub(super) job_id: String,
     pub(super) gpu_uuids: Vec<String>,
+    /// When the process was spawned: GPU time counts from here.
+    pub(super) spawned_at: Instant,
     pub(super) walltime: Option<Duration>,
     pub(super) grace_period: Duration,
     pub(super) orders: mpsc::UnboundedReceiver<StopOrder>,
@@ -162,7 +164,6 @@ impl Supervisor {
     pub(super) async fn run(mut self, spawned: Spawned) {
         let Spawned { mut child, pgid } = spawned;
         let group = GroupGuard::new(pgid, self.job_id.clone());
-        let started = Instant::now();
         let energy_at_start = self.runner.read_energy(&self.gpu_uuids).await;
         let walltime_at = self.walltime.and_then(|w| Instant::now().checked_add(w));
         let mut stopping: Option<Stopping> = None;
@@ -195,7 +196,7 @@ impl Supervisor {
         let usage = JobUsage {
             gpu_time: u32::try_from(self.gpu_uuids.len())
                 .ok()
-                .and_then(|n| started.elapsed().checked_mul(n))
+                .and_then(|n| self.spawned_at.elapsed().checked_mul(n))
                 .unwrap_or(Duration::MAX),
             energy_millijoules: match (energy_at_start, energy_at_exit) {
                 (Some(start), Some(end)) if end >= start => Some(((end - start) * 1e3) as u64),

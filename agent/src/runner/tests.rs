@@ -512,13 +512,16 @@ async fn exits_carry_gpu_time_and_the_energy_of_the_jobs_gpus() {
     });
     let (_, exit) = exit_of(&mut events, "metered").await;
     let ran = started.elapsed();
+    assert_eq!(exit.outcome, ExitOutcome::Code(0), "{exit:?}");
     let usage = exit.usage.expect("a run that started has usage");
     // Two GPUs for at least the 0.3 s of sleep, at most the time we waited.
-    assert!(usage.gpu_time >= Duration::from_millis(600), "{usage:?}");
-    assert!(usage.gpu_time <= ran * 2, "{usage:?}");
-    // Two simulated A100s draw at least 60 W each.
+    assert!(usage.gpu_time >= Duration::from_millis(600), "{exit:?}");
+    assert!(usage.gpu_time <= ran * 2, "{exit:?} after {ran:?}");
+    // The counters are read once the job is under way and again after its
+    // exit: some energy, never more than two A100s at full power for the
+    // whole wait.
     let joules = usage.energy_millijoules.expect("an energy reading") as f64 / 1e3;
-    assert!(joules >= 2.0 * 60.0 * 0.3, "{joules} J");
+    assert!(joules > 0.0, "{joules} J");
     assert!(joules <= 2.0 * 400.0 * ran.as_secs_f64(), "{joules} J");
 
     // A GPU the source does not know gives GPU time without energy; a job
