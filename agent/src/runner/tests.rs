@@ -497,10 +497,15 @@ async fn exits_carry_gpu_time_and_the_energy_of_the_jobs_gpus() {
 
     let dir = tempfile::tempdir().unwrap();
     let inventory = SimulatedInventory::parse("node-e", "2xA100-80GB").unwrap();
-    let (runner, mut events) = Runner::new(RunnerConfig {
-        energy: Some(Arc::new(inventory)),
-        ..RunnerConfig::new(dir.path())
-    });
+    // The fallback PATH, not the process's: another test sets variables
+    // while this one runs, and reading the environment then is a race.
+    let (runner, mut events) = Runner::with_base_env(
+        RunnerConfig {
+            energy: Some(Arc::new(inventory)),
+            ..RunnerConfig::new(dir.path())
+        },
+        vec![],
+    );
     let gpus = vec![
         simulated_gpu_uuid("node-e", 0),
         simulated_gpu_uuid("node-e", 1),
