@@ -439,7 +439,7 @@ async fn the_agent_reports_gpu_health_usage_and_telemetry() {
     // An exit carries the run's GPU time and energy.
     s.send(start("j1", "sleep 0.2", &gpus));
     let j1 = s.exit_of("j1").await;
-    assert!(j1.gpu_seconds >= 0.4, "{j1:?}");
+    assert!(j1.gpu_seconds >= 0.3, "{j1:?}");
     // The counters are read once the job is under way and again after its
     // exit, so the energy covers most of its run, never more than all of it.
     assert!(

@@ -422,6 +422,7 @@ impl Runner {
         let job_id = request.job_id.clone();
         match process::spawn(&self.inner.jobs_dir, &self.inner.base_env, &request) {
             Ok(spawned) => {
+                let spawned_at = tokio::time::Instant::now();
                 let report = JobReport {
                     job_id: job_id.clone(),
                     started_at: Some(SystemTime::now()),
@@ -443,7 +444,7 @@ impl Runner {
                     runner: self.clone(),
                     job_id,
                     gpu_uuids: request.gpu_uuids.clone(),
-                    spawned_at: tokio::time::Instant::now(),
+                    spawned_at,
                     walltime: request.walltime,
                     grace_period,
                     orders,

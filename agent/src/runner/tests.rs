@@ -519,8 +519,9 @@ async fn exits_carry_gpu_time_and_the_energy_of_the_jobs_gpus() {
     let ran = started.elapsed();
     assert_eq!(exit.outcome, ExitOutcome::Code(0), "{exit:?}");
     let usage = exit.usage.expect("a run that started has usage");
-    // Two GPUs for at least the 0.3 s of sleep, at most the time we waited.
-    assert!(usage.gpu_time >= Duration::from_millis(600), "{exit:?}");
+    // Two GPUs for about the 0.3 s of sleep (the clock starts just after
+    // the spawn), at most the time we waited.
+    assert!(usage.gpu_time >= Duration::from_millis(500), "{exit:?}");
     assert!(usage.gpu_time <= ran * 2, "{exit:?} after {ran:?}");
     // The counters are read once the job is under way and again after its
     // exit: some energy, never more than two A100s at full power for the
