@@ -143,7 +143,8 @@ pub enum MembershipChange {
 
 enum Request {
     Propose {
-        cmd: Command,
+        // Boxed: commands are large, and most requests are small.
+        cmd: Box<Command>,
         reply: oneshot::Sender<Result<Outcome, ProposeError>>,
     },
     ReadIndex {
@@ -295,7 +296,11 @@ impl Replica {
     /// applied; returns what applying it produced.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
         let _timer = crate::metrics::edge().proposal_duration.start_timer();
-        self.request(|reply| Request::Propose { cmd, reply }).await
+        self.request(|reply| Request::Propose {
+            cmd: Box::new(cmd),
+            reply,
+        })
+        .await
     }
 
     /// Reads the applied state (this replica's view; may lag the leader).
@@ -519,7 +524,7 @@ impl Driver {
 
     fn handle(&mut self, r: Request) {
         match r {
-            Request::Propose { cmd, reply } => self.propose(cmd, reply),
+            Request::Propose { cmd, reply } => self.propose(*cmd, reply),
             Request::ReadIndex { reply } => {
                 let ctx = self.next_id();
                 self.reads.insert(ctx, reply);
