@@ -153,6 +153,9 @@ pub struct GpuView {
     /// PCI bus ids of its NVLink peers.
     #[serde(default)]
     pub nvlink_peers: Vec<String>,
+    /// Indexes of the node's GPUs it shares NVLink with (what placement uses).
+    #[serde(default)]
+    pub peers: Vec<u32>,
 }
 
 /// A GPU's latest telemetry, for scripts (base units).
@@ -188,6 +191,7 @@ impl From<&Gpu> for GpuView {
             pci_bus_id: non_empty(&gpu.pci_bus_id),
             compute_capability: non_empty(&gpu.compute_capability),
             nvlink_peers: gpu.nvlink_peers.clone(),
+            peers: gpu.peers.clone(),
         }
     }
 }

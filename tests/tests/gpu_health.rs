@@ -124,6 +124,9 @@ fn a_gpu_fault_requeues_its_job_and_keeps_the_gpu_out_until_cleared() -> Result<
         gpus[0]["nvlink_peers"],
         serde_json::json!([gpus[1]["pci_bus_id"]])
     );
+    // ... and becomes the peer indexes the planner uses.
+    assert_eq!(gpus[0]["peers"], serde_json::json!([1]));
+    assert_eq!(gpus[1]["peers"], serde_json::json!([0]));
 
     let zju = s.ctl_json(ADMIN_TOKEN, &["tenant", "create", "zju"])?["token"]
         .as_str()
