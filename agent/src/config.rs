@@ -11,6 +11,9 @@ use tonic::transport::Endpoint;
 use crate::inventory::GpuInventory;
 use crate::runner::DEFAULT_GRACE_PERIOD;
 
+/// How often GPU telemetry is sampled unless configured otherwise.
+pub const DEFAULT_TELEMETRY_INTERVAL: Duration = Duration::from_secs(5);
+
 /// The longest node name accepted (a DNS name's limit).
 pub const MAX_NODE_NAME_LEN: usize = 253;
 
@@ -39,6 +42,11 @@ pub struct AgentConfig {
     pub reconnect_min: Duration,
     /// The longest delay between two connection attempts.
     pub reconnect_max: Duration,
+    /// How often GPU telemetry is sampled (and health counters checked).
+    pub telemetry_interval: Duration,
+    /// Serve Prometheus metrics at `/metrics` on this listener; `None`: no
+    /// endpoint. The caller binds it, so it knows the address first.
+    pub metrics_listener: Option<Arc<std::net::TcpListener>>,
 }
 
 impl AgentConfig {
@@ -60,6 +68,8 @@ impl AgentConfig {
             connect_timeout: Duration::from_secs(5),
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(5),
+            telemetry_interval: DEFAULT_TELEMETRY_INTERVAL,
+            metrics_listener: None,
         }
     }
 
@@ -81,6 +91,7 @@ impl AgentConfig {
             ("connect_timeout", self.connect_timeout),
             ("reconnect_min", self.reconnect_min),
             ("reconnect_max", self.reconnect_max),
+            ("telemetry_interval", self.telemetry_interval),
         ] {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration { name });
@@ -139,6 +150,14 @@ impl fmt::Debug for AgentConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
+            .field("telemetry_interval", &self.telemetry_interval)
+            .field(
+                "metrics_listener",
+                &self
+                    .metrics_listener
+                    .as_ref()
+                    .and_then(|l| l.local_addr().ok()),
+            )
             .finish()
     }
 }

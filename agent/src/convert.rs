@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use edupool_proto::v1;
 
-use crate::inventory::GpuInfo;
+use crate::inventory::{GpuInfo, GpuSample};
 use crate::runner::{ExitOutcome, JobReport, JobState, LogChunk, LogStream, StartRequest};
 
 /// Milliseconds since the Unix epoch; 0 for times before it.
@@ -16,8 +16,39 @@ pub(crate) fn unix_ms(at: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
-/// A GPU of the inventory as the scheduler sees it.
-pub(crate) fn gpu(info: &GpuInfo) -> v1::Gpu {
+/// The inventory's GPUs as the scheduler sees them.
+pub(crate) fn gpus(inventory: &[GpuInfo]) -> Vec<v1::Gpu> {
+    inventory
+        .iter()
+        .map(|info| gpu(info, nvlink_peer_indexes(info, inventory)))
+        .collect()
+}
+
+/// The indexes of the GPUs at the other end of `info`'s NVLinks: those
+/// whose PCI bus id appears in its `nvlink_peers` (the planner prefers
+/// GPUs that share fast links). Ids are compared case-insensitively; a
+/// peer outside the inventory (another board, a switch) is left out.
+pub(crate) fn nvlink_peer_indexes(info: &GpuInfo, inventory: &[GpuInfo]) -> Vec<u32> {
+    let mut peers: Vec<u32> = inventory
+        .iter()
+        .filter(|other| other.index != info.index)
+        .filter(|other| {
+            other.pci_bus_id.as_deref().is_some_and(|bus| {
+                info.nvlink_peers
+                    .iter()
+                    .any(|peer| peer.eq_ignore_ascii_case(bus))
+            })
+        })
+        .map(|other| other.index)
+        .collect();
+    peers.sort_unstable();
+    peers.dedup();
+    peers
+}
+
+/// A GPU of the inventory as the scheduler sees it, with the indexes of
+/// its NVLink peers.
+pub(crate) fn gpu(info: &GpuInfo, peers: Vec<u32>) -> v1::Gpu {
     v1::Gpu {
         uuid: info.uuid.clone(),
         index: info.index,
@@ -25,8 +56,33 @@ pub(crate) fn gpu(info: &GpuInfo) -> v1::Gpu {
         memory_bytes: info.memory_bytes,
         healthy: info.healthy,
         assigned_job: String::new(),
-        // The simulated backend reports no GPU links.
-        peers: Vec::new(),
+        peers,
+        health_reason: info.health_reason.clone().unwrap_or_default(),
+        reset_seen: false,
+        telemetry: None,
+        pci_bus_id: info.pci_bus_id.clone().unwrap_or_default(),
+        compute_capability: info.compute_capability.clone().unwrap_or_default(),
+        nvlink_peers: info.nvlink_peers.clone(),
+    }
+}
+
+/// A telemetry round as the summary the scheduler keeps.
+pub(crate) fn telemetry(samples: &[GpuSample], at: SystemTime) -> v1::TelemetrySummary {
+    let at_ms = unix_ms(at);
+    v1::TelemetrySummary {
+        gpus: samples
+            .iter()
+            .filter(|s| !s.lost)
+            .map(|s| v1::GpuTelemetry {
+                gpu_uuid: s.uuid.clone(),
+                utilization_ratio: s.utilization_ratio.unwrap_or(0.0),
+                memory_used_bytes: s.memory_used_bytes.unwrap_or(0),
+                temperature_celsius: s.temperature_celsius.unwrap_or(0.0),
+                power_watts: s.power_watts.unwrap_or(0.0),
+                energy_joules: s.energy_joules.unwrap_or(0.0),
+                at_ms,
+            })
+            .collect(),
     }
 }
 
@@ -69,6 +125,10 @@ pub(crate) fn job_report(report: &JobReport) -> v1::JobReport {
         }
         out.reason = exit.reason.clone();
         out.finished_at_ms = unix_ms(exit.finished_at);
+        if let Some(usage) = exit.usage {
+            out.gpu_seconds = usage.gpu_time.as_secs_f64();
+            out.energy_joules = usage.energy_millijoules.unwrap_or(0) as f64 / 1e3;
+        }
     }
     out
 }
@@ -104,7 +164,7 @@ pub(crate) fn log_chunk(request_id: u64, result: Result<LogChunk, String>) -> v1
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner::JobExit;
+    use crate::runner::{JobExit, JobUsage};
 
     fn exited(outcome: ExitOutcome, reason: &str) -> JobReport {
         JobReport {
@@ -114,6 +174,10 @@ mod tests {
                 outcome,
                 reason: reason.into(),
                 finished_at: UNIX_EPOCH + Duration::from_millis(5_500),
+                usage: Some(JobUsage {
+                    gpu_time: Duration::from_millis(9_000),
+                    energy_millijoules: Some(1_234_500),
+                }),
             }),
         }
     }
@@ -132,6 +196,8 @@ mod tests {
                 reason: "exited with code 3".into(),
                 started_at_ms: 1_000,
                 finished_at_ms: 5_500,
+                gpu_seconds: 9.0,
+                energy_joules: 1_234.5,
             }
         );
         let signal = job_report(&exited(ExitOutcome::Signal(9), "cancelled"));
@@ -162,6 +228,45 @@ mod tests {
         assert_eq!(request.walltime, None);
         assert_eq!(request.grace_period, Some(Duration::from_secs(5)));
         assert_eq!(request.attempt, 2);
+    }
+
+    #[test]
+    fn nvlink_peers_become_indexes() {
+        let gpu = |index: u32, bus: &str, peers: &[&str]| {
+            let mut info =
+                GpuInfo::basic(format!("GPU-{index}"), index, "A100-80GB".into(), 80 << 30);
+            info.pci_bus_id = Some(bus.into());
+            info.nvlink_peers = peers.iter().map(|p| (*p).to_owned()).collect();
+            info
+        };
+        let inventory = vec![
+            gpu(
+                0,
+                "00000000:3B:00.0",
+                &["00000000:5e:00.0", "00000000:AF:00.0"],
+            ),
+            gpu(1, "00000000:5E:00.0", &["00000000:3B:00.0"]),
+            gpu(2, "00000000:86:00.0", &[]),
+            // A link to a device outside the inventory (an NVSwitch) is left out.
+            gpu(
+                3,
+                "00000000:AF:00.0",
+                &["00000000:3B:00.0", "00000000:FF:00.0"],
+            ),
+        ];
+        let sent = gpus(&inventory);
+        let peers: Vec<Vec<u32>> = sent.iter().map(|g| g.peers.clone()).collect();
+        assert_eq!(peers, vec![vec![1, 3], vec![0], vec![], vec![0]]);
+        assert_eq!(sent[0].nvlink_peers.len(), 2);
+        assert_eq!(sent[0].pci_bus_id, "00000000:3B:00.0");
+        // Without PCI bus ids (the simulated backend) there are no peers.
+        let plain = vec![GpuInfo::basic(
+            "GPU-a".into(),
+            0,
+            "A100-80GB".into(),
+            80 << 30,
+        )];
+        assert!(gpus(&plain)[0].peers.is_empty());
     }
 
     #[test]

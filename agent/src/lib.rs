@@ -2,7 +2,13 @@
 //! runs the jobs the scheduler places here, and reports how they end.
 //!
 //! - [`inventory`]: the [`GpuInventory`](inventory::GpuInventory) trait and
-//!   its backends (today the simulated one, from specs like `4xA100-80GB`).
+//!   its backends: NVML for real GPUs, and simulated GPUs from specs like
+//!   `4xA100-80GB` with telemetry curves and injectable faults.
+//! - [`health`]: the agent's judgement of each GPU's health, from driver
+//!   events and telemetry; changes go to the scheduler.
+//! - `telemetry` (private): the sampler and the health event watcher, both
+//!   off the async runtime.
+//! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
 //! - [`runner`]: jobs as processes, each in its own process group with
 //!   `CUDA_VISIBLE_DEVICES` set to its GPUs; walltime, stop with a grace
 //!   period, logs, and a record per job until the scheduler forgets it.
@@ -18,13 +24,18 @@
 
 pub mod config;
 mod convert;
+pub mod health;
 pub mod inventory;
+pub mod metrics;
 pub mod runner;
 mod session;
+mod telemetry;
 
 use std::error::Error;
 use std::io;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -32,6 +43,8 @@ use tracing::info;
 
 pub use config::{AgentConfig, ConfigError};
 
+use health::HealthBoard;
+use metrics::{AgentMetrics, MetricsSources};
 use runner::{Runner, RunnerConfig};
 use session::{Backoff, Session};
 
@@ -53,6 +66,9 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    /// The metrics listener cannot be used.
+    #[error("cannot serve metrics")]
+    Metrics(#[source] io::Error),
 }
 
 /// Runs the agent until `shutdown` is cancelled: keeps a session with the
@@ -67,7 +83,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let (runner, events) = Runner::new(RunnerConfig {
         work_dir: work_dir.clone(),
         default_grace_period: config.default_grace_period,
+        energy: Some(Arc::clone(&config.inventory)),
     });
+    let (board, changes) = HealthBoard::new();
+    let (feed, telemetry_feed) = tokio::sync::watch::channel(Vec::new());
+    let connected = Arc::new(AtomicBool::new(false));
+    let metrics = Arc::new(AgentMetrics::new(&config.node_name));
     let session = Session {
         node_name: config.node_name.clone(),
         endpoints: config.tonic_endpoints()?,
@@ -76,22 +97,85 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         runner: runner.clone(),
         tracker: tracker.clone(),
         backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
+        health: board.clone(),
+        connected: Arc::clone(&connected),
     };
+    // Telemetry and metrics run until the jobs are stopped, so the last
+    // exits are metered and the endpoint shows the shutdown.
+    let telemetry_stop = CancellationToken::new();
+    // Should this future be dropped rather than shut down, the watchers
+    // still stop (a blocking one would otherwise hold up the runtime).
+    let _stop_watchers = telemetry_stop.clone().drop_guard();
+    if let Some(listener) = &config.metrics_listener {
+        let sources = MetricsSources {
+            metrics: Arc::clone(&metrics),
+            runner: runner.clone(),
+            connected,
+        };
+        serve_metrics(listener, sources, &tracker, &telemetry_stop)?;
+    }
+    watch_gpus(&config, board, metrics, feed, &tracker, &telemetry_stop);
     info!(node = %config.node_name, work_dir = %work_dir.display(),
         endpoints = ?config.endpoints, gpus = config.inventory.backend(), "agent starting");
 
     // The session outlives the jobs, so that their last exits are reported.
     let session_stop = CancellationToken::new();
-    tracker.spawn(session.run(events, session_stop.clone()));
+    tracker.spawn(session.run(events, changes, telemetry_feed, session_stop.clone()));
 
     shutdown.cancelled().await;
     info!(node = %config.node_name, "agent shutting down");
     runner.shutdown(SHUTDOWN_REASON).await;
     session_stop.cancel();
+    telemetry_stop.cancel();
     tracker.close();
     tracker.wait().await;
     info!(node = %config.node_name, "agent stopped");
     Ok(())
+}
+
+/// Serves `/metrics` on `listener` until `stop` is cancelled.
+fn serve_metrics(
+    listener: &std::net::TcpListener,
+    sources: MetricsSources,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) -> Result<(), AgentError> {
+    let listener = listener
+        .try_clone()
+        .and_then(|l| {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)
+        })
+        .map_err(AgentError::Metrics)?;
+    let stop = stop.clone();
+    tracker.spawn(async move {
+        if let Err(err) = metrics::serve(listener, sources, stop).await {
+            tracing::warn!(error = %err, "the metrics endpoint failed");
+        }
+    });
+    Ok(())
+}
+
+/// Starts the telemetry sampler and the health event watcher, until `stop`
+/// is cancelled.
+fn watch_gpus(
+    config: &AgentConfig,
+    board: HealthBoard,
+    metrics: Arc<AgentMetrics>,
+    feed: tokio::sync::watch::Sender<Vec<inventory::GpuSample>>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    tracker.spawn(telemetry::run_sampler(
+        Arc::clone(&config.inventory),
+        board.clone(),
+        metrics,
+        feed,
+        config.telemetry_interval,
+        stop.clone(),
+    ));
+    let (inventory, stop) = (Arc::clone(&config.inventory), stop.clone());
+    tracker.spawn_blocking(move || telemetry::watch_events(inventory, board, stop));
 }
 
 /// Creates `<work_dir>/jobs` and returns the work directory as an absolute

@@ -3,6 +3,7 @@
 //! [`edupool_agent::run`]; everything else lives in the library.
 
 use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use edupool_agent::inventory::{GpuInfo, GpuInventory, GpuSpec, SimulatedInventory};
+use edupool_agent::health::HealthBoard;
+use edupool_agent::inventory::{
+    GpuInfo, GpuInventory, GpuSample, GpuSpec, InventoryError, NvmlInventory, OnlyGpus,
+    SimulatedInventory,
+};
 use edupool_agent::AgentConfig;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
@@ -38,11 +43,45 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct GpuArgs {
+    /// Where the GPUs come from: `nvml` (the NVIDIA driver), `simulated`
+    /// (the GPUs of --simulate-gpus), or `auto` (NVML, or the simulated
+    /// GPUs when the driver is missing). Default: `simulated` when
+    /// --simulate-gpus is given, `nvml` otherwise.
+    #[arg(
+        long = "gpus",
+        env = "EDUPOOL_GPUS",
+        value_enum,
+        value_name = "BACKEND"
+    )]
+    backend: Option<Backend>,
+
     /// Simulate GPUs instead of asking the driver, e.g. `4xA100-80GB` or
-    /// `2xH100-80GB,1xT4-16GB` (count x model - memory in GB). Required
-    /// until this build can read real GPUs through NVML.
+    /// `2xH100-80GB,1xT4-16GB` (count x model - memory in GB); with
+    /// `--gpus auto`, the GPUs used when NVML is unavailable [default there:
+    /// 1xA100-80GB].
     #[arg(long, env = "EDUPOOL_SIMULATE_GPUS", value_name = "SPEC")]
     simulate_gpus: Option<GpuSpec>,
+
+    /// Development and tests only: inject faults into the simulated GPUs
+    /// from lines appended to FILE, e.g. `0 xid 79`, `1 ecc 2`, `0 reset`
+    /// (see docs/agent.md).
+    #[arg(long, env = "EDUPOOL_SIMULATE_FAULTS", value_name = "FILE")]
+    simulate_faults: Option<PathBuf>,
+
+    /// Offer only these GPUs (UUIDs, comma-separated) to the pool, e.g. to
+    /// keep some of a node's GPUs for other work [default: all].
+    #[arg(
+        long,
+        env = "EDUPOOL_ONLY_GPUS",
+        value_name = "UUIDS",
+        value_delimiter = ','
+    )]
+    only_gpus: Vec<String>,
+
+    /// The NVML library to load [default: libnvidia-ml.so.1 from the
+    /// library path].
+    #[arg(long, env = "EDUPOOL_NVML_LIB", value_name = "PATH")]
+    nvml_lib: Option<PathBuf>,
 
     /// This node's name in the pool [default: the hostname].
     #[arg(long, env = "EDUPOOL_NODE_NAME", value_name = "NAME")]
@@ -84,6 +123,15 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     default_grace_period: Duration,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics, e.g. 0.0.0.0:9401
+    /// (port 0: any free port; the address is printed) [default: off].
+    #[arg(long, env = "EDUPOOL_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
+
+    /// How often GPU telemetry is sampled and health counters checked.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    telemetry_interval: Duration,
+
     #[command(flatten)]
     gpus: GpuArgs,
 }
@@ -96,6 +144,16 @@ struct InventoryArgs {
     /// `table` for people, `json` for scripts.
     #[arg(long, value_enum, default_value_t = Output::Table)]
     output: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// NVML, or the simulated GPUs when NVML is unavailable.
+    Auto,
+    /// Real GPUs through the NVIDIA driver.
+    Nvml,
+    /// The GPUs of --simulate-gpus.
+    Simulated,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -136,7 +194,16 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
         inventory,
     );
     config.default_grace_period = args.default_grace_period;
+    config.telemetry_interval = args.telemetry_interval;
     config.validate().context("invalid configuration")?;
+    if let Some(addr) = args.metrics_listen {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let bound = listener.local_addr()?;
+        println!("edupool-agent metrics listening on {bound}");
+        io::stdout().flush()?;
+        config.metrics_listener = Some(Arc::new(listener));
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -173,15 +240,66 @@ fn inventory(args: &GpuArgs) -> anyhow::Result<(String, Arc<dyn GpuInventory>)> 
         Some(name) => name.clone(),
         None => hostname()?,
     };
-    let Some(spec) = &args.simulate_gpus else {
+    let backend = args.backend.unwrap_or(if args.simulate_gpus.is_some() {
+        Backend::Simulated
+    } else {
+        Backend::Nvml
+    });
+    if args.simulate_faults.is_some() && backend == Backend::Nvml {
         return Err(anyhow!(
-            "NVML is not available in this build; use --simulate-gpus SPEC \
-             (e.g. --simulate-gpus 4xA100-80GB) to run with simulated GPUs"
+            "--simulate-faults works with simulated GPUs only (--gpus simulated or auto)"
         ));
+    }
+    let only = |inventory: Arc<dyn GpuInventory>| -> Arc<dyn GpuInventory> {
+        if args.only_gpus.is_empty() {
+            inventory
+        } else {
+            Arc::new(OnlyGpus::new(inventory, args.only_gpus.clone()))
+        }
     };
-    let inventory = SimulatedInventory::new(&node_name, spec);
-    Ok((node_name, Arc::new(inventory)))
+    let simulated = |spec: &GpuSpec| -> Arc<dyn GpuInventory> {
+        let inventory = SimulatedInventory::new(&node_name, spec);
+        match &args.simulate_faults {
+            Some(path) => only(Arc::new(inventory.with_fault_file(path))),
+            None => only(Arc::new(inventory)),
+        }
+    };
+    let inventory: Arc<dyn GpuInventory> = match backend {
+        Backend::Simulated => {
+            let Some(spec) = &args.simulate_gpus else {
+                return Err(anyhow!(
+                    "--gpus simulated needs --simulate-gpus SPEC, e.g. --simulate-gpus 4xA100-80GB"
+                ));
+            };
+            simulated(spec)
+        }
+        Backend::Nvml => only(Arc::new(
+            NvmlInventory::open(args.nvml_lib.as_deref()).map_err(|err| {
+                anyhow!(
+                    "{err} (to run without GPUs, use --simulate-gpus SPEC, or --gpus auto \
+                     to fall back to simulated GPUs)"
+                )
+            })?,
+        )),
+        Backend::Auto => match NvmlInventory::open(args.nvml_lib.as_deref()) {
+            Ok(nvml) => only(Arc::new(nvml)),
+            Err(err @ InventoryError::Unavailable { .. }) => {
+                let spec = match &args.simulate_gpus {
+                    Some(spec) => spec.clone(),
+                    None => AUTO_FALLBACK_SPEC.parse().expect("a valid spec"),
+                };
+                eprintln!("edupool-agent: {err}; using simulated GPUs {spec} instead");
+                simulated(&spec)
+            }
+            Err(err) => return Err(err).context("cannot read the GPUs"),
+        },
+    };
+    Ok((node_name, inventory))
 }
+
+/// The simulated GPUs of `--gpus auto` without NVML and without
+/// `--simulate-gpus`.
+const AUTO_FALLBACK_SPEC: &str = "1xA100-80GB";
 
 fn hostname() -> anyhow::Result<String> {
     nix::unistd::gethostname()
@@ -190,55 +308,156 @@ fn hostname() -> anyhow::Result<String> {
         .map_err(|name| anyhow!("the hostname {name:?} is not UTF-8; give --node-name"))
 }
 
+/// What `inventory --output json` prints.
 #[derive(Serialize)]
 struct InventoryReport<'a> {
     node_name: &'a str,
     backend: &'a str,
-    gpus: &'a [GpuInfo],
+    driver_version: Option<&'a str>,
+    cuda_version: Option<&'a str>,
+    gpus: Vec<GpuReport<'a>>,
+}
+
+#[derive(Serialize)]
+struct GpuReport<'a> {
+    #[serde(flatten)]
+    info: &'a GpuInfo,
+    /// One telemetry reading; `None` when the GPU did not answer.
+    telemetry: Option<&'a GpuSample>,
 }
 
 fn print_inventory(args: InventoryArgs) -> anyhow::Result<()> {
     let (node_name, inventory) = inventory(&args.gpus)?;
-    let gpus = inventory.gpus().context("cannot read the GPU inventory")?;
+    let mut gpus = inventory.gpus().context("cannot read the GPU inventory")?;
+    // A single look: the events waiting now (none from NVML, which reports
+    // only what happens while it is watched; injected faults for simulated
+    // GPUs), then the faults the counters show (ECC, pending retirement, a
+    // lost GPU).
+    let (board, _changes) = HealthBoard::new();
+    let events = inventory
+        .wait_for_events(Duration::ZERO)
+        .context("cannot read the GPUs' health events")?;
+    for event in &events {
+        board.on_event(event);
+    }
+    let samples = inventory
+        .sample()
+        .context("cannot read the GPUs' telemetry")?;
+    for sample in &samples {
+        board.on_sample(sample);
+    }
+    board.overlay(&mut gpus);
     let mut out = io::stdout().lock();
     match args.output {
         Output::Json => {
+            let first = gpus.first();
             let report = InventoryReport {
                 node_name: &node_name,
                 backend: inventory.backend(),
-                gpus: &gpus,
+                driver_version: first.and_then(|g| g.driver_version.as_deref()),
+                cuda_version: first.and_then(|g| g.cuda_version.as_deref()),
+                gpus: gpus
+                    .iter()
+                    .map(|info| GpuReport {
+                        info,
+                        telemetry: samples.iter().find(|s| s.uuid == info.uuid),
+                    })
+                    .collect(),
             };
             serde_json::to_writer_pretty(&mut out, &report)?;
             writeln!(out)?;
         }
         Output::Table => {
-            writeln!(
-                out,
-                "node {node_name}: {} GPUs ({})",
-                gpus.len(),
-                inventory.backend()
-            )?;
-            let rows: Vec<[String; 5]> = gpus
-                .iter()
-                .map(|g| {
-                    [
-                        g.index.to_string(),
-                        g.uuid.clone(),
-                        g.model.clone(),
-                        memory(g.memory_bytes),
-                        if g.healthy { "yes" } else { "no" }.to_owned(),
-                    ]
-                })
-                .collect();
-            write_table(
-                &mut out,
-                ["INDEX", "UUID", "MODEL", "MEMORY", "HEALTHY"],
-                &rows,
-            )?;
+            write_inventory_table(&mut out, &node_name, inventory.backend(), &gpus, &samples)?
         }
     }
     out.flush()?;
     Ok(())
+}
+
+fn write_inventory_table(
+    out: &mut impl Write,
+    node_name: &str,
+    backend: &str,
+    gpus: &[GpuInfo],
+    samples: &[GpuSample],
+) -> io::Result<()> {
+    let versions = gpus
+        .first()
+        .map(|g| {
+            format!(
+                ", driver {}, CUDA {}",
+                g.driver_version.as_deref().unwrap_or("-"),
+                g.cuda_version.as_deref().unwrap_or("-")
+            )
+        })
+        .unwrap_or_default();
+    writeln!(
+        out,
+        "node {node_name}: {} GPUs ({backend}{versions})",
+        gpus.len()
+    )?;
+    let mut rows: Vec<[String; 9]> = vec![];
+    for g in gpus {
+        let sample = samples.iter().find(|s| s.uuid == g.uuid);
+        let power = match (sample.and_then(|s| s.power_watts), g.power_limit_watts) {
+            (Some(now), Some(limit)) => format!("{now:.0}/{limit:.0} W"),
+            (Some(now), None) => format!("{now:.0} W"),
+            (None, Some(limit)) => format!("-/{limit:.0} W"),
+            (None, None) => "-".into(),
+        };
+        let health = match (&g.health_reason, sample) {
+            (Some(reason), _) => format!("unhealthy: {reason}"),
+            (None, Some(s)) if !s.throttle_reasons.is_empty() => {
+                format!("healthy (throttled: {})", s.throttle_reasons.join(", "))
+            }
+            _ => "healthy".into(),
+        };
+        let mig = match &g.mig {
+            Some(m) if m.enabled => format!("on ({})", m.instances.len()),
+            Some(_) => "off".into(),
+            None => "-".into(),
+        };
+        rows.push([
+            g.index.to_string(),
+            g.uuid.clone(),
+            g.model.clone(),
+            memory(g.memory_bytes),
+            g.pci_bus_id.clone().unwrap_or_else(|| "-".into()),
+            g.compute_capability.clone().unwrap_or_else(|| "-".into()),
+            format!("{mig}, {} NVLink peers", g.nvlink_peers.len()),
+            power,
+            health,
+        ]);
+        for m in g.mig.iter().flat_map(|m| &m.instances) {
+            rows.push([
+                format!("{}/{}", g.index, m.index),
+                m.uuid.clone(),
+                format!("MIG {}", m.name),
+                memory(m.memory_bytes),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+                String::new(),
+            ]);
+        }
+    }
+    write_table(
+        out,
+        [
+            "INDEX",
+            "UUID",
+            "MODEL",
+            "MEMORY",
+            "PCI",
+            "CC",
+            "MIG/NVLINK",
+            "POWER",
+            "HEALTH",
+        ],
+        &rows,
+    )
 }
 
 fn memory(bytes: u64) -> String {

@@ -83,7 +83,7 @@ impl Connection {
             .expect("the session is open");
     }
 
-    /// The next message other than a heartbeat.
+    /// The next message other than a heartbeat or a telemetry summary.
     async fn next(&mut self) -> agent_message::Msg {
         within("a message from the agent", async {
             loop {
@@ -94,7 +94,7 @@ impl Connection {
                     .expect("the stream is healthy")
                     .expect("the agent keeps the session open");
                 match message.msg.expect("a message has a body") {
-                    agent_message::Msg::Heartbeat(_) => {}
+                    agent_message::Msg::Heartbeat(_) | agent_message::Msg::Telemetry(_) => {}
                     msg => return msg,
                 }
             }
@@ -376,4 +376,118 @@ async fn an_invalid_config_is_refused_before_anything_runs() {
         std::error::Error::source(&err).unwrap().to_string(),
         "no scheduler endpoint given"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_reports_gpu_health_usage_and_telemetry() {
+    let (addr, mut sessions, server_stop, server) = start_fake_scheduler(0).await;
+    let work_dir = tempfile::tempdir().unwrap();
+    let faults = work_dir.path().join("faults");
+    let inventory = SimulatedInventory::parse("node-h", "2xA100-80GB")
+        .unwrap()
+        .with_fault_file(&faults);
+    let mut config = AgentConfig::new(
+        "node-h",
+        vec![addr.to_string()],
+        TOKEN,
+        work_dir.path().join("work"),
+        Arc::new(inventory),
+    );
+    config.telemetry_interval = Duration::from_millis(100);
+    let shutdown = CancellationToken::new();
+    let agent = tokio::spawn(edupool_agent::run(config, shutdown.clone()));
+    let gpus = vec![
+        simulated_gpu_uuid("node-h", 0),
+        simulated_gpu_uuid("node-h", 1),
+    ];
+
+    let mut s = within("a session", sessions.recv()).await.unwrap();
+    let hello = s.hello().await;
+    assert_eq!(
+        hello.gpus[0].nvlink_peers,
+        [hello.gpus[1].pci_bus_id.clone()]
+    );
+    assert_eq!(hello.gpus[0].compute_capability, "8.0");
+    s.send(scheduler_message::Msg::Welcome(Welcome {
+        scheduler_id: "sched-1".into(),
+        heartbeat_interval_ms: 100,
+    }));
+
+    // A summary of both GPUs' telemetry comes after each round.
+    let summary = within("a telemetry summary", async {
+        loop {
+            let msg = s.inbound.message().await.unwrap().unwrap();
+            if let Some(agent_message::Msg::Telemetry(summary)) = msg.msg {
+                break summary;
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        summary
+            .gpus
+            .iter()
+            .map(|g| g.gpu_uuid.clone())
+            .collect::<Vec<_>>(),
+        gpus
+    );
+    assert!(summary
+        .gpus
+        .iter()
+        .all(|g| g.power_watts >= 60.0 && g.at_ms > 0));
+
+    // An exit carries the run's GPU time and energy.
+    s.send(start("j1", "sleep 0.2", &gpus));
+    let j1 = s.exit_of("j1").await;
+    assert!(j1.gpu_seconds >= 0.3, "{j1:?}");
+    // The counters are read once the job is under way and again after its
+    // exit, so the energy covers most of its run, never more than all of it.
+    assert!(
+        j1.energy_joules > 0.0 && j1.energy_joules <= 2.0 * 400.0 * j1.gpu_seconds,
+        "{j1:?}"
+    );
+
+    // A fatal XID is reported at once; a reset makes the GPU healthy again.
+    std::fs::write(&faults, "1 xid 79\n").unwrap();
+    let health = loop {
+        if let agent_message::Msg::GpuHealth(h) = s.next().await {
+            break h;
+        }
+    };
+    assert_eq!(
+        (
+            health.gpu_uuid.as_str(),
+            health.healthy,
+            health.reason.as_str()
+        ),
+        (
+            gpus[1].as_str(),
+            false,
+            "XID 79: GPU has fallen off the bus"
+        )
+    );
+    std::fs::write(&faults, "1 xid 79\n1 reset\n").unwrap();
+    let health = loop {
+        if let agent_message::Msg::GpuHealth(h) = s.next().await {
+            break h;
+        }
+    };
+    assert_eq!(
+        (
+            health.gpu_uuid.as_str(),
+            health.healthy,
+            health.reason.as_str()
+        ),
+        (gpus[1].as_str(), true, "")
+    );
+
+    shutdown.cancel();
+    within("the agent to close its side", async {
+        while let Ok(Some(_)) = s.inbound.message().await {}
+    })
+    .await;
+    drop(s);
+    within("the agent to stop", agent).await.unwrap().unwrap();
+    server_stop.cancel();
+    within("the fake scheduler to stop", server).await.unwrap();
 }

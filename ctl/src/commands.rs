@@ -7,9 +7,9 @@ use std::{
 };
 
 use edupool_proto::v1::{
-    CancelJobRequest, CreateTenantRequest, GetJobLogsRequest, GetJobRequest, Job, JobSpec,
-    JobState, ListJobsRequest, ListNodesRequest, ListTenantsRequest, LogStream, Node, NodeRequest,
-    SubmitJobRequest, Tenant, WatchJobRequest,
+    CancelJobRequest, ClearGpuRequest, CreateTenantRequest, GetJobLogsRequest, GetJobRequest, Job,
+    JobSpec, JobState, ListJobsRequest, ListNodesRequest, ListTenantsRequest, LogStream, Node,
+    NodeRequest, SubmitJobRequest, Tenant, WatchJobRequest,
 };
 use tonic::Status;
 
@@ -324,6 +324,31 @@ impl<W: Write> Ctl<W> {
                 };
                 writeln!(self.out, "node {} {what}", node.name)?;
             }
+            OutputFormat::Json => self.json(&NodeView::from(&node))?,
+        }
+        self.out.flush()?;
+        Ok(node)
+    }
+
+    /// `node clear-gpu`: returns the GPU to placement.
+    pub async fn clear_gpu(&mut self, name: &str, gpu_uuid: &str) -> Result<Node, CommandError> {
+        let node = self
+            .clients
+            .admin
+            .clear_gpu(ClearGpuRequest {
+                node: name.to_owned(),
+                gpu_uuid: gpu_uuid.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .node
+            .ok_or(CommandError::MissingField("node"))?;
+        match self.format {
+            OutputFormat::Table => writeln!(
+                self.out,
+                "GPU {gpu_uuid} on node {} cleared; jobs may be placed on it again",
+                node.name
+            )?,
             OutputFormat::Json => self.json(&NodeView::from(&node))?,
         }
         self.out.flush()?;

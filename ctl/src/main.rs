@@ -333,6 +333,14 @@ enum NodeCommand {
         #[arg(long, value_name = "CLASS")]
         gpu_class: Option<String>,
     },
+    /// Put a GPU marked unhealthy back into placement, once its agent
+    /// reports it healthy again after a reset
+    ClearGpu {
+        /// The node's name
+        name: String,
+        /// The GPU's UUID, as `node list` shows it
+        gpu_uuid: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -543,6 +551,9 @@ async fn dispatch(
         }
         Command::Node(NodeCommand::Drain { name }) => {
             ctl.node_action(name, NodeAction::Drain).await?;
+        }
+        Command::Node(NodeCommand::ClearGpu { name, gpu_uuid }) => {
+            ctl.clear_gpu(name, gpu_uuid).await?;
         }
         Command::Tenant(TenantCommand::Create { name }) => {
             ctl.create_tenant(name).await?;

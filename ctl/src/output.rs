@@ -45,7 +45,7 @@ impl FromStr for OutputFormat {
 // ---------------------------------------------------------------- views
 
 /// A job, for scripts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobView {
     pub id: String,
     pub name: Option<String>,
@@ -82,6 +82,12 @@ pub struct JobView {
     pub capacity: Option<String>,
     #[serde(default)]
     pub preemptions: u32,
+    /// GPU time over all attempts, GPUs x seconds.
+    #[serde(default)]
+    pub gpu_seconds: f64,
+    /// GPU energy over all attempts, joules.
+    #[serde(default)]
+    pub energy_joules: f64,
 }
 
 impl From<&Job> for JobView {
@@ -113,12 +119,14 @@ impl From<&Job> for JobView {
             priority: spec.priority,
             capacity: non_empty(&job.capacity),
             preemptions: job.preemptions,
+            gpu_seconds: job.gpu_seconds,
+            energy_joules: job.energy_joules,
         }
     }
 }
 
 /// A GPU, for scripts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GpuView {
     pub uuid: String,
     pub index: u32,
@@ -127,6 +135,38 @@ pub struct GpuView {
     pub healthy: bool,
     /// `null`: free.
     pub assigned_job: Option<String>,
+    /// Why it is unhealthy; `null` when healthy.
+    #[serde(default)]
+    pub health_reason: Option<String>,
+    /// Unhealthy, but reset since: an admin may clear it.
+    #[serde(default)]
+    pub reset_seen: bool,
+    /// The agent's latest telemetry summary; `null` when none.
+    #[serde(default)]
+    pub telemetry: Option<GpuTelemetryView>,
+    /// `null` when unknown.
+    #[serde(default)]
+    pub pci_bus_id: Option<String>,
+    /// `null` when unknown.
+    #[serde(default)]
+    pub compute_capability: Option<String>,
+    /// PCI bus ids of its NVLink peers.
+    #[serde(default)]
+    pub nvlink_peers: Vec<String>,
+    /// Indexes of the node's GPUs it shares NVLink with (what placement uses).
+    #[serde(default)]
+    pub peers: Vec<u32>,
+}
+
+/// A GPU's latest telemetry, for scripts (base units).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuTelemetryView {
+    pub utilization_ratio: f64,
+    pub memory_used_bytes: u64,
+    pub temperature_celsius: f64,
+    pub power_watts: f64,
+    pub energy_joules: f64,
+    pub sampled_at: Option<String>,
 }
 
 impl From<&Gpu> for GpuView {
@@ -138,12 +178,26 @@ impl From<&Gpu> for GpuView {
             memory_bytes: gpu.memory_bytes,
             healthy: gpu.healthy,
             assigned_job: non_empty(&gpu.assigned_job),
+            health_reason: non_empty(&gpu.health_reason),
+            reset_seen: gpu.reset_seen,
+            telemetry: gpu.telemetry.as_ref().map(|t| GpuTelemetryView {
+                utilization_ratio: t.utilization_ratio,
+                memory_used_bytes: t.memory_used_bytes,
+                temperature_celsius: t.temperature_celsius,
+                power_watts: t.power_watts,
+                energy_joules: t.energy_joules,
+                sampled_at: timestamp(t.at_ms),
+            }),
+            pci_bus_id: non_empty(&gpu.pci_bus_id),
+            compute_capability: non_empty(&gpu.compute_capability),
+            nvlink_peers: gpu.nvlink_peers.clone(),
+            peers: gpu.peers.clone(),
         }
     }
 }
 
 /// A node, for scripts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub name: String,
     pub status: String,
@@ -382,6 +436,8 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
         ("submitted", when(job.submitted_at_ms)),
         ("started", when(job.started_at_ms)),
         ("finished", when(job.finished_at_ms)),
+        ("gpu time", gpu_hours(job.gpu_seconds)),
+        ("energy", kilowatt_hours(job.energy_joules)),
     ]);
     let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     let mut out = String::new();
@@ -433,6 +489,25 @@ fn placement_terms(job: &Job, spec: &edupool_proto::v1::JobSpec) -> String {
     }
 }
 
+/// GPU time as GPU-hours, e.g. `0.0125 GPU-hours (45.0 GPU-seconds)`.
+pub fn gpu_hours(gpu_seconds: f64) -> String {
+    if gpu_seconds <= 0.0 {
+        return "-".to_owned();
+    }
+    format!(
+        "{:.4} GPU-hours ({gpu_seconds:.1} GPU-seconds)",
+        gpu_seconds / 3600.0
+    )
+}
+
+/// Energy as kWh, e.g. `0.000125 kWh (450 J)`.
+pub fn kilowatt_hours(joules: f64) -> String {
+    if joules <= 0.0 {
+        return "-".to_owned();
+    }
+    format!("{:.6} kWh ({joules:.0} J)", joules / 3.6e6)
+}
+
 /// `job watch`: one line per event, `<state> node=<node> [exit=N] [reason: ...]`.
 pub fn job_event_line(job: &Job) -> String {
     let mut line = format!("{:<10} node={}", job_state_name(job.state), dash(&job.node));
@@ -480,7 +555,35 @@ pub fn node_table(nodes: &[Node], now: SystemTime) -> String {
             last_seen,
         ]);
     }
-    table.render()
+    let mut out = table.render();
+    out.push_str(&unhealthy_gpu_table(nodes));
+    out
+}
+
+/// The unhealthy GPUs of `nodes` and why, after a blank line; empty when
+/// every GPU is healthy.
+fn unhealthy_gpu_table(nodes: &[Node]) -> String {
+    let mut table = Table::new(["NODE", "GPU", "INDEX", "RECOVERY", "WHY UNHEALTHY"]);
+    for node in nodes {
+        for gpu in node.gpus.iter().filter(|g| !g.healthy) {
+            table.row([
+                node.name.clone(),
+                gpu.uuid.clone(),
+                gpu.index.to_string(),
+                if gpu.reset_seen {
+                    "reset; clear-gpu to use".to_owned()
+                } else {
+                    "needs a reset".to_owned()
+                },
+                dash(&gpu.health_reason),
+            ]);
+        }
+    }
+    if table.is_empty() {
+        String::new()
+    } else {
+        format!("\n{}", table.render())
+    }
 }
 
 /// `draining`, `cordoned` or `-`.
@@ -663,6 +766,8 @@ mod tests {
             submitted_at_ms: T0,
             started_at_ms: T0 + 1_500,
             attempt: 1,
+            gpu_seconds: 90.0,
+            energy_joules: 18_000.0,
             ..Job::default()
         };
         job.set_state(JobState::Running);
@@ -754,6 +859,8 @@ attempt:      1
 submitted:    2025-01-01T00:00:00.000Z (1m30s ago)
 started:      2025-01-01T00:00:01.500Z (1m28s ago)
 finished:     -
+gpu time:     0.0250 GPU-hours (90.0 GPU-seconds)
+energy:       0.005000 kWh (18000 J)
 ";
         assert_eq!(job_detail(&running_job(), now), expected);
     }
@@ -807,6 +914,13 @@ finished:     -
             healthy,
             assigned_job: job.into(),
             peers: vec![],
+            health_reason: if healthy {
+                String::new()
+            } else {
+                "XID 79: GPU has fallen off the bus".into()
+            },
+            reset_seen: false,
+            ..Gpu::default()
         };
         let mut node = Node {
             name: "gpu-01".into(),
@@ -839,6 +953,9 @@ finished:     -
 NAME    STATUS  GPUS             FREE  MODELS              RUNNING  CORDONED/DRAINING  LAST-SEEN
 gpu-01  ready   4 (1 unhealthy)  2     3xA100-80GB,1xH100  1        cordoned           4s ago
 gpu-02  lost    0                0     -                   0        -                  -
+
+NODE    GPU    INDEX  RECOVERY       WHY UNHEALTHY
+gpu-01  GPU-2  2      needs a reset  XID 79: GPU has fallen off the bus
 ";
         assert_eq!(text, expected);
 

@@ -270,6 +270,13 @@ impl AdminService for Mock {
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn clear_gpu(
+        &self,
+        _: Request<edupool_proto::v1::ClearGpuRequest>,
+    ) -> Result<Response<NodeResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 struct Running {

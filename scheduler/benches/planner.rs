@@ -72,6 +72,10 @@ fn pool(nodes: usize, pending: usize) -> State {
                 memory_bytes: 80 << 30,
                 healthy: true,
                 peers: vec![i ^ 1],
+                health_reason: String::new(),
+                pci_bus_id: String::new(),
+                nvlink_peers: vec![],
+                compute_capability: String::new(),
             })
             .collect();
         ok(

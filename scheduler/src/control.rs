@@ -43,7 +43,9 @@ pub fn now_millis() -> Millis {
 /// The order that starts a placed job's task on `node`. A gang's tasks
 /// learn their place in it from the task fields and environment.
 pub fn start_message(s: &State, id: JobId, node: &str) -> Option<pb::SchedulerMessage> {
-    let j = s.job(id).filter(|j| j.state == JobState::Assigned)?;
+    let j = s
+        .job(id)
+        .filter(|j| j.state == JobState::Assigned && j.gpu_fault.is_none())?;
     let index = j.tasks.iter().position(|t| t.node == node)?;
     let task = &j.tasks[index];
     if task.started || task.finished {
@@ -71,17 +73,23 @@ pub fn start_message(s: &State, id: JobId, node: &str) -> Option<pb::SchedulerMe
     })
 }
 
-/// The order that stops a job being cancelled or preempted, or the rest
-/// of a gang one of whose tasks failed.
+/// The order that stops a job being cancelled or preempted, one whose GPU
+/// failed, or the rest of a gang one of whose tasks failed.
 pub fn stop_message(s: &State, id: JobId) -> Option<pb::SchedulerMessage> {
     let j = s.job(id).filter(|j| {
-        matches!(j.state, JobState::Cancelling | JobState::Preempting) || j.ending.is_some()
+        matches!(j.state, JobState::Cancelling | JobState::Preempting)
+            || j.ending.is_some()
+            || (j.gpu_fault.is_some() && j.state.is_placed())
     })?;
+    let reason = match (&j.gpu_fault, j.state) {
+        (Some(fault), JobState::Assigned | JobState::Running) => fault.clone(),
+        _ => j.reason.clone(),
+    };
     Some(pb::SchedulerMessage {
         msg: Some(Down::Stop(pb::StopJob {
             job_id: id.to_string(),
             grace_period_seconds: j.spec.grace_period_secs,
-            reason: j.reason.clone(),
+            reason,
         })),
     })
 }

@@ -40,6 +40,8 @@ struct Session {
     tx: mpsc::Sender<pb::SchedulerMessage>,
     last_seen: Instant,
     last_seen_ms: i64,
+    /// The agent's latest telemetry summary, by GPU UUID.
+    telemetry: HashMap<String, pb::GpuTelemetry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,9 +73,36 @@ impl Sessions {
                 tx,
                 last_seen: Instant::now(),
                 last_seen_ms: now_ms,
+                telemetry: HashMap::new(),
             },
         );
         id
+    }
+
+    /// Notes a GPU health change in the session's inventory, so that a
+    /// `NodeConnected` re-proposed from it carries the GPU as it is now.
+    pub fn set_gpu_health(&self, node: &str, id: u64, gpu: &str, healthy: bool, reason: &str) {
+        if let Some(s) = self.lock().nodes.get_mut(node).filter(|s| s.id == id) {
+            for g in s.hello.gpus.iter_mut().filter(|g| g.uuid == gpu) {
+                g.healthy = healthy;
+                g.health_reason = reason.to_string();
+            }
+        }
+    }
+
+    /// Keeps the agent's latest telemetry summary.
+    pub fn set_telemetry(&self, node: &str, id: u64, gpus: Vec<pb::GpuTelemetry>) {
+        if let Some(s) = self.lock().nodes.get_mut(node).filter(|s| s.id == id) {
+            s.telemetry = gpus.into_iter().map(|g| (g.gpu_uuid.clone(), g)).collect();
+        }
+    }
+
+    /// The latest telemetry of a connected node's GPU.
+    pub fn telemetry(&self, node: &str, gpu: &str) -> Option<pb::GpuTelemetry> {
+        self.lock()
+            .nodes
+            .get(node)
+            .and_then(|s| s.telemetry.get(gpu).cloned())
     }
 
     /// Removes the session if it is still the current one for the node.

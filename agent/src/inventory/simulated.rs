@@ -1,12 +1,17 @@
 //! A simulated inventory for development and tests: GPUs described by a spec
-//! string, with UUIDs that stay the same across restarts of the same node.
+//! string, with UUIDs that stay the same across restarts of the same node,
+//! telemetry that follows a load curve, and faults injected from a file.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use tracing::warn;
 
-use super::{GpuInfo, GpuInventory, InventoryError};
+use super::{GpuInfo, GpuInventory, GpuSample, HealthEvent, HealthEventKind, InventoryError};
 
 /// The most GPUs one simulated node may declare.
 pub const MAX_SIMULATED_GPUS: u32 = 1024;
@@ -269,40 +274,338 @@ pub fn simulated_gpu_uuid(node_name: &str, index: u32) -> String {
     )
 }
 
-/// GPUs that exist only on paper, all healthy.
-#[derive(Debug, Clone)]
+/// The period of the simulated load curve.
+const LOAD_PERIOD_SECS: f64 = 60.0;
+
+/// Simulated GPUs: the GPUs of a spec, with a load curve that drives their
+/// power, energy, utilisation, memory, temperature and clocks, and, for
+/// development and tests only, faults read from a file (see
+/// [`parse_fault_line`]).
+///
+/// Each GPU's load follows `0.5 + 0.5 sin(2πt/60s + φ)` from the moment
+/// the inventory was made, its phase `φ` set by its index; power goes from
+/// 15% of the model's power limit at no load to the limit at full load, and
+/// the energy counter is the exact integral of that power.
+#[derive(Debug)]
 pub struct SimulatedInventory {
     gpus: Vec<GpuInfo>,
+    started: Instant,
+    fault_file: Option<PathBuf>,
+    state: Mutex<SimState>,
+}
+
+#[derive(Debug, Default)]
+struct SimState {
+    /// How far the fault file has been read.
+    offset: u64,
+    gpus: Vec<SimGpu>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct SimGpu {
+    ecc_volatile: u64,
+    ecc_aggregate: u64,
+    retired_pending: bool,
+    lost: bool,
+    throttle: Vec<String>,
 }
 
 impl SimulatedInventory {
     /// The GPUs of `spec` on the node `node_name`.
     pub fn new(node_name: &str, spec: &GpuSpec) -> Self {
-        let gpus = spec
-            .groups()
-            .iter()
-            .flat_map(|g| std::iter::repeat_n(g, g.count as usize))
-            .zip(0u32..)
-            .map(|(g, index)| GpuInfo {
-                uuid: simulated_gpu_uuid(node_name, index),
-                index,
-                model: g.model_name(),
-                memory_bytes: g.memory_gb * BYTES_PER_GB,
-                healthy: true,
-            })
-            .collect();
-        SimulatedInventory { gpus }
+        let mut gpus: Vec<GpuInfo> = vec![];
+        for g in spec.groups() {
+            let first = gpus.len() as u32;
+            for index in first..first + g.count {
+                let mut info = GpuInfo::basic(
+                    simulated_gpu_uuid(node_name, index),
+                    index,
+                    g.model_name(),
+                    g.memory_gb * BYTES_PER_GB,
+                );
+                info.pci_bus_id = Some(format!("00000000:{:02X}:00.0", 0x10 + index));
+                info.compute_capability = compute_capability(&g.model).map(str::to_owned);
+                info.power_limit_watts = Some(power_limit_watts(&g.model));
+                info.driver_version = Some(format!("simulated-{}", env!("CARGO_PKG_VERSION")));
+                // Like an HGX board: data-centre GPUs of one group are
+                // linked to each other.
+                if has_nvlink(&g.model) {
+                    info.nvlink_peers = (first..first + g.count)
+                        .filter(|&peer| peer != index)
+                        .map(|peer| format!("00000000:{:02X}:00.0", 0x10 + peer))
+                        .collect();
+                }
+                gpus.push(info);
+            }
+        }
+        let state = SimState {
+            offset: 0,
+            gpus: vec![SimGpu::default(); gpus.len()],
+        };
+        SimulatedInventory {
+            gpus,
+            started: Instant::now(),
+            fault_file: None,
+            state: Mutex::new(state),
+        }
     }
 
     /// Parses `spec` and builds the inventory of `node_name` from it.
     pub fn parse(node_name: &str, spec: &str) -> Result<Self, SpecError> {
         Ok(Self::new(node_name, &spec.parse()?))
     }
+
+    /// Reads faults from `path` (for development and tests only): every
+    /// line appended to it is applied once, see [`parse_fault_line`]. The
+    /// file need not exist yet; lines already in it when the agent starts
+    /// are applied too.
+    pub fn with_fault_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.fault_file = Some(path.into());
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn gpu_position(&self, gpu: &str) -> Option<usize> {
+        self.gpus
+            .iter()
+            .position(|g| g.uuid == gpu || g.index.to_string() == gpu)
+    }
+
+    /// Applies the complete lines appended to the fault file since the last
+    /// call, and returns the events they raise.
+    fn read_faults(&self) -> Vec<HealthEvent> {
+        let Some(path) = &self.fault_file else {
+            return vec![];
+        };
+        let mut state = self.lock();
+        let Ok(text) = std::fs::read(path) else {
+            return vec![];
+        };
+        let start = (state.offset as usize).min(text.len());
+        let Some(end) = text[start..].iter().rposition(|&b| b == b'\n') else {
+            return vec![];
+        };
+        let end = start + end + 1;
+        state.offset = end as u64;
+        let mut events = vec![];
+        for line in String::from_utf8_lossy(&text[start..end]).lines() {
+            match parse_fault_line(line) {
+                Ok(None) => {}
+                Ok(Some(fault)) => match self.gpu_position(&fault.gpu) {
+                    Some(at) => {
+                        let uuid = self.gpus[at].uuid.clone();
+                        if let Some(kind) = apply_fault(&mut state.gpus[at], &fault.fault) {
+                            events.push(HealthEvent { uuid, kind });
+                        }
+                    }
+                    None => warn!(line, "fault file: no such simulated GPU"),
+                },
+                Err(error) => warn!(line, %error, "fault file: line ignored"),
+            }
+        }
+        events
+    }
+
+    fn sample_of(&self, info: &GpuInfo, sim: &SimGpu, elapsed: f64) -> GpuSample {
+        if sim.lost {
+            return GpuSample {
+                uuid: info.uuid.clone(),
+                lost: true,
+                ..Default::default()
+            };
+        }
+        let limit = info.power_limit_watts.unwrap_or(DEFAULT_POWER_WATTS);
+        let idle = IDLE_SHARE * limit;
+        let omega = std::f64::consts::TAU / LOAD_PERIOD_SECS;
+        let phase = f64::from(info.index) * 0.7;
+        let load = 0.5 + 0.5 * (omega * elapsed + phase).sin();
+        // The integral of idle + (limit - idle) * load over [0, elapsed].
+        let energy = idle * elapsed
+            + (limit - idle)
+                * (0.5 * elapsed + 0.5 / omega * (phase.cos() - (omega * elapsed + phase).cos()));
+        GpuSample {
+            uuid: info.uuid.clone(),
+            utilization_ratio: Some(load),
+            memory_used_bytes: Some(((0.1 + 0.6 * load) * info.memory_bytes as f64) as u64),
+            memory_total_bytes: Some(info.memory_bytes),
+            temperature_celsius: Some(30.0 + 50.0 * load),
+            power_watts: Some(idle + (limit - idle) * load),
+            energy_joules: Some(energy),
+            sm_clock_hz: Some(((1_000.0 + 400.0 * load) * 1e6) as u64),
+            ecc_volatile_uncorrected: Some(sim.ecc_volatile),
+            ecc_aggregate_uncorrected: Some(sim.ecc_aggregate),
+            retired_pages_pending: sim.retired_pending,
+            throttle_reasons: sim.throttle.clone(),
+            processes: vec![],
+            lost: false,
+        }
+    }
 }
+
+/// Power at no load, as a share of the power limit.
+const IDLE_SHARE: f64 = 0.15;
+/// The power limit of models not known below.
+const DEFAULT_POWER_WATTS: f64 = 250.0;
+
+fn power_limit_watts(model: &str) -> f64 {
+    let m = model.to_ascii_uppercase();
+    match () {
+        _ if m.contains("H100") || m.contains("H200") || m.contains("H800") => 700.0,
+        _ if m.contains("A100") || m.contains("A800") => 400.0,
+        _ if m.contains("V100") => 300.0,
+        _ if m.contains("L40") => 300.0,
+        _ if m.contains("T4") || m.contains("L4") => 70.0,
+        _ => DEFAULT_POWER_WATTS,
+    }
+}
+
+fn compute_capability(model: &str) -> Option<&'static str> {
+    let m = model.to_ascii_uppercase();
+    match () {
+        _ if m.contains("H100") || m.contains("H200") || m.contains("H800") => Some("9.0"),
+        _ if m.contains("A100") || m.contains("A800") => Some("8.0"),
+        _ if m.contains("L40") || m.contains("L4") => Some("8.9"),
+        _ if m.contains("V100") => Some("7.0"),
+        _ if m.contains("T4") => Some("7.5"),
+        _ => None,
+    }
+}
+
+fn has_nvlink(model: &str) -> bool {
+    let m = model.to_ascii_uppercase();
+    ["H100", "H200", "H800", "A100", "A800", "V100"]
+        .iter()
+        .any(|k| m.contains(k))
+}
+
+/// One line of a fault file: a GPU (index or UUID) and what happens to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FaultLine {
+    /// The GPU's index or UUID.
+    pub gpu: String,
+    /// What happens.
+    pub fault: Fault,
+}
+
+/// What a fault file line does to a simulated GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// `xid CODE`: an XID error event.
+    Xid(u64),
+    /// `ecc [COUNT]`: uncorrectable ECC errors (default 1), with an event.
+    Ecc(u64),
+    /// `retire`: memory pages wait to be retired at the next reset.
+    RetirePages,
+    /// `lost`: the GPU falls off the bus.
+    Lost,
+    /// `thermal` or `power`: clocks held down (not a fault by itself).
+    Throttle(&'static str),
+    /// `reset`: the GPU is reset; every fault above is gone.
+    Reset,
+}
+
+/// Parses one line of a fault file: `<gpu> <fault> [value]`, where `<gpu>`
+/// is an index or UUID and `<fault>` is `xid CODE`, `ecc [COUNT]`,
+/// `retire`, `lost`, `thermal`, `power` or `reset`. Blank lines and lines
+/// starting with `#` are `None`.
+pub fn parse_fault_line(line: &str) -> Result<Option<FaultLine>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let number = |what: &str| -> Result<u64, String> {
+        match words.get(2) {
+            Some(w) => w
+                .parse()
+                .map_err(|_| format!("{what}: expected a whole number, got {w:?}")),
+            None => Err(format!("{what}: missing number, e.g. `0 xid 79`")),
+        }
+    };
+    let fault = match (words.len(), words.get(1).copied()) {
+        (_, None) => return Err("expected `<gpu> <fault> [value]`, e.g. `0 xid 79`".into()),
+        (3, Some("xid")) => Fault::Xid(number("xid")?),
+        (2, Some("ecc")) => Fault::Ecc(1),
+        (3, Some("ecc")) => Fault::Ecc(number("ecc")?),
+        (2, Some("retire")) => Fault::RetirePages,
+        (2, Some("lost")) => Fault::Lost,
+        (2, Some("thermal")) => Fault::Throttle("hw_thermal_slowdown"),
+        (2, Some("power")) => Fault::Throttle("sw_power_cap"),
+        (2, Some("reset")) => Fault::Reset,
+        (2, Some("xid")) => return Err("xid: missing code, e.g. `0 xid 79`".into()),
+        (_, Some(other)) => {
+            return Err(format!(
+                "unknown fault {other:?} (or wrong number of values); expected xid CODE, \
+                 ecc [COUNT], retire, lost, thermal, power or reset"
+            ))
+        }
+    };
+    Ok(Some(FaultLine {
+        gpu: words[0].to_owned(),
+        fault,
+    }))
+}
+
+fn apply_fault(gpu: &mut SimGpu, fault: &Fault) -> Option<HealthEventKind> {
+    match fault {
+        Fault::Xid(code) => return Some(HealthEventKind::Xid(*code)),
+        Fault::Ecc(count) => {
+            gpu.ecc_volatile += count;
+            gpu.ecc_aggregate += count;
+            return Some(HealthEventKind::UncorrectableEcc);
+        }
+        Fault::RetirePages => gpu.retired_pending = true,
+        Fault::Lost => gpu.lost = true,
+        Fault::Throttle(reason) => {
+            if !gpu.throttle.iter().any(|r| r == reason) {
+                gpu.throttle.push((*reason).to_owned());
+            }
+        }
+        Fault::Reset => {
+            // Volatile counters restart with the driver; aggregate ones stay.
+            *gpu = SimGpu {
+                ecc_aggregate: gpu.ecc_aggregate,
+                ..SimGpu::default()
+            };
+            return Some(HealthEventKind::Reset);
+        }
+    }
+    None
+}
+
+/// How often a waiting [`SimulatedInventory::wait_for_events`] looks at
+/// the fault file.
+const FAULT_POLL: Duration = Duration::from_millis(50);
 
 impl GpuInventory for SimulatedInventory {
     fn gpus(&self) -> Result<Vec<GpuInfo>, InventoryError> {
         Ok(self.gpus.clone())
+    }
+
+    fn sample(&self) -> Result<Vec<GpuSample>, InventoryError> {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let state = self.lock();
+        Ok(self
+            .gpus
+            .iter()
+            .zip(&state.gpus)
+            .map(|(info, sim)| self.sample_of(info, sim, elapsed))
+            .collect())
+    }
+
+    fn wait_for_events(&self, timeout: Duration) -> Result<Vec<HealthEvent>, InventoryError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.read_faults();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if !events.is_empty() || left.is_zero() {
+                return Ok(events);
+            }
+            std::thread::sleep(left.min(FAULT_POLL));
+        }
     }
 
     fn backend(&self) -> &'static str {
@@ -458,5 +761,125 @@ mod tests {
                 .unwrap(),
             gpus
         );
+    }
+
+    #[test]
+    fn simulated_gpus_carry_the_richer_facts() {
+        let inv = SimulatedInventory::parse("node-a", "2xH100-80GB,1xT4-16GB").unwrap();
+        let gpus = inv.gpus().unwrap();
+        assert_eq!(gpus[0].compute_capability.as_deref(), Some("9.0"));
+        assert_eq!(gpus[0].power_limit_watts, Some(700.0));
+        assert_eq!(gpus[0].pci_bus_id.as_deref(), Some("00000000:10:00.0"));
+        assert_eq!(gpus[0].nvlink_peers, ["00000000:11:00.0"]);
+        assert_eq!(gpus[2].compute_capability.as_deref(), Some("7.5"));
+        assert!(gpus[2].nvlink_peers.is_empty());
+    }
+
+    #[test]
+    fn power_curve_and_energy_counter_agree() {
+        let inv = SimulatedInventory::parse("node-a", "1xA100-80GB").unwrap();
+        let info = &inv.gpus[0];
+        let sim = SimGpu::default();
+        let mut last = 0.0;
+        // Integrate the power curve numerically over a full period: the
+        // counter must match, and always grow.
+        let steps = 6_000;
+        let dt = LOAD_PERIOD_SECS / f64::from(steps);
+        let mut integral = 0.0;
+        for k in 0..steps {
+            let t = f64::from(k) * dt;
+            let a = inv.sample_of(info, &sim, t);
+            let b = inv.sample_of(info, &sim, t + dt);
+            integral += 0.5 * (a.power_watts.unwrap() + b.power_watts.unwrap()) * dt;
+            let energy = b.energy_joules.unwrap();
+            assert!(energy > last);
+            last = energy;
+            let power = a.power_watts.unwrap();
+            assert!((60.0..=400.0).contains(&power), "{power}");
+        }
+        assert!(
+            (integral - last).abs() < 1e-3 * last,
+            "{integral} vs {last}"
+        );
+        // Mean power over a period is the middle of idle and limit.
+        assert!((last / LOAD_PERIOD_SECS - 230.0).abs() < 0.5, "{last}");
+    }
+
+    #[test]
+    fn fault_lines_parse_with_precise_errors() {
+        let ok = |line: &str| parse_fault_line(line).unwrap().map(|f| (f.gpu, f.fault));
+        assert_eq!(ok("0 xid 79"), Some(("0".into(), Fault::Xid(79))));
+        assert_eq!(ok("  GPU-x ecc "), Some(("GPU-x".into(), Fault::Ecc(1))));
+        assert_eq!(ok("1 ecc 3"), Some(("1".into(), Fault::Ecc(3))));
+        assert_eq!(ok("1 retire"), Some(("1".into(), Fault::RetirePages)));
+        assert_eq!(ok("1 lost"), Some(("1".into(), Fault::Lost)));
+        assert_eq!(
+            ok("1 thermal"),
+            Some(("1".into(), Fault::Throttle("hw_thermal_slowdown")))
+        );
+        assert_eq!(ok("1 reset"), Some(("1".into(), Fault::Reset)));
+        assert_eq!(ok("# a comment"), None);
+        assert_eq!(ok(""), None);
+        for (line, error) in [
+            ("0", "expected `<gpu> <fault> [value]`, e.g. `0 xid 79`"),
+            ("0 xid", "xid: missing code, e.g. `0 xid 79`"),
+            ("0 xid x", "xid: expected a whole number, got \"x\""),
+            ("0 melt", "unknown fault \"melt\""),
+        ] {
+            let err = parse_fault_line(line).unwrap_err();
+            assert!(err.starts_with(error), "{line:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn faults_from_the_file_become_events_and_telemetry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faults");
+        let inv = SimulatedInventory::parse("node-a", "2xA100-80GB")
+            .unwrap()
+            .with_fault_file(&path);
+        let uuid = |i| simulated_gpu_uuid("node-a", i);
+        // No file yet: nothing, after the wait.
+        assert_eq!(inv.wait_for_events(Duration::from_millis(1)).unwrap(), []);
+        std::fs::write(
+            &path,
+            "0 xid 79\n1 ecc 2\n1 retire\n# note\n9 lost\n0 thermal\n1 res",
+        )
+        .unwrap();
+        let events = inv.wait_for_events(Duration::from_millis(1)).unwrap();
+        assert_eq!(
+            events,
+            [
+                HealthEvent {
+                    uuid: uuid(0),
+                    kind: HealthEventKind::Xid(79)
+                },
+                HealthEvent {
+                    uuid: uuid(1),
+                    kind: HealthEventKind::UncorrectableEcc
+                },
+            ]
+        );
+        let samples = inv.sample().unwrap();
+        assert_eq!(samples[0].throttle_reasons, ["hw_thermal_slowdown"]);
+        assert_eq!(samples[1].ecc_volatile_uncorrected, Some(2));
+        assert!(samples[1].retired_pages_pending);
+        // The unfinished last line is applied once it is complete.
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"et\n").unwrap();
+        assert_eq!(
+            inv.wait_for_events(Duration::from_millis(1)).unwrap(),
+            [HealthEvent {
+                uuid: uuid(1),
+                kind: HealthEventKind::Reset
+            }]
+        );
+        let samples = inv.sample().unwrap();
+        assert_eq!(samples[1].ecc_volatile_uncorrected, Some(0));
+        assert_eq!(samples[1].ecc_aggregate_uncorrected, Some(2));
+        assert!(!samples[1].retired_pages_pending);
     }
 }

@@ -12,6 +12,10 @@
 //! [`Runner::reports`] lists all records, so an exit that happened while the
 //! scheduler was unreachable is still reported when it comes back.
 //!
+//! When the runner is given an energy source, each exit carries the job's
+//! [`JobUsage`]: its GPU time and the energy its GPUs used while it ran,
+//! from the GPUs' energy counters read at its start and at its exit.
+//!
 //! All records live behind one mutex that is never held across an await.
 
 mod logs;
@@ -21,6 +25,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -29,7 +34,12 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::inventory::GpuInventory;
+
 pub use logs::{LogChunk, LogError, LogStream, DEFAULT_LOG_CHUNK, MAX_LOG_CHUNK};
+
+/// How long reading the energy counters at a job's start or exit may take.
+pub const ENERGY_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The grace period used when neither the start nor the stop order gives one.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
@@ -45,12 +55,25 @@ const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 pub const MAX_JOB_ID_LEN: usize = 128;
 
 /// How the runner is set up.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunnerConfig {
     /// Job directories are created under `<work_dir>/jobs/`.
     pub work_dir: PathBuf,
     /// The grace period for jobs whose start order gives none.
     pub default_grace_period: Duration,
+    /// Where the energy counters of jobs' GPUs are read; `None` reports
+    /// GPU time only.
+    pub energy: Option<Arc<dyn GpuInventory>>,
+}
+
+impl fmt::Debug for RunnerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunnerConfig")
+            .field("work_dir", &self.work_dir)
+            .field("default_grace_period", &self.default_grace_period)
+            .field("energy", &self.energy.as_ref().map(|e| e.backend()))
+            .finish()
+    }
 }
 
 impl RunnerConfig {
@@ -59,6 +82,7 @@ impl RunnerConfig {
         RunnerConfig {
             work_dir: work_dir.into(),
             default_grace_period: DEFAULT_GRACE_PERIOD,
+            energy: None,
         }
     }
 }
@@ -134,6 +158,18 @@ pub struct JobExit {
     pub reason: String,
     /// When the runner saw the exit.
     pub finished_at: SystemTime,
+    /// What the run used; `None` when it never started.
+    pub usage: Option<JobUsage>,
+}
+
+/// What one run of a job used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JobUsage {
+    /// How long it ran times the number of its GPUs.
+    pub gpu_time: Duration,
+    /// Energy its GPUs used from its start to its exit, millijoules; `None`
+    /// when the GPUs have no energy counter (or it was reset meanwhile).
+    pub energy_millijoules: Option<u64>,
 }
 
 /// The process's end as the kernel reported it.
@@ -260,6 +296,9 @@ impl fmt::Debug for Runner {
 struct Inner {
     jobs_dir: PathBuf,
     default_grace_period: Duration,
+    energy: Option<Arc<dyn GpuInventory>>,
+    /// Jobs that could not be started, or whose exit could not be collected.
+    errors: AtomicU64,
     /// `PATH`, `HOME` and `LANG` of the agent, taken once at construction.
     base_env: Vec<(OsString, OsString)>,
     state: Mutex<State>,
@@ -318,6 +357,8 @@ impl Runner {
             inner: Arc::new(Inner {
                 jobs_dir: config.work_dir.join("jobs"),
                 default_grace_period: config.default_grace_period,
+                energy: config.energy,
+                errors: AtomicU64::new(0),
                 base_env,
                 state: Mutex::new(State {
                     jobs: HashMap::new(),
@@ -381,6 +422,7 @@ impl Runner {
         let job_id = request.job_id.clone();
         match process::spawn(&self.inner.jobs_dir, &self.inner.base_env, &request) {
             Ok(spawned) => {
+                let spawned_at = tokio::time::Instant::now();
                 let report = JobReport {
                     job_id: job_id.clone(),
                     started_at: Some(SystemTime::now()),
@@ -401,6 +443,8 @@ impl Runner {
                 let supervisor = process::Supervisor {
                     runner: self.clone(),
                     job_id,
+                    gpu_uuids: request.gpu_uuids.clone(),
+                    spawned_at,
                     walltime: request.walltime,
                     grace_period,
                     orders,
@@ -409,6 +453,7 @@ impl Runner {
                 StartOutcome::Started
             }
             Err(err) => {
+                self.count_error();
                 let reason = format!("failed to start: {}", crate::error_chain(&err));
                 warn!(job = %job_id, tenant = %request.tenant, %reason, "job did not start");
                 let report = JobReport {
@@ -418,6 +463,7 @@ impl Runner {
                         outcome: ExitOutcome::Unknown,
                         reason,
                         finished_at: SystemTime::now(),
+                        usage: None,
                     }),
                 };
                 state.jobs.insert(
@@ -538,6 +584,38 @@ impl Runner {
         }
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+    }
+
+    /// Jobs that could not be started, or whose exit status could not be
+    /// collected, since the runner was made.
+    pub fn errors(&self) -> u64 {
+        self.inner.errors.load(Ordering::Relaxed)
+    }
+
+    fn count_error(&self) {
+        self.inner.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The summed energy counters of `gpus`, joules, read on a blocking
+    /// thread; `None` without an energy source or a counter, or when the
+    /// driver does not answer within [`ENERGY_READ_TIMEOUT`] (a wedged
+    /// driver must not hold up a job's supervision).
+    async fn read_energy(&self, gpus: &[String]) -> Option<f64> {
+        let source = Arc::clone(self.inner.energy.as_ref()?);
+        let gpus = gpus.to_vec();
+        let read = tokio::task::spawn_blocking(move || source.energy_joules(&gpus));
+        match tokio::time::timeout(ENERGY_READ_TIMEOUT, read).await {
+            Ok(Ok(Ok(joules))) => joules,
+            Ok(Ok(Err(err))) => {
+                debug!(error = %err, "cannot read the GPUs' energy counters");
+                None
+            }
+            Ok(Err(_)) => None,
+            Err(_) => {
+                warn!("the GPUs' energy counters did not answer in time");
+                None
+            }
+        }
     }
 
     /// Records the exit of a job; called once by its supervisor.

@@ -17,7 +17,9 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::logs::{STDERR_LOG, STDOUT_LOG};
-use super::{validate_job_id, ExitOutcome, InvalidJobId, JobExit, Runner, StartRequest, StopOrder};
+use super::{
+    validate_job_id, ExitOutcome, InvalidJobId, JobExit, JobUsage, Runner, StartRequest, StopOrder,
+};
 
 /// Why a job's process could not be spawned; becomes the exit reason
 /// `failed to start: <this error and its sources>`.
@@ -142,6 +144,9 @@ fn create_log(path: &Path) -> Result<File, SpawnError> {
 pub(super) struct Supervisor {
     pub(super) runner: Runner,
     pub(super) job_id: String,
+    pub(super) gpu_uuids: Vec<String>,
+    /// When the process was spawned: GPU time counts from here.
+    pub(super) spawned_at: Instant,
     pub(super) walltime: Option<Duration>,
     pub(super) grace_period: Duration,
     pub(super) orders: mpsc::UnboundedReceiver<StopOrder>,
@@ -159,6 +164,7 @@ impl Supervisor {
     pub(super) async fn run(mut self, spawned: Spawned) {
         let Spawned { mut child, pgid } = spawned;
         let group = GroupGuard::new(pgid, self.job_id.clone());
+        let energy_at_start = self.runner.read_energy(&self.gpu_uuids).await;
         let walltime_at = self.walltime.and_then(|w| Instant::now().checked_add(w));
         let mut stopping: Option<Stopping> = None;
 
@@ -186,10 +192,24 @@ impl Supervisor {
             }
         };
         group.kill_leftovers();
+        let energy_at_exit = self.runner.read_energy(&self.gpu_uuids).await;
+        let usage = JobUsage {
+            gpu_time: u32::try_from(self.gpu_uuids.len())
+                .ok()
+                .and_then(|n| self.spawned_at.elapsed().checked_mul(n))
+                .unwrap_or(Duration::MAX),
+            energy_millijoules: match (energy_at_start, energy_at_exit) {
+                (Some(start), Some(end)) if end >= start => Some(((end - start) * 1e3) as u64),
+                _ => None,
+            },
+        };
 
         let (outcome, collect_error) = match status {
             Ok(status) => (outcome_of(status), None),
-            Err(err) => (ExitOutcome::Unknown, Some(err)),
+            Err(err) => {
+                self.runner.count_error();
+                (ExitOutcome::Unknown, Some(err))
+            }
         };
         let reason = match (stopping, collect_error) {
             (Some(stop), _) => stop.reason,
@@ -203,6 +223,7 @@ impl Supervisor {
                 outcome,
                 reason,
                 finished_at: SystemTime::now(),
+                usage: Some(usage),
             },
         );
     }

@@ -490,3 +490,59 @@ fn exit_outcomes_read_well() {
     );
     assert_eq!(ExitOutcome::Signal(200).to_string(), "killed by signal 200");
 }
+
+#[tokio::test]
+async fn exits_carry_gpu_time_and_the_energy_of_the_jobs_gpus() {
+    use crate::inventory::{simulated_gpu_uuid, SimulatedInventory};
+
+    let dir = tempfile::tempdir().unwrap();
+    let inventory = SimulatedInventory::parse("node-e", "2xA100-80GB").unwrap();
+    // The fallback PATH, not the process's: another test sets variables
+    // while this one runs, and reading the environment then is a race.
+    let (runner, mut events) = Runner::with_base_env(
+        RunnerConfig {
+            energy: Some(Arc::new(inventory)),
+            ..RunnerConfig::new(dir.path())
+        },
+        vec![],
+    );
+    let gpus = vec![
+        simulated_gpu_uuid("node-e", 0),
+        simulated_gpu_uuid("node-e", 1),
+    ];
+    let started = Instant::now();
+    runner.start(StartRequest {
+        gpu_uuids: gpus,
+        ..job("metered", "sleep 0.3")
+    });
+    let (_, exit) = exit_of(&mut events, "metered").await;
+    let ran = started.elapsed();
+    assert_eq!(exit.outcome, ExitOutcome::Code(0), "{exit:?}");
+    let usage = exit.usage.expect("a run that started has usage");
+    // Two GPUs for about the 0.3 s of sleep (the clock starts just after
+    // the spawn), at most the time we waited.
+    assert!(usage.gpu_time >= Duration::from_millis(500), "{exit:?}");
+    assert!(usage.gpu_time <= ran * 2, "{exit:?} after {ran:?}");
+    // The counters are read once the job is under way and again after its
+    // exit: some energy, never more than two A100s at full power for the
+    // whole wait.
+    let joules = usage.energy_millijoules.expect("an energy reading") as f64 / 1e3;
+    assert!(joules > 0.0, "{joules} J");
+    assert!(joules <= 2.0 * 400.0 * ran.as_secs_f64(), "{joules} J");
+
+    // A GPU the source does not know gives GPU time without energy; a job
+    // that never started has no usage.
+    runner.start(StartRequest {
+        gpu_uuids: vec!["GPU-unknown".into()],
+        ..job("unmetered", "true")
+    });
+    let (_, exit) = exit_of(&mut events, "unmetered").await;
+    assert_eq!(exit.usage.unwrap().energy_millijoules, None);
+    runner.start(StartRequest {
+        command: vec!["/nonexistent/program".into()],
+        ..job("never", "")
+    });
+    let (_, exit) = exit_of(&mut events, "never").await;
+    assert_eq!(exit.usage, None);
+    assert_eq!(runner.errors(), 1);
+}

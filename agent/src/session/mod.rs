@@ -50,6 +50,14 @@
 //!   `UNAVAILABLE` and the leader's `host:port` in `x-edupool-leader`; the
 //!   agent goes there at once (a few hops at most, then the usual backoff
 //!   over its endpoint list).
+//! - The hello's GPUs carry the agent's health judgement (`healthy`,
+//!   `health_reason`); every later change is a `GpuHealth` message (for a
+//!   GPU in MIG mode, one per instance). Changes made while no session was
+//!   open are sent after the next hello, in order.
+//! - An exit report carries the run's `gpu_seconds` and `energy_joules`
+//!   (0 when the GPUs have no energy counter).
+//! - After every telemetry round the agent sends a `TelemetrySummary`; the
+//!   scheduler keeps only the latest.
 //! - When the agent shuts down it stops its jobs, reports their exits, then
 //!   closes its side of the stream; the scheduler is expected to end its
 //!   side in turn.
@@ -57,6 +65,7 @@
 mod backoff;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,8 +85,10 @@ pub(crate) use backoff::Backoff;
 
 use crate::convert;
 use crate::error_chain;
-use crate::inventory::GpuInventory;
+use crate::health::{HealthBoard, HealthChanges};
+use crate::inventory::{mig_units, schedulable_units, GpuInventory};
 use crate::runner::{ForgetOutcome, JobEvents, Runner, StartOutcome, StopOutcome};
+use crate::telemetry::TelemetryFeed;
 
 /// The heartbeat interval until a `Welcome` sets another.
 pub(crate) const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(2);
@@ -170,6 +181,10 @@ pub(crate) struct Session {
     pub(crate) runner: Runner,
     pub(crate) tracker: TaskTracker,
     pub(crate) backoff: Backoff,
+    /// GPU health as the agent judges it; overrides the inventory's.
+    pub(crate) health: HealthBoard,
+    /// True while a session is established (welcomed).
+    pub(crate) connected: Arc<AtomicBool>,
 }
 
 /// State of one open session.
@@ -183,7 +198,15 @@ struct Open<'a> {
 impl Session {
     /// Keeps a session open until `stop` is cancelled. Reports that arrive
     /// while no session is open are dropped: the next hello has them all.
-    pub(crate) async fn run(mut self, mut events: JobEvents, stop: CancellationToken) {
+    /// Health changes wait for the next session: its hello has the board
+    /// as it is, and the changes that follow it repeat what led there.
+    pub(crate) async fn run(
+        mut self,
+        mut events: JobEvents,
+        mut changes: HealthChanges,
+        mut telemetry: TelemetryFeed,
+        stop: CancellationToken,
+    ) {
         let mut next = 0;
         // Failed attempts since the last session that worked, and when one
         // was last logged as a warning: a scheduler that stays away is
@@ -205,7 +228,13 @@ impl Session {
             let began = Instant::now();
             let mut welcomed = false;
             let result = self
-                .serve(&name, &endpoint, &mut events, &stop, &mut welcomed)
+                .serve(
+                    &name,
+                    &endpoint,
+                    (&mut events, &mut changes, &mut telemetry),
+                    &stop,
+                    &mut welcomed,
+                )
                 .await;
             if let Some(leader) = result.as_ref().err().and_then(SessionError::leader_hint) {
                 if hops < MAX_LEADER_HOPS {
@@ -281,17 +310,21 @@ impl Session {
         &self,
         name: &str,
         endpoint: &Endpoint,
-        events: &mut JobEvents,
+        (events, changes, telemetry): (&mut JobEvents, &mut HealthChanges, &mut TelemetryFeed),
         stop: &CancellationToken,
         welcomed: &mut bool,
     ) -> Result<(), SessionError> {
         let inventory = Arc::clone(&self.inventory);
-        let gpus = match until(stop, self.tracker.spawn_blocking(move || inventory.gpus())).await {
-            None => return Ok(()),
-            Some(joined) => joined
-                .map_err(SessionError::InventoryTask)?
-                .map_err(SessionError::Inventory)?,
-        };
+        let mut gpus =
+            match until(stop, self.tracker.spawn_blocking(move || inventory.gpus())).await {
+                None => return Ok(()),
+                Some(joined) => joined
+                    .map_err(SessionError::InventoryTask)?
+                    .map_err(SessionError::Inventory)?,
+            };
+        self.health.overlay(&mut gpus);
+        let units = mig_units(&gpus);
+        let gpus = schedulable_units(&gpus);
         debug!(endpoint = %name, "connecting");
         let channel = match until(stop, endpoint.connect()).await {
             None => return Ok(()),
@@ -302,7 +335,7 @@ impl Session {
         let jobs = self.runner.snapshot(events);
         let hello = v1::AgentHello {
             node_name: self.node_name.clone(),
-            gpus: gpus.iter().map(convert::gpu).collect(),
+            gpus: convert::gpus(&gpus),
             jobs: jobs.iter().map(convert::job_report).collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
         };
@@ -330,6 +363,7 @@ impl Session {
             welcomed: false,
         };
         let result = loop {
+            self.connected.store(open.welcomed, Ordering::Relaxed);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
@@ -349,6 +383,40 @@ impl Session {
                         break Err(err);
                     }
                 }
+                Some(change) = changes.recv() => {
+                    // The scheduler knows a GPU in MIG mode by its instances.
+                    let at_ms = convert::unix_ms(std::time::SystemTime::now());
+                    let targets = units
+                        .get(&change.uuid)
+                        .cloned()
+                        .unwrap_or_else(|| vec![change.uuid.clone()]);
+                    let mut sent = Ok(());
+                    for gpu_uuid in targets {
+                        let health = v1::GpuHealth {
+                            gpu_uuid,
+                            healthy: change.healthy,
+                            reason: change.reason.clone(),
+                            at_ms,
+                        };
+                        sent = send(&open.outbound, message(agent_message::Msg::GpuHealth(health))).await;
+                        if sent.is_err() {
+                            break;
+                        }
+                    }
+                    if let Err(err) = sent {
+                        break Err(err);
+                    }
+                }
+                Ok(()) = telemetry.changed() => {
+                    let summary = convert::telemetry(
+                        &telemetry.borrow_and_update(),
+                        std::time::SystemTime::now(),
+                    );
+                    let sent = send(&open.outbound, message(agent_message::Msg::Telemetry(summary))).await;
+                    if let Err(err) = sent {
+                        break Err(err);
+                    }
+                }
                 _ = open.heartbeat.tick() => {
                     let at_ms = convert::unix_ms(std::time::SystemTime::now());
                     let sent = send(&open.outbound, message(agent_message::Msg::Heartbeat(
@@ -360,6 +428,7 @@ impl Session {
                 }
             }
         };
+        self.connected.store(false, Ordering::Relaxed);
         *welcomed = open.welcomed;
         result
     }

@@ -32,7 +32,11 @@ impl Admin {
             .sessions
             .last_seen_ms(&n.name)
             .unwrap_or(n.status_since);
-        convert::node(n, running, last_seen)
+        let mut node = convert::node(n, running, last_seen);
+        for gpu in &mut node.gpus {
+            gpu.telemetry = self.sessions.telemetry(&n.name, &gpu.uuid);
+        }
+        node
     }
 
     async fn set_schedulable(
@@ -230,6 +234,33 @@ impl AdminService for Admin {
             }
         }
         self.tenant_reply(&name)
+    }
+
+    async fn clear_gpu(
+        &self,
+        req: Request<pb::ClearGpuRequest>,
+    ) -> Result<Response<pb::NodeResponse>, Status> {
+        self.auth.caller(&req)?.require_admin()?;
+        let pb::ClearGpuRequest { node, gpu_uuid } = req.into_inner();
+        if gpu_uuid.is_empty() {
+            return Err(Status::invalid_argument(
+                "give the UUID of the GPU to clear (see `edupoolctl node list`)",
+            ));
+        }
+        self.replica
+            .propose(Command::GpuHealthChanged {
+                node: truncate(&node),
+                gpu: truncate(&gpu_uuid),
+                healthy: true,
+                reason: String::new(),
+                cleared_by: Some("admin".into()),
+            })
+            .await
+            .map_err(status)?;
+        tracing::info!(node, gpu = gpu_uuid, "GPU cleared by an admin");
+        Ok(Response::new(pb::NodeResponse {
+            node: Some(self.node_reply(&node)?),
+        }))
     }
 }
 

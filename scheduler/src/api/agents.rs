@@ -35,6 +35,9 @@ pub struct Agents {
     pub tasks: tokio_util::task::TaskTracker,
 }
 
+/// GPUs of one telemetry summary that are kept (an inventory has at most 64).
+const MAX_TELEMETRY_GPUS: usize = 64;
+
 type Orders = Pin<Box<dyn Stream<Item = Result<pb::SchedulerMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -128,12 +131,14 @@ impl Agents {
         for (id, report) in &held {
             self.on_report(node, *id, report.clone()).await;
         }
-        // (job, state, whether its task here started, whether it is stopping)
+        // (job, state, whether its task here started, whether it is
+        // stopping: another task ended, or one of its GPUs failed)
         let placed: Vec<(JobId, JobState, bool, bool)> = self.replica.read(|s| {
             s.jobs_on(node)
                 .map(|j| {
                     let started = j.tasks.iter().any(|t| t.node == node && t.started);
-                    (j.id, j.state, started, j.ending.is_some())
+                    let stopping = j.ending.is_some() || j.gpu_fault.is_some();
+                    (j.id, j.state, started, stopping)
                 })
                 .collect()
         });
@@ -143,6 +148,14 @@ impl Agents {
                 (JobState::Assigned, None) if !started => {
                     if let Some(m) = self.replica.read(|s| start_message(s, id, node)) {
                         self.sessions.send(node, m);
+                    } else {
+                        // Its GPU failed before it started: nothing to stop.
+                        self.propose(Command::JobVanished {
+                            node: node.to_string(),
+                            job: id,
+                            reason: format!("a GPU of the job on {node} failed before it started"),
+                        })
+                        .await;
                     }
                 }
                 (_, None) => {
@@ -198,6 +211,35 @@ impl Agents {
                 },
                 Some(Up::Log(chunk)) => self.sessions.log_answer(chunk),
                 Some(Up::Heartbeat(_)) => {}
+                Some(Up::Telemetry(summary)) => {
+                    let mut gpus = summary.gpus;
+                    gpus.truncate(MAX_TELEMETRY_GPUS);
+                    self.sessions.set_telemetry(node, session, gpus);
+                }
+                Some(Up::GpuHealth(h)) => {
+                    tracing::info!(
+                        node,
+                        gpu = h.gpu_uuid,
+                        healthy = h.healthy,
+                        reason = h.reason,
+                        "agent reports a GPU health change"
+                    );
+                    self.sessions.set_gpu_health(
+                        node,
+                        session,
+                        &h.gpu_uuid,
+                        h.healthy,
+                        &truncate(&h.reason),
+                    );
+                    self.propose(Command::GpuHealthChanged {
+                        node: node.to_string(),
+                        gpu: truncate(&h.gpu_uuid),
+                        healthy: h.healthy,
+                        reason: truncate(&h.reason),
+                        cleared_by: None,
+                    })
+                    .await;
+                }
                 Some(Up::Hello(_)) | None => {
                     tracing::warn!(node, "unexpected message in an open session");
                 }
@@ -245,6 +287,7 @@ impl Agents {
             exit_code: r.has_exit_code.then_some(r.exit_code),
             reason,
             finished_at: r.finished_at_ms,
+            usage: convert::usage(&r),
         })
         .await;
     }

@@ -9,8 +9,8 @@ use thiserror::Error;
 
 use crate::planner::accounting::TenantReport;
 use crate::state::{
-    Constraints, GpuInfo, Job, JobClass, JobSpec, JobState, Millis, Node, NodeLabels, NodeStatus,
-    OnNodeLost, Quota, WHOLE_GPU,
+    Constraints, GpuInfo, Job, JobClass, JobSpec, JobState, JobUsage, Millis, Node, NodeLabels,
+    NodeStatus, OnNodeLost, Quota, WHOLE_GPU,
 };
 
 /// Bounds on what a job spec may hold, and the pool's defaults.
@@ -394,6 +394,24 @@ pub fn job(j: &Job) -> pb::Job {
         preemptions: j.preemptions,
         placed_at_ms: j.placed_at.unwrap_or(0),
         reclaimed: j.reclaimed,
+        gpu_seconds: j.usage.gpu_ms as f64 / 1e3,
+        energy_joules: j.usage.energy_mj as f64 / 1e3,
+    }
+}
+
+/// What an agent measured for one run; negative or non-finite values
+/// (a broken agent) count as nothing.
+pub fn usage(r: &pb::JobReport) -> JobUsage {
+    let milli = |v: f64| {
+        if v.is_finite() && v > 0.0 {
+            (v * 1e3).min(u64::MAX as f64) as u64
+        } else {
+            0
+        }
+    };
+    JobUsage {
+        gpu_ms: milli(r.gpu_seconds),
+        energy_mj: milli(r.energy_joules),
     }
 }
 
@@ -478,7 +496,7 @@ pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
                 index: g.info.index,
                 model: g.info.model.clone(),
                 memory_bytes: g.info.memory_bytes,
-                healthy: g.info.healthy,
+                healthy: g.usable(),
                 assigned_job: g
                     .holders
                     .keys()
@@ -486,6 +504,16 @@ pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
                     .collect::<Vec<_>>()
                     .join(","),
                 peers: g.info.peers.clone(),
+                health_reason: match &g.fault {
+                    Some(f) => f.reason.clone(),
+                    None => g.info.health_reason.clone(),
+                },
+                reset_seen: g.fault.as_ref().is_some_and(|f| f.reset_seen),
+                // Observed, not replicated: filled in by the admin service.
+                telemetry: None,
+                pci_bus_id: g.info.pci_bus_id.clone(),
+                compute_capability: g.info.compute_capability.clone(),
+                nvlink_peers: g.info.nvlink_peers.clone(),
             })
             .collect(),
         running_jobs,
@@ -648,6 +676,9 @@ pub enum InventoryError {
     DuplicateUuid(String),
 }
 
+/// NVLink peers kept per GPU (NVML has at most 18 links).
+const MAX_NVLINK_PEERS: usize = 18;
+
 /// Checks an agent's inventory report.
 pub fn inventory(node_name: &str, gpus: Vec<pb::Gpu>) -> Result<Vec<GpuInfo>, InventoryError> {
     if !valid_name(node_name) {
@@ -672,6 +703,15 @@ pub fn inventory(node_name: &str, gpus: Vec<pb::Gpu>) -> Result<Vec<GpuInfo>, In
                 memory_bytes: g.memory_bytes,
                 healthy: g.healthy,
                 peers: g.peers.into_iter().filter(|p| *p < 64).collect(),
+                health_reason: truncate(&g.health_reason),
+                pci_bus_id: truncate(&g.pci_bus_id),
+                compute_capability: truncate(&g.compute_capability),
+                nvlink_peers: g
+                    .nvlink_peers
+                    .iter()
+                    .take(MAX_NVLINK_PEERS)
+                    .map(|p| truncate(p))
+                    .collect(),
             })
         })
         .collect()

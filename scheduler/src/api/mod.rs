@@ -178,9 +178,10 @@ fn leader_hint(mut s: Status, leader: Option<u64>, address: Option<String>) -> S
 fn rejection(r: Rejection) -> Status {
     let code = match &r {
         Rejection::TenantExists(_) => Code::AlreadyExists,
-        Rejection::UnknownTenant(_) | Rejection::UnknownJob(_) | Rejection::UnknownNode(_) => {
-            Code::NotFound
-        }
+        Rejection::UnknownTenant(_)
+        | Rejection::UnknownJob(_)
+        | Rejection::UnknownNode(_)
+        | Rejection::UnknownGpu { .. } => Code::NotFound,
         Rejection::JobFinished { .. }
         | Rejection::PoolEmpty
         | Rejection::NoNodeCanHold { .. }
@@ -188,7 +189,9 @@ fn rejection(r: Rejection) -> Status {
         | Rejection::BadPlacement { .. }
         | Rejection::NotOnNode { .. }
         | Rejection::Infeasible(_)
-        | Rejection::NotPreemptible { .. } => Code::FailedPrecondition,
+        | Rejection::NotPreemptible { .. }
+        | Rejection::GpuNotFaulty { .. }
+        | Rejection::GpuNotReset { .. } => Code::FailedPrecondition,
     };
     Status::new(code, r.to_string())
 }

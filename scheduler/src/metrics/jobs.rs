@@ -236,6 +236,7 @@ mod tests {
                 exit_code: Some(0),
                 reason: String::new(),
                 finished_at: 9_000,
+                usage: Default::default(),
             },
         );
         let c = o.observe(&job(&s, id), 9_000).expect("ended");

@@ -67,7 +67,7 @@ fn gpu_families(state: &State) -> Vec<MetricFamily> {
     );
     let healthy = gauge(
         "edupool_pool_gpus_healthy",
-        "Healthy GPUs, by GPU class, site, owner and node.",
+        "Usable GPUs (healthy, and no fault waiting for an admin to clear it), by GPU class, site, owner and node.",
         &labels,
     );
     let allocated = gauge(
@@ -82,7 +82,7 @@ fn gpu_families(state: &State) -> Vec<MetricFamily> {
             total.with_label_values(&l).inc();
             let h = healthy.with_label_values(&l);
             let a = allocated.with_label_values(&l);
-            if g.info.healthy {
+            if g.usable() {
                 h.inc();
             }
             a.add(f64::from(g.used_milli()) / f64::from(WHOLE_GPU));
@@ -346,6 +346,7 @@ mod tests {
                 exit_code: Some(0),
                 reason: String::new(),
                 finished_at: 5,
+                usage: Default::default(),
             },
         );
         let f = families(&s, 10);

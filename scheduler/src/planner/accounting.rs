@@ -56,13 +56,14 @@ impl Books {
             .tenants()
             .map(|t| (t.name.clone(), TenantBook::default()))
             .collect();
-        // Guarantees by default follow contribution: the healthy GPUs of
-        // the ready nodes a tenant owns.
+        // Guarantees by default follow contribution: the usable GPUs
+        // (healthy, no fault waiting to be cleared) of the ready nodes a
+        // tenant owns.
         for node in state.nodes().filter(|n| n.status == NodeStatus::Ready) {
             let Some(owner) = node.labels.owner.as_ref().and_then(|o| tenants.get_mut(o)) else {
                 continue;
             };
-            for g in node.gpus.iter().filter(|g| g.info.healthy) {
+            for g in node.gpus.iter().filter(|g| g.usable()) {
                 let class = node.gpu_class(g);
                 match owner.guaranteed.get_mut(class) {
                     Some(m) => *m += u64::from(WHOLE_GPU),

@@ -38,7 +38,7 @@ struct Bucket {
 #[derive(Debug)]
 pub struct NodeView<'a> {
     pub node: &'a Node,
-    /// Free thousandths per GPU position (0 for unhealthy GPUs).
+    /// Free thousandths per GPU position (0 for unusable GPUs).
     pub free: Vec<u32>,
     /// The bucket of each GPU position.
     bucket_of: Vec<usize>,

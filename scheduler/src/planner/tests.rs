@@ -62,6 +62,10 @@ impl Pool {
                 },
                 healthy: true,
                 peers: vec![],
+                health_reason: String::new(),
+                pci_bus_id: String::new(),
+                nvlink_peers: vec![],
+                compute_capability: String::new(),
             })
             .collect();
         self.ok(Command::NodeConnected {
@@ -125,6 +129,7 @@ impl Pool {
                 exit_code: Some(code),
                 reason: String::new(),
                 finished_at: self.now,
+                usage: Default::default(),
             });
         }
     }
@@ -164,6 +169,54 @@ fn preempt(job: JobId, tenant: &str, class: &str, for_job: JobId) -> Decision {
 }
 
 const A100: &str = "A100-80GB";
+
+#[test]
+fn a_failed_gpu_lowers_its_owners_guarantee_and_is_never_placed_on() {
+    let mut p = Pool::new(&["zju"]);
+    p.node("n1", 2, A100, Some("zju"), "hz");
+    p.ok(Command::GpuHealthChanged {
+        node: "n1".into(),
+        gpu: uuid("n1", 0),
+        healthy: false,
+        reason: "XID 79".into(),
+        cleared_by: None,
+    });
+    // Reset: the agent reports it healthy, but until an admin clears the
+    // fault the GPU is neither counted nor used.
+    p.ok(Command::GpuHealthChanged {
+        node: "n1".into(),
+        gpu: uuid("n1", 0),
+        healthy: true,
+        reason: String::new(),
+        cleared_by: None,
+    });
+    assert_eq!(
+        Books::new(&p.s, p.now).tenants["zju"].guaranteed("A100"),
+        1000
+    );
+    let j = p.submit("zju", job(1, JobClass::Batch));
+    assert_eq!(
+        p.round(),
+        vec![place(j, &[("n1", &[1])], Capacity::Guaranteed)]
+    );
+    let k = p.submit("zju", job(1, JobClass::Batch));
+    assert_eq!(p.plan(), vec![], "the faulted GPU is not placed on");
+    p.ok(Command::GpuHealthChanged {
+        node: "n1".into(),
+        gpu: uuid("n1", 0),
+        healthy: true,
+        reason: String::new(),
+        cleared_by: Some("admin".into()),
+    });
+    assert_eq!(
+        Books::new(&p.s, p.now).tenants["zju"].guaranteed("A100"),
+        2000
+    );
+    assert_eq!(
+        p.round(),
+        vec![place(k, &[("n1", &[0])], Capacity::Guaranteed)]
+    );
+}
 
 #[test]
 fn guarantee_follows_contributed_healthy_gpus_and_admin_overrides() {
@@ -596,6 +649,10 @@ fn multi_gpu_jobs_get_nvlink_peers() {
             healthy: true,
             // Two NVLink pairs: 0-1 and 2-3.
             peers: vec![i ^ 1],
+            health_reason: String::new(),
+            pci_bus_id: String::new(),
+            nvlink_peers: vec![],
+            compute_capability: String::new(),
         })
         .collect();
     p.ok(Command::NodeConnected {
@@ -735,6 +792,7 @@ fn a_failed_task_stops_the_rest_of_the_gang() {
         exit_code: Some(3),
         reason: String::new(),
         finished_at: p.now,
+        usage: Default::default(),
     });
     assert_eq!(
         effects,
@@ -758,6 +816,7 @@ fn a_failed_task_stops_the_rest_of_the_gang() {
         exit_code: None,
         reason: "stopped".into(),
         finished_at: p.now,
+        usage: Default::default(),
     });
     let j = p.s.job(g).unwrap();
     assert_eq!(j.state, JobState::Failed);

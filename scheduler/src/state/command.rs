@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use super::types::{Capacity, GpuInfo, JobClass, JobId, JobSpec, Millis, NodeLabels, Quota};
+use super::types::{
+    Capacity, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis, NodeLabels, Quota,
+};
 
 /// Where one task of a job goes: a node and GPUs on it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -68,6 +70,9 @@ pub enum Command {
         exit_code: Option<i32>,
         reason: String,
         finished_at: Millis,
+        /// GPU time and energy of this run, as the agent measured them.
+        #[serde(default)]
+        usage: JobUsage,
     },
     /// The node's agent no longer has a job the log placed there.
     JobVanished {
@@ -104,6 +109,18 @@ pub enum Command {
     LabelNode {
         node: String,
         labels: NodeLabels,
+    },
+    /// A GPU's health changed. `healthy: false` (from the agent) marks it
+    /// failed: it leaves placement and the job on it is stopped and
+    /// requeued per its spec. `healthy: true` from the agent
+    /// (`cleared_by: None`) only notes that the GPU was reset; it returns
+    /// to placement when an admin clears it (`cleared_by: Some(who)`).
+    GpuHealthChanged {
+        node: String,
+        gpu: String,
+        healthy: bool,
+        reason: String,
+        cleared_by: Option<String>,
     },
 }
 
@@ -173,4 +190,14 @@ pub enum Rejection {
     Infeasible(String),
     #[error("job {job} cannot be preempted: {why}")]
     NotPreemptible { job: JobId, why: String },
+    #[error("node '{node}' has no GPU {gpu}")]
+    UnknownGpu { node: String, gpu: String },
+    #[error("GPU {gpu} on node '{node}' is not marked unhealthy; there is nothing to clear")]
+    GpuNotFaulty { node: String, gpu: String },
+    #[error("GPU {gpu} on node '{node}' cannot be cleared yet: its agent has not reported it healthy since it failed ({reason}); reset the GPU first")]
+    GpuNotReset {
+        node: String,
+        gpu: String,
+        reason: String,
+    },
 }

@@ -49,6 +49,8 @@ impl State {
                 capacity: Capacity::default(),
                 reclaimed: false,
                 ending: None,
+                usage: JobUsage::default(),
+                gpu_fault: None,
             },
         );
         self.pending.insert(id);
@@ -233,6 +235,9 @@ impl State {
                 .iter()
                 .find(|g| &g.info.uuid == uuid)
                 .ok_or_else(|| bad(format!("it has no GPU {uuid}")))?;
+            if !g.usable() {
+                return Err(bad(format!("GPU {uuid} is unhealthy")));
+            }
             if g.free_milli() < milli {
                 let holders: Vec<String> = g.holders.keys().map(|j| j.to_string()).collect();
                 return Err(bad(if milli == WHOLE_GPU {
@@ -304,6 +309,7 @@ impl State {
         exit_code: Option<i32>,
         reason: String,
         finished_at: Millis,
+        usage: JobUsage,
     ) -> Applied {
         let forget = Effect::ForgetJob {
             node: node.to_string(),
@@ -315,6 +321,9 @@ impl State {
         if self.job_on(node, id).is_err() {
             return Ok((Outcome::None, vec![forget]));
         }
+        // Usage adds up over tasks and attempts.
+        let job = self.jobs.get_mut(&id).expect("checked by job_on");
+        job.usage = job.usage.plus(usage);
         let end = TaskEnd::Exited { exit_code, reason };
         let effects = self.task_ended(id, node, end, finished_at);
         Ok((Outcome::Job(id), [vec![forget], effects].concat()))
@@ -365,7 +374,10 @@ impl State {
                     },
                     f => f,
                 });
-                if matches!(job.state, JobState::Assigned | JobState::Running) {
+                // A GPU fault has already stopped every task.
+                if matches!(job.state, JobState::Assigned | JobState::Running)
+                    && job.gpu_fault.is_none()
+                {
                     let why = "another task of the job ended";
                     effects.extend(stop_tasks(job, why));
                 }
@@ -385,18 +397,26 @@ impl State {
         if preempted {
             job.preemptions += 1;
         }
+        // Stopped because a GPU failed: unless every task finished on its
+        // own first (exit 0), the run ends like a lost one, under the GPU's
+        // reason; without retries the job fails.
+        let gpu_fault = job.gpu_fault.take().filter(|_| job.ending.is_some());
         let requeue = match (&job.ending, job.state) {
             (_, JobState::Cancelling) => false,
             (_, JobState::Preempting) => job.spec.requeue_on_preempt,
             (Some(Ending::Lost { .. }), _) => {
                 job.spec.on_node_lost == OnNodeLost::Requeue && job.attempt <= job.spec.max_retries
             }
+            (Some(Ending::Failed { .. }), _) if gpu_fault.is_some() => {
+                job.spec.on_node_lost == OnNodeLost::Requeue && job.attempt <= job.spec.max_retries
+            }
             _ => false,
         };
-        let why = match &job.ending {
-            Some(Ending::Lost { reason }) => reason.clone(),
-            Some(Ending::Failed { reason, .. }) => reason.clone(),
-            None => job.reason.clone(),
+        let why = match (&gpu_fault, &job.ending) {
+            (Some(why), _) => why.clone(),
+            (None, Some(Ending::Lost { reason })) => reason.clone(),
+            (None, Some(Ending::Failed { reason, .. })) => reason.clone(),
+            (None, None) => job.reason.clone(),
         };
         if requeue {
             job.attempt += 1;
@@ -416,6 +436,10 @@ impl State {
         let (state, exit_code, reason) = match (job.state, job.ending.take()) {
             (JobState::Cancelling, _) => (JobState::Cancelled, None, job.reason.clone()),
             (JobState::Preempting, _) => (JobState::Failed, None, job.reason.clone()),
+            (_, Some(Ending::Lost { .. })) if gpu_fault.is_some() => (JobState::Failed, None, why),
+            (_, Some(Ending::Failed { exit_code, .. })) if gpu_fault.is_some() => {
+                (JobState::Failed, exit_code, why)
+            }
             (_, Some(Ending::Lost { reason })) => (JobState::Lost, None, reason),
             (_, Some(Ending::Failed { exit_code, reason })) => {
                 (JobState::Failed, exit_code, reason)
@@ -495,7 +519,7 @@ impl State {
 }
 
 /// Stop orders for every task of the job still running.
-fn stop_tasks(job: &Job, reason: &str) -> Vec<Effect> {
+pub(super) fn stop_tasks(job: &Job, reason: &str) -> Vec<Effect> {
     job.tasks
         .iter()
         .filter(|t| !t.finished)

@@ -76,7 +76,8 @@ impl State {
                 exit_code,
                 reason,
                 finished_at,
-            } => self.job_exited(&node, job, exit_code, reason, finished_at),
+                usage,
+            } => self.job_exited(&node, job, exit_code, reason, finished_at, usage),
             Command::JobVanished { node, job, reason } => {
                 let job = self.job_on(&node, job)?;
                 let effects = self.task_ended(job, &node, TaskEnd::Lost(reason), at);
@@ -131,6 +132,13 @@ impl State {
                 n.labels = labels;
                 Ok((Outcome::Node(node), vec![]))
             }
+            Command::GpuHealthChanged {
+                node,
+                gpu,
+                healthy,
+                reason,
+                cleared_by,
+            } => self.gpu_health_changed(&node, &gpu, healthy, reason, cleared_by, at),
         }
     }
 
@@ -344,6 +352,12 @@ impl State {
             .as_ref()
             .map(|n| n.labels.clone())
             .unwrap_or_default();
+        // A fault outlives reconnects: only an admin clears it.
+        let faults: BTreeMap<String, GpuFault> = previous
+            .iter()
+            .flat_map(|n| &n.gpus)
+            .filter_map(|g| g.fault.clone().map(|f| (g.info.uuid.clone(), f)))
+            .collect();
         let mut held: BTreeMap<String, BTreeMap<JobId, u32>> = previous
             .into_iter()
             .flat_map(|n| n.gpus)
@@ -353,8 +367,17 @@ impl State {
             .into_iter()
             .map(|info| Gpu {
                 holders: held.remove(&info.uuid).unwrap_or_default(),
+                fault: faults.get(&info.uuid).cloned().map(|mut f| {
+                    f.reset_seen |= info.healthy;
+                    f
+                }),
                 info,
             })
+            .collect();
+        let unhealthy: Vec<(String, String)> = gpus
+            .iter()
+            .filter(|g| !g.info.healthy)
+            .map(|g| (g.info.uuid.clone(), g.info.health_reason.clone()))
             .collect();
         self.nodes.insert(
             name.clone(),
@@ -369,6 +392,9 @@ impl State {
                 labels,
             },
         );
+        for (uuid, reason) in unhealthy {
+            effects.extend(self.fail_gpu(&name, &uuid, reason, at));
+        }
         // A job whose GPUs are no longer on the node cannot keep running.
         let vanished: BTreeSet<JobId> = self
             .jobs_on(&name)
@@ -420,6 +446,105 @@ impl State {
         Ok((Outcome::Node(name.to_string()), effects))
     }
 
+    fn gpu_health_changed(
+        &mut self,
+        node: &str,
+        uuid: &str,
+        healthy: bool,
+        reason: String,
+        cleared_by: Option<String>,
+        at: Millis,
+    ) -> Applied {
+        let gpu = self.gpu_mut(node, uuid)?;
+        let outcome = Outcome::Node(node.to_string());
+        if !healthy {
+            gpu.info.healthy = false;
+            gpu.info.health_reason = reason.clone();
+            let effects = self.fail_gpu(node, uuid, reason, at);
+            return Ok((outcome, effects));
+        }
+        match cleared_by {
+            None => {
+                gpu.info.healthy = true;
+                gpu.info.health_reason.clear();
+                if let Some(fault) = &mut gpu.fault {
+                    fault.reset_seen = true;
+                }
+            }
+            Some(_) => {
+                let Some(fault) = &gpu.fault else {
+                    return Err(Rejection::GpuNotFaulty {
+                        node: node.to_string(),
+                        gpu: uuid.to_string(),
+                    });
+                };
+                if !(fault.reset_seen && gpu.info.healthy) {
+                    return Err(Rejection::GpuNotReset {
+                        node: node.to_string(),
+                        gpu: uuid.to_string(),
+                        reason: fault.reason.clone(),
+                    });
+                }
+                gpu.fault = None;
+            }
+        }
+        Ok((outcome, vec![]))
+    }
+
+    fn gpu_mut(&mut self, node: &str, uuid: &str) -> Result<&mut Gpu, Rejection> {
+        self.nodes
+            .get_mut(node)
+            .ok_or_else(|| Rejection::UnknownNode(node.to_string()))?
+            .gpus
+            .iter_mut()
+            .find(|g| g.info.uuid == uuid)
+            .ok_or_else(|| Rejection::UnknownGpu {
+                node: node.to_string(),
+                gpu: uuid.to_string(),
+            })
+    }
+
+    /// Marks a GPU failed (keeping the time of a fault already recorded)
+    /// and orders every job holding it stopped (all of its tasks); their
+    /// exits requeue them per their spec.
+    fn fail_gpu(&mut self, node: &str, uuid: &str, reason: String, at: Millis) -> Vec<Effect> {
+        let Ok(gpu) = self.gpu_mut(node, uuid) else {
+            return vec![];
+        };
+        let reason = if reason.is_empty() {
+            "reported unhealthy by its agent".to_string()
+        } else {
+            reason
+        };
+        let since = gpu.fault.as_ref().map_or(at, |f| f.since);
+        gpu.fault = Some(GpuFault {
+            reason: reason.clone(),
+            since,
+            reset_seen: false,
+        });
+        let holders: Vec<JobId> = gpu.holders.keys().copied().collect();
+        let mut effects = vec![];
+        for id in holders {
+            let job = self.jobs.get_mut(&id).expect("a GPU's holder exists");
+            // A job already on its way out (cancelled, preempted, or
+            // stopping after another task ended) ends as it was going to.
+            if !matches!(job.state, JobState::Assigned | JobState::Running)
+                || job.gpu_fault.is_some()
+                || job.ending.is_some()
+            {
+                continue;
+            }
+            let why = format!("GPU {uuid} on {node} failed: {reason}");
+            job.gpu_fault = Some(why.clone());
+            job.reason = format!("{why}; stopping it to requeue");
+            // Every task stops, with its grace period: a gang cannot run
+            // with one task short.
+            effects.extend(lifecycle::stop_tasks(job, &why));
+            effects.push(Effect::JobChanged(id));
+        }
+        effects
+    }
+
     fn set_schedulable(&mut self, name: &str, cordoned: bool, draining: bool) -> Applied {
         let node = self
             .nodes
@@ -431,9 +556,10 @@ impl State {
     }
 }
 
-/// Whether the GPU meets the job's GPU constraints (model, class, memory).
+/// Whether the GPU is usable (healthy, no fault waiting to be cleared) and
+/// meets the job's GPU constraints (model, class, memory).
 pub fn fits_gpu(c: &Constraints, node: &Node, g: &Gpu) -> bool {
-    g.info.healthy
+    g.usable()
         && c.gpu_model.as_deref().is_none_or(|m| g.info.model == m)
         && c.gpu_class
             .as_deref()

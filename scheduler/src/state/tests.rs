@@ -165,6 +165,7 @@ fn start_then_exit_ends_the_job_and_frees_gpus() {
                 exit_code: Some(0),
                 reason: String::new(),
                 finished_at: 9_000,
+                usage: JobUsage::default(),
             },
             9_001,
         )
@@ -198,6 +199,7 @@ fn start_then_exit_ends_the_job_and_frees_gpus() {
                 exit_code: Some(0),
                 reason: String::new(),
                 finished_at: 9_000,
+                usage: JobUsage::default(),
             },
             9_500,
         )
@@ -225,6 +227,7 @@ fn nonzero_exit_is_failed_with_code() {
             exit_code: Some(3),
             reason: String::new(),
             finished_at: 5,
+            usage: JobUsage::default(),
         },
         5,
     )
@@ -299,6 +302,7 @@ fn cancel_pending_running_and_finished() {
             exit_code: None,
             reason: "terminated by signal 15".into(),
             finished_at: 9,
+            usage: JobUsage::default(),
         },
         9,
     )
@@ -409,4 +413,515 @@ fn same_log_same_state() {
         (a, serde_json::to_string(&s).unwrap())
     };
     assert_eq!(run(), run());
+}
+
+// ------------------------------------------------------------ GPU health
+
+fn gpu_health(node: &str, gpu: &str, healthy: bool, reason: &str, by: Option<&str>) -> Command {
+    Command::GpuHealthChanged {
+        node: node.into(),
+        gpu: gpu.into(),
+        healthy,
+        reason: reason.into(),
+        cleared_by: by.map(Into::into),
+    }
+}
+
+fn exited(job: JobId, exit_code: Option<i32>, at: Millis, usage: JobUsage) -> Command {
+    Command::JobExited {
+        node: "n1".into(),
+        job,
+        exit_code,
+        reason: "stopped".into(),
+        finished_at: at,
+        usage,
+    }
+}
+
+#[test]
+fn failed_gpu_stops_its_job_and_leaves_placement() {
+    let mut s = pool();
+    let j = submit(&mut s, "zju", 2, JobClass::Batch);
+    place(&mut s, j, "n1", vec![uuid("n1", 0), uuid("n1", 1)]).unwrap();
+    let (out, e) = s
+        .apply(
+            gpu_health(
+                "n1",
+                &uuid("n1", 1),
+                false,
+                "XID 79: GPU has fallen off the bus",
+                None,
+            ),
+            5_000,
+        )
+        .unwrap();
+    assert_eq!(out, Outcome::Node("n1".into()));
+    let why = format!(
+        "GPU {} on n1 failed: XID 79: GPU has fallen off the bus",
+        uuid("n1", 1)
+    );
+    assert_eq!(
+        e,
+        vec![
+            Effect::StopJob {
+                node: "n1".into(),
+                job: j,
+                grace_secs: 5,
+                reason: why.clone(),
+            },
+            Effect::JobChanged(j),
+        ]
+    );
+    let gpu = &s.node("n1").unwrap().gpus[1];
+    assert_eq!(
+        gpu.fault,
+        Some(GpuFault {
+            reason: "XID 79: GPU has fallen off the bus".into(),
+            since: 5_000,
+            reset_seen: false,
+        })
+    );
+    assert!(!gpu.info.healthy && !gpu.usable());
+    let job = s.job(j).unwrap();
+    assert_eq!(
+        job.state,
+        JobState::Assigned,
+        "held until its process exits"
+    );
+    assert_eq!(job.gpu_fault.as_deref(), Some(why.as_str()));
+    assert_eq!(job.reason, format!("{why}; stopping it to requeue"));
+
+    // The same report again changes nothing and orders nothing.
+    let before = s.clone();
+    let (_, e) = s
+        .apply(
+            gpu_health(
+                "n1",
+                &uuid("n1", 1),
+                false,
+                "XID 79: GPU has fallen off the bus",
+                None,
+            ),
+            6_000,
+        )
+        .unwrap();
+    assert_eq!(e, vec![]);
+    assert_eq!(s, before);
+}
+
+#[test]
+fn job_stopped_for_a_failed_gpu_is_requeued_with_its_usage_and_avoids_the_gpu() {
+    let mut s = pool();
+    let j = submit(&mut s, "zju", 1, JobClass::Batch); // max_retries 1
+    place(&mut s, j, "n1", vec![uuid("n1", 0)]).unwrap();
+    s.apply(
+        Command::JobStarted {
+            node: "n1".into(),
+            job: j,
+            started_at: 3_000,
+        },
+        3_000,
+    )
+    .unwrap();
+    s.apply(
+        gpu_health("n1", &uuid("n1", 0), false, "uncorrectable ECC error", None),
+        4_000,
+    )
+    .unwrap();
+    let used = JobUsage {
+        gpu_ms: 1_500,
+        energy_mj: 450_000,
+    };
+    let (out, e) = s.apply(exited(j, None, 4_500, used), 4_501).unwrap();
+    assert_eq!(out, Outcome::Job(j));
+    assert_eq!(
+        e,
+        vec![
+            Effect::ForgetJob {
+                node: "n1".into(),
+                job: j
+            },
+            Effect::JobChanged(j),
+        ]
+    );
+    let job = s.job(j).unwrap();
+    assert_eq!(job.state, JobState::Pending);
+    assert_eq!(job.attempt, 2);
+    assert!(job.tasks.iter().all(|t| t.finished), "its run is over");
+    assert!(s.node("n1").unwrap().gpus[0].holders.is_empty());
+    assert_eq!(job.gpu_fault, None);
+    assert_eq!(job.usage, used, "the lost run's usage is kept");
+    assert_eq!(
+        job.reason,
+        format!(
+            "GPU {} on n1 failed: uncorrectable ECC error; requeued (attempt 2)",
+            uuid("n1", 0)
+        )
+    );
+    // The planner only sees the three healthy GPUs; placing on the failed
+    // one is refused.
+    let free: Vec<String> = s
+        .node("n1")
+        .unwrap()
+        .free_gpus()
+        .map(|g| g.info.uuid.clone())
+        .collect();
+    assert_eq!(free, vec![uuid("n1", 1), uuid("n1", 2), uuid("n1", 3)]);
+    assert_eq!(
+        place(&mut s, j, "n1", vec![uuid("n1", 0)]),
+        Err(Rejection::BadPlacement {
+            job: j,
+            node: "n1".into(),
+            why: format!("GPU {} is unhealthy", uuid("n1", 0)),
+        })
+    );
+    place(&mut s, j, "n1", vec![uuid("n1", 1)]).unwrap();
+    s.apply(
+        exited(
+            j,
+            Some(0),
+            9_000,
+            JobUsage {
+                gpu_ms: 2_000,
+                energy_mj: 600_000,
+            },
+        ),
+        9_000,
+    )
+    .unwrap();
+    let job = s.job(j).unwrap();
+    assert_eq!(job.state, JobState::Succeeded);
+    assert_eq!(
+        job.usage,
+        JobUsage {
+            gpu_ms: 3_500,
+            energy_mj: 1_050_000
+        }
+    );
+}
+
+#[test]
+fn failed_gpu_job_without_retries_fails_and_one_that_finished_first_succeeds() {
+    let mut s = pool();
+    let j = s
+        .apply(
+            Command::SubmitJob {
+                tenant: "zju".into(),
+                spec: JobSpec {
+                    on_node_lost: OnNodeLost::Fail,
+                    ..spec(1, JobClass::Batch)
+                },
+            },
+            1,
+        )
+        .map(|(o, _)| match o {
+            Outcome::Job(id) => id,
+            other => panic!("{other:?}"),
+        })
+        .unwrap();
+    let k = submit(&mut s, "zju", 1, JobClass::Batch);
+    place(&mut s, j, "n1", vec![uuid("n1", 0)]).unwrap();
+    place(&mut s, k, "n1", vec![uuid("n1", 1)]).unwrap();
+    s.apply(
+        gpu_health(
+            "n1",
+            &uuid("n1", 0),
+            false,
+            "XID 48: double bit ECC error",
+            None,
+        ),
+        2,
+    )
+    .unwrap();
+    s.apply(
+        gpu_health(
+            "n1",
+            &uuid("n1", 1),
+            false,
+            "XID 95: uncontained ECC error",
+            None,
+        ),
+        2,
+    )
+    .unwrap();
+    s.apply(exited(j, Some(137), 3, JobUsage::default()), 3)
+        .unwrap();
+    let job = s.job(j).unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.exit_code, Some(137));
+    assert_eq!(job.finished_at, Some(3));
+    assert_eq!(
+        job.reason,
+        format!(
+            "GPU {} on n1 failed: XID 48: double bit ECC error",
+            uuid("n1", 0)
+        )
+    );
+    // k ended on its own before the stop reached it: its result stands.
+    s.apply(exited(k, Some(0), 3, JobUsage::default()), 3)
+        .unwrap();
+    assert_eq!(s.job(k).unwrap().state, JobState::Succeeded);
+    assert_eq!(s.job(k).unwrap().gpu_fault, None);
+}
+
+#[test]
+fn recovery_needs_a_reset_report_then_an_admin() {
+    let mut s = pool();
+    let g = uuid("n1", 2);
+    assert_eq!(
+        s.apply(gpu_health("n1", &g, true, "", Some("admin")), 1),
+        Err(Rejection::GpuNotFaulty {
+            node: "n1".into(),
+            gpu: g.clone()
+        })
+    );
+    s.apply(
+        gpu_health("n1", &g, false, "XID 79: GPU has fallen off the bus", None),
+        2,
+    )
+    .unwrap();
+    // Not yet reset: the admin is refused and nothing changes.
+    let before = s.clone();
+    assert_eq!(
+        s.apply(gpu_health("n1", &g, true, "", Some("admin")), 3),
+        Err(Rejection::GpuNotReset {
+            node: "n1".into(),
+            gpu: g.clone(),
+            reason: "XID 79: GPU has fallen off the bus".into(),
+        })
+    );
+    assert_eq!(s, before);
+
+    // The agent reports it healthy after a reset: still out of placement.
+    let (_, e) = s.apply(gpu_health("n1", &g, true, "", None), 4).unwrap();
+    assert_eq!(e, vec![]);
+    let gpu = &s.node("n1").unwrap().gpus[2];
+    assert!(gpu.info.healthy && !gpu.usable());
+    assert!(gpu.fault.as_ref().unwrap().reset_seen);
+    assert_eq!(s.node("n1").unwrap().free_gpus().count(), 3);
+
+    // A reconnect does not clear it either, even with a clean inventory.
+    s.apply(
+        Command::NodeConnected {
+            node: "n1".into(),
+            gpus: gpus("n1", 4),
+            agent_version: "test".into(),
+        },
+        5,
+    )
+    .unwrap();
+    assert!(!s.node("n1").unwrap().gpus[2].usable());
+
+    let (out, e) = s
+        .apply(gpu_health("n1", &g, true, "", Some("admin")), 6)
+        .unwrap();
+    assert_eq!((out, e), (Outcome::Node("n1".into()), vec![]));
+    assert!(s.node("n1").unwrap().gpus[2].usable());
+    assert_eq!(s.node("n1").unwrap().free_gpus().count(), 4);
+
+    assert_eq!(
+        s.apply(gpu_health("n1", "GPU-nope", false, "x", None), 7),
+        Err(Rejection::UnknownGpu {
+            node: "n1".into(),
+            gpu: "GPU-nope".into()
+        })
+    );
+    assert_eq!(
+        s.apply(gpu_health("n9", &g, false, "x", None), 7),
+        Err(Rejection::UnknownNode("n9".into()))
+    );
+}
+
+#[test]
+fn unhealthy_gpu_in_a_hello_is_marked_and_its_job_stopped() {
+    let mut s = pool();
+    let j = submit(&mut s, "zju", 1, JobClass::Batch);
+    place(&mut s, j, "n1", vec![uuid("n1", 3)]).unwrap();
+    let mut inventory = gpus("n1", 4);
+    inventory[3].healthy = false;
+    inventory[3].health_reason = "2 uncorrectable ECC errors since the driver loaded".into();
+    let (_, e) = s
+        .apply(
+            Command::NodeConnected {
+                node: "n1".into(),
+                gpus: inventory,
+                agent_version: "test".into(),
+            },
+            8,
+        )
+        .unwrap();
+    let why = format!(
+        "GPU {} on n1 failed: 2 uncorrectable ECC errors since the driver loaded",
+        uuid("n1", 3)
+    );
+    assert_eq!(
+        e,
+        vec![
+            Effect::StopJob {
+                node: "n1".into(),
+                job: j,
+                grace_secs: 5,
+                reason: why,
+            },
+            Effect::JobChanged(j),
+        ]
+    );
+    let fault = s.node("n1").unwrap().gpus[3].fault.clone().unwrap();
+    assert_eq!((fault.since, fault.reset_seen), (8, false));
+}
+
+fn submit_spec(s: &mut State, spec: JobSpec) -> JobId {
+    match apply_ok(
+        s,
+        Command::SubmitJob {
+            tenant: "zju".into(),
+            spec,
+        },
+    ) {
+        (Outcome::Job(id), _) => id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn exited_on(node: &str, job: JobId, exit_code: Option<i32>, usage: JobUsage) -> Command {
+    Command::JobExited {
+        node: node.into(),
+        job,
+        exit_code,
+        reason: "stopped".into(),
+        finished_at: 5_000,
+        usage,
+    }
+}
+
+#[test]
+fn failed_gpu_stops_every_task_of_a_gang_which_is_requeued_with_all_its_usage() {
+    let mut s = pool();
+    node(&mut s, "n2", 4);
+    let j = submit_spec(
+        &mut s,
+        JobSpec {
+            nodes: 2,
+            ..spec(2, JobClass::Batch)
+        },
+    );
+    s.apply(
+        Command::PlaceJob {
+            job: j,
+            tasks: vec![
+                TaskPlacement {
+                    node: "n1".into(),
+                    gpus: vec![uuid("n1", 0), uuid("n1", 1)],
+                },
+                TaskPlacement {
+                    node: "n2".into(),
+                    gpus: vec![uuid("n2", 0), uuid("n2", 1)],
+                },
+            ],
+            capacity: Capacity::Guaranteed,
+        },
+        2_000,
+    )
+    .unwrap();
+    for n in ["n1", "n2"] {
+        s.apply(
+            Command::JobStarted {
+                node: n.into(),
+                job: j,
+                started_at: 3_000,
+            },
+            3_000,
+        )
+        .unwrap();
+    }
+    let (_, e) = s
+        .apply(
+            gpu_health("n2", &uuid("n2", 1), false, "XID 79", None),
+            4_000,
+        )
+        .unwrap();
+    let why = format!("GPU {} on n2 failed: XID 79", uuid("n2", 1));
+    let stop = |node: &str| Effect::StopJob {
+        node: node.into(),
+        job: j,
+        grace_secs: 5,
+        reason: why.clone(),
+    };
+    assert_eq!(e, vec![stop("n1"), stop("n2"), Effect::JobChanged(j)]);
+
+    let run = |gpu_ms| JobUsage {
+        gpu_ms,
+        energy_mj: 1_000,
+    };
+    let (_, e) = s
+        .apply(exited_on("n1", j, None, run(4_000)), 5_000)
+        .unwrap();
+    // The first task's exit orders no second round of stops.
+    assert_eq!(
+        e,
+        vec![Effect::ForgetJob {
+            node: "n1".into(),
+            job: j
+        }]
+    );
+    assert_eq!(s.job(j).unwrap().state, JobState::Running);
+    s.apply(exited_on("n2", j, None, run(4_000)), 5_000)
+        .unwrap();
+    let job = s.job(j).unwrap();
+    assert_eq!(job.state, JobState::Pending);
+    assert_eq!(job.attempt, 2);
+    assert_eq!(job.gpu_fault, None);
+    assert_eq!(job.reason, format!("{why}; requeued (attempt 2)"));
+    assert_eq!(job.usage, run(4_000).plus(run(4_000)));
+    assert_eq!(job.usage.energy_mj, 2_000, "summed over tasks");
+}
+
+#[test]
+fn failed_gpu_stops_every_fractional_holder_and_keeps_the_holders_over_a_reconnect() {
+    let mut s = pool();
+    let half = || JobSpec {
+        gpu_fraction: 500,
+        ..spec(1, JobClass::Batch)
+    };
+    let a = submit_spec(&mut s, half());
+    let b = submit_spec(&mut s, half());
+    place(&mut s, a, "n1", vec![uuid("n1", 2)]).unwrap();
+    place(&mut s, b, "n1", vec![uuid("n1", 2)]).unwrap();
+    let (_, e) = s
+        .apply(
+            gpu_health("n1", &uuid("n1", 2), false, "XID 48", None),
+            3_000,
+        )
+        .unwrap();
+    let stopped: Vec<JobId> = e
+        .iter()
+        .filter_map(|e| match e {
+            Effect::StopJob { job, .. } => Some(*job),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stopped, vec![a, b]);
+    // A reconnect while they stop keeps both the holders and the fault.
+    s.apply(
+        Command::NodeConnected {
+            node: "n1".into(),
+            gpus: gpus("n1", 4),
+            agent_version: "test".into(),
+        },
+        3_500,
+    )
+    .unwrap();
+    let gpu = &s.node("n1").unwrap().gpus[2];
+    assert_eq!(gpu.holders.keys().copied().collect::<Vec<_>>(), vec![a, b]);
+    assert!(gpu.fault.as_ref().is_some_and(|f| f.reset_seen));
+    assert_eq!((gpu.free_milli(), gpu.is_free()), (0, false));
+    // One finished on its own before the stop reached it: it succeeds.
+    s.apply(exited(a, Some(0), 4_000, JobUsage::default()), 4_000)
+        .unwrap();
+    s.apply(exited(b, None, 4_000, JobUsage::default()), 4_000)
+        .unwrap();
+    assert_eq!(s.job(a).unwrap().state, JobState::Succeeded);
+    assert_eq!(s.job(b).unwrap().state, JobState::Pending);
+    assert!(s.node("n1").unwrap().gpus[2].holders.is_empty());
+    assert!(!s.node("n1").unwrap().gpus[2].usable());
 }

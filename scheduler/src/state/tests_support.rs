@@ -30,6 +30,10 @@ pub fn gpus(node: &str, n: u32) -> Vec<GpuInfo> {
             memory_bytes: 80 << 30,
             healthy: true,
             peers: vec![],
+            health_reason: String::new(),
+            pci_bus_id: String::new(),
+            nvlink_peers: vec![],
+            compute_capability: String::new(),
         })
         .collect()
 }

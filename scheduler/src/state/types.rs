@@ -268,6 +268,13 @@ pub struct Job {
     pub reclaimed: bool,
     /// Set when one task failed or was lost while others still run.
     pub ending: Option<Ending>,
+    /// GPU time and energy over all attempts, as the agents reported them.
+    #[serde(default)]
+    pub usage: JobUsage,
+    /// Set when a GPU of the job failed: the job is being stopped, and its
+    /// exit requeues it (per its spec) instead of ending it.
+    #[serde(default)]
+    pub gpu_fault: Option<String>,
 }
 
 impl Job {
@@ -292,6 +299,25 @@ impl Job {
     /// preempted for it).
     pub fn wait_ms(&self) -> Option<Millis> {
         self.placed_at.map(|p| (p - self.queued_at).max(0))
+    }
+}
+
+/// What a job used, in integer milli-units so that the replicated state
+/// stays exact (`Eq`) on every replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUsage {
+    /// GPU time: GPUs x milliseconds.
+    pub gpu_ms: u64,
+    /// Energy of the job's GPUs, millijoules.
+    pub energy_mj: u64,
+}
+
+impl JobUsage {
+    pub fn plus(self, other: JobUsage) -> JobUsage {
+        JobUsage {
+            gpu_ms: self.gpu_ms.saturating_add(other.gpu_ms),
+            energy_mj: self.energy_mj.saturating_add(other.energy_mj),
+        }
     }
 }
 
@@ -420,6 +446,29 @@ pub struct GpuInfo {
     /// (NVLink) with; empty when the node reports none.
     #[serde(default)]
     pub peers: Vec<u32>,
+    /// The agent's reason when it reports the GPU unhealthy.
+    #[serde(default)]
+    pub health_reason: String,
+    /// Where the GPU sits, for topology-aware placement: its PCI bus id
+    /// and the PCI bus ids of its NVLink peers (empty when unknown).
+    #[serde(default)]
+    pub pci_bus_id: String,
+    #[serde(default)]
+    pub nvlink_peers: Vec<String>,
+    /// CUDA compute capability, e.g. `8.0`; empty when unknown.
+    #[serde(default)]
+    pub compute_capability: String,
+}
+
+/// A GPU the scheduler saw fail. It stays out of placement until an admin
+/// clears it, whatever the agent reports later: recovery is never silent.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuFault {
+    pub reason: String,
+    pub since: Millis,
+    /// The agent reports the GPU healthy again (it was reset); only now may
+    /// an admin clear the fault.
+    pub reset_seen: bool,
 }
 
 /// A whole GPU is this many thousandths.
@@ -431,24 +480,33 @@ pub struct Gpu {
     /// Jobs holding this GPU and how many thousandths of it each holds:
     /// one job with 1000, or fractional jobs summing to at most 1000.
     pub holders: BTreeMap<JobId, u32>,
+    /// Set when the scheduler saw the GPU fail; cleared only by an admin.
+    #[serde(default)]
+    pub fault: Option<GpuFault>,
 }
 
 impl Gpu {
+    /// May be given to a job: the agent reports it healthy and no fault is
+    /// waiting to be cleared.
+    pub fn usable(&self) -> bool {
+        self.info.healthy && self.fault.is_none()
+    }
+
     pub fn used_milli(&self) -> u32 {
         self.holders.values().sum()
     }
 
     pub fn free_milli(&self) -> u32 {
-        if self.info.healthy {
+        if self.usable() {
             WHOLE_GPU.saturating_sub(self.used_milli())
         } else {
             0
         }
     }
 
-    /// Healthy and held by nobody.
+    /// Usable and held by nobody.
     pub fn is_free(&self) -> bool {
-        self.info.healthy && self.holders.is_empty()
+        self.usable() && self.holders.is_empty()
     }
 }
 

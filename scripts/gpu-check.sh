@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Checks edupool against a real NVIDIA GPU:
+#   1. builds the binaries;
+#   2. compares `edupool-agent inventory --output json` (real NVML) with
+#      `nvidia-smi --query-gpu=uuid,name,memory.total --format=csv`;
+#   3. starts a pool (a scheduler and one NVML agent that offers only GPU
+#      $GPU_INDEX), runs a short real CUDA job through it, and checks that
+#      the job succeeded on that GPU and that its energy is non-zero.
+# Needs: the NVIDIA driver (nvidia-smi), the Rust toolchain, python3, and
+# for the CUDA job either PyTorch with CUDA or nvcc.
+# Usage: scripts/gpu-check.sh   (GPU_INDEX=1 to use another GPU)
+set -euo pipefail
+
+GPU_INDEX="${GPU_INDEX:-0}"
+cd "$(dirname "$0")/.."
+say() { printf '== %s\n' "$*"; }
+fail() { printf 'gpu-check: FAILED: %s\n' "$*" >&2; exit 1; }
+
+command -v nvidia-smi >/dev/null || fail "nvidia-smi not found: is the NVIDIA driver installed?"
+
+say "building"
+cargo build --release --quiet -p edupool-scheduler -p edupool-agent -p edupoolctl
+BIN="$PWD/target/release"
+
+WORK="$(mktemp -d)"
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+say "inventory: edupool-agent (NVML) against nvidia-smi"
+"$BIN/edupool-agent" inventory --gpus nvml --node-name gpu-check --output json > "$WORK/inventory.json"
+nvidia-smi --query-gpu=uuid,name,memory.total --format=csv,noheader,nounits > "$WORK/smi.csv"
+python3 - "$WORK/inventory.json" "$WORK/smi.csv" <<'PY'
+import csv, json, sys
+inv = json.load(open(sys.argv[1]))
+smi = [[c.strip() for c in row] for row in csv.reader(open(sys.argv[2])) if row]
+gpus = inv["gpus"]
+print(f"agent: backend {inv['backend']}, driver {inv['driver_version']}, CUDA {inv['cuda_version']}")
+assert inv["backend"] == "nvml", inv["backend"]
+assert len(gpus) == len(smi), f"agent sees {len(gpus)} GPUs, nvidia-smi {len(smi)}"
+for g, (uuid, name, mib) in zip(gpus, smi):
+    print(f"  {g['index']}: {g['uuid']} {g['model']} {g['memory_bytes'] // 2**20} MiB"
+          f" | nvidia-smi: {uuid} {name} {mib} MiB | healthy={g['healthy']}")
+    assert g["uuid"] == uuid, (g["uuid"], uuid)
+    assert g["model"] == name, (g["model"], name)
+    assert g["memory_bytes"] // 2**20 == int(mib), (g["memory_bytes"], mib)
+print("inventory matches nvidia-smi")
+PY
+GPU_UUID="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gpus"][int(sys.argv[2])]["uuid"])' "$WORK/inventory.json" "$GPU_INDEX")"
+
+say "CUDA job"
+if python3 -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  cat > "$WORK/job.py" <<'PY'
+import os, torch
+x = torch.randn(8192, 8192, device="cuda")
+for _ in range(300):
+    x = torch.tanh(x @ x)
+torch.cuda.synchronize()
+print("ran on", torch.cuda.get_device_name(0), "visible:", os.environ["CUDA_VISIBLE_DEVICES"])
+PY
+  JOB=(python3 "$WORK/job.py")
+elif command -v nvcc >/dev/null; then
+  cat > "$WORK/job.cu" <<'CU'
+#include <cstdio>
+__global__ void spin(float *x, int n, int rounds) {
+  int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) { float v = x[i]; for (int r = 0; r < rounds; r++) v = v * 0.999f + 0.001f; x[i] = v; }
+}
+int main() {
+  const int n = 1 << 24; float *x;
+  if (cudaMalloc(&x, n * sizeof(float)) != cudaSuccess) { printf("cudaMalloc failed\n"); return 1; }
+  for (int k = 0; k < 20; k++) spin<<<(n + 255) / 256, 256>>>(x, n, 20000);
+  cudaError_t e = cudaDeviceSynchronize();
+  printf("kernel: %s\n", cudaGetErrorString(e));
+  return e == cudaSuccess ? 0 : 1;
+}
+CU
+  nvcc -O2 -o "$WORK/job" "$WORK/job.cu"
+  JOB=("$WORK/job")
+else
+  fail "no PyTorch with CUDA and no nvcc: cannot build a CUDA job"
+fi
+echo "job: ${JOB[*]}"
+
+say "pool: scheduler and an NVML agent offering GPU $GPU_INDEX ($GPU_UUID)"
+ADMIN=gpu-check-admin-token-0123456789
+AGENT=gpu-check-agent-token-0123456789
+"$BIN/edupool-scheduler" serve --listen 127.0.0.1:0 --data-dir "$WORK/scheduler" \
+  --admin-token "$ADMIN" --agent-token "$AGENT" > "$WORK/scheduler.out" 2> "$WORK/scheduler.err" &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q 'listening on' "$WORK/scheduler.out" && break; sleep 0.1; done
+ADDR="$(sed -n 's/^edupool-scheduler listening on //p' "$WORK/scheduler.out")"
+[ -n "$ADDR" ] || fail "the scheduler did not start: $(cat "$WORK/scheduler.err")"
+"$BIN/edupool-agent" run --gpus nvml --only-gpus "$GPU_UUID" --scheduler "http://$ADDR" \
+  --token "$AGENT" --node-name gpu-check --work-dir "$WORK/agent" 2> "$WORK/agent.err" &
+PIDS+=($!)
+
+export EDUPOOL_ENDPOINT="http://$ADDR"
+ctl() { "$BIN/edupoolctl" "$@"; }
+for _ in $(seq 100); do
+  ctl --token "$ADMIN" node list 2>/dev/null | grep -q '^gpu-check *ready' && break
+  sleep 0.2
+done
+ctl --token "$ADMIN" node list
+TENANT="$(ctl --token "$ADMIN" --output json tenant create gpu-check | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')"
+ID="$(ctl --token "$TENANT" --output json job submit --gpus 1 --name cuda-check -- "${JOB[@]}" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+echo "submitted $ID"
+STATE=""
+for _ in $(seq 600); do
+  STATE="$(ctl --token "$TENANT" --output json job get "$ID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')"
+  case "$STATE" in succeeded|failed|cancelled|lost) break ;; esac
+  sleep 0.5
+done
+ctl --token "$TENANT" job get "$ID"
+echo "--- job output"
+ctl --token "$TENANT" job logs "$ID"
+ctl --token "$TENANT" job logs --stderr "$ID" >&2
+ctl --token "$TENANT" --output json job get "$ID" > "$WORK/job.json"
+python3 - "$WORK/job.json" "$GPU_UUID" <<'PY'
+import json, sys
+job = json.load(open(sys.argv[1]))
+want = sys.argv[2]
+assert job["state"] == "succeeded", f"job ended {job['state']}: {job.get('reason')}"
+assert job["gpu_uuids"] == [want], (job["gpu_uuids"], want)
+assert job["energy_joules"] > 0, f"energy {job['energy_joules']} J"
+assert job["gpu_seconds"] > 0, f"GPU time {job['gpu_seconds']} s"
+print(f"job succeeded on {want}: {job['gpu_seconds']:.1f} GPU-seconds, {job['energy_joules']:.1f} J")
+PY
+say "gpu-check passed"
