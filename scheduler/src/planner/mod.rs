@@ -226,8 +226,9 @@ impl<'a> Round<'a> {
                     .or_insert(task);
             }
         }
-        // Within its guarantee: reclaim borrowed GPUs for it.
-        if terms.tier == Tier::Guaranteed && spec.nodes <= 1 {
+        // Within its guarantee: reclaim borrowed GPUs for it (a gang on
+        // as many nodes of one site as it has tasks).
+        if terms.tier == Tier::Guaranteed {
             if let Some(hold) = self.reclaim(job, &terms.guaranteed) {
                 return Outcome::Held(hold);
             }

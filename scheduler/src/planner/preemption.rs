@@ -6,7 +6,9 @@
 //! pushed below its own guarantee, inference is never preempted, and the
 //! claimant never gets more than its guarantee (it is only a claimant if
 //! the job fits within it). Victims keep their GPUs through their grace
-//! period; meanwhile the node is held for the claimant.
+//! period; meanwhile the node is held for the claimant. A gang reclaims
+//! on as many nodes of one site as it has tasks, counting nodes that are
+//! free already, and holds them all.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -14,7 +16,7 @@ use std::collections::BTreeMap;
 use super::explain::Hold;
 use super::placement::BucketKey;
 use super::{charged, Decision, Round};
-use crate::state::{Job, JobClass, JobState, Millis, WHOLE_GPU};
+use crate::state::{Job, JobClass, JobId, JobState, Millis, WHOLE_GPU};
 
 /// Running jobs that could be preempted, best victim first, and the GPUs
 /// already being freed by jobs in their grace period.
@@ -92,6 +94,11 @@ impl<'a> Round<'a> {
             .map(|(b, k)| (b, k.clone()))
             .collect();
         let victims = self.victims.take().expect("built above");
+        if spec.nodes > 1 {
+            let (hold, victims) = self.reclaim_gang(job, &buckets, victims);
+            self.victims = Some(victims);
+            return hold;
+        }
         // GPUs already on their way back are enough: hold the node.
         let mut waiting = None;
         for (&i, extra) in &victims.freeing {
@@ -115,32 +122,169 @@ impl<'a> Round<'a> {
         let found = self.choose_victims(job, &buckets, &victims);
         let mut victims = victims;
         let hold = found.map(|(i, chosen)| {
-            let node = self.index.nodes[i].node.name.clone();
-            let mut names = vec![];
-            for k in chosen {
-                victims.chosen[k] = true;
-                let v = victims.order[k];
-                let class = v.gpu_class.clone().unwrap_or_default();
-                self.books
-                    .release(&v.tenant, &class, v.spec.class, v.spec.demand_milli());
-                names.push(v.id);
-                self.decisions.push(Decision::Preempt {
-                    job: v.id,
-                    reason: format!(
-                        "preempted: tenant '{}' reclaims its guaranteed {class} GPUs for {}",
-                        job.tenant, job.id
-                    ),
-                    for_job: job.id,
-                });
-            }
+            let victims = self.preempt_for(job, &chosen, &mut victims);
             self.index.hold(i);
             Hold::Reclaiming {
-                node,
-                victims: names,
+                node: self.index.nodes[i].node.name.clone(),
+                victims,
             }
         });
         self.victims = Some(victims);
         hold
+    }
+
+    /// `reclaim` for a gang: wait if GPUs being freed already make room on
+    /// enough nodes of one site, or else choose victims, in victim order,
+    /// until they do.
+    fn reclaim_gang(
+        &mut self,
+        job: &'a Job,
+        buckets: &[(usize, BucketKey)],
+        mut victims: Victims<'a>,
+    ) -> (Option<Hold>, Victims<'a>) {
+        let mut fitting = self.gang_candidates(job, buckets, &victims.freeing);
+        if let Some(nodes) = enough(job, &fitting) {
+            let node = self.hold_all(&nodes);
+            return (Some(Hold::WaitingForPreemption { node }), victims);
+        }
+        if self.reclaims == self.policy.max_reclaims {
+            return (None, victims);
+        }
+        self.reclaims += 1;
+        let mut extra = victims.freeing.clone();
+        let mut taken: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        let mut spare: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        for (k, v) in victims.order.iter().enumerate() {
+            if victims.chosen[k] || !self.may_preempt(job, v, &mut spare) {
+                continue;
+            }
+            let mut touched = vec![];
+            for (i, pos) in gpu_positions(self, v) {
+                *extra.entry(i).or_default().entry(pos).or_default() += v.spec.milli_per_gpu();
+                taken.entry(i).or_default().push(k);
+                touched.push(i);
+            }
+            touched.dedup();
+            for i in touched {
+                if self.fits_with(job, buckets, i, &extra[&i]) {
+                    let site = self.index.nodes[i].node.site();
+                    let nodes = fitting.entry(site).or_default();
+                    if !nodes.contains(&i) {
+                        nodes.push(i);
+                    }
+                }
+            }
+            let Some(nodes) = enough(job, &fitting) else {
+                continue;
+            };
+            let mut chosen: Vec<usize> = nodes
+                .iter()
+                .flat_map(|i| taken.remove(i).unwrap_or_default())
+                .collect();
+            chosen.sort_unstable();
+            chosen.dedup();
+            let names = self.preempt_for(job, &chosen, &mut victims);
+            let node = self.hold_all(&nodes);
+            return (
+                Some(Hold::Reclaiming {
+                    node,
+                    victims: names,
+                }),
+                victims,
+            );
+        }
+        (None, victims)
+    }
+
+    /// Nodes where one task of the job fits with `extra` free as well, by
+    /// site.
+    fn gang_candidates(
+        &self,
+        job: &Job,
+        buckets: &[(usize, BucketKey)],
+        extra: &BTreeMap<usize, BTreeMap<usize, u32>>,
+    ) -> BTreeMap<&'a str, Vec<usize>> {
+        let none = BTreeMap::new();
+        let mut by_site: BTreeMap<&'a str, Vec<usize>> = BTreeMap::new();
+        for i in 0..self.index.nodes.len() {
+            if self.fits_with(job, buckets, i, extra.get(&i).unwrap_or(&none)) {
+                by_site
+                    .entry(self.index.nodes[i].node.site())
+                    .or_default()
+                    .push(i);
+            }
+        }
+        by_site
+    }
+
+    /// Holds the nodes for the claimant; their names, for people.
+    fn hold_all(&mut self, nodes: &[usize]) -> String {
+        let names: Vec<String> = nodes
+            .iter()
+            .map(|&i| {
+                self.index.hold(i);
+                self.index.nodes[i].node.name.clone()
+            })
+            .collect();
+        names.join(", ")
+    }
+
+    /// Whether `victim` may be preempted for `job`: another tenant's (or
+    /// uncharged) work, and its tenant keeps its own guarantee. `spare`
+    /// tracks what each tenant may still give up, per GPU class.
+    fn may_preempt(
+        &self,
+        job: &Job,
+        victim: &'a Job,
+        spare: &mut BTreeMap<(&'a str, &'a str), u64>,
+    ) -> bool {
+        if victim.tenant == job.tenant && charged(victim.spec.class) {
+            return false;
+        }
+        if !charged(victim.spec.class) {
+            return true;
+        }
+        let class = victim.gpu_class.as_deref().unwrap_or_default();
+        let left = spare
+            .entry((victim.tenant.as_str(), class))
+            .or_insert_with(|| {
+                self.books
+                    .tenants
+                    .get(&victim.tenant)
+                    .map_or(0, |b| b.borrowed(class))
+            });
+        if *left < victim.spec.demand_milli() {
+            return false;
+        }
+        *left -= victim.spec.demand_milli();
+        true
+    }
+
+    /// Orders the chosen victims stopped for `job`; their ids.
+    fn preempt_for(
+        &mut self,
+        job: &Job,
+        chosen: &[usize],
+        victims: &mut Victims<'a>,
+    ) -> Vec<JobId> {
+        let mut names = vec![];
+        for &k in chosen {
+            victims.chosen[k] = true;
+            let v = victims.order[k];
+            let class = v.gpu_class.clone().unwrap_or_default();
+            self.books
+                .release(&v.tenant, &class, v.spec.class, v.spec.demand_milli());
+            names.push(v.id);
+            self.decisions.push(Decision::Preempt {
+                job: v.id,
+                reason: format!(
+                    "preempted: tenant '{}' reclaims its guaranteed {class} GPUs for {}",
+                    job.tenant, job.id
+                ),
+                for_job: job.id,
+            });
+        }
+        names
     }
 
     /// The first node (in victim order) where the job fits once the
@@ -155,23 +299,10 @@ impl<'a> Round<'a> {
         let mut taken: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         // What each victim's tenant may still give up without dropping
         // below its guarantee, per GPU class.
-        let mut spare: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+        let mut spare = BTreeMap::new();
         for (k, v) in victims.order.iter().enumerate() {
-            if victims.chosen[k] || v.tenant == job.tenant && charged(v.spec.class) {
+            if victims.chosen[k] || !self.may_preempt(job, v, &mut spare) {
                 continue;
-            }
-            let class = v.gpu_class.as_deref().unwrap_or_default();
-            if charged(v.spec.class) {
-                let left = spare.entry((v.tenant.as_str(), class)).or_insert_with(|| {
-                    self.books
-                        .tenants
-                        .get(&v.tenant)
-                        .map_or(0, |b| b.borrowed(class))
-                });
-                if *left < v.spec.demand_milli() {
-                    continue;
-                }
-                *left -= v.spec.demand_milli();
             }
             let mut touched = vec![];
             for (i, pos) in gpu_positions(self, v) {
@@ -221,4 +352,13 @@ impl<'a> Round<'a> {
             .count();
         usable >= spec.gpus as usize
     }
+}
+
+/// `nodes` nodes of one site from `fitting`, the first site that has them.
+fn enough(job: &Job, fitting: &BTreeMap<&str, Vec<usize>>) -> Option<Vec<usize>> {
+    let want = job.spec.nodes as usize;
+    fitting
+        .values()
+        .find(|nodes| nodes.len() >= want)
+        .map(|nodes| nodes[..want].to_vec())
 }

@@ -774,6 +774,59 @@ fn gangs_start_together_in_one_site_or_not_at_all() {
 }
 
 #[test]
+fn a_gang_within_its_guarantee_reclaims_on_enough_nodes_of_one_site() {
+    let mut p = Pool::new(&["zju", "hdu"]);
+    p.node("hz-1", 4, A100, Some("hdu"), "hz");
+    p.node("hz-2", 4, A100, Some("hdu"), "hz");
+    p.node("sh-1", 4, A100, None, "sh");
+    let a = p.submit("zju", job(4, JobClass::Batch));
+    let b = p.submit("zju", job(4, JobClass::Batch));
+    let c = p.submit("zju", job(4, JobClass::Batch));
+    p.round();
+    p.now += 60_000;
+    let gang = p.submit(
+        "hdu",
+        JobSpec {
+            nodes: 2,
+            ..job(4, JobClass::Training)
+        },
+    );
+    // zju borrows both of hdu's nodes; the job on sh-1 is not in the way.
+    let on = |p: &Pool, j: JobId| p.s.job(j).unwrap().nodes().next().unwrap().to_string();
+    let mut victims: Vec<JobId> = [a, b, c]
+        .into_iter()
+        .filter(|&j| on(&p, j).starts_with("hz"))
+        .collect();
+    victims.sort();
+    let d = p.round();
+    assert_eq!(
+        d,
+        victims
+            .iter()
+            .map(|&v| preempt(v, "hdu", "A100", gang))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        p.explain(gang).contains("hz-1, hz-2"),
+        "{}",
+        p.explain(gang)
+    );
+    // While the victims stop, nothing more is preempted.
+    assert_eq!(p.plan(), vec![]);
+    for v in victims {
+        p.exit(v, 143);
+    }
+    assert_eq!(
+        p.round(),
+        vec![place(
+            gang,
+            &[("hz-1", &[0, 1, 2, 3]), ("hz-2", &[0, 1, 2, 3])],
+            Capacity::Guaranteed
+        )]
+    );
+}
+
+#[test]
 fn a_failed_task_stops_the_rest_of_the_gang() {
     let mut p = Pool::new(&["zju"]);
     p.node("n1", 1, A100, None, "hz");
