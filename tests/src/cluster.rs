@@ -13,7 +13,6 @@
 //! keeps its address.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -23,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::{bin, eventually, Proc, ADMIN_TOKEN, AGENT_TOKEN};
+use crate::{bin, eventually, listening_addr, Proc, ADMIN_TOKEN, AGENT_TOKEN};
 
 /// A loopback TCP proxy for one direction of one link.
 pub struct Proxy {
@@ -226,16 +225,7 @@ impl Cluster {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting edupool-scheduler")?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .ok_or_else(|| anyhow!("replica {i} exited before listening"))??;
-            if let Some(a) = line.strip_prefix("edupool-scheduler listening on ") {
-                break a.trim().parse::<SocketAddr>()?;
-            }
-        };
+        let (addr, lines) = listening_addr(&mut child, &format!("replica {i}"))?;
         std::thread::spawn(move || for _ in lines {});
         r.proc = Some(Proc {
             child: Some(child),

@@ -52,6 +52,24 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// The lines a started scheduler prints on stdout.
+pub type StdoutLines = std::io::Lines<BufReader<std::process::ChildStdout>>;
+
+/// Reads a started scheduler's stdout (piped) until it prints the address
+/// it listens on; returns that and the rest of its output.
+pub fn listening_addr(child: &mut Child, what: &str) -> Result<(SocketAddr, StdoutLines)> {
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    loop {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow!("{what} exited before listening"))??;
+        if let Some(a) = line.strip_prefix("edupool-scheduler listening on ") {
+            return Ok((a.trim().parse::<SocketAddr>()?, lines));
+        }
+    }
+}
+
 /// Polls `f` until it returns `Some`, or fails after `timeout`.
 pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
     let deadline = Instant::now() + timeout;
@@ -156,16 +174,7 @@ impl Scheduler {
             .stderr(Stdio::inherit())
             .spawn()
             .context("starting edupool-scheduler")?;
-        let stdout = child.stdout.take().expect("piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .ok_or_else(|| anyhow!("edupool-scheduler exited before listening"))??;
-            if let Some(a) = line.strip_prefix("edupool-scheduler listening on ") {
-                break a.trim().parse::<SocketAddr>()?;
-            }
-        };
+        let (addr, mut lines) = listening_addr(&mut child, "edupool-scheduler")?;
         let mut metrics_addr = None;
         while metrics && metrics_addr.is_none() {
             let line = lines
