@@ -208,6 +208,8 @@ async fn print_summary(admin: &Clients, jobs: &[pb::Job]) {
         "STATE",
         "EXIT",
         "SECONDS",
+        "GPU-S",
+        "ENERGY",
         "FIRST OUTPUT LINE",
     ]);
     for j in jobs {
@@ -238,6 +240,9 @@ async fn print_summary(admin: &Clients, jobs: &[pb::Job]) {
             job_state_name(j.state).to_string(),
             exit,
             secs,
+            // Over all attempts, as the agents metered them.
+            format!("{:.1}", j.gpu_seconds),
+            format!("{:.0} J", j.energy_joules),
             first_line(admin, &j.id).await,
         ]);
     }
