@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::{bin, eventually, listening_addr, Proc, ADMIN_TOKEN, AGENT_TOKEN};
+use crate::{bin, eventually, listening_addr, simulated_agent, Proc, ADMIN_TOKEN, AGENT_TOKEN};
 
 /// A loopback TCP proxy for one direction of one link.
 pub struct Proxy {
@@ -383,40 +383,36 @@ impl Cluster {
     /// Waits until every running replica has applied the same index with
     /// the same state hash; returns the hash.
     pub fn converged(&self, timeout: Duration) -> Result<String> {
+        let last = std::cell::RefCell::new(vec![]);
         eventually("replicas to converge", timeout, || {
-            let views: Vec<(u64, String)> = self
+            let views: Vec<(u64, u64, String)> = self
                 .running()
                 .into_iter()
-                .filter_map(|i| self.status(i).ok())
-                .map(|s| {
+                .filter_map(|i| self.status(i).ok().map(|s| (i, s)))
+                .map(|(i, s)| {
                     (
+                        i,
                         s["applied_index"].as_u64().unwrap_or(0),
                         s["state_hash"].as_str().unwrap_or("").to_string(),
                     )
                 })
                 .collect();
+            *last.borrow_mut() = views.clone();
             let first = views.first()?.clone();
-            (views.len() == self.running().len() && views.iter().all(|v| *v == first))
-                .then_some(first.1)
+            let same = views.iter().all(|v| (v.1, &v.2) == (first.1, &first.2));
+            (views.len() == self.running().len() && same).then_some(first.2)
+        })
+        .with_context(|| {
+            format!(
+                "last seen (replica, applied index, state hash): {:?}",
+                last.borrow()
+            )
         })
     }
 
     /// Starts an agent with simulated GPUs that knows every replica.
     pub fn agent(&self, node: &str, gpus: &str, work_dir: &Path) -> Result<Proc> {
-        let child = Command::new(bin("edupool-agent"))
-            .args(["run", "--scheduler", &self.endpoints(), "--node-name", node])
-            .args(["--simulate-gpus", gpus, "--work-dir"])
-            .arg(work_dir)
-            .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting edupool-agent")?;
-        Ok(Proc {
-            child: Some(child),
-            name: node.to_string(),
-        })
+        simulated_agent(&self.endpoints(), node, gpus, work_dir, "error")
     }
 }
 

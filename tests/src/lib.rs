@@ -52,6 +52,31 @@ pub fn bin(name: &str) -> PathBuf {
     dir.join(name)
 }
 
+/// Starts an agent process with simulated GPUs that reaches the
+/// scheduler at `endpoints` (one, or several comma-separated).
+pub fn simulated_agent(
+    endpoints: &str,
+    node: &str,
+    gpus: &str,
+    work_dir: &Path,
+    log: &str,
+) -> Result<Proc> {
+    let child = Command::new(bin("edupool-agent"))
+        .args(["run", "--scheduler", endpoints, "--node-name", node])
+        .args(["--simulate-gpus", gpus, "--work-dir"])
+        .arg(work_dir)
+        .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
+        .env("RUST_LOG", log)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting edupool-agent")?;
+    Ok(Proc {
+        child: Some(child),
+        name: node.to_string(),
+    })
+}
+
 /// The lines a started scheduler prints on stdout.
 pub type StdoutLines = std::io::Lines<BufReader<std::process::ChildStdout>>;
 
@@ -216,20 +241,7 @@ impl Scheduler {
 
     /// Starts an agent process with simulated GPUs.
     pub fn agent(&self, node: &str, gpus: &str, work_dir: &Path) -> Result<Proc> {
-        let child = Command::new(bin("edupool-agent"))
-            .args(["run", "--scheduler", &self.endpoint(), "--node-name", node])
-            .args(["--simulate-gpus", gpus, "--work-dir"])
-            .arg(work_dir)
-            .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting edupool-agent")?;
-        Ok(Proc {
-            child: Some(child),
-            name: node.to_string(),
-        })
+        simulated_agent(&self.endpoint(), node, gpus, work_dir, "warn")
     }
 
     /// Starts an agent process with simulated GPUs and `extra` arguments.

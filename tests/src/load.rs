@@ -71,37 +71,45 @@ impl LeaderClient {
         }
     }
 
-    pub async fn submit(&mut self, spec: pb::JobSpec) -> Reply<String> {
+    /// Runs one call on the leader as far as known, following leader
+    /// hints. A broken connection (a killed or cut-off replica) or a
+    /// timeout leaves the outcome unknown: the call may have been applied.
+    async fn call<T, Fut>(&mut self, op: impl Fn(Clients) -> Fut) -> Reply<T>
+    where
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
         for _ in 0..MAX_HOPS {
-            let Some(mut c) = self.clients().await else {
+            let Some(c) = self.clients().await else {
                 return Reply::Unknown;
             };
-            let req = pb::SubmitJobRequest {
-                spec: Some(spec.clone()),
-            };
-            match tokio::time::timeout(CALL_TIMEOUT, c.jobs.submit_job(req)).await {
-                Ok(Ok(r)) => {
-                    return Reply::Ok(r.into_inner().job.map(|j| j.id).unwrap_or_default())
-                }
+            match tokio::time::timeout(CALL_TIMEOUT, op(c)).await {
+                Ok(Ok(v)) => return Reply::Ok(v),
                 Ok(Err(s)) if s.code() == Code::Unavailable => {
                     if !self.follow(&s).await {
                         return Reply::Unknown;
                     }
                 }
                 Ok(Err(s)) if refusal(s.code()) => return Reply::Refused(s.code()),
-                Ok(Err(_)) => {
-                    // A broken connection (a killed or cut-off replica): the
-                    // call may or may not have been applied.
-                    self.clients = None;
-                    return Reply::Unknown;
-                }
-                Err(_) => {
+                Ok(Err(_)) | Err(_) => {
                     self.clients = None;
                     return Reply::Unknown;
                 }
             }
         }
         Reply::Unknown
+    }
+
+    pub async fn submit(&mut self, spec: pb::JobSpec) -> Reply<String> {
+        self.call(|mut c| {
+            let req = pb::SubmitJobRequest {
+                spec: Some(spec.clone()),
+            };
+            async move {
+                let r = c.jobs.submit_job(req).await?.into_inner();
+                Ok(r.job.map(|j| j.id).unwrap_or_default())
+            }
+        })
+        .await
     }
 
     /// The clients of the replica last reached (the leader, as far as known).
@@ -111,66 +119,24 @@ impl LeaderClient {
 
     /// Creates a tenant (needs the admin token): a write that needs no node.
     pub async fn create_tenant(&mut self, name: &str) -> Reply<()> {
-        for _ in 0..MAX_HOPS {
-            let Some(mut c) = self.clients().await else {
-                return Reply::Unknown;
-            };
+        self.call(|mut c| {
             let req = pb::CreateTenantRequest {
                 name: name.to_string(),
             };
-            match tokio::time::timeout(CALL_TIMEOUT, c.admin.create_tenant(req)).await {
-                Ok(Ok(_)) => return Reply::Ok(()),
-                Ok(Err(s)) if s.code() == Code::Unavailable => {
-                    if !self.follow(&s).await {
-                        return Reply::Unknown;
-                    }
-                }
-                Ok(Err(s)) if refusal(s.code()) => return Reply::Refused(s.code()),
-                Ok(Err(_)) => {
-                    // A broken connection (a killed or cut-off replica): the
-                    // call may or may not have been applied.
-                    self.clients = None;
-                    return Reply::Unknown;
-                }
-                Err(_) => {
-                    self.clients = None;
-                    return Reply::Unknown;
-                }
-            }
-        }
-        Reply::Unknown
+            async move { c.admin.create_tenant(req).await.map(drop) }
+        })
+        .await
     }
 
     pub async fn cancel(&mut self, id: &str) -> Reply<()> {
-        for _ in 0..MAX_HOPS {
-            let Some(mut c) = self.clients().await else {
-                return Reply::Unknown;
-            };
+        self.call(|mut c| {
             let req = pb::CancelJobRequest {
                 id: id.to_string(),
                 reason: "load test".into(),
             };
-            match tokio::time::timeout(CALL_TIMEOUT, c.jobs.cancel_job(req)).await {
-                Ok(Ok(_)) => return Reply::Ok(()),
-                Ok(Err(s)) if s.code() == Code::Unavailable => {
-                    if !self.follow(&s).await {
-                        return Reply::Unknown;
-                    }
-                }
-                Ok(Err(s)) if refusal(s.code()) => return Reply::Refused(s.code()),
-                Ok(Err(_)) => {
-                    // A broken connection (a killed or cut-off replica): the
-                    // call may or may not have been applied.
-                    self.clients = None;
-                    return Reply::Unknown;
-                }
-                Err(_) => {
-                    self.clients = None;
-                    return Reply::Unknown;
-                }
-            }
-        }
-        Reply::Unknown
+            async move { c.jobs.cancel_job(req).await.map(drop) }
+        })
+        .await
     }
 }
 
