@@ -182,6 +182,10 @@ fn rejection(r: Rejection) -> Status {
         | Rejection::UnknownJob(_)
         | Rejection::UnknownNode(_)
         | Rejection::UnknownGpu { .. } => Code::NotFound,
+        Rejection::BadPrice(_) | Rejection::UnknownGpuModel(_) | Rejection::BadBudget(_) => {
+            Code::InvalidArgument
+        }
+        Rejection::OverBudget { .. } => Code::FailedPrecondition,
         Rejection::JobFinished { .. }
         | Rejection::PoolEmpty
         | Rejection::NoNodeCanHold { .. }

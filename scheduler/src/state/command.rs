@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::ledger::{Budget, PriceChange};
 use super::types::{
     Capacity, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis, NodeLabels, Quota,
 };
@@ -122,6 +123,13 @@ pub enum Command {
         reason: String,
         cleared_by: Option<String>,
     },
+    /// A new version of the price book (admins).
+    SetPrices(PriceChange),
+    /// Sets (`Some`) or removes a tenant's budget (admins).
+    SetBudget {
+        tenant: String,
+        budget: Option<Budget>,
+    },
 }
 
 /// What a command produced, for the proposer's reply.
@@ -199,5 +207,19 @@ pub enum Rejection {
         node: String,
         gpu: String,
         reason: String,
+    },
+    #[error("invalid prices: {0}")]
+    BadPrice(String),
+    #[error("no node in the pool has GPU model '{0}'; prices are set for models the pool has (see `edupoolctl node list`)")]
+    UnknownGpuModel(String),
+    #[error("invalid budget: {0}")]
+    BadBudget(String),
+    #[error("tenant '{tenant}' is over its hard budget for {period}: {used} {currency} used of {limit} {currency}; only scavenger jobs are accepted until the period ends or an admin raises the budget")]
+    OverBudget {
+        tenant: String,
+        period: String,
+        used: String,
+        limit: String,
+        currency: String,
     },
 }

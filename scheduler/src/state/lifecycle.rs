@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use super::command::{Effect, Outcome, Rejection, TaskPlacement};
+use super::ledger;
 use super::types::*;
 use super::{fits_gpu, fits_node, Applied, State};
 
@@ -16,6 +17,8 @@ pub(crate) enum TaskEnd {
     Exited {
         exit_code: Option<i32>,
         reason: String,
+        /// Energy the agent measured for the task, if it could.
+        energy_mj: Option<u64>,
     },
     Lost(String),
 }
@@ -26,6 +29,7 @@ impl State {
             return Err(Rejection::UnknownTenant(tenant));
         }
         self.check_feasible(&spec)?;
+        self.check_budget(&tenant, &spec, at)?;
         self.last_job += 1;
         let id = JobId(self.last_job);
         self.jobs.insert(
@@ -324,7 +328,11 @@ impl State {
         // Usage adds up over tasks and attempts.
         let job = self.jobs.get_mut(&id).expect("checked by job_on");
         job.usage = job.usage.plus(usage);
-        let end = TaskEnd::Exited { exit_code, reason };
+        let end = TaskEnd::Exited {
+            exit_code,
+            reason,
+            energy_mj: Some(usage.energy_mj).filter(|e| *e > 0),
+        };
         let effects = self.task_ended(id, node, end, finished_at);
         Ok((Outcome::Job(id), [vec![forget], effects].concat()))
     }
@@ -338,6 +346,12 @@ impl State {
         end: TaskEnd,
         at: Millis,
     ) -> Vec<Effect> {
+        let ended = ledger::run_end(&self.jobs[&id], &end);
+        let energy = match &end {
+            TaskEnd::Exited { energy_mj, .. } => *energy_mj,
+            TaskEnd::Lost(_) => None,
+        };
+        self.record_run(id, node, ended, energy, at);
         self.charge_task(id, at);
         self.release_task(id, node);
         let job = self.jobs.get_mut(&id).expect("caller checked");
@@ -349,7 +363,9 @@ impl State {
             TaskEnd::Exited {
                 exit_code: Some(0), ..
             } => None,
-            TaskEnd::Exited { exit_code, reason } => Some(Ending::Failed {
+            TaskEnd::Exited {
+                exit_code, reason, ..
+            } => Some(Ending::Failed {
                 exit_code,
                 reason: match (reason.is_empty(), exit_code) {
                     (false, _) => reason,

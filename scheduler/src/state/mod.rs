@@ -4,10 +4,14 @@
 //! I/O and reads no clock: `at` is the time stamped on the log entry, so
 //! every replica that applies the same log ends in the same state.
 
+pub mod billing;
 mod command;
+mod ledger;
 mod lifecycle;
 mod types;
 
+#[cfg(test)]
+mod ledger_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -18,6 +22,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Effect, Outcome, Rejection, TaskPlacement};
+pub use ledger::{
+    Accounts, Budget, GpuPrice, LedgerEntry, Money, PriceBook, PriceChange, PriceVersion, RunEnd,
+};
 use lifecycle::TaskEnd;
 pub use types::*;
 
@@ -36,6 +43,10 @@ pub struct State {
     pending: BTreeSet<JobId>,
     last_job: u64,
     policy: PoolPolicy,
+    /// The usage ledger, price book and budgets (absent in snapshots
+    /// taken before they existed).
+    #[serde(default)]
+    accounts: Accounts,
 }
 
 impl State {
@@ -139,6 +150,8 @@ impl State {
                 reason,
                 cleared_by,
             } => self.gpu_health_changed(&node, &gpu, healthy, reason, cleared_by, at),
+            Command::SetPrices(change) => self.set_prices(change, at),
+            Command::SetBudget { tenant, budget } => self.set_budget(tenant, budget),
         }
     }
 
