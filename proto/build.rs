@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "proto/edupool/v1/edupool.proto",
         "proto/edupool/v1/cluster.proto",
+        "proto/edupool/v1/usage.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

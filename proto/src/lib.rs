@@ -1,6 +1,7 @@
 //! Generated gRPC types and services of `edupool.v1`, and nothing else:
-//! `edupool.proto` (the pool's API) and `cluster.proto` (raft messages
-//! between replicas and the operators' `ClusterService`), one package.
+//! `edupool.proto` (the pool's API), `cluster.proto` (raft messages
+//! between replicas and the operators' `ClusterService`) and `usage.proto`
+//! (the usage ledger, prices and budgets), one package.
 //!
 //! Domain code converts to and from these types at its edges; the
 //! replicated state never stores them.

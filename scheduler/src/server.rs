@@ -7,6 +7,7 @@ use std::time::Duration;
 use edupool_proto::v1::admin_service_server::AdminServiceServer;
 use edupool_proto::v1::agent_service_server::AgentServiceServer;
 use edupool_proto::v1::cluster_service_server::ClusterServiceServer;
+use edupool_proto::v1::usage_service_server::UsageServiceServer;
 use edupool_proto::v1::job_service_server::JobServiceServer;
 use edupool_proto::v1::raft_service_server::RaftServiceServer;
 use thiserror::Error;
@@ -18,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::admin::Admin;
 use crate::api::agents::Agents;
 use crate::api::cluster::Cluster;
+use crate::api::usage::Usage;
 use crate::api::convert::JobLimits;
 use crate::api::jobs::Jobs;
 use crate::api::Auth;
@@ -271,6 +273,10 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         replica: replica.clone(),
         auth: auth.clone(),
     };
+    let usage = Usage {
+        replica: replica.clone(),
+        auth: auth.clone(),
+    };
     let raft_server = replica.raft_server();
     let agents = Agents {
         replica: replica.clone(),
@@ -302,6 +308,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         .add_service(
             ClusterServiceServer::new(cluster).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
+        .add_service(UsageServiceServer::new(usage).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(
             RaftServiceServer::new(raft_server)
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)

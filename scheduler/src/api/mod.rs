@@ -1,5 +1,6 @@
 //! The gRPC services: `jobs` (tenants), `admin` (cluster admins),
-//! `agents` (node sessions) and `cluster` (replica set); authentication;
+//! `agents` (node sessions), `cluster` (replica set) and `usage` (ledger,
+//! prices, budgets); authentication;
 //! read consistency; and the one place where domain errors become
 //! `tonic::Status`.
 
@@ -8,6 +9,7 @@ pub mod agents;
 pub mod cluster;
 pub mod convert;
 pub mod jobs;
+pub mod usage;
 
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Status};

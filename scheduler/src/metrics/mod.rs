@@ -12,6 +12,7 @@
 //! `_bytes`); no label ever carries a job id. docs/monitoring.md lists
 //! every metric with the dashboards and alerts built on them.
 
+mod budget;
 mod edge;
 mod grpc;
 pub mod http;

@@ -55,6 +55,7 @@ pub fn families(state: &State, now: Millis) -> Vec<MetricFamily> {
     let mut out = gpu_families(state);
     out.extend(node_families(state));
     out.extend(tenant_families(state, now));
+    out.extend(super::budget::families(state, now));
     out
 }
 

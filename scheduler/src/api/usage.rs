@@ -1,0 +1,464 @@
+//! `UsageService`: usage reports, the settlement, the ledger export, the
+//! price book and budgets. Tenants read only their own usage and budgets
+//! (asking for another tenant's is PERMISSION_DENIED); admins read all and
+//! set prices and budgets. Reports are computed by `state::billing` from
+//! the replicated ledger.
+
+use edupool_proto::v1 as pb;
+use edupool_proto::v1::usage_service_server::UsageService;
+use tonic::{Request, Response, Status};
+
+use super::{status, Auth, Caller};
+use crate::raft::Replica;
+use crate::state::billing::{self, GroupBy, Line, Period};
+use crate::state::{Accounts, Budget, Command, GpuPrice, JobClass, Millis, PriceChange, State};
+
+#[derive(Clone)]
+pub struct Usage {
+    pub replica: Replica,
+    pub auth: Auth,
+}
+
+/// Whose usage a caller may read: admins anyone's (`None` = everyone's
+/// when no tenant is named), a tenant only its own.
+fn usage_scope(caller: &Caller, asked: &str) -> Result<Option<String>, Status> {
+    match caller {
+        Caller::Admin => Ok(Some(asked.to_string()).filter(|t| !t.is_empty())),
+        Caller::Tenant(own) if asked.is_empty() || asked == own => Ok(Some(own.clone())),
+        Caller::Tenant(own) => Err(Status::permission_denied(format!(
+            "tenant '{own}' may read only its own usage, not that of '{}'",
+            super::convert::truncate(asked)
+        ))),
+        Caller::Agent => Err(Status::permission_denied(
+            "an agent token may only open agent sessions",
+        )),
+    }
+}
+
+fn check_range(from: Millis, to: Millis) -> Result<(), Status> {
+    if from > to {
+        return Err(Status::invalid_argument(format!(
+            "the range starts after it ends: from {} is after to {}",
+            billing::format_time(from),
+            billing::format_time(to)
+        )));
+    }
+    Ok(())
+}
+
+fn group_by(by: &str) -> Result<GroupBy, Status> {
+    match by {
+        "" | "day" => Ok(GroupBy::Day),
+        "job" => Ok(GroupBy::Job),
+        "model" => Ok(GroupBy::Model),
+        "class" => Ok(GroupBy::Class),
+        other => Err(Status::invalid_argument(format!(
+            "cannot group by '{}': use day, job, model or class",
+            super::convert::truncate(other)
+        ))),
+    }
+}
+
+fn period(name: &str) -> Result<Period, Status> {
+    match name {
+        "" | "month" => Ok(Period::Month),
+        "week" => Ok(Period::Week),
+        "day" => Ok(Period::Day),
+        other => Err(Status::invalid_argument(format!(
+            "'{}' is not a budget period: use day, week or month",
+            super::convert::truncate(other)
+        ))),
+    }
+}
+
+fn job_class(name: &str) -> Result<Option<JobClass>, Status> {
+    if name.is_empty() {
+        return Ok(None);
+    }
+    JobClass::ALL
+        .into_iter()
+        .find(|c| c.name() == name)
+        .map(Some)
+        .ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "'{}' is not a job class: use inference, training, batch or scavenger",
+                super::convert::truncate(name)
+            ))
+        })
+}
+
+/// A money or quantity field that must not be negative.
+fn non_negative(field: &str, v: i64) -> Result<u64, Status> {
+    u64::try_from(v).map_err(|_| {
+        Status::invalid_argument(format!("{field} must not be negative (got {v})"))
+    })
+}
+
+fn percent(field: &str, v: i64) -> Result<u32, Status> {
+    u32::try_from(v)
+        .ok()
+        .filter(|p| *p <= 100)
+        .ok_or_else(|| Status::invalid_argument(format!("{field} must be 0-100 (got {v})")))
+}
+
+fn currency(a: &Accounts) -> String {
+    a.prices
+        .latest()
+        .map(|v| v.currency.clone())
+        .unwrap_or_default()
+}
+
+fn budget_states(s: &State, tenant: Option<&str>, at: Millis) -> Vec<pb::BudgetState> {
+    let a = s.accounts();
+    a.budgets
+        .iter()
+        .filter(|(t, _)| tenant.is_none_or(|x| x == t.as_str()))
+        .map(|(t, b)| {
+            let st = billing::budget_status(a, t, b, at);
+            pb::BudgetState {
+                tenant: t.clone(),
+                period: b.period.name().into(),
+                label: st.label.clone(),
+                used_milli: st.used,
+                soft_milli: b.soft,
+                hard_milli: b.hard,
+                over_soft: st.over_soft(),
+                over_hard: st.over_hard(),
+            }
+        })
+        .collect()
+}
+
+fn record(l: &Line) -> pb::LedgerRecord {
+    let e = l.entry;
+    pb::LedgerRecord {
+        seq: e.seq,
+        tenant: e.tenant.clone(),
+        job: e.job.to_string(),
+        run: e.run,
+        task: e.task,
+        node: e.node.clone(),
+        lender: e.lender.clone().unwrap_or_default(),
+        class: e.class.name().into(),
+        gpu_model: e.gpu_model.clone(),
+        gpu_class: e.gpu_class.clone(),
+        gpus: e.gpus,
+        milli_per_gpu: e.milli_per_gpu,
+        start_ms: e.start,
+        end_ms: e.end,
+        gpu_milli_ms: e.gpu_milli_ms,
+        energy_mj: e.energy_mj,
+        capacity: e.capacity.name().into(),
+        ended: e.ended.name().into(),
+        gross_milli: l.charge.gross(),
+        discount_milli: l.charge.discount(),
+        net_milli: l.charge.net(),
+        lending_credit_milli: l.charge.lending_credit,
+    }
+}
+
+fn price_book(s: &State) -> pb::PriceBookResponse {
+    let versions = s
+        .accounts()
+        .prices
+        .versions
+        .iter()
+        .map(|v| pb::PriceVersion {
+            version: v.version,
+            effective_from_ms: v.effective_from,
+            set_at_ms: v.set_at,
+            currency: v.currency.clone(),
+            gpu_hour: v
+                .gpu_hour
+                .iter()
+                .map(|p| pb::GpuHourPrice {
+                    model: p.model.clone(),
+                    class: p.class.map(|c| c.name().to_string()).unwrap_or_default(),
+                    per_gpu_hour_milli: p.per_gpu_hour as i64,
+                })
+                .collect(),
+            energy_per_kwh_milli: v.energy_per_kwh as i64,
+            free_milli_gpu_hours: v.free_milli_gpu_hours as i64,
+            equity_discounts: v
+                .equity_discount_pct
+                .iter()
+                .map(|(t, p)| pb::EquityDiscount {
+                    tenant: t.clone(),
+                    percent: i64::from(*p),
+                })
+                .collect(),
+            lending_credit_percent: i64::from(v.lending_credit_pct),
+        })
+        .collect();
+    pb::PriceBookResponse { versions }
+}
+
+/// Checks a price change's numbers and names; the state checks the rest
+/// (models, tenants, times, currency).
+fn price_change(r: pb::SetPricesRequest) -> Result<PriceChange, Status> {
+    let gpu_hour = r
+        .gpu_hour
+        .into_iter()
+        .map(|p| {
+            if p.model.is_empty() {
+                return Err(Status::invalid_argument("a GPU-hour price needs a model"));
+            }
+            Ok(GpuPrice {
+                per_gpu_hour: non_negative(
+                    &format!("the GPU-hour price of {}", super::convert::truncate(&p.model)),
+                    p.per_gpu_hour_milli,
+                )?,
+                class: job_class(&p.class)?,
+                model: p.model,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let equity_discount_pct = r
+        .equity_discounts
+        .into_iter()
+        .map(|d| Ok((d.tenant, percent("an equity discount", d.percent)?)))
+        .collect::<Result<_, Status>>()?;
+    Ok(PriceChange {
+        effective_from: r.effective_from_ms,
+        currency: Some(r.currency).filter(|c| !c.is_empty()),
+        gpu_hour,
+        energy_per_kwh: r
+            .energy_per_kwh_milli
+            .map(|v| non_negative("the energy price", v))
+            .transpose()?,
+        free_milli_gpu_hours: r
+            .free_milli_gpu_hours
+            .map(|v| non_negative("the free tier", v))
+            .transpose()?,
+        equity_discount_pct,
+        lending_credit_pct: r
+            .lending_credit_percent
+            .map(|v| percent("the lending credit", v))
+            .transpose()?,
+    })
+}
+
+#[tonic::async_trait]
+impl UsageService for Usage {
+    async fn get_usage_report(
+        &self,
+        req: Request<pb::UsageReportRequest>,
+    ) -> Result<Response<pb::UsageReportResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        super::read_barrier(&self.replica, &req).await?;
+        let r = req.into_inner();
+        let tenant = usage_scope(&caller, &r.tenant)?;
+        check_range(r.from_ms, r.to_ms)?;
+        let by = group_by(&r.by)?;
+        let now = crate::control::now_millis();
+        let reply = self.replica.read(|s| {
+            let a = s.accounts();
+            let lines = billing::bill(a, tenant.as_deref(), r.from_ms, r.to_ms);
+            let rows = billing::report(&lines, by)
+                .into_iter()
+                .map(|x| pb::UsageReportRow {
+                    tenant: x.tenant,
+                    key: x.key,
+                    runs: x.runs,
+                    gpu_milli_ms: x.gpu_milli_ms,
+                    borrowed_gpu_milli_ms: x.borrowed_gpu_milli_ms,
+                    energy_mj: x.energy_mj,
+                    gross_milli: x.gross,
+                    discount_milli: x.discount,
+                    net_milli: x.net,
+                    unpriced_gpu_milli_ms: x.unpriced_gpu_milli_ms,
+                })
+                .collect();
+            pb::UsageReportResponse {
+                currency: currency(a),
+                rows,
+                budgets: budget_states(s, tenant.as_deref(), now),
+            }
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn get_settlement(
+        &self,
+        req: Request<pb::SettlementRequest>,
+    ) -> Result<Response<pb::SettlementResponse>, Status> {
+        self.auth.caller(&req)?.require_admin()?;
+        super::read_barrier(&self.replica, &req).await?;
+        let r = req.into_inner();
+        check_range(r.from_ms, r.to_ms)?;
+        let reply = self.replica.read(|s| {
+            let a = s.accounts();
+            let lines = billing::bill(a, None, r.from_ms, r.to_ms);
+            let rows = billing::settlement(&lines)
+                .into_iter()
+                .map(|x| pb::SettlementRow {
+                    net_milli: i64::try_from(x.net()).unwrap_or(i64::MAX),
+                    member: x.member,
+                    owes_milli: x.owes,
+                    owed_milli: x.owed,
+                    borrowed_gpu_milli_ms: x.borrowed_gpu_milli_ms,
+                    lent_gpu_milli_ms: x.lent_gpu_milli_ms,
+                })
+                .collect();
+            pb::SettlementResponse {
+                currency: currency(a),
+                rows,
+            }
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn export_usage(
+        &self,
+        req: Request<pb::ExportUsageRequest>,
+    ) -> Result<Response<pb::ExportUsageResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        super::read_barrier(&self.replica, &req).await?;
+        let r = req.into_inner();
+        let tenant = usage_scope(&caller, &r.tenant)?;
+        check_range(r.from_ms, r.to_ms)?;
+        let reply = self.replica.read(|s| {
+            let a = s.accounts();
+            let lines = billing::bill(a, tenant.as_deref(), r.from_ms, r.to_ms);
+            pb::ExportUsageResponse {
+                currency: currency(a),
+                records: lines.iter().map(record).collect(),
+            }
+        });
+        Ok(Response::new(reply))
+    }
+
+    async fn set_prices(
+        &self,
+        req: Request<pb::SetPricesRequest>,
+    ) -> Result<Response<pb::PriceBookResponse>, Status> {
+        self.auth.caller(&req)?.require_admin()?;
+        let change = price_change(req.into_inner())?;
+        self.replica
+            .propose(Command::SetPrices(change))
+            .await
+            .map_err(status)?;
+        Ok(Response::new(self.replica.read(price_book)))
+    }
+
+    async fn list_prices(
+        &self,
+        req: Request<pb::ListPricesRequest>,
+    ) -> Result<Response<pb::PriceBookResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        usage_scope(&caller, "")?;
+        super::read_barrier(&self.replica, &req).await?;
+        Ok(Response::new(self.replica.read(price_book)))
+    }
+
+    async fn set_budget(
+        &self,
+        req: Request<pb::SetBudgetRequest>,
+    ) -> Result<Response<pb::BudgetsResponse>, Status> {
+        self.auth.caller(&req)?.require_admin()?;
+        let r = req.into_inner();
+        let budget = if r.remove {
+            None
+        } else {
+            Some(Budget {
+                period: period(&r.period)?,
+                soft: r
+                    .soft_milli
+                    .map(|v| non_negative("the soft limit", v))
+                    .transpose()?,
+                hard: r
+                    .hard_milli
+                    .map(|v| non_negative("the hard limit", v))
+                    .transpose()?,
+            })
+        };
+        let tenant = r.tenant;
+        self.replica
+            .propose(Command::SetBudget {
+                tenant: tenant.clone(),
+                budget,
+            })
+            .await
+            .map_err(status)?;
+        let now = crate::control::now_millis();
+        Ok(Response::new(self.replica.read(|s| pb::BudgetsResponse {
+            currency: currency(s.accounts()),
+            budgets: budget_states(s, Some(&tenant), now),
+        })))
+    }
+
+    async fn list_budgets(
+        &self,
+        req: Request<pb::ListBudgetsRequest>,
+    ) -> Result<Response<pb::BudgetsResponse>, Status> {
+        let caller = self.auth.caller(&req)?;
+        super::read_barrier(&self.replica, &req).await?;
+        let tenant = usage_scope(&caller, &req.get_ref().tenant)?;
+        let now = crate::control::now_millis();
+        Ok(Response::new(self.replica.read(|s| pb::BudgetsResponse {
+            currency: currency(s.accounts()),
+            budgets: budget_states(s, tenant.as_deref(), now),
+        })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn a_tenant_reads_only_its_own_usage() {
+        let t = Caller::Tenant("zju".into());
+        assert_eq!(usage_scope(&t, "").unwrap().as_deref(), Some("zju"));
+        assert_eq!(usage_scope(&t, "zju").unwrap().as_deref(), Some("zju"));
+        let err = usage_scope(&t, "hdu").unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied);
+        assert_eq!(
+            err.message(),
+            "tenant 'zju' may read only its own usage, not that of 'hdu'"
+        );
+        assert_eq!(usage_scope(&Caller::Admin, "").unwrap(), None);
+        assert_eq!(
+            usage_scope(&Caller::Admin, "hdu").unwrap().as_deref(),
+            Some("hdu")
+        );
+        assert!(usage_scope(&Caller::Agent, "").is_err());
+    }
+
+    #[test]
+    fn bad_numbers_are_invalid_arguments() {
+        let negative = pb::SetPricesRequest {
+            currency: "CNY".into(),
+            gpu_hour: vec![pb::GpuHourPrice {
+                model: "A100-80GB".into(),
+                class: String::new(),
+                per_gpu_hour_milli: -5,
+            }],
+            ..Default::default()
+        };
+        let err = price_change(negative).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(
+            err.message(),
+            "the GPU-hour price of A100-80GB must not be negative (got -5)"
+        );
+        let bad_class = pb::SetPricesRequest {
+            gpu_hour: vec![pb::GpuHourPrice {
+                model: "A100-80GB".into(),
+                class: "gaming".into(),
+                per_gpu_hour_milli: 5,
+            }],
+            ..Default::default()
+        };
+        assert!(price_change(bad_class)
+            .unwrap_err()
+            .message()
+            .contains("'gaming' is not a job class"));
+        let err = check_range(10, 5).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().contains("from 1970-01-01T00:00:00.010Z is after to"));
+        assert!(group_by("week").is_err());
+        assert!(period("year").is_err());
+    }
+}
