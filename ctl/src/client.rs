@@ -10,7 +10,8 @@ use std::{error::Error as StdError, time::Duration};
 
 use edupool_proto::v1::{
     admin_service_client::AdminServiceClient, cluster_service_client::ClusterServiceClient,
-    job_service_client::JobServiceClient, GetClusterStatusRequest, ReplicaRole,
+    job_service_client::JobServiceClient, usage_service_client::UsageServiceClient,
+    GetClusterStatusRequest, ReplicaRole,
 };
 use tonic::{
     metadata::AsciiMetadataValue,
@@ -88,6 +89,8 @@ pub type JobClient = JobServiceClient<AuthChannel>;
 pub type AdminClient = AdminServiceClient<AuthChannel>;
 /// The `ClusterService` client [`connect`] gives.
 pub type ClusterClient = ClusterServiceClient<AuthChannel>;
+/// The `UsageService` client [`connect`] gives.
+pub type UsageClient = UsageServiceClient<AuthChannel>;
 
 /// Clients of both public services over one connection.
 #[derive(Clone, Debug)]
@@ -95,6 +98,7 @@ pub struct Clients {
     pub jobs: JobClient,
     pub admin: AdminClient,
     pub cluster: ClusterClient,
+    pub usage: UsageClient,
     /// The endpoint that answered, e.g. `http://10.0.0.5:7070`.
     pub endpoint: String,
 }
@@ -118,7 +122,8 @@ impl Clients {
         Ok(Clients {
             jobs: JobServiceClient::with_interceptor(channel.clone(), auth.clone()),
             admin: AdminServiceClient::with_interceptor(channel.clone(), auth.clone()),
-            cluster: ClusterServiceClient::with_interceptor(channel, auth),
+            cluster: ClusterServiceClient::with_interceptor(channel.clone(), auth.clone()),
+            usage: UsageServiceClient::with_interceptor(channel, auth),
             endpoint: endpoint.into(),
         })
     }

@@ -7,7 +7,9 @@ use clap::{
     builder::{PossibleValuesParser, TypedValueParser as _},
     Args, Parser, Subcommand, ValueEnum,
 };
-use edupool_proto::v1::{JobSpec, JobState, LogStream, NodeLabels};
+use edupool_proto::v1::{
+    JobSpec, JobState, LogStream, NodeLabels, SetBudgetRequest, SetPricesRequest,
+};
 use edupoolctl::{
     client::{self, ConnectOptions, DEFAULT_ENDPOINT},
     commands::{CommandError, Ctl, JobFilter, NodeAction},
@@ -15,6 +17,7 @@ use edupoolctl::{
     output::OutputFormat,
     parse_job_state,
     policy::{parse_weight, Count},
+    usage::{self, UsageFormat},
     JOB_STATE_NAMES,
 };
 
@@ -76,6 +79,8 @@ struct Global {
 enum Format {
     Table,
     Json,
+    /// Comma-separated values (`usage report`, `usage settlement`, `usage export`)
+    Csv,
 }
 
 impl From<Format> for OutputFormat {
@@ -83,6 +88,8 @@ impl From<Format> for OutputFormat {
         match format {
             Format::Table => OutputFormat::Table,
             Format::Json => OutputFormat::Json,
+            // Only usage commands accept csv (checked before connecting).
+            Format::Csv => OutputFormat::Table,
         }
     }
 }
@@ -101,6 +108,15 @@ enum Command {
     /// The scheduler's replicas: status, members, leadership, backups
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Usage reports, the settlement between members, the ledger export
+    #[command(subcommand)]
+    Usage(UsageCommand),
+    /// The price book: GPU-hour and energy prices, discounts, lending credit
+    #[command(subcommand)]
+    Price(PriceCommand),
+    /// Tenants' spending limits per period
+    #[command(subcommand)]
+    Budget(BudgetCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -405,6 +421,133 @@ enum TenantCommand {
     },
 }
 
+/// A time range `[from, to)`; a run counts in the range in which it ended.
+#[derive(Debug, Args)]
+struct Range {
+    /// Start, inclusive: 2026-11-01 (midnight UTC) or 2026-11-01T08:00:00Z
+    #[arg(long, value_parser = usage::parse_time, value_name = "TIME")]
+    from: i64,
+    /// End, exclusive [default: now]
+    #[arg(long, value_parser = usage::parse_time, value_name = "TIME")]
+    to: Option<i64>,
+}
+
+impl Range {
+    fn to_ms(&self) -> i64 {
+        self.to.unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64)
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReportBy {
+    Day,
+    Job,
+    Model,
+    Class,
+}
+
+#[derive(Debug, Subcommand)]
+enum UsageCommand {
+    /// GPU-hours, energy and charges, grouped; tenants see only their own
+    #[command(after_help = "Examples:\n  \
+        edupoolctl usage report --from 2026-11-01 --to 2026-12-01 --by model\n  \
+        edupoolctl usage report --tenant uni-b --from 2026-11-01 -o csv")]
+    Report {
+        /// The tenant [default: your own; admins: every tenant]
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        range: Range,
+        /// How to group the runs
+        #[arg(long, value_enum, default_value_t = ReportBy::Day)]
+        by: ReportBy,
+    },
+    /// Per member: what it owes for use of others' GPUs, is owed for
+    /// lending its own, and the net (admins)
+    Settlement {
+        #[command(flatten)]
+        range: Range,
+    },
+    /// One CSV row per ledger entry with its charge (-o json for JSON)
+    Export {
+        /// The tenant [default: your own; admins: every tenant]
+        #[arg(long)]
+        tenant: Option<String>,
+        #[command(flatten)]
+        range: Range,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PriceCommand {
+    /// Add a price version (admins); what is not given carries over from the
+    /// latest version
+    #[command(after_help = "Examples:\n  \
+        edupoolctl price set --currency CNY --gpu-hour A100-80GB=8 --gpu-hour A100-80GB:batch=6 \\\n      \
+        --energy-per-kwh 0.8 --free-gpu-hours 1 --equity-discount uni-b=20 --lending-credit 70\n  \
+        edupoolctl price set --effective-from 2026-11-10 --gpu-hour A100-80GB=10")]
+    Set {
+        /// When the version takes effect; never in the past [default: now]
+        #[arg(long, value_parser = usage::parse_time, value_name = "TIME")]
+        effective_from: Option<i64>,
+        /// ISO 4217 code, required the first time and fixed afterwards
+        #[arg(long)]
+        currency: Option<String>,
+        /// Price of a GPU-hour of a model, for one job class or all:
+        /// MODEL[:CLASS]=AMOUNT (repeatable)
+        #[arg(long, value_parser = usage::parse_gpu_price, value_name = "MODEL[:CLASS]=AMOUNT")]
+        gpu_hour: Vec<edupool_proto::v1::GpuHourPrice>,
+        /// Price of a kWh of GPU energy
+        #[arg(long, value_parser = usage::parse_money, value_name = "AMOUNT")]
+        energy_per_kwh: Option<i64>,
+        /// GPU-hours free to each tenant per calendar month
+        #[arg(long, value_parser = usage::parse_money, value_name = "HOURS")]
+        free_gpu_hours: Option<i64>,
+        /// Percent off a tenant's bill: TENANT=PERCENT, 0 removes it (repeatable)
+        #[arg(long, value_parser = usage::parse_discount, value_name = "TENANT=PERCENT")]
+        equity_discount: Vec<edupool_proto::v1::EquityDiscount>,
+        /// Percent of a run's GPU charge credited to the member whose node ran it
+        #[arg(long, value_name = "PERCENT")]
+        lending_credit: Option<i64>,
+    },
+    /// Every price version, oldest first
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+enum BudgetCommand {
+    /// Set or remove a tenant's budget (admins)
+    #[command(after_help = "Examples:\n  \
+        edupoolctl budget set uni-b --soft 800 --hard 1000\n  \
+        edupoolctl budget set uni-b --remove")]
+    Set {
+        /// The tenant
+        tenant: String,
+        /// The budget period (UTC)
+        #[arg(long, default_value = "month", value_parser = ["day", "week", "month"])]
+        period: String,
+        /// Over it: a warning in reports and an alert
+        #[arg(long, value_parser = usage::parse_money, value_name = "AMOUNT")]
+        soft: Option<i64>,
+        /// Over it: only scavenger jobs are accepted until the period ends
+        #[arg(long, value_parser = usage::parse_money, value_name = "AMOUNT")]
+        hard: Option<i64>,
+        /// Remove the tenant's budget
+        #[arg(long, conflicts_with_all = ["soft", "hard"])]
+        remove: bool,
+    },
+    /// Budgets and this period's spending [tenants: their own]
+    List {
+        /// Only this tenant
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
 fn parse_env(text: &str) -> Result<(String, String), String> {
     match text.split_once('=') {
         Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
@@ -464,6 +607,16 @@ const MAX_LEADER_HOPS: usize = 3;
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
+    if matches!(global.output, Format::Csv) && !matches!(command, Command::Usage(_)) {
+        anyhow::bail!(
+            "--output csv is only for `usage report`, `usage settlement` and `usage export`"
+        );
+    }
+    let usage_format = match global.output {
+        Format::Table => UsageFormat::Table,
+        Format::Json => UsageFormat::Json,
+        Format::Csv => UsageFormat::Csv,
+    };
     // A bad job file is reported before any connection is made.
     let spec = match &command {
         Command::Job(JobCommand::Submit(args)) => Some(build_spec(args.as_ref().clone())?),
@@ -477,7 +630,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut hops = 0;
     loop {
         let mut ctl = Ctl::new(clients, global.output.into(), io::stdout());
-        let result = dispatch(&mut ctl, &command, spec.clone()).await;
+        let result = match &command {
+            Command::Usage(u) => usage_dispatch(&mut ctl, u, usage_format).await,
+            _ => dispatch(&mut ctl, &command, spec.clone()).await,
+        };
         // A follower refused (it names the leader, and nothing was applied):
         // go there and run the command again.
         let hint = result.as_ref().err().and_then(leader_hint);
@@ -620,6 +776,80 @@ async fn dispatch(
             max_gpus,
         }) => {
             ctl.set_class_cap(name, (*job_class).into(), *max_gpus)
+                .await?;
+        }
+        Command::Usage(_) => unreachable!("usage commands go to usage_dispatch"),
+        Command::Price(PriceCommand::Set {
+            effective_from,
+            currency,
+            gpu_hour,
+            energy_per_kwh,
+            free_gpu_hours,
+            equity_discount,
+            lending_credit,
+        }) => {
+            ctl.set_prices(SetPricesRequest {
+                effective_from_ms: *effective_from,
+                currency: currency.clone().unwrap_or_default(),
+                gpu_hour: gpu_hour.clone(),
+                energy_per_kwh_milli: *energy_per_kwh,
+                free_milli_gpu_hours: *free_gpu_hours,
+                equity_discounts: equity_discount.clone(),
+                lending_credit_percent: *lending_credit,
+            })
+            .await?;
+        }
+        Command::Price(PriceCommand::List) => {
+            ctl.list_prices().await?;
+        }
+        Command::Budget(BudgetCommand::Set {
+            tenant,
+            period,
+            soft,
+            hard,
+            remove,
+        }) => {
+            if !remove && soft.is_none() && hard.is_none() {
+                anyhow::bail!("give --soft, --hard or both (or --remove)");
+            }
+            ctl.set_budget(SetBudgetRequest {
+                tenant: tenant.clone(),
+                period: period.clone(),
+                soft_milli: *soft,
+                hard_milli: *hard,
+                remove: *remove,
+            })
+            .await?;
+        }
+        Command::Budget(BudgetCommand::List { tenant }) => {
+            ctl.list_budgets(tenant.as_deref()).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn usage_dispatch(
+    ctl: &mut Ctl<io::Stdout>,
+    command: &UsageCommand,
+    format: UsageFormat,
+) -> anyhow::Result<()> {
+    match command {
+        UsageCommand::Report { tenant, range, by } => {
+            let by = match by {
+                ReportBy::Day => "day",
+                ReportBy::Job => "job",
+                ReportBy::Model => "model",
+                ReportBy::Class => "class",
+            };
+            ctl.usage_report(tenant.as_deref(), range.from, range.to_ms(), by, format)
+                .await?;
+        }
+        UsageCommand::Settlement { range } => {
+            ctl.usage_settlement(range.from, range.to_ms(), format)
+                .await?;
+        }
+        UsageCommand::Export { tenant, range } => {
+            ctl.usage_export(tenant.as_deref(), range.from, range.to_ms(), format)
                 .await?;
         }
     }

@@ -89,9 +89,8 @@ fn job_class(name: &str) -> Result<Option<JobClass>, Status> {
 
 /// A money or quantity field that must not be negative.
 fn non_negative(field: &str, v: i64) -> Result<u64, Status> {
-    u64::try_from(v).map_err(|_| {
-        Status::invalid_argument(format!("{field} must not be negative (got {v})"))
-    })
+    u64::try_from(v)
+        .map_err(|_| Status::invalid_argument(format!("{field} must not be negative (got {v})")))
 }
 
 fn percent(field: &str, v: i64) -> Result<u32, Status> {
@@ -205,7 +204,10 @@ fn price_change(r: pb::SetPricesRequest) -> Result<PriceChange, Status> {
             }
             Ok(GpuPrice {
                 per_gpu_hour: non_negative(
-                    &format!("the GPU-hour price of {}", super::convert::truncate(&p.model)),
+                    &format!(
+                        "the GPU-hour price of {}",
+                        super::convert::truncate(&p.model)
+                    ),
                     p.per_gpu_hour_milli,
                 )?,
                 class: job_class(&p.class)?,
@@ -457,7 +459,9 @@ mod tests {
             .contains("'gaming' is not a job class"));
         let err = check_range(10, 5).unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument);
-        assert!(err.message().contains("from 1970-01-01T00:00:00.010Z is after to"));
+        assert!(err
+            .message()
+            .contains("from 1970-01-01T00:00:00.010Z is after to"));
         assert!(group_by("week").is_err());
         assert!(period("year").is_err());
     }
