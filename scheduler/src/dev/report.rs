@@ -91,6 +91,7 @@ pub async fn run_workload(
     let jobs = follow(&admin, &expect, deadline).await?;
     println!();
     print_summary(&admin, &jobs).await;
+    print_ledger(&admin).await;
     let unexpected = jobs
         .iter()
         .filter(|j| {
@@ -246,6 +247,47 @@ async fn print_summary(admin: &Clients, jobs: &[pb::Job]) {
             first_line(admin, &j.id).await,
         ]);
     }
+    print!("{}", table.render());
+    println!();
+}
+
+/// GPU-hours per tenant from the usage ledger (every run, requeues
+/// included), as `edupoolctl usage report` computes them.
+async fn print_ledger(admin: &Clients) {
+    let report = admin
+        .usage
+        .clone()
+        .get_usage_report(pb::UsageReportRequest {
+            tenant: String::new(),
+            from_ms: 0,
+            to_ms: i64::MAX,
+            by: "class".into(),
+        })
+        .await;
+    let rows = match report {
+        Ok(r) => r.into_inner().rows,
+        Err(s) => {
+            println!("usage ledger: {}", describe_status(&s));
+            return;
+        }
+    };
+    let mut per_tenant: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    for r in rows {
+        let t = per_tenant.entry(r.tenant).or_default();
+        t.0 += r.runs;
+        t.1 += r.gpu_milli_ms;
+        t.2 += r.borrowed_gpu_milli_ms;
+    }
+    let mut table = Table::new(["TENANT", "RUNS", "GPU-HOURS", "BORROWED GPU-HOURS"]);
+    for (tenant, (runs, gpu, borrowed)) in per_tenant {
+        table.row([
+            tenant,
+            runs.to_string(),
+            edupoolctl::usage::gpu_hours(gpu),
+            edupoolctl::usage::gpu_hours(borrowed),
+        ]);
+    }
+    println!("Usage ledger (edupoolctl usage report):");
     print!("{}", table.render());
     println!();
 }
