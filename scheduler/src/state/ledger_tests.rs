@@ -550,3 +550,50 @@ fn worked_example_of_the_accounting_docs() {
     assert_eq!(later.len(), 1);
     assert_eq!(later[0].charge.net(), 6_000);
 }
+
+#[test]
+fn cancelled_and_gpu_failed_runs_are_recorded_with_how_they_ended() {
+    let mut s = State::default();
+    tenant(&mut s, "zju");
+    node(&mut s, "n1", 2);
+    let c = submit_at(&mut s, "zju", spec(1, JobClass::Batch), 0);
+    run_on(&mut s, c, "n1", Capacity::Guaranteed, 1_000);
+    ok(
+        &mut s,
+        Command::CancelJob {
+            tenant: Some("zju".into()),
+            job: c,
+            reason: String::new(),
+        },
+        2_000,
+    );
+    exit(&mut s, c, "n1", 143, 3_000, 0);
+    let g = submit_at(&mut s, "zju", spec(1, JobClass::Batch), 4_000);
+    run_on(&mut s, g, "n1", Capacity::Guaranteed, 5_000);
+    let gpu = s.job(g).unwrap().tasks[0].gpus[0].clone();
+    ok(
+        &mut s,
+        Command::GpuHealthChanged {
+            node: "n1".into(),
+            gpu,
+            healthy: false,
+            reason: "Xid 79".into(),
+            cleared_by: None,
+        },
+        6_000,
+    );
+    exit(&mut s, g, "n1", 143, 7_000, 0);
+    let ended: Vec<(JobId, RunEnd, u64)> = s
+        .accounts()
+        .entries
+        .iter()
+        .map(|e| (e.job, e.ended, e.gpu_milli_ms))
+        .collect();
+    assert_eq!(
+        ended,
+        vec![
+            (c, RunEnd::Cancelled, 2_000 * 1000),
+            (g, RunEnd::GpuFailed, 2_000 * 1000),
+        ]
+    );
+}
