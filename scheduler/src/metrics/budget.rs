@@ -40,3 +40,105 @@ pub fn families(state: &State, now: Millis) -> Vec<MetricFamily> {
     }
     prometheus::core::Collector::collect(&ratio)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::billing::Period;
+    use crate::state::tests_support::*;
+    use crate::state::{Budget, Command, GpuPrice, JobClass, JobUsage, PriceChange, TaskPlacement};
+
+    fn ratio(families: &[MetricFamily], tenant: &str, kind: &str) -> Option<f64> {
+        families[0]
+            .get_metric()
+            .iter()
+            .find(|m| {
+                let l: Vec<(&str, &str)> = m
+                    .get_label()
+                    .iter()
+                    .map(|l| (l.name(), l.value()))
+                    .collect();
+                l == [("kind", kind), ("tenant", tenant)]
+            })
+            .map(|m| m.get_gauge().get_value())
+    }
+
+    #[test]
+    fn the_ratio_is_spending_over_each_limit_and_zero_without_one() {
+        let mut s = State::default();
+        tenant(&mut s, "zju");
+        tenant(&mut s, "hdu");
+        node(&mut s, "n1", 1);
+        let at = |s: &mut State, cmd: Command, t: Millis| {
+            s.apply(cmd, t).expect("applied");
+        };
+        at(
+            &mut s,
+            Command::SetPrices(PriceChange {
+                effective_from: Some(0),
+                currency: Some("CNY".into()),
+                gpu_hour: vec![GpuPrice {
+                    model: "A100-80GB".into(),
+                    class: None,
+                    per_gpu_hour: 4_000,
+                }],
+                ..PriceChange::default()
+            }),
+            0,
+        );
+        let budget = Budget {
+            period: Period::Month,
+            soft: Some(2_000),
+            hard: Some(8_000),
+        };
+        at(
+            &mut s,
+            Command::SetBudget {
+                tenant: "zju".into(),
+                budget: Some(budget),
+            },
+            0,
+        );
+        let job = submit(&mut s, "zju", 1, JobClass::Batch);
+        let placement = TaskPlacement {
+            node: "n1".into(),
+            gpus: vec![uuid("n1", 0)],
+        };
+        at(
+            &mut s,
+            Command::PlaceJob {
+                job,
+                tasks: vec![placement],
+                capacity: Default::default(),
+            },
+            0,
+        );
+        at(
+            &mut s,
+            Command::JobStarted {
+                node: "n1".into(),
+                job,
+                started_at: 0,
+            },
+            0,
+        );
+        // One GPU-hour at 4.000: twice the soft limit, half the hard one.
+        at(
+            &mut s,
+            Command::JobExited {
+                node: "n1".into(),
+                job,
+                exit_code: Some(0),
+                reason: String::new(),
+                finished_at: 3_600_000,
+                usage: JobUsage::default(),
+            },
+            3_600_000,
+        );
+        let f = families(&s, 3_600_000);
+        assert_eq!(ratio(&f, "zju", "soft"), Some(2.0));
+        assert_eq!(ratio(&f, "zju", "hard"), Some(0.5));
+        assert_eq!(ratio(&f, "hdu", "soft"), Some(0.0));
+        assert_eq!(ratio(&f, "hdu", "hard"), Some(0.0));
+    }
+}
