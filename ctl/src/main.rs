@@ -630,10 +630,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut hops = 0;
     loop {
         let mut ctl = Ctl::new(clients, global.output.into(), io::stdout());
-        let result = match &command {
-            Command::Usage(u) => usage_dispatch(&mut ctl, u, usage_format).await,
-            _ => dispatch(&mut ctl, &command, spec.clone()).await,
-        };
+        let result = dispatch(&mut ctl, &command, spec.clone(), usage_format).await;
         // A follower refused (it names the leader, and nothing was applied):
         // go there and run the command again.
         let hint = result.as_ref().err().and_then(leader_hint);
@@ -660,6 +657,7 @@ async fn dispatch(
     ctl: &mut Ctl<io::Stdout>,
     command: &Command,
     spec: Option<JobSpec>,
+    usage_format: UsageFormat,
 ) -> anyhow::Result<()> {
     match command {
         Command::Job(JobCommand::Submit(_)) => {
@@ -778,7 +776,7 @@ async fn dispatch(
             ctl.set_class_cap(name, (*job_class).into(), *max_gpus)
                 .await?;
         }
-        Command::Usage(_) => unreachable!("usage commands go to usage_dispatch"),
+        Command::Usage(u) => usage_dispatch(ctl, u, usage_format).await?,
         Command::Price(PriceCommand::Set {
             effective_from,
             currency,
