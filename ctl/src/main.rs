@@ -1019,4 +1019,54 @@ mod tests {
         assert_eq!(limit, Some(5));
         assert!(parse(&["job", "list", "--state", "done"]).is_err());
     }
+
+    #[test]
+    fn usage_price_and_budget_commands_parse() {
+        let cli = parse(&[
+            "usage",
+            "report",
+            "--tenant",
+            "uni-b",
+            "--from",
+            "2026-11-01",
+            "--to",
+            "2026-12-01T00:00:00Z",
+            "--by",
+            "model",
+            "-o",
+            "csv",
+        ])
+        .unwrap();
+        assert!(matches!(cli.global.output, Format::Csv));
+        let Command::Usage(UsageCommand::Report { tenant, range, by }) = cli.command else {
+            panic!("not a usage report")
+        };
+        assert_eq!(tenant.as_deref(), Some("uni-b"));
+        assert!(matches!(by, ReportBy::Model));
+        assert!(range.from < range.to_ms());
+        let cli = parse(&[
+            "price",
+            "set",
+            "--gpu-hour",
+            "A100-80GB:batch=6",
+            "--gpu-hour",
+            "A100-80GB=8",
+            "--equity-discount",
+            "uni-b=20",
+        ])
+        .unwrap();
+        let Command::Price(PriceCommand::Set {
+            gpu_hour,
+            equity_discount,
+            ..
+        }) = cli.command
+        else {
+            panic!("not price set")
+        };
+        assert_eq!(gpu_hour.len(), 2);
+        assert_eq!(equity_discount[0].percent, 20);
+        assert!(parse(&["price", "set", "--energy-per-kwh", "-1"]).is_err());
+        assert!(parse(&["budget", "set", "uni-b", "--hard", "5", "--remove"]).is_err());
+        assert!(parse(&["usage", "report"]).is_err(), "--from is required");
+    }
 }
