@@ -36,6 +36,11 @@ fn usage_scope(caller: &Caller, asked: &str) -> Result<Option<String>, Status> {
 }
 
 fn check_range(from: Millis, to: Millis) -> Result<(), Status> {
+    if from < 0 {
+        return Err(Status::invalid_argument(
+            "the range starts before 1970-01-01; no usage is that old",
+        ));
+    }
     if from > to {
         return Err(Status::invalid_argument(format!(
             "the range starts after it ends: from {} is after to {}",
@@ -462,6 +467,8 @@ mod tests {
         assert!(err
             .message()
             .contains("from 1970-01-01T00:00:00.010Z is after to"));
+        assert!(check_range(-1, 5).is_err());
+        assert!(check_range(0, i64::MAX).is_ok());
         assert!(group_by("week").is_err());
         assert!(period("year").is_err());
     }

@@ -58,18 +58,18 @@ impl Period {
                 days_from_civil(y, m, 1)
             }
         };
-        first * MS_PER_DAY
+        first.saturating_mul(MS_PER_DAY)
     }
 
     /// The start of the period after the one that starts at `start`.
     pub fn next(self, start: Millis) -> Millis {
         match self {
-            Period::Day => start + MS_PER_DAY,
-            Period::Week => start + 7 * MS_PER_DAY,
+            Period::Day => start.saturating_add(MS_PER_DAY),
+            Period::Week => start.saturating_add(7 * MS_PER_DAY),
             Period::Month => {
                 let (y, m, _) = civil_from_days(start.div_euclid(MS_PER_DAY));
                 let (y, m) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-                days_from_civil(y, m, 1) * MS_PER_DAY
+                days_from_civil(y, m, 1).saturating_mul(MS_PER_DAY)
             }
         }
     }

@@ -428,6 +428,10 @@ fn periods_follow_the_calendar() {
     assert_eq!(billing::format_time(dec), "2026-12-01T00:00:00Z");
     let jan = Period::Month.next(dec);
     assert_eq!(billing::format_time(jan), "2027-01-01T00:00:00Z");
+    // The far future and past saturate instead of overflowing.
+    assert!(Period::Month.start(Millis::MAX) > 0);
+    assert!(Period::Month.next(Period::Month.start(Millis::MAX)) > 0);
+    assert!(Period::Week.start(Millis::MIN) < 0);
 }
 
 /// The worked example of docs/accounting.md, number for number.
