@@ -12,6 +12,7 @@
 //! - [`output`]: tables for people and JSON views for scripts.
 //! - [`policy`]: tenants' quotas, shares and class caps, node labels and
 //!   `job explain`.
+//! - [`security`]: API tokens, the tenant kill switch and the audit trail.
 //! - The crate root: names of the protocol's enums (`pending`, `training`,
 //!   ...) in both directions.
 //!
@@ -23,6 +24,7 @@ pub mod commands;
 pub mod jobfile;
 pub mod output;
 pub mod policy;
+pub mod security;
 
 use edupool_proto::v1::{JobClass, JobState, LogStream, NodeStatus, OnNodeLost};
 
