@@ -10,6 +10,8 @@ mod security;
 mod types;
 
 #[cfg(test)]
+mod security_tests;
+#[cfg(test)]
 mod tests;
 #[cfg(test)]
 pub(crate) mod tests_support;
