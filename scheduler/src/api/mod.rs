@@ -14,6 +14,8 @@ pub mod security;
 
 #[cfg(test)]
 mod authz_tests;
+#[cfg(test)]
+mod convert_proptests;
 
 use std::time::{Duration, Instant};
 

@@ -38,7 +38,10 @@ fn tokens_get_ids_in_order_and_revocation_removes_the_hash() {
     );
     assert_eq!(out, Outcome::Token("tok-1".into()));
     let grant = s.token_by_hash("h1").unwrap();
-    assert_eq!((grant.role, grant.tenant.as_deref()), (Role::Member, Some("zju")));
+    assert_eq!(
+        (grant.role, grant.tenant.as_deref()),
+        (Role::Member, Some("zju"))
+    );
     apply_ok(&mut s, Command::RevokeToken { id: "tok-1".into() });
     assert_eq!(s.token_by_hash("h1"), None);
     assert_eq!(s.api_token("tok-1").unwrap().revoked_at, Some(1_000));
@@ -67,7 +70,12 @@ fn the_initial_tenant_token_is_a_revocable_tenant_admin() {
     let grant = s.token_by_hash("hash-of-zju").unwrap();
     assert_eq!(grant.role, Role::TenantAdmin);
     assert!(grant.id.starts_with("init-"));
-    apply_ok(&mut s, Command::RevokeToken { id: grant.id.clone() });
+    apply_ok(
+        &mut s,
+        Command::RevokeToken {
+            id: grant.id.clone(),
+        },
+    );
     assert_eq!(s.token_by_hash("hash-of-zju"), None);
     assert!(s.api_token(&grant.id).unwrap().revoked_at.is_some());
 }
@@ -102,7 +110,12 @@ fn a_suspended_tenant_submits_nothing_and_its_pending_jobs_are_not_placed() {
     assert_eq!(s, before);
     let plan = crate::planner::plan(&s, 2_000, &Default::default());
     assert!(plan.is_empty(), "{plan:?}");
-    apply_ok(&mut s, Command::ResumeTenant { tenant: "zju".into() });
+    apply_ok(
+        &mut s,
+        Command::ResumeTenant {
+            tenant: "zju".into(),
+        },
+    );
     let plan = crate::planner::plan(&s, 3_000, &Default::default());
     assert_eq!(plan.len(), 1);
     assert_eq!(plan[0].job(), pending);
