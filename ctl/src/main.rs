@@ -96,7 +96,7 @@ enum Command {
     /// List nodes and take them in and out of service (admins)
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Create and list tenants (admins)
+    /// Create, list, configure and suspend tenants (admins)
     #[command(subcommand)]
     Tenant(TenantCommand),
     /// The scheduler's replicas: status, members, leadership, backups
@@ -117,7 +117,7 @@ enum TokenCommand {
         edupoolctl token create --role member --tenant zju --name alice --expires 30d\n  \
         edupoolctl token create --role auditor --name compliance")]
     Create {
-        /// admin, tenant-admin, member, auditor or agent
+        /// What the token may do (see docs/security.md, "Roles")
         #[arg(long, value_parser = PossibleValuesParser::new(
             ["admin", "tenant-admin", "member", "auditor", "agent"]))]
         role: String,

@@ -83,6 +83,7 @@ struct ServeArgs {
 
 /// Limits at the API edge (docs/security.md, "Limits").
 #[derive(clap::Args)]
+#[command(next_help_heading = "Limits")]
 struct ApiLimitArgs {
     /// Requests per second one token may make, sustained (per replica).
     #[arg(long, default_value_t = 200.0)]
