@@ -112,14 +112,22 @@ fn a_revoked_token_is_refused_everywhere_and_the_audit_trail_survives_failover()
     Ok(())
 }
 
-/// Submits one job over gRPC; the status code on refusal.
+/// Submits one job over gRPC; the status on refusal.
 async fn submit(
     client: &mut JobServiceClient<tonic::transport::Channel>,
     token: &str,
 ) -> Result<(), tonic::Status> {
+    submit_command(client, token, vec!["true".into()]).await
+}
+
+async fn submit_command(
+    client: &mut JobServiceClient<tonic::transport::Channel>,
+    token: &str,
+    command: Vec<String>,
+) -> Result<(), tonic::Status> {
     let mut req = tonic::Request::new(pb::SubmitJobRequest {
         spec: Some(pb::JobSpec {
-            command: vec!["true".into()],
+            command,
             gpus: 1,
             ..Default::default()
         }),
@@ -178,6 +186,9 @@ fn one_tenants_flood_does_not_rate_limit_another_and_the_kill_switch_stops_its_w
         for f in floods {
             flood_results.extend(f.await?);
         }
+        // A request over the size limit is refused before it is decoded.
+        let huge = submit_command(&mut client, &calm, vec!["x".repeat(2 << 20)]).await;
+        assert_eq!(huge.unwrap_err().code(), tonic::Code::OutOfRange);
         anyhow::Ok((flood_results, calm_results))
     })?;
     for r in &calm_results {
