@@ -46,7 +46,8 @@ impl Admin {
         rpc: Rpc,
         change: impl FnOnce(bool, bool) -> (bool, bool),
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        let caller = self.auth.authorize(&req, rpc).await?;
+        let target = req.get_ref().name.clone();
+        let caller = self.auth.authorize_on(&req, rpc, &target).await?;
         let name = req.into_inner().name;
         let (cordoned, draining) = self
             .replica
@@ -79,7 +80,11 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::CreateTenant).await?;
+        let target = req.get_ref().name.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::CreateTenant, &target)
+            .await?;
         let name = req.into_inner().name;
         if !valid_tenant_name(&name) {
             return Err(Status::invalid_argument(format!(
@@ -163,7 +168,11 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::LabelNodeRequest>,
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::LabelNode).await?;
+        let target = req.get_ref().name.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::LabelNode, &target)
+            .await?;
         let r = req.into_inner();
         let labels = convert::node_labels(r.labels).map_err(invalid)?;
         self.replica
@@ -186,7 +195,11 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::SetTenantQuotaRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::SetTenantQuota).await?;
+        let target = req.get_ref().tenant.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::SetTenantQuota, &target)
+            .await?;
         let r = req.into_inner();
         let (gpu_class, quota) = convert::quota(r.quota).map_err(invalid)?;
         let cmd = Command::SetTenantQuota {
@@ -202,7 +215,11 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::SetTenantShareRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::SetTenantShare).await?;
+        let target = req.get_ref().tenant.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::SetTenantShare, &target)
+            .await?;
         let r = req.into_inner();
         let current = self
             .replica
@@ -225,7 +242,11 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::SetClassCapRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::SetClassCap).await?;
+        let target = req.get_ref().tenant.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::SetClassCap, &target)
+            .await?;
         let r = req.into_inner();
         let cmd = Command::SetClassCap {
             tenant: r.tenant.clone(),
@@ -257,7 +278,8 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::ClearGpuRequest>,
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::ClearGpu).await?;
+        let target = req.get_ref().node.clone();
+        let caller = self.auth.authorize_on(&req, Rpc::ClearGpu, &target).await?;
         let pb::ClearGpuRequest { node, gpu_uuid } = req.into_inner();
         if gpu_uuid.is_empty() {
             return Err(Status::invalid_argument(

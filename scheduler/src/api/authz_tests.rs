@@ -614,6 +614,26 @@ async fn a_member_controls_only_its_own_jobs_and_denials_are_audited() {
             .any(|r| r.action == "job.cancel" && r.target == job && r.actor.name == "bob")
     });
     assert!(denied, "the denied cancel is in the audit trail");
+    let suspend = p
+        .admin
+        .suspend_tenant(req(
+            "secret-bob",
+            pb::SuspendTenantRequest {
+                tenant: "a".into(),
+                ..Default::default()
+            },
+        ))
+        .await;
+    assert_eq!(outcome(suspend), "denied");
+    let recorded = p.replica.read(|s| {
+        s.audit().any(|r| {
+            r.action == "tenant.suspend"
+                && r.target == "a"
+                && r.actor.role == Some(Role::Member)
+                && matches!(r.result, crate::state::AuditResult::Denied(_))
+        })
+    });
+    assert!(recorded, "the denied suspend names its target");
     let ok = p
         .jobs
         .cancel_job(req(

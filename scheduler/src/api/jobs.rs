@@ -179,7 +179,11 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::CancelJob).await?;
+        let target = req.get_ref().id.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::CancelJob, &target)
+            .await?;
         let tenant = caller.tenant_scope().map(str::to_string);
         let r = req.into_inner();
         let job: JobId = r.id.parse().map_err(Status::invalid_argument)?;

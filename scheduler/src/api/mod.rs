@@ -215,10 +215,23 @@ impl Auth {
     /// The caller, if its role admits `rpc`. A denied mutating call is
     /// recorded in the audit trail (where this replica can write).
     pub async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
+        self.authorize_on(req, rpc, "").await
+    }
+
+    /// `authorize` for a call on `target` (a tenant, node, job or token),
+    /// which a denial's audit record names.
+    pub async fn authorize_on<T>(
+        &self,
+        req: &Request<T>,
+        rpc: Rpc,
+        target: &str,
+    ) -> Result<Caller, Status> {
         let caller = self.caller(req)?;
         match rpc.denial(caller.role) {
             None => Ok(caller),
-            Some(why) => Err(self.deny(&caller, rpc, "", why).await),
+            Some(why) => Err(self
+                .deny(&caller, rpc, &convert::truncate(target), why)
+                .await),
         }
     }
 

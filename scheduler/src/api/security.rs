@@ -122,7 +122,11 @@ impl Admin {
         &self,
         req: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::ApiToken>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::RevokeToken).await?;
+        let target = req.get_ref().id.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::RevokeToken, &target)
+            .await?;
         let id = req.into_inner().id;
         let known = self
             .replica
@@ -153,7 +157,11 @@ impl Admin {
         &self,
         req: Request<pb::SuspendTenantRequest>,
     ) -> Result<Response<pb::TenantStatus>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::SuspendTenant).await?;
+        let target = req.get_ref().tenant.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::SuspendTenant, &target)
+            .await?;
         let r = req.into_inner();
         if r.reason.len() > MAX_TEXT {
             return Err(Status::invalid_argument(format!(
@@ -190,7 +198,11 @@ impl Admin {
         &self,
         req: Request<pb::ResumeTenantRequest>,
     ) -> Result<Response<pb::TenantStatus>, Status> {
-        let caller = self.auth.authorize(&req, Rpc::ResumeTenant).await?;
+        let target = req.get_ref().tenant.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::ResumeTenant, &target)
+            .await?;
         let tenant = req.into_inner().tenant;
         self.replica
             .propose(caller.audited(
