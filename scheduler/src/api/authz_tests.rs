@@ -36,6 +36,10 @@ struct Pool {
 
 impl Pool {
     async fn start() -> Pool {
+        Self::start_with(JobLimits::default()).await
+    }
+
+    async fn start_with(limits: JobLimits) -> Pool {
         let dir = tempfile::tempdir().unwrap();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -68,7 +72,7 @@ impl Pool {
                 replica: replica.clone(),
                 auth: auth.clone(),
                 sessions: sessions.clone(),
-                limits: JobLimits::default(),
+                limits,
                 tasks: tasks.clone(),
             },
             admin: Admin {
@@ -678,5 +682,89 @@ async fn revoked_and_expired_tokens_are_refused() {
         .get_tenant(req("initial-a", pb::GetTenantRequest { name: "a".into() }))
         .await;
     assert_eq!(outcome(t), "ok");
+    p.stop().await;
+}
+
+fn submit_req(secret: &str) -> Request<pb::SubmitJobRequest> {
+    req(
+        secret,
+        pb::SubmitJobRequest {
+            spec: Some(pb::JobSpec {
+                command: vec!["true".into()],
+                gpus: 1,
+                ..Default::default()
+            }),
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_over_its_pending_limit_is_refused_and_others_are_not() {
+    let p = Pool::start_with(JobLimits {
+        max_pending_per_tenant: 2,
+        ..JobLimits::default()
+    })
+    .await;
+    p.token("member-a", Role::Member, Some("a")).await;
+    p.token("member-b", Role::Member, Some("b")).await;
+    // The node has 4 GPUs and nothing places jobs here: they stay pending.
+    for _ in 0..2 {
+        p.jobs
+            .submit_job(submit_req("secret-member-a"))
+            .await
+            .unwrap();
+    }
+    let before = p.replica.read(|s| s.jobs().count());
+    let e = p
+        .jobs
+        .submit_job(submit_req("secret-member-a"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(e.message().contains("2 pending jobs"), "{}", e.message());
+    assert_eq!(p.replica.read(|s| s.jobs().count()), before);
+    assert!(p
+        .jobs
+        .submit_job(submit_req("secret-member-b"))
+        .await
+        .is_ok());
+    p.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_admin_hands_out_only_its_own_tenants_member_and_tenant_admin_tokens() {
+    let p = Pool::start().await;
+    p.token("tadmin-a", Role::TenantAdmin, Some("a")).await;
+    let other = p.token("member-b", Role::Member, Some("b")).await;
+    let create = |role: &str, tenant: &str| {
+        p.admin.create_token(req(
+            "secret-tadmin-a",
+            pb::CreateTokenRequest {
+                role: role.into(),
+                tenant: tenant.into(),
+                name: "x".into(),
+                expires_in_seconds: 0,
+            },
+        ))
+    };
+    assert_eq!(outcome(create("member", "a").await), "ok");
+    assert_eq!(outcome(create("tenant-admin", "a").await), "ok");
+    assert_eq!(outcome(create("member", "b").await), "notfound");
+    assert_eq!(outcome(create("auditor", "").await), "denied");
+    assert_eq!(outcome(create("admin", "").await), "denied");
+    assert_eq!(outcome(create("member", "").await), "invalid");
+    let revoke = p
+        .admin
+        .revoke_token(req("secret-tadmin-a", pb::RevokeTokenRequest { id: other }))
+        .await;
+    assert_eq!(outcome(revoke), "notfound");
+    let listed = p
+        .admin
+        .list_tokens(req("secret-tadmin-a", pb::ListTokensRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .tokens;
+    assert!(listed.iter().all(|t| t.tenant == "a"), "{listed:?}");
     p.stop().await;
 }
