@@ -245,15 +245,22 @@ impl Auth {
                 target: target.into(),
                 result: AuditResult::Denied(why.clone()),
             };
-            // Best effort: a follower cannot write, and the denial stands
-            // whether or not it was recorded.
-            if let Err(e) = self.replica.propose(record).await {
-                tracing::debug!("denial not recorded in the audit trail: {e}");
+            // Best effort: a follower cannot write, a replica without a
+            // quorum cannot commit, and the denial stands either way.
+            match tokio::time::timeout(AUDIT_WRITE_TIMEOUT, self.replica.propose(record)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!("denial not recorded in the audit trail: {e}"),
+                Err(_) => {
+                    tracing::warn!("denial not recorded in the audit trail: no commit in time")
+                }
             }
         }
         Status::permission_denied(why)
     }
 }
+
+/// How long recording a denial may hold up the denied call's answer.
+const AUDIT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// RESOURCE_EXHAUSTED with when to retry: `retry-after` (whole seconds, as
 /// HTTP has it), `x-edupool-retry-after-ms`, and a google.rpc.RetryInfo
