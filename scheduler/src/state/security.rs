@@ -22,6 +22,23 @@ use super::{Applied, JobId, JobState, Millis, State};
 /// ones arrive (docs/security.md, "Audit trail").
 pub const AUDIT_RETENTION: usize = 10_000;
 
+/// The longest text field of an audit record, in bytes.
+pub const AUDIT_FIELD_BYTES: usize = 512;
+
+/// `text` cut to at most `AUDIT_FIELD_BYTES` on a character boundary,
+/// marked with `...` where it was cut.
+fn clip(mut text: String) -> String {
+    if text.len() > AUDIT_FIELD_BYTES {
+        let mut end = AUDIT_FIELD_BYTES - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
 /// What a token may do (docs/security.md, "Roles").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -417,13 +434,27 @@ impl State {
         result: AuditResult,
         at: Millis,
     ) {
+        // A record's text comes partly from callers (a rejected tenant
+        // name, say): each field is clipped, so the trail's size stays
+        // bounded by its retention.
+        let result = match result {
+            AuditResult::Ok => AuditResult::Ok,
+            AuditResult::Rejected(d) => AuditResult::Rejected(clip(d)),
+            AuditResult::Denied(d) => AuditResult::Denied(clip(d)),
+        };
+        let actor = Actor {
+            token: clip(actor.token),
+            name: clip(actor.name),
+            role: actor.role,
+            tenant: actor.tenant.map(clip),
+        };
         self.security.last_audit += 1;
         self.security.audit.push_back(AuditRecord {
             seq: self.security.last_audit,
             at,
             actor,
-            action,
-            target,
+            action: clip(action),
+            target: clip(target),
             result,
         });
         while self.security.audit.len() > AUDIT_RETENTION {

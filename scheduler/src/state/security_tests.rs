@@ -238,3 +238,24 @@ fn a_state_of_an_earlier_version_without_the_security_part_still_loads() {
         Some(Role::TenantAdmin)
     );
 }
+
+#[test]
+fn audit_fields_from_callers_are_clipped() {
+    let mut s = State::default();
+    let long = "é".repeat(100_000);
+    let _ = s.apply(
+        Command::Audited {
+            actor: actor("a"),
+            action: "tenant.quota".into(),
+            target: long.clone(),
+            cmd: Box::new(Command::ResumeTenant { tenant: long }),
+        },
+        1,
+    );
+    let r = s.audit().next().unwrap();
+    assert!(r.target.len() <= super::security::AUDIT_FIELD_BYTES);
+    let AuditResult::Rejected(detail) = &r.result else {
+        panic!("{:?}", r.result)
+    };
+    assert!(detail.len() <= super::security::AUDIT_FIELD_BYTES && detail.ends_with("..."));
+}
