@@ -72,6 +72,9 @@ impl ServerConfig {
         if !(self.limits.rate.per_second > 0.0 && self.limits.rate.burst > 0) {
             return bad("the request rate limit and its burst must be above zero");
         }
+        if self.limits.max_pending_per_tenant == 0 {
+            return bad("the pending-jobs limit per tenant must be at least 1");
+        }
         if self.heartbeat_interval.is_zero() {
             return bad("the heartbeat interval must be above zero");
         }
