@@ -236,6 +236,15 @@ fn one_tenants_flood_does_not_rate_limit_another_and_the_kill_switch_stops_its_w
         ],
     )?;
     assert_eq!(s["suspended"], true, "{s}");
+    let tenants = Cluster::ctl_json(&at, ADMIN_TOKEN, &["tenant", "list"])?;
+    let calm_row = tenants
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|t| t["name"] == "calm")
+        .expect("the calm tenant is listed");
+    assert_eq!(calm_row["suspended"], true, "{calm_row}");
+    assert_eq!(calm_row["suspended_reason"], "incident 42", "{calm_row}");
     eventually("the long job to be stopped", WAIT, || {
         let v = Cluster::ctl_json(&at, &calm, &["job", "list", "--state", "cancelled"]).ok()?;
         v.as_array()?

@@ -356,6 +356,10 @@ fn tenant_view(s: &State, name: &str) -> Option<pb::Tenant> {
         created_at_ms: t.created_at,
         ..Default::default()
     };
+    if let Some(sus) = s.suspension(name) {
+        view.suspended = true;
+        view.suspended_reason = sus.reason.clone();
+    }
     for j in s.jobs().filter(|j| j.tenant == name) {
         match j.state {
             JobState::Pending => view.pending_jobs += 1,
