@@ -13,6 +13,7 @@
 //! - [`policy`]: tenants' quotas, shares and class caps, node labels and
 //!   `job explain`.
 //! - [`usage`]: usage reports, settlement and export; prices and budgets.
+//! - [`security`]: API tokens, the tenant kill switch and the audit trail.
 //! - The crate root: names of the protocol's enums (`pending`, `training`,
 //!   ...) in both directions.
 //!
@@ -24,6 +25,7 @@ pub mod commands;
 pub mod jobfile;
 pub mod output;
 pub mod policy;
+pub mod security;
 pub mod usage;
 
 use edupool_proto::v1::{JobClass, JobState, LogStream, NodeStatus, OnNodeLost};

@@ -17,6 +17,7 @@ use edupoolctl::{
     output::OutputFormat,
     parse_job_state,
     policy::{parse_weight, Count},
+    security::{AuditFilter, NewToken},
     usage::{self, UsageFormat},
     JOB_STATE_NAMES,
 };
@@ -102,7 +103,7 @@ enum Command {
     /// List nodes and take them in and out of service (admins)
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Create and list tenants (admins)
+    /// Create, list, configure and suspend tenants (admins)
     #[command(subcommand)]
     Tenant(TenantCommand),
     /// The scheduler's replicas: status, members, leadership, backups
@@ -117,6 +118,74 @@ enum Command {
     /// Tenants' spending limits per period
     #[command(subcommand)]
     Budget(BudgetCommand),
+    /// API tokens with roles: create (the secret is shown once), list, revoke
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The audit trail of admin and job-control actions (admins, auditors)
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; prints its secret, which is shown only once
+    #[command(after_help = "Examples:\n  \
+        edupoolctl token create --role member --tenant zju --name alice --expires 30d\n  \
+        edupoolctl token create --role auditor --name compliance")]
+    Create {
+        /// What the token may do (see docs/security.md, "Roles")
+        #[arg(long, value_parser = PossibleValuesParser::new(
+            ["admin", "tenant-admin", "member", "auditor", "agent"]))]
+        role: String,
+        /// The tenant of a tenant-admin or member token
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Who or what the token is for
+        #[arg(long)]
+        name: Option<String>,
+        /// Refuse the token after this long, e.g. 30d or 12h [default: never]
+        #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+        expires: Option<Duration>,
+    },
+    /// List tokens (never their secrets)
+    List {
+        /// Only this tenant's tokens
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Revoke a token: every replica refuses it once it has applied this
+    Revoke {
+        /// The token's id, as `token list` shows it
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// List audit records, oldest first (the newest --limit that match)
+    #[command(after_help = "Examples:\n  \
+        edupoolctl audit list --tenant zju --since 24h\n  \
+        edupoolctl audit list --action job. --output json")]
+    List {
+        /// Records of this tenant's tokens or about its jobs
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Records of this token (id or name)
+        #[arg(long)]
+        actor: Option<String>,
+        /// This action (e.g. job.cancel), or a prefix ending in '.' (e.g. token.)
+        #[arg(long)]
+        action: Option<String>,
+        /// From this time: RFC 3339 or a duration ago (2h, 7d)
+        #[arg(long, value_parser = edupoolctl::security::parse_time, value_name = "TIME")]
+        since: Option<i64>,
+        /// Up to this time: RFC 3339 or a duration ago
+        #[arg(long, value_parser = edupoolctl::security::parse_time, value_name = "TIME")]
+        until: Option<i64>,
+        /// At most this many records [default: 1000]
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -418,6 +487,23 @@ enum TenantCommand {
         #[arg(long, value_name = "N|none",
               value_parser = |s: &str| Count::parse(s, &["none"]))]
         max_gpus: Count,
+    },
+    /// The kill switch: refuse the tenant's submissions and stop placing its
+    /// pending jobs; with --stop-running also stop its running jobs now
+    Suspend {
+        /// The tenant's name
+        name: String,
+        /// Stop its running jobs at once (SIGTERM, then SIGKILL after their grace period)
+        #[arg(long)]
+        stop_running: bool,
+        /// Why; submitters are told this
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Let a suspended tenant submit again and its pending jobs be placed
+    Resume {
+        /// The tenant's name
+        name: String,
     },
 }
 
@@ -775,6 +861,55 @@ async fn dispatch(
         }) => {
             ctl.set_class_cap(name, (*job_class).into(), *max_gpus)
                 .await?;
+        }
+        Command::Tenant(TenantCommand::Suspend {
+            name,
+            stop_running,
+            reason,
+        }) => {
+            ctl.suspend_tenant(name, reason.clone(), *stop_running)
+                .await?;
+        }
+        Command::Tenant(TenantCommand::Resume { name }) => {
+            ctl.resume_tenant(name).await?;
+        }
+        Command::Token(TokenCommand::Create {
+            role,
+            tenant,
+            name,
+            expires,
+        }) => {
+            ctl.create_token(NewToken {
+                role: role.clone(),
+                tenant: tenant.clone(),
+                name: name.clone(),
+                expires_in: *expires,
+            })
+            .await?;
+        }
+        Command::Token(TokenCommand::List { tenant }) => {
+            ctl.list_tokens(tenant.clone()).await?;
+        }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            ctl.revoke_token(id).await?;
+        }
+        Command::Audit(AuditCommand::List {
+            tenant,
+            actor,
+            action,
+            since,
+            until,
+            limit,
+        }) => {
+            ctl.list_audit(AuditFilter {
+                tenant: tenant.clone(),
+                actor: actor.clone(),
+                action: action.clone(),
+                since_ms: *since,
+                until_ms: *until,
+                limit: *limit,
+            })
+            .await?;
         }
         Command::Usage(u) => usage_dispatch(ctl, u, usage_format).await?,
         Command::Price(PriceCommand::Set {

@@ -235,6 +235,11 @@ pub struct TenantView {
     pub running_jobs: u32,
     pub pending_jobs: u32,
     pub gpus_in_use: u32,
+    /// The kill switch is on: no new work is accepted or placed.
+    #[serde(default)]
+    pub suspended: bool,
+    #[serde(default)]
+    pub suspended_reason: Option<String>,
 }
 
 impl From<&Tenant> for TenantView {
@@ -245,6 +250,8 @@ impl From<&Tenant> for TenantView {
             running_jobs: tenant.running_jobs,
             pending_jobs: tenant.pending_jobs,
             gpus_in_use: tenant.gpus_in_use,
+            suspended: tenant.suspended,
+            suspended_reason: non_empty(&tenant.suspended_reason),
         }
     }
 }
@@ -599,14 +606,16 @@ pub fn node_schedulability(node: &Node) -> &'static str {
 
 /// `tenant list`: NAME RUNNING PENDING GPUS-IN-USE AGE.
 pub fn tenant_table(tenants: &[Tenant], now: SystemTime) -> String {
-    let mut table = Table::new(["NAME", "RUNNING", "PENDING", "GPUS-IN-USE", "AGE"]);
+    let mut table = Table::new(["NAME", "RUNNING", "PENDING", "GPUS-IN-USE", "AGE", "STATE"]);
     for t in tenants {
+        let state = if t.suspended { "suspended" } else { "active" };
         table.row([
             t.name.clone(),
             t.running_jobs.to_string(),
             t.pending_jobs.to_string(),
             t.gpus_in_use.to_string(),
             age(t.created_at_ms, now),
+            state.to_string(),
         ]);
     }
     table.render()
@@ -978,10 +987,11 @@ gpu-01  GPU-2  2      needs a reset  XID 79: GPU has fallen off the bus
             running_jobs: 2,
             pending_jobs: 5,
             gpus_in_use: 6,
+            ..Tenant::default()
         };
         assert_eq!(
             tenant_table(std::slice::from_ref(&tenant), at(T0 + 2 * 86_400_000 + 3_600_000)),
-            "NAME     RUNNING  PENDING  GPUS-IN-USE  AGE\nphysics  2        5        6            2d1h\n"
+            "NAME     RUNNING  PENDING  GPUS-IN-USE  AGE   STATE\nphysics  2        5        6            2d1h  active\n"
         );
         let view = NewTenantView {
             tenant: TenantView::from(&tenant),

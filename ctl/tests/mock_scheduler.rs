@@ -277,6 +277,48 @@ impl AdminService for Mock {
     ) -> Result<Response<NodeResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn create_token(
+        &self,
+        _: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn list_tokens(
+        &self,
+        _: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn revoke_token(
+        &self,
+        _: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::ApiToken>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn suspend_tenant(
+        &self,
+        _: Request<pb::SuspendTenantRequest>,
+    ) -> Result<Response<pb::TenantStatus>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn resume_tenant(
+        &self,
+        _: Request<pb::ResumeTenantRequest>,
+    ) -> Result<Response<pb::TenantStatus>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn list_audit(
+        &self,
+        _: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 struct Running {

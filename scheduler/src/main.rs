@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edupool_scheduler::api::convert::JobLimits;
+use edupool_scheduler::api::RateLimit;
 use edupool_scheduler::dev::{self, DevConfig, DevOutcome};
 use edupool_scheduler::raft::Peers;
 use edupool_scheduler::server::{self, ReplicationConfig, ServerConfig};
@@ -76,6 +77,23 @@ struct ServeArgs {
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
     replication: ReplicationArgs,
+    #[command(flatten)]
+    api_limits: ApiLimitArgs,
+}
+
+/// Limits at the API edge (docs/security.md, "Limits").
+#[derive(clap::Args)]
+#[command(next_help_heading = "Limits")]
+struct ApiLimitArgs {
+    /// Requests per second one token may make, sustained (per replica).
+    #[arg(long, default_value_t = 200.0)]
+    rate_limit: f64,
+    /// Requests one token may make at once above the sustained rate.
+    #[arg(long, default_value_t = 400)]
+    rate_burst: u32,
+    /// Pending jobs one tenant may have; further submits get RESOURCE_EXHAUSTED.
+    #[arg(long, default_value_t = 10_000)]
+    max_pending_per_tenant: u32,
 }
 
 /// Replication: how this replica joins a 3- or 5-replica cluster.
@@ -216,6 +234,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 heartbeat_interval: a.heartbeat_interval,
                 limits: JobLimits {
                     default_walltime_secs: a.default_walltime.as_secs(),
+                    max_pending_per_tenant: a.api_limits.max_pending_per_tenant,
+                    rate: RateLimit {
+                        per_second: a.api_limits.rate_limit,
+                        burst: a.api_limits.rate_burst,
+                    },
                     ..JobLimits::default()
                 },
                 metrics_listen: a.metrics_listen,

@@ -71,6 +71,12 @@ impl ServerConfig {
         if self.admin_token == self.agent_token {
             return bad("the admin and agent tokens must differ");
         }
+        if !(self.limits.rate.per_second > 0.0 && self.limits.rate.burst > 0) {
+            return bad("the request rate limit and its burst must be above zero");
+        }
+        if self.limits.max_pending_per_tenant == 0 {
+            return bad("the pending-jobs limit per tenant must be at least 1");
+        }
         if self.heartbeat_interval.is_zero() {
             return bad("the heartbeat interval must be above zero");
         }
@@ -244,7 +250,12 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
             &stop,
         );
     }
-    let auth = Auth::new(&config.admin_token, &config.agent_token, replica.clone());
+    let auth = Auth::with_rate_limit(
+        &config.admin_token,
+        &config.agent_token,
+        replica.clone(),
+        config.limits.rate,
+    );
     tasks.spawn(control::run(
         replica.clone(),
         sessions.clone(),

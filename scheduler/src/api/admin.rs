@@ -1,11 +1,12 @@
-//! `AdminService`: tenants, tokens and nodes. Admin token only.
+//! `AdminService`: tenants, tokens, nodes, the kill switch and the audit
+//! trail. Which role may call what is in `access.rs`.
 
 use edupool_proto::v1 as pb;
 use edupool_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, truncate, valid_tenant_name};
-use super::{new_token, status, token_hash, Auth, Caller};
+use super::{new_token, status, token_hash, Auth, Caller, Rpc};
 use crate::control::now_millis;
 use crate::planner::accounting;
 use crate::raft::Replica;
@@ -42,9 +43,11 @@ impl Admin {
     async fn set_schedulable(
         &self,
         req: Request<pb::NodeRequest>,
+        rpc: Rpc,
         change: impl FnOnce(bool, bool) -> (bool, bool),
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let target = req.get_ref().name.clone();
+        let caller = self.auth.authorize_on(&req, rpc, &target).await?;
         let name = req.into_inner().name;
         let (cordoned, draining) = self
             .replica
@@ -54,11 +57,15 @@ impl Admin {
             })?;
         let (cordoned, draining) = change(cordoned, draining);
         self.replica
-            .propose(Command::SetNodeSchedulable {
-                node: name.clone(),
-                cordoned,
-                draining,
-            })
+            .propose(caller.audited(
+                rpc,
+                name.clone(),
+                Command::SetNodeSchedulable {
+                    node: name.clone(),
+                    cordoned,
+                    draining,
+                },
+            ))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::NodeResponse {
@@ -73,7 +80,11 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let target = req.get_ref().name.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::CreateTenant, &target)
+            .await?;
         let name = req.into_inner().name;
         if !valid_tenant_name(&name) {
             return Err(Status::invalid_argument(format!(
@@ -83,10 +94,14 @@ impl AdminService for Admin {
         }
         let token = new_token("ept");
         self.replica
-            .propose(Command::CreateTenant {
-                name: name.clone(),
-                token_hash: token_hash(&token),
-            })
+            .propose(caller.audited(
+                Rpc::CreateTenant,
+                name.clone(),
+                Command::CreateTenant {
+                    name: name.clone(),
+                    token_hash: token_hash(&token),
+                },
+            ))
             .await
             .map_err(status)?;
         let tenant = self
@@ -103,7 +118,7 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        self.auth.authorize(&req, Rpc::ListTenants).await?;
         super::read_barrier(&self.replica, &req).await?;
         let tenants = self.replica.read(|s| {
             s.tenants()
@@ -117,7 +132,7 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        self.auth.authorize(&req, Rpc::ListNodes).await?;
         super::read_barrier(&self.replica, &req).await?;
         let nodes = self
             .replica
@@ -129,7 +144,7 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        self.set_schedulable(req, |_, draining| (true, draining))
+        self.set_schedulable(req, Rpc::CordonNode, |_, draining| (true, draining))
             .await
     }
 
@@ -137,28 +152,38 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        self.set_schedulable(req, |_, _| (false, false)).await
+        self.set_schedulable(req, Rpc::UncordonNode, |_, _| (false, false))
+            .await
     }
 
     async fn drain_node(
         &self,
         req: Request<pb::NodeRequest>,
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        self.set_schedulable(req, |_, _| (true, true)).await
+        self.set_schedulable(req, Rpc::DrainNode, |_, _| (true, true))
+            .await
     }
 
     async fn label_node(
         &self,
         req: Request<pb::LabelNodeRequest>,
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let target = req.get_ref().name.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::LabelNode, &target)
+            .await?;
         let r = req.into_inner();
         let labels = convert::node_labels(r.labels).map_err(invalid)?;
         self.replica
-            .propose(Command::LabelNode {
-                node: r.name.clone(),
-                labels,
-            })
+            .propose(caller.audited(
+                Rpc::LabelNode,
+                truncate(&r.name),
+                Command::LabelNode {
+                    node: r.name.clone(),
+                    labels,
+                },
+            ))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::NodeResponse {
@@ -170,7 +195,11 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::SetTenantQuotaRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let target = req.get_ref().tenant.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::SetTenantQuota, &target)
+            .await?;
         let r = req.into_inner();
         let (gpu_class, quota) = convert::quota(r.quota).map_err(invalid)?;
         let cmd = Command::SetTenantQuota {
@@ -178,14 +207,19 @@ impl AdminService for Admin {
             gpu_class,
             quota,
         };
-        self.change_tenant(r.tenant, cmd).await
+        self.change_tenant(&caller, Rpc::SetTenantQuota, r.tenant, cmd)
+            .await
     }
 
     async fn set_tenant_share(
         &self,
         req: Request<pb::SetTenantShareRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let target = req.get_ref().tenant.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::SetTenantShare, &target)
+            .await?;
         let r = req.into_inner();
         let current = self
             .replica
@@ -200,38 +234,42 @@ impl AdminService for Admin {
             equity_milli: convert::weight("equity", r.equity_milli, current.equity_milli)
                 .map_err(invalid)?,
         };
-        self.change_tenant(r.tenant, cmd).await
+        self.change_tenant(&caller, Rpc::SetTenantShare, r.tenant, cmd)
+            .await
     }
 
     async fn set_class_cap(
         &self,
         req: Request<pb::SetClassCapRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let target = req.get_ref().tenant.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::SetClassCap, &target)
+            .await?;
         let r = req.into_inner();
         let cmd = Command::SetClassCap {
             tenant: r.tenant.clone(),
             job_class: convert::parse_job_class(r.job_class).map_err(invalid)?,
             max_gpus: convert::cap(r.max_gpus).map_err(invalid)?,
         };
-        self.change_tenant(r.tenant, cmd).await
+        self.change_tenant(&caller, Rpc::SetClassCap, r.tenant, cmd)
+            .await
     }
 
-    /// Admins see every tenant; a tenant sees itself.
+    /// Admins and auditors see every tenant; a tenant-admin its own (any
+    /// other is reported as absent).
     async fn get_tenant(
         &self,
         req: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.authorize(&req, Rpc::GetTenant).await?;
         let name = req.into_inner().name;
-        match &caller {
-            Caller::Admin => {}
-            Caller::Tenant(t) if *t == name => {}
-            _ => {
-                return Err(Status::permission_denied(
-                    "only an admin or the tenant itself may read a tenant's policy",
-                ))
-            }
+        if !caller.sees_tenant(&name) {
+            return Err(Status::not_found(format!(
+                "tenant '{}' does not exist",
+                truncate(&name)
+            )));
         }
         self.tenant_reply(&name)
     }
@@ -240,7 +278,8 @@ impl AdminService for Admin {
         &self,
         req: Request<pb::ClearGpuRequest>,
     ) -> Result<Response<pb::NodeResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let target = req.get_ref().node.clone();
+        let caller = self.auth.authorize_on(&req, Rpc::ClearGpu, &target).await?;
         let pb::ClearGpuRequest { node, gpu_uuid } = req.into_inner();
         if gpu_uuid.is_empty() {
             return Err(Status::invalid_argument(
@@ -248,19 +287,65 @@ impl AdminService for Admin {
             ));
         }
         self.replica
-            .propose(Command::GpuHealthChanged {
-                node: truncate(&node),
-                gpu: truncate(&gpu_uuid),
-                healthy: true,
-                reason: String::new(),
-                cleared_by: Some("admin".into()),
-            })
+            .propose(caller.audited(
+                Rpc::ClearGpu,
+                format!("{}/{}", truncate(&node), truncate(&gpu_uuid)),
+                Command::GpuHealthChanged {
+                    node: truncate(&node),
+                    gpu: truncate(&gpu_uuid),
+                    healthy: true,
+                    reason: String::new(),
+                    cleared_by: Some(caller.token_id.clone()),
+                },
+            ))
             .await
             .map_err(status)?;
         tracing::info!(node, gpu = gpu_uuid, "GPU cleared by an admin");
         Ok(Response::new(pb::NodeResponse {
             node: Some(self.node_reply(&node)?),
         }))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.create_token_call(req).await
+    }
+
+    async fn list_tokens(
+        &self,
+        req: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.list_tokens_call(req).await
+    }
+
+    async fn revoke_token(
+        &self,
+        req: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::ApiToken>, Status> {
+        self.revoke_token_call(req).await
+    }
+
+    async fn suspend_tenant(
+        &self,
+        req: Request<pb::SuspendTenantRequest>,
+    ) -> Result<Response<pb::TenantStatus>, Status> {
+        self.suspend_tenant_call(req).await
+    }
+
+    async fn resume_tenant(
+        &self,
+        req: Request<pb::ResumeTenantRequest>,
+    ) -> Result<Response<pb::TenantStatus>, Status> {
+        self.resume_tenant_call(req).await
+    }
+
+    async fn list_audit(
+        &self,
+        req: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.list_audit_call(req).await
     }
 }
 
@@ -271,6 +356,10 @@ fn tenant_view(s: &State, name: &str) -> Option<pb::Tenant> {
         created_at_ms: t.created_at,
         ..Default::default()
     };
+    if let Some(sus) = s.suspension(name) {
+        view.suspended = true;
+        view.suspended_reason = sus.reason.clone();
+    }
     for j in s.jobs().filter(|j| j.tenant == name) {
         match j.state {
             JobState::Pending => view.pending_jobs += 1,
@@ -288,10 +377,15 @@ impl Admin {
     /// Proposes a tenant policy change and replies with the tenant's view.
     async fn change_tenant(
         &self,
+        caller: &Caller,
+        rpc: Rpc,
         tenant: String,
         cmd: Command,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
-        self.replica.propose(cmd).await.map_err(status)?;
+        self.replica
+            .propose(caller.audited(rpc, truncate(&tenant), cmd))
+            .await
+            .map_err(status)?;
         self.tenant_reply(&tenant)
     }
 

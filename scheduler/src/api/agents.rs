@@ -19,7 +19,7 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, reported_reason, truncate};
-use super::{status, Auth, Caller};
+use super::{status, Auth, Rpc};
 use crate::control::{now_millis, start_message, stop_message};
 use crate::raft::Replica;
 use crate::sessions::{Hello, Sessions};
@@ -48,11 +48,7 @@ impl AgentService for Agents {
         &self,
         req: Request<Streaming<pb::AgentMessage>>,
     ) -> Result<Response<Orders>, Status> {
-        if self.auth.caller(&req)? != Caller::Agent {
-            return Err(Status::permission_denied(
-                "agent sessions need the agent token",
-            ));
-        }
+        self.auth.authorize(&req, Rpc::AgentSession).await?;
         if !self.replica.leadership().borrow().is_leader {
             return Err(status(self.replica.not_leader()));
         }

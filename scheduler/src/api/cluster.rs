@@ -1,7 +1,7 @@
 //! `ClusterService`: the replica set as an operator sees and changes it.
-//! Reading the status takes any valid token (clients find the leader with
+//! Reading the status takes any client token (clients find the leader with
 //! it); changing membership, moving leadership and taking snapshots take
-//! the admin token.
+//! the admin role, and are recorded in the audit trail.
 
 use std::time::{Duration, Instant};
 
@@ -9,8 +9,9 @@ use edupool_proto::v1 as pb;
 use edupool_proto::v1::cluster_service_server::ClusterService;
 use tonic::{Request, Response, Status};
 
-use super::{status, Auth};
+use super::{status, Auth, Rpc};
 use crate::raft::{MembershipChange, RaftStatus, Replica, Role};
+use crate::state::{AuditResult, Command};
 
 /// How long a new member may take to catch up as a learner; past this,
 /// `add-member` fails and the member stays a learner (never a voter that
@@ -113,7 +114,7 @@ impl ClusterService for Cluster {
         &self,
         req: Request<pb::GetClusterStatusRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        self.auth.caller(&req)?;
+        self.auth.authorize(&req, Rpc::ClusterStatus).await?;
         if req.get_ref().with_state_hash {
             // Status and hash at the same applied index, taken together.
             let (applied, hash) = self.replica.state_hash();
@@ -129,13 +130,84 @@ impl ClusterService for Cluster {
         &self,
         req: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::ClusterStatus>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let caller = self.auth.authorize(&req, Rpc::AddMember).await?;
         let r = req.into_inner();
         if r.id == 0 {
             return Err(Status::invalid_argument("replica ids start at 1"));
         }
         valid_address(&r.address)?;
         let address = r.address.trim_start_matches("http://").to_string();
+        let target = format!("{}={address}", r.id);
+        let done = self.add_member_steps(r.id, address).await;
+        self.record(&caller, Rpc::AddMember, target, done).await
+    }
+
+    async fn remove_member(
+        &self,
+        req: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = self.auth.authorize(&req, Rpc::RemoveMember).await?;
+        let id = req.into_inner().id;
+        let done = async {
+            self.replica
+                .change_membership(MembershipChange::Remove { id })
+                .await
+                .map_err(status)?;
+            self.settle(|s| s.members.iter().all(|m| m.id != id)).await;
+            Ok(self.view())
+        }
+        .await;
+        self.record(&caller, Rpc::RemoveMember, id.to_string(), done)
+            .await
+    }
+
+    async fn transfer_leader(
+        &self,
+        req: Request<pb::TransferLeaderRequest>,
+    ) -> Result<Response<pb::ClusterStatus>, Status> {
+        let caller = self.auth.authorize(&req, Rpc::TransferLeader).await?;
+        let to = req.into_inner().to;
+        let done = async {
+            self.replica.transfer_leader(to).await.map_err(status)?;
+            // Leadership moves within an election timeout; report where it went.
+            let mut watch = self.replica.watch_status();
+            let moved = watch.wait_for(|s| s.leader_id == Some(to));
+            let _ = tokio::time::timeout(Duration::from_secs(5), moved).await;
+            Ok(self.view())
+        }
+        .await;
+        self.record(&caller, Rpc::TransferLeader, to.to_string(), done)
+            .await
+    }
+
+    async fn snapshot(
+        &self,
+        req: Request<pb::SnapshotRequest>,
+    ) -> Result<Response<pb::SnapshotReply>, Status> {
+        let caller = self.auth.authorize(&req, Rpc::Snapshot).await?;
+        let done = self
+            .replica
+            .snapshot_now()
+            .await
+            .map_err(status)
+            .map(|env| pb::SnapshotReply {
+                index: env.index,
+                term: env.term,
+                data: env.encode(),
+            });
+        self.record(&caller, Rpc::Snapshot, String::new(), done)
+            .await
+    }
+}
+
+impl Cluster {
+    async fn add_member_steps(
+        &self,
+        id: u64,
+        address: String,
+    ) -> Result<pb::ClusterStatus, Status> {
+        let r = pb::AddMemberRequest { id, address };
+        let address = r.address;
         // A learner first: it catches up without counting towards the
         // quorum, so adding a replica never stalls writes.
         self.replica
@@ -149,47 +221,31 @@ impl ClusterService for Cluster {
             .map_err(status)?;
         self.settle(|s| s.members.iter().any(|m| m.id == r.id && m.voter))
             .await;
-        Ok(Response::new(self.view()))
+        Ok(self.view())
     }
 
-    async fn remove_member(
+    /// Records a replica-set change in the audit trail with its result
+    /// (membership is not part of the state, so it is recorded on its own).
+    async fn record<T>(
         &self,
-        req: Request<pb::RemoveMemberRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
-        let id = req.into_inner().id;
-        self.replica
-            .change_membership(MembershipChange::Remove { id })
-            .await
-            .map_err(status)?;
-        self.settle(|s| s.members.iter().all(|m| m.id != id)).await;
-        Ok(Response::new(self.view()))
-    }
-
-    async fn transfer_leader(
-        &self,
-        req: Request<pb::TransferLeaderRequest>,
-    ) -> Result<Response<pb::ClusterStatus>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
-        let to = req.into_inner().to;
-        self.replica.transfer_leader(to).await.map_err(status)?;
-        // Leadership moves within an election timeout; report where it went.
-        let mut watch = self.replica.watch_status();
-        let moved = watch.wait_for(|s| s.leader_id == Some(to));
-        let _ = tokio::time::timeout(Duration::from_secs(5), moved).await;
-        Ok(Response::new(self.view()))
-    }
-
-    async fn snapshot(
-        &self,
-        req: Request<pb::SnapshotRequest>,
-    ) -> Result<Response<pb::SnapshotReply>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
-        let env = self.replica.snapshot_now().await.map_err(status)?;
-        Ok(Response::new(pb::SnapshotReply {
-            index: env.index,
-            term: env.term,
-            data: env.encode(),
-        }))
+        caller: &super::Caller,
+        rpc: Rpc,
+        target: String,
+        done: Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        let result = match &done {
+            Ok(_) => AuditResult::Ok,
+            Err(e) => AuditResult::Rejected(e.message().to_string()),
+        };
+        let record = Command::RecordAudit {
+            actor: caller.actor(),
+            action: rpc.action().into(),
+            target,
+            result,
+        };
+        if let Err(e) = self.replica.propose(record).await {
+            tracing::warn!("a replica-set change was not recorded in the audit trail: {e}");
+        }
+        done.map(Response::new)
     }
 }

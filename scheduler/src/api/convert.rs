@@ -22,6 +22,11 @@ pub struct JobLimits {
     pub default_grace_secs: u64,
     pub max_grace_secs: u64,
     pub default_max_retries: u32,
+    /// Pending jobs one tenant may have; a submit beyond is refused with
+    /// RESOURCE_EXHAUSTED.
+    pub max_pending_per_tenant: u32,
+    /// Requests per second and burst per token at the API edge.
+    pub rate: crate::api::RateLimit,
 }
 
 impl Default for JobLimits {
@@ -33,6 +38,8 @@ impl Default for JobLimits {
             default_grace_secs: 30,
             max_grace_secs: 3600,
             default_max_retries: 3,
+            max_pending_per_tenant: 10_000,
+            rate: crate::api::RateLimit::default(),
         }
     }
 }

@@ -12,7 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, JobLimits};
-use super::{status, Auth, Caller};
+use super::{status, Auth, Caller, Rpc};
 use crate::raft::Replica;
 use crate::sessions::Sessions;
 use crate::state::{Command, Effect, Job, JobId, Outcome};
@@ -34,12 +34,55 @@ pub struct Jobs {
 impl Jobs {
     /// The job if the caller may see it; NOT_FOUND otherwise.
     fn visible_job(&self, caller: &Caller, id: &str) -> Result<Job, Status> {
-        let scope = caller.tenant_scope()?;
         let id: JobId = id.parse().map_err(Status::invalid_argument)?;
         self.replica
             .read(|s| s.job(id).cloned())
-            .filter(|j| scope.is_none_or(|t| j.tenant == t))
+            .filter(|j| caller.sees_tenant(&j.tenant))
             .ok_or_else(|| Status::not_found(format!("job {id} does not exist")))
+    }
+
+    /// Refuses a submit that would put the tenant above its pending-job
+    /// limit. Counted on this replica's state before proposing, so
+    /// concurrent submits may pass the limit by as many as are in flight.
+    fn check_pending_limit(&self, tenant: &str) -> Result<(), Status> {
+        let max = self.limits.max_pending_per_tenant;
+        let pending = self.replica.read(|s| {
+            s.pending_jobs()
+                .filter(|j| j.tenant == tenant)
+                .take(max as usize)
+                .count()
+        });
+        if pending >= max as usize {
+            return Err(Status::resource_exhausted(format!(
+                "tenant '{tenant}' already has {pending} pending jobs, the most one tenant may have; wait for some to start or cancel some"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A member controls only the jobs it submitted; the tenant's other
+    /// jobs need a tenant-admin. (Another tenant's job is left to the
+    /// state, which reports it as absent.)
+    async fn check_member_owns(&self, caller: &Caller, job: JobId) -> Result<(), Status> {
+        if caller.role != crate::state::Role::Member {
+            return Ok(());
+        }
+        let (same_tenant, owner) = self.replica.read(|s| {
+            (
+                s.job(job).is_some_and(|j| caller.sees_tenant(&j.tenant)),
+                s.job_owner(job).map(str::to_string),
+            )
+        });
+        if same_tenant && owner.as_deref() != Some(caller.token_id.as_str()) {
+            let why = format!(
+                "job {job} was submitted by another member of the tenant; controlling it needs the tenant-admin role"
+            );
+            return Err(self
+                .auth
+                .deny(caller, Rpc::CancelJob, &job.to_string(), why)
+                .await);
+        }
+        Ok(())
     }
 
     fn job_reply(&self, id: JobId) -> Result<pb::Job, Status> {
@@ -57,20 +100,17 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::SubmitJobRequest>,
     ) -> Result<Response<pb::SubmitJobResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
-        let tenant = match caller.tenant_scope()? {
-            Some(t) => t.to_string(),
-            None => {
-                return Err(Status::permission_denied(
-                    "jobs belong to a tenant: submit with a tenant token, not the admin token",
-                ))
-            }
-        };
+        let caller = self.auth.authorize(&req, Rpc::SubmitJob).await?;
+        let tenant = caller
+            .tenant_scope()
+            .ok_or_else(|| Status::internal("a tenant role without a tenant"))?
+            .to_string();
         let spec = convert::job_spec(req.into_inner().spec, &self.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        self.check_pending_limit(&tenant)?;
         let out = self
             .replica
-            .propose(Command::SubmitJob { tenant, spec })
+            .propose(caller.audited(Rpc::SubmitJob, "", Command::SubmitJob { tenant, spec }))
             .await
             .map_err(status)?;
         let Outcome::Job(id) = out else {
@@ -85,7 +125,7 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::GetJobRequest>,
     ) -> Result<Response<pb::GetJobResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.authorize(&req, Rpc::GetJob).await?;
         super::read_barrier(&self.replica, &req).await?;
         let job = self.visible_job(&caller, &req.get_ref().id)?;
         Ok(Response::new(pb::GetJobResponse {
@@ -97,8 +137,8 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::ListJobsRequest>,
     ) -> Result<Response<pb::ListJobsResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
-        let scope = caller.tenant_scope()?.map(str::to_string);
+        let caller = self.auth.authorize(&req, Rpc::ListJobs).await?;
+        let scope = caller.tenant_scope().map(str::to_string);
         super::read_barrier(&self.replica, &req).await?;
         let r = req.into_inner();
         let tenant = match (scope, r.tenant.is_empty()) {
@@ -106,7 +146,7 @@ impl JobService for Jobs {
             (Some(own), false) if own == r.tenant => Some(own),
             (Some(_), false) => {
                 return Err(Status::permission_denied(
-                    "a tenant token can list only its own tenant's jobs",
+                    "a tenant's token can list only its own tenant's jobs",
                 ))
             }
             (None, true) => None,
@@ -139,8 +179,12 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
-        let tenant = caller.tenant_scope()?.map(str::to_string);
+        let target = req.get_ref().id.clone();
+        let caller = self
+            .auth
+            .authorize_on(&req, Rpc::CancelJob, &target)
+            .await?;
+        let tenant = caller.tenant_scope().map(str::to_string);
         let r = req.into_inner();
         let job: JobId = r.id.parse().map_err(Status::invalid_argument)?;
         if r.reason.len() > 1024 {
@@ -148,12 +192,17 @@ impl JobService for Jobs {
                 "the reason is longer than 1024 bytes",
             ));
         }
+        self.check_member_owns(&caller, job).await?;
         self.replica
-            .propose(Command::CancelJob {
-                tenant,
-                job,
-                reason: r.reason,
-            })
+            .propose(caller.audited(
+                Rpc::CancelJob,
+                job.to_string(),
+                Command::CancelJob {
+                    tenant,
+                    job,
+                    reason: r.reason,
+                },
+            ))
             .await
             .map_err(status)?;
         Ok(Response::new(pb::CancelJobResponse {
@@ -167,7 +216,7 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::WatchJobRequest>,
     ) -> Result<Response<JobEvents>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.authorize(&req, Rpc::WatchJob).await?;
         // Subscribe before reading, so no change falls between the two.
         let mut changes = self.replica.subscribe();
         let job = self.visible_job(&caller, &req.get_ref().id)?;
@@ -222,7 +271,7 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::GetJobLogsRequest>,
     ) -> Result<Response<pb::GetJobLogsResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.authorize(&req, Rpc::GetJobLogs).await?;
         super::read_barrier(&self.replica, &req).await?;
         let job = self.visible_job(&caller, &req.get_ref().id)?;
         let r = req.into_inner();
@@ -278,7 +327,7 @@ impl JobService for Jobs {
         &self,
         req: Request<pb::ExplainJobRequest>,
     ) -> Result<Response<pb::ExplainJobResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.authorize(&req, Rpc::ExplainJob).await?;
         let job = self.visible_job(&caller, &req.get_ref().id)?;
         let now = crate::control::now_millis();
         let policy = crate::planner::Policy::default();

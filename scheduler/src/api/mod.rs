@@ -4,18 +4,31 @@
 //! read consistency; and the one place where domain errors become
 //! `tonic::Status`.
 
+pub mod access;
 pub mod admin;
 pub mod agents;
 pub mod cluster;
 pub mod convert;
 pub mod jobs;
+pub mod retry_info;
+pub mod security;
 pub mod usage;
+
+#[cfg(test)]
+mod authz_tests;
+#[cfg(test)]
+mod convert_proptests;
+
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tonic::{Code, Request, Status};
 
+use access::RateLimiter;
+pub use access::{RateLimit, Rpc};
+
 use crate::raft::{ProposeError, Replica};
-use crate::state::Rejection;
+use crate::state::{Actor, AuditResult, Command, Rejection, Role};
 
 /// Metadata key naming the leader when a follower refuses a write: the
 /// address the leader serves on (`host:port`).
@@ -47,53 +60,114 @@ pub async fn read_barrier<T>(replica: &Replica, req: &Request<T>) -> Result<(), 
 /// replica cut off from the leader cannot confirm anything).
 const READ_BARRIER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
-/// Who is calling.
+/// Who is calling: the token's id and name, its role and its tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Caller {
-    Admin,
-    Tenant(String),
-    Agent,
+pub struct Caller {
+    pub token_id: String,
+    pub name: String,
+    pub role: Role,
+    /// The tenant of a tenant-admin or member token.
+    pub tenant: Option<String>,
 }
+
+/// The id the bootstrap admin token (`--admin-token`) is known by.
+pub const BOOTSTRAP_ADMIN_ID: &str = "bootstrap-admin";
+/// The id the agent token given at start (`--agent-token`) is known by.
+pub const BOOTSTRAP_AGENT_ID: &str = "bootstrap-agent";
 
 impl Caller {
-    /// The tenant a job call is scoped to; `None` for admins (all tenants).
-    pub fn tenant_scope(&self) -> Result<Option<&str>, Status> {
-        match self {
-            Caller::Admin => Ok(None),
-            Caller::Tenant(t) => Ok(Some(t)),
-            Caller::Agent => Err(Status::permission_denied(
-                "an agent token may only open agent sessions",
-            )),
+    fn bootstrap(role: Role) -> Caller {
+        let id = match role {
+            Role::Agent => BOOTSTRAP_AGENT_ID,
+            _ => BOOTSTRAP_ADMIN_ID,
+        };
+        Caller {
+            token_id: id.into(),
+            name: id.into(),
+            role,
+            tenant: None,
         }
     }
 
-    pub fn require_admin(&self) -> Result<(), Status> {
-        match self {
-            Caller::Admin => Ok(()),
-            _ => Err(Status::permission_denied("this call needs the admin token")),
+    /// The tenant a job call is scoped to; `None` for roles that see every
+    /// tenant (admin, auditor).
+    pub fn tenant_scope(&self) -> Option<&str> {
+        if self.role.is_tenant_role() {
+            self.tenant.as_deref()
+        } else {
+            None
+        }
+    }
+
+    /// Whether the caller may see this tenant's objects.
+    pub fn sees_tenant(&self, tenant: &str) -> bool {
+        self.tenant_scope().is_none_or(|t| t == tenant)
+    }
+
+    /// The audit trail's record of who this is.
+    pub fn actor(&self) -> Actor {
+        Actor {
+            token: self.token_id.clone(),
+            name: self.name.clone(),
+            role: Some(self.role),
+            tenant: self.tenant.clone(),
+        }
+    }
+
+    /// `cmd` wrapped so that applying it also records who did it.
+    pub fn audited(&self, rpc: Rpc, target: impl Into<String>, cmd: Command) -> Command {
+        Command::Audited {
+            actor: self.actor(),
+            action: rpc.action().into(),
+            target: target.into(),
+            cmd: Box::new(cmd),
         }
     }
 }
 
-/// Checks bearer tokens. Tokens are compared by their SHA-256 hashes, so
-/// neither the state nor this struct keeps a usable secret.
+/// Checks bearer tokens and the request rate per token. Tokens are compared
+/// by their SHA-256 hashes, so neither the state nor this struct keeps a
+/// usable secret.
 #[derive(Clone)]
 pub struct Auth {
     admin_hash: String,
     agent_hash: String,
     replica: Replica,
+    limiter: std::sync::Arc<RateLimiter>,
 }
 
 impl Auth {
     pub fn new(admin_token: &str, agent_token: &str, replica: Replica) -> Self {
+        Self::with_rate_limit(admin_token, agent_token, replica, RateLimit::default())
+    }
+
+    pub fn with_rate_limit(
+        admin_token: &str,
+        agent_token: &str,
+        replica: Replica,
+        limit: RateLimit,
+    ) -> Self {
         Auth {
             admin_hash: token_hash(admin_token),
             agent_hash: token_hash(agent_token),
             replica,
+            limiter: std::sync::Arc::new(RateLimiter::new(limit)),
         }
     }
 
+    /// Who presents the request's token, after its rate limit allows it.
     pub fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let caller = self.identify(req)?;
+        // Agents speak over one long-lived session; the limit is for calls.
+        if caller.role != Role::Agent {
+            if let Err(wait) = self.limiter.take(&caller.token_id, Instant::now()) {
+                return Err(rate_limited(&caller, wait));
+            }
+        }
+        Ok(caller)
+    }
+
+    fn identify<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
         let value = req
             .metadata()
             .get("authorization")
@@ -112,17 +186,110 @@ impl Auth {
             .trim();
         let hash = token_hash(token);
         if constant_time_eq(&hash, &self.admin_hash) {
-            return Ok(Caller::Admin);
+            return Ok(Caller::bootstrap(Role::Admin));
         }
         if constant_time_eq(&hash, &self.agent_hash) {
-            return Ok(Caller::Agent);
+            return Ok(Caller::bootstrap(Role::Agent));
         }
-        self.replica
-            .read(|s| s.tenant_by_token_hash(&hash).map(str::to_string))
-            .map(Caller::Tenant)
-            .ok_or_else(|| Status::unauthenticated("the token is not valid"))
+        let grant = self
+            .replica
+            .read(|s| s.token_by_hash(&hash))
+            .ok_or_else(|| Status::unauthenticated("the token is not valid"))?;
+        // The state holds no clock; each replica compares the expiry with
+        // its own.
+        if grant
+            .expires_at
+            .is_some_and(|t| t <= crate::control::now_millis())
+        {
+            return Err(Status::unauthenticated(format!(
+                "token {} has expired; ask for a new one",
+                grant.id
+            )));
+        }
+        Ok(Caller {
+            token_id: grant.id,
+            name: grant.name,
+            role: grant.role,
+            tenant: grant.tenant,
+        })
+    }
+
+    /// The caller, if its role admits `rpc`. A denied mutating call is
+    /// recorded in the audit trail (where this replica can write).
+    pub async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
+        self.authorize_on(req, rpc, "").await
+    }
+
+    /// `authorize` for a call on `target` (a tenant, node, job or token),
+    /// which a denial's audit record names.
+    pub async fn authorize_on<T>(
+        &self,
+        req: &Request<T>,
+        rpc: Rpc,
+        target: &str,
+    ) -> Result<Caller, Status> {
+        let caller = self.caller(req)?;
+        match rpc.denial(caller.role) {
+            None => Ok(caller),
+            Some(why) => Err(self
+                .deny(&caller, rpc, &convert::truncate(target), why)
+                .await),
+        }
+    }
+
+    /// A PERMISSION_DENIED for `why`, recorded in the audit trail when the
+    /// call would have changed something.
+    pub async fn deny(&self, caller: &Caller, rpc: Rpc, target: &str, why: String) -> Status {
+        if rpc.is_mutating() {
+            let record = Command::RecordAudit {
+                actor: caller.actor(),
+                action: rpc.action().into(),
+                target: target.into(),
+                result: AuditResult::Denied(why.clone()),
+            };
+            // Best effort: a follower cannot write, a replica without a
+            // quorum cannot commit, and the denial stands either way.
+            match tokio::time::timeout(AUDIT_WRITE_TIMEOUT, self.replica.propose(record)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!("denial not recorded in the audit trail: {e}"),
+                Err(_) => {
+                    tracing::warn!("denial not recorded in the audit trail: no commit in time")
+                }
+            }
+        }
+        Status::permission_denied(why)
     }
 }
+
+/// How long recording a denial may hold up the denied call's answer.
+const AUDIT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// RESOURCE_EXHAUSTED with when to retry: `retry-after` (whole seconds, as
+/// HTTP has it), `x-edupool-retry-after-ms`, and a google.rpc.RetryInfo
+/// detail for clients that read rich errors.
+fn rate_limited(caller: &Caller, wait: Duration) -> Status {
+    let ms = wait.as_millis().max(1) as u64;
+    let details = retry_info::encode(wait);
+    let mut s = Status::with_details(
+        Code::ResourceExhausted,
+        format!(
+            "token {} is over its request rate; retry in {ms} ms",
+            caller.token_id
+        ),
+        details.into(),
+    );
+    let secs = ms.div_ceil(1000).to_string();
+    if let Ok(v) = secs.parse() {
+        s.metadata_mut().insert("retry-after", v);
+    }
+    if let Ok(v) = ms.to_string().parse() {
+        s.metadata_mut().insert(RETRY_AFTER_MS_METADATA, v);
+    }
+    s
+}
+
+/// Metadata key on RESOURCE_EXHAUSTED: milliseconds until a retry may pass.
+pub const RETRY_AFTER_MS_METADATA: &str = "x-edupool-retry-after-ms";
 
 pub fn token_hash(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
@@ -180,7 +347,9 @@ fn leader_hint(mut s: Status, leader: Option<u64>, address: Option<String>) -> S
 fn rejection(r: Rejection) -> Status {
     let code = match &r {
         Rejection::TenantExists(_) => Code::AlreadyExists,
-        Rejection::UnknownTenant(_)
+        Rejection::BadToken(_) => Code::InvalidArgument,
+        Rejection::UnknownToken(_)
+        | Rejection::UnknownTenant(_)
         | Rejection::UnknownJob(_)
         | Rejection::UnknownNode(_)
         | Rejection::UnknownGpu { .. } => Code::NotFound,
@@ -197,7 +366,8 @@ fn rejection(r: Rejection) -> Status {
         | Rejection::Infeasible(_)
         | Rejection::NotPreemptible { .. }
         | Rejection::GpuNotFaulty { .. }
-        | Rejection::GpuNotReset { .. } => Code::FailedPrecondition,
+        | Rejection::GpuNotReset { .. }
+        | Rejection::TenantSuspended { .. } => Code::FailedPrecondition,
     };
     Status::new(code, r.to_string())
 }

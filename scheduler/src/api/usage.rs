@@ -1,13 +1,15 @@
 //! `UsageService`: usage reports, the settlement, the ledger export, the
-//! price book and budgets. Tenants read only their own usage and budgets
-//! (asking for another tenant's is PERMISSION_DENIED); admins read all and
-//! set prices and budgets. Reports are computed by `state::billing` from
+//! price book and budgets. A tenant's tokens read only their own tenant's
+//! usage and budgets (asking for another tenant's is PERMISSION_DENIED);
+//! admins and auditors read all; admins set prices and budgets (audited).
+//! Which role may call which RPC is in `access.rs`. Reports are computed by `state::billing` from
 //! the replicated ledger.
 
 use edupool_proto::v1 as pb;
 use edupool_proto::v1::usage_service_server::UsageService;
 use tonic::{Request, Response, Status};
 
+use super::access::Rpc;
 use super::{status, Auth, Caller};
 use crate::raft::Replica;
 use crate::state::billing::{self, GroupBy, Line, Period};
@@ -19,19 +21,18 @@ pub struct Usage {
     pub auth: Auth,
 }
 
-/// Whose usage a caller may read: admins anyone's (`None` = everyone's
-/// when no tenant is named), a tenant only its own.
+/// Whose usage a caller may read: roles that see every tenant (admin,
+/// auditor) anyone's (`None` = everyone's when no tenant is named); a
+/// tenant's tokens only their own tenant's. The role itself was checked
+/// against the RPC table before.
 fn usage_scope(caller: &Caller, asked: &str) -> Result<Option<String>, Status> {
-    match caller {
-        Caller::Admin => Ok(Some(asked.to_string()).filter(|t| !t.is_empty())),
-        Caller::Tenant(own) if asked.is_empty() || asked == own => Ok(Some(own.clone())),
-        Caller::Tenant(own) => Err(Status::permission_denied(format!(
+    match caller.tenant_scope() {
+        None => Ok(Some(asked.to_string()).filter(|t| !t.is_empty())),
+        Some(own) if asked.is_empty() || asked == own => Ok(Some(own.to_string())),
+        Some(own) => Err(Status::permission_denied(format!(
             "tenant '{own}' may read only its own usage, not that of '{}'",
             super::convert::truncate(asked)
         ))),
-        Caller::Agent => Err(Status::permission_denied(
-            "an agent token may only open agent sessions",
-        )),
     }
 }
 
@@ -251,7 +252,7 @@ impl UsageService for Usage {
         &self,
         req: Request<pb::UsageReportRequest>,
     ) -> Result<Response<pb::UsageReportResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.authorize(&req, Rpc::GetUsageReport).await?;
         super::read_barrier(&self.replica, &req).await?;
         let r = req.into_inner();
         let tenant = usage_scope(&caller, &r.tenant)?;
@@ -289,7 +290,7 @@ impl UsageService for Usage {
         &self,
         req: Request<pb::SettlementRequest>,
     ) -> Result<Response<pb::SettlementResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        self.auth.authorize(&req, Rpc::GetSettlement).await?;
         super::read_barrier(&self.replica, &req).await?;
         let r = req.into_inner();
         check_range(r.from_ms, r.to_ms)?;
@@ -319,7 +320,7 @@ impl UsageService for Usage {
         &self,
         req: Request<pb::ExportUsageRequest>,
     ) -> Result<Response<pb::ExportUsageResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.authorize(&req, Rpc::ExportUsage).await?;
         super::read_barrier(&self.replica, &req).await?;
         let r = req.into_inner();
         let tenant = usage_scope(&caller, &r.tenant)?;
@@ -339,10 +340,10 @@ impl UsageService for Usage {
         &self,
         req: Request<pb::SetPricesRequest>,
     ) -> Result<Response<pb::PriceBookResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let caller = self.auth.authorize(&req, Rpc::SetPrices).await?;
         let change = price_change(req.into_inner())?;
         self.replica
-            .propose(Command::SetPrices(change))
+            .propose(caller.audited(Rpc::SetPrices, "", Command::SetPrices(change)))
             .await
             .map_err(status)?;
         Ok(Response::new(self.replica.read(price_book)))
@@ -352,8 +353,7 @@ impl UsageService for Usage {
         &self,
         req: Request<pb::ListPricesRequest>,
     ) -> Result<Response<pb::PriceBookResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
-        usage_scope(&caller, "")?;
+        self.auth.authorize(&req, Rpc::ListPrices).await?;
         super::read_barrier(&self.replica, &req).await?;
         Ok(Response::new(self.replica.read(price_book)))
     }
@@ -362,7 +362,7 @@ impl UsageService for Usage {
         &self,
         req: Request<pb::SetBudgetRequest>,
     ) -> Result<Response<pb::BudgetsResponse>, Status> {
-        self.auth.caller(&req)?.require_admin()?;
+        let caller = self.auth.authorize(&req, Rpc::SetBudget).await?;
         let r = req.into_inner();
         let budget = if r.remove {
             None
@@ -381,10 +381,14 @@ impl UsageService for Usage {
         };
         let tenant = r.tenant;
         self.replica
-            .propose(Command::SetBudget {
-                tenant: tenant.clone(),
-                budget,
-            })
+            .propose(caller.audited(
+                Rpc::SetBudget,
+                tenant.clone(),
+                Command::SetBudget {
+                    tenant: tenant.clone(),
+                    budget,
+                },
+            ))
             .await
             .map_err(status)?;
         let now = crate::control::now_millis();
@@ -398,7 +402,7 @@ impl UsageService for Usage {
         &self,
         req: Request<pb::ListBudgetsRequest>,
     ) -> Result<Response<pb::BudgetsResponse>, Status> {
-        let caller = self.auth.caller(&req)?;
+        let caller = self.auth.authorize(&req, Rpc::ListBudgets).await?;
         super::read_barrier(&self.replica, &req).await?;
         let tenant = usage_scope(&caller, &req.get_ref().tenant)?;
         let now = crate::control::now_millis();
@@ -412,25 +416,36 @@ impl UsageService for Usage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::Role;
     use tonic::Code;
+
+    fn caller(role: Role, tenant: Option<&str>) -> Caller {
+        Caller {
+            token_id: "t1".into(),
+            name: "t1".into(),
+            role,
+            tenant: tenant.map(str::to_string),
+        }
+    }
 
     #[test]
     fn a_tenant_reads_only_its_own_usage() {
-        let t = Caller::Tenant("zju".into());
-        assert_eq!(usage_scope(&t, "").unwrap().as_deref(), Some("zju"));
-        assert_eq!(usage_scope(&t, "zju").unwrap().as_deref(), Some("zju"));
-        let err = usage_scope(&t, "hdu").unwrap_err();
-        assert_eq!(err.code(), Code::PermissionDenied);
-        assert_eq!(
-            err.message(),
-            "tenant 'zju' may read only its own usage, not that of 'hdu'"
-        );
-        assert_eq!(usage_scope(&Caller::Admin, "").unwrap(), None);
-        assert_eq!(
-            usage_scope(&Caller::Admin, "hdu").unwrap().as_deref(),
-            Some("hdu")
-        );
-        assert!(usage_scope(&Caller::Agent, "").is_err());
+        for role in [Role::TenantAdmin, Role::Member] {
+            let t = caller(role, Some("zju"));
+            assert_eq!(usage_scope(&t, "").unwrap().as_deref(), Some("zju"));
+            assert_eq!(usage_scope(&t, "zju").unwrap().as_deref(), Some("zju"));
+            let err = usage_scope(&t, "hdu").unwrap_err();
+            assert_eq!(err.code(), Code::PermissionDenied);
+            assert_eq!(
+                err.message(),
+                "tenant 'zju' may read only its own usage, not that of 'hdu'"
+            );
+        }
+        for role in [Role::Admin, Role::Auditor] {
+            let a = caller(role, None);
+            assert_eq!(usage_scope(&a, "").unwrap(), None);
+            assert_eq!(usage_scope(&a, "hdu").unwrap().as_deref(), Some("hdu"));
+        }
     }
 
     #[test]

@@ -118,7 +118,11 @@ pub struct Queue<'a> {
 impl<'a> Queue<'a> {
     pub fn new(state: &'a State) -> Queue<'a> {
         let mut by_tenant: BTreeMap<&'a str, Vec<&'a Job>> = BTreeMap::new();
-        for job in state.pending_jobs() {
+        // A suspended tenant's jobs wait, unplaced, until it is resumed.
+        for job in state
+            .pending_jobs()
+            .filter(|j| state.suspension(&j.tenant).is_none())
+        {
             by_tenant.entry(job.tenant.as_str()).or_default().push(job);
         }
         let tenants = by_tenant

@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use super::ledger::{Budget, PriceChange};
+use super::security::{Actor, ApiToken, AuditResult};
 use super::types::{
     Capacity, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis, NodeLabels, Quota,
 };
@@ -130,6 +131,42 @@ pub enum Command {
         tenant: String,
         budget: Option<Budget>,
     },
+    /// A new API token; the state assigns its id and creation time.
+    CreateToken {
+        token: ApiToken,
+    },
+    /// Refuses the token from now on, on every replica that applied this.
+    RevokeToken {
+        id: String,
+    },
+    /// The kill switch (see `security.rs`).
+    SuspendTenant {
+        tenant: String,
+        reason: String,
+        stop_running: bool,
+        /// The token id of who suspended it.
+        by: String,
+    },
+    ResumeTenant {
+        tenant: String,
+    },
+    /// An admin or job-control action with who asked for it: applies
+    /// `cmd` and appends an audit record with its result.
+    Audited {
+        actor: Actor,
+        action: String,
+        /// Empty: the object the command produced (a new job or token).
+        target: String,
+        cmd: Box<Command>,
+    },
+    /// Appends an audit record only: a denied call, or an action that is
+    /// not a state change (replica set membership).
+    RecordAudit {
+        actor: Actor,
+        action: String,
+        target: String,
+        result: AuditResult,
+    },
 }
 
 /// What a command produced, for the proposer's reply.
@@ -139,6 +176,7 @@ pub enum Outcome {
     Tenant(String),
     Job(JobId),
     Node(String),
+    Token(String),
 }
 
 /// Orders for the edges. Only the leader delivers them; every replica
@@ -200,6 +238,12 @@ pub enum Rejection {
     NotPreemptible { job: JobId, why: String },
     #[error("node '{node}' has no GPU {gpu}")]
     UnknownGpu { node: String, gpu: String },
+    #[error("invalid token: {0}")]
+    BadToken(String),
+    #[error("token '{0}' does not exist")]
+    UnknownToken(String),
+    #[error("tenant '{tenant}' is suspended{}", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    TenantSuspended { tenant: String, reason: String },
     #[error("GPU {gpu} on node '{node}' is not marked unhealthy; there is nothing to clear")]
     GpuNotFaulty { node: String, gpu: String },
     #[error("GPU {gpu} on node '{node}' cannot be cleared yet: its agent has not reported it healthy since it failed ({reason}); reset the GPU first")]

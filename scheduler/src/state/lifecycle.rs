@@ -28,6 +28,12 @@ impl State {
         if !self.tenants.contains_key(&tenant) {
             return Err(Rejection::UnknownTenant(tenant));
         }
+        if let Some(s) = self.suspension(&tenant) {
+            return Err(Rejection::TenantSuspended {
+                reason: s.reason.clone(),
+                tenant,
+            });
+        }
         self.check_feasible(&spec)?;
         self.check_budget(&tenant, &spec, at)?;
         self.last_job += 1;
@@ -116,6 +122,12 @@ impl State {
             return Err(Rejection::NotPending {
                 job: id,
                 state: job.state.name(),
+            });
+        }
+        if let Some(s) = self.suspension(&job.tenant) {
+            return Err(Rejection::TenantSuspended {
+                tenant: job.tenant.clone(),
+                reason: s.reason.clone(),
             });
         }
         let spec = &job.spec;

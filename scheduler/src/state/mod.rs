@@ -8,10 +8,13 @@ pub mod billing;
 mod command;
 mod ledger;
 mod lifecycle;
+mod security;
 mod types;
 
 #[cfg(test)]
 mod ledger_tests;
+#[cfg(test)]
+mod security_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -26,6 +29,9 @@ pub use ledger::{
     Accounts, Budget, GpuPrice, LedgerEntry, Money, PriceBook, PriceChange, PriceVersion, RunEnd,
 };
 use lifecycle::TaskEnd;
+pub use security::{
+    Actor, ApiToken, AuditRecord, AuditResult, Role, Suspension, TokenGrant, AUDIT_RETENTION,
+};
 pub use types::*;
 
 /// The result of applying one command: an outcome and effects, or a
@@ -35,7 +41,8 @@ pub type Applied = Result<(Outcome, Vec<Effect>), Rejection>;
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     tenants: BTreeMap<String, Tenant>,
-    /// SHA-256 of a tenant token (hex) -> tenant name.
+    /// SHA-256 of a tenant's initial token (hex) -> tenant name; other
+    /// tokens are in `security`.
     tokens: BTreeMap<String, String>,
     nodes: BTreeMap<String, Node>,
     jobs: BTreeMap<JobId, Job>,
@@ -47,6 +54,9 @@ pub struct State {
     /// taken before they existed).
     #[serde(default)]
     accounts: Accounts,
+    /// Tokens with roles, suspensions and the audit trail.
+    #[serde(default)]
+    security: security::Security,
 }
 
 impl State {
@@ -152,6 +162,30 @@ impl State {
             } => self.gpu_health_changed(&node, &gpu, healthy, reason, cleared_by, at),
             Command::SetPrices(change) => self.set_prices(change, at),
             Command::SetBudget { tenant, budget } => self.set_budget(tenant, budget),
+            Command::CreateToken { token } => self.create_token(token, at),
+            Command::RevokeToken { id } => self.revoke_token(&id, at),
+            Command::SuspendTenant {
+                tenant,
+                reason,
+                stop_running,
+                by,
+            } => self.suspend_tenant(&tenant, reason, stop_running, by, at),
+            Command::ResumeTenant { tenant } => self.resume_tenant(&tenant),
+            Command::Audited {
+                actor,
+                action,
+                target,
+                cmd,
+            } => self.audited(actor, action, target, *cmd, at),
+            Command::RecordAudit {
+                actor,
+                action,
+                target,
+                result,
+            } => {
+                self.record_audit(actor, action, target, result, at);
+                Ok((Outcome::None, vec![]))
+            }
         }
     }
 
@@ -178,8 +212,9 @@ impl State {
         self.tenants.values()
     }
 
-    pub fn tenant_by_token_hash(&self, hash: &str) -> Option<&str> {
-        self.tokens.get(hash).map(String::as_str)
+    /// The tenant of a live tenant-admin or member token.
+    pub fn tenant_by_token_hash(&self, hash: &str) -> Option<String> {
+        self.token_by_hash(hash).and_then(|t| t.tenant)
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {

@@ -1,0 +1,274 @@
+//! Access control with real processes: a revoked token is refused on every
+//! replica, the audit trail survives failover and restart, one tenant's
+//! flood does not rate-limit another, and the tenant kill switch stops
+//! running work.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use edupool_proto::v1 as pb;
+use edupool_proto::v1::job_service_client::JobServiceClient;
+use edupool_tests::cluster::Cluster;
+use edupool_tests::{eventually, ADMIN_TOKEN};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn create_token(endpoints: &str, args: &[&str]) -> Result<(String, String)> {
+    let mut all = vec!["token", "create"];
+    all.extend(args);
+    let v = Cluster::ctl_json(endpoints, ADMIN_TOKEN, &all)?;
+    Ok((
+        v["token"]["id"].as_str().expect("an id").to_string(),
+        v["secret"].as_str().expect("a secret").to_string(),
+    ))
+}
+
+fn audit(endpoint: &str, extra: &[&str]) -> Result<Vec<serde_json::Value>> {
+    let mut args = vec!["audit", "list"];
+    args.extend(extra);
+    let v = Cluster::ctl_json(endpoint, ADMIN_TOKEN, &args)?;
+    Ok(v.as_array().expect("a list").clone())
+}
+
+fn has(records: &[serde_json::Value], action: &str, target: &str) -> bool {
+    records
+        .iter()
+        .any(|r| r["action"] == action && r["target"] == target && r["result"] == "ok")
+}
+
+#[test]
+fn a_revoked_token_is_refused_everywhere_and_the_audit_trail_survives_failover() -> Result<()> {
+    let mut c = Cluster::start(3, &[])?;
+    let leader = c.leader(WAIT)?;
+    let all = c.endpoints();
+    Cluster::ctl_json(&all, ADMIN_TOKEN, &["tenant", "create", "zju"])?;
+    let (id, secret) = create_token(
+        &all,
+        &["--role", "member", "--tenant", "zju", "--name", "alice"],
+    )?;
+    // Every replica knows the token before it is revoked.
+    for i in c.ids() {
+        eventually("the token on every replica", WAIT, || {
+            let out = Cluster::ctl_at(&c.endpoint(i), &secret, &["--stale-ok", "job", "list"]);
+            out.status.success().then_some(())
+        })?;
+    }
+
+    Cluster::ctl_json(&all, ADMIN_TOKEN, &["token", "revoke", &id])?;
+    let revoked = Instant::now();
+    for i in c.ids() {
+        // Each replica answers from its own state (--stale-ok): it refuses
+        // the token as soon as it has applied the revocation.
+        loop {
+            let out = Cluster::ctl_at(&c.endpoint(i), &secret, &["--stale-ok", "job", "list"]);
+            let err = String::from_utf8_lossy(&out.stderr).to_string();
+            if !out.status.success() && err.contains("not valid") {
+                break;
+            }
+            if revoked.elapsed() > Duration::from_secs(1) {
+                bail!("replica {i} still accepts the revoked token after a second: {err}");
+            }
+        }
+    }
+    let listed = Cluster::ctl_json(&all, ADMIN_TOKEN, &["token", "list"])?;
+    let row = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|t| t["id"] == id.as_str())
+        .expect("the revoked token is listed");
+    assert!(row["revoked_at"].is_string(), "{row}");
+    assert!(
+        !listed.to_string().contains(&secret),
+        "token list never shows a secret"
+    );
+
+    let before = audit(&all, &[])?;
+    assert!(has(&before, "token.create", &id), "{before:?}");
+    assert!(has(&before, "token.revoke", &id), "{before:?}");
+    assert!(has(&before, "tenant.create", "zju"), "{before:?}");
+
+    // Failover: the new leader has the same trail.
+    c.kill9(leader);
+    let next = c.leader(WAIT)?;
+    assert_ne!(next, leader);
+    let after = audit(&c.endpoint(next), &["--action", "token."])?;
+    assert!(has(&after, "token.create", &id), "{after:?}");
+    assert!(has(&after, "token.revoke", &id), "{after:?}");
+    assert!(after
+        .iter()
+        .all(|r| r["action"].as_str().unwrap().starts_with("token.")));
+
+    // Restart: the old leader comes back with the trail from its disk and log.
+    c.restart(leader)?;
+    eventually("the restarted replica's audit trail", WAIT, || {
+        let v = audit(
+            &c.endpoint(leader),
+            &["--stale-ok", "--actor", "bootstrap-admin"],
+        )
+        .ok()?;
+        (has(&v, "token.revoke", &id) && has(&v, "tenant.create", "zju")).then_some(())
+    })?;
+    Ok(())
+}
+
+/// Submits one job over gRPC; the status on refusal.
+async fn submit(
+    client: &mut JobServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> Result<(), tonic::Status> {
+    submit_command(client, token, vec!["true".into()]).await
+}
+
+async fn submit_command(
+    client: &mut JobServiceClient<tonic::transport::Channel>,
+    token: &str,
+    command: Vec<String>,
+) -> Result<(), tonic::Status> {
+    let mut req = tonic::Request::new(pb::SubmitJobRequest {
+        spec: Some(pb::JobSpec {
+            command,
+            gpus: 1,
+            ..Default::default()
+        }),
+    });
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("ascii"),
+    );
+    client.submit_job(req).await.map(|_| ())
+}
+
+#[test]
+fn one_tenants_flood_does_not_rate_limit_another_and_the_kill_switch_stops_its_work() -> Result<()>
+{
+    let c = Cluster::start(1, &["--rate-limit", "10", "--rate-burst", "20"])?;
+    let work = tempfile::tempdir()?;
+    let _agent = c.agent("n1", "2xA100-80GB", work.path())?;
+    let at = c.endpoint(1);
+    c.leader(WAIT)?;
+    for t in ["flood", "calm"] {
+        Cluster::ctl_json(&at, ADMIN_TOKEN, &["tenant", "create", t])?;
+    }
+    let (_, flood) = create_token(&at, &["--role", "member", "--tenant", "flood"])?;
+    let (_, calm) = create_token(&at, &["--role", "member", "--tenant", "calm"])?;
+    eventually("the agent's node", WAIT, || {
+        let v = Cluster::ctl_json(&at, ADMIN_TOKEN, &["node", "list"]).ok()?;
+        (v.as_array()?.len() == 1).then_some(())
+    })?;
+
+    let rt = tokio::runtime::Runtime::new()?;
+    let (flood_results, calm_results) = rt.block_on(async {
+        let channel = tonic::transport::Endpoint::from_shared(at.clone())?
+            .connect()
+            .await?;
+        // Four floods at once, each far over the token's rate.
+        let floods: Vec<_> = (0..4)
+            .map(|_| {
+                let mut client = JobServiceClient::new(channel.clone());
+                let token = flood.clone();
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for _ in 0..100 {
+                        out.push(submit(&mut client, &token).await);
+                    }
+                    out
+                })
+            })
+            .collect();
+        // The other tenant stays within its own budget meanwhile.
+        let mut client = JobServiceClient::new(channel.clone());
+        let mut calm_results = Vec::new();
+        for _ in 0..15 {
+            calm_results.push(submit(&mut client, &calm).await);
+        }
+        let mut flood_results = Vec::new();
+        for f in floods {
+            flood_results.extend(f.await?);
+        }
+        // A request over the size limit is refused before it is decoded.
+        let huge = submit_command(&mut client, &calm, vec!["x".repeat(2 << 20)]).await;
+        assert_eq!(huge.unwrap_err().code(), tonic::Code::OutOfRange);
+        anyhow::Ok((flood_results, calm_results))
+    })?;
+    for r in &calm_results {
+        assert!(r.is_ok(), "a calm tenant's submit failed: {r:?}");
+    }
+    let limited: Vec<&tonic::Status> = flood_results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .filter(|s| s.code() == tonic::Code::ResourceExhausted)
+        .collect();
+    assert!(!limited.is_empty(), "the flood was never rate-limited");
+    let s = limited[0];
+    assert!(s.metadata().get("retry-after").is_some(), "{s:?}");
+    let delay = edupool_scheduler::api::retry_info::decode(s.details());
+    assert!(delay.is_some_and(|d| d > Duration::ZERO), "{s:?}");
+
+    // The kill switch: the calm tenant's running job is stopped at once.
+    eventually("the calm tenant's rate budget", WAIT, || {
+        Cluster::ctl_json(
+            &at,
+            &calm,
+            &[
+                "job", "submit", "--gpus", "1", "--name", "long", "--", "sleep", "600",
+            ],
+        )
+        .ok()
+    })?;
+    eventually("the long job to run", WAIT, || {
+        let v = Cluster::ctl_json(&at, &calm, &["job", "list", "--state", "running"]).ok()?;
+        v.as_array()?
+            .iter()
+            .any(|j| j["name"] == "long")
+            .then_some(())
+    })?;
+    let s = Cluster::ctl_json(
+        &at,
+        ADMIN_TOKEN,
+        &[
+            "tenant",
+            "suspend",
+            "calm",
+            "--stop-running",
+            "--reason",
+            "incident 42",
+        ],
+    )?;
+    assert_eq!(s["suspended"], true, "{s}");
+    let tenants = Cluster::ctl_json(&at, ADMIN_TOKEN, &["tenant", "list"])?;
+    let calm_row = tenants
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|t| t["name"] == "calm")
+        .expect("the calm tenant is listed");
+    assert_eq!(calm_row["suspended"], true, "{calm_row}");
+    assert_eq!(calm_row["suspended_reason"], "incident 42", "{calm_row}");
+    eventually("the long job to be stopped", WAIT, || {
+        let v = Cluster::ctl_json(&at, &calm, &["job", "list", "--state", "cancelled"]).ok()?;
+        v.as_array()?
+            .iter()
+            .any(|j| j["name"] == "long")
+            .then_some(())
+    })?;
+    // Refused with the reason (retried only while the token is over its rate).
+    let err = eventually("a refused submit", WAIT, || {
+        let out = Cluster::ctl_at(&at, &calm, &["job", "submit", "--gpus", "1", "--", "true"]);
+        assert!(!out.status.success(), "a suspended tenant's submit passed");
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        (!err.contains("request rate")).then_some(err)
+    })?;
+    assert!(
+        err.contains("suspended") && err.contains("incident 42"),
+        "{err}"
+    );
+    Cluster::ctl_json(&at, ADMIN_TOKEN, &["tenant", "resume", "calm"])?;
+    eventually("a submit after resume", WAIT, || {
+        Cluster::ctl_json(&at, &calm, &["job", "submit", "--gpus", "1", "--", "true"]).ok()
+    })?;
+    let trail = audit(&at, &["--tenant", "calm", "--action", "tenant."])?;
+    assert!(has(&trail, "tenant.suspend", "calm"), "{trail:?}");
+    assert!(has(&trail, "tenant.resume", "calm"), "{trail:?}");
+    Ok(())
+}
