@@ -89,7 +89,7 @@ impl Books {
             .tenants()
             .map(|t| (t.name.as_str(), t.usage.at(now, half_life)))
             .collect();
-        for job in state.jobs().filter(|j| j.state.is_placed()) {
+        for job in state.placed_jobs() {
             let Some(book) = tenants.get_mut(&job.tenant) else {
                 continue;
             };
