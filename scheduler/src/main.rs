@@ -288,7 +288,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         let width = 30 * done / total.max(1);
         if tty {
             eprint!(
-                "\r[{}{}] {done}/{total} runs",
+                "\r[{}{}] {done}/{total} done",
                 "#".repeat(width),
                 " ".repeat(30 - width)
             );
@@ -297,7 +297,7 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
             }
             let _ = std::io::stderr().flush();
         } else if done * 10 / total.max(1) != (done - 1) * 10 / total.max(1) {
-            eprintln!("{done}/{total} runs");
+            eprintln!("{done}/{total} done");
         }
     };
     let report = simulate::run(&scenario, &traces, &progress)?;

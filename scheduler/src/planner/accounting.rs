@@ -63,16 +63,23 @@ impl Books {
             let Some(owner) = node.labels.owner.as_ref().and_then(|o| tenants.get_mut(o)) else {
                 continue;
             };
+            // A node's GPUs are nearly always of one class: count runs of
+            // one class and add each run to the books once.
+            let mut run: Option<(&str, u64)> = None;
             for g in node.gpus.iter().filter(|g| g.usable()) {
                 let class = node.gpu_class(g);
-                match owner.guaranteed.get_mut(class) {
-                    Some(m) => *m += u64::from(WHOLE_GPU),
-                    None => {
-                        owner
-                            .guaranteed
-                            .insert(class.to_string(), u64::from(WHOLE_GPU));
+                match &mut run {
+                    Some((c, n)) if *c == class => *n += u64::from(WHOLE_GPU),
+                    _ => {
+                        if let Some((c, n)) = run.take() {
+                            add_guarantee(owner, c, n);
+                        }
+                        run = Some((class, u64::from(WHOLE_GPU)));
                     }
                 }
+            }
+            if let Some((c, n)) = run {
+                add_guarantee(owner, c, n);
             }
         }
         for t in state.tenants() {
@@ -89,7 +96,7 @@ impl Books {
             .tenants()
             .map(|t| (t.name.as_str(), t.usage.at(now, half_life)))
             .collect();
-        for job in state.jobs().filter(|j| j.state.is_placed()) {
+        for job in state.placed_jobs() {
             let Some(book) = tenants.get_mut(&job.tenant) else {
                 continue;
             };
@@ -159,6 +166,15 @@ impl Books {
             .entry((class.to_string(), job_class))
             .or_default();
         *h = h.saturating_sub(milli);
+    }
+}
+
+fn add_guarantee(book: &mut TenantBook, class: &str, milli: u64) {
+    match book.guaranteed.get_mut(class) {
+        Some(m) => *m += milli,
+        None => {
+            book.guaranteed.insert(class.to_string(), milli);
+        }
     }
 }
 

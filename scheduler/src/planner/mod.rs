@@ -47,6 +47,22 @@ pub struct Policy {
     pub max_examined: usize,
     /// At most this many victim searches per round.
     pub max_reclaims: usize,
+    /// The order pending jobs are considered in.
+    pub order: QueueOrder,
+}
+
+/// The order pending jobs are considered in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QueueOrder {
+    /// The alliance policy: tenants within their guarantee first, then by
+    /// weighted fair share; within a tenant by class, priority and time
+    /// queued.
+    #[default]
+    FairShare,
+    /// One queue in the order jobs entered it, whatever their tenant,
+    /// class or priority: the first-come-first-served baseline the trace
+    /// simulator compares the policy with.
+    Fifo,
 }
 
 impl Default for Policy {
@@ -55,6 +71,7 @@ impl Default for Policy {
             max_decisions: 1024,
             max_examined: 20_000,
             max_reclaims: 64,
+            order: QueueOrder::FairShare,
         }
     }
 }
@@ -158,7 +175,7 @@ impl<'a> Round<'a> {
     }
 
     fn run(mut self) -> (Vec<Decision>, Option<Hold>) {
-        let mut queue = Queue::new(self.state);
+        let mut queue = Queue::new(self.state, self.policy.order);
         queue.start(&self.books, &self.index);
         let mut examined = 0;
         while let Some((tenant, job)) = queue.pop() {

@@ -94,24 +94,26 @@ impl<'a> FreeIndex<'a> {
             by_key: BTreeMap::new(),
             models: BTreeSet::new(),
         };
+        // Neighbouring nodes are nearly always alike: remember the last
+        // bucket and GPU model seen, across nodes.
+        let mut last: Option<(&str, &str, u8, usize)> = None;
+        let mut last_pair: Option<(&str, &str)> = None;
         for node in state.nodes().filter(|n| n.schedulable()) {
-            // A node's GPUs are nearly always of one class: look its
-            // bucket up once.
-            let mut last: Option<(&str, usize)> = None;
+            let (site, level) = (node.site(), node.labels.data_level);
             let bucket_of: Vec<usize> = node
                 .gpus
                 .iter()
                 .map(|g| {
                     let class = node.gpu_class(g);
                     match last {
-                        Some((c, b)) if c == class => b,
+                        Some((c, s, l, b)) if c == class && s == site && l == level => b,
                         _ => {
                             let b = index.bucket_id(BucketKey {
                                 class: class.to_string(),
-                                site: node.site().to_string(),
-                                data_level: node.labels.data_level,
+                                site: site.to_string(),
+                                data_level: level,
                             });
-                            last = Some((class, b));
+                            last = Some((class, site, level, b));
                             b
                         }
                     }
@@ -119,9 +121,10 @@ impl<'a> FreeIndex<'a> {
                 .collect();
             for g in &node.gpus {
                 let pair = (node.gpu_class(g), g.info.model.as_str());
-                if !index.models.contains(&pair) {
+                if last_pair != Some(pair) && !index.models.contains(&pair) {
                     index.models.insert(pair);
                 }
+                last_pair = Some(pair);
             }
             let free = node.gpus.iter().map(|g| g.free_milli()).collect();
             let i = index.nodes.len();

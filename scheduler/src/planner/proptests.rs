@@ -149,6 +149,14 @@ fn check_no_overcommit(s: &State) -> Result<(), TestCaseError> {
             }
         }
     }
+    // The index of placed jobs the planner reads agrees with the jobs.
+    let indexed: Vec<JobId> = s.placed_jobs().map(|j| j.id).collect();
+    let placed: Vec<JobId> = s
+        .jobs()
+        .filter(|j| j.state.is_placed())
+        .map(|j| j.id)
+        .collect();
+    prop_assert_eq!(indexed, placed);
     Ok(())
 }
 

@@ -5,6 +5,9 @@
 //! furthest below its weighted fair share (least decayed usage per unit of
 //! weight × equity) goes first. Within a tenant: job class, then priority,
 //! then the time it entered the queue.
+//!
+//! `QueueOrder::Fifo` replaces all of that with one queue in the order
+//! jobs entered it (the baseline the trace simulator measures against).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
@@ -13,6 +16,7 @@ use super::accounting::Books;
 use super::charged;
 use super::explain::Hold;
 use super::placement::FreeIndex;
+use super::QueueOrder;
 use crate::state::{Capacity, Job, State, WHOLE_GPU};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -111,12 +115,15 @@ struct TenantQueue<'a> {
 
 pub struct Queue<'a> {
     state: &'a State,
+    order: QueueOrder,
     tenants: Vec<(&'a str, TenantQueue<'a>)>,
-    heap: BinaryHeap<Reverse<(Tier, u64, usize)>>,
+    /// (tier, share, job id, tenant slot); under FIFO (tier and share
+    /// constant, time queued, job id, tenant slot).
+    heap: BinaryHeap<Reverse<(Tier, u64, u64, usize)>>,
 }
 
 impl<'a> Queue<'a> {
-    pub fn new(state: &'a State) -> Queue<'a> {
+    pub fn new(state: &'a State, order: QueueOrder) -> Queue<'a> {
         let mut by_tenant: BTreeMap<&'a str, Vec<&'a Job>> = BTreeMap::new();
         // A suspended tenant's jobs wait, unplaced, until it is resumed.
         for job in state
@@ -128,12 +135,18 @@ impl<'a> Queue<'a> {
         let tenants = by_tenant
             .into_iter()
             .map(|(name, mut jobs)| {
-                jobs.sort_by_key(|j| (j.spec.class, Reverse(j.spec.priority), j.queued_at, j.id));
+                match order {
+                    QueueOrder::FairShare => jobs.sort_by_key(|j| {
+                        (j.spec.class, Reverse(j.spec.priority), j.queued_at, j.id)
+                    }),
+                    QueueOrder::Fifo => jobs.sort_by_key(|j| (j.queued_at, j.id)),
+                }
                 (name, TenantQueue { jobs, next: 0 })
             })
             .collect();
         Queue {
             state,
+            order,
             tenants,
             heap: BinaryHeap::new(),
         }
@@ -151,6 +164,13 @@ impl<'a> Queue<'a> {
         let Some(job) = q.jobs.get(q.next) else {
             return;
         };
+        if self.order == QueueOrder::Fifo {
+            // Flipping the sign bit orders any i64 like its u64 bits.
+            let queued = (job.queued_at as u64) ^ (1 << 63);
+            self.heap
+                .push(Reverse((Tier::Guaranteed, queued, job.id.0, t)));
+            return;
+        }
         let classes = index.classes_for(&job.spec.constraints);
         let tier = terms(books, self.state, job, &classes).tier;
         let share = books.tenants.get(*name).map_or(0.0, |b| b.share);
@@ -160,12 +180,12 @@ impl<'a> Queue<'a> {
         } else {
             0
         };
-        self.heap.push(Reverse((tier, share, t)));
+        self.heap.push(Reverse((tier, share, 0, t)));
     }
 
     /// The next job to consider and its tenant's slot.
     pub fn pop(&mut self) -> Option<(usize, &'a Job)> {
-        let Reverse((_, _, t)) = self.heap.pop()?;
+        let Reverse((_, _, _, t)) = self.heap.pop()?;
         let q = &self.tenants[t].1;
         Some((t, q.jobs[q.next]))
     }

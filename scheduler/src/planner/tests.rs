@@ -949,3 +949,73 @@ fn tenant_report_shows_guarantee_use_borrowing_and_lending() {
     let zju = &of("zju").classes[0];
     assert_eq!((zju.guaranteed, zju.in_use, zju.borrowed), (0, 3000, 3000));
 }
+
+#[test]
+fn fifo_order_ignores_tenants_shares_classes_and_priorities() {
+    let fifo = Policy {
+        order: QueueOrder::Fifo,
+        ..Policy::default()
+    };
+    let mut p = Pool::new(&["zju", "hdu"]);
+    p.node("n1", 1, A100, None, "hz");
+    // zju has used the pool, so fair share would put hdu first; its
+    // inference job and high priority would also jump the queue.
+    p.now += 1;
+    let used = p.submit("zju", job(1, JobClass::Training));
+    p.round();
+    p.now += 100_000;
+    p.exit(used, 0);
+    p.now += 1;
+    let first = p.submit("zju", job(1, JobClass::Batch));
+    p.now += 1;
+    let second = p.submit("hdu", job(1, JobClass::Training));
+    p.now += 1;
+    let third = p.submit(
+        "hdu",
+        JobSpec {
+            priority: 9,
+            ..job(1, JobClass::Inference)
+        },
+    );
+    assert_eq!(p.plan()[0].job(), third, "the alliance order");
+    let mut order = vec![];
+    for _ in 0..3 {
+        let d = plan(&p.s, p.now, &fifo);
+        assert_eq!(d.len(), 1, "one GPU: one decision a round");
+        p.apply(&d);
+        order.push(d[0].job());
+        p.exit(d[0].job(), 0);
+    }
+    assert_eq!(order, [first, second, third]);
+}
+
+#[test]
+fn fifo_order_puts_a_requeued_job_behind_those_queued_before_it() {
+    let fifo = Policy {
+        order: QueueOrder::Fifo,
+        ..Policy::default()
+    };
+    let mut p = Pool::new(&["zju", "hdu"]);
+    p.node("n1", 1, A100, Some("hdu"), "hz");
+    let borrower = p.submit("zju", job(1, JobClass::Training));
+    p.apply(&plan(&p.s, p.now, &fifo));
+    // hdu reclaims its GPU; zju's job goes back to the queue behind the
+    // job hdu submits while it stops.
+    p.now += 1;
+    let owner = p.submit("hdu", job(1, JobClass::Training));
+    let d = plan(&p.s, p.now, &fifo);
+    assert_eq!(d, vec![preempt(borrower, "hdu", "A100", owner)]);
+    p.apply(&d);
+    p.now += 1;
+    let later = p.submit("hdu", job(1, JobClass::Training));
+    p.now += 1;
+    p.exit(borrower, 0);
+    let mut order = vec![];
+    for _ in 0..3 {
+        let d = plan(&p.s, p.now, &fifo);
+        p.apply(&d);
+        order.push(d[0].job());
+        p.exit(d[0].job(), 0);
+    }
+    assert_eq!(order, [owner, later, borrower]);
+}

@@ -5,12 +5,16 @@
 //! - `packing`: scenario 2, packing on the Alibaba GPU-sharing trace by the
 //!   protocol of the FGD experiments, with edupool's fragmentation-aware
 //!   packing beside the random and best-fit baselines in the same run.
+//! - `alliance`: scenario 1, the Philly trace's virtual clusters as
+//!   members of an alliance, replayed through the scheduler's own state
+//!   machine and planner under edupool's policy and two FIFO baselines.
 //! - `svg`: the plots.
 //!
 //! A scenario is a TOML file (see `examples/scenarios/`); `run` executes it
 //! and returns a [`Report`] that is written as JSON, a text table and SVG
 //! plots.
 
+pub mod alliance;
 pub mod packing;
 pub mod svg;
 pub mod traces;
@@ -56,6 +60,8 @@ pub struct Scenario {
     pub traces: Option<PathBuf>,
     #[serde(default)]
     pub packing: Option<PackingScenario>,
+    #[serde(default)]
+    pub alliance: Option<alliance::AllianceScenario>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -131,8 +137,14 @@ impl Scenario {
                     p.inflation
                 )));
             }
-        } else {
-            return Err(bad("the scenario has no [packing] section".into()));
+        }
+        if let Some(a) = &s.alliance {
+            a.validate().map_err(bad)?;
+        }
+        if s.packing.is_none() && s.alliance.is_none() {
+            return Err(bad(
+                "the scenario has neither a [packing] nor an [alliance] section".into(),
+            ));
         }
         Ok(s)
     }
@@ -144,6 +156,8 @@ pub struct Report {
     pub scenario: String,
     pub wall_seconds: f64,
     pub packing: Vec<PackingResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alliance: Option<alliance::AllianceReport>,
 }
 
 /// One task list under every packer.
@@ -206,10 +220,15 @@ pub fn run(
             ));
         }
     }
+    let alliance = match &scenario.alliance {
+        Some(a) => Some(alliance::run(a, traces, progress)?),
+        None => None,
+    };
     Ok(Report {
         scenario: scenario.name.clone(),
         wall_seconds: started.elapsed().as_secs_f64(),
         packing: results,
+        alliance,
     })
 }
 
@@ -241,7 +260,7 @@ fn summarise(
 }
 
 /// Runs `f` over `items` on the machine's cores, keeping the order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(crate) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(items.len().max(1));
@@ -335,6 +354,9 @@ impl Report {
                 let _ = writeln!(out, "  edupool - best-fit: {:+.2} points", e - b);
             }
         }
+        if let Some(a) = &self.alliance {
+            out.push_str(&a.table());
+        }
         out
     }
 
@@ -377,6 +399,9 @@ impl Report {
                 &format!("allocation-{}.svg", r.task_list),
                 &chart.render(),
             )?);
+        }
+        for (name, chart) in self.alliance.iter().flat_map(|a| a.charts()) {
+            files.push(write(&name, &chart.render())?);
         }
         Ok(files)
     }

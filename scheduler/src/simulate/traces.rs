@@ -370,6 +370,43 @@ mod tests {
     }
 
     #[test]
+    fn malformed_philly_rows_and_vcs_are_named_by_their_line() {
+        let header = "timestamp,duration,num_gpus,gpu_time,cluster\n";
+        let ok = "2017-10-09 07:01:55,66.0,1,66.0,a\n";
+        let cases = [
+            (
+                "2017-10-09 7:01,66.0,1,66.0,a",
+                "t.csv:3: '2017-10-09 7:01' is not a YYYY-MM-DD HH:MM:SS time",
+            ),
+            (
+                "2017-10-09 07:01:55,-1.0,1,-1.0,a",
+                "t.csv:3: duration -1 is not a non-negative number of seconds",
+            ),
+            (
+                "2017-10-09 07:01:55,66.0,0,0.0,a",
+                "t.csv:3: num_gpus is 0; every Philly job uses GPUs",
+            ),
+            (
+                "2017-10-09 07:01:55,66.0,1,66.0,",
+                "t.csv:3: the cluster (virtual cluster) is empty",
+            ),
+            (
+                "2017-10-09 07:01:55,66.0,1",
+                "t.csv:3: 3 fields, expected 5 (timestamp,duration,num_gpus,gpu_time,cluster)",
+            ),
+        ];
+        for (row, want) in cases {
+            let c = csv(&format!("{header}{ok}{row}\n"));
+            assert_eq!(philly_jobs(&c).unwrap_err().to_string(), want);
+        }
+        let c = csv("vc,node num\n6214e9,64\n\n7f04ca,many\n");
+        assert_eq!(
+            philly_vcs(&c).unwrap_err().to_string(),
+            "t.csv:4: column 'node num' is 'many', which is not a valid value"
+        );
+    }
+
+    #[test]
     fn openb_tasks_keep_model_sets_and_fractions() {
         let c = csv("name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos\na,6000,12288,1,460,,LS\nb,1000,10,2,1000,V100M16|V100M32,BE\nc,500,10,0,0,,BE\n");
         let t = openb_tasks(&c).unwrap();

@@ -212,6 +212,7 @@ impl State {
         job.placed_at = Some(at);
         job.ending = None;
         self.pending.remove(&id);
+        self.placed.insert(id);
         Ok((Outcome::Job(id), effects))
     }
 
@@ -459,6 +460,7 @@ impl State {
             job.placed_at = None;
             job.reason = format!("{why}; requeued (attempt {})", job.attempt);
             self.pending.insert(id);
+            self.placed.remove(&id);
             return vec![Effect::JobChanged(id)];
         }
         let (state, exit_code, reason) = match (job.state, job.ending.take()) {
@@ -479,6 +481,7 @@ impl State {
         job.reason = reason;
         job.finished_at = Some(at);
         job.started_at.get_or_insert(at);
+        self.placed.remove(&id);
         vec![Effect::JobChanged(id)]
     }
 

@@ -48,6 +48,10 @@ pub struct State {
     jobs: BTreeMap<JobId, Job>,
     /// Jobs waiting for GPUs, in submission order.
     pending: BTreeSet<JobId>,
+    /// Jobs holding GPUs (`JobState::is_placed`), so that the planner's
+    /// per-round books need not walk every job the pool ever ran.
+    #[serde(default)]
+    placed: BTreeSet<JobId>,
     last_job: u64,
     policy: PoolPolicy,
     /// The usage ledger, price book and budgets (absent in snapshots
@@ -236,6 +240,11 @@ impl State {
     /// Pending jobs in submission order.
     pub fn pending_jobs(&self) -> impl Iterator<Item = &Job> {
         self.pending.iter().map(|id| &self.jobs[id])
+    }
+
+    /// Jobs holding GPUs (assigned, running, or stopping), by id.
+    pub fn placed_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.placed.iter().map(|id| &self.jobs[id])
     }
 
     /// Jobs with a task still running (or starting) on `node`.

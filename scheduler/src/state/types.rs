@@ -513,7 +513,11 @@ impl Gpu {
 /// The GPU class of a model: its family, the name before the first '-'
 /// (`A100-80GB` is class `A100`).
 pub fn gpu_class_of(model: &str) -> &str {
-    model.split('-').next().unwrap_or(model)
+    // A byte scan: the planner asks this of every GPU every round.
+    match model.bytes().position(|b| b == b'-') {
+        Some(i) => &model[..i],
+        None => model,
+    }
 }
 
 /// What admins say about a node.
