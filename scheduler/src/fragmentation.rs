@@ -23,6 +23,16 @@
 //!   cores counts against it, and CPU-only jobs go to CPU-only nodes or
 //!   to GPU nodes with cores to spare.
 //!
+//! Kinds are weighted by popularity shared among hosts: a kind's number
+//! of jobs divided by the number of nodes of the empty pool that could
+//! host one of them ([`weigh_by_hosts`]). Popularity alone gives a rare,
+//! large kind (a whole 8-GPU node with 120 cores, which only a few nodes
+//! have) almost no weight, so small jobs and CPU-only jobs settle on
+//! exactly the nodes that kind needs, and it fails although it is a
+//! large share of the GPU demand; divided among its few hosts, each of
+//! those nodes counts the kind's fragment in full, while kinds that fit
+//! almost anywhere keep their relative weights.
+//!
 //! Pure and exactly reproducible (integer thousandths of a GPU per kind,
 //! weighted and summed in a fixed order), so it gives the same answer on
 //! every replica.
@@ -101,6 +111,36 @@ pub fn fragment(node: NodeFree<'_>, demand: Demand, models: &[String]) -> u64 {
     };
     let used = copies.min(limit) * u64::from(demand.gpus) * u64::from(demand.milli);
     free - used
+}
+
+/// Whether the node could host at least one job of `demand` now.
+pub fn hosts(node: NodeFree<'_>, demand: Demand, models: &[String]) -> bool {
+    if host_limit(node, demand) == 0 {
+        return false;
+    }
+    if demand.gpus == 0 {
+        return true;
+    }
+    let free: u64 = node.gpus.iter().map(|&g| u64::from(g)).sum();
+    fragment(node, demand, models) < free
+}
+
+/// Divides each kind's weight by the number of `nodes` that could host
+/// one of its jobs (at least one), so that a kind's weight is the demand
+/// each of its possible hosts has to absorb. A node that is one of few
+/// able to take a large or demanding kind (all of one GPU model, a node
+/// with the cores and memory for a whole-node job) then counts that
+/// kind's fragment in full, instead of in proportion to the kind's
+/// small share of all jobs; kinds that fit almost anywhere keep their
+/// relative weights.
+pub fn weigh_by_hosts(mix: &mut [Kind], nodes: &[NodeFree<'_>]) {
+    for kind in mix.iter_mut() {
+        let hosts = nodes
+            .iter()
+            .filter(|&&n| hosts(n, kind.demand, &kind.models))
+            .count();
+        kind.weight /= hosts.max(1) as f64;
+    }
 }
 
 /// The node's expected fragmentation over the mix of kinds, in GPU
@@ -197,6 +237,46 @@ mod tests {
         assert_eq!(fragment(full, d(0, 0), &[]), 1600);
         // A CPU-only node has nothing to strand.
         assert_eq!(fragment(node(&[]), d(0, 0), &[]), 0);
+    }
+
+    #[test]
+    fn hosting_needs_one_copy_to_fit() {
+        let n = node(&[1000, 1000, 500, 200]);
+        assert!(hosts(n, d(1, 500), &[]));
+        assert!(hosts(n, d(2, 1000), &[]));
+        assert!(!hosts(n, d(4, 1000), &[]));
+        assert!(!hosts(n, d(1, 500), &["V100M32".into()]));
+        let busy = NodeFree {
+            cpu_milli: 999,
+            ..n
+        };
+        assert!(!hosts(busy, d(0, 0), &[]));
+        assert!(!hosts(busy, d(1, 100), &[]));
+        // A CPU-only node hosts CPU-only jobs, not GPU jobs.
+        assert!(hosts(node(&[]), d(0, 0), &[]));
+        assert!(!hosts(node(&[]), d(1, 100), &[]));
+    }
+
+    #[test]
+    fn weights_are_shared_among_the_hosts() {
+        // Four nodes: two 8-GPU, one 2-GPU, one CPU-only. 1-GPU jobs fit
+        // on three, 8-GPU jobs on two, CPU-only jobs on all four.
+        let eight = [1000; 8];
+        let two = [1000; 2];
+        let nodes = [node(&eight), node(&eight), node(&two), node(&[])];
+        let kind = |gpus, milli, weight| Kind {
+            demand: d(gpus, milli),
+            weight,
+            models: vec![],
+        };
+        let mut mix = vec![kind(1, 1000, 30.0), kind(8, 1000, 2.0), kind(0, 0, 8.0)];
+        weigh_by_hosts(&mut mix, &nodes);
+        let weights: Vec<f64> = mix.iter().map(|k| k.weight).collect();
+        assert_eq!(weights, vec![10.0, 1.0, 2.0]);
+        // A kind no node can host keeps its weight.
+        let mut none = vec![kind(16, 1000, 3.0)];
+        weigh_by_hosts(&mut none, &nodes);
+        assert_eq!(none[0].weight, 3.0);
     }
 
     #[test]

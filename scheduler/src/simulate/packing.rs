@@ -1,7 +1,8 @@
 //! Scenario 2: packing on the Alibaba GPU-sharing trace, by the protocol
 //! of the FGD experiments (USENIX ATC'23): tasks sorted by name, shuffled
-//! with a seed, topped up with uniformly drawn copies until their GPU
-//! request reaches `inflation` × the cluster's GPU capacity, then placed
+//! with a seed, topped up with copies drawn uniformly from all tasks while
+//! their GPU request stays within `inflation` × the cluster's GPU
+//! capacity, then placed
 //! one by one with nothing ever leaving; a task that fits nowhere fails.
 //! The GPU allocation ratio is recorded each time the arrived GPU request
 //! crosses another 1 % of capacity.
@@ -26,7 +27,8 @@ pub enum Packer {
     /// of 0.5 × CPU / max CPU + 0.5 × GPUs / 8, scored 0–100, ties at random.
     BestFit,
     /// edupool: the placement that raises the node's expected
-    /// fragmentation least, then the least leftover, then node order.
+    /// fragmentation least (kinds weighted by popularity shared among
+    /// their hosts), then the least leftover, then node order.
     Edupool,
 }
 
@@ -86,6 +88,19 @@ impl Cluster {
     /// Allocated GPU thousandths over capacity, in percent.
     pub fn allocation_percent(&self) -> f64 {
         100.0 * self.allocated_milli as f64 / self.capacity_milli.max(1) as f64
+    }
+
+    /// Every node's free capacity, as fragmentation sees it.
+    fn free_views(&self) -> Vec<NodeFree<'_>> {
+        self.nodes
+            .iter()
+            .map(|n| NodeFree {
+                gpus: &n.gpus,
+                cpu_milli: n.cpu_free,
+                memory_mib: n.mem_free,
+                model: &n.model,
+            })
+            .collect()
     }
 
     fn fits(&self, n: usize, t: &OpenbTask) -> bool {
@@ -150,16 +165,23 @@ impl Cluster {
 
 /// Expected fragmentation of node states, remembered: many nodes share a
 /// state, and the mix never changes within a run.
-struct FragMemo<'a> {
-    mix: &'a [Kind],
+struct FragMemo {
+    mix: Vec<Kind>,
     memo: HashMap<(String, u64, u64, Vec<u32>), f64>,
 }
 
-impl FragMemo<'_> {
+impl FragMemo {
+    fn new(mix: Vec<Kind>) -> FragMemo {
+        FragMemo {
+            mix,
+            memo: HashMap::new(),
+        }
+    }
+
     fn of(&mut self, model: &str, cpu: u64, mem: u64, gpus: &[u32]) -> f64 {
         let mut key_gpus = gpus.to_vec();
         key_gpus.sort_unstable();
-        let mix = self.mix;
+        let mix = &self.mix;
         *self
             .memo
             .entry((model.to_string(), cpu, mem, key_gpus))
@@ -180,8 +202,9 @@ impl FragMemo<'_> {
 /// The expected mix of task kinds: every task of the trace, grouped by
 /// its demand and model set (FGD takes the target workload from the
 /// trace), each kind weighted by how many tasks it has (FGD's
-/// popularity). CPU-only kinds are part of the mix: they are what keeps
-/// GPU nodes' cores from being taken by work that needs no GPU.
+/// popularity; `run` then shares each weight among the kind's hosts).
+/// CPU-only kinds are part of the mix: they are what keeps GPU nodes'
+/// cores from being taken by work that needs no GPU.
 pub fn mix_of(tasks: &[OpenbTask]) -> Vec<Kind> {
     let mut counts: BTreeMap<(Demand, Vec<String>), f64> = BTreeMap::new();
     for t in tasks {
@@ -209,7 +232,7 @@ fn place(
     t: &OpenbTask,
     packer: Packer,
     rng: &mut StdRng,
-    memo: &mut FragMemo<'_>,
+    memo: &mut FragMemo,
 ) -> bool {
     let feasible: Vec<usize> = (0..cluster.nodes.len())
         .filter(|&n| cluster.fits(n, t))
@@ -296,8 +319,8 @@ fn tightest(gpus: &[u32], t: &OpenbTask) -> Vec<usize> {
 }
 
 /// The arrival order of one run: sorted by name, shuffled with `seed`,
-/// then topped up with uniformly drawn copies until the GPU request
-/// reaches `inflation` × `capacity_milli`.
+/// then topped up with uniformly drawn copies while the GPU request stays
+/// within `inflation` × `capacity_milli`.
 pub fn arrivals(
     tasks: &[OpenbTask],
     seed: u64,
@@ -310,11 +333,19 @@ pub fn arrivals(
     order.shuffle(&mut rng);
     let target = (inflation * capacity_milli as f64) as u64;
     let mut total: u64 = order.iter().map(OpenbTask::gpu_request_milli).sum();
-    let gpu_tasks: Vec<usize> = (0..tasks.len()).filter(|&i| tasks[i].gpus > 0).collect();
-    while total < target && !gpu_tasks.is_empty() {
-        let t = tasks[gpu_tasks[rng.gen_range(0..gpu_tasks.len())]].clone();
+    // As in FGD's simulator: copies are drawn from all tasks (CPU-only
+    // ones too), and the first copy that would overshoot the target ends
+    // the top-up.
+    if tasks.iter().all(|t| t.gpu_request_milli() == 0) {
+        return order;
+    }
+    loop {
+        let t = &tasks[rng.gen_range(0..tasks.len())];
+        if total + t.gpu_request_milli() > target {
+            break;
+        }
         total += t.gpu_request_milli();
-        order.push(t);
+        order.push(t.clone());
     }
     order
 }
@@ -339,11 +370,9 @@ pub fn run(
 ) -> Run {
     let mut cluster = Cluster::new(nodes);
     let order = arrivals(tasks, seed, inflation, cluster.capacity_milli());
-    let mix = mix_of(tasks);
-    let mut memo = FragMemo {
-        mix: &mix,
-        memo: HashMap::new(),
-    };
+    let mut mix = mix_of(tasks);
+    fragmentation::weigh_by_hosts(&mut mix, &cluster.free_views());
+    let mut memo = FragMemo::new(mix);
     // The random choices of the baselines get their own stream, so the
     // arrival order is the same for every packer at one seed.
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -418,11 +447,7 @@ mod tests {
         // 2 whole GPUs, then 2 whole GPUs again (fits nowhere: 1 left).
         let nodes = [node("a", 2), node("b", 2)];
         let mut cluster = Cluster::new(&nodes);
-        let mix = mix_of(&[]);
-        let mut memo = FragMemo {
-            mix: &mix,
-            memo: HashMap::new(),
-        };
+        let mut memo = FragMemo::new(mix_of(&[]));
         let mut rng = StdRng::seed_from_u64(1);
         assert!(place(
             &mut cluster,
@@ -457,11 +482,7 @@ mod tests {
         let mut cluster = Cluster::new(&nodes);
         cluster.nodes[1].gpus[1] = 400;
         let tasks = [task("s", 1, 300), task("w", 2, 1000)];
-        let mix = mix_of(&tasks);
-        let mut memo = FragMemo {
-            mix: &mix,
-            memo: HashMap::new(),
-        };
+        let mut memo = FragMemo::new(mix_of(&tasks));
         let mut rng = StdRng::seed_from_u64(1);
         assert!(place(
             &mut cluster,
@@ -497,11 +518,7 @@ mod tests {
             ..task(name, gpus, milli)
         };
         let tasks = [cpu("c", 0, 0), cpu("w1", 1, 1000), cpu("w2", 1, 1000)];
-        let mix = mix_of(&tasks);
-        let mut memo = FragMemo {
-            mix: &mix,
-            memo: HashMap::new(),
-        };
+        let mut memo = FragMemo::new(mix_of(&tasks));
         let mut rng = StdRng::seed_from_u64(1);
         let mut best_fit = Cluster::new(&nodes);
         assert!(place(
@@ -521,11 +538,89 @@ mod tests {
     }
 
     #[test]
+    fn edupool_keeps_the_only_host_of_a_large_kind_free() {
+        // Node 0 has 8 GPUs and 128 cores, the only node for a whole-node
+        // job of 120 cores; nodes 1-9 have 2 GPUs and 16 cores. The mix:
+        // 20 CPU-only tasks of 12 cores, 20 1-GPU tasks of 4 cores, one
+        // whole-node task.
+        let mut nodes = vec![node("big", 8)];
+        nodes[0].cpu_milli = 128_000;
+        for i in 1..10 {
+            nodes.push(OpenbNode {
+                cpu_milli: 16_000,
+                ..node(&format!("n{i}"), 2)
+            });
+        }
+        let with_cpu = |name: &str, gpus: u32, milli: u32, cpu: u64| OpenbTask {
+            cpu_milli: cpu,
+            ..task(name, gpus, milli)
+        };
+        let mut tasks: Vec<OpenbTask> = (0..20)
+            .flat_map(|i| {
+                [
+                    with_cpu(&format!("c{i}"), 0, 0, 12_000),
+                    with_cpu(&format!("g{i}"), 1, 1000, 4000),
+                ]
+            })
+            .collect();
+        tasks.push(with_cpu("whole", 8, 1000, 120_000));
+        let (cpu_only, whole) = (&tasks[0], &tasks[40]);
+        let mut rng = StdRng::seed_from_u64(1);
+
+        // By popularity alone (weights 20, 20, 1), a CPU-only task on a
+        // small node would strand its GPUs for the other two kinds
+        // (20 x 1000 + 20 x 2000 = 60000) where on the big node it only
+        // shuts out the whole-node kind (1 x 8000): it takes the big node
+        // and the whole-node task fails.
+        let mut cluster = Cluster::new(&nodes);
+        let mut memo = FragMemo::new(mix_of(&tasks));
+        assert!(place(
+            &mut cluster,
+            cpu_only,
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.nodes[0].cpu_free, 116_000);
+        assert!(!place(
+            &mut cluster,
+            whole,
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+
+        // Shared among their hosts (10, 10 and 1 nodes) the weights are
+        // 2, 2 and 1: 2 x 1000 + 2 x 2000 = 6000 on a small node against
+        // 8000 on the big one, so the big node stays whole.
+        let mut cluster = Cluster::new(&nodes);
+        let mut mix = mix_of(&tasks);
+        fragmentation::weigh_by_hosts(&mut mix, &cluster.free_views());
+        let mut memo = FragMemo::new(mix);
+        assert!(place(
+            &mut cluster,
+            cpu_only,
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.nodes[1].cpu_free, 4000);
+        assert!(place(
+            &mut cluster,
+            whole,
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.nodes[0].gpus, vec![0; 8]);
+    }
+
+    #[test]
     fn arrivals_top_up_to_the_inflation_and_are_seeded() {
         let tasks: Vec<OpenbTask> = (0..10).map(|i| task(&format!("t{i}"), 1, 500)).collect();
         let a = arrivals(&tasks, 42, 1.3, 10_000);
         let total: u64 = a.iter().map(OpenbTask::gpu_request_milli).sum();
-        assert!((13_000..13_500).contains(&total), "{total}");
+        assert_eq!(total, 13_000);
         assert_eq!(a.len(), 26);
         let names = |v: &[OpenbTask]| v.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
         assert_eq!(names(&a), names(&arrivals(&tasks, 42, 1.3, 10_000)));
@@ -564,7 +659,8 @@ mod tests {
         assert_eq!(r.curve[25], 25.0);
         assert_eq!(r.curve[100], 100.0);
         assert_eq!(r.curve[130], 100.0);
-        // Topped up to 6 tasks (6000 >= 1.3 x 4000); the two copies find no room.
-        assert_eq!((r.tasks, r.failed), (6, 2));
+        // Topped up to 5 tasks (a sixth would pass 1.3 x 4000); the copy
+        // finds no room.
+        assert_eq!((r.tasks, r.failed), (5, 1));
     }
 }
