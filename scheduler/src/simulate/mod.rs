@@ -67,7 +67,8 @@ pub struct Scenario {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PackingScenario {
-    /// The node list, e.g. `alibaba-openb-2023/csv/openb_node_list_gpu_node.csv` (the published experiments' cluster) or `openb_node_list_all_node.csv`.
+    /// The node list, e.g. `alibaba-openb-2023/csv/openb_node_list_gpu_node.csv`
+    /// (the published experiments' cluster) or `openb_node_list_all_node.csv`.
     pub nodes: PathBuf,
     /// One or more task lists; each is run on its own.
     pub task_lists: Vec<PathBuf>,
