@@ -10,6 +10,8 @@
 //! - [`commands`]: one method per CLI command, writing its result to any
 //!   [`Write`](std::io::Write).
 //! - [`output`]: tables for people and JSON views for scripts.
+//! - [`pki`]: the alliance CA and the node, replica and server certificates
+//!   it issues (`edupoolctl pki`).
 //! - [`policy`]: tenants' quotas, shares and class caps, node labels and
 //!   `job explain`.
 //! - The crate root: names of the protocol's enums (`pending`, `training`,
@@ -22,6 +24,7 @@ pub mod cluster;
 pub mod commands;
 pub mod jobfile;
 pub mod output;
+pub mod pki;
 pub mod policy;
 
 use edupool_proto::v1::{JobClass, JobState, LogStream, NodeStatus, OnNodeLost};
