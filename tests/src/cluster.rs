@@ -256,6 +256,19 @@ impl Cluster {
         format!("http://{}", self.replicas[&i].client.addr)
     }
 
+    /// A gRPC channel to replica `i` (through its client proxy) over TLS,
+    /// trusting the test's CA.
+    pub async fn channel(&self, i: u64) -> Result<tonic::transport::Channel> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let ca = TestPki::open(self._dir.path())?.ca_cert();
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+        let addr = self.replicas[&i].client.addr;
+        Ok(Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .connect()
+            .await?)
+    }
+
     /// Every replica's client address, comma-separated.
     pub fn endpoints(&self) -> String {
         self.ids()
