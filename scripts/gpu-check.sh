@@ -89,17 +89,23 @@ echo "job: ${JOB[*]}"
 say "pool: scheduler and an NVML agent offering GPU $GPU_INDEX ($GPU_UUID)"
 ADMIN=gpu-check-admin-token-0123456789
 AGENT=gpu-check-agent-token-0123456789
+PKI="$WORK/pki"
+"$BIN/edupoolctl" pki init --dir "$PKI" > /dev/null
+"$BIN/edupoolctl" pki issue-server --dir "$PKI" --ip 127.0.0.1 > /dev/null
+"$BIN/edupoolctl" pki issue-node gpu-check --dir "$PKI" > /dev/null
 "$BIN/edupool-scheduler" serve --listen 127.0.0.1:0 --data-dir "$WORK/scheduler" \
+  --ca-cert "$PKI/ca.pem" --cert "$PKI/server.pem" --key "$PKI/server-key.pem" \
   --admin-token "$ADMIN" --agent-token "$AGENT" > "$WORK/scheduler.out" 2> "$WORK/scheduler.err" &
 PIDS+=($!)
 for _ in $(seq 100); do grep -q 'listening on' "$WORK/scheduler.out" && break; sleep 0.1; done
 ADDR="$(sed -n 's/^edupool-scheduler listening on //p' "$WORK/scheduler.out")"
 [ -n "$ADDR" ] || fail "the scheduler did not start: $(cat "$WORK/scheduler.err")"
 "$BIN/edupool-agent" run --gpus nvml --only-gpus "$GPU_UUID" --scheduler "http://$ADDR" \
-  --token "$AGENT" --node-name gpu-check --work-dir "$WORK/agent" 2> "$WORK/agent.err" &
+  --ca-cert "$PKI/ca.pem" --cert "$PKI/node-gpu-check.pem" --key "$PKI/node-gpu-check-key.pem" \
+  --allow-root --token "$AGENT" --node-name gpu-check --work-dir "$WORK/agent" 2> "$WORK/agent.err" &
 PIDS+=($!)
 
-export EDUPOOL_ENDPOINT="http://$ADDR"
+export EDUPOOL_ENDPOINT="https://$ADDR" EDUPOOL_CA_CERT="$PKI/ca.pem"
 ctl() { "$BIN/edupoolctl" "$@"; }
 for _ in $(seq 100); do
   ctl --token "$ADMIN" node list 2>/dev/null | grep -q '^gpu-check *ready' && break

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Endpoint;
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::inventory::GpuInventory;
 use crate::runner::DEFAULT_GRACE_PERIOD;
@@ -47,6 +47,60 @@ pub struct AgentConfig {
     /// Serve Prometheus metrics at `/metrics` on this listener; `None`: no
     /// endpoint. The caller binds it, so it knows the address first.
     pub metrics_listener: Option<Arc<std::net::TcpListener>>,
+    /// mTLS to the scheduler: the alliance's CA and this node's
+    /// certificate (`node:<node_name>`). `None`: plaintext, which only a
+    /// scheduler on loopback accepts unless `allow_plaintext_remote`.
+    pub tls: Option<AgentTls>,
+    /// Plaintext to a scheduler that is not on loopback (dev mode only).
+    pub allow_plaintext_remote: bool,
+    /// Run jobs as this user when the agent is root.
+    pub run_as: Option<String>,
+    /// Allow jobs to run as root (an agent that is root with no `run_as`,
+    /// or a `run_as` user with uid 0).
+    pub allow_root: bool,
+}
+
+/// The PEM files of the agent's mTLS: the CA that signed the scheduler's
+/// certificate, and this node's certificate and key.
+#[derive(Clone)]
+pub struct AgentTls {
+    ca_pem: Vec<u8>,
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+}
+
+impl AgentTls {
+    /// Reads the three files (PEM).
+    pub fn from_files(
+        ca_cert: &std::path::Path,
+        cert: &std::path::Path,
+        key: &std::path::Path,
+    ) -> Result<AgentTls, ConfigError> {
+        let read = |path: &std::path::Path, label: &str| {
+            let bytes = std::fs::read(path).map_err(|e| ConfigError::TlsFile {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            })?;
+            if !String::from_utf8_lossy(&bytes).contains(&format!("{label}-----")) {
+                return Err(ConfigError::TlsFile {
+                    path: path.to_path_buf(),
+                    reason: format!("no PEM {} in it", label.to_lowercase()),
+                });
+            }
+            Ok(bytes)
+        };
+        Ok(AgentTls {
+            ca_pem: read(ca_cert, "CERTIFICATE")?,
+            cert_pem: read(cert, "CERTIFICATE")?,
+            key_pem: read(key, "PRIVATE KEY")?,
+        })
+    }
+
+    fn client_config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca_pem))
+            .identity(Identity::from_pem(&self.cert_pem, &self.key_pem))
+    }
 }
 
 impl AgentConfig {
@@ -70,6 +124,10 @@ impl AgentConfig {
             reconnect_max: Duration::from_secs(5),
             telemetry_interval: DEFAULT_TELEMETRY_INTERVAL,
             metrics_listener: None,
+            tls: None,
+            allow_plaintext_remote: false,
+            run_as: None,
+            allow_root: false,
         }
     }
 
@@ -80,7 +138,13 @@ impl AgentConfig {
             return Err(ConfigError::NoEndpoints);
         }
         for endpoint in &self.endpoints {
-            parse_endpoint(endpoint)?;
+            let parsed = parse_endpoint(endpoint, self.tls.is_some())?;
+            let host = parsed.uri().host().unwrap_or_default();
+            if self.tls.is_none() && !self.allow_plaintext_remote && !is_loopback(host) {
+                return Err(ConfigError::PlaintextRemote {
+                    endpoint: endpoint.clone(),
+                });
+            }
         }
         self.authorization()?;
         if self.work_dir.as_os_str().is_empty() {
@@ -124,7 +188,16 @@ impl AgentConfig {
         self.endpoints
             .iter()
             .map(|e| {
-                let endpoint = parse_endpoint(e)?
+                let mut endpoint = parse_endpoint(e, self.tls.is_some())?;
+                if let Some(tls) = &self.tls {
+                    endpoint = endpoint.tls_config(tls.client_config()).map_err(|err| {
+                        ConfigError::InvalidEndpoint {
+                            endpoint: e.clone(),
+                            reason: err.to_string(),
+                        }
+                    })?;
+                }
+                let endpoint = endpoint
                     .connect_timeout(self.connect_timeout)
                     .tcp_nodelay(true)
                     // A scheduler that vanished without closing the
@@ -151,6 +224,10 @@ impl fmt::Debug for AgentConfig {
             .field("reconnect_min", &self.reconnect_min)
             .field("reconnect_max", &self.reconnect_max)
             .field("telemetry_interval", &self.telemetry_interval)
+            .field("tls", &self.tls.is_some())
+            .field("allow_plaintext_remote", &self.allow_plaintext_remote)
+            .field("run_as", &self.run_as)
+            .field("allow_root", &self.allow_root)
             .field(
                 "metrics_listener",
                 &self
@@ -177,26 +254,35 @@ fn validate_node_name(name: &str) -> Result<(), ConfigError> {
     }
 }
 
-fn parse_endpoint(endpoint: &str) -> Result<Endpoint, ConfigError> {
+/// Whether `host` (as a URI shows it) is this machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// With TLS every endpoint is reached over `https://` (a bare `host:port`
+/// or `http://` is upgraded); without, `https://` is refused.
+fn parse_endpoint(endpoint: &str, tls: bool) -> Result<Endpoint, ConfigError> {
     let invalid = |reason: &str| ConfigError::InvalidEndpoint {
         endpoint: endpoint.to_owned(),
         reason: reason.to_owned(),
     };
-    let uri = if endpoint.contains("://") {
-        endpoint.to_owned()
-    } else {
-        format!("http://{endpoint}")
-    };
-    let parsed = Endpoint::from_shared(uri).map_err(|e| invalid(&e.to_string()))?;
-    match parsed.uri().scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(ConfigError::TlsUnsupported {
-                endpoint: endpoint.to_owned(),
-            })
-        }
-        _ => return Err(invalid("expected http://host:port or host:port")),
+    let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
+        return Err(invalid("expected http(s)://host:port or host:port"));
     }
+    if scheme == "https" && !tls {
+        return Err(ConfigError::TlsUnsupported {
+            endpoint: endpoint.to_owned(),
+        });
+    }
+    let scheme = if tls { "https" } else { "http" };
+    let parsed =
+        Endpoint::from_shared(format!("{scheme}://{rest}")).map_err(|e| invalid(&e.to_string()))?;
     if parsed.uri().host().is_none_or(str::is_empty) {
         return Err(invalid("no host"));
     }
@@ -223,11 +309,25 @@ pub enum ConfigError {
         /// What is wrong with it.
         reason: String,
     },
-    /// An `https://` endpoint; this build speaks plain HTTP/2 only.
-    #[error("scheduler endpoint {endpoint:?} uses https, which this build does not support; use http://")]
+    /// An `https://` endpoint without the TLS files.
+    #[error("scheduler endpoint {endpoint:?} uses https: pass --ca-cert, --cert and --key")]
     TlsUnsupported {
         /// The endpoint as given.
         endpoint: String,
+    },
+    /// Plaintext to a scheduler on another machine.
+    #[error("refusing plaintext to the scheduler at {endpoint:?}, which is not on loopback: pass --ca-cert, --cert and --key (mTLS)")]
+    PlaintextRemote {
+        /// The endpoint as given.
+        endpoint: String,
+    },
+    /// A TLS file that cannot be used.
+    #[error("cannot use {}: {reason}", path.display())]
+    TlsFile {
+        /// The file as given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
     },
     /// No token.
     #[error("the agent token is empty")]
@@ -260,13 +360,15 @@ mod tests {
     use crate::inventory::SimulatedInventory;
 
     fn config() -> AgentConfig {
-        AgentConfig::new(
+        let mut config = AgentConfig::new(
             "node-1",
             vec!["http://127.0.0.1:7070".into(), "sched-2:7070".into()],
             "tok3n",
             "/tmp/edupool-agent",
             Arc::new(SimulatedInventory::parse("node-1", "1xT4-16GB").unwrap()),
-        )
+        );
+        config.allow_plaintext_remote = true;
+        config
     }
 
     #[test]
@@ -292,7 +394,11 @@ mod tests {
             (|c| c.endpoints.clear(), "no scheduler endpoint given"),
             (
                 |c| c.endpoints = vec!["https://s:1".into()],
-                "uses https, which this build does not support",
+                "uses https: pass --ca-cert, --cert and --key",
+            ),
+            (
+                |c| c.allow_plaintext_remote = false,
+                "refusing plaintext to the scheduler at \"sched-2:7070\", which is not on loopback",
             ),
             (
                 |c| c.endpoints = vec!["ftp://s:1".into()],

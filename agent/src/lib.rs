@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-pub use config::{AgentConfig, ConfigError};
+pub use config::{AgentConfig, AgentTls, ConfigError};
 
 use health::HealthBoard;
 use metrics::{AgentMetrics, MetricsSources};
@@ -69,6 +69,9 @@ pub enum AgentError {
     /// The metrics listener cannot be used.
     #[error("cannot serve metrics")]
     Metrics(#[source] io::Error),
+    /// No user to run jobs as.
+    #[error(transparent)]
+    JobUser(#[from] runner::JobUserError),
 }
 
 /// Runs the agent until `shutdown` is cancelled: keeps a session with the
@@ -78,12 +81,17 @@ pub enum AgentError {
 /// scheduler.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     config.validate()?;
+    let (job_user, notice) = runner::resolve_job_user(config.run_as.as_deref(), config.allow_root)?;
+    if let Some(notice) = notice {
+        tracing::warn!("{notice}");
+    }
     let work_dir = prepare_work_dir(&config.work_dir).await?;
     let tracker = TaskTracker::new();
     let (runner, events) = Runner::new(RunnerConfig {
         work_dir: work_dir.clone(),
         default_grace_period: config.default_grace_period,
         energy: Some(Arc::clone(&config.inventory)),
+        job_user,
     });
     let (board, changes) = HealthBoard::new();
     let (feed, telemetry_feed) = tokio::sync::watch::channel(Vec::new());

@@ -36,7 +36,7 @@ struct Cli {
 enum Command {
     /// Connect to the scheduler and run jobs until SIGINT or SIGTERM; then
     /// stop the running jobs, each with its grace period, and exit.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the GPUs this agent would report to the scheduler.
     Inventory(InventoryArgs),
 }
@@ -132,6 +132,31 @@ struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     telemetry_interval: Duration,
 
+    /// The alliance's CA certificate (PEM): the scheduler must show a
+    /// certificate it signed. With --cert and --key: mTLS (required unless
+    /// the scheduler is on loopback).
+    #[arg(long, env = "EDUPOOL_CA_CERT", value_name = "FILE", requires_all = ["cert", "key"])]
+    ca_cert: Option<PathBuf>,
+
+    /// This node's certificate (PEM), `node:<node name>`, from
+    /// `edupoolctl pki issue-node`.
+    #[arg(long, env = "EDUPOOL_CERT", value_name = "FILE", requires_all = ["ca_cert", "key"])]
+    cert: Option<PathBuf>,
+
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "EDUPOOL_KEY", value_name = "FILE", requires_all = ["ca_cert", "cert"])]
+    key: Option<PathBuf>,
+
+    /// When the agent runs as root, run jobs as this unprivileged user
+    /// (required then, unless --allow-root). An agent that is not root runs
+    /// jobs as itself.
+    #[arg(long, env = "EDUPOOL_RUN_AS", value_name = "USER")]
+    run_as: Option<String>,
+
+    /// Allow jobs to run as root. Never needed on a shared node.
+    #[arg(long, env = "EDUPOOL_ALLOW_ROOT")]
+    allow_root: bool,
+
     #[command(flatten)]
     gpus: GpuArgs,
 }
@@ -179,7 +204,7 @@ fn run() -> anyhow::Result<()> {
         .with_writer(io::stderr)
         .init();
     match cli.command {
-        Command::Run(args) => run_agent(args),
+        Command::Run(args) => run_agent(*args),
         Command::Inventory(args) => print_inventory(args),
     }
 }
@@ -195,6 +220,11 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     );
     config.default_grace_period = args.default_grace_period;
     config.telemetry_interval = args.telemetry_interval;
+    config.run_as = args.run_as;
+    config.allow_root = args.allow_root;
+    if let (Some(ca), Some(cert), Some(key)) = (&args.ca_cert, &args.cert, &args.key) {
+        config.tls = Some(edupool_agent::AgentTls::from_files(ca, cert, key)?);
+    }
     config.validate().context("invalid configuration")?;
     if let Some(addr) = args.metrics_listen {
         let listener = std::net::TcpListener::bind(addr)

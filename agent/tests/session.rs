@@ -193,6 +193,8 @@ async fn the_agent_serves_the_scheduler_across_reconnections() {
     );
     config.reconnect_min = Duration::from_millis(10);
     config.reconnect_max = Duration::from_millis(100);
+    // The test may run as root; its jobs are harmless shell one-liners.
+    config.allow_root = true;
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(edupool_agent::run(config, shutdown.clone()));
     let gpus = vec![
@@ -394,6 +396,7 @@ async fn the_agent_reports_gpu_health_usage_and_telemetry() {
         Arc::new(inventory),
     );
     config.telemetry_interval = Duration::from_millis(100);
+    config.allow_root = true;
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(edupool_agent::run(config, shutdown.clone()));
     let gpus = vec![

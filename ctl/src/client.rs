@@ -16,7 +16,7 @@ use edupool_proto::v1::{
 use tonic::{
     metadata::AsciiMetadataValue,
     service::{interceptor::InterceptedService, Interceptor},
-    transport::{Channel, Endpoint},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
     Code, Request, Status,
 };
 
@@ -130,11 +130,42 @@ impl Clients {
 }
 
 /// How [`connect_leader`] treats replicas.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnectOptions {
     /// Reads may be answered by any replica from its own state; the
     /// replica that answers first is kept.
     pub stale_ok: bool,
+    /// Speak TLS, trusting this CA; plaintext when `None`.
+    pub tls: Option<ClientTls>,
+}
+
+/// Server-authenticated TLS: the scheduler must show a certificate signed
+/// by this CA for the address it is reached at. The client still presents
+/// its token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientTls {
+    ca_pem: Vec<u8>,
+}
+
+impl ClientTls {
+    /// Trusts the CA certificate(s) in the PEM file `ca_cert`.
+    pub fn from_file(ca_cert: &std::path::Path) -> Result<ClientTls, ClientError> {
+        let ca_pem = std::fs::read(ca_cert).map_err(|e| ClientError::CaCert {
+            path: ca_cert.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        if !String::from_utf8_lossy(&ca_pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(ClientError::CaCert {
+                path: ca_cert.display().to_string(),
+                reason: "no PEM certificate in it".into(),
+            });
+        }
+        Ok(ClientTls { ca_pem })
+    }
+
+    fn config(&self) -> ClientTlsConfig {
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem))
+    }
 }
 
 /// Connects like [`connect`], then, unless stale reads are fine, asks the
@@ -147,8 +178,9 @@ pub async fn connect_leader(
     options: ConnectOptions,
 ) -> Result<Clients, ClientError> {
     let auth = BearerToken::new(token)?.stale_ok(options.stale_ok);
+    let tls = options.tls.as_ref();
     if options.stale_ok {
-        let (channel, endpoint) = connect_channel(endpoints).await?;
+        let (channel, endpoint) = connect_channel(endpoints, tls).await?;
         return Clients::with_auth(channel, auth, endpoint);
     }
     // A replica that accepts the connection but cannot answer (killed
@@ -157,7 +189,7 @@ pub async fn connect_leader(
     let mut fallback = None;
     let mut attempts = Vec::new();
     for (n, _) in list.iter().enumerate() {
-        let (channel, endpoint) = match connect_channel(&list[n..n + 1]).await {
+        let (channel, endpoint) = match connect_channel(&list[n..n + 1], tls).await {
             Ok(c) => c,
             Err(ClientError::Unreachable { attempts: a }) => {
                 attempts.extend(a);
@@ -193,7 +225,7 @@ pub async fn connect_leader(
         if status.role == ReplicaRole::Leader as i32 || status.leader_address.is_empty() {
             return Ok(clients);
         }
-        return match connect_to(&status.leader_address, auth.clone()).await {
+        return match connect_to(&status.leader_address, auth.clone(), tls).await {
             Ok(leader) => Ok(leader),
             Err(_) => Ok(clients),
         };
@@ -204,21 +236,19 @@ pub async fn connect_leader(
         None if !attempts.is_empty() => Err(ClientError::Unreachable { attempts }),
         // Every replica connected but none answered in time.
         None => {
-            let (channel, endpoint) = connect_channel(endpoints).await?;
+            let (channel, endpoint) = connect_channel(endpoints, tls).await?;
             Clients::with_auth(channel, auth, endpoint)
         }
     }
 }
 
 /// Connects to one endpoint (as a leader hint names it).
-pub async fn connect_to(endpoint: &str, auth: BearerToken) -> Result<Clients, ClientError> {
-    let endpoint = normalize_endpoint(endpoint)?;
-    let target = Endpoint::from_shared(endpoint.clone())
-        .map_err(|e| ClientError::InvalidEndpoint {
-            endpoint: endpoint.clone(),
-            reason: error_chain(&e),
-        })?
-        .connect_timeout(CONNECT_TIMEOUT);
+pub async fn connect_to(
+    endpoint: &str,
+    auth: BearerToken,
+    tls: Option<&ClientTls>,
+) -> Result<Clients, ClientError> {
+    let (target, endpoint) = target(endpoint, tls)?;
     match target.connect().await {
         Ok(channel) => Clients::with_auth(channel, auth, endpoint),
         Err(e) => Err(ClientError::Unreachable {
@@ -245,33 +275,67 @@ pub fn leader_hint(status: &Status) -> Option<String> {
 
 /// Connects to the first of `endpoints` that accepts a connection, trying
 /// them in order. Each entry may itself be a comma-separated list. A bare
-/// `host:port` means `http://host:port`; only `http://` is supported.
+/// `host:port` means `http://host:port` (`https://` with TLS).
 pub async fn connect(endpoints: &[String], token: Option<&str>) -> Result<Clients, ClientError> {
+    connect_with(endpoints, token, None).await
+}
+
+/// [`connect`], over TLS when `tls` is given.
+pub async fn connect_with(
+    endpoints: &[String],
+    token: Option<&str>,
+    tls: Option<&ClientTls>,
+) -> Result<Clients, ClientError> {
     // Refuse a bad token before touching the network.
     let auth = BearerToken::new(token)?;
-    let (channel, endpoint) = connect_channel(endpoints).await?;
+    let (channel, endpoint) = connect_channel(endpoints, tls).await?;
     Clients::with_auth(channel, auth, endpoint)
 }
 
+/// The tonic endpoint for `endpoint`: `https://` and the CA with TLS,
+/// `http://` without; and the endpoint as normalized.
+fn target(endpoint: &str, tls: Option<&ClientTls>) -> Result<(Endpoint, String), ClientError> {
+    let normalized = normalize_endpoint(endpoint)?;
+    let invalid = |reason: String| ClientError::InvalidEndpoint {
+        endpoint: normalized.clone(),
+        reason,
+    };
+    let endpoint = match tls {
+        Some(_) => normalized.replacen("http://", "https://", 1),
+        None if normalized.starts_with("https://") => {
+            return Err(invalid(
+                "https:// needs the CA certificate: pass --ca-cert (or EDUPOOL_CA_CERT)".into(),
+            ))
+        }
+        None => normalized.clone(),
+    };
+    let mut target = Endpoint::from_shared(endpoint.clone())
+        .map_err(|e| invalid(error_chain(&e)))?
+        .connect_timeout(CONNECT_TIMEOUT);
+    if let Some(tls) = tls {
+        target = target
+            .tls_config(tls.config())
+            .map_err(|e| invalid(error_chain(&e)))?;
+    }
+    Ok((target, endpoint))
+}
+
 /// The first of `endpoints` that accepts a connection, and which it was.
-async fn connect_channel(endpoints: &[String]) -> Result<(Channel, String), ClientError> {
+async fn connect_channel(
+    endpoints: &[String],
+    tls: Option<&ClientTls>,
+) -> Result<(Channel, String), ClientError> {
     let endpoints = endpoints
         .iter()
         .flat_map(|e| split_endpoints(e))
-        .map(|e| normalize_endpoint(&e))
-        .collect::<Result<Vec<_>, _>>()?;
+        .collect::<Vec<_>>();
     if endpoints.is_empty() {
         return Err(ClientError::NoEndpoints);
     }
 
     let mut attempts = Vec::new();
     for endpoint in endpoints {
-        let target = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| ClientError::InvalidEndpoint {
-                endpoint: endpoint.clone(),
-                reason: error_chain(&e),
-            })?
-            .connect_timeout(CONNECT_TIMEOUT);
+        let (target, endpoint) = target(&endpoint, tls)?;
         match target.connect().await {
             Ok(channel) => return Ok((channel, endpoint)),
             // The outer error only says "transport error"; its sources say what.
@@ -293,15 +357,16 @@ pub fn split_endpoints(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// `host:port` → `http://host:port`; `http://...` unchanged (less a
-/// trailing `/`); any other scheme is refused.
+/// `host:port` → `http://host:port`; `http://...` and `https://...`
+/// unchanged (less a trailing `/`); any other scheme is refused.
 pub fn normalize_endpoint(endpoint: &str) -> Result<String, ClientError> {
     let endpoint = endpoint.trim();
     let (scheme, rest) = endpoint.split_once("://").unwrap_or(("http", endpoint));
-    if !scheme.eq_ignore_ascii_case("http") {
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme != "http" && scheme != "https" {
         return Err(ClientError::InvalidEndpoint {
             endpoint: endpoint.to_owned(),
-            reason: format!("the {scheme}:// scheme is not supported; use http://"),
+            reason: format!("the {scheme}:// scheme is not supported; use http:// or https://"),
         });
     }
     let rest = rest.trim_end_matches('/');
@@ -311,7 +376,7 @@ pub fn normalize_endpoint(endpoint: &str) -> Result<String, ClientError> {
             reason: "no host given".into(),
         });
     }
-    Ok(format!("http://{rest}"))
+    Ok(format!("{scheme}://{rest}"))
 }
 
 /// One endpoint that could not be reached, and why.
@@ -332,6 +397,8 @@ pub enum ClientError {
     Unreachable { attempts: Vec<Attempt> },
     #[error("the token is not a valid header value: it must be printable ASCII")]
     InvalidToken,
+    #[error("cannot use the CA certificate {path}: {reason}")]
+    CaCert { path: String, reason: String },
 }
 
 fn unreachable_list(attempts: &[Attempt]) -> String {
@@ -407,8 +474,11 @@ mod tests {
             "http://sched-1:7070"
         );
         assert_eq!(normalize_endpoint("HTTP://a:1").unwrap(), "http://a:1");
-        let err = normalize_endpoint("https://a:1").unwrap_err().to_string();
-        assert!(err.contains("https:// scheme is not supported"), "{err}");
+        assert_eq!(normalize_endpoint("https://a:1/").unwrap(), "https://a:1");
+        let err = normalize_endpoint("ftp://a:1").unwrap_err().to_string();
+        assert!(err.contains("ftp:// scheme is not supported"), "{err}");
+        let err = target("https://a:1", None).unwrap_err().to_string();
+        assert!(err.contains("pass --ca-cert"), "{err}");
         assert!(normalize_endpoint("http://").is_err());
     }
 

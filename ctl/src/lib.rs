@@ -10,6 +10,8 @@
 //! - [`commands`]: one method per CLI command, writing its result to any
 //!   [`Write`](std::io::Write).
 //! - [`output`]: tables for people and JSON views for scripts.
+//! - [`pki`]: the alliance CA and the node, replica and server certificates
+//!   it issues (`edupoolctl pki`).
 //! - [`policy`]: tenants' quotas, shares and class caps, node labels and
 //!   `job explain`.
 //! - [`usage`]: usage reports, settlement and export; prices and budgets.
@@ -24,6 +26,7 @@ pub mod cluster;
 pub mod commands;
 pub mod jobfile;
 pub mod output;
+pub mod pki;
 pub mod policy;
 pub mod security;
 pub mod usage;

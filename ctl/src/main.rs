@@ -74,6 +74,17 @@ struct Global {
     /// leader by a moment; without it reads are linearizable
     #[arg(long, global = true, help_heading = "Global options")]
     stale_ok: bool,
+
+    /// Speak TLS to the scheduler, trusting this CA certificate (PEM);
+    /// bare host:port endpoints then mean https://host:port
+    #[arg(
+        long,
+        global = true,
+        env = "EDUPOOL_CA_CERT",
+        value_name = "FILE",
+        help_heading = "Global options"
+    )]
+    ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -124,6 +135,10 @@ enum Command {
     /// The audit trail of admin and job-control actions (admins, auditors)
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The alliance's CA and the certificates of nodes, replicas and
+    /// servers (works on files; talks to no scheduler)
+    #[command(subcommand)]
+    Pki(PkiCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -186,6 +201,87 @@ enum AuditCommand {
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Create the CA: ca.pem (give it to every client, agent and replica)
+    /// and ca-key.pem (0600; keep it offline)
+    Init {
+        #[command(flatten)]
+        files: PkiFiles,
+        /// The CA's name
+        #[arg(long, default_value = "edupool alliance CA")]
+        name: String,
+        /// How many days the CA is valid
+        #[arg(long, default_value_t = 3650)]
+        days: u32,
+    },
+    /// Issue an agent's certificate, node:NAME (client authentication):
+    /// node-NAME.pem and node-NAME-key.pem
+    IssueNode {
+        /// The node's name, as the agent's --node-name
+        name: String,
+        #[command(flatten)]
+        files: PkiFiles,
+        /// How many days it is valid (0: already expired, for tests)
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Issue a scheduler replica's certificate, peer:ID (server and raft
+    /// client authentication): peer-ID.pem and peer-ID-key.pem
+    IssuePeer {
+        /// The replica's --id
+        id: u64,
+        #[command(flatten)]
+        hosts: PkiHosts,
+        #[command(flatten)]
+        files: PkiFiles,
+        /// How many days it is valid (0: already expired, for tests)
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+    /// Issue a scheduler's server certificate (no replica identity):
+    /// server.pem and server-key.pem
+    IssueServer {
+        #[command(flatten)]
+        hosts: PkiHosts,
+        #[command(flatten)]
+        files: PkiFiles,
+        /// How many days it is valid (0: already expired, for tests)
+        #[arg(long, default_value_t = 365)]
+        days: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PkiFiles {
+    /// The directory of ca.pem and ca-key.pem
+    #[arg(long, default_value = "pki", value_name = "DIR")]
+    dir: PathBuf,
+    /// Where to write the new files [default: --dir]
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Replace files that exist
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Debug, Args)]
+struct PkiHosts {
+    /// A DNS name clients and replicas reach the scheduler by (repeatable)
+    #[arg(long = "dns", value_name = "NAME")]
+    dns: Vec<String>,
+    /// An IP address clients and replicas reach the scheduler at (repeatable)
+    #[arg(long = "ip", value_name = "ADDR")]
+    ip: Vec<std::net::IpAddr>,
+}
+
+impl PkiHosts {
+    fn all(&self) -> Vec<String> {
+        let ips = self.ip.iter().map(|ip| ip.to_string());
+        self.dns.iter().cloned().chain(ips).collect()
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -708,8 +804,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Job(JobCommand::Submit(args)) => Some(build_spec(args.as_ref().clone())?),
         _ => None,
     };
+    if let Command::Pki(pki) = &command {
+        return run_pki(pki, global.output);
+    }
+    let tls = global
+        .ca_cert
+        .as_deref()
+        .map(client::ClientTls::from_file)
+        .transpose()?;
     let options = ConnectOptions {
         stale_ok: global.stale_ok,
+        tls: tls.clone(),
     };
     let token = global.token.as_deref();
     let mut clients = client::connect_leader(&global.endpoint, token, options).await?;
@@ -724,11 +829,59 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Some(leader) if hops < MAX_LEADER_HOPS => {
                 hops += 1;
                 let auth = client::BearerToken::new(token)?.stale_ok(global.stale_ok);
-                clients = client::connect_to(&leader, auth).await?;
+                clients = client::connect_to(&leader, auth, tls.as_ref()).await?;
             }
             _ => return result,
         }
     }
+}
+
+/// `edupoolctl pki ...`: makes the files and lists what it wrote.
+fn run_pki(command: &PkiCommand, output: Format) -> anyhow::Result<()> {
+    use edupoolctl::pki::{Ca, CertKind, Validity};
+    let written = match command {
+        PkiCommand::Init { files, name, days } => {
+            let ca = Ca::generate(name, Validity::days(*days))?;
+            let out = files.out.as_ref().unwrap_or(&files.dir);
+            ca.write(out, files.force)?
+        }
+        PkiCommand::IssueNode { name, files, days } => {
+            issue(files, &CertKind::Node(name.clone()), *days)?
+        }
+        PkiCommand::IssuePeer {
+            id,
+            hosts,
+            files,
+            days,
+        } => {
+            let kind = CertKind::Peer {
+                id: *id,
+                hosts: hosts.all(),
+            };
+            issue(files, &kind, *days)?
+        }
+        PkiCommand::IssueServer { hosts, files, days } => {
+            let kind = CertKind::Server { hosts: hosts.all() };
+            issue(files, &kind, *days)?
+        }
+    };
+    let [cert, key] = written.map(|p| p.display().to_string());
+    match output {
+        Format::Json => println!("{}", serde_json::json!({ "certificate": cert, "key": key })),
+        Format::Table | Format::Csv => println!("wrote {cert}\nwrote {key} (private: mode 0600)"),
+    }
+    Ok(())
+}
+
+fn issue(
+    files: &PkiFiles,
+    kind: &edupoolctl::pki::CertKind,
+    days: u32,
+) -> anyhow::Result<[PathBuf; 2]> {
+    let ca = edupoolctl::pki::Ca::load(&files.dir)?;
+    let issued = ca.issue(kind, edupoolctl::pki::Validity::days(days))?;
+    let out = files.out.as_ref().unwrap_or(&files.dir);
+    Ok(issued.write(out, &kind.file_stem(), files.force)?)
 }
 
 fn leader_hint(error: &anyhow::Error) -> Option<String> {
@@ -746,6 +899,7 @@ async fn dispatch(
     usage_format: UsageFormat,
 ) -> anyhow::Result<()> {
     match command {
+        Command::Pki(_) => anyhow::bail!("pki commands work on files and need no scheduler"),
         Command::Job(JobCommand::Submit(_)) => {
             ctl.submit_job(spec.expect("built before connecting"))
                 .await?;

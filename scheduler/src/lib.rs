@@ -8,6 +8,7 @@
 //! - `sessions`: the leader's view of connected agents (observed state).
 //! - `control`: leader-only loops: planning, node liveness, effect delivery.
 //! - `server`: `run(config, shutdown)`, which wires all of the above.
+//! - `tls`: the listener's TLS and who a client certificate speaks for.
 //! - `dev`: the one-process dev pool and its sample workloads.
 //! - `metrics`: Prometheus metrics and their `/metrics` listener.
 //! - `fragmentation`: how much free GPU capacity the expected jobs could
@@ -25,3 +26,4 @@ pub mod server;
 pub mod sessions;
 pub mod simulate;
 pub mod state;
+pub mod tls;

@@ -14,6 +14,7 @@ use edupool_scheduler::dev::{self, DevConfig, DevOutcome};
 use edupool_scheduler::raft::Peers;
 use edupool_scheduler::server::{self, ReplicationConfig, ServerConfig};
 use edupool_scheduler::simulate;
+use edupool_scheduler::tls::TlsConfig;
 use tokio_util::sync::CancellationToken;
 
 /// The edupool GPU scheduler for education compute alliances.
@@ -76,6 +77,8 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
     #[command(flatten)]
+    tls: TlsArgs,
+    #[command(flatten)]
     replication: ReplicationArgs,
     #[command(flatten)]
     api_limits: ApiLimitArgs,
@@ -94,6 +97,46 @@ struct ApiLimitArgs {
     /// Pending jobs one tenant may have; further submits get RESOURCE_EXHAUSTED.
     #[arg(long, default_value_t = 10_000)]
     max_pending_per_tenant: u32,
+}
+
+/// Transport security: every listener speaks TLS; `serve` does not start
+/// without it.
+#[derive(clap::Args)]
+#[command(next_help_heading = "TLS")]
+struct TlsArgs {
+    /// The alliance's CA certificate (PEM): agents' and peers' client
+    /// certificates must chain to it.
+    #[arg(long, env = "EDUPOOL_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
+    /// This replica's certificate (PEM), from `edupoolctl pki issue-peer`
+    /// (or `issue-server` for a single replica).
+    #[arg(long, env = "EDUPOOL_CERT", value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (PEM).
+    #[arg(long, env = "EDUPOOL_KEY", value_name = "FILE")]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn config(self) -> anyhow::Result<TlsConfig> {
+        match (self.ca_cert, self.cert, self.key) {
+            (Some(ca), Some(cert), Some(key)) => Ok(TlsConfig::from_files(&ca, &cert, &key)?),
+            (ca, cert, key) => {
+                let missing: Vec<&str> = [
+                    ("--ca-cert", ca.is_none()),
+                    ("--cert", cert.is_none()),
+                    ("--key", key.is_none()),
+                ]
+                .into_iter()
+                .filter_map(|(flag, missing)| missing.then_some(flag))
+                .collect();
+                anyhow::bail!(
+                    "serve needs TLS: pass --ca-cert FILE --cert FILE --key FILE (missing: {}; make them with `edupoolctl pki`, see docs/security.md), or run `edupool-scheduler dev` to try edupool out",
+                    missing.join(", ")
+                )
+            }
+        }
+    }
 }
 
 /// Replication: how this replica joins a 3- or 5-replica cluster.
@@ -224,6 +267,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     spawn_signal_handler(shutdown.clone());
     match cli.command {
         Cmd::Serve(a) => {
+            let tls = a.tls.config()?;
             let replication = a.replication.config()?;
             let config = ServerConfig {
                 listen: a.listen,
@@ -242,6 +286,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     ..JobLimits::default()
                 },
                 metrics_listen: a.metrics_listen,
+                tls: Some(tls),
             };
             let bound = server::bind(config).await?.with_replication(replication)?;
             // Tests and scripts read the bound address from this line.

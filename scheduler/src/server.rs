@@ -26,6 +26,7 @@ use crate::api::Auth;
 use crate::control::{self, ControlConfig};
 use crate::raft::{Peers, Replica, ReplicaConfig, StorageError, MAX_RAFT_MESSAGE_BYTES};
 use crate::sessions::Sessions;
+use crate::tls::TlsConfig;
 
 /// Largest request the server decodes; job specs are far smaller.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
@@ -41,6 +42,9 @@ pub struct ServerConfig {
     pub limits: JobLimits,
     /// Where to serve Prometheus metrics (`/metrics`); off when `None`.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS on the listener and to raft peers; plaintext when `None`, which
+    /// only `dev` mode and in-process tests use (`serve` refuses it).
+    pub tls: Option<TlsConfig>,
 }
 
 #[derive(Debug, Error)]
@@ -229,6 +233,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
             join: rep.join,
             snapshot_entries: rep.snapshot_entries,
             keep_entries: (rep.snapshot_entries / 10).max(1),
+            peer_tls: config.tls.as_ref().map(TlsConfig::peer_client),
             ..ReplicaConfig::single(rep.id, config.data_dir.clone(), rep.raft_tick)
         },
         stop.clone(),
@@ -296,6 +301,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         heartbeat: config.heartbeat_interval,
         scheduler_id: rep.id.to_string(),
         tasks: tasks.clone(),
+        require_node_cert: config.tls.is_some(),
     };
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -308,8 +314,12 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         .build_v1()
         .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
 
-    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving");
-    let result = tonic::transport::Server::builder()
+    tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), tls = config.tls.is_some(), "serving");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(tls.server())?;
+    }
+    let result = builder
         .layer(crate::metrics::ApiMetricsLayer)
         .add_service(health_service)
         .add_service(reflection)

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use crate::tls::{self, TestPki};
 use crate::{bin, eventually, listening_addr, simulated_agent, Proc, ADMIN_TOKEN, AGENT_TOKEN};
 
 /// A loopback TCP proxy for one direction of one link.
@@ -205,10 +206,15 @@ impl Cluster {
 
     fn launch(&mut self, i: u64, more: &[&str]) -> Result<()> {
         let peers = self.peers_for(i);
+        // Replicas show peer:<id> certificates from the test's CA, and the
+        // proxies pass TLS through untouched.
+        let pki = TestPki::open(self._dir.path())?;
         let r = self.replicas.get_mut(&i).expect("known replica");
+        tls::trust(&r.client.addr.to_string(), &pki.ca_cert());
         let mut child = Command::new(bin("edupool-scheduler"))
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(&r.data_dir)
+            .args(pki.serve_args(i)?)
             .args(["--id", &i.to_string(), "--peers", &peers])
             .args([
                 "--node-lost-timeout",
@@ -248,6 +254,19 @@ impl Cluster {
     /// The client address of replica `i` (`http://...`).
     pub fn endpoint(&self, i: u64) -> String {
         format!("http://{}", self.replicas[&i].client.addr)
+    }
+
+    /// A gRPC channel to replica `i` (through its client proxy) over TLS,
+    /// trusting the test's CA.
+    pub async fn channel(&self, i: u64) -> Result<tonic::transport::Channel> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let ca = TestPki::open(self._dir.path())?.ca_cert();
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca)?));
+        let addr = self.replicas[&i].client.addr;
+        Ok(Endpoint::from_shared(format!("https://{addr}"))?
+            .tls_config(tls)?
+            .connect()
+            .await?)
     }
 
     /// Every replica's client address, comma-separated.
@@ -322,9 +341,12 @@ impl Cluster {
 
     /// Runs `edupoolctl --output json <args>` against `endpoints`.
     pub fn ctl_at(endpoints: &str, token: &str, args: &[&str]) -> Output {
-        Command::new(bin("edupoolctl"))
-            .args(["--endpoint", endpoints, "--output", "json"])
-            .args(args)
+        let mut ctl = Command::new(bin("edupoolctl"));
+        ctl.args(["--endpoint", endpoints, "--output", "json"]);
+        if let Some(ca) = tls::ca_for(endpoints) {
+            ctl.arg("--ca-cert").arg(ca);
+        }
+        ctl.args(args)
             .env("EDUPOOL_TOKEN", token)
             .output()
             .expect("edupoolctl runs")

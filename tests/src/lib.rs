@@ -15,6 +15,9 @@ use anyhow::{anyhow, bail, Context, Result};
 pub mod cluster;
 pub mod load;
 pub mod prometheus;
+pub mod tls;
+
+use tls::TestPki;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const AGENT_TOKEN: &str = "test-agent-token-0123456789";
@@ -65,6 +68,7 @@ pub fn simulated_agent(
         .args(["run", "--scheduler", endpoints, "--node-name", node])
         .args(["--simulate-gpus", gpus, "--work-dir"])
         .arg(work_dir)
+        .args(agent_tls_args(endpoints, node)?)
         .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
         .env("RUST_LOG", log)
         .stdout(Stdio::null())
@@ -75,6 +79,21 @@ pub fn simulated_agent(
         child: Some(child),
         name: node.to_string(),
     })
+}
+
+/// The agent's `--ca-cert`, `--cert` and `--key` (`node:<node>`, from the
+/// CA of the scheduler at `endpoints`), and `--allow-root`: test jobs run
+/// as whoever runs the tests.
+pub fn agent_tls_args(endpoints: &str, node: &str) -> Result<Vec<std::ffi::OsString>> {
+    let mut args = vec!["--allow-root".into()];
+    if let Some(ca) = tls::ca_for(endpoints) {
+        let dir = ca
+            .parent()
+            .and_then(Path::parent)
+            .ok_or_else(|| anyhow!("{} is not in <dir>/pki", ca.display()))?;
+        args.extend(TestPki::open(dir)?.agent_args(node)?);
+    }
+    Ok(args)
 }
 
 /// The lines a started scheduler prints on stdout.
@@ -157,6 +176,9 @@ pub struct Scheduler {
     pub node_lost_timeout: String,
     /// Where `/metrics` is served, for a scheduler started with metrics.
     pub metrics_addr: Option<SocketAddr>,
+    /// The test's CA (in the data directory's parent), which signed the
+    /// scheduler's certificate.
+    pub ca_cert: PathBuf,
 }
 
 impl Scheduler {
@@ -179,9 +201,11 @@ impl Scheduler {
         node_lost_timeout: &str,
         metrics: bool,
     ) -> Result<Scheduler> {
+        let pki = TestPki::open(data_dir.parent().unwrap_or(data_dir))?;
         let mut cmd = Command::new(bin("edupool-scheduler"));
         cmd.args(["serve", "--listen", listen, "--data-dir"])
-            .arg(data_dir);
+            .arg(data_dir)
+            .args(pki.serve_args(1)?);
         if metrics {
             cmd.args(["--metrics-listen", "127.0.0.1:0"]);
         }
@@ -200,6 +224,7 @@ impl Scheduler {
             .spawn()
             .context("starting edupool-scheduler")?;
         let (addr, mut lines) = listening_addr(&mut child, "edupool-scheduler")?;
+        tls::trust(&addr.to_string(), &pki.ca_cert());
         let mut metrics_addr = None;
         while metrics && metrics_addr.is_none() {
             let line = lines
@@ -220,6 +245,7 @@ impl Scheduler {
             data_dir: data_dir.to_path_buf(),
             node_lost_timeout: node_lost_timeout.to_string(),
             metrics_addr,
+            ca_cert: pki.ca_cert(),
         })
     }
 
@@ -237,6 +263,16 @@ impl Scheduler {
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// A gRPC channel to the scheduler over TLS, trusting the test's CA.
+    pub async fn channel(&self) -> Result<tonic::transport::Channel> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+        let ca = std::fs::read(&self.ca_cert)?;
+        Ok(Endpoint::from_shared(format!("https://{}", self.addr))?
+            .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)))?
+            .connect()
+            .await?)
     }
 
     /// Starts an agent process with simulated GPUs.
@@ -258,6 +294,7 @@ impl Scheduler {
             .args(["run", "--scheduler", &self.endpoint(), "--node-name", node])
             .args(["--simulate-gpus", gpus, "--work-dir"])
             .arg(work_dir)
+            .args(agent_tls_args(&self.endpoint(), node)?)
             .args(extra)
             .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
             .env("RUST_LOG", "warn")
@@ -289,6 +326,8 @@ impl Scheduler {
     pub fn ctl(&self, token: &str, args: &[&str]) -> Output {
         Command::new(bin("edupoolctl"))
             .args(["--endpoint", &self.endpoint(), "--output", "json"])
+            .arg("--ca-cert")
+            .arg(&self.ca_cert)
             .args(args)
             .env("EDUPOOL_TOKEN", token)
             .output()

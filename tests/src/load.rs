@@ -50,18 +50,29 @@ impl LeaderClient {
             let shift = self.next % order.len().max(1);
             order.rotate_left(shift);
             self.next += 1;
-            self.clients = client::connect_leader(&order, Some(&self.token), Default::default())
+            let options = client::ConnectOptions {
+                tls: self.tls(),
+                ..Default::default()
+            };
+            self.clients = client::connect_leader(&order, Some(&self.token), options)
                 .await
                 .ok();
         }
         self.clients.clone()
     }
 
+    /// The test CA that vouches for these endpoints (see `crate::tls`).
+    fn tls(&self) -> Option<client::ClientTls> {
+        crate::tls::client_tls_for(&self.endpoints.join(","))
+    }
+
     async fn follow(&mut self, status: &tonic::Status) -> bool {
         match client::leader_hint(status) {
             Some(addr) => {
                 let auth = BearerToken::new(Some(&self.token)).expect("valid token");
-                self.clients = client::connect_to(&addr, auth).await.ok();
+                self.clients = client::connect_to(&addr, auth, self.tls().as_ref())
+                    .await
+                    .ok();
                 self.clients.is_some()
             }
             None => {

@@ -43,9 +43,7 @@ fn wait_nodes_ready(s: &Scheduler, n: usize) -> Result<Value> {
 }
 
 async fn grpc(s: &Scheduler) -> JobServiceClient<tonic::transport::Channel> {
-    JobServiceClient::connect(s.endpoint())
-        .await
-        .expect("connect")
+    JobServiceClient::new(s.channel().await.expect("connect"))
 }
 
 fn authed<T>(token: &str, msg: T) -> Request<T> {

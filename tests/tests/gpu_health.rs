@@ -42,6 +42,8 @@ fn gpu(s: &Scheduler, uuid: &str) -> Result<Value> {
 fn ctl_table(s: &Scheduler, token: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(bin("edupoolctl"))
         .args(["--endpoint", &s.endpoint(), "--output", "table"])
+        .arg("--ca-cert")
+        .arg(&s.ca_cert)
         .args(args)
         .env("EDUPOOL_TOKEN", token)
         .output()?;

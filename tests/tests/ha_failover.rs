@@ -50,7 +50,7 @@ fn followers_name_the_leader_and_a_leader_kill_loses_nothing() -> Result<()> {
     let follower = *c.ids().iter().find(|i| **i != leader).expect("a follower");
     let rt = tokio::runtime::Runtime::new()?;
     let refused = rt.block_on(async {
-        let mut client = JobServiceClient::connect(c.endpoint(follower)).await?;
+        let mut client = JobServiceClient::new(c.channel(follower).await?);
         let mut req = tonic::Request::new(pb::SubmitJobRequest {
             spec: Some(edupool_tests::load::job("direct", "0")),
         });

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use edupool_tests::cluster::Cluster;
+use edupool_tests::tls::{self, TestPki};
 use edupool_tests::{bin, eventually, Proc, Scheduler, ADMIN_TOKEN, AGENT_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -21,10 +22,16 @@ fn free_addr() -> Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn serve(data_dir: &Path, listen: SocketAddr, args: &[&str]) -> Result<Proc> {
+/// Replica `id` on `listen`, with a peer:<id> certificate from the test's
+/// CA (in the data directory's parent).
+fn serve(data_dir: &Path, listen: SocketAddr, id: u64, args: &[&str]) -> Result<Proc> {
+    let pki = TestPki::open(data_dir.parent().expect("a parent"))?;
+    tls::trust(&listen.to_string(), &pki.ca_cert());
     let mut child = Command::new(bin("edupool-scheduler"))
         .args(["serve", "--listen", &listen.to_string(), "--data-dir"])
         .arg(data_dir)
+        .args(["--id", &id.to_string()])
+        .args(pki.serve_args(id)?)
         .args(args)
         .env("EDUPOOL_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
@@ -70,9 +77,8 @@ fn a_backup_restores_into_a_new_cluster_that_grows_to_three() -> Result<()> {
     let _r1 = serve(
         &dir.path().join("r1"),
         a1,
+        1,
         &[
-            "--id",
-            "1",
             "--peers",
             &format!("1={a1}"),
             "--restore-from",
@@ -86,6 +92,7 @@ fn a_backup_restores_into_a_new_cluster_that_grows_to_three() -> Result<()> {
     let again = Command::new(bin("edupool-scheduler"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.path().join("r1"))
+        .args(TestPki::open(dir.path())?.serve_args(1)?)
         .args(["--restore-from", backup.to_str().unwrap()])
         .env("EDUPOOL_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
@@ -100,7 +107,8 @@ fn a_backup_restores_into_a_new_cluster_that_grows_to_three() -> Result<()> {
         procs.push(serve(
             &dir.path().join(format!("r{id}")),
             addr,
-            &["--id", &id.to_string(), "--join"],
+            id,
+            &["--join"],
         )?);
         let v = Cluster::ctl_json(
             &e1,

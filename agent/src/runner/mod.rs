@@ -18,6 +18,7 @@
 //!
 //! All records live behind one mutex that is never held across an await.
 
+mod isolation;
 mod logs;
 mod process;
 
@@ -36,6 +37,7 @@ use tracing::{debug, info, warn};
 
 use crate::inventory::GpuInventory;
 
+pub use isolation::{resolve_job_user, JobUser, JobUserError};
 pub use logs::{LogChunk, LogError, LogStream, DEFAULT_LOG_CHUNK, MAX_LOG_CHUNK};
 
 /// How long reading the energy counters at a job's start or exit may take.
@@ -64,6 +66,8 @@ pub struct RunnerConfig {
     /// Where the energy counters of jobs' GPUs are read; `None` reports
     /// GPU time only.
     pub energy: Option<Arc<dyn GpuInventory>>,
+    /// Who jobs run as (see [`resolve_job_user`]).
+    pub job_user: JobUser,
 }
 
 impl fmt::Debug for RunnerConfig {
@@ -72,6 +76,7 @@ impl fmt::Debug for RunnerConfig {
             .field("work_dir", &self.work_dir)
             .field("default_grace_period", &self.default_grace_period)
             .field("energy", &self.energy.as_ref().map(|e| e.backend()))
+            .field("job_user", &self.job_user)
             .finish()
     }
 }
@@ -83,6 +88,7 @@ impl RunnerConfig {
             work_dir: work_dir.into(),
             default_grace_period: DEFAULT_GRACE_PERIOD,
             energy: None,
+            job_user: JobUser::Agent,
         }
     }
 }
@@ -297,6 +303,7 @@ struct Inner {
     jobs_dir: PathBuf,
     default_grace_period: Duration,
     energy: Option<Arc<dyn GpuInventory>>,
+    job_user: JobUser,
     /// Jobs that could not be started, or whose exit could not be collected.
     errors: AtomicU64,
     /// `PATH`, `HOME` and `LANG` of the agent, taken once at construction.
@@ -358,6 +365,7 @@ impl Runner {
                 jobs_dir: config.work_dir.join("jobs"),
                 default_grace_period: config.default_grace_period,
                 energy: config.energy,
+                job_user: config.job_user,
                 errors: AtomicU64::new(0),
                 base_env,
                 state: Mutex::new(State {
@@ -420,7 +428,13 @@ impl Runner {
             .grace_period
             .unwrap_or(self.inner.default_grace_period);
         let job_id = request.job_id.clone();
-        match process::spawn(&self.inner.jobs_dir, &self.inner.base_env, &request) {
+        let spawned = process::spawn(
+            &self.inner.jobs_dir,
+            &self.inner.base_env,
+            &self.inner.job_user,
+            &request,
+        );
+        match spawned {
             Ok(spawned) => {
                 let spawned_at = tokio::time::Instant::now();
                 let report = JobReport {

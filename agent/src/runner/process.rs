@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use super::isolation::{create_job_dir, JobUser};
 use super::logs::{STDERR_LOG, STDOUT_LOG};
 use super::{
     validate_job_id, ExitOutcome, InvalidJobId, JobExit, JobUsage, Runner, StartRequest, StopOrder,
@@ -68,13 +69,17 @@ impl Spawned {
 /// Spawns the job's command. Blocking, but only for a directory, two files
 /// and a fork: short enough to run on the caller's thread.
 ///
-/// The environment is the agent's `PATH`, `HOME` and `LANG` (`base_env`),
-/// then the job's own variables, then `CUDA_VISIBLE_DEVICES`,
-/// `EDUPOOL_JOB_ID` and `EDUPOOL_ATTEMPT`, which the job cannot override.
-/// Nothing else of the agent's environment reaches the job.
+/// The environment is the agent's `PATH`, `HOME` and `LANG` (`base_env`;
+/// `HOME` is the job user's own when the job runs as another user), then
+/// the job's own variables, then `CUDA_VISIBLE_DEVICES` and
+/// `NVIDIA_VISIBLE_DEVICES` (only the assigned GPUs), `EDUPOOL_JOB_ID` and
+/// `EDUPOOL_ATTEMPT`, which the job cannot override. Nothing else of the
+/// agent's environment (its token, its key and certificate paths) reaches
+/// the job.
 pub(super) fn spawn(
     jobs_dir: &Path,
     base_env: &[(OsString, OsString)],
+    user: &JobUser,
     request: &StartRequest,
 ) -> Result<Spawned, SpawnError> {
     validate_job_id(&request.job_id)?;
@@ -92,21 +97,32 @@ pub(super) fn spawn(
     }
 
     let dir = jobs_dir.join(&request.job_id);
-    std::fs::create_dir_all(&dir).map_err(|source| SpawnError::JobDir {
+    create_job_dir(jobs_dir, &dir, user).map_err(|source| SpawnError::JobDir {
         path: dir.clone(),
         source,
     })?;
     let stdout = create_log(&dir.join(STDOUT_LOG))?;
     let stderr = create_log(&dir.join(STDERR_LOG))?;
 
+    let gpus = request.gpu_uuids.join(",");
     let mut command = Command::new(program);
     command
         .args(args)
         .current_dir(&dir)
         .env_clear()
-        .envs(base_env.iter().map(|(k, v)| (k, v)))
+        .envs(base_env.iter().map(|(k, v)| (k, v)));
+    if let JobUser::User { uid, gid, home, .. } = user {
+        // std drops the supplementary groups when root switches user.
+        command.uid(*uid).gid(*gid).env("HOME", home);
+    }
+    command
         .envs(&request.env)
-        .env("CUDA_VISIBLE_DEVICES", request.gpu_uuids.join(","))
+        .env("CUDA_VISIBLE_DEVICES", &gpus)
+        // For container runtimes; "void" exposes no GPU at all.
+        .env(
+            "NVIDIA_VISIBLE_DEVICES",
+            if gpus.is_empty() { "void" } else { &gpus },
+        )
         .env("EDUPOOL_JOB_ID", &request.job_id)
         .env("EDUPOOL_ATTEMPT", request.attempt.to_string())
         .stdin(Stdio::null())

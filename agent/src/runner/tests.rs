@@ -546,3 +546,99 @@ async fn exits_carry_gpu_time_and_the_energy_of_the_jobs_gpus() {
     assert_eq!(exit.usage, None);
     assert_eq!(runner.errors(), 1);
 }
+
+#[tokio::test]
+async fn each_job_gets_a_private_directory_of_its_own() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, mut events) = Runner::with_base_env(RunnerConfig::new(dir.path()), vec![]);
+    runner.start(job("private-a", "pwd; touch mine"));
+    runner.start(job("private-b", "pwd"));
+    exit_of(&mut events, "private-a").await;
+    exit_of(&mut events, "private-b").await;
+    for id in ["private-a", "private-b"] {
+        let job_dir = runner.job_dir(id).unwrap();
+        let meta = std::fs::metadata(&job_dir).unwrap();
+        assert_eq!(meta.mode() & 0o777, 0o700, "{}", job_dir.display());
+        assert_eq!(meta.uid(), nix::unistd::Uid::effective().as_raw());
+        let pwd = read(job_dir.join("stdout.log"));
+        assert_eq!(
+            Path::new(pwd.trim()).canonicalize().unwrap(),
+            job_dir.canonicalize().unwrap()
+        );
+    }
+    assert!(runner.job_dir("private-a").unwrap().join("mine").exists());
+    assert!(!runner.job_dir("private-b").unwrap().join("mine").exists());
+}
+
+#[tokio::test]
+async fn jobs_see_only_their_gpus_and_none_of_the_agents_credentials() {
+    std::env::set_var("EDUPOOL_CA_CERT", "/etc/edupool/ca.pem");
+    std::env::set_var("EDUPOOL_KEY", "/etc/edupool/node-key.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let (runner, mut events) = runner(dir.path());
+    runner.start(job("gpus", "env"));
+    runner.start(StartRequest {
+        gpu_uuids: vec![],
+        ..job("no-gpus", "env")
+    });
+    exit_of(&mut events, "gpus").await;
+    exit_of(&mut events, "no-gpus").await;
+    let env = read(runner.job_dir("gpus").unwrap().join("stdout.log"));
+    let vars: BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(vars.get("CUDA_VISIBLE_DEVICES"), Some(&"GPU-aaaa,GPU-bbbb"));
+    assert_eq!(
+        vars.get("NVIDIA_VISIBLE_DEVICES"),
+        Some(&"GPU-aaaa,GPU-bbbb")
+    );
+    assert!(!env.contains("/etc/edupool"), "{env}");
+    let names: Vec<&str> = vars.keys().copied().collect();
+    for name in &names {
+        assert!(
+            !name.starts_with("EDUPOOL_") || ["EDUPOOL_JOB_ID", "EDUPOOL_ATTEMPT"].contains(name),
+            "{name} reached the job"
+        );
+    }
+    let env = read(runner.job_dir("no-gpus").unwrap().join("stdout.log"));
+    assert!(env.lines().any(|l| l == "CUDA_VISIBLE_DEVICES="), "{env}");
+    assert!(
+        env.lines().any(|l| l == "NVIDIA_VISIBLE_DEVICES=void"),
+        "{env}"
+    );
+}
+
+#[tokio::test]
+async fn a_root_agent_runs_jobs_as_the_run_as_user() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("SKIPPED: switching users needs a root test process");
+        return;
+    }
+    let (user, _) = resolve_job_user(Some("nobody"), false).unwrap();
+    let JobUser::User { uid, gid, .. } = user.clone() else {
+        panic!("nobody is a user of its own: {user:?}");
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The job user must be able to pass through the work directory.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    let (runner, mut events) = Runner::with_base_env(
+        RunnerConfig {
+            job_user: user,
+            ..RunnerConfig::new(dir.path())
+        },
+        vec![],
+    );
+    runner.start(job("as-nobody", "id -u; id -g; id -G; touch mine"));
+    let (_, exit) = exit_of(&mut events, "as-nobody").await;
+    assert_eq!(exit.outcome, ExitOutcome::Code(0), "{exit:?}");
+    let job_dir = runner.job_dir("as-nobody").unwrap();
+    let out = read(job_dir.join("stdout.log"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], uid.to_string(), "{out}");
+    assert_eq!(lines[1], gid.to_string(), "{out}");
+    // No supplementary group of root's is kept.
+    assert!(!lines[2].split(' ').any(|g| g == "0"), "{out}");
+    let meta = std::fs::metadata(&job_dir).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (uid, 0o700));
+    assert_eq!(std::fs::metadata(job_dir.join("mine")).unwrap().uid(), uid);
+}

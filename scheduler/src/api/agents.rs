@@ -33,6 +33,8 @@ pub struct Agents {
     pub heartbeat: Duration,
     pub scheduler_id: String,
     pub tasks: tokio_util::task::TaskTracker,
+    /// With TLS: a session needs the client certificate of its node.
+    pub require_node_cert: bool,
 }
 
 /// GPUs of one telemetry summary that are kept (an inventory has at most 64).
@@ -52,6 +54,7 @@ impl AgentService for Agents {
         if !self.replica.leadership().borrow().is_leader {
             return Err(status(self.replica.not_leader()));
         }
+        let identity = crate::tls::client_identity(&req);
         let mut inbound = req.into_inner();
         let hello = match inbound.next().await {
             Some(Ok(pb::AgentMessage {
@@ -64,6 +67,9 @@ impl AgentService for Agents {
                 ))
             }
         };
+        if self.require_node_cert {
+            crate::tls::check_node(identity.as_ref(), &hello.node_name)?;
+        }
         let gpus = convert::inventory(&hello.node_name, hello.gpus)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let node = hello.node_name;

@@ -107,6 +107,8 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> Result<DevOu
         heartbeat_interval: Duration::from_secs(1),
         limits: JobLimits::default(),
         metrics_listen: config.metrics_listen,
+        // Dev mode is plaintext on purpose, and says so loudly (banner).
+        tls: None,
     })
     .await?;
     let endpoint = format!("http://{}", bound.local_addr());
@@ -128,13 +130,17 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> Result<DevOu
             node: node.clone(),
             message: e.to_string(),
         })?;
-        let agent = AgentConfig::new(
+        let mut agent = AgentConfig::new(
             node.clone(),
             vec![endpoint.clone()],
             agent_token.clone(),
             data_dir.join("agents").join(&node),
             Arc::new(inventory),
         );
+        // Dev mode is plaintext by design (see the banner), and its
+        // sample jobs run as whoever started it, root included.
+        agent.allow_plaintext_remote = true;
+        agent.allow_root = true;
         let agent_stop = agents_stop.clone();
         agent_tasks.spawn(async move {
             if let Err(e) = edupool_agent::run(agent, agent_stop).await {
@@ -185,6 +191,7 @@ fn banner(config: &DevConfig, endpoint: &str, token: &str, data_dir: &std::path:
     );
     println!();
     println!("WARNING: dev mode serves plaintext gRPC with generated tokens. Never use it for real work.");
+    eprintln!("WARNING: edupool-scheduler dev: PLAINTEXT gRPC, no TLS, no client certificates; tokens travel in the clear. For trying edupool out on one machine only; `serve` with --ca-cert, --cert and --key for real work.");
     println!();
     if config.workload.is_none() {
         println!("Try:");

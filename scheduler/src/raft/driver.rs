@@ -97,6 +97,9 @@ pub struct ReplicaConfig {
     /// Also snapshot (keeping no entries) once the log holds this many
     /// payload bytes, so a few huge entries cannot fill memory and disk.
     pub snapshot_bytes: u64,
+    /// TLS to the peers (with this replica's `peer:<id>` certificate);
+    /// when set, inbound raft traffic must show a peer certificate too.
+    pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl ReplicaConfig {
@@ -113,6 +116,7 @@ impl ReplicaConfig {
             snapshot_entries: 10_000,
             keep_entries: 1_000,
             snapshot_bytes: 64 * 1024 * 1024,
+            peer_tls: None,
         }
     }
 
@@ -232,7 +236,13 @@ impl Replica {
             state,
             applied: snap_index,
         }));
-        let transport = Transport::new(config.id, feedback, tracker.clone(), shutdown.clone());
+        let transport = Transport::new(
+            config.id,
+            config.peer_tls.clone(),
+            feedback,
+            tracker.clone(),
+            shutdown.clone(),
+        );
         transport.set_peers(&store.peers());
         let mut driver = Driver {
             id: config.id,

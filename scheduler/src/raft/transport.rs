@@ -17,7 +17,7 @@ use raft::prelude::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tonic::transport::Endpoint;
+use tonic::transport::{ClientTlsConfig, Endpoint};
 
 use super::storage::Peers;
 
@@ -52,6 +52,8 @@ pub struct Transport {
     /// Where this replica serves, sent with every batch (empty until known).
     me_address: Arc<Mutex<String>>,
     links: Mutex<HashMap<u64, Link>>,
+    /// TLS to the peers; `None`: plaintext (dev mode, in-process tests).
+    tls: Option<ClientTlsConfig>,
     feedback: mpsc::Sender<Feedback>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
@@ -60,6 +62,7 @@ pub struct Transport {
 impl Transport {
     pub fn new(
         me: u64,
+        tls: Option<ClientTlsConfig>,
         feedback: mpsc::Sender<Feedback>,
         tasks: TaskTracker,
         shutdown: CancellationToken,
@@ -68,6 +71,7 @@ impl Transport {
             me,
             me_address: Arc::new(Mutex::new(String::new())),
             links: Mutex::new(HashMap::new()),
+            tls,
             feedback,
             tasks,
             shutdown,
@@ -94,7 +98,7 @@ impl Transport {
             }
             let (queue, rx) = mpsc::channel(QUEUE);
             let stop = self.shutdown.child_token();
-            match endpoint(address) {
+            match endpoint(address, self.tls.as_ref()) {
                 Ok(ep) => {
                     self.tasks.spawn(run_link(
                         self.me,
@@ -156,16 +160,20 @@ impl Transport {
     }
 }
 
-fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
-    let uri = if address.contains("://") {
-        address.to_string()
-    } else {
-        format!("http://{address}")
-    };
-    Ok(Endpoint::from_shared(uri)?
+fn endpoint(
+    address: &str,
+    tls: Option<&ClientTlsConfig>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    let host_port = address.split_once("://").map_or(address, |(_, rest)| rest);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let endpoint = Endpoint::from_shared(format!("{scheme}://{host_port}"))?
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(RPC_TIMEOUT)
-        .tcp_nodelay(true))
+        .tcp_nodelay(true);
+    match tls {
+        Some(tls) => endpoint.tls_config(tls.clone()),
+        None => Ok(endpoint),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -253,6 +261,10 @@ impl pb::raft_service_server::RaftService for RaftServer {
         &self,
         request: tonic::Request<pb::RaftBatch>,
     ) -> Result<tonic::Response<pb::RaftAck>, tonic::Status> {
+        if self.transport.tls.is_some() {
+            let identity = crate::tls::client_identity(&request);
+            crate::tls::check_peer(identity.as_ref(), request.get_ref().from)?;
+        }
         let batch = request.into_inner();
         if !batch.from_address.is_empty() {
             self.transport.learn(batch.from, &batch.from_address);
