@@ -150,6 +150,11 @@ async fn lead(
             _ = plan_tick.tick() => {
                 if replan {
                     replan = plan_round(replica, &config.policy).await;
+                    if replan {
+                        // The round stopped at its budget: more is
+                        // waiting, so plan again without idling a tick.
+                        plan_tick.reset_immediately();
+                    }
                 }
             }
             _ = liveness_tick.tick() => {
@@ -213,8 +218,11 @@ async fn plan_round(replica: &Replica, policy: &planner::Policy) -> bool {
     let decisions = replica.read(|s| planner::plan(s, now, policy));
     timer.observe_duration();
     let full = decisions.len() >= policy.max_decisions;
-    for d in decisions {
-        if let Err(e) = replica.propose(d.into_command()).await {
+    // All of a round's decisions go to the log at once, in the planner's
+    // order, so they share fsyncs and replication round trips.
+    let commands = decisions.into_iter().map(|d| d.into_command()).collect();
+    for result in replica.propose_all(commands).await {
+        if let Err(e) = result {
             // A stale decision (the job was cancelled meanwhile) is
             // rejected by the state machine; the next round re-plans.
             tracing::debug!("planner decision not applied: {e}");
