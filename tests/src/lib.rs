@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 pub mod cluster;
 pub mod load;
 pub mod prometheus;
+pub mod scale;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const AGENT_TOKEN: &str = "test-agent-token-0123456789";
