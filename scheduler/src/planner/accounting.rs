@@ -89,7 +89,7 @@ impl Books {
             .tenants()
             .map(|t| (t.name.as_str(), t.usage.at(now, half_life)))
             .collect();
-        for job in state.jobs().filter(|j| j.state.is_placed()) {
+        for job in state.live_jobs().filter(|j| j.state.is_placed()) {
             let Some(book) = tenants.get_mut(&job.tenant) else {
                 continue;
             };
@@ -241,7 +241,7 @@ pub fn tenant_reports(state: &State, now: Millis) -> Vec<TenantReport> {
             },
         );
     }
-    for job in state.jobs() {
+    for job in state.live_jobs() {
         let Some(r) = reports.get_mut(job.tenant.as_str()) else {
             continue;
         };

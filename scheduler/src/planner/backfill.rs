@@ -73,7 +73,7 @@ pub(super) fn reserve(
 /// When each placed job's GPUs are expected back, by node name.
 fn expected_ends<'a>(round: &Round<'a>) -> HashMap<&'a str, Vec<(Millis, &'a Job)>> {
     let mut ends: HashMap<&'a str, Vec<(Millis, &'a Job)>> = HashMap::new();
-    for job in round.state.jobs().filter(|j| j.state.is_placed()) {
+    for job in round.state.live_jobs().filter(|j| j.state.is_placed()) {
         let at = match job.state {
             JobState::Preempting | JobState::Cancelling => {
                 round.now + job.spec.grace_period_secs as Millis * 1000

@@ -32,7 +32,7 @@ impl<'a> Victims<'a> {
         let now = round.now;
         let mut order: Vec<&'a Job> = vec![];
         let mut freeing: BTreeMap<usize, BTreeMap<usize, u32>> = BTreeMap::new();
-        for job in round.state.jobs().filter(|j| j.state.is_placed()) {
+        for job in round.state.live_jobs().filter(|j| j.state.is_placed()) {
             if job.state == JobState::Preempting {
                 for (i, pos) in gpu_positions(round, job) {
                     *freeing.entry(i).or_default().entry(pos).or_default() +=

@@ -26,6 +26,7 @@ pub use types::*;
 pub type Applied = Result<(Outcome, Vec<Effect>), Rejection>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredState")]
 pub struct State {
     tenants: BTreeMap<String, Tenant>,
     /// SHA-256 of a tenant token (hex) -> tenant name.
@@ -36,10 +37,89 @@ pub struct State {
     pending: BTreeSet<JobId>,
     last_job: u64,
     policy: PoolPolicy,
+    /// Every job not yet final (pending, placed, stopping): an index kept
+    /// exact by `apply`, so what looks at live work (the planner's books,
+    /// the jobs on a node) reads these instead of the whole history. It
+    /// is derived from `jobs`, so snapshots leave it out and loading one
+    /// rebuilds it.
+    #[serde(skip_serializing)]
+    live: BTreeSet<JobId>,
+}
+
+/// The serialized form of [`State`]: everything but the derived indexes.
+#[derive(Deserialize)]
+struct StoredState {
+    tenants: BTreeMap<String, Tenant>,
+    tokens: BTreeMap<String, String>,
+    nodes: BTreeMap<String, Node>,
+    jobs: BTreeMap<JobId, Job>,
+    pending: BTreeSet<JobId>,
+    last_job: u64,
+    policy: PoolPolicy,
+}
+
+impl From<StoredState> for State {
+    fn from(s: StoredState) -> State {
+        let live = s
+            .jobs
+            .values()
+            .filter(|j| !j.state.is_final())
+            .map(|j| j.id)
+            .collect();
+        State {
+            tenants: s.tenants,
+            tokens: s.tokens,
+            nodes: s.nodes,
+            jobs: s.jobs,
+            pending: s.pending,
+            last_job: s.last_job,
+            policy: s.policy,
+            live,
+        }
+    }
+}
+
+/// The job a command is about, when it names one.
+fn named_job(cmd: &Command) -> Option<JobId> {
+    match cmd {
+        Command::CancelJob { job, .. }
+        | Command::PlaceJob { job, .. }
+        | Command::JobStarted { job, .. }
+        | Command::JobExited { job, .. }
+        | Command::JobVanished { job, .. }
+        | Command::PreemptJob { job, .. } => Some(*job),
+        _ => None,
+    }
 }
 
 impl State {
     pub fn apply(&mut self, cmd: Command, at: Millis) -> Applied {
+        let named = named_job(&cmd);
+        let applied = self.apply_command(cmd, at);
+        if applied.is_ok() {
+            self.index_live(named);
+        }
+        applied
+    }
+
+    /// Keeps `live` exact after a command: a job only leaves it (a final
+    /// job never runs again), and joins it only when submitted. A command
+    /// that names its job checks that one; any other may have ended jobs
+    /// on a node, so it checks every live job (their number is bounded by
+    /// the pool's work, not by history).
+    fn index_live(&mut self, named: Option<JobId>) {
+        let jobs = &self.jobs;
+        let is_final = |id: &JobId| jobs.get(id).is_none_or(|j| j.state.is_final());
+        match named {
+            Some(id) if is_final(&id) => {
+                self.live.remove(&id);
+            }
+            Some(_) => {}
+            None => self.live.retain(|id| !is_final(id)),
+        }
+    }
+
+    fn apply_command(&mut self, cmd: Command, at: Millis) -> Applied {
         match cmd {
             Command::CreateTenant { name, token_hash } => self.create_tenant(name, token_hash, at),
             Command::SubmitJob { tenant, spec } => self.submit_job(tenant, spec, at),
@@ -190,9 +270,14 @@ impl State {
         self.pending.iter().map(|id| &self.jobs[id])
     }
 
+    /// Jobs not yet final (pending, placed or stopping), by id.
+    pub fn live_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.live.iter().map(|id| &self.jobs[id])
+    }
+
     /// Jobs with a task still running (or starting) on `node`.
     pub fn jobs_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
-        self.jobs.values().filter(move |j| {
+        self.live_jobs().filter(move |j| {
             j.state.is_placed() && j.tasks.iter().any(|t| t.node == node && !t.finished)
         })
     }
