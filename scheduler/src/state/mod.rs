@@ -44,6 +44,11 @@ pub struct State {
     /// rebuilds it.
     #[serde(skip_serializing)]
     live: BTreeSet<JobId>,
+    /// Every final job still kept in full, by id (derived, like `live`).
+    #[serde(skip_serializing)]
+    done: BTreeSet<JobId>,
+    /// Per tenant: the archived final jobs, summed.
+    archived: BTreeMap<String, Archived>,
 }
 
 /// The serialized form of [`State`]: everything but the derived indexes.
@@ -56,16 +61,17 @@ struct StoredState {
     pending: BTreeSet<JobId>,
     last_job: u64,
     policy: PoolPolicy,
+    #[serde(default)]
+    archived: BTreeMap<String, Archived>,
 }
 
 impl From<StoredState> for State {
     fn from(s: StoredState) -> State {
-        let live = s
+        let (done, live): (BTreeSet<JobId>, BTreeSet<JobId>) = s
             .jobs
             .values()
-            .filter(|j| !j.state.is_final())
             .map(|j| j.id)
-            .collect();
+            .partition(|id| s.jobs[id].state.is_final());
         State {
             tenants: s.tenants,
             tokens: s.tokens,
@@ -75,6 +81,8 @@ impl From<StoredState> for State {
             last_job: s.last_job,
             policy: s.policy,
             live,
+            done,
+            archived: s.archived,
         }
     }
 }
@@ -98,25 +106,60 @@ impl State {
         let applied = self.apply_command(cmd, at);
         if applied.is_ok() {
             self.index_live(named);
+            self.archive();
         }
         applied
     }
 
-    /// Keeps `live` exact after a command: a job only leaves it (a final
-    /// job never runs again), and joins it only when submitted. A command
-    /// that names its job checks that one; any other may have ended jobs
-    /// on a node, so it checks every live job (their number is bounded by
-    /// the pool's work, not by history).
+    /// Keeps `live` and `done` exact after a command: a job only leaves
+    /// `live` (a final job never runs again), and joins it only when
+    /// submitted. A command that names its job checks that one; any other
+    /// may have ended jobs on a node, so it checks every live job (their
+    /// number is bounded by the pool's work, not by history).
     fn index_live(&mut self, named: Option<JobId>) {
         let jobs = &self.jobs;
         let is_final = |id: &JobId| jobs.get(id).is_none_or(|j| j.state.is_final());
-        match named {
-            Some(id) if is_final(&id) => {
-                self.live.remove(&id);
-            }
-            Some(_) => {}
-            None => self.live.retain(|id| !is_final(id)),
+        let ended: Vec<JobId> = match named {
+            Some(id) if self.live.contains(&id) && is_final(&id) => vec![id],
+            Some(_) => vec![],
+            None => self.live.iter().copied().filter(is_final).collect(),
+        };
+        for id in ended {
+            self.live.remove(&id);
+            self.done.insert(id);
         }
+    }
+
+    /// Archives the oldest final jobs (lowest ids) beyond the policy's
+    /// `final_jobs_kept`: each leaves the job table and is added to its
+    /// tenant's [`Archived`] totals. Their runs were already charged to
+    /// the tenant's fair-share usage when they exited, so nothing the
+    /// planner reads changes; what is lost is the per-job detail (an
+    /// archived job's id is no longer found). This is the one place jobs
+    /// are dropped from the state.
+    fn archive(&mut self) {
+        while self.done.len() > self.policy.final_jobs_kept {
+            let Some(id) = self.done.pop_first() else {
+                break;
+            };
+            let Some(job) = self.jobs.remove(&id) else {
+                continue;
+            };
+            let a = self.archived.entry(job.tenant).or_default();
+            a.jobs += 1;
+            match job.state {
+                JobState::Succeeded => a.succeeded += 1,
+                JobState::Failed => a.failed += 1,
+                JobState::Cancelled => a.cancelled += 1,
+                _ => a.lost += 1,
+            }
+            a.usage = a.usage.plus(job.usage);
+        }
+    }
+
+    /// A tenant's archived final jobs, summed.
+    pub fn archived(&self, tenant: &str) -> Archived {
+        self.archived.get(tenant).copied().unwrap_or_default()
     }
 
     fn apply_command(&mut self, cmd: Command, at: Millis) -> Applied {
