@@ -142,7 +142,8 @@ async fn lead(
                     replan |= deliver(replica, sessions, &effects);
                 }
                 Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "effect stream lagged; agents are reconciled on reconnect");
+                    tracing::warn!(missed = n, "effect stream lagged; resending orders from the log");
+                    resend_orders(replica, sessions);
                     replan = true;
                 }
                 Err(RecvError::Closed) => return,
@@ -163,6 +164,29 @@ async fn lead(
                 replan = true;
             }
         }
+    }
+}
+
+/// Re-derives from the log the orders that missed effects may have
+/// carried: the start of every placed task not yet started, and the stop
+/// of every job being stopped. An agent ignores an order for a job it
+/// already holds, so a repeat is harmless.
+fn resend_orders(replica: &Replica, sessions: &Sessions) {
+    let orders: Vec<(String, pb::SchedulerMessage)> = replica.read(|s| {
+        let mut orders = Vec::new();
+        for j in s.live_jobs() {
+            for t in j.tasks.iter().filter(|t| !t.finished) {
+                let order = match j.state {
+                    JobState::Assigned if !t.started => start_message(s, j.id, &t.node),
+                    _ => stop_message(s, j.id),
+                };
+                orders.extend(order.map(|m| (t.node.clone(), m)));
+            }
+        }
+        orders
+    });
+    for (node, m) in orders {
+        sessions.send(&node, m);
     }
 }
 
