@@ -15,6 +15,7 @@ use edupool_proto::v1 as pb;
 use edupool_proto::v1::scheduler_message::Msg as Down;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::planner;
 use crate::raft::Replica;
@@ -134,6 +135,11 @@ async fn lead(
     let mut liveness_tick = tokio::time::interval(Duration::from_millis(500));
     let mut absent_since: HashMap<String, Instant> = HashMap::new();
     let mut replan = true;
+    // The round whose decisions are being committed. It runs beside this
+    // loop, which keeps delivering effects meanwhile (a loop waiting on
+    // its own proposals would fall behind the effect stream); the next
+    // round starts only once its decisions are applied.
+    let mut round: Option<AbortOnDropHandle<bool>> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -148,14 +154,22 @@ async fn lead(
                 }
                 Err(RecvError::Closed) => return,
             },
-            _ = plan_tick.tick() => {
+            _ = plan_tick.tick(), if round.is_none() => {
                 if replan {
-                    replan = plan_round(replica, &config.policy).await;
-                    if replan {
-                        // The round stopped at its budget: more is
-                        // waiting, so plan again without idling a tick.
-                        plan_tick.reset_immediately();
-                    }
+                    replan = false;
+                    let (replica, policy) = (replica.clone(), config.policy.clone());
+                    round = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                        plan_round(&replica, &policy).await
+                    })));
+                }
+            }
+            full = async { round.as_mut().expect("a round in flight").await }, if round.is_some() => {
+                round = None;
+                if full.unwrap_or(true) {
+                    // The round stopped at its budget: more is waiting,
+                    // so plan again without idling a tick.
+                    replan = true;
+                    plan_tick.reset_immediately();
                 }
             }
             _ = liveness_tick.tick() => {
