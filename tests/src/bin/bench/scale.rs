@@ -297,7 +297,10 @@ fn report(
 
 /// Takes a snapshot on the leader and restarts a replica, timing both.
 async fn snapshot_and_restart(c: &mut ScaleCluster, leader: &Leader) -> Result<()> {
-    let mut admin = scale::admin_clients(&leader.endpoint).await?.cluster;
+    let mut admin = scale::admin_clients(&leader.endpoint)
+        .await?
+        .cluster
+        .max_decoding_message_size(1 << 30);
     let t = Instant::now();
     let snap = admin
         .snapshot(edupool_proto::v1::SnapshotRequest {})
