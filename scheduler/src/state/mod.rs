@@ -87,25 +87,41 @@ impl From<StoredState> for State {
     }
 }
 
-/// The job a command is about, when it names one.
-fn named_job(cmd: &Command) -> Option<JobId> {
+/// Which jobs a command may end.
+enum Ends {
+    /// None: it ends no job (a submission adds its job to `live` itself).
+    Nothing,
+    /// At most the job it names.
+    Job(JobId),
+    /// Any job: it acts on a node or a GPU, and through it on its jobs.
+    Any,
+}
+
+fn ends(cmd: &Command) -> Ends {
     match cmd {
         Command::CancelJob { job, .. }
         | Command::PlaceJob { job, .. }
         | Command::JobStarted { job, .. }
         | Command::JobExited { job, .. }
         | Command::JobVanished { job, .. }
-        | Command::PreemptJob { job, .. } => Some(*job),
-        _ => None,
+        | Command::PreemptJob { job, .. } => Ends::Job(*job),
+        Command::CreateTenant { .. }
+        | Command::SubmitJob { .. }
+        | Command::SetTenantQuota { .. }
+        | Command::SetTenantShare { .. }
+        | Command::SetClassCap { .. }
+        | Command::LabelNode { .. }
+        | Command::SetNodeSchedulable { .. } => Ends::Nothing,
+        _ => Ends::Any,
     }
 }
 
 impl State {
     pub fn apply(&mut self, cmd: Command, at: Millis) -> Applied {
-        let named = named_job(&cmd);
+        let ends = ends(&cmd);
         let applied = self.apply_command(cmd, at);
         if applied.is_ok() {
-            self.index_live(named);
+            self.index_live(ends);
             self.archive();
         }
         applied
@@ -113,16 +129,16 @@ impl State {
 
     /// Keeps `live` and `done` exact after a command: a job only leaves
     /// `live` (a final job never runs again), and joins it only when
-    /// submitted. A command that names its job checks that one; any other
-    /// may have ended jobs on a node, so it checks every live job (their
-    /// number is bounded by the pool's work, not by history).
-    fn index_live(&mut self, named: Option<JobId>) {
+    /// submitted. A command that names its job checks that one; one that
+    /// acts on a node may have ended its jobs, so it checks every live job
+    /// (their number is bounded by the pool's work, not by history).
+    fn index_live(&mut self, ends: Ends) {
         let jobs = &self.jobs;
         let is_final = |id: &JobId| jobs.get(id).is_none_or(|j| j.state.is_final());
-        let ended: Vec<JobId> = match named {
-            Some(id) if self.live.contains(&id) && is_final(&id) => vec![id],
-            Some(_) => vec![],
-            None => self.live.iter().copied().filter(is_final).collect(),
+        let ended: Vec<JobId> = match ends {
+            Ends::Job(id) if self.live.contains(&id) && is_final(&id) => vec![id],
+            Ends::Job(_) | Ends::Nothing => vec![],
+            Ends::Any => self.live.iter().copied().filter(is_final).collect(),
         };
         for id in ended {
             self.live.remove(&id);
