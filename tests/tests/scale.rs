@@ -80,11 +80,16 @@ fn twenty_thousand_jobs_on_500_nodes_each_placed_exactly_once() -> Result<()> {
         let mut jobs = scale::admin_clients(&leader).await?.jobs;
         let deadline = Instant::now() + Duration::from_secs(60);
         let all = loop {
-            let all = jobs
-                .list_jobs(pb::ListJobsRequest::default())
-                .await?
-                .into_inner()
-                .jobs;
+            // A replica this busy may briefly answer UNAVAILABLE: retry.
+            let all = match jobs.list_jobs(pb::ListJobsRequest::default()).await {
+                Ok(r) => r.into_inner().jobs,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("listing jobs: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
             let done = all
                 .iter()
                 .filter(|j| j.state == pb::JobState::Succeeded as i32)
@@ -120,13 +125,18 @@ fn twenty_thousand_jobs_on_500_nodes_each_placed_exactly_once() -> Result<()> {
         ensure!(seen.len() == JOBS as usize);
 
         // And every GPU is free again.
-        let nodes = scale::admin_clients(&leader)
-            .await?
-            .admin
-            .list_nodes(pb::ListNodesRequest::default())
-            .await?
-            .into_inner()
-            .nodes;
+        let mut admin = scale::admin_clients(&leader).await?.admin;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let nodes = loop {
+            match admin.list_nodes(pb::ListNodesRequest::default()).await {
+                Ok(r) => break r.into_inner().nodes,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("listing nodes: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         ensure!(nodes.len() == NODES);
         let busy = nodes
             .iter()
