@@ -10,7 +10,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use criterion::{criterion_group, BenchmarkId, Criterion};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -195,5 +195,53 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// The growth grid: planner cost at 1k/10k/50k nodes × 10k/100k/1M
+/// pending jobs, timed directly (the median of a few rounds each; a
+/// criterion run at the largest sizes would take hours).
+fn grid() {
+    println!("| Nodes | GPUs | Pending | Decisions | Round | Setup | Per placement |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let setup = Policy {
+        max_decisions: 0,
+        ..Policy::default()
+    };
+    let median = |state: &State, policy: &Policy| {
+        let now = T0 + 60_000;
+        let mut t: Vec<Duration> = (0..3)
+            .map(|_| {
+                let began = std::time::Instant::now();
+                black_box(plan(state, now, policy));
+                began.elapsed()
+            })
+            .collect();
+        t.sort();
+        t[1]
+    };
+    for nodes in [1_000usize, 10_000, 50_000] {
+        for pending in [10_000usize, 100_000, 1_000_000] {
+            let state = pool(nodes, pending);
+            let decisions = plan(&state, T0 + 60_000, &Policy::default()).len();
+            let round = median(&state, &Policy::default());
+            let before = median(&state, &setup);
+            let per = round.saturating_sub(before) / decisions.max(1) as u32;
+            println!(
+                "| {nodes} | {} | {pending} | {decisions} | {:.1} ms | {:.1} ms | {:.1} µs |",
+                nodes * GPUS_PER_NODE as usize,
+                round.as_secs_f64() * 1e3,
+                before.as_secs_f64() * 1e3,
+                per.as_secs_f64() * 1e6
+            );
+        }
+    }
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::var_os("EDUPOOL_PLANNER_GRID").is_some() {
+        grid();
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -15,6 +15,7 @@ use edupool_proto::v1 as pb;
 use edupool_proto::v1::scheduler_message::Msg as Down;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::planner;
 use crate::raft::Replica;
@@ -134,6 +135,11 @@ async fn lead(
     let mut liveness_tick = tokio::time::interval(Duration::from_millis(500));
     let mut absent_since: HashMap<String, Instant> = HashMap::new();
     let mut replan = true;
+    // The round whose decisions are being committed. It runs beside this
+    // loop, which keeps delivering effects meanwhile (a loop waiting on
+    // its own proposals would fall behind the effect stream); the next
+    // round starts only once its decisions are applied.
+    let mut round: Option<AbortOnDropHandle<bool>> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -142,14 +148,28 @@ async fn lead(
                     replan |= deliver(replica, sessions, &effects);
                 }
                 Err(RecvError::Lagged(n)) => {
-                    tracing::warn!(missed = n, "effect stream lagged; agents are reconciled on reconnect");
+                    tracing::warn!(missed = n, "effect stream lagged; resending orders from the log");
+                    resend_orders(replica, sessions);
                     replan = true;
                 }
                 Err(RecvError::Closed) => return,
             },
-            _ = plan_tick.tick() => {
+            _ = plan_tick.tick(), if round.is_none() => {
                 if replan {
-                    replan = plan_round(replica, &config.policy).await;
+                    replan = false;
+                    let (replica, policy) = (replica.clone(), config.policy.clone());
+                    round = Some(AbortOnDropHandle::new(tokio::spawn(async move {
+                        plan_round(&replica, &policy).await
+                    })));
+                }
+            }
+            full = async { round.as_mut().expect("a round in flight").await }, if round.is_some() => {
+                round = None;
+                if full.unwrap_or(true) {
+                    // The round stopped at its budget: more is waiting,
+                    // so plan again without idling a tick.
+                    replan = true;
+                    plan_tick.reset_immediately();
                 }
             }
             _ = liveness_tick.tick() => {
@@ -158,6 +178,29 @@ async fn lead(
                 replan = true;
             }
         }
+    }
+}
+
+/// Re-derives from the log the orders that missed effects may have
+/// carried: the start of every placed task not yet started, and the stop
+/// of every job being stopped. An agent ignores an order for a job it
+/// already holds, so a repeat is harmless.
+fn resend_orders(replica: &Replica, sessions: &Sessions) {
+    let orders: Vec<(String, pb::SchedulerMessage)> = replica.read(|s| {
+        let mut orders = Vec::new();
+        for j in s.live_jobs() {
+            for t in j.tasks.iter().filter(|t| !t.finished) {
+                let order = match j.state {
+                    JobState::Assigned if !t.started => start_message(s, j.id, &t.node),
+                    _ => stop_message(s, j.id),
+                };
+                orders.extend(order.map(|m| (t.node.clone(), m)));
+            }
+        }
+        orders
+    });
+    for (node, m) in orders {
+        sessions.send(&node, m);
     }
 }
 
@@ -213,8 +256,11 @@ async fn plan_round(replica: &Replica, policy: &planner::Policy) -> bool {
     let decisions = replica.read(|s| planner::plan(s, now, policy));
     timer.observe_duration();
     let full = decisions.len() >= policy.max_decisions;
-    for d in decisions {
-        if let Err(e) = replica.propose(d.into_command()).await {
+    // All of a round's decisions go to the log at once, in the planner's
+    // order, so they share fsyncs and replication round trips.
+    let commands = decisions.into_iter().map(|d| d.into_command()).collect();
+    for result in replica.propose_all(commands).await {
+        if let Err(e) = result {
             // A stale decision (the job was cancelled meanwhile) is
             // rejected by the state machine; the next round re-plans.
             tracing::debug!("planner decision not applied: {e}");

@@ -18,6 +18,7 @@ pub mod prometheus;
 pub mod tls;
 
 use tls::TestPki;
+pub mod scale;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 pub const AGENT_TOKEN: &str = "test-agent-token-0123456789";

@@ -47,8 +47,7 @@ impl Observer {
     /// by state, and a waiting job's wait counts from its submission.
     pub(crate) fn seed(state: &State) -> Observer {
         let seen = state
-            .jobs()
-            .filter(|j| !j.state.is_final())
+            .live_jobs()
             .map(|j| {
                 (
                     j.id,
@@ -157,7 +156,7 @@ pub async fn run(replica: Replica, stop: CancellationToken) {
                     .collect(),
                 // Missed effects: compare every job still in view.
                 Err(RecvError::Lagged(_)) => replica.read(|s| {
-                    s.jobs().filter(|j| !j.state.is_final()).map(|j| j.id)
+                    s.live_jobs().map(|j| j.id)
                         .chain(observer.seen.keys().copied())
                         .collect()
                 }),

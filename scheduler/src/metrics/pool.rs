@@ -199,7 +199,7 @@ fn tenant_families(state: &State, now: Millis) -> Vec<MetricFamily> {
         }
         oldest.with_label_values(&[t]).set(0.0);
     }
-    for j in state.jobs().filter(|j| !j.state.is_final()) {
+    for j in state.live_jobs() {
         jobs.with_label_values(&[j.tenant.as_str(), j.state.name()])
             .inc();
     }

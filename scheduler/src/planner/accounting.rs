@@ -257,7 +257,7 @@ pub fn tenant_reports(state: &State, now: Millis) -> Vec<TenantReport> {
             },
         );
     }
-    for job in state.jobs() {
+    for job in state.live_jobs() {
         let Some(r) = reports.get_mut(job.tenant.as_str()) else {
             continue;
         };

@@ -180,7 +180,20 @@ fn apply_round(p: &mut Pool, decisions: &[Decision]) -> Result<(), TestCaseError
             }
         }
     }
-    check_no_overcommit(&p.s)
+    check_no_overcommit(&p.s)?;
+    check_live_index(&p.s)
+}
+
+/// The live-job index holds exactly the jobs not yet final.
+fn check_live_index(s: &State) -> Result<(), TestCaseError> {
+    let live: Vec<JobId> = s.live_jobs().map(|j| j.id).collect();
+    let scanned: Vec<JobId> = s
+        .jobs()
+        .filter(|j| !j.state.is_final())
+        .map(|j| j.id)
+        .collect();
+    prop_assert_eq!(live, scanned);
+    Ok(())
 }
 
 /// Time passes: preempted jobs finish their grace period, some others end.
@@ -217,6 +230,8 @@ proptest! {
             let d = p.plan();
             // Another replica, holding the same state from its snapshot.
             let replica: State = serde_json::from_str(&serde_json::to_string(&p.s).unwrap()).unwrap();
+            // Its indexes, rebuilt on load, equal those `apply` kept.
+            prop_assert_eq!(&replica, &p.s);
             prop_assert_eq!(&d, &plan(&replica, p.now, &Policy::default()));
             apply_round(&mut p, &d)?;
             time_passes(&mut p, round);

@@ -313,6 +313,33 @@ impl Replica {
         .await
     }
 
+    /// Proposes `cmds` in order without waiting between them, then waits
+    /// for all: the driver takes what is queued into one `Ready`, so they
+    /// share one fsync and one replication round trip instead of paying
+    /// one each. Each command's result is returned in the order given.
+    pub async fn propose_all(&self, cmds: Vec<Command>) -> Vec<Result<Outcome, ProposeError>> {
+        let mut waiting = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (reply, rx) = oneshot::channel();
+            let sent = self
+                .requests
+                .send(Request::Propose {
+                    cmd: Box::new(cmd),
+                    reply,
+                })
+                .await;
+            waiting.push(sent.ok().map(|()| rx));
+        }
+        let mut results = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            results.push(match rx {
+                Some(rx) => rx.await.unwrap_or(Err(ProposeError::Stopped)),
+                None => Err(ProposeError::Stopped),
+            });
+        }
+        results
+    }
+
     /// Reads the applied state (this replica's view; may lag the leader).
     pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
         f(&self.machine.read().expect("state lock poisoned").state)

@@ -64,6 +64,7 @@ impl State {
             },
         );
         self.pending.insert(id);
+        self.live.insert(id);
         Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
     }
 

@@ -39,6 +39,7 @@ pub use types::*;
 pub type Applied = Result<(Outcome, Vec<Effect>), Rejection>;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "StoredState")]
 pub struct State {
     tenants: BTreeMap<String, Tenant>,
     /// SHA-256 of a tenant's initial token (hex) -> tenant name; other
@@ -49,8 +50,9 @@ pub struct State {
     /// Jobs waiting for GPUs, in submission order.
     pending: BTreeSet<JobId>,
     /// Jobs holding GPUs (`JobState::is_placed`), so that the planner's
-    /// per-round books need not walk every job the pool ever ran.
-    #[serde(default)]
+    /// per-round books need not walk every job the pool ever ran, nor the
+    /// pending ones (derived, like `live`).
+    #[serde(skip_serializing)]
     placed: BTreeSet<JobId>,
     last_job: u64,
     policy: PoolPolicy,
@@ -61,10 +63,167 @@ pub struct State {
     /// Tokens with roles, suspensions and the audit trail.
     #[serde(default)]
     security: security::Security,
+    /// Every job not yet final (pending, placed, stopping): an index kept
+    /// exact by `apply`, so what looks at live work (the planner's books,
+    /// the jobs on a node) reads these instead of the whole history. It
+    /// is derived from `jobs`, so snapshots leave it out and loading one
+    /// rebuilds it.
+    #[serde(skip_serializing)]
+    live: BTreeSet<JobId>,
+    /// Every final job still kept in full, by id (derived, like `live`).
+    #[serde(skip_serializing)]
+    done: BTreeSet<JobId>,
+    /// Per tenant: the archived final jobs, summed.
+    archived: BTreeMap<String, Archived>,
+}
+
+/// The serialized form of [`State`]: everything but the derived indexes.
+#[derive(Deserialize)]
+struct StoredState {
+    tenants: BTreeMap<String, Tenant>,
+    tokens: BTreeMap<String, String>,
+    nodes: BTreeMap<String, Node>,
+    jobs: BTreeMap<JobId, Job>,
+    pending: BTreeSet<JobId>,
+    last_job: u64,
+    policy: PoolPolicy,
+    #[serde(default)]
+    archived: BTreeMap<String, Archived>,
+    #[serde(default)]
+    accounts: Accounts,
+    #[serde(default)]
+    security: security::Security,
+}
+
+impl From<StoredState> for State {
+    fn from(s: StoredState) -> State {
+        let (done, live): (BTreeSet<JobId>, BTreeSet<JobId>) = s
+            .jobs
+            .values()
+            .map(|j| j.id)
+            .partition(|id| s.jobs[id].state.is_final());
+        let placed = s
+            .jobs
+            .values()
+            .filter(|j| j.state.is_placed())
+            .map(|j| j.id)
+            .collect();
+        State {
+            tenants: s.tenants,
+            tokens: s.tokens,
+            nodes: s.nodes,
+            jobs: s.jobs,
+            pending: s.pending,
+            placed,
+            last_job: s.last_job,
+            policy: s.policy,
+            accounts: s.accounts,
+            security: s.security,
+            live,
+            done,
+            archived: s.archived,
+        }
+    }
+}
+
+/// Which jobs a command may end.
+enum Ends {
+    /// None: it ends no job (a submission adds its job to `live` itself).
+    Nothing,
+    /// At most the job it names.
+    Job(JobId),
+    /// Any job: it acts on a node or a GPU, and through it on its jobs.
+    Any,
+}
+
+fn ends(cmd: &Command) -> Ends {
+    match cmd {
+        Command::CancelJob { job, .. }
+        | Command::PlaceJob { job, .. }
+        | Command::JobStarted { job, .. }
+        | Command::JobExited { job, .. }
+        | Command::JobVanished { job, .. }
+        | Command::PreemptJob { job, .. } => Ends::Job(*job),
+        Command::CreateTenant { .. }
+        | Command::SubmitJob { .. }
+        | Command::SetTenantQuota { .. }
+        | Command::SetTenantShare { .. }
+        | Command::SetClassCap { .. }
+        | Command::LabelNode { .. }
+        | Command::SetNodeSchedulable { .. }
+        | Command::SetPrices(_)
+        | Command::SetBudget { .. }
+        | Command::CreateToken { .. }
+        | Command::RevokeToken { .. }
+        | Command::ResumeTenant { .. }
+        | Command::RecordAudit { .. } => Ends::Nothing,
+        _ => Ends::Any,
+    }
 }
 
 impl State {
     pub fn apply(&mut self, cmd: Command, at: Millis) -> Applied {
+        let ends = ends(&cmd);
+        let applied = self.apply_command(cmd, at);
+        if applied.is_ok() {
+            self.index_live(ends);
+            self.archive();
+        }
+        applied
+    }
+
+    /// Keeps `live` and `done` exact after a command: a job only leaves
+    /// `live` (a final job never runs again), and joins it only when
+    /// submitted. A command that names its job checks that one; one that
+    /// acts on a node may have ended its jobs, so it checks every live job
+    /// (their number is bounded by the pool's work, not by history).
+    fn index_live(&mut self, ends: Ends) {
+        let jobs = &self.jobs;
+        let is_final = |id: &JobId| jobs.get(id).is_none_or(|j| j.state.is_final());
+        let ended: Vec<JobId> = match ends {
+            Ends::Job(id) if self.live.contains(&id) && is_final(&id) => vec![id],
+            Ends::Job(_) | Ends::Nothing => vec![],
+            Ends::Any => self.live.iter().copied().filter(is_final).collect(),
+        };
+        for id in ended {
+            self.live.remove(&id);
+            self.done.insert(id);
+        }
+    }
+
+    /// Archives the oldest final jobs (lowest ids) beyond the policy's
+    /// `final_jobs_kept`: each leaves the job table and is added to its
+    /// tenant's [`Archived`] totals. Their runs were already charged to
+    /// the tenant's fair-share usage when they exited, so nothing the
+    /// planner reads changes; what is lost is the per-job detail (an
+    /// archived job's id is no longer found). This is the one place jobs
+    /// are dropped from the state.
+    fn archive(&mut self) {
+        while self.done.len() > self.policy.final_jobs_kept {
+            let Some(id) = self.done.pop_first() else {
+                break;
+            };
+            let Some(job) = self.jobs.remove(&id) else {
+                continue;
+            };
+            let a = self.archived.entry(job.tenant).or_default();
+            a.jobs += 1;
+            match job.state {
+                JobState::Succeeded => a.succeeded += 1,
+                JobState::Failed => a.failed += 1,
+                JobState::Cancelled => a.cancelled += 1,
+                _ => a.lost += 1,
+            }
+            a.usage = a.usage.plus(job.usage);
+        }
+    }
+
+    /// A tenant's archived final jobs, summed.
+    pub fn archived(&self, tenant: &str) -> Archived {
+        self.archived.get(tenant).copied().unwrap_or_default()
+    }
+
+    fn apply_command(&mut self, cmd: Command, at: Millis) -> Applied {
         match cmd {
             Command::CreateTenant { name, token_hash } => self.create_tenant(name, token_hash, at),
             Command::SubmitJob { tenant, spec } => self.submit_job(tenant, spec, at),
@@ -247,9 +406,14 @@ impl State {
         self.placed.iter().map(|id| &self.jobs[id])
     }
 
+    /// Jobs not yet final (pending, placed or stopping), by id.
+    pub fn live_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.live.iter().map(|id| &self.jobs[id])
+    }
+
     /// Jobs with a task still running (or starting) on `node`.
     pub fn jobs_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Job> + 'a {
-        self.jobs.values().filter(move |j| {
+        self.live_jobs().filter(move |j| {
             j.state.is_placed() && j.tasks.iter().any(|t| t.node == node && !t.finished)
         })
     }

@@ -944,3 +944,42 @@ fn decayed_usage_survives_a_json_round_trip_exactly() {
         serde_json::from_str(&serde_json::to_string(&u).unwrap()).unwrap();
     assert_eq!(back.gpu_seconds.to_bits(), u.gpu_seconds.to_bits());
 }
+
+#[test]
+fn final_jobs_beyond_the_kept_number_are_archived_into_tenant_totals() {
+    let mut s = pool();
+    s.policy.final_jobs_kept = 2;
+    let ids: Vec<JobId> = (0..4)
+        .map(|_| submit(&mut s, "zju", 1, JobClass::Training))
+        .collect();
+    let live = submit(&mut s, "hdu", 1, JobClass::Training);
+    for (k, id) in ids.iter().enumerate() {
+        place(&mut s, *id, "n1", vec![uuid("n1", 0)]).unwrap();
+        apply_ok(
+            &mut s,
+            Command::JobExited {
+                node: "n1".into(),
+                job: *id,
+                exit_code: Some(k as i32 % 2),
+                reason: String::new(),
+                finished_at: 3_000,
+                usage: JobUsage {
+                    gpu_ms: 1_000,
+                    energy_mj: 5,
+                },
+            },
+        );
+    }
+    // The two oldest final jobs are gone, their runs summed; the two
+    // newest are kept in full, and the pending job is untouched.
+    assert!(s.job(ids[0]).is_none() && s.job(ids[1]).is_none());
+    assert!(s.job(ids[2]).is_some() && s.job(ids[3]).is_some());
+    assert_eq!(s.job(live).unwrap().state, JobState::Pending);
+    let a = s.archived("zju");
+    assert_eq!((a.jobs, a.succeeded, a.failed), (2, 1, 1));
+    assert_eq!(a.usage.gpu_ms, 2_000);
+    assert_eq!(s.archived("hdu"), Archived::default());
+    // A replica loading a snapshot of this state ends equal, indexes too.
+    let loaded: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
+    assert_eq!(loaded, s);
+}

@@ -406,14 +406,39 @@ impl Usage {
 pub struct PoolPolicy {
     /// Fair-share usage halves over this long.
     pub half_life_ms: u64,
+    /// Final jobs (succeeded, failed, cancelled, lost) kept in full; older
+    /// ones (by id) are archived into per-tenant totals, so memory and
+    /// snapshots stay bounded however long the pool runs.
+    #[serde(default = "default_final_jobs_kept")]
+    pub final_jobs_kept: usize,
+}
+
+/// How many final jobs the pool keeps in full by default.
+pub const DEFAULT_FINAL_JOBS_KEPT: usize = 50_000;
+
+fn default_final_jobs_kept() -> usize {
+    DEFAULT_FINAL_JOBS_KEPT
 }
 
 impl Default for PoolPolicy {
     fn default() -> Self {
         PoolPolicy {
             half_life_ms: 7 * 24 * 3600 * 1000,
+            final_jobs_kept: DEFAULT_FINAL_JOBS_KEPT,
         }
     }
+}
+
+/// What a tenant's archived final jobs add up to (see `State::archive`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Archived {
+    pub jobs: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled: u64,
+    pub lost: u64,
+    /// GPU time and energy over all their attempts.
+    pub usage: JobUsage,
 }
 
 impl JobClass {

@@ -6,6 +6,9 @@
 //! - `throughput`: committed submissions per second from many concurrent
 //!   clients (the driver batches them into shared fsyncs).
 //! - `latency`: p50/p99 submit latency at a fixed offered rate.
+//! - `scale`: thousands of simulated agents and up to millions of jobs
+//!   through a 1- or 3-replica cluster: placements/s, submit→placed
+//!   latency, leader CPU and memory, log size, snapshot and restart.
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,6 +21,9 @@ use edupool_proto::v1 as pb;
 use edupool_tests::cluster::Cluster;
 use edupool_tests::eventually;
 use edupool_tests::load::{job, LeaderClient, Reply};
+
+#[path = "bench/scale.rs"]
+mod scale;
 
 /// Benchmarks of a three-replica edupool scheduler on loopback.
 #[derive(Parser)]
@@ -53,6 +59,9 @@ enum Cmd {
         #[arg(long, default_value = "10s", value_parser = humantime_secs)]
         duration: Duration,
     },
+    /// Many simulated agents and many jobs: placements/s, latency, leader
+    /// CPU and memory, log size (the scale figures).
+    Scale(scale::ScaleArgs),
 }
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
@@ -124,6 +133,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Failover { trials } => failover(&rt, trials),
         Cmd::Throughput { clients, duration } => throughput(&rt, clients, duration),
         Cmd::Latency { rate, duration } => latency(&rt, rate, duration),
+        Cmd::Scale(a) => scale::run(&rt, a),
     }
 }
 

@@ -1,0 +1,150 @@
+//! The scale load, scaled down to run in CI: 500 simulated nodes and
+//! 20,000 single-GPU jobs through a real `edupool-scheduler serve`. It
+//! checks correctness only (speed is a benchmark, docs/benchmarks.md):
+//! every job placed exactly once, none lost, and the scheduler's counts
+//! match what the load clients and the agents saw.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use edupool_proto::v1 as pb;
+use edupool_tests::scale::{self, Fleet, FleetConfig, LoadConfig, ScaleCluster, Tally, SEQ_ENV};
+
+const NODES: usize = 500;
+const GPUS_PER_NODE: u32 = 8;
+const JOBS: u64 = 20_000;
+
+#[test]
+fn twenty_thousand_jobs_on_500_nodes_each_placed_exactly_once() -> Result<()> {
+    let cluster = ScaleCluster::start(1, None, &[])?;
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let leader = cluster.leader(Duration::from_secs(30)).await?.endpoint();
+        let token = scale::create_tenant(&leader, "load").await?;
+        let tally = Arc::new(Tally::new(JOBS));
+        let mut fleet = Fleet::connect(
+            FleetConfig {
+                endpoint: leader.clone(),
+                nodes: NODES,
+                gpus_per_node: GPUS_PER_NODE,
+                model: "A100-80GB".into(),
+                run_time: Duration::ZERO,
+                prefix: "sim-".into(),
+            },
+            tally.clone(),
+        )
+        .await?;
+        let load = LoadConfig {
+            endpoint: leader.clone(),
+            token,
+            clients: 64,
+            connections: 4,
+            rate: None,
+        };
+        scale::submit_all(load, tally.clone()).await?;
+        ensure!(
+            tally.refused.load(Ordering::Relaxed) == 0,
+            "a submission was refused: {:?}",
+            tally.first_refusal()
+        );
+        ensure!(tally.submitted.load(Ordering::Relaxed) == JOBS);
+
+        // Every job placed, started and reported exited.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while tally.exited.load(Ordering::Relaxed) < JOBS {
+            fleet.check()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "after 300s only {} of {JOBS} jobs placed, {} exited",
+                    tally.placed.load(Ordering::Relaxed),
+                    tally.exited.load(Ordering::Relaxed)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for seq in 0..JOBS {
+            ensure!(
+                tally.starts(seq) == 1,
+                "job {seq} was started {} times",
+                tally.starts(seq)
+            );
+        }
+        ensure!(tally.foreign.load(Ordering::Relaxed) == 0);
+        ensure!(tally.placed.load(Ordering::Relaxed) == JOBS);
+
+        // The scheduler agrees: every job succeeded on its first attempt,
+        // each number once.
+        let mut jobs = scale::admin_clients(&leader).await?.jobs;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let all = loop {
+            // A replica this busy may briefly answer UNAVAILABLE: retry.
+            let all = match jobs.list_jobs(pb::ListJobsRequest::default()).await {
+                Ok(r) => r.into_inner().jobs,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("listing jobs: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let done = all
+                .iter()
+                .filter(|j| j.state == pb::JobState::Succeeded as i32)
+                .count();
+            if done == JOBS as usize || Instant::now() > deadline {
+                break all;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        ensure!(
+            all.len() == JOBS as usize,
+            "the scheduler holds {} jobs",
+            all.len()
+        );
+        let mut seen = BTreeSet::new();
+        for j in &all {
+            ensure!(
+                j.state == pb::JobState::Succeeded as i32 && j.attempt == 1,
+                "job {} ended {:?} after {} attempts: {}",
+                j.id,
+                pb::JobState::try_from(j.state),
+                j.attempt,
+                j.reason
+            );
+            let seq: u64 = j
+                .spec
+                .as_ref()
+                .and_then(|s| s.env.get(SEQ_ENV))
+                .context("a numbered job")?
+                .parse()?;
+            ensure!(seen.insert(seq), "job number {seq} held twice");
+        }
+        ensure!(seen.len() == JOBS as usize);
+
+        // And every GPU is free again.
+        let mut admin = scale::admin_clients(&leader).await?.admin;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let nodes = loop {
+            match admin.list_nodes(pb::ListNodesRequest::default()).await {
+                Ok(r) => break r.into_inner().nodes,
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("listing nodes: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        ensure!(nodes.len() == NODES);
+        let busy = nodes
+            .iter()
+            .flat_map(|n| &n.gpus)
+            .filter(|g| !g.assigned_job.is_empty())
+            .count();
+        ensure!(busy == 0, "{busy} GPUs still held");
+        drop(fleet);
+        Ok(())
+    })
+}
