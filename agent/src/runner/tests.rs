@@ -48,6 +48,21 @@ async fn exit_of(events: &mut JobEvents, job_id: &str) -> (JobReport, JobExit) {
     .await
 }
 
+/// Waits until every job of `job_ids` has reported its exit, in whatever
+/// order they end (waiting for one at a time would drop the other's exit).
+async fn exits_of(events: &mut JobEvents, job_ids: &[&str]) {
+    let mut left: Vec<&str> = job_ids.to_vec();
+    within(&format!("the exits of {job_ids:?}"), async {
+        while !left.is_empty() {
+            let report = events.recv().await.expect("the runner is alive");
+            if report.exit().is_some() {
+                left.retain(|id| *id != report.job_id);
+            }
+        }
+    })
+    .await
+}
+
 async fn wait_for_file(path: &Path) {
     within(&format!("{}", path.display()), async {
         while !path.exists() {
@@ -445,8 +460,7 @@ async fn shutdown_stops_every_job_and_refuses_new_ones() {
     );
     assert_eq!(runner.start(job("c", "exit 0")), StartOutcome::ShuttingDown);
     // Both exits were sent as reports too.
-    exit_of(&mut events, "a").await;
-    exit_of(&mut events, "b").await;
+    exits_of(&mut events, &["a", "b"]).await;
 }
 
 #[tokio::test]
@@ -554,8 +568,7 @@ async fn each_job_gets_a_private_directory_of_its_own() {
     let (runner, mut events) = Runner::with_base_env(RunnerConfig::new(dir.path()), vec![]);
     runner.start(job("private-a", "pwd; touch mine"));
     runner.start(job("private-b", "pwd"));
-    exit_of(&mut events, "private-a").await;
-    exit_of(&mut events, "private-b").await;
+    exits_of(&mut events, &["private-a", "private-b"]).await;
     for id in ["private-a", "private-b"] {
         let job_dir = runner.job_dir(id).unwrap();
         let meta = std::fs::metadata(&job_dir).unwrap();
@@ -582,8 +595,7 @@ async fn jobs_see_only_their_gpus_and_none_of_the_agents_credentials() {
         gpu_uuids: vec![],
         ..job("no-gpus", "env")
     });
-    exit_of(&mut events, "gpus").await;
-    exit_of(&mut events, "no-gpus").await;
+    exits_of(&mut events, &["gpus", "no-gpus"]).await;
     let env = read(runner.job_dir("gpus").unwrap().join("stdout.log"));
     let vars: BTreeMap<&str, &str> = env.lines().filter_map(|l| l.split_once('=')).collect();
     assert_eq!(vars.get("CUDA_VISIBLE_DEVICES"), Some(&"GPU-aaaa,GPU-bbbb"));
