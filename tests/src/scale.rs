@@ -21,11 +21,13 @@ use edupool_proto::v1::agent_message::Msg as Up;
 use edupool_proto::v1::agent_service_client::AgentServiceClient;
 use edupool_proto::v1::scheduler_message::Msg as Down;
 use edupoolctl::client::{BearerToken, Clients};
+use edupoolctl::pki::CertKind;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
+use crate::tls::{self, TestPki};
 use crate::{bin, listening_addr, Proc, ADMIN_TOKEN, AGENT_TOKEN};
 
 /// The environment variable that carries a job's number.
@@ -61,6 +63,9 @@ pub struct ScaleCluster {
     pub replicas: Vec<ScaleReplica>,
     /// Flags every replica starts with, after `--id`.
     args: Vec<String>,
+    /// The cluster's CA (`<data root>/pki`): replicas serve TLS with peer
+    /// certificates, simulated agents show node certificates.
+    pki: TestPki,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -97,10 +102,24 @@ impl ScaleCluster {
         if n > 1 {
             args.extend(["--peers".to_string(), peers]);
         }
+        // A load test is one tenant's flood on purpose: lift the per-token
+        // rate limit and the pending-jobs cap.
+        args.extend(
+            [
+                "--rate-limit",
+                "1000000000",
+                "--rate-burst",
+                "1000000000",
+                "--max-pending-per-tenant",
+                "1000000000",
+            ]
+            .map(String::from),
+        );
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut cluster = ScaleCluster {
             replicas: Vec::new(),
             args,
+            pki: TestPki::open(&root)?,
             _dir: dir,
         };
         for (i, addr) in addrs.into_iter().enumerate() {
@@ -122,6 +141,7 @@ impl ScaleCluster {
             .args(["serve", "--listen", addr, "--data-dir"])
             .arg(data_dir)
             .args(["--id", &id.to_string()])
+            .args(self.pki.serve_args(id)?)
             .args(&self.args)
             .env("EDUPOOL_ADMIN_TOKEN", ADMIN_TOKEN)
             .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
@@ -131,6 +151,7 @@ impl ScaleCluster {
             .spawn()
             .context("starting edupool-scheduler")?;
         let (_, lines) = listening_addr(&mut child, &format!("replica {id}"))?;
+        tls::trust(addr, &self.pki.ca_cert());
         std::thread::spawn(move || for _ in lines {});
         Ok(Proc::new(child, &format!("replica-{id}")))
     }
@@ -181,8 +202,26 @@ impl ScaleCluster {
 }
 
 async fn channel(endpoint: &str) -> Result<Channel> {
-    Endpoint::from_shared(endpoint.to_string())?
-        .connect_timeout(Duration::from_secs(5))
+    channel_as(endpoint, None).await
+}
+
+/// A channel to `endpoint`: TLS trusting the CA that vouches for it (see
+/// `tls::trust`), showing `identity` if given; plaintext for a scheduler
+/// no test CA vouches for (one started elsewhere, e.g. in dev mode).
+async fn channel_as(endpoint: &str, identity: Option<Identity>) -> Result<Channel> {
+    let ep = match tls::ca_for(endpoint) {
+        Some(ca) => {
+            let host = endpoint.split_once("://").map_or(endpoint, |(_, r)| r);
+            let pem = std::fs::read(&ca).with_context(|| format!("reading {}", ca.display()))?;
+            let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+            if let Some(identity) = identity {
+                config = config.identity(identity);
+            }
+            Endpoint::from_shared(format!("https://{host}"))?.tls_config(config)?
+        }
+        None => Endpoint::from_shared(endpoint.to_string())?,
+    };
+    ep.connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .connect()
         .await
@@ -350,13 +389,24 @@ impl Fleet {
     pub async fn connect(config: FleetConfig, tally: Arc<Tally>) -> Result<Fleet> {
         let connected = Arc::new(AtomicU64::new(0));
         let mut sessions = JoinSet::new();
+        // Over TLS each agent shows its own node certificate, so it needs a
+        // connection of its own; in plaintext sessions share connections.
+        let pki = tls::ca_for(&config.endpoint)
+            .and_then(|ca| ca.parent()?.parent().map(Path::to_path_buf))
+            .map(|dir| TestPki::open(&dir))
+            .transpose()?;
         let mut ch = None;
         for n in 0..config.nodes {
-            if n % SESSIONS_PER_CONNECTION == 0 {
+            let name = format!("{}{n}", config.prefix);
+            if let Some(pki) = &pki {
+                let (cert, key) = pki.cert(&CertKind::Node(name.clone()))?;
+                let identity = Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?);
+                ch = Some(channel_as(&config.endpoint, Some(identity)).await?);
+            } else if n % SESSIONS_PER_CONNECTION == 0 {
                 ch = Some(channel(&config.endpoint).await?);
             }
             let agent = SimAgent {
-                name: format!("{}{n}", config.prefix),
+                name,
                 config: config.clone(),
                 tally: tally.clone(),
                 connected: connected.clone(),

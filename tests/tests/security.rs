@@ -159,9 +159,7 @@ fn one_tenants_flood_does_not_rate_limit_another_and_the_kill_switch_stops_its_w
 
     let rt = tokio::runtime::Runtime::new()?;
     let (flood_results, calm_results) = rt.block_on(async {
-        let channel = tonic::transport::Endpoint::from_shared(at.clone())?
-            .connect()
-            .await?;
+        let channel = c.channel(1).await?;
         // Four floods at once, each far over the token's rate.
         let floods: Vec<_> = (0..4)
             .map(|_| {
@@ -188,12 +186,19 @@ fn one_tenants_flood_does_not_rate_limit_another_and_the_kill_switch_stops_its_w
         }
         // A request over the size limit is refused before it is decoded.
         let huge = submit_command(&mut client, &calm, vec!["x".repeat(2 << 20)]).await;
-        assert_eq!(huge.unwrap_err().code(), tonic::Code::OutOfRange);
+        let huge = huge.unwrap_err();
+        assert_eq!(huge.code(), tonic::Code::OutOfRange, "{huge:?}");
         anyhow::Ok((flood_results, calm_results))
     })?;
     for r in &calm_results {
         assert!(r.is_ok(), "a calm tenant's submit failed: {r:?}");
     }
+    let calm_jobs = Cluster::ctl_json(&at, ADMIN_TOKEN, &["job", "list"])?
+        .as_array()
+        .map_or(0, |jobs| {
+            jobs.iter().filter(|j| j["tenant"] == "calm").count()
+        });
+    assert_eq!(calm_jobs, 15, "the oversized request must not add a job");
     let limited: Vec<&tonic::Status> = flood_results
         .iter()
         .filter_map(|r| r.as_ref().err())
