@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 
 use crate::tls::{self, TestPki};
-use crate::{bin, eventually, listening_addr, simulated_agent, Proc, ADMIN_TOKEN, AGENT_TOKEN};
+use crate::{bin, eventually, serve_replica, simulated_agent, Proc, ADMIN_TOKEN};
 
 /// A loopback TCP proxy for one direction of one link.
 pub struct Proxy {
@@ -211,32 +211,29 @@ impl Cluster {
         let pki = TestPki::open(self._dir.path())?;
         let r = self.replicas.get_mut(&i).expect("known replica");
         tls::trust(&r.client.addr.to_string(), &pki.ca_cert());
-        let mut child = Command::new(bin("edupool-scheduler"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&r.data_dir)
-            .args(pki.serve_args(i)?)
-            .args(["--id", &i.to_string(), "--peers", &peers])
-            .args([
+        let mut args: Vec<std::ffi::OsString> = ["--listen", "127.0.0.1:0", "--data-dir"]
+            .map(Into::into)
+            .to_vec();
+        args.push(r.data_dir.clone().into());
+        args.extend(pki.serve_args(i)?);
+        let id = i.to_string();
+        args.extend(
+            [
+                "--id",
+                &id,
+                "--peers",
+                &peers,
                 "--node-lost-timeout",
                 "30s",
                 "--heartbeat-interval",
                 "200ms",
-            ])
-            .args(&r.extra)
-            .args(more)
-            .env("EDUPOOL_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
-            .env("RUST_LOG", "warn,raft=error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting edupool-scheduler")?;
-        let (addr, lines) = listening_addr(&mut child, &format!("replica {i}"))?;
-        std::thread::spawn(move || for _ in lines {});
-        r.proc = Some(Proc {
-            child: Some(child),
-            name: format!("replica-{i}"),
-        });
+            ]
+            .map(Into::into),
+        );
+        args.extend(r.extra.iter().map(Into::into));
+        args.extend(more.iter().map(Into::into));
+        let (proc, addr) = serve_replica(i, args)?;
+        r.proc = Some(proc);
         r.addr = Some(addr);
         r.client.set_target(addr);
         for ((_, to), proxy) in &self.links {

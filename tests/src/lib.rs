@@ -135,6 +135,29 @@ pub struct Proc {
     pub name: String,
 }
 
+/// Starts replica `id` of a test cluster: `edupool-scheduler serve` with
+/// `args`, the test tokens and quiet logs; returns it once it listens,
+/// with the address it listens on.
+pub fn serve_replica<I, A>(id: u64, args: I) -> Result<(Proc, SocketAddr)>
+where
+    I: IntoIterator<Item = A>,
+    A: AsRef<std::ffi::OsStr>,
+{
+    let mut child = Command::new(bin("edupool-scheduler"))
+        .arg("serve")
+        .args(args)
+        .env("EDUPOOL_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
+        .env("RUST_LOG", "warn,raft=error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting edupool-scheduler")?;
+    let (addr, lines) = listening_addr(&mut child, &format!("replica {id}"))?;
+    std::thread::spawn(move || for _ in lines {});
+    Ok((Proc::new(child, &format!("replica-{id}")), addr))
+}
+
 impl Proc {
     /// Takes charge of a started child: killed and reaped on drop.
     pub fn new(child: Child, name: &str) -> Proc {

@@ -9,8 +9,8 @@
 //! placement reaching a node and count how often each was started.
 
 use std::collections::HashSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::tls::{self, TestPki};
-use crate::{bin, listening_addr, Proc, ADMIN_TOKEN, AGENT_TOKEN};
+use crate::{serve_replica, Proc, ADMIN_TOKEN, AGENT_TOKEN};
 
 /// The environment variable that carries a job's number.
 pub const SEQ_ENV: &str = "BENCH_JOB_SEQ";
@@ -137,23 +137,14 @@ impl ScaleCluster {
     }
 
     fn launch(&self, id: u64, addr: &str, data_dir: &Path) -> Result<Proc> {
-        let mut child = Command::new(bin("edupool-scheduler"))
-            .args(["serve", "--listen", addr, "--data-dir"])
-            .arg(data_dir)
-            .args(["--id", &id.to_string()])
-            .args(self.pki.serve_args(id)?)
-            .args(&self.args)
-            .env("EDUPOOL_ADMIN_TOKEN", ADMIN_TOKEN)
-            .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
-            .env("RUST_LOG", "warn,raft=error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting edupool-scheduler")?;
-        let (_, lines) = listening_addr(&mut child, &format!("replica {id}"))?;
+        let mut args: Vec<OsString> = vec!["--listen".into(), addr.into(), "--data-dir".into()];
+        args.push(data_dir.into());
+        args.extend(["--id".into(), id.to_string().into()]);
+        args.extend(self.pki.serve_args(id)?);
+        args.extend(self.args.iter().map(Into::into));
+        let (proc, _) = serve_replica(id, args)?;
         tls::trust(addr, &self.pki.ca_cert());
-        std::thread::spawn(move || for _ in lines {});
-        Ok(Proc::new(child, &format!("replica-{id}")))
+        Ok(proc)
     }
 
     /// Kills replica `id` (`kill -9`) and starts it again on its data;

@@ -49,18 +49,8 @@ mod tests {
     use crate::state::{Budget, Command, GpuPrice, JobClass, JobUsage, PriceChange, TaskPlacement};
 
     fn ratio(families: &[MetricFamily], tenant: &str, kind: &str) -> Option<f64> {
-        families[0]
-            .get_metric()
-            .iter()
-            .find(|m| {
-                let l: Vec<(&str, &str)> = m
-                    .get_label()
-                    .iter()
-                    .map(|l| (l.name(), l.value()))
-                    .collect();
-                l == [("kind", kind), ("tenant", tenant)]
-            })
-            .map(|m| m.get_gauge().get_value())
+        let name = families[0].name();
+        super::super::pool::tests::value(families, name, &[("kind", kind), ("tenant", tenant)])
     }
 
     #[test]

@@ -232,13 +232,17 @@ fn tenant_families(state: &State, now: Millis) -> Vec<MetricFamily> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::state::tests_support::*;
     use crate::state::Command;
 
     /// The value of the sample of `name` with exactly these labels.
-    fn value(families: &[MetricFamily], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    pub(in crate::metrics) fn value(
+        families: &[MetricFamily],
+        name: &str,
+        labels: &[(&str, &str)],
+    ) -> Option<f64> {
         let family = families.iter().find(|f| f.name() == name)?;
         family
             .get_metric()
