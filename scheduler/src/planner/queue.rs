@@ -10,14 +10,14 @@
 //! jobs entered it (the baseline the trace simulator measures against).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BinaryHeap;
 
 use super::accounting::Books;
 use super::charged;
 use super::explain::Hold;
 use super::placement::FreeIndex;
 use super::QueueOrder;
-use crate::state::{Capacity, Job, State, WHOLE_GPU};
+use crate::state::{Capacity, Job, JobId, State, WHOLE_GPU};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Tier {
@@ -108,9 +108,11 @@ pub fn terms<'c>(books: &Books, state: &State, job: &Job, classes: &[&'c str]) -
     t
 }
 
+/// A tenant's pending jobs in the round's order, read lazily: a round
+/// looks at the head of each queue only.
 struct TenantQueue<'a> {
-    jobs: Vec<&'a Job>,
-    next: usize,
+    jobs: Box<dyn Iterator<Item = &'a Job> + 'a>,
+    head: Option<&'a Job>,
 }
 
 pub struct Queue<'a> {
@@ -124,24 +126,20 @@ pub struct Queue<'a> {
 
 impl<'a> Queue<'a> {
     pub fn new(state: &'a State, order: QueueOrder) -> Queue<'a> {
-        let mut by_tenant: BTreeMap<&'a str, Vec<&'a Job>> = BTreeMap::new();
-        // A suspended tenant's jobs wait, unplaced, until it is resumed.
-        for job in state
-            .pending_jobs()
-            .filter(|j| state.suspension(&j.tenant).is_none())
-        {
-            by_tenant.entry(job.tenant.as_str()).or_default().push(job);
-        }
-        let tenants = by_tenant
-            .into_iter()
-            .map(|(name, mut jobs)| {
-                match order {
-                    QueueOrder::FairShare => jobs.sort_by_key(|j| {
-                        (j.spec.class, Reverse(j.spec.priority), j.queued_at, j.id)
-                    }),
-                    QueueOrder::Fifo => jobs.sort_by_key(|j| (j.queued_at, j.id)),
-                }
-                (name, TenantQueue { jobs, next: 0 })
+        let tenants = state
+            .queues()
+            .iter()
+            // A suspended tenant's jobs wait, unplaced, until it is resumed.
+            .filter(|(name, _)| state.suspension(name).is_none())
+            .map(|(name, q)| {
+                let ids: Box<dyn Iterator<Item = JobId> + 'a> = match order {
+                    QueueOrder::FairShare => Box::new(q.by_policy()),
+                    QueueOrder::Fifo => Box::new(q.by_arrival()),
+                };
+                let mut jobs: Box<dyn Iterator<Item = &'a Job> + 'a> =
+                    Box::new(ids.filter_map(|id| state.job(id)));
+                let head = jobs.next();
+                (name, TenantQueue { jobs, head })
             })
             .collect();
         Queue {
@@ -161,7 +159,7 @@ impl<'a> Queue<'a> {
 
     fn push(&mut self, t: usize, books: &Books, index: &FreeIndex) {
         let (name, q) = &self.tenants[t];
-        let Some(job) = q.jobs.get(q.next) else {
+        let Some(job) = q.head else {
             return;
         };
         if self.order == QueueOrder::Fifo {
@@ -186,13 +184,14 @@ impl<'a> Queue<'a> {
     /// The next job to consider and its tenant's slot.
     pub fn pop(&mut self) -> Option<(usize, &'a Job)> {
         let Reverse((_, _, _, t)) = self.heap.pop()?;
-        let q = &self.tenants[t].1;
-        Some((t, q.jobs[q.next]))
+        let job = self.tenants[t].1.head?;
+        Some((t, job))
     }
 
     /// Moves the tenant to its next job, keyed by its share now.
     pub fn advance(&mut self, t: usize, books: &Books, index: &FreeIndex) {
-        self.tenants[t].1.next += 1;
+        let q = &mut self.tenants[t].1;
+        q.head = q.jobs.next();
         self.push(t, books, index);
     }
 }

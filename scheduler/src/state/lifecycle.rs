@@ -64,6 +64,7 @@ impl State {
             },
         );
         self.pending.insert(id);
+        self.queues.add(&self.jobs[&id]);
         self.live.insert(id);
         Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
     }
@@ -96,6 +97,7 @@ impl State {
                 job.reason = reason;
                 job.finished_at = Some(at);
                 self.pending.remove(&id);
+                self.queues.remove(job);
                 Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
             }
             JobState::Cancelling => Ok((Outcome::Job(id), vec![])),
@@ -213,6 +215,7 @@ impl State {
         job.placed_at = Some(at);
         job.ending = None;
         self.pending.remove(&id);
+        self.queues.remove(job);
         self.placed.insert(id);
         Ok((Outcome::Job(id), effects))
     }
@@ -461,6 +464,7 @@ impl State {
             job.placed_at = None;
             job.reason = format!("{why}; requeued (attempt {})", job.attempt);
             self.pending.insert(id);
+            self.queues.add(job);
             self.placed.remove(&id);
             return vec![Effect::JobChanged(id)];
         }

@@ -8,6 +8,7 @@ pub mod billing;
 mod command;
 mod ledger;
 mod lifecycle;
+mod queues;
 mod security;
 mod types;
 
@@ -29,6 +30,7 @@ pub use ledger::{
     Accounts, Budget, GpuPrice, LedgerEntry, Money, PriceBook, PriceChange, PriceVersion, RunEnd,
 };
 use lifecycle::TaskEnd;
+pub use queues::{Queues, TenantQueue};
 pub use security::{
     Actor, ApiToken, AuditRecord, AuditResult, Role, Suspension, TokenGrant, AUDIT_RETENTION,
 };
@@ -73,6 +75,10 @@ pub struct State {
     /// Every final job still kept in full, by id (derived, like `live`).
     #[serde(skip_serializing)]
     done: BTreeSet<JobId>,
+    /// The pending jobs of each tenant in the planner's orders (derived,
+    /// like `live`).
+    #[serde(skip_serializing)]
+    queues: Queues,
     /// Per tenant: the archived final jobs, summed.
     archived: BTreeMap<String, Archived>,
 }
@@ -108,6 +114,7 @@ impl From<StoredState> for State {
             .filter(|j| j.state.is_placed())
             .map(|j| j.id)
             .collect();
+        let queues = Queues::of(s.pending.iter().map(|id| &s.jobs[id]));
         State {
             tenants: s.tenants,
             tokens: s.tokens,
@@ -121,6 +128,7 @@ impl From<StoredState> for State {
             security: s.security,
             live,
             done,
+            queues,
             archived: s.archived,
         }
     }
@@ -399,6 +407,11 @@ impl State {
     /// Pending jobs in submission order.
     pub fn pending_jobs(&self) -> impl Iterator<Item = &Job> {
         self.pending.iter().map(|id| &self.jobs[id])
+    }
+
+    /// Pending jobs per tenant, in the planner's orders.
+    pub fn queues(&self) -> &Queues {
+        &self.queues
     }
 
     /// Jobs holding GPUs (assigned, running, or stopping), by id.
