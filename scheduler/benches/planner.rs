@@ -217,8 +217,8 @@ fn grid() {
         t.sort();
         t[1]
     };
-    for nodes in [1_000usize, 10_000, 50_000] {
-        for pending in [10_000usize, 100_000, 1_000_000] {
+    for (nodes, pending) in grid_cells() {
+        {
             let state = pool(nodes, pending);
             let decisions = plan(&state, T0 + 60_000, &Policy::default()).len();
             let round = median(&state, &Policy::default());
@@ -233,6 +233,27 @@ fn grid() {
             );
         }
     }
+}
+
+/// The grid's cells: every (nodes, pending) pair of 1k/10k/50k ×
+/// 10k/100k/1M, or those listed in `EDUPOOL_PLANNER_GRID` as
+/// `NODESxPENDING` separated by commas (e.g. `10000x1000000`).
+fn grid_cells() -> Vec<(usize, usize)> {
+    let listed: Vec<(usize, usize)> = std::env::var("EDUPOOL_PLANNER_GRID")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|cell| {
+            let (n, p) = cell.trim().split_once('x')?;
+            Some((n.parse().ok()?, p.parse().ok()?))
+        })
+        .collect();
+    if !listed.is_empty() {
+        return listed;
+    }
+    [1_000usize, 10_000, 50_000]
+        .into_iter()
+        .flat_map(|n| [10_000usize, 100_000, 1_000_000].map(|p| (n, p)))
+        .collect()
 }
 
 criterion_group!(benches, bench);

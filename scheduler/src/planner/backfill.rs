@@ -32,7 +32,7 @@ pub(super) fn reserve(
     for &b in &buckets {
         let key = round.index.key(b);
         for &i in round.index.members(b) {
-            if round.index.nodes[i].reserved_until.is_some() {
+            if round.index.reserved_until(i).is_some() {
                 continue;
             }
             if let Some(at) = earliest_start(round, job, &[b], i, &ends) {
@@ -58,7 +58,7 @@ pub(super) fn reserve(
     let (until, chosen) = best?;
     let names = chosen
         .iter()
-        .map(|&i| round.index.nodes[i].node.name.clone())
+        .map(|&i| round.index.node(i).name.clone())
         .collect();
     for i in chosen {
         round.index.reserve(i, until);
@@ -101,10 +101,11 @@ fn earliest_start(
     i: usize,
     ends: &HashMap<&str, Vec<(Millis, &Job)>>,
 ) -> Option<Millis> {
-    let view = &round.index.nodes[i];
+    let node = round.index.node(i);
+    let node_free = round.index.free_of(i);
     let spec = &job.spec;
     let milli = spec.milli_per_gpu();
-    let eligible: Vec<bool> = (0..view.free.len())
+    let eligible: Vec<bool> = (0..node_free.len())
         .map(|pos| {
             buckets
                 .iter()
@@ -114,7 +115,7 @@ fn earliest_start(
     if eligible.iter().filter(|e| **e).count() < spec.gpus as usize {
         return None;
     }
-    let mut free = view.free.clone();
+    let mut free = node_free.to_vec();
     let fits = |free: &[u32]| {
         free.iter()
             .zip(&eligible)
@@ -125,14 +126,11 @@ fn earliest_start(
     if fits(&free) {
         return Some(round.now);
     }
-    let mut releases = ends
-        .get(view.node.name.as_str())
-        .cloned()
-        .unwrap_or_default();
+    let mut releases = ends.get(node.name.as_str()).cloned().unwrap_or_default();
     releases.sort_by_key(|(at, j)| (*at, j.id));
     for (at, j) in releases {
-        for t in j.tasks.iter().filter(|t| t.node == view.node.name) {
-            for (pos, g) in view.node.gpus.iter().enumerate() {
+        for t in j.tasks.iter().filter(|t| t.node == node.name) {
+            for (pos, g) in node.gpus.iter().enumerate() {
                 if t.gpus.contains(&g.info.uuid) {
                     free[pos] += j.spec.milli_per_gpu();
                 }

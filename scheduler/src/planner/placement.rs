@@ -6,9 +6,10 @@
 //! free, so the best fit for a job is a range lookup rather than a scan of
 //! every node.
 
-use std::collections::{BTreeMap, BTreeSet};
-
-use crate::state::{fits_gpu, Constraints, JobSpec, Millis, Node, State, TaskPlacement, WHOLE_GPU};
+pub use crate::state::BucketKey;
+use crate::state::{
+    fits_gpu, Constraints, Free, JobSpec, Layout, Millis, Node, State, TaskPlacement, WHOLE_GPU,
+};
 
 /// How many feasible nodes per bucket are scored for one task; the index
 /// order already puts the best fits first.
@@ -16,36 +17,6 @@ const CANDIDATES_PER_BUCKET: usize = 8;
 /// How many index entries one lookup may skip (nodes that fail a GPU
 /// model or memory constraint, or are reserved) before giving up.
 const SCAN_LIMIT: usize = 256;
-
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct BucketKey {
-    pub class: String,
-    pub site: String,
-    pub data_level: u8,
-}
-
-#[derive(Debug, Default)]
-struct Bucket {
-    /// (free whole GPUs, node index) for nodes with at least one.
-    by_free: BTreeSet<(u32, usize)>,
-    /// (free thousandths, node index, GPU position) for GPUs partly held.
-    shared: BTreeSet<(u32, usize, usize)>,
-    /// Every node with a GPU in this bucket, in index order.
-    members: Vec<usize>,
-}
-
-/// One schedulable node as this round sees it.
-#[derive(Debug)]
-pub struct NodeView<'a> {
-    pub node: &'a Node,
-    /// Free thousandths per GPU position (0 for unusable GPUs).
-    pub free: Vec<u32>,
-    /// The bucket of each GPU position.
-    bucket_of: Vec<usize>,
-    /// Held until this time for a blocked job (backfill reservation), or
-    /// wholly for a job waiting on preemption (`Millis::MIN`).
-    pub reserved_until: Option<Millis>,
-}
 
 /// A candidate placement's score: lower is better. The fields are the
 /// packing rules in priority order; the node index (name order) comes last
@@ -76,153 +47,76 @@ pub struct TaskFit {
     pub gpus: Vec<usize>,
 }
 
+/// The free-capacity index as one round sees it: the state's layout, a
+/// copy of the free amounts the round takes from as it places, and the
+/// round's reservations.
 pub struct FreeIndex<'a> {
-    pub nodes: Vec<NodeView<'a>>,
-    keys: Vec<BucketKey>,
-    buckets: Vec<Bucket>,
-    by_key: BTreeMap<BucketKey, usize>,
-    /// (class, model) pairs present, so a model constraint maps to classes.
-    models: BTreeSet<(&'a str, &'a str)>,
+    layout: &'a Layout,
+    free: Free,
+    /// The schedulable nodes, by position.
+    nodes: Vec<&'a Node>,
+    /// Held until this time for a blocked job (backfill reservation), or
+    /// wholly for a job waiting on preemption (`Millis::MIN`).
+    reserved: Vec<Option<Millis>>,
 }
 
 impl<'a> FreeIndex<'a> {
     pub fn new(state: &'a State) -> FreeIndex<'a> {
-        let mut index = FreeIndex {
-            nodes: vec![],
-            keys: vec![],
-            buckets: vec![],
-            by_key: BTreeMap::new(),
-            models: BTreeSet::new(),
-        };
-        // Neighbouring nodes are nearly always alike: remember the last
-        // bucket and GPU model seen, across nodes.
-        let mut last: Option<(&str, &str, u8, usize)> = None;
-        let mut last_pair: Option<(&str, &str)> = None;
-        for node in state.nodes().filter(|n| n.schedulable()) {
-            let (site, level) = (node.site(), node.labels.data_level);
-            let bucket_of: Vec<usize> = node
-                .gpus
-                .iter()
-                .map(|g| {
-                    let class = node.gpu_class(g);
-                    match last {
-                        Some((c, s, l, b)) if c == class && s == site && l == level => b,
-                        _ => {
-                            let b = index.bucket_id(BucketKey {
-                                class: class.to_string(),
-                                site: site.to_string(),
-                                data_level: level,
-                            });
-                            last = Some((class, site, level, b));
-                            b
-                        }
-                    }
-                })
-                .collect();
-            for g in &node.gpus {
-                let pair = (node.gpu_class(g), g.info.model.as_str());
-                if last_pair != Some(pair) && !index.models.contains(&pair) {
-                    index.models.insert(pair);
-                }
-                last_pair = Some(pair);
-            }
-            let free = node.gpus.iter().map(|g| g.free_milli()).collect();
-            let i = index.nodes.len();
-            let mut mine = bucket_of.clone();
-            mine.dedup();
-            for &b in &mine {
-                if index.buckets[b].members.last() != Some(&i) {
-                    index.buckets[b].members.push(i);
-                }
-            }
-            index.nodes.push(NodeView {
-                node,
-                free,
-                bucket_of,
-                reserved_until: None,
-            });
-            index.insert(i);
-        }
-        index
-    }
-
-    fn bucket_id(&mut self, key: BucketKey) -> usize {
-        if let Some(&b) = self.by_key.get(&key) {
-            return b;
-        }
-        let b = self.buckets.len();
-        self.buckets.push(Bucket::default());
-        self.keys.push(key.clone());
-        self.by_key.insert(key, b);
-        b
-    }
-
-    /// Whole free GPUs of the node per bucket.
-    fn whole_per_bucket(&self, i: usize) -> BTreeMap<usize, u32> {
-        let v = &self.nodes[i];
-        let mut whole = BTreeMap::new();
-        for (pos, &f) in v.free.iter().enumerate() {
-            if f == WHOLE_GPU {
-                *whole.entry(v.bucket_of[pos]).or_insert(0) += 1;
-            }
-        }
-        whole
-    }
-
-    fn insert(&mut self, i: usize) {
-        for (b, n) in self.whole_per_bucket(i) {
-            self.buckets[b].by_free.insert((n, i));
-        }
-        let v = &self.nodes[i];
-        for (pos, &f) in v.free.iter().enumerate() {
-            if f > 0 && f < WHOLE_GPU {
-                self.buckets[v.bucket_of[pos]].shared.insert((f, i, pos));
-            }
+        let capacity = state.free_capacity();
+        let nodes: Vec<&'a Node> = state.nodes().filter(|n| n.schedulable()).collect();
+        debug_assert_eq!(nodes.len(), capacity.layout.len());
+        FreeIndex {
+            layout: &capacity.layout,
+            free: capacity.free.clone(),
+            reserved: vec![None; nodes.len()],
+            nodes,
         }
     }
 
-    fn remove(&mut self, i: usize) {
-        for (b, n) in self.whole_per_bucket(i) {
-            self.buckets[b].by_free.remove(&(n, i));
-        }
-        let v = &self.nodes[i];
-        for (pos, &f) in v.free.iter().enumerate() {
-            if f > 0 && f < WHOLE_GPU {
-                self.buckets[v.bucket_of[pos]].shared.remove(&(f, i, pos));
-            }
-        }
+    /// How many schedulable nodes there are.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The node at position `i`.
+    pub fn node(&self, i: usize) -> &'a Node {
+        self.nodes[i]
+    }
+
+    /// Free thousandths per GPU position of node `i` (0 for unusable GPUs).
+    pub fn free_of(&self, i: usize) -> &[u32] {
+        self.free.of(self.layout, i)
+    }
+
+    pub fn reserved_until(&self, i: usize) -> Option<Millis> {
+        self.reserved[i]
     }
 
     /// Takes `milli` of each listed GPU of node `i`.
     pub fn take(&mut self, i: usize, gpus: &[usize], milli: u32) {
-        self.remove(i);
-        for &pos in gpus {
-            let f = &mut self.nodes[i].free[pos];
-            *f = f.saturating_sub(milli);
-        }
-        self.insert(i);
+        self.free.take(self.layout, i, gpus, milli);
     }
 
     /// Reserves node `i` for a job waiting on preemption: nothing else is
     /// placed there this round.
     pub fn hold(&mut self, i: usize) {
-        self.nodes[i].reserved_until = Some(Millis::MIN);
+        self.reserved[i] = Some(Millis::MIN);
     }
 
     /// Reserves node `i` for a blocked job that can start at `until`: only
     /// work that ends by then may run there meanwhile.
     pub fn reserve(&mut self, i: usize, until: Millis) {
-        let r = &mut self.nodes[i].reserved_until;
+        let r = &mut self.reserved[i];
         *r = Some(r.map_or(until, |u| u.min(until)));
     }
 
-    pub fn key(&self, b: usize) -> &BucketKey {
-        &self.keys[b]
+    pub fn key(&self, b: usize) -> &'a BucketKey {
+        &self.layout.keys[b]
     }
 
     /// The nodes with GPUs in bucket `b`.
-    pub fn members(&self, b: usize) -> &[usize] {
-        &self.buckets[b].members
+    pub fn members(&self, b: usize) -> &'a [usize] {
+        &self.layout.members[b]
     }
 
     /// Whether GPU `pos` of node `i` is in bucket `b` and meets `c`.
@@ -231,9 +125,7 @@ impl<'a> FreeIndex<'a> {
     }
 
     pub fn node_index(&self, name: &str) -> Option<usize> {
-        self.nodes
-            .binary_search_by(|v| v.node.name.as_str().cmp(name))
-            .ok()
+        self.layout.position(name)
     }
 
     /// The buckets a job's constraints allow, restricted to `classes`.
@@ -242,7 +134,7 @@ impl<'a> FreeIndex<'a> {
         c: &'k Constraints,
         classes: &'k [&str],
     ) -> impl Iterator<Item = (usize, &'k BucketKey)> + 'k {
-        self.by_key.iter().filter_map(move |(k, &b)| {
+        self.layout.by_key.iter().filter_map(move |(k, &b)| {
             let ok = classes.contains(&k.class.as_str())
                 && k.data_level >= c.data_level
                 && c.site.as_deref().is_none_or(|s| k.site == s);
@@ -253,13 +145,14 @@ impl<'a> FreeIndex<'a> {
     /// The GPU classes a job's constraints allow, in name order.
     pub fn classes_for(&self, c: &Constraints) -> Vec<&'a str> {
         let mut classes: Vec<&'a str> = self
+            .layout
             .models
             .iter()
             .filter(|(k, m)| {
-                c.gpu_model.as_deref().is_none_or(|want| want == *m)
-                    && c.gpu_class.as_deref().is_none_or(|want| want == *k)
+                c.gpu_model.as_deref().is_none_or(|want| want == m)
+                    && c.gpu_class.as_deref().is_none_or(|want| want == k)
             })
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k.as_str())
             .collect();
         classes.dedup();
         classes
@@ -296,7 +189,7 @@ impl<'a> FreeIndex<'a> {
                     break;
                 }
                 // The tightest node of the bucket bounds what it can offer.
-                let tightest = self.buckets[b].by_free.range((spec.gpus, 0)..).next();
+                let tightest = self.free.by_free[b].range((spec.gpus, 0)..).next();
                 if whole && tightest.is_none_or(|(n, _)| n - spec.gpus > x.score.leftover_gpus) {
                     continue;
                 }
@@ -311,7 +204,7 @@ impl<'a> FreeIndex<'a> {
     }
 
     fn usable(&self, i: usize, exclude: &[usize], ends_at: Millis) -> bool {
-        !exclude.contains(&i) && self.nodes[i].reserved_until.is_none_or(|u| ends_at <= u)
+        !exclude.contains(&i) && self.reserved[i].is_none_or(|u| ends_at <= u)
     }
 
     fn bucket_candidates(
@@ -332,13 +225,11 @@ impl<'a> FreeIndex<'a> {
             unlinked: false,
             node: 0,
         };
-        let bucket = &self.buckets[b];
         let milli = spec.milli_per_gpu();
         let mut fits = vec![];
         if milli < WHOLE_GPU {
             // Fill a shared GPU first: the tightest one that still fits.
-            for &(free, i, pos) in bucket
-                .shared
+            for &(free, i, pos) in self.free.shared[b]
                 .range((milli, 0, 0)..)
                 .take(SCAN_LIMIT)
                 .filter(|(_, i, pos)| {
@@ -346,7 +237,7 @@ impl<'a> FreeIndex<'a> {
                 })
                 .take(CANDIDATES_PER_BUCKET)
             {
-                let leftover = self.whole_per_bucket(i).get(&b).copied().unwrap_or(0);
+                let leftover = self.free.whole_in(self.layout, i, b);
                 fits.push(TaskFit {
                     score: Score {
                         stranded_milli: free - milli,
@@ -363,7 +254,7 @@ impl<'a> FreeIndex<'a> {
             }
         }
         let want = spec.gpus;
-        for &(whole, i) in bucket.by_free.range((want, 0)..).take(SCAN_LIMIT) {
+        for &(whole, i) in self.free.by_free[b].range((want, 0)..).take(SCAN_LIMIT) {
             // Past the first fit, only nodes as tight can still win (on
             // links or name).
             let looser = fits
@@ -375,13 +266,14 @@ impl<'a> FreeIndex<'a> {
             if !self.usable(i, exclude, ends_at) {
                 continue;
             }
-            let free: Vec<usize> = (0..self.nodes[i].free.len())
-                .filter(|&pos| self.nodes[i].free[pos] == WHOLE_GPU && self.gpu_fits(c, i, pos, b))
+            let node_free = self.free_of(i);
+            let free: Vec<usize> = (0..node_free.len())
+                .filter(|&pos| node_free[pos] == WHOLE_GPU && self.gpu_fits(c, i, pos, b))
                 .collect();
             if free.len() < want as usize {
                 continue;
             }
-            let (gpus, unlinked) = pick_linked(self.nodes[i].node, &free, want as usize);
+            let (gpus, unlinked) = pick_linked(self.nodes[i], &free, want as usize);
             let opens = milli < WHOLE_GPU;
             fits.push(TaskFit {
                 score: Score {
@@ -400,8 +292,8 @@ impl<'a> FreeIndex<'a> {
     }
 
     fn gpu_fits(&self, c: &Constraints, i: usize, pos: usize, b: usize) -> bool {
-        let v = &self.nodes[i];
-        v.bucket_of[pos] == b && fits_gpu(c, v.node, &v.node.gpus[pos])
+        let node = self.nodes[i];
+        self.layout.buckets_of(i)[pos] == b && fits_gpu(c, node, &node.gpus[pos])
     }
 
     /// All tasks of a job, or none: a single task, or a gang of distinct
@@ -453,7 +345,7 @@ impl<'a> FreeIndex<'a> {
     pub fn placements(&self, fits: &[TaskFit]) -> Vec<TaskPlacement> {
         fits.iter()
             .map(|f| {
-                let node = self.nodes[f.node].node;
+                let node = self.nodes[f.node];
                 TaskPlacement {
                     node: node.name.clone(),
                     gpus: f
@@ -467,8 +359,7 @@ impl<'a> FreeIndex<'a> {
     }
 
     pub fn class_of(&self, fit: &TaskFit) -> &str {
-        let v = &self.nodes[fit.node];
-        &self.keys[v.bucket_of[fit.gpus[0]]].class
+        &self.layout.keys[self.layout.buckets_of(fit.node)[fit.gpus[0]]].class
     }
 }
 

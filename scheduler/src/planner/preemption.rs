@@ -70,7 +70,7 @@ fn gpu_positions(round: &Round, job: &Job) -> Vec<(usize, usize)> {
         let Some(i) = round.index.node_index(&t.node) else {
             continue;
         };
-        let node = round.index.nodes[i].node;
+        let node = round.index.node(i);
         for (pos, g) in node.gpus.iter().enumerate() {
             if t.gpus.contains(&g.info.uuid) {
                 out.push((i, pos));
@@ -111,7 +111,7 @@ impl<'a> Round<'a> {
             self.victims = Some(victims);
             self.index.hold(i);
             return Some(Hold::WaitingForPreemption {
-                node: self.index.nodes[i].node.name.clone(),
+                node: self.index.node(i).name.clone(),
             });
         }
         if self.reclaims == self.policy.max_reclaims {
@@ -125,7 +125,7 @@ impl<'a> Round<'a> {
             let victims = self.preempt_for(job, &chosen, &mut victims);
             self.index.hold(i);
             Hold::Reclaiming {
-                node: self.index.nodes[i].node.name.clone(),
+                node: self.index.node(i).name.clone(),
                 victims,
             }
         });
@@ -167,7 +167,7 @@ impl<'a> Round<'a> {
             touched.dedup();
             for i in touched {
                 if self.fits_with(job, buckets, i, &extra[&i]) {
-                    let site = self.index.nodes[i].node.site();
+                    let site = self.index.node(i).site();
                     let nodes = fitting.entry(site).or_default();
                     if !nodes.contains(&i) {
                         nodes.push(i);
@@ -206,10 +206,10 @@ impl<'a> Round<'a> {
     ) -> BTreeMap<&'a str, Vec<usize>> {
         let none = BTreeMap::new();
         let mut by_site: BTreeMap<&'a str, Vec<usize>> = BTreeMap::new();
-        for i in 0..self.index.nodes.len() {
+        for i in 0..self.index.len() {
             if self.fits_with(job, buckets, i, extra.get(&i).unwrap_or(&none)) {
                 by_site
-                    .entry(self.index.nodes[i].node.site())
+                    .entry(self.index.node(i).site())
                     .or_default()
                     .push(i);
             }
@@ -223,7 +223,7 @@ impl<'a> Round<'a> {
             .iter()
             .map(|&i| {
                 self.index.hold(i);
-                self.index.nodes[i].node.name.clone()
+                self.index.node(i).name.clone()
             })
             .collect();
         names.join(", ")
@@ -335,15 +335,15 @@ impl<'a> Round<'a> {
         i: usize,
         extra: &BTreeMap<usize, u32>,
     ) -> bool {
-        let view = &self.index.nodes[i];
-        if view.reserved_until.is_some() {
+        if self.index.reserved_until(i).is_some() {
             return false;
         }
+        let node_free = self.index.free_of(i);
         let spec = &job.spec;
         let milli = spec.milli_per_gpu();
-        let usable = (0..view.free.len())
+        let usable = (0..node_free.len())
             .filter(|&pos| {
-                let free = view.free[pos] + extra.get(&pos).copied().unwrap_or(0);
+                let free = node_free[pos] + extra.get(&pos).copied().unwrap_or(0);
                 free.min(WHOLE_GPU) >= milli
                     && buckets
                         .iter()

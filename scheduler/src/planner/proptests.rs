@@ -181,7 +181,17 @@ fn apply_round(p: &mut Pool, decisions: &[Decision]) -> Result<(), TestCaseError
         }
     }
     check_no_overcommit(&p.s)?;
-    check_live_index(&p.s)
+    check_live_index(&p.s)?;
+    check_free_index(&p.s)
+}
+
+/// The free-capacity index kept between rounds equals one built afresh.
+fn check_free_index(s: &State) -> Result<(), TestCaseError> {
+    prop_assert!(
+        s.free_capacity_is_exact(),
+        "the free-capacity index drifted"
+    );
+    Ok(())
 }
 
 /// The live-job index holds exactly the jobs not yet final.
@@ -235,6 +245,7 @@ proptest! {
             prop_assert_eq!(&d, &plan(&replica, p.now, &Policy::default()));
             apply_round(&mut p, &d)?;
             time_passes(&mut p, round);
+            check_free_index(&p.s)?;
         }
     }
 

@@ -6,6 +6,7 @@
 
 pub mod billing;
 mod command;
+mod free;
 mod ledger;
 mod lifecycle;
 mod queues;
@@ -26,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Effect, Outcome, Rejection, TaskPlacement};
+pub use free::{BucketKey, Free, FreeCapacity, Layout};
 pub use ledger::{
     Accounts, Budget, GpuPrice, LedgerEntry, Money, PriceBook, PriceChange, PriceVersion, RunEnd,
 };
@@ -79,6 +81,10 @@ pub struct State {
     /// like `live`).
     #[serde(skip_serializing)]
     queues: Queues,
+    /// Free GPU capacity by bucket, for the planner (derived, built on
+    /// first use; see `free`).
+    #[serde(skip)]
+    free: free::FreeCache,
     /// Per tenant: the archived final jobs, summed.
     archived: BTreeMap<String, Archived>,
 }
@@ -129,6 +135,7 @@ impl From<StoredState> for State {
             live,
             done,
             queues,
+            free: free::FreeCache::default(),
             archived: s.archived,
         }
     }
@@ -169,15 +176,76 @@ fn ends(cmd: &Command) -> Ends {
     }
 }
 
+/// Which free capacity a command may change.
+enum CapacityScope {
+    Unchanged,
+    /// That of the nodes the job's tasks are on.
+    Job(JobId),
+    /// Nodes themselves: which are schedulable, their GPUs, their labels.
+    Nodes,
+}
+
+fn capacity_scope(cmd: &Command) -> CapacityScope {
+    match cmd {
+        Command::CancelJob { job, .. }
+        | Command::PlaceJob { job, .. }
+        | Command::JobStarted { job, .. }
+        | Command::JobExited { job, .. }
+        | Command::JobVanished { job, .. }
+        | Command::PreemptJob { job, .. } => CapacityScope::Job(*job),
+        Command::CreateTenant { .. }
+        | Command::SubmitJob { .. }
+        | Command::SetTenantQuota { .. }
+        | Command::SetTenantShare { .. }
+        | Command::SetClassCap { .. }
+        | Command::SetPrices(_)
+        | Command::SetBudget { .. }
+        | Command::CreateToken { .. }
+        | Command::RevokeToken { .. }
+        | Command::ResumeTenant { .. }
+        | Command::RecordAudit { .. } => CapacityScope::Unchanged,
+        _ => CapacityScope::Nodes,
+    }
+}
+
 impl State {
     pub fn apply(&mut self, cmd: Command, at: Millis) -> Applied {
         let ends = ends(&cmd);
+        let scope = capacity_scope(&cmd);
         let applied = self.apply_command(cmd, at);
         if applied.is_ok() {
+            self.index_free(scope);
             self.index_live(ends);
             self.archive();
         }
         applied
+    }
+
+    /// Keeps the free-capacity index exact after a command.
+    fn index_free(&mut self, scope: CapacityScope) {
+        match scope {
+            CapacityScope::Unchanged => {}
+            CapacityScope::Job(id) => {
+                let names = self
+                    .jobs
+                    .get(&id)
+                    .into_iter()
+                    .flat_map(|j| j.tasks.iter().map(|t| t.node.as_str()));
+                self.free.refresh(&self.nodes, names);
+            }
+            CapacityScope::Nodes => self.free.drop_index(),
+        }
+    }
+
+    /// Free GPU capacity by bucket, as the planner reads it.
+    pub fn free_capacity(&self) -> &FreeCapacity {
+        self.free.get_or_build(&self.nodes)
+    }
+
+    /// Whether the kept free-capacity index equals one built afresh.
+    #[cfg(test)]
+    pub fn free_capacity_is_exact(&self) -> bool {
+        self.free.is_exact(&self.nodes)
     }
 
     /// Keeps `live` and `done` exact after a command: a job only leaves
