@@ -19,8 +19,8 @@ pub struct TenantBook {
     /// Thousandths held per GPU class by non-scavenger jobs (not counting
     /// jobs being preempted).
     pub held: BTreeMap<String, u64>,
-    /// Thousandths held per (GPU class, job class), for class caps.
-    pub held_by_job_class: BTreeMap<(String, JobClass), u64>,
+    /// Thousandths held per job class (all GPU classes), for class caps.
+    pub held_by_job_class: BTreeMap<JobClass, u64>,
     /// Decayed, class-weighted GPU-seconds divided by the effective weight.
     pub share: f64,
 }
@@ -100,17 +100,14 @@ impl Books {
             let Some(book) = tenants.get_mut(&job.tenant) else {
                 continue;
             };
-            let class = job.gpu_class.clone().unwrap_or_default();
+            let class = job.gpu_class.as_deref().unwrap_or_default();
             let milli = job.spec.demand_milli();
             // A job in its preemption grace period is already given back.
             let leaving = job.state == JobState::Preempting;
             if job.spec.class != JobClass::Scavenger && !leaving {
-                *book.held.entry(class.clone()).or_default() += milli;
+                add(&mut book.held, class, milli);
             }
-            *book
-                .held_by_job_class
-                .entry((class, job.spec.class))
-                .or_default() += milli;
+            *book.held_by_job_class.entry(job.spec.class).or_default() += milli;
             if let (Some(started), JobState::Running) = (job.started_at, job.state) {
                 let secs = (now - started).max(0) as f64 / 1000.0;
                 *usage.entry(job.tenant.as_str()).or_default() +=
@@ -138,12 +135,9 @@ impl Books {
             return;
         };
         if job_class != JobClass::Scavenger {
-            *book.held.entry(class.to_string()).or_default() += milli;
+            add(&mut book.held, class, milli);
         }
-        *book
-            .held_by_job_class
-            .entry((class.to_string(), job_class))
-            .or_default() += milli;
+        *book.held_by_job_class.entry(job_class).or_default() += milli;
         let weight = state
             .tenant(tenant)
             .map_or(1.0, |t| t.policy.effective_weight().max(1) as f64 / 1e6);
@@ -161,19 +155,21 @@ impl Books {
             let h = book.held.entry(class.to_string()).or_default();
             *h = h.saturating_sub(milli);
         }
-        let h = book
-            .held_by_job_class
-            .entry((class.to_string(), job_class))
-            .or_default();
+        let h = book.held_by_job_class.entry(job_class).or_default();
         *h = h.saturating_sub(milli);
     }
 }
 
 fn add_guarantee(book: &mut TenantBook, class: &str, milli: u64) {
-    match book.guaranteed.get_mut(class) {
+    add(&mut book.guaranteed, class, milli);
+}
+
+/// Adds to a per-class amount, allocating the key only when it is new.
+fn add(amounts: &mut BTreeMap<String, u64>, class: &str, milli: u64) {
+    match amounts.get_mut(class) {
         Some(m) => *m += milli,
         None => {
-            book.guaranteed.insert(class.to_string(), milli);
+            amounts.insert(class.to_string(), milli);
         }
     }
 }

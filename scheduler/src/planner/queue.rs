@@ -69,12 +69,11 @@ pub fn terms<'c>(books: &Books, state: &State, job: &Job, classes: &[&'c str]) -
     };
     let demand = job.spec.demand_milli();
     let cap = tenant.policy.class_caps.get(&job.spec.class).map(|&c| {
-        let held: u64 = book
+        let held = book
             .held_by_job_class
-            .iter()
-            .filter(|((_, jc), _)| *jc == job.spec.class)
-            .map(|(_, m)| m)
-            .sum();
+            .get(&job.spec.class)
+            .copied()
+            .unwrap_or(0);
         (c, held + demand <= u64::from(c) * u64::from(WHOLE_GPU))
     });
     for &class in classes {
