@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::state::{JobClass, JobId, JobState, Millis, NodeStatus, Quota, State, WHOLE_GPU};
+use crate::state::{JobClass, JobId, JobState, Millis, Quota, State, WHOLE_GPU};
 
 /// Seconds of GPU time a placement adds to its tenant's share within one
 /// round, so one tenant does not take everything at once.
@@ -59,27 +59,9 @@ impl Books {
         // Guarantees by default follow contribution: the usable GPUs
         // (healthy, no fault waiting to be cleared) of the ready nodes a
         // tenant owns.
-        for node in state.nodes().filter(|n| n.status == NodeStatus::Ready) {
-            let Some(owner) = node.labels.owner.as_ref().and_then(|o| tenants.get_mut(o)) else {
-                continue;
-            };
-            // A node's GPUs are nearly always of one class: count runs of
-            // one class and add each run to the books once.
-            let mut run: Option<(&str, u64)> = None;
-            for g in node.gpus.iter().filter(|g| g.usable()) {
-                let class = node.gpu_class(g);
-                match &mut run {
-                    Some((c, n)) if *c == class => *n += u64::from(WHOLE_GPU),
-                    _ => {
-                        if let Some((c, n)) = run.take() {
-                            add_guarantee(owner, c, n);
-                        }
-                        run = Some((class, u64::from(WHOLE_GPU)));
-                    }
-                }
-            }
-            if let Some((c, n)) = run {
-                add_guarantee(owner, c, n);
+        for (owner, classes) in state.contributed() {
+            if let Some(book) = tenants.get_mut(owner) {
+                book.guaranteed.clone_from(classes);
             }
         }
         for t in state.tenants() {
@@ -158,10 +140,6 @@ impl Books {
         let h = book.held_by_job_class.entry(job_class).or_default();
         *h = h.saturating_sub(milli);
     }
-}
-
-fn add_guarantee(book: &mut TenantBook, class: &str, milli: u64) {
-    add(&mut book.guaranteed, class, milli);
 }
 
 /// Adds to a per-class amount, allocating the key only when it is new.

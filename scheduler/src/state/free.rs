@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
-use super::{Node, WHOLE_GPU};
+use super::{Node, NodeStatus, WHOLE_GPU};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BucketKey {
@@ -254,52 +254,92 @@ impl FreeCapacity {
     }
 }
 
-/// The index, built when first asked for. It is derived from the nodes,
-/// so two states with equal nodes are equal whatever their caches hold.
-#[derive(Clone, Debug, Default)]
-pub struct FreeCache(OnceLock<FreeCapacity>);
+/// Usable GPUs (thousandths) of the ready nodes each owner contributes,
+/// per GPU class: the guarantees that follow contribution. Keyed by the
+/// owner label, whether or not such a tenant exists.
+pub type Contributed = BTreeMap<String, BTreeMap<String, u64>>;
 
-impl PartialEq for FreeCache {
-    fn eq(&self, _: &FreeCache) -> bool {
+fn contributed<'n>(nodes: impl Iterator<Item = &'n Node>) -> Contributed {
+    let mut by_owner: Contributed = BTreeMap::new();
+    for node in nodes.filter(|n| n.status == NodeStatus::Ready) {
+        let Some(owner) = node.labels.owner.as_ref() else {
+            continue;
+        };
+        let classes = by_owner.entry(owner.clone()).or_default();
+        for g in node.gpus.iter().filter(|g| g.usable()) {
+            let class = node.gpu_class(g);
+            match classes.get_mut(class) {
+                Some(m) => *m += u64::from(WHOLE_GPU),
+                None => {
+                    classes.insert(class.to_string(), u64::from(WHOLE_GPU));
+                }
+            }
+        }
+    }
+    by_owner
+}
+
+/// The indexes derived from the nodes, each built when first asked for.
+/// They are derived, so two states with equal nodes are equal whatever
+/// their caches hold.
+#[derive(Clone, Debug, Default)]
+pub struct NodeCache {
+    free: OnceLock<FreeCapacity>,
+    contributed: OnceLock<Contributed>,
+}
+
+impl PartialEq for NodeCache {
+    fn eq(&self, _: &NodeCache) -> bool {
         true
     }
 }
 
-impl Eq for FreeCache {}
+impl Eq for NodeCache {}
 
-impl FreeCache {
-    pub fn get_or_build(&self, nodes: &BTreeMap<String, Node>) -> &FreeCapacity {
-        self.0.get_or_init(|| FreeCapacity::build(nodes.values()))
+impl NodeCache {
+    pub fn free(&self, nodes: &BTreeMap<String, Node>) -> &FreeCapacity {
+        self.free
+            .get_or_init(|| FreeCapacity::build(nodes.values()))
     }
 
-    /// Refreshes the named nodes' entries, or drops the index when one
-    /// cannot be refreshed in place.
+    pub fn contributed(&self, nodes: &BTreeMap<String, Node>) -> &Contributed {
+        self.contributed.get_or_init(|| contributed(nodes.values()))
+    }
+
+    /// Refreshes the named nodes' free capacity after a job's GPUs were
+    /// taken or given back (which changes no node's contribution), or
+    /// drops the index when a node cannot be refreshed in place.
     pub fn refresh<'n>(
         &mut self,
         nodes: &BTreeMap<String, Node>,
         names: impl Iterator<Item = &'n str>,
     ) {
-        let Some(index) = self.0.get_mut() else {
+        let Some(index) = self.free.get_mut() else {
             return;
         };
         for name in names {
             let fresh = nodes.get(name).is_some_and(|n| index.refresh(n));
             if !fresh {
-                self.drop_index();
+                self.free = OnceLock::new();
                 return;
             }
         }
     }
 
-    pub fn drop_index(&mut self) {
-        self.0 = OnceLock::new();
+    /// Nodes themselves changed: everything is rebuilt when next asked.
+    pub fn drop_all(&mut self) {
+        *self = NodeCache::default();
     }
 
-    /// Whether the kept index equals one built afresh (for tests).
+    /// Whether the kept indexes equal ones built afresh (for tests).
     #[cfg(test)]
     pub fn is_exact(&self, nodes: &BTreeMap<String, Node>) -> bool {
-        self.0
+        self.free
             .get()
             .is_none_or(|index| *index == FreeCapacity::build(nodes.values()))
+            && self
+                .contributed
+                .get()
+                .is_none_or(|c| *c == contributed(nodes.values()))
     }
 }

@@ -27,7 +27,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Effect, Outcome, Rejection, TaskPlacement};
-pub use free::{BucketKey, Free, FreeCapacity, Layout};
+pub use free::{BucketKey, Contributed, Free, FreeCapacity, Layout};
 pub use ledger::{
     Accounts, Budget, GpuPrice, LedgerEntry, Money, PriceBook, PriceChange, PriceVersion, RunEnd,
 };
@@ -81,10 +81,10 @@ pub struct State {
     /// like `live`).
     #[serde(skip_serializing)]
     queues: Queues,
-    /// Free GPU capacity by bucket, for the planner (derived, built on
-    /// first use; see `free`).
+    /// Free GPU capacity by bucket and the GPUs each owner contributes,
+    /// for the planner (derived, built on first use; see `free`).
     #[serde(skip)]
-    free: free::FreeCache,
+    node_cache: free::NodeCache,
     /// Per tenant: the archived final jobs, summed.
     archived: BTreeMap<String, Archived>,
 }
@@ -135,7 +135,7 @@ impl From<StoredState> for State {
             live,
             done,
             queues,
-            free: free::FreeCache::default(),
+            node_cache: free::NodeCache::default(),
             archived: s.archived,
         }
     }
@@ -231,21 +231,26 @@ impl State {
                     .get(&id)
                     .into_iter()
                     .flat_map(|j| j.tasks.iter().map(|t| t.node.as_str()));
-                self.free.refresh(&self.nodes, names);
+                self.node_cache.refresh(&self.nodes, names);
             }
-            CapacityScope::Nodes => self.free.drop_index(),
+            CapacityScope::Nodes => self.node_cache.drop_all(),
         }
     }
 
     /// Free GPU capacity by bucket, as the planner reads it.
     pub fn free_capacity(&self) -> &FreeCapacity {
-        self.free.get_or_build(&self.nodes)
+        self.node_cache.free(&self.nodes)
+    }
+
+    /// Usable GPUs of ready nodes per owner label and GPU class.
+    pub fn contributed(&self) -> &Contributed {
+        self.node_cache.contributed(&self.nodes)
     }
 
     /// Whether the kept free-capacity index equals one built afresh.
     #[cfg(test)]
     pub fn free_capacity_is_exact(&self) -> bool {
-        self.free.is_exact(&self.nodes)
+        self.node_cache.is_exact(&self.nodes)
     }
 
     /// Keeps `live` and `done` exact after a command: a job only leaves
