@@ -73,33 +73,20 @@ impl Books {
                 }
             }
         }
+        // What placed jobs hold, and the GPU time running ones have
+        // accrued, come from sums the state keeps.
         let half_life = state.policy().half_life_ms;
-        let mut usage: BTreeMap<&str, f64> = state
-            .tenants()
-            .map(|t| (t.name.as_str(), t.usage.at(now, half_life)))
-            .collect();
-        for job in state.placed_jobs() {
-            let Some(book) = tenants.get_mut(&job.tenant) else {
-                continue;
-            };
-            let class = job.gpu_class.as_deref().unwrap_or_default();
-            let milli = job.spec.demand_milli();
-            // A job in its preemption grace period is already given back.
-            let leaving = job.state == JobState::Preempting;
-            if job.spec.class != JobClass::Scavenger && !leaving {
-                add(&mut book.held, class, milli);
-            }
-            *book.held_by_job_class.entry(job.spec.class).or_default() += milli;
-            if let (Some(started), JobState::Running) = (job.started_at, job.state) {
-                let secs = (now - started).max(0) as f64 / 1000.0;
-                *usage.entry(job.tenant.as_str()).or_default() +=
-                    secs * milli as f64 / f64::from(WHOLE_GPU) * job.spec.class.usage_weight();
-            }
-        }
+        let holdings = state.holdings();
         for t in state.tenants() {
+            let book = tenants.get_mut(&t.name).expect("inserted above");
+            let mut usage = t.usage.at(now, half_life);
+            if let Some(h) = holdings.get(&t.name) {
+                book.held.clone_from(&h.held);
+                book.held_by_job_class.clone_from(&h.by_job_class);
+                usage += h.running_gpu_seconds(now);
+            }
             let weight = t.policy.effective_weight().max(1) as f64 / 1e6;
-            tenants.get_mut(&t.name).expect("inserted above").share =
-                usage.get(t.name.as_str()).copied().unwrap_or(0.0) / weight;
+            book.share = usage / weight;
         }
         Books { tenants }
     }

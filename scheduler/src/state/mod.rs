@@ -7,6 +7,7 @@
 pub mod billing;
 mod command;
 mod free;
+mod holdings;
 mod ledger;
 mod lifecycle;
 mod queues;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use command::{Command, Effect, Outcome, Rejection, TaskPlacement};
 pub use free::{BucketKey, Contributed, Free, FreeCapacity, Layout};
+pub use holdings::{Holdings, TenantHoldings};
 pub use ledger::{
     Accounts, Budget, GpuPrice, LedgerEntry, Money, PriceBook, PriceChange, PriceVersion, RunEnd,
 };
@@ -85,6 +87,10 @@ pub struct State {
     /// for the planner (derived, built on first use; see `free`).
     #[serde(skip)]
     node_cache: free::NodeCache,
+    /// What each tenant's placed jobs hold, summed (derived, built on
+    /// first use; see `holdings`).
+    #[serde(skip)]
+    holdings: holdings::HoldingsCache,
     /// Per tenant: the archived final jobs, summed.
     archived: BTreeMap<String, Archived>,
 }
@@ -136,6 +142,7 @@ impl From<StoredState> for State {
             done,
             queues,
             node_cache: free::NodeCache::default(),
+            holdings: holdings::HoldingsCache::default(),
             archived: s.archived,
         }
     }
@@ -212,13 +219,42 @@ impl State {
     pub fn apply(&mut self, cmd: Command, at: Millis) -> Applied {
         let ends = ends(&cmd);
         let scope = capacity_scope(&cmd);
+        let held_before = self.holding_of(&scope);
         let applied = self.apply_command(cmd, at);
         if applied.is_ok() {
+            self.index_holdings(&scope, held_before);
             self.index_free(scope);
             self.index_live(ends);
             self.archive();
         }
         applied
+    }
+
+    /// What the job a command names holds now, when the sums are kept.
+    fn holding_of(&self, scope: &CapacityScope) -> Option<holdings::Holding> {
+        match scope {
+            CapacityScope::Job(id) if self.holdings.is_kept() => {
+                self.jobs.get(id).and_then(holdings::holding)
+            }
+            _ => None,
+        }
+    }
+
+    /// Keeps the sums of what placed jobs hold exact after a command.
+    fn index_holdings(&mut self, scope: &CapacityScope, before: Option<holdings::Holding>) {
+        match scope {
+            CapacityScope::Unchanged => {}
+            CapacityScope::Job(id) => {
+                let after = self.jobs.get(id).and_then(holdings::holding);
+                self.holdings.replace(before.as_ref(), after.as_ref());
+            }
+            CapacityScope::Nodes => self.holdings.drop_all(),
+        }
+    }
+
+    /// What each tenant's placed jobs hold, summed.
+    pub fn holdings(&self) -> &Holdings {
+        self.holdings.get(&self.placed, &self.jobs)
     }
 
     /// Keeps the free-capacity index exact after a command.
@@ -250,7 +286,7 @@ impl State {
     /// Whether the kept free-capacity index equals one built afresh.
     #[cfg(test)]
     pub fn free_capacity_is_exact(&self) -> bool {
-        self.node_cache.is_exact(&self.nodes)
+        self.node_cache.is_exact(&self.nodes) && self.holdings.is_exact(self.placed_jobs())
     }
 
     /// Keeps `live` and `done` exact after a command: a job only leaves
@@ -539,6 +575,18 @@ impl State {
         };
         if spec.nodes <= 1 && self.nodes.values().any(|n| holds(&n)) {
             return Ok(());
+        }
+        // A gang: enough such nodes in one site, found without building
+        // the lists the error messages below need.
+        if spec.nodes > 1 {
+            let mut per_site: BTreeMap<&str, u32> = BTreeMap::new();
+            for n in self.nodes.values().filter(holds) {
+                let count = per_site.entry(n.site()).or_default();
+                *count += 1;
+                if *count >= spec.nodes {
+                    return Ok(());
+                }
+            }
         }
         let certified: Vec<&Node> = self
             .nodes

@@ -1,0 +1,177 @@
+//! What each tenant's placed jobs hold, summed: the part of the planner's
+//! books that comes from jobs, kept between rounds.
+//!
+//! A round used to sum every placed job (tens of thousands on a full
+//! pool) before its first decision. The sums are kept instead: a command
+//! that names a job takes that job's old contribution out and puts its new
+//! one in (a contribution is a function of the job alone); any other
+//! command that may change jobs drops the sums, to be rebuilt when next
+//! asked. All amounts are integers, so kept and rebuilt sums are equal.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+use super::{Job, JobClass, JobId, JobState, Millis};
+
+/// One job's contribution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holding {
+    tenant: String,
+    gpu_class: String,
+    job_class: JobClass,
+    milli: u64,
+    /// In its preemption grace period: already given back.
+    leaving: bool,
+    running_since: Option<Millis>,
+}
+
+/// What a job holds, if it holds GPUs.
+pub fn holding(job: &Job) -> Option<Holding> {
+    if !job.state.is_placed() {
+        return None;
+    }
+    Some(Holding {
+        tenant: job.tenant.clone(),
+        gpu_class: job.gpu_class.clone().unwrap_or_default(),
+        job_class: job.spec.class,
+        milli: job.spec.demand_milli(),
+        leaving: job.state == JobState::Preempting,
+        running_since: job.started_at.filter(|_| job.state == JobState::Running),
+    })
+}
+
+/// One tenant's sums.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TenantHoldings {
+    /// Thousandths held per GPU class by jobs charged against guarantees
+    /// (not scavenger work, not jobs being preempted).
+    pub held: BTreeMap<String, u64>,
+    /// Thousandths held per job class, over all GPU classes.
+    pub by_job_class: BTreeMap<JobClass, u64>,
+    /// Per job class, over running jobs: Σ thousandths and
+    /// Σ start time × thousandths, so the GPU time they have run by `now`
+    /// is `now × Σ thousandths − Σ start × thousandths`.
+    pub running: BTreeMap<JobClass, (i128, i128)>,
+}
+
+impl TenantHoldings {
+    /// GPU-seconds the running jobs have run by `now`, weighted by class.
+    pub fn running_gpu_seconds(&self, now: Millis) -> f64 {
+        self.running
+            .iter()
+            .map(|(class, &(milli, start_milli))| {
+                let gpu_ms = (i128::from(now) * milli - start_milli).max(0) as f64;
+                gpu_ms / 1e6 * class.usage_weight()
+            })
+            .sum()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_job_class.values().all(|&m| m == 0)
+    }
+}
+
+/// Every tenant's sums; a tenant holding nothing has none.
+pub type Holdings = BTreeMap<String, TenantHoldings>;
+
+fn change(sums: &mut Holdings, h: &Holding, sign: i128) {
+    let t = match sums.get_mut(&h.tenant) {
+        Some(t) => t,
+        None => sums.entry(h.tenant.clone()).or_default(),
+    };
+    let apply = |v: &mut u64| {
+        *v = if sign > 0 {
+            *v + h.milli
+        } else {
+            v.saturating_sub(h.milli)
+        }
+    };
+    if h.job_class != JobClass::Scavenger && !h.leaving {
+        match t.held.get_mut(&h.gpu_class) {
+            Some(v) => apply(v),
+            None => {
+                let mut v = 0;
+                apply(&mut v);
+                t.held.insert(h.gpu_class.clone(), v);
+            }
+        }
+        if t.held.get(&h.gpu_class) == Some(&0) {
+            t.held.remove(&h.gpu_class);
+        }
+    }
+    apply(t.by_job_class.entry(h.job_class).or_default());
+    if t.by_job_class.get(&h.job_class) == Some(&0) {
+        t.by_job_class.remove(&h.job_class);
+    }
+    if let Some(since) = h.running_since {
+        let milli = i128::from(h.milli);
+        let r = t.running.entry(h.job_class).or_default();
+        r.0 += sign * milli;
+        r.1 += sign * i128::from(since) * milli;
+        if *r == (0, 0) {
+            t.running.remove(&h.job_class);
+        }
+    }
+    if t.is_empty() && t.running.is_empty() {
+        sums.remove(&h.tenant);
+    }
+}
+
+fn sum<'j>(jobs: impl Iterator<Item = &'j Job>) -> Holdings {
+    let mut sums = Holdings::new();
+    for h in jobs.filter_map(holding) {
+        change(&mut sums, &h, 1);
+    }
+    sums
+}
+
+/// The sums, built when first asked for. Derived from the jobs, so two
+/// states with equal jobs are equal whatever this holds.
+#[derive(Clone, Debug, Default)]
+pub struct HoldingsCache(OnceLock<Holdings>);
+
+impl PartialEq for HoldingsCache {
+    fn eq(&self, _: &HoldingsCache) -> bool {
+        true
+    }
+}
+
+impl Eq for HoldingsCache {}
+
+impl HoldingsCache {
+    pub fn get(&self, placed: &BTreeSet<JobId>, jobs: &BTreeMap<JobId, Job>) -> &Holdings {
+        self.0
+            .get_or_init(|| sum(placed.iter().filter_map(|id| jobs.get(id))))
+    }
+
+    /// Whether the sums are kept now (else nothing needs updating).
+    pub fn is_kept(&self) -> bool {
+        self.0.get().is_some()
+    }
+
+    /// A job changed from `before` to `after`.
+    pub fn replace(&mut self, before: Option<&Holding>, after: Option<&Holding>) {
+        if before == after {
+            return;
+        }
+        let Some(sums) = self.0.get_mut() else {
+            return;
+        };
+        if let Some(b) = before {
+            change(sums, b, -1);
+        }
+        if let Some(a) = after {
+            change(sums, a, 1);
+        }
+    }
+
+    pub fn drop_all(&mut self) {
+        self.0 = OnceLock::new();
+    }
+
+    /// Whether the kept sums equal ones built afresh (for tests).
+    #[cfg(test)]
+    pub fn is_exact<'j>(&self, placed: impl Iterator<Item = &'j Job>) -> bool {
+        self.0.get().is_none_or(|s| *s == sum(placed))
+    }
+}
