@@ -18,12 +18,13 @@
 //! - a whole-GPU kind cannot use partly taken GPUs, nor any GPU when
 //!   fewer whole ones are free than one job needs (FGD's rule). Its free
 //!   whole GPUs are not capped by the cores copies of that one kind
-//!   would take: the pool's whole-GPU kinds ask 2 to 32 cores per GPU,
-//!   and the cap made every node look short of cores for the heaviest
-//!   kinds even when empty, so that using any of a node's cores counted
-//!   as stranding GPUs that the lighter, more common kinds fill in the
-//!   end (on the openb trace that rule gave 0.1–0.3 points of allocation
-//!   away and no fewer GPUs stranded by CPU; see docs/benchmarks.md);
+//!   would take: whole-GPU jobs ask for very different numbers of cores
+//!   per GPU (1 to 24 on the openb trace), and such a cap made nodes
+//!   look short of cores for the heaviest kinds even when empty, so that
+//!   using any of a node's cores counted as stranding GPUs that the
+//!   lighter, more common kinds fill in the end (on the openb trace that
+//!   rule gave 0.1–0.3 points of allocation away and stranded no fewer
+//!   GPUs by CPU; see docs/benchmarks.md);
 //! - a kind that cannot place a single copy (wrong GPU model, too little
 //!   CPU or memory) strands all the free GPU capacity; CPU-only kinds
 //!   follow that rule as well (as in FGD), so taking the cores a GPU
