@@ -505,19 +505,25 @@ mod tests {
     #[test]
     fn edupool_leaves_gpu_nodes_the_cores_their_gpus_need() {
         // Two 2-GPU nodes, a with 8 cores, b with 16; whole-GPU tasks need
-        // 4 cores each. A 4-core CPU-only task on a would leave a 4 cores,
-        // enough for one of its two GPUs (1000 stranded for whole-GPU
-        // work); on b it leaves 12, enough for both. Best-fit takes a (the
-        // least left over); edupool takes b, and both GPU tasks still fit
-        // on a afterwards.
+        // 3 cores each, CPU-only tasks 6. A CPU-only task on a would leave
+        // a 2 cores: no whole-GPU task fits there any more, and both GPUs
+        // are stranded (2000 for that kind, and for the CPU-only kind,
+        // which no longer fits either); on b it leaves 10 cores and
+        // strands nothing. Best-fit takes a (the least left over) and a's
+        // GPUs are lost; edupool takes b, and the GPU tasks that follow
+        // still have both nodes' GPUs to choose from.
         let mut nodes = [node("a", 2), node("b", 2)];
         nodes[0].cpu_milli = 8000;
         nodes[1].cpu_milli = 16_000;
-        let cpu = |name: &str, gpus: u32, milli: u32| OpenbTask {
-            cpu_milli: 4000,
+        let with_cpu = |name: &str, gpus: u32, milli: u32, cpu: u64| OpenbTask {
+            cpu_milli: cpu,
             ..task(name, gpus, milli)
         };
-        let tasks = [cpu("c", 0, 0), cpu("w1", 1, 1000), cpu("w2", 1, 1000)];
+        let tasks = [
+            with_cpu("c", 0, 0, 6000),
+            with_cpu("w1", 1, 1000, 3000),
+            with_cpu("w2", 1, 1000, 3000),
+        ];
         let mut memo = FragMemo::new(mix_of(&tasks));
         let mut rng = StdRng::seed_from_u64(1);
         let mut best_fit = Cluster::new(&nodes);
@@ -528,13 +534,21 @@ mod tests {
             &mut rng,
             &mut memo
         ));
-        assert_eq!(best_fit.nodes[0].cpu_free, 4000);
+        assert_eq!(best_fit.nodes[0].cpu_free, 2000);
+        assert!(!best_fit.fits(0, &tasks[1]));
         let mut cluster = Cluster::new(&nodes);
-        for t in &tasks {
+        assert!(place(
+            &mut cluster,
+            &tasks[0],
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.nodes[1].cpu_free, 10_000);
+        assert!(cluster.fits(0, &tasks[1]) && cluster.fits(1, &tasks[1]));
+        for t in &tasks[1..] {
             assert!(place(&mut cluster, t, Packer::Edupool, &mut rng, &mut memo));
         }
-        assert_eq!(cluster.nodes[1].cpu_free, 12_000);
-        assert_eq!(cluster.nodes[0].gpus, vec![0, 0]);
     }
 
     #[test]
