@@ -9,10 +9,15 @@
 //! The log starts after a "base" (index, term): the last entry folded into
 //! a snapshot or dropped by compaction. Entries after it are kept; entries
 //! up to it are gone from memory and disk, so both stay bounded.
+//!
+//! Every write (its redb transaction and the in-memory change after it)
+//! runs under one writer lock, so a snapshot saved from a background
+//! thread never interleaves with the driver's appends or with a snapshot
+//! installed from the leader.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
@@ -88,6 +93,8 @@ impl Core {
 pub struct RaftStore {
     db: Arc<Database>,
     core: Arc<RwLock<Core>>,
+    /// Held across each write's transaction and in-memory update.
+    writer: Arc<Mutex<()>>,
     /// Raft asked for a snapshot the latest one cannot serve.
     snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -116,6 +123,7 @@ impl RaftStore {
         let store = RaftStore {
             db: Arc::new(db),
             core: Arc::new(RwLock::new(Core::default())),
+            writer: Arc::default(),
             snapshot_wanted: Arc::default(),
         };
         store.load(voters, peers)?;
@@ -190,12 +198,17 @@ impl RaftStore {
         self.core.write().expect("store lock poisoned")
     }
 
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().expect("store writer lock poisoned")
+    }
+
     /// Appends entries (replacing any conflicting suffix) and, if given,
     /// the new hard state, durably, in one transaction.
     pub fn persist(&self, entries: &[Entry], hard: Option<&HardState>) -> Result<(), StorageError> {
         if entries.is_empty() && hard.is_none() {
             return Ok(());
         }
+        let _writer = self.writer();
         if let Some(first) = entries.first() {
             let c = self.rl();
             if first.index <= c.base.0 || first.index > c.last_index() + 1 {
@@ -257,6 +270,7 @@ impl RaftStore {
     /// Records the configuration after an applied membership change, with
     /// the peers' addresses as they now are.
     pub fn set_conf_state(&self, conf: &ConfState, peers: &Peers) -> Result<(), StorageError> {
+        let _writer = self.writer();
         self.write(|meta, _| {
             put(meta, CONF_STATE, conf)?;
             put_json(meta, PEERS, peers)
@@ -301,6 +315,7 @@ impl RaftStore {
     /// Installs a snapshot received from the leader: it replaces the whole
     /// log and configuration.
     pub fn apply_snapshot(&self, snap: &Snapshot, peers: &Peers) -> Result<(), StorageError> {
+        let _writer = self.writer();
         let meta = snap.get_metadata();
         let base = (meta.index, meta.term);
         let mut hard = self.hard_state();
@@ -328,14 +343,24 @@ impl RaftStore {
 
     /// Keeps `snap` (taken locally at an applied index) as the latest
     /// snapshot and drops the log up to `compact_to` (at most the
-    /// snapshot's index), in one transaction.
-    pub fn save_snapshot(&self, snap: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
-        let compact_to = compact_to.min(snap.get_metadata().index);
+    /// snapshot's index), in one transaction. A snapshot that is not newer
+    /// than the latest one (a leader's snapshot was installed while this
+    /// one was being encoded) is not kept: returns `false` and changes
+    /// nothing.
+    pub fn save_snapshot(&self, snap: &Snapshot, compact_to: u64) -> Result<bool, StorageError> {
+        let _writer = self.writer();
+        let index = snap.get_metadata().index;
+        let compact_to = compact_to.min(index);
         let base = {
             let c = self.rl();
+            if index <= c.snapshot.get_metadata().index {
+                return Ok(false);
+            }
             if compact_to <= c.base.0 {
                 c.base
             } else {
+                // Entries up to a local snapshot's index were applied, so
+                // they are committed and still in the log.
                 let at = (compact_to - c.base.0 - 1) as usize;
                 (compact_to, c.entries[at].term)
             }
@@ -351,7 +376,7 @@ impl RaftStore {
         core.bytes -= dropped;
         core.base = base;
         core.snapshot = snap.clone();
-        Ok(())
+        Ok(true)
     }
 
     fn write(
@@ -531,7 +556,7 @@ mod tests {
             snap.mut_metadata().term = 1;
             snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
             snap.data = b"state".to_vec().into();
-            s.save_snapshot(&snap, 6).unwrap();
+            assert!(s.save_snapshot(&snap, 6).unwrap());
             assert_eq!(s.first_index().unwrap(), 7);
             assert_eq!(s.term(6).unwrap(), 1, "the base keeps its term");
             assert!(s
@@ -565,5 +590,50 @@ mod tests {
         assert_eq!(s.hard_state().commit, 20);
         assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
         assert_eq!(s.peers()[&2], "b:1");
+    }
+
+    fn snapshot_at(index: u64, data: &[u8]) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
+        snap.data = data.to_vec().into();
+        snap
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_latest_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let s = RaftStore::open(&path, &[1]).unwrap();
+        let entries: Vec<_> = (1..=30).map(|i| entry(i, 1, b"x")).collect();
+        s.persist(&entries, None).unwrap();
+        assert!(s.save_snapshot(&snapshot_at(10, b"ten"), 8).unwrap());
+        // One encoded in the background meanwhile, at an older index, and
+        // one at the same index, change nothing.
+        assert!(!s.save_snapshot(&snapshot_at(6, b"six"), 6).unwrap());
+        assert!(!s.save_snapshot(&snapshot_at(10, b"again"), 10).unwrap());
+        assert_eq!(s.snapshot_info().0, 10);
+        assert_eq!(s.first_index().unwrap(), 9);
+        // Entries appended after the snapshot's index stay in the log.
+        s.persist(&[entry(31, 1, b"y")], None).unwrap();
+        assert!(s.save_snapshot(&snapshot_at(20, b"twenty"), 20).unwrap());
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (21, 31)
+        );
+
+        // The leader's snapshot, installed while a local one was encoded,
+        // wins over it.
+        s.apply_snapshot(&snapshot_at(40, b"leader"), &Peers::new())
+            .unwrap();
+        assert!(!s.save_snapshot(&snapshot_at(25, b"local"), 25).unwrap());
+        drop(s);
+        let s = RaftStore::open(&path, &[1]).unwrap();
+        assert_eq!(s.snapshot_data().data.as_ref(), b"leader");
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (41, 40)
+        );
     }
 }
