@@ -60,6 +60,10 @@ pub enum ProposeError {
         leader: Option<u64>,
         address: Option<String>,
     },
+    /// A linearizable read on the leader was not confirmed by a quorum in
+    /// time: the leader is overloaded or cut off from its peers.
+    #[error("the read could not be confirmed by a quorum within {waited:?}")]
+    ReadUnconfirmed { waited: Duration },
     #[error("membership change refused: {0}")]
     Membership(String),
     #[error("the scheduler is shutting down")]
