@@ -50,9 +50,22 @@ pub async fn read_barrier<T>(replica: &Replica, req: &Request<T>) -> Result<(), 
     if stale_ok {
         return Ok(());
     }
-    match tokio::time::timeout(READ_BARRIER_TIMEOUT, replica.read_barrier()).await {
-        Ok(r) => r.map_err(status),
-        Err(_) => Err(status(replica.not_leader())),
+    barrier_within(replica, READ_BARRIER_TIMEOUT)
+        .await
+        .map_err(status)
+}
+
+/// The read barrier, given up after `limit`. Why it was not confirmed
+/// depends on who asks: a follower sends the read to the leader it knows
+/// (or knows none), a leader asks its peers and may be too busy or cut
+/// off to hear back.
+async fn barrier_within(replica: &Replica, limit: Duration) -> Result<(), ProposeError> {
+    match tokio::time::timeout(limit, replica.read_barrier()).await {
+        Ok(r) => r,
+        Err(_) if replica.leadership().borrow().is_leader => {
+            Err(ProposeError::ReadUnconfirmed { waited: limit })
+        }
+        Err(_) => Err(replica.not_leader()),
     }
 }
 
@@ -327,6 +340,10 @@ pub fn status(err: ProposeError) -> Status {
             leader,
             address,
         ),
+        ProposeError::ReadUnconfirmed { waited } => Status::unavailable(format!(
+            "the read could not be confirmed by a quorum within {} s (the scheduler is overloaded or cut off from its peers); retry, or pass {STALE_OK_METADATA}: true (edupoolctl --stale-ok) to read this replica's state unconfirmed",
+            waited.as_secs_f64()
+        )),
         ProposeError::Membership(m) => Status::failed_precondition(m),
         ProposeError::Stopped => Status::unavailable("the scheduler is shutting down; retry"),
         ProposeError::Storage(e) => Status::internal(format!("the scheduler's log failed: {e}")),
@@ -370,4 +387,75 @@ fn rejection(r: Rejection) -> Status {
         | Rejection::TenantSuspended { .. } => Code::FailedPrecondition,
     };
     Status::new(code, r.to_string())
+}
+
+#[cfg(test)]
+mod read_barrier_tests {
+    use std::time::Duration;
+
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::raft::{MembershipChange, ReplicaConfig};
+
+    /// A leader that can no longer confirm a read: a second voter that
+    /// never answers was added, and with ticks an hour apart the leader
+    /// never checks its quorum, so it stays leader throughout.
+    #[tokio::test]
+    async fn an_unconfirmed_read_on_the_leader_says_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let config = ReplicaConfig::single(1, dir.path().join("a"), Duration::from_secs(3600));
+        let leader = Replica::start(config, stop.clone(), &tracker).unwrap();
+        leader.leadership().wait_for(|l| l.is_leader).await.unwrap();
+        barrier_within(&leader, Duration::from_secs(60))
+            .await
+            .unwrap();
+        // Nothing listens on port 1 of loopback.
+        let address = "127.0.0.1:1".to_string();
+        leader
+            .change_membership(MembershipChange::AddLearner { id: 2, address })
+            .await
+            .unwrap();
+        leader
+            .change_membership(MembershipChange::Promote { id: 2 })
+            .await
+            .unwrap();
+
+        let err = barrier_within(&leader, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(leader.leadership().borrow().is_leader);
+        assert!(
+            matches!(err, ProposeError::ReadUnconfirmed { .. }),
+            "{err:?}"
+        );
+        let s = status(err);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(
+            s.message()
+                .contains("could not be confirmed by a quorum within 0.2 s")
+                && s.message().contains("x-edupool-stale-ok: true"),
+            "{}",
+            s.message()
+        );
+        assert!(s.metadata().get(LEADER_METADATA).is_none());
+
+        // A replica waiting to join knows no leader, and says so.
+        let mut joining = ReplicaConfig::single(3, dir.path().join("b"), Duration::from_secs(3600));
+        joining.join = true;
+        let joining = Replica::start(joining, stop.clone(), &tracker).unwrap();
+        let err = barrier_within(&joining, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        let s = status(err);
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("not the leader"), "{}", s.message());
+
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
 }

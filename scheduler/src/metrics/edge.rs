@@ -36,6 +36,9 @@ pub struct Edge {
     /// Time from a guaranteed demand (the job's queueing) to its GPUs, for
     /// placements that needed borrowed GPUs reclaimed.
     pub reclaim_latency: Histogram,
+    /// A snapshot's phases: `copy` (the state copied under its lock, on
+    /// the raft driver), `encode` and `save` (in the background).
+    pub snapshot_duration: HistogramVec,
 }
 
 static EDGE: LazyLock<Edge> = LazyLock::new(Edge::new);
@@ -124,6 +127,15 @@ impl Edge {
                 "Time from a tenant's guaranteed demand to its GPUs, for placements that reclaimed borrowed GPUs.",
                 wait_buckets(),
             ),
+            snapshot_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "edupool_raft_snapshot_duration_seconds",
+                    "Time a snapshot took, by phase: copy (the state copied under its lock on the raft driver), encode and save (in the background).",
+                )
+                .buckets(latency_buckets()),
+                &["phase"],
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -139,6 +151,7 @@ impl Edge {
         registry.register(Box::new(self.agent_sessions_opened.clone()))?;
         registry.register(Box::new(self.preemptions.clone()))?;
         registry.register(Box::new(self.reclaim_latency.clone()))?;
+        registry.register(Box::new(self.snapshot_duration.clone()))?;
         Ok(())
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use protobuf::Message as _;
 use raft::prelude::{
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::snapshot::{SnapshotEnvelope, SNAPSHOT_FORMAT};
+use super::snapshotter::{self, BeforeSave, InFlight, Waiter, Written};
 use super::status::{MemberStatus, RaftStatus, Role};
 use super::storage::{Peers, RaftStore, StorageError};
 use super::transport::{Feedback, RaftServer, Transport};
@@ -60,6 +61,10 @@ pub enum ProposeError {
         leader: Option<u64>,
         address: Option<String>,
     },
+    /// A linearizable read on the leader was not confirmed by a quorum in
+    /// time: the leader is overloaded or cut off from its peers.
+    #[error("the read could not be confirmed by a quorum within {waited:?}")]
+    ReadUnconfirmed { waited: Duration },
     #[error("membership change refused: {0}")]
     Membership(String),
     #[error("the scheduler is shutting down")]
@@ -163,7 +168,7 @@ enum Request {
         reply: oneshot::Sender<Result<(), ProposeError>>,
     },
     Snapshot {
-        reply: oneshot::Sender<Result<SnapshotEnvelope, ProposeError>>,
+        reply: Waiter,
     },
 }
 
@@ -189,6 +194,17 @@ impl Replica {
     /// and peer links on `tracker`.
     pub fn start(
         config: ReplicaConfig,
+        shutdown: CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Result<Replica, StorageError> {
+        Replica::start_with(config, None, shutdown, tracker)
+    }
+
+    /// `start`, with a hook called on the snapshot thread between encoding
+    /// a snapshot and saving it.
+    fn start_with(
+        config: ReplicaConfig,
+        before_save: Option<BeforeSave>,
         shutdown: CancellationToken,
         tracker: &TaskTracker,
     ) -> Result<Replica, StorageError> {
@@ -229,6 +245,7 @@ impl Replica {
         let (requests, requests_rx) = mpsc::channel(4096);
         let (inbound, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (feedback, feedback_rx) = mpsc::channel(1024);
+        let (snapshot_done, snapshot_done_rx) = mpsc::unbounded_channel();
         let (applied, _) = broadcast::channel(16_384);
         let (lead_tx, leadership) = watch::channel(Leadership::default());
         let (status_tx, status) = watch::channel(RaftStatus::default());
@@ -258,7 +275,12 @@ impl Replica {
             reads: HashMap::new(),
             ready_reads: Vec::new(),
             snapshot_waiters: Vec::new(),
-            force_snapshot: false,
+            snapshot_due: false,
+            snapshot: None,
+            snapshot_done,
+            before_save,
+            tracker: tracker.clone(),
+            stop: shutdown.clone(),
             next_id: rand::random::<u64>() >> 1,
             snapshot_entries: config.snapshot_entries.max(1),
             keep_entries: config.keep_entries,
@@ -273,7 +295,13 @@ impl Replica {
             let _ = driver.node.campaign();
         }
         driver.publish_status();
-        tracker.spawn(driver.run(requests_rx, inbound_rx, feedback_rx, config.tick, shutdown));
+        tracker.spawn(driver.run(
+            requests_rx,
+            inbound_rx,
+            feedback_rx,
+            snapshot_done_rx,
+            config.tick,
+        ));
         Ok(Replica {
             id: config.id,
             requests,
@@ -409,7 +437,8 @@ impl Replica {
     }
 
     /// Takes a snapshot at the applied index now (compacting the log) and
-    /// returns it.
+    /// returns it once it is saved. The driver keeps serving meanwhile;
+    /// a snapshot already being written is finished first.
     pub async fn snapshot_now(&self) -> Result<SnapshotEnvelope, ProposeError> {
         self.request(|reply| Request::Snapshot { reply }).await
     }
@@ -446,8 +475,17 @@ struct Driver {
     reads: HashMap<u64, oneshot::Sender<Result<(), ProposeError>>>,
     /// Confirmed reads waiting for their index to be applied.
     ready_reads: Vec<(u64, oneshot::Sender<Result<(), ProposeError>>)>,
-    snapshot_waiters: Vec<oneshot::Sender<Result<SnapshotEnvelope, ProposeError>>>,
-    force_snapshot: bool,
+    /// Who waits for the next snapshot to be taken.
+    snapshot_waiters: Vec<Waiter>,
+    /// A snapshot was asked for (membership change, raft for a follower)
+    /// and is taken as soon as none is being written.
+    snapshot_due: bool,
+    /// The snapshot being encoded and saved in the background, if any.
+    snapshot: Option<InFlight>,
+    snapshot_done: mpsc::UnboundedSender<snapshotter::Done>,
+    before_save: Option<BeforeSave>,
+    tracker: TaskTracker,
+    stop: CancellationToken,
     next_id: u64,
     snapshot_entries: u64,
     keep_entries: u64,
@@ -460,9 +498,10 @@ impl Driver {
         mut requests: mpsc::Receiver<Request>,
         mut inbound: mpsc::Receiver<Message>,
         mut feedback: mpsc::Receiver<Feedback>,
+        mut snapshot_done: mpsc::UnboundedReceiver<snapshotter::Done>,
         tick: Duration,
-        shutdown: CancellationToken,
     ) {
+        let shutdown = self.stop.clone();
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -491,28 +530,31 @@ impl Driver {
                     }
                 }
                 Some(f) = feedback.recv() => self.on_feedback(f),
+                Some(done) = snapshot_done.recv() => {
+                    if let Err(e) = self.on_snapshot_done(done) {
+                        tracing::error!("saving a snapshot failed, stopping this replica: {e}");
+                        shutdown.cancel();
+                        break;
+                    }
+                }
             }
             if let Err(e) = self.on_ready().await {
                 tracing::error!("raft storage failed, stopping this replica: {e}");
                 shutdown.cancel();
                 break;
             }
-            let force = !self.snapshot_waiters.is_empty()
-                || std::mem::take(&mut self.force_snapshot)
-                || self.store.take_snapshot_wanted();
-            if let Err(e) = self.maybe_snapshot(force).await {
-                tracing::error!("taking a snapshot failed, stopping this replica: {e}");
-                shutdown.cancel();
-                break;
+            if self.store.take_snapshot_wanted() {
+                self.snapshot_due = true;
             }
-            for reply in std::mem::take(&mut self.snapshot_waiters) {
-                let _ = reply.send(Ok(self.snapshot_envelope()));
-            }
+            self.maybe_snapshot();
             self.publish_status();
         }
         for (_, p) in self.pending.drain() {
             let _ = p.reply.send(Err(ProposeError::Stopped));
         }
+        // A snapshot still being written sees the stop and ends without
+        // writing, or finishes its one transaction; the tracker waits for
+        // its thread. Who waited for it is told the replica stopped.
     }
 
     fn step(&mut self, m: Message) {
@@ -581,8 +623,9 @@ impl Driver {
                 };
                 let _ = reply.send(result);
             }
-            // Taken right after this batch's Ready, in `run`, so it
-            // covers everything applied so far.
+            // Started right after this batch's Ready, in `run`, so it
+            // covers everything applied so far (or, while another is
+            // being written, as soon as that one is done).
             Request::Snapshot { reply } => self.snapshot_waiters.push(reply),
         }
     }
@@ -636,7 +679,7 @@ impl Driver {
                 // snapshots) is compacted first, so the learner starts from
                 // a snapshot that carries the configuration.
                 if self.store.snapshot_info().0 == 0 {
-                    self.force_snapshot = true;
+                    self.snapshot_due = true;
                 }
                 (*id, ConfChangeType::AddLearnerNode, address.clone())
             }
@@ -882,6 +925,8 @@ impl Driver {
         Ok(Ok((Outcome::None, vec![])))
     }
 
+    /// A copy of the state at the applied index, in its envelope. The
+    /// state lock is held only for the copy, never for the encoding.
     fn snapshot_envelope(&self) -> SnapshotEnvelope {
         let m = self.machine.read().expect("state lock poisoned");
         let term = self.store.term(m.applied).unwrap_or(0);
@@ -894,18 +939,31 @@ impl Driver {
         }
     }
 
-    /// Takes a snapshot at the applied index once enough entries were
-    /// applied since the last one, and compacts the log behind it.
-    async fn maybe_snapshot(&mut self, force: bool) -> Result<(), StorageError> {
-        let applied = self.machine.read().expect("state lock").applied;
-        let (snap_index, _, _) = self.store.snapshot_info();
-        let too_big = self.store.log_bytes() > self.snapshot_bytes;
-        if applied <= snap_index
-            || (!force && !too_big && applied - snap_index < self.snapshot_entries)
-        {
-            return Ok(());
+    /// Starts a snapshot at the applied index in the background when one
+    /// is due: enough entries applied since the last, the log over its
+    /// size, or one asked for. Never while one is being written: the
+    /// reasons wait, and the log's size is looked at again once that one
+    /// has compacted it.
+    fn maybe_snapshot(&mut self) {
+        if self.snapshot.is_some() {
+            return;
         }
+        let applied = self.machine.read().expect("state lock").applied;
+        let (snap_index, _, snap_bytes) = self.store.snapshot_info();
+        let too_big = self.store.log_bytes() > self.snapshot_bytes;
+        let asked = !self.snapshot_waiters.is_empty();
+        let due = asked
+            || (applied > snap_index
+                && (self.snapshot_due || too_big || applied - snap_index >= self.snapshot_entries));
+        if !due {
+            // Nothing applied since the last snapshot: it already serves.
+            self.snapshot_due = false;
+            return;
+        }
+        self.snapshot_due = false;
+        let copying = Instant::now();
         let env = self.snapshot_envelope();
+        let copy = copying.elapsed();
         let mut snap = Snapshot::default();
         let meta = snap.mut_metadata();
         meta.index = env.index;
@@ -915,14 +973,82 @@ impl Driver {
         // nothing behind the snapshot.
         let keep = if too_big { 0 } else { self.keep_entries };
         let compact_to = env.index.saturating_sub(keep).max(1);
+        self.snapshot = Some(InFlight {
+            index: env.index,
+            waiters: std::mem::take(&mut self.snapshot_waiters),
+        });
+        let job = snapshotter::Job {
+            env,
+            snap,
+            compact_to,
+            copy,
+            size_hint: snap_bytes as usize,
+        };
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            snap.data = env.encode().into();
-            store.save_snapshot(&snap, compact_to)
-        })
-        .await
-        .map_err(|e| StorageError::Io(e.to_string()))??;
-        tracing::debug!(index = applied, compact_to, "snapshot taken, log compacted");
+        let stop = self.stop.clone();
+        let hook = self.before_save.clone();
+        let done = self.snapshot_done.clone();
+        self.tracker.spawn_blocking(move || {
+            let _ = done.send(snapshotter::write(&store, job, &stop, hook.as_ref()));
+        });
+    }
+
+    /// Finishes the snapshot written in the background: answers who
+    /// waited for it. A failed save stops the replica, as any failed
+    /// write to the store does.
+    fn on_snapshot_done(&mut self, done: snapshotter::Done) -> Result<(), StorageError> {
+        let waiters = self.snapshot.take().map(|f| f.waiters).unwrap_or_default();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let env = match done.result {
+            Ok(Written::Saved { env, bytes }) => {
+                tracing::debug!(
+                    index = done.index,
+                    compact_to = done.compact_to,
+                    bytes,
+                    copy_ms = ms(done.copy),
+                    encode_ms = ms(done.encode),
+                    save_ms = ms(done.save),
+                    "snapshot taken, log compacted"
+                );
+                let phases = &crate::metrics::edge().snapshot_duration;
+                for (phase, took) in [
+                    ("copy", done.copy),
+                    ("encode", done.encode),
+                    ("save", done.save),
+                ] {
+                    phases
+                        .with_label_values(&[phase])
+                        .observe(took.as_secs_f64());
+                }
+                env
+            }
+            Ok(Written::Superseded { env }) => {
+                tracing::debug!(
+                    index = done.index,
+                    "snapshot not kept: the latest one is as new (installed from the leader meanwhile, or nothing applied since)"
+                );
+                env
+            }
+            Ok(Written::Abandoned) => {
+                for w in waiters {
+                    let _ = w.send(Err(ProposeError::Stopped));
+                }
+                return Ok(());
+            }
+            Err(e) => {
+                for w in waiters {
+                    let _ = w.send(Err(ProposeError::Storage(StorageError::Io(e.to_string()))));
+                }
+                return Err(e);
+            }
+        };
+        let mut waiters = waiters;
+        if let Some(last) = waiters.pop() {
+            for w in waiters {
+                let _ = w.send(Ok(env.clone()));
+            }
+            let _ = last.send(Ok(env));
+        }
         Ok(())
     }
 
@@ -962,6 +1088,7 @@ impl Driver {
             last_index: raft.raft_log.last_index(),
             snapshot_index,
             snapshot_bytes,
+            snapshot_in_flight: self.snapshot.as_ref().map(|f| f.index),
             log_entries: self.store.log_len() as u64,
             members,
         };
@@ -1156,6 +1283,131 @@ mod tests {
         assert_eq!(out, Outcome::Job(JobId(1)));
         let env = r.snapshot_now().await.unwrap();
         assert_eq!(env.state, r.read(|s| s.clone()));
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// A hook that holds each snapshot between encoding and saving until
+    /// the test lets it go, and tells the test which index it holds.
+    fn held_snapshots() -> (
+        BeforeSave,
+        mpsc::UnboundedReceiver<u64>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (entered_tx, entered) = mpsc::unbounded_channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = std::sync::Mutex::new(released);
+        let hook: BeforeSave = Arc::new(move |index| {
+            let _ = entered_tx.send(index);
+            let _ = released.lock().unwrap().recv();
+        });
+        (hook, entered, release)
+    }
+
+    fn tenant(i: usize) -> Command {
+        Command::CreateTenant {
+            name: format!("t{i}"),
+            token_hash: format!("h{i}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn proposals_commit_while_a_snapshot_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.snapshot_entries = 1_000_000;
+        let (hook, mut entered, release) = held_snapshots();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let r = Replica::start_with(c, Some(hook), stop.clone(), &tracker).unwrap();
+        for i in 0..5 {
+            r.propose(tenant(i)).await.unwrap();
+        }
+        let before = r.status().snapshot_index;
+        let taking = tokio::spawn({
+            let r = r.clone();
+            async move { r.snapshot_now().await }
+        });
+        let index = entered.recv().await.unwrap();
+        assert_eq!(r.status().snapshot_in_flight, Some(index));
+
+        // The snapshot is held before its save, and the driver goes on:
+        // proposals commit, are applied, and a second request waits.
+        for i in 5..25 {
+            r.propose(tenant(i)).await.unwrap();
+        }
+        r.read_barrier().await.unwrap();
+        assert_eq!(r.read(|s| s.tenants().count()), 25);
+        assert!(!taking.is_finished());
+        assert_eq!(r.status().snapshot_index, before);
+        let second = tokio::spawn({
+            let r = r.clone();
+            async move { r.snapshot_now().await }
+        });
+
+        release.send(()).unwrap();
+        let env = taking.await.unwrap().unwrap();
+        assert_eq!(env.index, index);
+        assert_eq!(env.state.tenants().count(), 5);
+        // The second snapshot starts after the first is saved and covers
+        // what was applied meanwhile.
+        let later = entered.recv().await.unwrap();
+        assert!(later >= index + 20, "{later} after {index}");
+        release.send(()).unwrap();
+        let env = second.await.unwrap().unwrap();
+        assert_eq!(env.state.tenants().count(), 25);
+        let status = r.status();
+        assert_eq!(status.snapshot_index, later);
+        assert_eq!(status.snapshot_in_flight, None);
+
+        // A restart from the background snapshot (and the log after it)
+        // restores exactly the state.
+        r.propose(tenant(25)).await.unwrap();
+        let state = r.read(|s| s.clone());
+        let hash = r.state_hash();
+        drop(release);
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+        let (r, stop, tracker) = start(dir.path()).await;
+        assert_eq!(r.read(|s| s.clone()), state);
+        assert_eq!(r.state_hash(), hash);
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stop_during_a_snapshot_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.snapshot_entries = 1_000_000;
+        let (hook, mut entered, release) = held_snapshots();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let r = Replica::start_with(c, Some(hook), stop.clone(), &tracker).unwrap();
+        for i in 0..5 {
+            r.propose(tenant(i)).await.unwrap();
+        }
+        let before = r.status().snapshot_index;
+        let state = r.read(|s| s.clone());
+        let taking = tokio::spawn({
+            let r = r.clone();
+            async move { r.snapshot_now().await }
+        });
+        entered.recv().await.unwrap();
+        stop.cancel();
+        release.send(()).unwrap();
+        tracker.close();
+        tracker.wait().await;
+        assert!(matches!(taking.await.unwrap(), Err(ProposeError::Stopped)));
+
+        let store = RaftStore::open(&dir.path().join("raft.redb"), &[]).unwrap();
+        assert_eq!(store.snapshot_info().0, before, "nothing was saved");
+        drop(store);
+        let (r, stop, tracker) = start(dir.path()).await;
+        assert_eq!(r.read(|s| s.clone()), state);
         stop.cancel();
         tracker.close();
         tracker.wait().await;

@@ -9,12 +9,14 @@
 //! - `transport`: peer messages over the tonic `RaftService`, batched per
 //!   peer through bounded queues.
 //! - `snapshot`: the versioned snapshot envelope; restore from a backup.
+//! - `snapshotter`: snapshots encoded and saved off the driver's path.
 //! - `status`: the `RaftStatus` a replica publishes.
 //! - `logger`: raft-rs's slog records forwarded to tracing.
 
 mod driver;
 mod logger;
 mod snapshot;
+mod snapshotter;
 mod status;
 mod storage;
 mod transport;

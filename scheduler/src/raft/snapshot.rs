@@ -29,6 +29,11 @@ impl SnapshotEnvelope {
         serde_json::to_vec(self).expect("the state always serializes")
     }
 
+    /// Encodes into `w`; fails only when `w` refuses the bytes.
+    pub fn encode_to(&self, w: impl std::io::Write) -> Result<(), serde_json::Error> {
+        serde_json::to_writer(w, self)
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<SnapshotEnvelope, StorageError> {
         let env: SnapshotEnvelope = serde_json::from_slice(bytes)
             .map_err(|e| StorageError::Corrupt(format!("undecodable snapshot: {e}")))?;

@@ -55,6 +55,8 @@ pub struct RaftStatus {
     pub last_index: u64,
     pub snapshot_index: u64,
     pub snapshot_bytes: u64,
+    /// The index of the snapshot being written in the background, if any.
+    pub snapshot_in_flight: Option<u64>,
     /// Entries held in the log behind the snapshot (memory and disk).
     pub log_entries: u64,
     pub members: Vec<MemberStatus>,

@@ -9,10 +9,25 @@
 //! The log starts after a "base" (index, term): the last entry folded into
 //! a snapshot or dropped by compaction. Entries after it are kept; entries
 //! up to it are gone from memory and disk, so both stay bounded.
+//!
+//! Every write (its redb transaction and the in-memory change after it)
+//! runs under one writer lock, so a snapshot saved from a background
+//! thread never interleaves with the driver's appends or with a snapshot
+//! installed from the leader.
+//!
+//! A snapshot taken locally keeps its data in a file of its own beside
+//! `raft.redb` (`raft-snapshot-<index>-<nonce>.bin`, the envelope's bytes,
+//! so also a valid backup), written and synced before the store names it
+//! in a small transaction: redb allows one write transaction at a time,
+//! and writing tens of MiB inside one would hold the driver's appends for
+//! as long. A snapshot installed from the leader, or at bootstrap and
+//! restore, is kept inline. Files no longer named are removed; any left
+//! by a crash are removed on open.
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::{Arc, RwLock};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
@@ -27,6 +42,9 @@ const CONF_STATE: &str = "conf_state";
 const SNAPSHOT: &str = "snapshot";
 const LOG_BASE: &str = "log_base";
 const PEERS: &str = "peers";
+/// The file holding the latest snapshot's data, when it is not inline.
+const SNAPSHOT_FILE: &str = "snapshot_file";
+const SNAPSHOT_FILE_PREFIX: &str = "raft-snapshot-";
 
 #[derive(Debug, Error)]
 pub enum StorageError {
@@ -88,6 +106,10 @@ impl Core {
 pub struct RaftStore {
     db: Arc<Database>,
     core: Arc<RwLock<Core>>,
+    /// Held across each write's transaction and in-memory update.
+    writer: Arc<Mutex<()>>,
+    /// The directory of `raft.redb`, where snapshot files live.
+    dir: Arc<PathBuf>,
     /// Raft asked for a snapshot the latest one cannot serve.
     snapshot_wanted: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -116,6 +138,8 @@ impl RaftStore {
         let store = RaftStore {
             db: Arc::new(db),
             core: Arc::new(RwLock::new(Core::default())),
+            writer: Arc::default(),
+            dir: Arc::new(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
             snapshot_wanted: Arc::default(),
         };
         store.load(voters, peers)?;
@@ -156,6 +180,18 @@ impl RaftStore {
             entries: Vec::new(),
             bytes: 0,
         };
+        let file = match meta.get(SNAPSHOT_FILE)? {
+            Some(v) => Some(String::from_utf8(v.value().to_vec()).map_err(corrupt)?),
+            None => None,
+        };
+        if let Some(name) = &file {
+            let path = self.dir.join(name);
+            let data = std::fs::read(&path).map_err(|e| {
+                StorageError::Corrupt(format!("snapshot file {}: {e}", path.display()))
+            })?;
+            core.snapshot.data = data.into();
+        }
+        self.remove_snapshot_files(|name| Some(name) != file.as_deref());
         let table = txn.open_table(ENTRIES)?;
         for row in table.range(core.base.0 + 1..)? {
             let (_, v) = row?;
@@ -190,12 +226,17 @@ impl RaftStore {
         self.core.write().expect("store lock poisoned")
     }
 
+    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.writer.lock().expect("store writer lock poisoned")
+    }
+
     /// Appends entries (replacing any conflicting suffix) and, if given,
     /// the new hard state, durably, in one transaction.
     pub fn persist(&self, entries: &[Entry], hard: Option<&HardState>) -> Result<(), StorageError> {
         if entries.is_empty() && hard.is_none() {
             return Ok(());
         }
+        let _writer = self.writer();
         if let Some(first) = entries.first() {
             let c = self.rl();
             if first.index <= c.base.0 || first.index > c.last_index() + 1 {
@@ -257,6 +298,7 @@ impl RaftStore {
     /// Records the configuration after an applied membership change, with
     /// the peers' addresses as they now are.
     pub fn set_conf_state(&self, conf: &ConfState, peers: &Peers) -> Result<(), StorageError> {
+        let _writer = self.writer();
         self.write(|meta, _| {
             put(meta, CONF_STATE, conf)?;
             put_json(meta, PEERS, peers)
@@ -301,14 +343,17 @@ impl RaftStore {
     /// Installs a snapshot received from the leader: it replaces the whole
     /// log and configuration.
     pub fn apply_snapshot(&self, snap: &Snapshot, peers: &Peers) -> Result<(), StorageError> {
+        let _writer = self.writer();
         let meta = snap.get_metadata();
         let base = (meta.index, meta.term);
         let mut hard = self.hard_state();
         hard.term = hard.term.max(meta.term);
         hard.commit = hard.commit.max(meta.index);
         let conf = meta.get_conf_state().clone();
+        let mut replaced = None;
         self.write(|m, table| {
             table.retain(|_, _| false)?;
+            replaced = m.remove(SNAPSHOT_FILE)?.map(|v| v.value().to_vec());
             put(m, SNAPSHOT, snap)?;
             put(m, HARD_STATE, &hard)?;
             put(m, CONF_STATE, &conf)?;
@@ -323,26 +368,52 @@ impl RaftStore {
         core.entries.clear();
         core.bytes = 0;
         core.peers = peers.clone();
+        drop(core);
+        self.remove_replaced(replaced);
         Ok(())
     }
 
     /// Keeps `snap` (taken locally at an applied index) as the latest
     /// snapshot and drops the log up to `compact_to` (at most the
-    /// snapshot's index), in one transaction.
-    pub fn save_snapshot(&self, snap: &Snapshot, compact_to: u64) -> Result<(), StorageError> {
-        let compact_to = compact_to.min(snap.get_metadata().index);
+    /// snapshot's index): its data goes to a file of its own first, then
+    /// one small transaction names it and compacts. A snapshot that is not newer
+    /// than the latest one (a leader's snapshot was installed while this
+    /// one was being encoded) is not kept: returns `false` and changes
+    /// nothing.
+    pub fn save_snapshot(&self, snap: &Snapshot, compact_to: u64) -> Result<bool, StorageError> {
+        let index = snap.get_metadata().index;
+        if index <= self.snapshot_info().0 {
+            return Ok(false);
+        }
+        // Written before taking the writer lock: the driver's appends go
+        // on meanwhile.
+        let file = self.write_snapshot_file(snap)?;
+        let _writer = self.writer();
+        let compact_to = compact_to.min(index);
         let base = {
             let c = self.rl();
+            if index <= c.snapshot.get_metadata().index {
+                drop(c);
+                let _ = std::fs::remove_file(self.dir.join(&file));
+                return Ok(false);
+            }
             if compact_to <= c.base.0 {
                 c.base
             } else {
+                // Entries up to a local snapshot's index were applied, so
+                // they are committed and still in the log.
                 let at = (compact_to - c.base.0 - 1) as usize;
                 (compact_to, c.entries[at].term)
             }
         };
+        let mut named = Snapshot::default();
+        named.set_metadata(snap.get_metadata().clone());
+        let mut replaced = None;
         self.write(|m, table| {
             table.retain_in(..=base.0, |_, _| false)?;
-            put(m, SNAPSHOT, snap)?;
+            replaced = m.remove(SNAPSHOT_FILE)?.map(|v| v.value().to_vec());
+            put(m, SNAPSHOT, &named)?;
+            m.insert(SNAPSHOT_FILE, file.as_bytes())?;
             put_json(m, LOG_BASE, &base)
         })?;
         let mut core = self.wl();
@@ -351,7 +422,55 @@ impl RaftStore {
         core.bytes -= dropped;
         core.base = base;
         core.snapshot = snap.clone();
-        Ok(())
+        drop(core);
+        self.remove_replaced(replaced);
+        Ok(true)
+    }
+
+    /// Writes a snapshot's data to a new file of its own, synced, under a
+    /// name no other snapshot has; returns the name.
+    fn write_snapshot_file(&self, snap: &Snapshot) -> Result<String, StorageError> {
+        let name = format!(
+            "{SNAPSHOT_FILE_PREFIX}{:020}-{:016x}.bin",
+            snap.get_metadata().index,
+            rand::random::<u64>()
+        );
+        let path = self.dir.join(&name);
+        let tmp = path.with_extension("tmp");
+        let io = |e: std::io::Error| StorageError::Io(format!("{}: {e}", tmp.display()));
+        let mut f = std::fs::File::create(&tmp).map_err(io)?;
+        f.write_all(&snap.data).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(io)?;
+        // The rename itself must be durable before the store names it.
+        std::fs::File::open(self.dir.as_path())
+            .and_then(|d| d.sync_all())
+            .map_err(io)?;
+        Ok(name)
+    }
+
+    /// Removes the snapshot file a write just stopped naming.
+    fn remove_replaced(&self, replaced: Option<Vec<u8>>) {
+        if let Some(name) = replaced.and_then(|n| String::from_utf8(n).ok()) {
+            if let Err(e) = std::fs::remove_file(self.dir.join(&name)) {
+                tracing::warn!("cannot remove the old snapshot file {name}: {e}");
+            }
+        }
+    }
+
+    /// Removes snapshot files (and unfinished ones) that `stale` picks.
+    fn remove_snapshot_files(&self, stale: impl Fn(&str) -> bool) {
+        let Ok(dir) = std::fs::read_dir(self.dir.as_path()) else {
+            return;
+        };
+        for entry in dir.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(SNAPSHOT_FILE_PREFIX) && stale(name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
     }
 
     fn write(
@@ -531,7 +650,7 @@ mod tests {
             snap.mut_metadata().term = 1;
             snap.mut_metadata().mut_conf_state().voters = vec![1, 2];
             snap.data = b"state".to_vec().into();
-            s.save_snapshot(&snap, 6).unwrap();
+            assert!(s.save_snapshot(&snap, 6).unwrap());
             assert_eq!(s.first_index().unwrap(), 7);
             assert_eq!(s.term(6).unwrap(), 1, "the base keeps its term");
             assert!(s
@@ -565,5 +684,88 @@ mod tests {
         assert_eq!(s.hard_state().commit, 20);
         assert_eq!(s.conf_state().voters, vec![1, 2, 3]);
         assert_eq!(s.peers()[&2], "b:1");
+    }
+
+    fn snapshot_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().starts_with(SNAPSHOT_FILE_PREFIX)
+            })
+            .count()
+    }
+
+    #[test]
+    fn files_left_by_a_crash_are_removed_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let s = RaftStore::open(&path, &[1]).unwrap();
+        let entries: Vec<_> = (1..=5).map(|i| entry(i, 1, b"x")).collect();
+        s.persist(&entries, None).unwrap();
+        assert!(s.save_snapshot(&snapshot_at(4, b"four"), 4).unwrap());
+        drop(s);
+        // One written but never named, one half written.
+        let orphan = format!("{SNAPSHOT_FILE_PREFIX}00000000000000000005-00.bin");
+        std::fs::write(dir.path().join(orphan), b"five").unwrap();
+        let partial = format!("{SNAPSHOT_FILE_PREFIX}00000000000000000005-01.tmp");
+        std::fs::write(dir.path().join(partial), b"fi").unwrap();
+        std::fs::write(dir.path().join("operator-notes.txt"), b"kept").unwrap();
+        let s = RaftStore::open(&path, &[1]).unwrap();
+        assert_eq!(s.snapshot_data().data.as_ref(), b"four");
+        assert_eq!(snapshot_files(dir.path()), 1);
+        assert!(dir.path().join("operator-notes.txt").exists());
+    }
+
+    fn snapshot_at(index: u64, data: &[u8]) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.mut_metadata().index = index;
+        snap.mut_metadata().term = 1;
+        snap.mut_metadata().mut_conf_state().voters = vec![1];
+        snap.data = data.to_vec().into();
+        snap
+    }
+
+    #[test]
+    fn a_snapshot_older_than_the_latest_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raft.redb");
+        let s = RaftStore::open(&path, &[1]).unwrap();
+        let entries: Vec<_> = (1..=30).map(|i| entry(i, 1, b"x")).collect();
+        s.persist(&entries, None).unwrap();
+        assert!(s.save_snapshot(&snapshot_at(10, b"ten"), 8).unwrap());
+        // One encoded in the background meanwhile, at an older index, and
+        // one at the same index, change nothing.
+        assert!(!s.save_snapshot(&snapshot_at(6, b"six"), 6).unwrap());
+        assert!(!s.save_snapshot(&snapshot_at(10, b"again"), 10).unwrap());
+        assert_eq!(s.snapshot_info().0, 10);
+        assert_eq!(s.first_index().unwrap(), 9);
+        // Entries appended after the snapshot's index stay in the log.
+        s.persist(&[entry(31, 1, b"y")], None).unwrap();
+        assert!(s.save_snapshot(&snapshot_at(20, b"twenty"), 20).unwrap());
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (21, 31)
+        );
+        // Only the latest one's file is kept, and it is read back on open.
+        assert_eq!(snapshot_files(dir.path()), 1);
+        drop(s);
+        let s = RaftStore::open(&path, &[1]).unwrap();
+        assert_eq!(s.snapshot_data().data.as_ref(), b"twenty");
+        assert_eq!(s.snapshot_info(), (20, 1, 6));
+
+        // The leader's snapshot, installed while a local one was encoded,
+        // wins over it.
+        s.apply_snapshot(&snapshot_at(40, b"leader"), &Peers::new())
+            .unwrap();
+        assert!(!s.save_snapshot(&snapshot_at(25, b"local"), 25).unwrap());
+        assert_eq!(snapshot_files(dir.path()), 0, "the installed one is inline");
+        drop(s);
+        let s = RaftStore::open(&path, &[1]).unwrap();
+        assert_eq!(s.snapshot_data().data.as_ref(), b"leader");
+        assert_eq!(
+            (s.first_index().unwrap(), s.last_index().unwrap()),
+            (41, 40)
+        );
     }
 }
