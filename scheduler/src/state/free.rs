@@ -281,11 +281,18 @@ fn contributed<'n>(nodes: impl Iterator<Item = &'n Node>) -> Contributed {
 
 /// The indexes derived from the nodes, each built when first asked for.
 /// They are derived, so two states with equal nodes are equal whatever
-/// their caches hold.
-#[derive(Clone, Debug, Default)]
+/// their caches hold, and a copy of the state starts without them (a
+/// snapshot's copy must be cheap; the copy rebuilds them if it plans).
+#[derive(Debug, Default)]
 pub struct NodeCache {
     free: OnceLock<FreeCapacity>,
     contributed: OnceLock<Contributed>,
+}
+
+impl Clone for NodeCache {
+    fn clone(&self) -> NodeCache {
+        NodeCache::default()
+    }
 }
 
 impl PartialEq for NodeCache {

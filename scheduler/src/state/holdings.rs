@@ -126,9 +126,16 @@ fn sum<'j>(jobs: impl Iterator<Item = &'j Job>) -> Holdings {
 }
 
 /// The sums, built when first asked for. Derived from the jobs, so two
-/// states with equal jobs are equal whatever this holds.
-#[derive(Clone, Debug, Default)]
+/// states with equal jobs are equal whatever this holds, and a copy of
+/// the state starts without them (as `NodeCache` does).
+#[derive(Debug, Default)]
 pub struct HoldingsCache(OnceLock<Holdings>);
+
+impl Clone for HoldingsCache {
+    fn clone(&self) -> HoldingsCache {
+        HoldingsCache::default()
+    }
+}
 
 impl PartialEq for HoldingsCache {
     fn eq(&self, _: &HoldingsCache) -> bool {
