@@ -9,7 +9,7 @@
 //! asked. All amounts are integers, so kept and rebuilt sums are equal.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use super::{Job, JobClass, JobId, JobState, Millis};
 
@@ -146,9 +146,9 @@ impl PartialEq for HoldingsCache {
 impl Eq for HoldingsCache {}
 
 impl HoldingsCache {
-    pub fn get(&self, placed: &BTreeSet<JobId>, jobs: &BTreeMap<JobId, Job>) -> &Holdings {
+    pub fn get(&self, placed: &BTreeSet<JobId>, jobs: &BTreeMap<JobId, Arc<Job>>) -> &Holdings {
         self.0
-            .get_or_init(|| sum(placed.iter().filter_map(|id| jobs.get(id))))
+            .get_or_init(|| sum(placed.iter().filter_map(|id| jobs.get(id).map(|j| &**j))))
     }
 
     /// Whether the sums are kept now (else nothing needs updating).

@@ -6,6 +6,7 @@
 //! are stopped, and the job ends (or is requeued) once every task is gone.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use super::command::{Effect, Outcome, Rejection, TaskPlacement};
 use super::ledger;
@@ -40,7 +41,7 @@ impl State {
         let id = JobId(self.last_job);
         self.jobs.insert(
             id,
-            Job {
+            Arc::new(Job {
                 id,
                 tenant,
                 spec,
@@ -61,7 +62,7 @@ impl State {
                 ending: None,
                 usage: JobUsage::default(),
                 gpu_fault: None,
-            },
+            }),
         );
         self.pending.insert(id);
         self.queues.add(&self.jobs[&id]);
@@ -81,6 +82,7 @@ impl State {
             .get_mut(&id)
             // Another tenant's job is reported as absent, never as forbidden.
             .filter(|j| tenant.is_none_or(|t| j.tenant == t))
+            .map(Arc::make_mut)
             .ok_or(Rejection::UnknownJob(id))?;
         let reason = if reason.is_empty() {
             "cancelled".to_string()
@@ -193,7 +195,11 @@ impl State {
         let own = placed
             .iter()
             .all(|t| self.nodes[&t.node].labels.owner.as_deref() == Some(tenant.as_str()));
-        let job = self.jobs.get_mut(&id).expect("checked above");
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .map(Arc::make_mut)
+            .expect("checked above");
         job.capacity = match capacity {
             Capacity::Guaranteed if own => Capacity::Own,
             Capacity::Own if !own => Capacity::Guaranteed,
@@ -302,7 +308,11 @@ impl State {
 
     pub(super) fn job_started(&mut self, node: &str, id: JobId, started_at: Millis) -> Applied {
         self.job_on(node, id)?;
-        let job = self.jobs.get_mut(&id).expect("checked by job_on");
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .map(Arc::make_mut)
+            .expect("checked by job_on");
         let task = job
             .tasks
             .iter_mut()
@@ -343,7 +353,11 @@ impl State {
             return Ok((Outcome::None, vec![forget]));
         }
         // Usage adds up over tasks and attempts.
-        let job = self.jobs.get_mut(&id).expect("checked by job_on");
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .map(Arc::make_mut)
+            .expect("checked by job_on");
         job.usage = job.usage.plus(usage);
         let end = TaskEnd::Exited {
             exit_code,
@@ -371,7 +385,11 @@ impl State {
         self.record_run(id, node, ended, energy, at);
         self.charge_task(id, at);
         self.release_task(id, node);
-        let job = self.jobs.get_mut(&id).expect("caller checked");
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .map(Arc::make_mut)
+            .expect("caller checked");
         let index = job.tasks.iter().position(|t| t.node == node);
         if let Some(t) = index.map(|i| &mut job.tasks[i]) {
             t.finished = true;
@@ -425,7 +443,11 @@ impl State {
 
     /// Every task is gone: the job ends, or goes back to the queue.
     fn finish(&mut self, id: JobId, at: Millis) -> Vec<Effect> {
-        let job = self.jobs.get_mut(&id).expect("caller checked");
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .map(Arc::make_mut)
+            .expect("caller checked");
         let preempted = job.state == JobState::Preempting;
         if preempted {
             job.preemptions += 1;
@@ -516,7 +538,11 @@ impl State {
                 None => return Err(Rejection::UnknownJob(claimant)),
             }
         }
-        let job = self.jobs.get_mut(&id).ok_or(Rejection::UnknownJob(id))?;
+        let job = self
+            .jobs
+            .get_mut(&id)
+            .map(Arc::make_mut)
+            .ok_or(Rejection::UnknownJob(id))?;
         let why = |why: &str| Rejection::NotPreemptible {
             job: id,
             why: why.to_string(),
@@ -532,7 +558,7 @@ impl State {
         let mut effects = stop_tasks(job, &reason);
         effects.push(Effect::JobChanged(id));
         // Its wait from now on counts as reclaim latency.
-        if let Some(claimant) = for_job.and_then(|c| self.jobs.get_mut(&c)) {
+        if let Some(claimant) = for_job.and_then(|c| self.jobs.get_mut(&c).map(Arc::make_mut)) {
             claimant.reclaimed = true;
         }
         Ok((Outcome::Job(id), effects))

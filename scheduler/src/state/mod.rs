@@ -24,6 +24,7 @@ mod tests;
 pub(crate) mod tests_support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,7 +53,7 @@ pub struct State {
     /// tokens are in `security`.
     tokens: BTreeMap<String, String>,
     nodes: BTreeMap<String, Node>,
-    jobs: BTreeMap<JobId, Job>,
+    jobs: BTreeMap<JobId, Arc<Job>>,
     /// Jobs waiting for GPUs, in submission order.
     pending: BTreeSet<JobId>,
     /// Jobs holding GPUs (`JobState::is_placed`), so that the planner's
@@ -101,7 +102,7 @@ struct StoredState {
     tenants: BTreeMap<String, Tenant>,
     tokens: BTreeMap<String, String>,
     nodes: BTreeMap<String, Node>,
-    jobs: BTreeMap<JobId, Job>,
+    jobs: BTreeMap<JobId, Arc<Job>>,
     pending: BTreeSet<JobId>,
     last_job: u64,
     policy: PoolPolicy,
@@ -126,7 +127,7 @@ impl From<StoredState> for State {
             .filter(|j| j.state.is_placed())
             .map(|j| j.id)
             .collect();
-        let queues = Queues::of(s.pending.iter().map(|id| &s.jobs[id]));
+        let queues = Queues::of(s.pending.iter().map(|id| &*s.jobs[id]));
         State {
             tenants: s.tenants,
             tokens: s.tokens,
@@ -234,7 +235,7 @@ impl State {
     fn holding_of(&self, scope: &CapacityScope) -> Option<holdings::Holding> {
         match scope {
             CapacityScope::Job(id) if self.holdings.is_kept() => {
-                self.jobs.get(id).and_then(holdings::holding)
+                self.jobs.get(id).and_then(|j| holdings::holding(j))
             }
             _ => None,
         }
@@ -245,7 +246,7 @@ impl State {
         match scope {
             CapacityScope::Unchanged => {}
             CapacityScope::Job(id) => {
-                let after = self.jobs.get(id).and_then(holdings::holding);
+                let after = self.jobs.get(id).and_then(|j| holdings::holding(j));
                 self.holdings.replace(before.as_ref(), after.as_ref());
             }
             CapacityScope::Nodes => self.holdings.drop_all(),
@@ -323,7 +324,7 @@ impl State {
             let Some(job) = self.jobs.remove(&id) else {
                 continue;
             };
-            let a = self.archived.entry(job.tenant).or_default();
+            let a = self.archived.entry(job.tenant.clone()).or_default();
             a.jobs += 1;
             match job.state {
                 JobState::Succeeded => a.succeeded += 1,
@@ -506,16 +507,16 @@ impl State {
     }
 
     pub fn job(&self, id: JobId) -> Option<&Job> {
-        self.jobs.get(&id)
+        self.jobs.get(&id).map(|j| &**j)
     }
 
     pub fn jobs(&self) -> impl Iterator<Item = &Job> {
-        self.jobs.values()
+        self.jobs.values().map(|j| &**j)
     }
 
     /// Pending jobs in submission order.
     pub fn pending_jobs(&self) -> impl Iterator<Item = &Job> {
-        self.pending.iter().map(|id| &self.jobs[id])
+        self.pending.iter().map(|id| &*self.jobs[id])
     }
 
     /// Pending jobs per tenant, in the planner's orders.
@@ -525,12 +526,12 @@ impl State {
 
     /// Jobs holding GPUs (assigned, running, or stopping), by id.
     pub fn placed_jobs(&self) -> impl Iterator<Item = &Job> {
-        self.placed.iter().map(|id| &self.jobs[id])
+        self.placed.iter().map(|id| &*self.jobs[id])
     }
 
     /// Jobs not yet final (pending, placed or stopping), by id.
     pub fn live_jobs(&self) -> impl Iterator<Item = &Job> {
-        self.live.iter().map(|id| &self.jobs[id])
+        self.live.iter().map(|id| &*self.jobs[id])
     }
 
     /// Jobs with a task still running (or starting) on `node`.
@@ -880,7 +881,11 @@ impl State {
         let holders: Vec<JobId> = gpu.holders.keys().copied().collect();
         let mut effects = vec![];
         for id in holders {
-            let job = self.jobs.get_mut(&id).expect("a GPU's holder exists");
+            let job = self
+                .jobs
+                .get_mut(&id)
+                .map(Arc::make_mut)
+                .expect("a GPU's holder exists");
             // A job already on its way out (cancelled, preempted, or
             // stopping after another task ended) ends as it was going to.
             if !matches!(job.state, JobState::Assigned | JobState::Running)

@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -371,7 +372,7 @@ impl State {
             } else {
                 format!("tenant suspended: {reason}")
             };
-            for job in self.jobs.values_mut() {
+            for job in self.jobs.values_mut().map(Arc::make_mut) {
                 if job.tenant != tenant || !job.state.is_placed() {
                     continue;
                 }
