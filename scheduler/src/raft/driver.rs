@@ -1288,6 +1288,23 @@ mod tests {
         tracker.wait().await;
     }
 
+    /// Waits (up to a generous deadline) until the published status
+    /// satisfies `ok`.
+    async fn status_until(r: &Replica, ok: impl Fn(&RaftStatus) -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let status = r.status();
+            if ok(&status) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "status never got there: {status:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// A hook that holds each snapshot between encoding and saving until
     /// the test lets it go, and tells the test which index it holds.
     fn held_snapshots() -> (
@@ -1330,7 +1347,8 @@ mod tests {
             async move { r.snapshot_now().await }
         });
         let index = entered.recv().await.unwrap();
-        assert_eq!(r.status().snapshot_in_flight, Some(index));
+        // The status is published by the driver's loop: wait for it.
+        status_until(&r, |s| s.snapshot_in_flight == Some(index)).await;
 
         // The snapshot is held before its save, and the driver goes on:
         // proposals commit, are applied, and a second request waits.
@@ -1357,9 +1375,10 @@ mod tests {
         release.send(()).unwrap();
         let env = second.await.unwrap().unwrap();
         assert_eq!(env.state.tenants().count(), 25);
-        let status = r.status();
-        assert_eq!(status.snapshot_index, later);
-        assert_eq!(status.snapshot_in_flight, None);
+        status_until(&r, |s| {
+            s.snapshot_index == later && s.snapshot_in_flight.is_none()
+        })
+        .await;
 
         // A restart from the background snapshot (and the log after it)
         // restores exactly the state.
