@@ -188,7 +188,7 @@ fn apply_round(p: &mut Pool, decisions: &[Decision]) -> Result<(), TestCaseError
 /// The free-capacity index kept between rounds equals one built afresh.
 fn check_free_index(s: &State) -> Result<(), TestCaseError> {
     prop_assert!(
-        s.free_capacity_is_exact(),
+        s.kept_indexes_are_exact(),
         "the free-capacity index drifted"
     );
     Ok(())

@@ -65,45 +65,22 @@ impl TenantHoldings {
             })
             .sum()
     }
-
-    fn is_empty(&self) -> bool {
-        self.by_job_class.values().all(|&m| m == 0)
-    }
 }
 
 /// Every tenant's sums; a tenant holding nothing has none.
 pub type Holdings = BTreeMap<String, TenantHoldings>;
 
-fn change(sums: &mut Holdings, h: &Holding, sign: i128) {
+fn change(sums: &mut Holdings, h: &Holding, add: bool) {
     let t = match sums.get_mut(&h.tenant) {
         Some(t) => t,
         None => sums.entry(h.tenant.clone()).or_default(),
     };
-    let apply = |v: &mut u64| {
-        *v = if sign > 0 {
-            *v + h.milli
-        } else {
-            v.saturating_sub(h.milli)
-        }
-    };
     if h.job_class != JobClass::Scavenger && !h.leaving {
-        match t.held.get_mut(&h.gpu_class) {
-            Some(v) => apply(v),
-            None => {
-                let mut v = 0;
-                apply(&mut v);
-                t.held.insert(h.gpu_class.clone(), v);
-            }
-        }
-        if t.held.get(&h.gpu_class) == Some(&0) {
-            t.held.remove(&h.gpu_class);
-        }
+        adjust(&mut t.held, &h.gpu_class, add, h.milli);
     }
-    apply(t.by_job_class.entry(h.job_class).or_default());
-    if t.by_job_class.get(&h.job_class) == Some(&0) {
-        t.by_job_class.remove(&h.job_class);
-    }
+    adjust(&mut t.by_job_class, &h.job_class, add, h.milli);
     if let Some(since) = h.running_since {
+        let sign = if add { 1 } else { -1 };
         let milli = i128::from(h.milli);
         let r = t.running.entry(h.job_class).or_default();
         r.0 += sign * milli;
@@ -112,15 +89,36 @@ fn change(sums: &mut Holdings, h: &Holding, sign: i128) {
             t.running.remove(&h.job_class);
         }
     }
-    if t.is_empty() && t.running.is_empty() {
+    // Running jobs are placed ones: nothing held means nothing running.
+    if t.by_job_class.is_empty() {
         sums.remove(&h.tenant);
+    }
+}
+
+/// Adds or takes `milli` at `key`, dropping an amount that reaches zero
+/// (sums built afresh never hold one).
+fn adjust<K: Ord + Clone>(amounts: &mut BTreeMap<K, u64>, key: &K, add: bool, milli: u64) {
+    let now = amounts.get(key).copied().unwrap_or(0);
+    let next = if add {
+        now + milli
+    } else {
+        now.saturating_sub(milli)
+    };
+    match amounts.get_mut(key) {
+        _ if next == 0 => {
+            amounts.remove(key);
+        }
+        Some(v) => *v = next,
+        None => {
+            amounts.insert(key.clone(), next);
+        }
     }
 }
 
 fn sum<'j>(jobs: impl Iterator<Item = &'j Job>) -> Holdings {
     let mut sums = Holdings::new();
     for h in jobs.filter_map(holding) {
-        change(&mut sums, &h, 1);
+        change(&mut sums, &h, true);
     }
     sums
 }
@@ -165,10 +163,10 @@ impl HoldingsCache {
             return;
         };
         if let Some(b) = before {
-            change(sums, b, -1);
+            change(sums, b, false);
         }
         if let Some(a) = after {
-            change(sums, a, 1);
+            change(sums, a, true);
         }
     }
 

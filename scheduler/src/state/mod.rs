@@ -149,58 +149,26 @@ impl From<StoredState> for State {
     }
 }
 
-/// Which jobs a command may end.
-enum Ends {
-    /// None: it ends no job (a submission adds its job to `live` itself).
+/// What a command may change besides tenants, tokens and prices: the
+/// derived indexes are kept by it.
+enum Reach {
+    /// No placed job and no node: nothing the indexes hold (a submission
+    /// adds its job to `live` and its queue itself).
     Nothing,
-    /// At most the job it names.
+    /// At most the job it names, and the free capacity of its nodes.
     Job(JobId),
-    /// Any job: it acts on a node or a GPU, and through it on its jobs.
-    Any,
-}
-
-fn ends(cmd: &Command) -> Ends {
-    match cmd {
-        Command::CancelJob { job, .. }
-        | Command::PlaceJob { job, .. }
-        | Command::JobStarted { job, .. }
-        | Command::JobExited { job, .. }
-        | Command::JobVanished { job, .. }
-        | Command::PreemptJob { job, .. } => Ends::Job(*job),
-        Command::CreateTenant { .. }
-        | Command::SubmitJob { .. }
-        | Command::SetTenantQuota { .. }
-        | Command::SetTenantShare { .. }
-        | Command::SetClassCap { .. }
-        | Command::LabelNode { .. }
-        | Command::SetNodeSchedulable { .. }
-        | Command::SetPrices(_)
-        | Command::SetBudget { .. }
-        | Command::CreateToken { .. }
-        | Command::RevokeToken { .. }
-        | Command::ResumeTenant { .. }
-        | Command::RecordAudit { .. } => Ends::Nothing,
-        _ => Ends::Any,
-    }
-}
-
-/// Which free capacity a command may change.
-enum CapacityScope {
-    Unchanged,
-    /// That of the nodes the job's tasks are on.
-    Job(JobId),
-    /// Nodes themselves: which are schedulable, their GPUs, their labels.
+    /// Nodes or GPUs themselves, and through them any job on them.
     Nodes,
 }
 
-fn capacity_scope(cmd: &Command) -> CapacityScope {
+fn reach(cmd: &Command) -> Reach {
     match cmd {
         Command::CancelJob { job, .. }
         | Command::PlaceJob { job, .. }
         | Command::JobStarted { job, .. }
         | Command::JobExited { job, .. }
         | Command::JobVanished { job, .. }
-        | Command::PreemptJob { job, .. } => CapacityScope::Job(*job),
+        | Command::PreemptJob { job, .. } => Reach::Job(*job),
         Command::CreateTenant { .. }
         | Command::SubmitJob { .. }
         | Command::SetTenantQuota { .. }
@@ -211,30 +179,29 @@ fn capacity_scope(cmd: &Command) -> CapacityScope {
         | Command::CreateToken { .. }
         | Command::RevokeToken { .. }
         | Command::ResumeTenant { .. }
-        | Command::RecordAudit { .. } => CapacityScope::Unchanged,
-        _ => CapacityScope::Nodes,
+        | Command::RecordAudit { .. } => Reach::Nothing,
+        _ => Reach::Nodes,
     }
 }
 
 impl State {
     pub fn apply(&mut self, cmd: Command, at: Millis) -> Applied {
-        let ends = ends(&cmd);
-        let scope = capacity_scope(&cmd);
-        let held_before = self.holding_of(&scope);
+        let reach = reach(&cmd);
+        let held_before = self.holding_of(&reach);
         let applied = self.apply_command(cmd, at);
         if applied.is_ok() {
-            self.index_holdings(&scope, held_before);
-            self.index_free(scope);
-            self.index_live(ends);
+            self.index_holdings(&reach, held_before);
+            self.index_free(&reach);
+            self.index_live(&reach);
             self.archive();
         }
         applied
     }
 
     /// What the job a command names holds now, when the sums are kept.
-    fn holding_of(&self, scope: &CapacityScope) -> Option<holdings::Holding> {
-        match scope {
-            CapacityScope::Job(id) if self.holdings.is_kept() => {
+    fn holding_of(&self, reach: &Reach) -> Option<holdings::Holding> {
+        match reach {
+            Reach::Job(id) if self.holdings.is_kept() => {
                 self.jobs.get(id).and_then(|j| holdings::holding(j))
             }
             _ => None,
@@ -242,14 +209,14 @@ impl State {
     }
 
     /// Keeps the sums of what placed jobs hold exact after a command.
-    fn index_holdings(&mut self, scope: &CapacityScope, before: Option<holdings::Holding>) {
-        match scope {
-            CapacityScope::Unchanged => {}
-            CapacityScope::Job(id) => {
+    fn index_holdings(&mut self, reach: &Reach, before: Option<holdings::Holding>) {
+        match reach {
+            Reach::Nothing => {}
+            Reach::Job(id) => {
                 let after = self.jobs.get(id).and_then(|j| holdings::holding(j));
                 self.holdings.replace(before.as_ref(), after.as_ref());
             }
-            CapacityScope::Nodes => self.holdings.drop_all(),
+            Reach::Nodes => self.holdings.drop_all(),
         }
     }
 
@@ -259,18 +226,18 @@ impl State {
     }
 
     /// Keeps the free-capacity index exact after a command.
-    fn index_free(&mut self, scope: CapacityScope) {
-        match scope {
-            CapacityScope::Unchanged => {}
-            CapacityScope::Job(id) => {
+    fn index_free(&mut self, reach: &Reach) {
+        match reach {
+            Reach::Nothing => {}
+            Reach::Job(id) => {
                 let names = self
                     .jobs
-                    .get(&id)
+                    .get(id)
                     .into_iter()
                     .flat_map(|j| j.tasks.iter().map(|t| t.node.as_str()));
                 self.node_cache.refresh(&self.nodes, names);
             }
-            CapacityScope::Nodes => self.node_cache.drop_all(),
+            Reach::Nodes => self.node_cache.drop_all(),
         }
     }
 
@@ -284,9 +251,9 @@ impl State {
         self.node_cache.contributed(&self.nodes)
     }
 
-    /// Whether the kept free-capacity index equals one built afresh.
+    /// Whether the kept node indexes and job sums equal ones built afresh.
     #[cfg(test)]
-    pub fn free_capacity_is_exact(&self) -> bool {
+    pub fn kept_indexes_are_exact(&self) -> bool {
         self.node_cache.is_exact(&self.nodes) && self.holdings.is_exact(self.placed_jobs())
     }
 
@@ -295,13 +262,13 @@ impl State {
     /// submitted. A command that names its job checks that one; one that
     /// acts on a node may have ended its jobs, so it checks every live job
     /// (their number is bounded by the pool's work, not by history).
-    fn index_live(&mut self, ends: Ends) {
+    fn index_live(&mut self, reach: &Reach) {
         let jobs = &self.jobs;
         let is_final = |id: &JobId| jobs.get(id).is_none_or(|j| j.state.is_final());
-        let ended: Vec<JobId> = match ends {
-            Ends::Job(id) if self.live.contains(&id) && is_final(&id) => vec![id],
-            Ends::Job(_) | Ends::Nothing => vec![],
-            Ends::Any => self.live.iter().copied().filter(is_final).collect(),
+        let ended: Vec<JobId> = match *reach {
+            Reach::Job(id) if self.live.contains(&id) && is_final(&id) => vec![id],
+            Reach::Job(_) | Reach::Nothing => vec![],
+            Reach::Nodes => self.live.iter().copied().filter(is_final).collect(),
         };
         for id in ended {
             self.live.remove(&id);

@@ -35,11 +35,7 @@ impl TenantQueue {
         self.by_arrival.iter().map(|k| k.1)
     }
 
-    pub fn len(&self) -> usize {
-        self.by_arrival.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.by_arrival.is_empty()
     }
 }
@@ -95,9 +91,5 @@ impl Queues {
     /// Tenants with pending jobs, by name, and their queues.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &TenantQueue)> {
         self.tenants.iter().map(|(t, q)| (t.as_str(), q))
-    }
-
-    pub fn get(&self, tenant: &str) -> Option<&TenantQueue> {
-        self.tenants.get(tenant)
     }
 }
