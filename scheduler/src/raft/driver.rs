@@ -1322,6 +1322,29 @@ mod tests {
         (hook, entered, release)
     }
 
+    /// A replica whose snapshots are held before their save (taken only
+    /// on request), holding five tenants.
+    async fn held_replica(
+        dir: &std::path::Path,
+    ) -> (
+        Replica,
+        mpsc::UnboundedReceiver<u64>,
+        std::sync::mpsc::Sender<()>,
+        CancellationToken,
+        TaskTracker,
+    ) {
+        let mut c = config(dir);
+        c.snapshot_entries = 1_000_000;
+        let (hook, entered, release) = held_snapshots();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let r = Replica::start_with(c, Some(hook), stop.clone(), &tracker).unwrap();
+        for i in 0..5 {
+            r.propose(tenant(i)).await.unwrap();
+        }
+        (r, entered, release, stop, tracker)
+    }
+
     fn tenant(i: usize) -> Command {
         Command::CreateTenant {
             name: format!("t{i}"),
@@ -1332,15 +1355,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn proposals_commit_while_a_snapshot_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = config(dir.path());
-        c.snapshot_entries = 1_000_000;
-        let (hook, mut entered, release) = held_snapshots();
-        let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let r = Replica::start_with(c, Some(hook), stop.clone(), &tracker).unwrap();
-        for i in 0..5 {
-            r.propose(tenant(i)).await.unwrap();
-        }
+        let (r, mut entered, release, stop, tracker) = held_replica(dir.path()).await;
         let before = r.status().snapshot_index;
         let taking = tokio::spawn({
             let r = r.clone();
@@ -1400,15 +1415,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stop_during_a_snapshot_writes_nothing() {
         let dir = tempfile::tempdir().unwrap();
-        let mut c = config(dir.path());
-        c.snapshot_entries = 1_000_000;
-        let (hook, mut entered, release) = held_snapshots();
-        let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let r = Replica::start_with(c, Some(hook), stop.clone(), &tracker).unwrap();
-        for i in 0..5 {
-            r.propose(tenant(i)).await.unwrap();
-        }
+        let (r, mut entered, release, stop, tracker) = held_replica(dir.path()).await;
         let before = r.status().snapshot_index;
         let state = r.read(|s| s.clone());
         let taking = tokio::spawn({
