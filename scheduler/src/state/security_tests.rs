@@ -259,3 +259,59 @@ fn audit_fields_from_callers_are_clipped() {
     };
     assert!(detail.len() <= super::security::AUDIT_FIELD_BYTES && detail.ends_with("..."));
 }
+
+#[test]
+fn audited_job_commands_keep_the_derived_indexes_exact() {
+    let mut s = State::default();
+    tenant(&mut s, "zju");
+    node(&mut s, "n1", 4);
+    let audited = |action: &str, cmd: Command| Command::Audited {
+        actor: actor("tok-7"),
+        action: action.into(),
+        target: String::new(),
+        cmd: Box::new(cmd),
+    };
+    let (Outcome::Job(placed), _) = apply_ok(
+        &mut s,
+        audited(
+            "job.submit",
+            Command::SubmitJob {
+                tenant: "zju".into(),
+                spec: spec(2, JobClass::Batch),
+            },
+        ),
+    ) else {
+        panic!("no job")
+    };
+    let waiting = submit(&mut s, "zju", 1, JobClass::Batch);
+    apply_ok(
+        &mut s,
+        Command::PlaceJob {
+            job: placed,
+            tasks: vec![TaskPlacement {
+                node: "n1".into(),
+                gpus: vec![uuid("n1", 0), uuid("n1", 1)],
+            }],
+            capacity: Capacity::Guaranteed,
+        },
+    );
+    // Build the kept indexes, so the audited commands below must keep them.
+    let _ = (s.free_capacity(), s.holdings(), s.contributed());
+    for job in [waiting, placed] {
+        apply_ok(
+            &mut s,
+            audited(
+                "job.cancel",
+                Command::CancelJob {
+                    tenant: None,
+                    job,
+                    reason: "by admin".into(),
+                },
+            ),
+        );
+        assert!(s.kept_indexes_are_exact(), "after cancelling {job}");
+    }
+    let live: Vec<JobId> = s.live_jobs().map(|j| j.id).collect();
+    assert_eq!(live, vec![placed], "the cancelled pending job left `live`");
+    assert_eq!(s.job(placed).unwrap().state, JobState::Cancelling);
+}
