@@ -311,7 +311,31 @@ fn audited_job_commands_keep_the_derived_indexes_exact() {
         );
         assert!(s.kept_indexes_are_exact(), "after cancelling {job}");
     }
+    apply_ok(
+        &mut s,
+        audited(
+            "node.cordon",
+            Command::SetNodeSchedulable {
+                node: "n1".into(),
+                cordoned: true,
+                draining: false,
+            },
+        ),
+    );
+    let _ = (s.free_capacity(), s.holdings(), s.contributed());
+    apply_ok(
+        &mut s,
+        Command::JobExited {
+            node: "n1".into(),
+            job: placed,
+            exit_code: None,
+            reason: "stopped".into(),
+            finished_at: 3_000,
+            usage: JobUsage::default(),
+        },
+    );
+    assert!(s.kept_indexes_are_exact(), "after the cordon and the exit");
     let live: Vec<JobId> = s.live_jobs().map(|j| j.id).collect();
-    assert_eq!(live, vec![placed], "the cancelled pending job left `live`");
-    assert_eq!(s.job(placed).unwrap().state, JobState::Cancelling);
+    assert!(live.is_empty(), "both jobs left `live`: {live:?}");
+    assert_eq!(s.job(placed).unwrap().state, JobState::Cancelled);
 }
