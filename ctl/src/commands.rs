@@ -109,24 +109,40 @@ impl<W: Write> Ctl<W> {
         }
     }
 
-    /// `job submit`: prints `submitted job <id> (<state>)`, or the job as JSON.
-    pub async fn submit_job(&mut self, spec: JobSpec) -> Result<Job, CommandError> {
-        let job = self
+    /// `job submit`: prints `submitted job <id> (<state>)`, or the job as
+    /// JSON. With `array` > 0, submits a job array of that many jobs and
+    /// prints the range of their ids (JSON: the first job and every id).
+    pub async fn submit_job(&mut self, spec: JobSpec, array: u32) -> Result<Job, CommandError> {
+        let reply = self
             .clients
             .jobs
-            .submit_job(SubmitJobRequest { spec: Some(spec) })
+            .submit_job(SubmitJobRequest {
+                spec: Some(spec),
+                array,
+            })
             .await?
-            .into_inner()
-            .job
-            .ok_or(CommandError::MissingField("job"))?;
-        match self.format {
-            OutputFormat::Table => writeln!(
+            .into_inner();
+        let job = reply.job.ok_or(CommandError::MissingField("job"))?;
+        let ids = reply.array_job_ids;
+        match (self.format, ids.last()) {
+            (OutputFormat::Table, None) => writeln!(
                 self.out,
                 "submitted job {} ({})",
                 job.id,
                 job_state_name(job.state)
             )?,
-            OutputFormat::Json => self.json(&JobView::from(&job))?,
+            (OutputFormat::Table, Some(last)) => writeln!(
+                self.out,
+                "submitted job array {}..{last} ({} jobs, {})",
+                job.id,
+                ids.len(),
+                job_state_name(job.state)
+            )?,
+            (OutputFormat::Json, None) => self.json(&JobView::from(&job))?,
+            (OutputFormat::Json, Some(_)) => self.json(&serde_json::json!({
+                "first": JobView::from(&job),
+                "array_job_ids": ids,
+            }))?,
         }
         self.out.flush()?;
         Ok(job)

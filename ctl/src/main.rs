@@ -423,6 +423,12 @@ struct SubmitArgs {
     #[arg(long, value_name = "N")]
     max_retries: Option<u32>,
 
+    /// Submit a job array: N jobs of this spec, each told its index in
+    /// EDUPOOL_ARRAY_INDEX (0 to N-1), with EDUPOOL_ARRAY_SIZE and
+    /// EDUPOOL_ARRAY_JOB_ID (the first job's id); all are submitted or none
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    array: Option<u32>,
+
     /// The program and its arguments, after `--` [required without -f]
     #[arg(last = true, value_name = "COMMAND", required_unless_present = "file")]
     command: Vec<String>,
@@ -900,8 +906,9 @@ async fn dispatch(
 ) -> anyhow::Result<()> {
     match command {
         Command::Pki(_) => anyhow::bail!("pki commands work on files and need no scheduler"),
-        Command::Job(JobCommand::Submit(_)) => {
-            ctl.submit_job(spec.expect("built before connecting"))
+        Command::Job(JobCommand::Submit(args)) => {
+            let array = args.array.unwrap_or(0);
+            ctl.submit_job(spec.expect("built before connecting"), array)
                 .await?;
         }
         Command::Job(JobCommand::List {

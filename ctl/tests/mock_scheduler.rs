@@ -90,7 +90,10 @@ impl JobService for Mock {
         }
         let mut job = job("j-42", JobState::Pending);
         job.spec = Some(spec);
-        Ok(Response::new(SubmitJobResponse { job: Some(job) }))
+        Ok(Response::new(SubmitJobResponse {
+            job: Some(job),
+            array_job_ids: vec![],
+        }))
     }
 
     async fn get_job(
@@ -381,7 +384,7 @@ async fn library_commands_against_the_stand_in() {
     let spec = edupoolctl::jobfile::JobFile::new(vec!["true".into()], 1)
         .to_spec()
         .unwrap();
-    let job = ctl.submit_job(spec).await.unwrap();
+    let job = ctl.submit_job(spec, 0).await.unwrap();
     assert_eq!(job.id, "j-42");
     assert_eq!(text(&mut ctl), "submitted job j-42 (pending)\n");
 

@@ -113,6 +113,7 @@ impl LeaderClient {
     pub async fn submit(&mut self, spec: pb::JobSpec) -> Reply<String> {
         self.call(|mut c| {
             let req = pb::SubmitJobRequest {
+                array: 0,
                 spec: Some(spec.clone()),
             };
             async move {

@@ -6,7 +6,9 @@
 //! Every job carries its number in the environment variable
 //! [`SEQ_ENV`]; the simulated agents read it back from the `StartJob`
 //! order, so the [`Tally`] can time each job from its submission to its
-//! placement reaching a node and count how often each was started.
+//! placement reaching a node and count how often each was started. Jobs
+//! submitted as arrays carry the array's first number, and each its
+//! index in the array (see [`seq_of`]).
 
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -20,6 +22,7 @@ use edupool_proto::v1 as pb;
 use edupool_proto::v1::agent_message::Msg as Up;
 use edupool_proto::v1::agent_service_client::AgentServiceClient;
 use edupool_proto::v1::scheduler_message::Msg as Down;
+use edupool_scheduler::state::ARRAY_INDEX_ENV;
 use edupoolctl::client::{BearerToken, Clients};
 use edupoolctl::pki::CertKind;
 use tokio::sync::mpsc;
@@ -294,8 +297,8 @@ impl Tally {
         self.submitted_at[seq as usize].store(self.stamp(), Ordering::Relaxed);
     }
 
-    fn refusal(&self, why: String) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
+    fn refusal(&self, jobs: u64, why: String) {
+        self.refused.fetch_add(jobs, Ordering::Relaxed);
         self.first_refusal
             .lock()
             .expect("tally lock")
@@ -526,8 +529,7 @@ impl SimAgent {
             self.tally.repeated_orders.fetch_add(1, Ordering::Relaxed);
             return Ok(());
         }
-        self.tally
-            .started(s.env.get(SEQ_ENV).and_then(|v| v.parse().ok()));
+        self.tally.started(seq_of(&s.env));
         let started = now_ms();
         tx.send(up(Up::Job(pb::JobReport {
             job_id: s.job_id.clone(),
@@ -578,9 +580,22 @@ pub struct LoadConfig {
     pub clients: usize,
     /// HTTP/2 connections they share.
     pub connections: usize,
-    /// Submissions per second offered (open loop); `None`: as fast as
-    /// the clients get answers.
+    /// Jobs per second offered (open loop); `None`: as fast as the
+    /// clients get answers.
     pub rate: Option<f64>,
+    /// Jobs per submission: more than 1 submits job arrays of this many.
+    pub array: u32,
+}
+
+/// A job's number, from its environment: the number it was submitted
+/// with, plus its index when it is one of an array.
+pub fn seq_of(env: &std::collections::HashMap<String, String>) -> Option<u64> {
+    let base: u64 = env.get(SEQ_ENV)?.parse().ok()?;
+    let index: u64 = match env.get(ARRAY_INDEX_ENV) {
+        Some(i) => i.parse().ok()?,
+        None => 0,
+    };
+    Some(base + index)
 }
 
 /// The job with number `seq`: one GPU, a command the simulated agents
@@ -595,7 +610,8 @@ pub fn numbered_job(seq: u64) -> pb::JobSpec {
     }
 }
 
-/// Submits jobs 0..tally.jobs() from `clients` concurrent tasks.
+/// Submits jobs 0..tally.jobs() from `clients` concurrent tasks, one or
+/// an array of `array` per call.
 pub async fn submit_all(config: LoadConfig, tally: Arc<Tally>) -> Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let began = Instant::now();
@@ -607,25 +623,28 @@ pub async fn submit_all(config: LoadConfig, tally: Arc<Tally>) -> Result<()> {
     for k in 0..config.clients.max(1) {
         let mut jobs = conns[k % conns.len()].jobs.clone();
         let (next, tally, rate) = (next.clone(), tally.clone(), config.rate);
+        let per_call = u64::from(config.array.max(1));
         tasks.spawn(async move {
             loop {
-                let seq = next.fetch_add(1, Ordering::Relaxed);
+                let seq = next.fetch_add(per_call, Ordering::Relaxed);
                 if seq >= tally.jobs() {
                     return;
                 }
+                let count = per_call.min(tally.jobs() - seq);
                 if let Some(rate) = rate {
                     let due = began + Duration::from_secs_f64(seq as f64 / rate);
                     tokio::time::sleep_until(due.into()).await;
                 }
-                tally.submitting(seq);
+                (seq..seq + count).for_each(|s| tally.submitting(s));
                 let req = pb::SubmitJobRequest {
                     spec: Some(numbered_job(seq)),
+                    array: if per_call > 1 { count as u32 } else { 0 },
                 };
                 match jobs.submit_job(req).await {
                     Ok(_) => {
-                        tally.submitted.fetch_add(1, Ordering::Relaxed);
+                        tally.submitted.fetch_add(count, Ordering::Relaxed);
                     }
-                    Err(s) => tally.refusal(format!("job {seq}: {}", s.message())),
+                    Err(s) => tally.refusal(count, format!("job {seq}: {}", s.message())),
                 }
             }
         });

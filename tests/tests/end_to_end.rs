@@ -103,6 +103,7 @@ async fn jobs_run_on_real_processes_and_end_right() -> Result<()> {
         .submit_job(authed(
             &zju,
             pb::SubmitJobRequest {
+                array: 0,
                 spec: Some(pb::JobSpec {
                     command: vec!["sh".into(), "-c".into(), "exit 7".into()],
                     gpus: 1,
@@ -185,7 +186,10 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing() -> Result<()> {
             ..Default::default()
         };
         f(&mut s);
-        pb::SubmitJobRequest { spec: Some(s) }
+        pb::SubmitJobRequest {
+            array: 0,
+            spec: Some(s),
+        }
     };
     let cases: Vec<(pb::SubmitJobRequest, Code, &str)> = vec![
         (
@@ -219,7 +223,10 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing() -> Result<()> {
             "invalid job name",
         ),
         (
-            pb::SubmitJobRequest { spec: None },
+            pb::SubmitJobRequest {
+                array: 0,
+                spec: None,
+            },
             Code::InvalidArgument,
             "spec is missing",
         ),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use edupool_proto::v1 as pb;
-use edupool_tests::scale::{self, Fleet, FleetConfig, LoadConfig, ScaleCluster, Tally, SEQ_ENV};
+use edupool_tests::scale::{self, Fleet, FleetConfig, LoadConfig, ScaleCluster, Tally};
 
 const NODES: usize = 500;
 const GPUS_PER_NODE: u32 = 8;
@@ -43,6 +43,8 @@ fn twenty_thousand_jobs_on_500_nodes_each_placed_exactly_once() -> Result<()> {
             clients: 64,
             connections: 4,
             rate: None,
+            // Arrays of 10: each job of each array must be placed once.
+            array: 10,
         };
         scale::submit_all(load, tally.clone()).await?;
         ensure!(
@@ -114,12 +116,11 @@ fn twenty_thousand_jobs_on_500_nodes_each_placed_exactly_once() -> Result<()> {
                 j.attempt,
                 j.reason
             );
-            let seq: u64 = j
+            let seq = j
                 .spec
                 .as_ref()
-                .and_then(|s| s.env.get(SEQ_ENV))
-                .context("a numbered job")?
-                .parse()?;
+                .and_then(|s| scale::seq_of(&s.env))
+                .context("a numbered job")?;
             ensure!(seen.insert(seq), "job number {seq} held twice");
         }
         ensure!(seen.len() == JOBS as usize);

@@ -126,6 +126,7 @@ async fn submit_command(
     command: Vec<String>,
 ) -> Result<(), tonic::Status> {
     let mut req = tonic::Request::new(pb::SubmitJobRequest {
+        array: 0,
         spec: Some(pb::JobSpec {
             command,
             gpus: 1,

@@ -201,6 +201,7 @@ async fn call(p: &Pool, rpc: Rpc, secret: &str, member_id: &str) -> &'static str
                 .submit_job(req(
                     secret,
                     pb::SubmitJobRequest {
+                        array: 0,
                         spec: Some(pb::JobSpec {
                             command: vec!["true".into()],
                             gpus: 1,
@@ -775,6 +776,7 @@ fn submit_req(secret: &str) -> Request<pb::SubmitJobRequest> {
     req(
         secret,
         pb::SubmitJobRequest {
+            array: 0,
             spec: Some(pb::JobSpec {
                 command: vec!["true".into()],
                 gpus: 1,
@@ -852,5 +854,83 @@ async fn a_tenant_admin_hands_out_only_its_own_tenants_member_and_tenant_admin_t
         .into_inner()
         .tokens;
     assert!(listed.iter().all(|t| t.tenant == "a"), "{listed:?}");
+    p.stop().await;
+}
+
+fn array_req(secret: &str, array: u32) -> Request<pb::SubmitJobRequest> {
+    let mut r = submit_req(secret);
+    r.get_mut().array = array;
+    r
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_array_is_submitted_whole_or_refused_whole() {
+    let p = Pool::start_with(JobLimits {
+        max_pending_per_tenant: 5,
+        ..JobLimits::default()
+    })
+    .await;
+    let token = p.token("member-a", Role::Member, Some("a")).await;
+    let reply = p
+        .jobs
+        .submit_job(array_req("secret-member-a", 3))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = reply.job.unwrap();
+    assert_eq!(reply.array_job_ids.len(), 3);
+    assert_eq!(reply.array_job_ids[0], first.id);
+    let envs: Vec<(String, String)> = p.replica.read(|s| {
+        reply
+            .array_job_ids
+            .iter()
+            .map(|id| {
+                let env = &s.job(id.parse().unwrap()).unwrap().spec.env;
+                (
+                    env["EDUPOOL_ARRAY_INDEX"].clone(),
+                    env["EDUPOOL_ARRAY_JOB_ID"].clone(),
+                )
+            })
+            .collect()
+    });
+    let want: Vec<(String, String)> = (0..3).map(|i| (i.to_string(), first.id.clone())).collect();
+    assert_eq!(envs, want);
+    // Each job of the array is its submitter's, as a single job would be.
+    let owned = p.replica.read(|s| {
+        reply
+            .array_job_ids
+            .iter()
+            .all(|id| s.job_owner(id.parse().unwrap()) == Some(token.as_str()))
+    });
+    assert!(
+        owned,
+        "every job of the array is owned by the submitting token"
+    );
+
+    // Three more would pass the limit of five: none is submitted.
+    let before = p.replica.read(|s| s.jobs().count());
+    let e = p
+        .jobs
+        .submit_job(array_req("secret-member-a", 3))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    assert!(
+        e.message().contains("an array of 3 would make 6"),
+        "{}",
+        e.message()
+    );
+    let too_big = p
+        .jobs
+        .submit_job(array_req("secret-member-a", crate::state::MAX_ARRAY + 1))
+        .await
+        .unwrap_err();
+    assert_eq!(too_big.code(), Code::InvalidArgument);
+    assert!(
+        too_big.message().contains("submit it in parts"),
+        "{}",
+        too_big.message()
+    );
+    assert_eq!(p.replica.read(|s| s.jobs().count()), before);
     p.stop().await;
 }

@@ -15,7 +15,7 @@ use super::convert::{self, JobLimits};
 use super::{status, Auth, Caller, Rpc};
 use crate::raft::Replica;
 use crate::sessions::Sessions;
-use crate::state::{Command, Effect, Job, JobId, Outcome};
+use crate::state::{Command, Effect, Job, JobId, Outcome, MAX_ARRAY};
 
 const DEFAULT_LOG_CHUNK: u32 = 64 * 1024;
 const MAX_LOG_CHUNK: u32 = 1024 * 1024;
@@ -41,20 +41,24 @@ impl Jobs {
             .ok_or_else(|| Status::not_found(format!("job {id} does not exist")))
     }
 
-    /// Refuses a submit that would put the tenant above its pending-job
-    /// limit. Counted on this replica's state before proposing, so
-    /// concurrent submits may pass the limit by as many as are in flight.
-    fn check_pending_limit(&self, tenant: &str) -> Result<(), Status> {
-        let max = self.limits.max_pending_per_tenant;
-        let pending = self.replica.read(|s| {
-            s.pending_jobs()
-                .filter(|j| j.tenant == tenant)
-                .take(max as usize)
-                .count()
-        });
-        if pending >= max as usize {
+    /// Refuses a submit of `count` jobs that would put the tenant above
+    /// its pending-job limit. Counted on this replica's state before
+    /// proposing, so concurrent submits may pass the limit by as many as
+    /// are in flight.
+    fn check_pending_limit(&self, tenant: &str, count: u32) -> Result<(), Status> {
+        let max = self.limits.max_pending_per_tenant as usize;
+        let pending = self.replica.read(|s| s.queues().pending_of(tenant));
+        if pending + count as usize > max {
+            let more = if count > 1 {
+                format!(
+                    ", and an array of {count} would make {}",
+                    pending + count as usize
+                )
+            } else {
+                String::new()
+            };
             return Err(Status::resource_exhausted(format!(
-                "tenant '{tenant}' already has {pending} pending jobs, the most one tenant may have; wait for some to start or cancel some"
+                "tenant '{tenant}' already has {pending} pending jobs{more}; one tenant may have at most {max}; wait for some to start or cancel some"
             )));
         }
         Ok(())
@@ -105,19 +109,40 @@ impl JobService for Jobs {
             .tenant_scope()
             .ok_or_else(|| Status::internal("a tenant role without a tenant"))?
             .to_string();
-        let spec = convert::job_spec(req.into_inner().spec, &self.limits)
+        let req = req.into_inner();
+        let spec = convert::job_spec(req.spec, &self.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.check_pending_limit(&tenant)?;
+        if req.array > MAX_ARRAY {
+            return Err(Status::invalid_argument(format!(
+                "an array of {} jobs is more than one submission may hold ({MAX_ARRAY}); submit it in parts",
+                req.array
+            )));
+        }
+        self.check_pending_limit(&tenant, req.array.max(1))?;
+        let cmd = match req.array {
+            0 => Command::SubmitJob { tenant, spec },
+            count => Command::SubmitArray {
+                tenant,
+                spec,
+                count,
+            },
+        };
         let out = self
             .replica
-            .propose(caller.audited(Rpc::SubmitJob, "", Command::SubmitJob { tenant, spec }))
+            .propose(caller.audited(Rpc::SubmitJob, "", cmd))
             .await
             .map_err(status)?;
-        let Outcome::Job(id) = out else {
-            return Err(Status::internal("submission produced no job"));
+        let (first, ids) = match out {
+            Outcome::Job(id) => (id, vec![]),
+            Outcome::Jobs { first, count } => {
+                let ids = (first.0..first.0 + u64::from(count)).map(|i| JobId(i).to_string());
+                (first, ids.collect())
+            }
+            _ => return Err(Status::internal("submission produced no job")),
         };
         Ok(Response::new(pb::SubmitJobResponse {
-            job: Some(self.job_reply(id)?),
+            job: Some(self.job_reply(first)?),
+            array_job_ids: ids,
         }))
     }
 

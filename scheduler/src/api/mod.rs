@@ -364,7 +364,7 @@ fn leader_hint(mut s: Status, leader: Option<u64>, address: Option<String>) -> S
 fn rejection(r: Rejection) -> Status {
     let code = match &r {
         Rejection::TenantExists(_) => Code::AlreadyExists,
-        Rejection::BadToken(_) => Code::InvalidArgument,
+        Rejection::BadToken(_) | Rejection::BadArraySize { .. } => Code::InvalidArgument,
         Rejection::UnknownToken(_)
         | Rejection::UnknownTenant(_)
         | Rejection::UnknownJob(_)

@@ -69,7 +69,10 @@ pub async fn run_workload(
             let submitted = own
                 .jobs
                 .clone()
-                .submit_job(pb::SubmitJobRequest { spec: Some(spec) })
+                .submit_job(pb::SubmitJobRequest {
+                    array: 0,
+                    spec: Some(spec),
+                })
                 .await
                 .map_err(|s| run_err("submit", &s))?
                 .into_inner()

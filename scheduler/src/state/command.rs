@@ -29,6 +29,14 @@ pub enum Command {
         tenant: String,
         spec: JobSpec,
     },
+    /// A job array: `count` jobs of one spec with consecutive ids, each
+    /// told its index in its environment (see [`ARRAY_INDEX_ENV`]); all
+    /// are submitted or none.
+    SubmitArray {
+        tenant: String,
+        spec: JobSpec,
+        count: u32,
+    },
     /// `tenant: None` is an admin acting on any tenant's job.
     CancelJob {
         tenant: Option<String>,
@@ -175,6 +183,11 @@ pub enum Outcome {
     None,
     Tenant(String),
     Job(JobId),
+    /// The jobs of an array: `count` consecutive ids from `first`.
+    Jobs {
+        first: JobId,
+        count: u32,
+    },
     Node(String),
     Token(String),
 }
@@ -266,4 +279,15 @@ pub enum Rejection {
         limit: String,
         currency: String,
     },
+    #[error("a job array holds 1 to {max} jobs, not {count}")]
+    BadArraySize { count: u32, max: u32 },
 }
+
+/// The most jobs one array may hold in the state (the API's limit is at
+/// most this): one log entry creates them all in one apply.
+pub const MAX_ARRAY: u32 = 100_000;
+/// Environment of each job of an array: its index (0 to size - 1), the
+/// array's size, and the first job's id, which names the array.
+pub const ARRAY_INDEX_ENV: &str = "EDUPOOL_ARRAY_INDEX";
+pub const ARRAY_SIZE_ENV: &str = "EDUPOOL_ARRAY_SIZE";
+pub const ARRAY_JOB_ID_ENV: &str = "EDUPOOL_ARRAY_JOB_ID";

@@ -8,7 +8,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use super::command::{Effect, Outcome, Rejection, TaskPlacement};
+use super::command::{
+    Effect, Outcome, Rejection, TaskPlacement, ARRAY_INDEX_ENV, ARRAY_JOB_ID_ENV, ARRAY_SIZE_ENV,
+    MAX_ARRAY,
+};
 use super::ledger;
 use super::types::*;
 use super::{fits_gpu, fits_node, Applied, State};
@@ -26,17 +29,57 @@ pub(crate) enum TaskEnd {
 
 impl State {
     pub(super) fn submit_job(&mut self, tenant: String, spec: JobSpec, at: Millis) -> Applied {
-        if !self.tenants.contains_key(&tenant) {
-            return Err(Rejection::UnknownTenant(tenant));
-        }
-        if let Some(s) = self.suspension(&tenant) {
-            return Err(Rejection::TenantSuspended {
-                reason: s.reason.clone(),
-                tenant,
+        self.check_submit(&tenant, &spec, at)?;
+        let id = self.queue_new_job(tenant, spec, at);
+        Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
+    }
+
+    /// Submits `count` jobs of one spec, or none: what could refuse one
+    /// (the tenant, the pool, the budget) is the same for all, so it is
+    /// checked once before any is created.
+    pub(super) fn submit_array(
+        &mut self,
+        tenant: String,
+        spec: JobSpec,
+        count: u32,
+        at: Millis,
+    ) -> Applied {
+        if count == 0 || count > MAX_ARRAY {
+            return Err(Rejection::BadArraySize {
+                count,
+                max: MAX_ARRAY,
             });
         }
-        self.check_feasible(&spec)?;
-        self.check_budget(&tenant, &spec, at)?;
+        self.check_submit(&tenant, &spec, at)?;
+        let first = JobId(self.last_job + 1);
+        let mut effects = Vec::with_capacity(count as usize);
+        for index in 0..count {
+            let mut spec = spec.clone();
+            spec.env.insert(ARRAY_INDEX_ENV.into(), index.to_string());
+            spec.env.insert(ARRAY_SIZE_ENV.into(), count.to_string());
+            spec.env.insert(ARRAY_JOB_ID_ENV.into(), first.to_string());
+            let id = self.queue_new_job(tenant.clone(), spec, at);
+            effects.push(Effect::JobChanged(id));
+        }
+        Ok((Outcome::Jobs { first, count }, effects))
+    }
+
+    fn check_submit(&self, tenant: &str, spec: &JobSpec, at: Millis) -> Result<(), Rejection> {
+        if !self.tenants.contains_key(tenant) {
+            return Err(Rejection::UnknownTenant(tenant.to_string()));
+        }
+        if let Some(s) = self.suspension(tenant) {
+            return Err(Rejection::TenantSuspended {
+                reason: s.reason.clone(),
+                tenant: tenant.to_string(),
+            });
+        }
+        self.check_feasible(spec)?;
+        self.check_budget(tenant, spec, at)
+    }
+
+    /// Adds a new pending job with the next id.
+    fn queue_new_job(&mut self, tenant: String, spec: JobSpec, at: Millis) -> JobId {
         self.last_job += 1;
         let id = JobId(self.last_job);
         self.jobs.insert(
@@ -67,7 +110,7 @@ impl State {
         self.pending.insert(id);
         self.queues.add(&self.jobs[&id]);
         self.live.insert(id);
-        Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
+        id
     }
 
     pub(super) fn cancel_job(

@@ -28,7 +28,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use command::{Command, Effect, Outcome, Rejection, TaskPlacement};
+pub use command::{
+    Command, Effect, Outcome, Rejection, TaskPlacement, ARRAY_INDEX_ENV, ARRAY_JOB_ID_ENV,
+    ARRAY_SIZE_ENV, MAX_ARRAY,
+};
 pub use free::{BucketKey, Contributed, Free, FreeCapacity, Layout};
 pub use holdings::{Holdings, TenantHoldings};
 pub use ledger::{
@@ -171,6 +174,7 @@ fn reach(cmd: &Command) -> Reach {
         | Command::PreemptJob { job, .. } => Reach::Job(*job),
         Command::CreateTenant { .. }
         | Command::SubmitJob { .. }
+        | Command::SubmitArray { .. }
         | Command::SetTenantQuota { .. }
         | Command::SetTenantShare { .. }
         | Command::SetClassCap { .. }
@@ -315,6 +319,11 @@ impl State {
         match cmd {
             Command::CreateTenant { name, token_hash } => self.create_tenant(name, token_hash, at),
             Command::SubmitJob { tenant, spec } => self.submit_job(tenant, spec, at),
+            Command::SubmitArray {
+                tenant,
+                spec,
+                count,
+            } => self.submit_array(tenant, spec, count, at),
             Command::CancelJob {
                 tenant,
                 job,

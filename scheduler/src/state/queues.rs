@@ -88,6 +88,11 @@ impl Queues {
         }
     }
 
+    /// How many jobs the tenant has pending.
+    pub fn pending_of(&self, tenant: &str) -> usize {
+        self.tenants.get(tenant).map_or(0, |q| q.by_arrival.len())
+    }
+
     /// Tenants with pending jobs, by name, and their queues.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &TenantQueue)> {
         self.tenants.iter().map(|(t, q)| (t.as_str(), q))

@@ -416,6 +416,16 @@ impl State {
                         }
                         id.to_string()
                     }
+                    Outcome::Jobs { first, count } if target.is_empty() => {
+                        let ids = (first.0..first.0 + u64::from(*count)).map(JobId);
+                        if action == "job.submit" {
+                            for id in ids {
+                                self.security.owners.insert(id, actor.token.clone());
+                            }
+                        }
+                        let last = JobId(first.0 + u64::from(*count) - 1);
+                        format!("{first}..{last}")
+                    }
                     Outcome::Token(id) if target.is_empty() => id.clone(),
                     _ => target,
                 };

@@ -983,3 +983,62 @@ fn final_jobs_beyond_the_kept_number_are_archived_into_tenant_totals() {
     let loaded: State = serde_json::from_str(&serde_json::to_string(&s).unwrap()).unwrap();
     assert_eq!(loaded, s);
 }
+
+#[test]
+fn an_array_submits_consecutive_jobs_told_their_index_or_none() {
+    let mut s = pool();
+    let mut one = spec(1, JobClass::Batch);
+    one.env.insert("DATA".into(), "shard".into());
+    let (out, effects) = apply_ok(
+        &mut s,
+        Command::SubmitArray {
+            tenant: "zju".into(),
+            spec: one.clone(),
+            count: 3,
+        },
+    );
+    assert_eq!(
+        out,
+        Outcome::Jobs {
+            first: JobId(1),
+            count: 3
+        }
+    );
+    assert_eq!(
+        effects,
+        (1..=3)
+            .map(|i| Effect::JobChanged(JobId(i)))
+            .collect::<Vec<_>>()
+    );
+    for (index, id) in (1..=3).map(JobId).enumerate() {
+        let j = s.job(id).unwrap();
+        assert_eq!(j.state, JobState::Pending);
+        let env = &j.spec.env;
+        assert_eq!(env[ARRAY_INDEX_ENV], index.to_string());
+        assert_eq!(env[ARRAY_SIZE_ENV], "3");
+        assert_eq!(env[ARRAY_JOB_ID_ENV], "j-1");
+        assert_eq!(env["DATA"], "shard", "the spec's own environment is kept");
+    }
+    assert_eq!(s.queues().pending_of("zju"), 3);
+
+    // What refuses one job refuses the array, and changes nothing.
+    let before = s.clone();
+    let too_wide = spec(8, JobClass::Batch);
+    for (tenant, spec, count) in [
+        ("zju", one.clone(), 0),
+        ("zju", one.clone(), MAX_ARRAY + 1),
+        ("nope", one.clone(), 2),
+        ("zju", too_wide, 2),
+    ] {
+        let refused = s.apply(
+            Command::SubmitArray {
+                tenant: tenant.into(),
+                spec,
+                count,
+            },
+            1_000,
+        );
+        assert!(refused.is_err(), "{tenant} x{count} was accepted");
+        assert_eq!(s, before);
+    }
+}

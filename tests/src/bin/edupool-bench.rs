@@ -237,6 +237,7 @@ fn latency(rt: &tokio::runtime::Runtime, rate: u64, duration: Duration) -> Resul
             handles.push(tokio::spawn(async move {
                 let began = Instant::now();
                 let req = pb::SubmitJobRequest {
+                    array: 0,
                     spec: Some(job(&format!("l{n}"), "0")),
                 };
                 jobs.submit_job(req).await.ok().map(|_| began.elapsed())

@@ -48,10 +48,13 @@ pub struct ScaleArgs {
     /// Connections the load clients share.
     #[arg(long, default_value_t = 8)]
     connections: usize,
-    /// Submissions per second offered (open loop); left out: as fast as
-    /// the scheduler answers.
+    /// Jobs per second offered (open loop); left out: as fast as the
+    /// scheduler answers.
     #[arg(long)]
     rate: Option<f64>,
+    /// Submit job arrays of this many jobs per call (1: one job per call).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    array: u32,
     /// How long each job runs on its simulated node.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     run_time: Duration,
@@ -195,6 +198,7 @@ async fn drive(a: &ScaleArgs, leader: &Leader) -> Result<()> {
             clients: a.clients,
             connections: a.connections,
             rate: a.rate,
+            array: a.array,
         },
         tally.clone(),
     ));
