@@ -97,6 +97,32 @@ async fn jobs_run_on_real_processes_and_end_right() -> Result<()> {
     }
     assert!(logs.contains(&format!("job={id}")));
 
+    // A job array: each job runs with its own index.
+    let array = s.ctl_json(
+        &zju,
+        &[
+            "job",
+            "submit",
+            "--gpus",
+            "1",
+            "--array",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "echo index=$EDUPOOL_ARRAY_INDEX of=$EDUPOOL_ARRAY_SIZE",
+        ],
+    )?;
+    let ids = array["array_job_ids"].as_array().unwrap().clone();
+    assert_eq!(ids.len(), 2, "{array}");
+    for (index, id) in ids.iter().enumerate() {
+        let id = id.as_str().unwrap();
+        wait_state(&s, &zju, id, "succeeded")?;
+        let logs = s.ctl(&zju, &["job", "logs", id]);
+        let logs = String::from_utf8(logs.stdout)?;
+        assert!(logs.contains(&format!("index={index} of=2")), "{logs:?}");
+    }
+
     // Through a raw gRPC client: a failing command ends Failed with its code.
     let mut client = grpc(&s).await;
     let failing = client
