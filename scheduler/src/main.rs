@@ -164,7 +164,7 @@ struct ReplicationArgs {
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     raft_tick: Duration,
     /// Snapshot the state and compact the log every this many entries.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 100_000)]
     snapshot_entries: u64,
 }
 

@@ -123,7 +123,7 @@ impl Default for ReplicationConfig {
             join: false,
             restore_from: None,
             raft_tick: Duration::from_millis(50),
-            snapshot_entries: 10_000,
+            snapshot_entries: 100_000,
         }
     }
 }

@@ -118,8 +118,8 @@ impl ReplicaConfig {
             join: false,
             election_ticks: 10,
             heartbeat_ticks: 2,
-            snapshot_entries: 10_000,
-            keep_entries: 1_000,
+            snapshot_entries: 100_000,
+            keep_entries: 10_000,
             snapshot_bytes: 64 * 1024 * 1024,
             peer_tls: None,
         }
