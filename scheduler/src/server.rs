@@ -265,7 +265,9 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         replica.clone(),
         sessions.clone(),
         ControlConfig {
-            plan_interval: Duration::from_millis(100),
+            // A round runs only when something changed; this is how long
+            // new work may wait for one (and how much a round batches).
+            plan_interval: Duration::from_millis(20),
             node_lost_timeout: config.node_lost_timeout,
             session_timeout: config.heartbeat_interval * 3,
             policy: Default::default(),
