@@ -33,8 +33,11 @@
 //!   with cores to spare.
 //!
 //! Kinds are weighted by popularity shared among hosts: a kind's number
-//! of jobs divided by the number of nodes of the empty pool that could
-//! host one of them ([`weigh_by_hosts`]). Popularity alone gives a rare,
+//! of jobs divided by the number of nodes that could host one of them
+//! ([`weigh_by_hosts`]), counted on the empty pool or, better, on the pool
+//! as it is (the packing replay refreshes the weights at every percent of
+//! capacity arrived: as the pool fills, the last hosts of a kind count
+//! its fragment more). Popularity alone gives a rare,
 //! large kind (a whole 8-GPU node with 120 cores, which only a few nodes
 //! have) almost no weight, so small jobs and CPU-only jobs settle on
 //! exactly the nodes that kind needs, and it fails although it is a

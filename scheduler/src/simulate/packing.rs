@@ -28,7 +28,8 @@ pub enum Packer {
     BestFit,
     /// edupool: the placement that raises the node's expected
     /// fragmentation least (kinds weighted by popularity shared among
-    /// their hosts), then the least leftover, then node order.
+    /// the nodes that can still host them, refreshed at every percent of
+    /// capacity arrived), then the least leftover, then node order.
     Edupool,
 }
 
@@ -152,6 +153,18 @@ impl Cluster {
         self.allocated_milli += t.gpu_request_milli();
     }
 
+    /// Expected fragmentation with the kinds of `popularity` weighted for
+    /// the cluster as it is now: each kind's popularity shared among the
+    /// nodes that could host one of its tasks now. Nothing ever leaves, so
+    /// a kind's hosts only dwindle as the cluster fills, and the last hosts
+    /// of a kind count its fragment more than the first ones did (on the
+    /// empty cluster every able node shares it).
+    fn fragmentation(&self, popularity: &[Kind]) -> FragMemo {
+        let mut mix = popularity.to_vec();
+        fragmentation::weigh_by_hosts(&mut mix, &self.free_views());
+        FragMemo::new(mix)
+    }
+
     /// Leftover after placing `t` on node `n` with `gpus`: 0.5 × CPU / max
     /// CPU + 0.5 × free GPUs / 8 (FGD's best-fit measure).
     fn leftover(&self, n: usize, t: &OpenbTask) -> f64 {
@@ -202,7 +215,8 @@ impl FragMemo {
 /// The expected mix of task kinds: every task of the trace, grouped by
 /// its demand and model set (FGD takes the target workload from the
 /// trace), each kind weighted by how many tasks it has (FGD's
-/// popularity; `run` then shares each weight among the kind's hosts).
+/// popularity; `run` then shares each weight among the nodes that can
+/// still host the kind, again at every percent of capacity arrived).
 /// CPU-only kinds are part of the mix: they are what keeps GPU nodes'
 /// cores from being taken by work that needs no GPU.
 pub fn mix_of(tasks: &[OpenbTask]) -> Vec<Kind> {
@@ -370,9 +384,8 @@ pub fn run(
 ) -> Run {
     let mut cluster = Cluster::new(nodes);
     let order = arrivals(tasks, seed, inflation, cluster.capacity_milli());
-    let mut mix = mix_of(tasks);
-    fragmentation::weigh_by_hosts(&mut mix, &cluster.free_views());
-    let mut memo = FragMemo::new(mix);
+    let popularity = mix_of(tasks);
+    let mut memo = cluster.fragmentation(&popularity);
     // The random choices of the baselines get their own stream, so the
     // arrival order is the same for every packer at one seed.
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -386,6 +399,11 @@ pub fn run(
         }
         arrived += t.gpu_request_milli();
         let reached = (arrived as f64 * 100.0 / cluster.capacity_milli() as f64).floor() as usize;
+        if packer == Packer::Edupool && reached.min(steps) >= curve.len() {
+            // Another percent of capacity arrived: share the weights among
+            // the nodes that can still host each kind.
+            memo = cluster.fragmentation(&popularity);
+        }
         while curve.len() <= reached.min(steps) {
             curve.push(cluster.allocation_percent());
         }
@@ -627,6 +645,113 @@ mod tests {
             &mut memo
         ));
         assert_eq!(cluster.nodes[0].gpus, vec![0; 8]);
+    }
+
+    #[test]
+    fn weights_follow_the_hosts_left() {
+        // Two 8-GPU nodes, one 2-GPU node, one CPU-only node (64 cores
+        // each); popularity 30 (1 GPU), 2 (8 GPUs), 8 (CPU-only). Empty,
+        // the kinds have 3, 2 and 4 hosts: weights 10, 1, 2. With the
+        // first 8-GPU node full they have 2, 1 and 4: 15, 2, 2.
+        let nodes = [node("a", 8), node("b", 8), node("c", 2), node("d", 0)];
+        let mut tasks: Vec<OpenbTask> = (0..30).map(|i| task(&format!("g{i}"), 1, 1000)).collect();
+        tasks.extend((0..2).map(|i| task(&format!("w{i}"), 8, 1000)));
+        tasks.extend((0..8).map(|i| task(&format!("c{i}"), 0, 0)));
+        let popularity = mix_of(&tasks);
+        let weights = |memo: &FragMemo| {
+            let mut w: Vec<(u32, f64)> =
+                memo.mix.iter().map(|k| (k.demand.gpus, k.weight)).collect();
+            w.sort_by_key(|&(gpus, _)| gpus);
+            w
+        };
+        let mut cluster = Cluster::new(&nodes);
+        assert_eq!(
+            weights(&cluster.fragmentation(&popularity)),
+            vec![(0, 2.0), (1, 10.0), (8, 1.0)]
+        );
+        cluster.take(0, &[0, 1, 2, 3, 4, 5, 6, 7], &tasks[30]);
+        assert_eq!(
+            weights(&cluster.fragmentation(&popularity)),
+            vec![(0, 2.0), (1, 15.0), (8, 2.0)]
+        );
+    }
+
+    #[test]
+    fn edupool_guards_the_last_host_of_a_large_kind() {
+        // Two nodes of 8 GPUs and 128 cores, the hosts of a whole-node
+        // kind (120 cores, popularity 2); four of 2 GPUs and 16 cores.
+        // CPU-only tasks of 12 cores (popularity 30), 1-GPU tasks of 4
+        // cores (popularity 10). The first whole-node task takes node 0.
+        let mut nodes = vec![node("big0", 8), node("big1", 8)];
+        for n in &mut nodes {
+            n.cpu_milli = 128_000;
+        }
+        for i in 0..4 {
+            nodes.push(OpenbNode {
+                cpu_milli: 16_000,
+                ..node(&format!("n{i}"), 2)
+            });
+        }
+        let with_cpu = |name: &str, gpus: u32, milli: u32, cpu: u64| OpenbTask {
+            cpu_milli: cpu,
+            ..task(name, gpus, milli)
+        };
+        let mut tasks: Vec<OpenbTask> = (0..30)
+            .map(|i| with_cpu(&format!("c{i}"), 0, 0, 12_000))
+            .collect();
+        tasks.extend((0..10).map(|i| with_cpu(&format!("g{i}"), 1, 1000, 4000)));
+        tasks.extend((0..2).map(|i| with_cpu(&format!("w{i}"), 8, 1000, 120_000)));
+        let (cpu_only, whole) = (&tasks[0], &tasks[40]);
+        let popularity = mix_of(&tasks);
+        let mut rng = StdRng::seed_from_u64(1);
+        let mut cluster = Cluster::new(&nodes);
+        let mut memo = cluster.fragmentation(&popularity);
+        assert!(place(
+            &mut cluster,
+            whole,
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.nodes[0].cpu_free, 8000);
+
+        // Weighted for the empty cluster (2, 6 and 6 hosts: weights 1, 5
+        // and 10/6), a CPU-only task costs node 1 its whole-node job
+        // (8000 x 1) and a small node its room for CPU-only tasks
+        // (2000 x 5 = 10000; a 1-GPU task still fits in the 4 cores
+        // left): it takes node 1, and the second whole-node task fails.
+        let mut stale = cluster.clone();
+        assert!(place(
+            &mut stale,
+            cpu_only,
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(stale.nodes[1].cpu_free, 116_000);
+        assert!(!stale.fits(1, whole));
+
+        // Weighted for the cluster as it is (1, 5 and 5 hosts: weights 2,
+        // 6 and 2), node 1 costs 8000 x 2 = 16000 and a small node 2000 x
+        // 6 = 12000: the CPU-only task takes a small node and node 1 stays
+        // whole for the second whole-node task.
+        let mut memo = cluster.fragmentation(&popularity);
+        assert!(place(
+            &mut cluster,
+            cpu_only,
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.nodes[2].cpu_free, 4000);
+        assert!(place(
+            &mut cluster,
+            whole,
+            Packer::Edupool,
+            &mut rng,
+            &mut memo
+        ));
+        assert_eq!(cluster.nodes[1].gpus, vec![0; 8]);
     }
 
     #[test]
