@@ -507,6 +507,17 @@ fn the_gpus_reclaimed_for_a_job_are_not_given_to_borrowers_ahead_of_it() {
                 p.exit(job, 143);
             }
         }
+        if !preempted.is_empty() && p.s.job(claim).unwrap().state == JobState::Pending {
+            let ids: Vec<JobId> = p.s.queues().claimants().collect();
+            assert_eq!(ids, vec![claim]);
+            let json = serde_json::to_string(&p.s).unwrap();
+            let loaded: State = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                loaded.queues(),
+                p.s.queues(),
+                "a snapshot rebuilds the claimants"
+            );
+        }
         if p.s.job(claim).unwrap().state.is_placed() {
             break;
         }
