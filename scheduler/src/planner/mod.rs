@@ -175,22 +175,35 @@ impl<'a> Round<'a> {
     }
 
     fn run(mut self) -> (Vec<Decision>, Option<Hold>) {
-        let mut queue = Queue::new(self.state, self.policy.order);
-        queue.start(&self.books, &self.index);
         let mut examined = 0;
-        while let Some((tenant, job)) = queue.pop() {
-            if examined == self.policy.max_examined
-                || self.decisions.len() >= self.policy.max_decisions
-            {
+        // Jobs that others were already preempted for come first: the GPUs
+        // freed for them are theirs. In queue order, work borrowing ahead
+        // of them (behind a tenant's head job that is not within its
+        // guarantee) would take those GPUs again, and every round would
+        // preempt anew without ever placing the claimant.
+        let claimants: Vec<&'a Job> = self
+            .state
+            .queues()
+            .claimants()
+            .filter_map(|id| self.state.job(id))
+            .filter(|j| self.state.suspension(&j.tenant).is_none())
+            .collect();
+        for &job in &claimants {
+            if !self.within_budget(examined) {
                 break;
             }
             examined += 1;
-            let outcome = self.consider(job);
-            if Some(job.id) == self.watch {
-                self.watched = Some(match outcome {
-                    Outcome::Placed => Hold::PlacedNow,
-                    Outcome::Held(h) => h,
-                });
+            self.examine(job);
+        }
+        let mut queue = Queue::new(self.state, self.policy.order);
+        queue.start(&self.books, &self.index);
+        while let Some((tenant, job)) = queue.pop() {
+            if !self.within_budget(examined) {
+                break;
+            }
+            if !job.reclaimed || !claimants.iter().any(|c| c.id == job.id) {
+                examined += 1;
+                self.examine(job);
             }
             queue.advance(tenant, &self.books, &self.index);
         }
@@ -198,6 +211,22 @@ impl<'a> Round<'a> {
             self.watched = Some(Hold::NotReached);
         }
         (self.decisions, self.watched)
+    }
+
+    /// Whether the round may consider another job, `examined` so far.
+    fn within_budget(&self, examined: usize) -> bool {
+        examined < self.policy.max_examined && self.decisions.len() < self.policy.max_decisions
+    }
+
+    /// Considers one job, and records its hold when it is the one watched.
+    fn examine(&mut self, job: &'a Job) {
+        let outcome = self.consider(job);
+        if Some(job.id) == self.watch {
+            self.watched = Some(match outcome {
+                Outcome::Placed => Hold::PlacedNow,
+                Outcome::Held(h) => h,
+            });
+        }
     }
 
     fn consider(&mut self, job: &'a Job) -> Outcome {

@@ -468,6 +468,68 @@ fn victims_keep_their_grace_period_then_the_claimant_starts() {
     assert_eq!((samples[0].job, samples[0].latency_ms), (claim, 5_000));
 }
 
+/// The GPUs preempted for a claimant are its: borrowing work that comes
+/// before it in the queue order (its tenant's first job is not within
+/// the guarantee, so the tenant ranks by fair share among borrowers) must
+/// not take them again. Before claimants came first, every round gave the
+/// freed GPU to the next borrowed job and preempted another, without end.
+#[test]
+fn the_gpus_reclaimed_for_a_job_are_not_given_to_borrowers_ahead_of_it() {
+    let mut p = Pool::new(&["zju", "hdu"]);
+    p.node("n1", 4, A100, Some("hdu"), "hz");
+    p.node("n2", 4, A100, None, "hz");
+    // hdu has used GPUs before, zju not: among borrowers zju goes first.
+    let past = p.submit("hdu", job(1, JobClass::Training));
+    p.round();
+    p.now += 36_000_000;
+    p.exit(past, 0);
+    for _ in 0..8 {
+        p.submit("zju", job(1, JobClass::Batch));
+    }
+    p.round();
+    p.submit("zju", job(1, JobClass::Batch));
+    // hdu's first job is larger than its guarantee; the next fits within.
+    let gang = p.submit(
+        "hdu",
+        JobSpec {
+            nodes: 2,
+            ..job(4, JobClass::Training)
+        },
+    );
+    let claim = p.submit("hdu", job(1, JobClass::Training));
+    // Stopped tasks end at once, as the trace simulator's agents do.
+    let mut preempted = vec![];
+    for _ in 0..8 {
+        for d in p.round() {
+            if let Decision::Preempt { job, for_job, .. } = d {
+                assert_eq!(for_job, claim);
+                preempted.push(job);
+                p.exit(job, 143);
+            }
+        }
+        if !preempted.is_empty() && p.s.job(claim).unwrap().state == JobState::Pending {
+            let ids: Vec<JobId> = p.s.queues().claimants().collect();
+            assert_eq!(ids, vec![claim]);
+            let json = serde_json::to_string(&p.s).unwrap();
+            let loaded: State = serde_json::from_str(&json).unwrap();
+            assert_eq!(
+                loaded.queues(),
+                p.s.queues(),
+                "a snapshot rebuilds the claimants"
+            );
+        }
+        if p.s.job(claim).unwrap().state.is_placed() {
+            break;
+        }
+    }
+    let c = p.s.job(claim).unwrap();
+    assert!(c.state.is_placed(), "the claimant is still {:?}", c.state);
+    assert_eq!(c.capacity, Capacity::Guaranteed);
+    assert_eq!(preempted.len(), 1, "preempted {preempted:?}");
+    assert_eq!(p.s.queues().claimants().count(), 0);
+    assert_eq!(p.s.job(gang).unwrap().state, JobState::Pending);
+}
+
 #[test]
 fn a_preempted_job_that_asks_not_to_be_requeued_fails() {
     let mut p = borrowed_pool();

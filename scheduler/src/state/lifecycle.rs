@@ -603,6 +603,7 @@ impl State {
         // Its wait from now on counts as reclaim latency.
         if let Some(claimant) = for_job.and_then(|c| self.jobs.get_mut(&c).map(Arc::make_mut)) {
             claimant.reclaimed = true;
+            self.queues.claim(claimant);
         }
         Ok((Outcome::Job(id), effects))
     }

@@ -44,6 +44,9 @@ impl TenantQueue {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Queues {
     tenants: BTreeMap<String, TenantQueue>,
+    /// Pending jobs that others were preempted for (`Job::reclaimed`),
+    /// by id: the planner considers them before any queue.
+    claimants: BTreeSet<JobId>,
 }
 
 fn policy_key(job: &Job) -> PolicyKey {
@@ -74,10 +77,28 @@ impl Queues {
         };
         q.by_policy.insert(policy_key(job));
         q.by_arrival.insert((job.queued_at, job.id));
+        if job.reclaimed {
+            self.claimants.insert(job.id);
+        }
+    }
+
+    /// Others were preempted for a pending job: it is a claimant until it
+    /// leaves the queue.
+    pub fn claim(&mut self, job: &Job) {
+        if job.reclaimed && self.contains(job) {
+            self.claimants.insert(job.id);
+        }
+    }
+
+    fn contains(&self, job: &Job) -> bool {
+        self.tenants
+            .get(&job.tenant)
+            .is_some_and(|q| q.by_arrival.contains(&(job.queued_at, job.id)))
     }
 
     /// A job left the queue (placed, cancelled).
     pub fn remove(&mut self, job: &Job) {
+        self.claimants.remove(&job.id);
         let Some(q) = self.tenants.get_mut(&job.tenant) else {
             return;
         };
@@ -91,6 +112,11 @@ impl Queues {
     /// How many jobs the tenant has pending.
     pub fn pending_of(&self, tenant: &str) -> usize {
         self.tenants.get(tenant).map_or(0, |q| q.by_arrival.len())
+    }
+
+    /// Pending jobs that others were preempted for, by id.
+    pub fn claimants(&self) -> impl Iterator<Item = JobId> + '_ {
+        self.claimants.iter().copied()
     }
 
     /// Tenants with pending jobs, by name, and their queues.
