@@ -298,6 +298,7 @@ impl State {
             let Some(job) = self.jobs.remove(&id) else {
                 continue;
             };
+            self.forget_owner(id);
             let a = self.archived.entry(job.tenant.clone()).or_default();
             a.jobs += 1;
             match job.state {

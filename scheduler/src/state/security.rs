@@ -267,6 +267,12 @@ impl State {
         self.security.owners.get(&job).map(String::as_str)
     }
 
+    /// Forgets who submitted an archived job: nobody can act on it any
+    /// more, and the record would otherwise grow with the pool's history.
+    pub(super) fn forget_owner(&mut self, job: JobId) {
+        self.security.owners.remove(&job);
+    }
+
     /// The retained audit trail, oldest first.
     pub fn audit(&self) -> impl DoubleEndedIterator<Item = &AuditRecord> {
         self.security.audit.iter()

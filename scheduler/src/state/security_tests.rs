@@ -339,3 +339,36 @@ fn audited_job_commands_keep_the_derived_indexes_exact() {
     assert!(live.is_empty(), "both jobs left `live`: {live:?}");
     assert_eq!(s.job(placed).unwrap().state, JobState::Cancelled);
 }
+
+#[test]
+fn an_archived_job_leaves_no_owner_behind() {
+    let mut s = State::default();
+    s.policy.final_jobs_kept = 0;
+    tenant(&mut s, "zju");
+    node(&mut s, "n1", 4);
+    let (Outcome::Job(job), _) = apply_ok(
+        &mut s,
+        Command::Audited {
+            actor: actor("tok-7"),
+            action: "job.submit".into(),
+            target: String::new(),
+            cmd: Box::new(Command::SubmitJob {
+                tenant: "zju".into(),
+                spec: spec(1, JobClass::Batch),
+            }),
+        },
+    ) else {
+        panic!("no job")
+    };
+    assert_eq!(s.job_owner(job), Some("tok-7"));
+    apply_ok(
+        &mut s,
+        Command::CancelJob {
+            tenant: None,
+            job,
+            reason: String::new(),
+        },
+    );
+    assert!(s.job(job).is_none(), "archived at once");
+    assert_eq!(s.job_owner(job), None);
+}
