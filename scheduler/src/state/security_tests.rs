@@ -26,6 +26,23 @@ fn actor(token: &str) -> Actor {
     }
 }
 
+/// Submits a job of `gpus` GPUs to "zju" as token "tok-7", audited.
+fn audited_submit(s: &mut State, gpus: u32) -> JobId {
+    let submit = Command::Audited {
+        actor: actor("tok-7"),
+        action: "job.submit".into(),
+        target: String::new(),
+        cmd: Box::new(Command::SubmitJob {
+            tenant: "zju".into(),
+            spec: spec(gpus, JobClass::Batch),
+        }),
+    };
+    match apply_ok(s, submit) {
+        (Outcome::Job(job), _) => job,
+        (out, _) => panic!("{out:?}"),
+    }
+}
+
 #[test]
 fn tokens_get_ids_in_order_and_revocation_removes_the_hash() {
     let mut s = State::default();
@@ -163,21 +180,7 @@ fn audited_commands_record_their_result_and_a_rejection_changes_only_the_trail()
     let mut s = State::default();
     tenant(&mut s, "zju");
     node(&mut s, "n1", 4);
-    let (out, _) = apply_ok(
-        &mut s,
-        Command::Audited {
-            actor: actor("tok-7"),
-            action: "job.submit".into(),
-            target: String::new(),
-            cmd: Box::new(Command::SubmitJob {
-                tenant: "zju".into(),
-                spec: spec(1, JobClass::Batch),
-            }),
-        },
-    );
-    let Outcome::Job(job) = out else {
-        panic!("{out:?}")
-    };
+    let job = audited_submit(&mut s, 1);
     assert_eq!(s.job_owner(job), Some("tok-7"));
     let before = s.clone();
     let refused = s.apply(
@@ -271,18 +274,7 @@ fn audited_job_commands_keep_the_derived_indexes_exact() {
         target: String::new(),
         cmd: Box::new(cmd),
     };
-    let (Outcome::Job(placed), _) = apply_ok(
-        &mut s,
-        audited(
-            "job.submit",
-            Command::SubmitJob {
-                tenant: "zju".into(),
-                spec: spec(2, JobClass::Batch),
-            },
-        ),
-    ) else {
-        panic!("no job")
-    };
+    let placed = audited_submit(&mut s, 2);
     let waiting = submit(&mut s, "zju", 1, JobClass::Batch);
     apply_ok(
         &mut s,
@@ -346,20 +338,7 @@ fn an_archived_job_leaves_no_owner_behind() {
     s.policy.final_jobs_kept = 0;
     tenant(&mut s, "zju");
     node(&mut s, "n1", 4);
-    let (Outcome::Job(job), _) = apply_ok(
-        &mut s,
-        Command::Audited {
-            actor: actor("tok-7"),
-            action: "job.submit".into(),
-            target: String::new(),
-            cmd: Box::new(Command::SubmitJob {
-                tenant: "zju".into(),
-                spec: spec(1, JobClass::Batch),
-            }),
-        },
-    ) else {
-        panic!("no job")
-    };
+    let job = audited_submit(&mut s, 1);
     assert_eq!(s.job_owner(job), Some("tok-7"));
     apply_ok(
         &mut s,
