@@ -438,6 +438,16 @@ pub fn median_at(runs: &[&Run], percent: usize) -> f64 {
 mod tests {
     use super::*;
 
+    /// Places `t` by edupool's packing, which draws nothing at random.
+    fn edupool_places(cluster: &mut Cluster, t: &OpenbTask, memo: &mut FragMemo) -> bool {
+        place(
+            cluster,
+            t,
+            Packer::Edupool,
+            &mut StdRng::seed_from_u64(0),
+            memo,
+        )
+    }
     fn node(name: &str, gpus: u32) -> OpenbNode {
         OpenbNode {
             name: name.into(),
@@ -501,22 +511,9 @@ mod tests {
         cluster.nodes[1].gpus[1] = 400;
         let tasks = [task("s", 1, 300), task("w", 2, 1000)];
         let mut memo = FragMemo::new(mix_of(&tasks));
-        let mut rng = StdRng::seed_from_u64(1);
-        assert!(place(
-            &mut cluster,
-            &tasks[0],
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut cluster, &tasks[0], &mut memo));
         assert_eq!(cluster.nodes[0].gpus, vec![1000, 1000]);
-        assert!(place(
-            &mut cluster,
-            &tasks[1],
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut cluster, &tasks[1], &mut memo));
         assert_eq!(cluster.nodes[0].gpus, vec![0, 0]);
     }
 
@@ -555,13 +552,7 @@ mod tests {
         assert_eq!(best_fit.nodes[0].cpu_free, 2000);
         assert!(!best_fit.fits(0, &tasks[1]));
         let mut cluster = Cluster::new(&nodes);
-        assert!(place(
-            &mut cluster,
-            &tasks[0],
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut cluster, &tasks[0], &mut memo));
         assert_eq!(cluster.nodes[1].cpu_free, 10_000);
         assert!(cluster.fits(0, &tasks[1]) && cluster.fits(1, &tasks[1]));
         for t in &tasks[1..] {
@@ -597,7 +588,6 @@ mod tests {
             .collect();
         tasks.push(with_cpu("whole", 8, 1000, 120_000));
         let (cpu_only, whole) = (&tasks[0], &tasks[40]);
-        let mut rng = StdRng::seed_from_u64(1);
 
         // By popularity alone (weights 20, 20, 1), a CPU-only task on a
         // small node would strand its GPUs for the other two kinds
@@ -606,21 +596,9 @@ mod tests {
         // and the whole-node task fails.
         let mut cluster = Cluster::new(&nodes);
         let mut memo = FragMemo::new(mix_of(&tasks));
-        assert!(place(
-            &mut cluster,
-            cpu_only,
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut cluster, cpu_only, &mut memo));
         assert_eq!(cluster.nodes[0].cpu_free, 116_000);
-        assert!(!place(
-            &mut cluster,
-            whole,
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(!edupool_places(&mut cluster, whole, &mut memo));
 
         // Shared among their hosts (10, 10 and 1 nodes) the weights are
         // 2, 2 and 1: 2 x 1000 + 2 x 2000 = 6000 on a small node against
@@ -629,21 +607,9 @@ mod tests {
         let mut mix = mix_of(&tasks);
         fragmentation::weigh_by_hosts(&mut mix, &cluster.free_views());
         let mut memo = FragMemo::new(mix);
-        assert!(place(
-            &mut cluster,
-            cpu_only,
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut cluster, cpu_only, &mut memo));
         assert_eq!(cluster.nodes[1].cpu_free, 4000);
-        assert!(place(
-            &mut cluster,
-            whole,
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut cluster, whole, &mut memo));
         assert_eq!(cluster.nodes[0].gpus, vec![0; 8]);
     }
 
@@ -703,16 +669,9 @@ mod tests {
         tasks.extend((0..2).map(|i| with_cpu(&format!("w{i}"), 8, 1000, 120_000)));
         let (cpu_only, whole) = (&tasks[0], &tasks[40]);
         let popularity = mix_of(&tasks);
-        let mut rng = StdRng::seed_from_u64(1);
         let mut cluster = Cluster::new(&nodes);
         let mut memo = cluster.fragmentation(&popularity);
-        assert!(place(
-            &mut cluster,
-            whole,
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut cluster, whole, &mut memo));
         assert_eq!(cluster.nodes[0].cpu_free, 8000);
 
         // Weighted for the empty cluster (2, 6 and 6 hosts: weights 1, 5
@@ -721,13 +680,7 @@ mod tests {
         // (2000 x 5 = 10000; a 1-GPU task still fits in the 4 cores
         // left): it takes node 1, and the second whole-node task fails.
         let mut stale = cluster.clone();
-        assert!(place(
-            &mut stale,
-            cpu_only,
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut stale, cpu_only, &mut memo));
         assert_eq!(stale.nodes[1].cpu_free, 116_000);
         assert!(!stale.fits(1, whole));
 
@@ -736,21 +689,9 @@ mod tests {
         // 6 = 12000: the CPU-only task takes a small node and node 1 stays
         // whole for the second whole-node task.
         let mut memo = cluster.fragmentation(&popularity);
-        assert!(place(
-            &mut cluster,
-            cpu_only,
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut cluster, cpu_only, &mut memo));
         assert_eq!(cluster.nodes[2].cpu_free, 4000);
-        assert!(place(
-            &mut cluster,
-            whole,
-            Packer::Edupool,
-            &mut rng,
-            &mut memo
-        ));
+        assert!(edupool_places(&mut cluster, whole, &mut memo));
         assert_eq!(cluster.nodes[1].gpus, vec![0; 8]);
     }
 
