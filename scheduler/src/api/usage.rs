@@ -12,8 +12,10 @@ use tonic::{Request, Response, Status};
 use super::access::Rpc;
 use super::{status, Auth, Caller};
 use crate::raft::Replica;
-use crate::state::billing::{self, GroupBy, Line, Period};
-use crate::state::{Accounts, Budget, Command, GpuPrice, JobClass, Millis, PriceChange, State};
+use crate::state::billing::{self, Bill, GroupBy, Inexact, Period};
+use crate::state::{
+    Accounts, Budget, Command, GpuPrice, JobClass, LedgerEntry, Millis, PriceChange, State,
+};
 
 #[derive(Clone)]
 pub struct Usage {
@@ -134,8 +136,30 @@ fn budget_states(s: &State, tenant: Option<&str>, at: Millis) -> Vec<pb::BudgetS
         .collect()
 }
 
-fn record(l: &Line) -> pb::LedgerRecord {
-    let e = l.entry;
+/// Part of the range is kept only as daily totals: the state is not one
+/// that can answer it run by run, or at that time of day.
+fn inexact(e: Inexact) -> Status {
+    Status::failed_precondition(e.to_string())
+}
+
+/// The usage in a range: run by run when grouped by job, else with the
+/// days kept as totals.
+fn usage_of<'a>(
+    a: &'a Accounts,
+    tenant: Option<&str>,
+    r: &pb::UsageReportRequest,
+    by: GroupBy,
+) -> Result<Bill<'a>, Inexact> {
+    match by {
+        GroupBy::Job => Ok(Bill {
+            runs: billing::runs(a, tenant, r.from_ms, r.to_ms)?,
+            totals: vec![],
+        }),
+        _ => billing::bill(a, tenant, r.from_ms, r.to_ms),
+    }
+}
+
+fn record(e: &LedgerEntry) -> pb::LedgerRecord {
     pb::LedgerRecord {
         seq: e.seq,
         tenant: e.tenant.clone(),
@@ -155,10 +179,10 @@ fn record(l: &Line) -> pb::LedgerRecord {
         energy_mj: e.energy_mj,
         capacity: e.capacity.name().into(),
         ended: e.ended.name().into(),
-        gross_milli: l.charge.gross(),
-        discount_milli: l.charge.discount(),
-        net_milli: l.charge.net(),
-        lending_credit_milli: l.charge.lending_credit,
+        gross_milli: e.charge.gross(),
+        discount_milli: e.charge.discount(),
+        net_milli: e.charge.net(),
+        lending_credit_milli: e.charge.lending_credit,
     }
 }
 
@@ -261,8 +285,8 @@ impl UsageService for Usage {
         let now = crate::control::now_millis();
         let reply = self.replica.read(|s| {
             let a = s.accounts();
-            let lines = billing::bill(a, tenant.as_deref(), r.from_ms, r.to_ms);
-            let rows = billing::report(&lines, by)
+            let usage = usage_of(a, tenant.as_deref(), &r, by).map_err(inexact)?;
+            let rows = billing::report(&usage, by)
                 .into_iter()
                 .map(|x| pb::UsageReportRow {
                     tenant: x.tenant,
@@ -277,12 +301,12 @@ impl UsageService for Usage {
                     unpriced_gpu_milli_ms: x.unpriced_gpu_milli_ms,
                 })
                 .collect();
-            pb::UsageReportResponse {
+            Ok::<_, Status>(pb::UsageReportResponse {
                 currency: currency(a),
                 rows,
                 budgets: budget_states(s, tenant.as_deref(), now),
-            }
-        });
+            })
+        })?;
         Ok(Response::new(reply))
     }
 
@@ -296,8 +320,8 @@ impl UsageService for Usage {
         check_range(r.from_ms, r.to_ms)?;
         let reply = self.replica.read(|s| {
             let a = s.accounts();
-            let lines = billing::bill(a, None, r.from_ms, r.to_ms);
-            let rows = billing::settlement(&lines)
+            let usage = billing::bill(a, None, r.from_ms, r.to_ms).map_err(inexact)?;
+            let rows = billing::settlement(&usage)
                 .into_iter()
                 .map(|x| pb::SettlementRow {
                     net_milli: i64::try_from(x.net()).unwrap_or(i64::MAX),
@@ -308,11 +332,11 @@ impl UsageService for Usage {
                     lent_gpu_milli_ms: x.lent_gpu_milli_ms,
                 })
                 .collect();
-            pb::SettlementResponse {
+            Ok::<_, Status>(pb::SettlementResponse {
                 currency: currency(a),
                 rows,
-            }
-        });
+            })
+        })?;
         Ok(Response::new(reply))
     }
 
@@ -327,12 +351,12 @@ impl UsageService for Usage {
         check_range(r.from_ms, r.to_ms)?;
         let reply = self.replica.read(|s| {
             let a = s.accounts();
-            let lines = billing::bill(a, tenant.as_deref(), r.from_ms, r.to_ms);
-            pb::ExportUsageResponse {
+            let runs = billing::runs(a, tenant.as_deref(), r.from_ms, r.to_ms).map_err(inexact)?;
+            Ok::<_, Status>(pb::ExportUsageResponse {
                 currency: currency(a),
-                records: lines.iter().map(record).collect(),
-            }
-        });
+                records: runs.into_iter().map(record).collect(),
+            })
+        })?;
         Ok(Response::new(reply))
     }
 
@@ -486,5 +510,14 @@ mod tests {
         assert!(check_range(0, i64::MAX).is_ok());
         assert!(group_by("week").is_err());
         assert!(period("year").is_err());
+    }
+
+    #[test]
+    fn a_question_about_rolled_up_days_is_a_failed_precondition() {
+        let err = inexact(Inexact::RolledUp { detail_from: 0 });
+        assert_eq!(err.code(), Code::FailedPrecondition);
+        assert!(err
+            .message()
+            .contains("per-run records and reports by job cover 1970-01-01T00:00:00Z onwards"));
     }
 }

@@ -19,7 +19,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{Accounts, Budget, LedgerEntry, Money, PriceBook, MS_PER_HOUR};
+use super::ledger::{
+    Accounts, Budget, LedgerEntry, Money, PriceBook, TotalKey, Totals, MS_PER_HOUR,
+};
 use super::types::{Millis, WHOLE_GPU};
 
 /// Millijoules in a kilowatt-hour.
@@ -150,6 +152,17 @@ pub struct Charge {
 }
 
 impl Charge {
+    pub fn plus(self, o: Charge) -> Charge {
+        Charge {
+            gpu: self.gpu + o.gpu,
+            energy: self.energy + o.energy,
+            free: self.free + o.free,
+            equity: self.equity + o.equity,
+            lending_credit: self.lending_credit + o.lending_credit,
+            unpriced_gpu_milli_ms: self.unpriced_gpu_milli_ms + o.unpriced_gpu_milli_ms,
+        }
+    }
+
     pub fn gross(&self) -> Money {
         self.gpu + self.energy
     }
@@ -161,13 +174,6 @@ impl Charge {
     pub fn net(&self) -> Money {
         self.gross().saturating_sub(self.discount())
     }
-}
-
-/// A ledger entry and its charge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Line<'a> {
-    pub entry: &'a LedgerEntry,
-    pub charge: Charge,
 }
 
 /// The GPU and energy charge of a run before discounts, piecewise over the
@@ -214,51 +220,171 @@ pub fn gross_charge(book: &PriceBook, e: &LedgerEntry) -> Charge {
     }
 }
 
-/// Prices the runs that ended in `[from, to)`, of one tenant or all.
-/// Runs of the same month before `from` are priced too (and dropped), so
-/// the free tier is consumed the same way whatever range is asked for.
+/// What one run costs: its GPU and energy charge before discounts,
+/// piecewise over the price versions it spans, then the free tier (taken
+/// from `free_used`, what the tenant has used of it this month) and the
+/// equity discount and lending credit in force when it ended. A run is
+/// priced once, when it is recorded: prices never change retroactively.
+pub fn price_run(
+    book: &PriceBook,
+    free_used: &mut BTreeMap<(String, Millis), u64>,
+    e: &LedgerEntry,
+) -> Charge {
+    let mut charge = gross_charge(book, e);
+    let Some(v) = book.at(e.end) else {
+        return charge;
+    };
+    let allowance = v.free_milli_gpu_hours.saturating_mul(MS_PER_HOUR);
+    let used = free_used
+        .entry((e.tenant.clone(), Period::Month.start(e.end)))
+        .or_default();
+    let free = allowance.saturating_sub(*used).min(e.gpu_milli_ms);
+    *used += free;
+    if e.gpu_milli_ms > 0 {
+        charge.free = round_div(
+            u128::from(charge.gpu) * u128::from(free),
+            u128::from(e.gpu_milli_ms),
+        );
+    }
+    let pct = v.equity_discount_pct.get(&e.tenant).copied().unwrap_or(0);
+    let rest = charge.gross() - charge.free;
+    charge.equity = round_div(u128::from(rest) * u128::from(pct), 100);
+    if e.lender.is_some() {
+        charge.lending_credit = round_div(
+            u128::from(charge.gpu) * u128::from(v.lending_credit_pct),
+            100,
+        );
+    }
+    charge
+}
+
+/// Why a question about usage cannot be answered exactly: part of the
+/// range is kept only as daily totals (see `Accounts::rolled`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Inexact {
+    /// A range boundary falls inside a day whose runs are kept only as
+    /// totals.
+    MidDay { at: Millis },
+    /// Run-by-run records were asked for days kept only as totals; they
+    /// are kept from `detail_from` on.
+    RolledUp { detail_from: Millis },
+}
+
+impl std::fmt::Display for Inexact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Inexact::MidDay { at } => write!(
+                f,
+                "runs that ended on {} are kept only as daily totals, so a range cannot \
+                 start or end at {}; start and end it at midnight UTC (e.g. {})",
+                Period::Day.label(at),
+                format_time(at),
+                format_time(Period::Day.start(at))
+            ),
+            Inexact::RolledUp { detail_from } => write!(
+                f,
+                "runs that ended before {} are kept only as daily totals (the ledger \
+                 keeps its most recent runs one by one); per-run records and reports \
+                 by job cover {} onwards",
+                format_time(detail_from),
+                format_time(detail_from)
+            ),
+        }
+    }
+}
+
+/// One day's rolled-up runs under one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DayTotal<'a> {
+    pub day: Millis,
+    pub key: &'a TotalKey,
+    pub totals: &'a Totals,
+}
+
+/// The usage in a range: runs kept one by one, and days kept as totals.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bill<'a> {
+    pub runs: Vec<&'a LedgerEntry>,
+    pub totals: Vec<DayTotal<'a>>,
+}
+
+impl Bill<'_> {
+    pub fn net(&self) -> Money {
+        let runs: Money = self.runs.iter().map(|e| e.charge.net()).sum();
+        runs + self
+            .totals
+            .iter()
+            .map(|t| t.totals.charge.net())
+            .sum::<Money>()
+    }
+}
+
+/// The runs that ended in `[from, to)`, of one tenant or all, with their
+/// charges; days kept only as totals are included whole. A boundary
+/// inside such a day cannot be answered exactly and is refused.
 pub fn bill<'a>(
     accounts: &'a Accounts,
     tenant: Option<&str>,
     from: Millis,
     to: Millis,
-) -> Vec<Line<'a>> {
-    let month = Period::Month.start(from);
-    let mut free_used: BTreeMap<(&str, Millis), u64> = BTreeMap::new();
-    let book = &accounts.prices;
-    accounts
+) -> Result<Bill<'a>, Inexact> {
+    let of_tenant = |t: &str| tenant.is_none_or(|x| x == t);
+    let rolled_on = |day: Millis| {
+        accounts
+            .rolled
+            .get(&day)
+            .is_some_and(|d| d.rows.keys().any(|k| of_tenant(&k.tenant)))
+    };
+    for at in [from, to] {
+        let day = Period::Day.start(at);
+        if day != at && rolled_on(day) {
+            return Err(Inexact::MidDay { at });
+        }
+    }
+    let totals = accounts
+        .rolled
+        .range(from..to.max(from))
+        .flat_map(|(day, d)| {
+            d.rows.iter().map(|(key, totals)| DayTotal {
+                day: *day,
+                key,
+                totals,
+            })
+        })
+        .filter(|t| of_tenant(&t.key.tenant))
+        .collect();
+    let runs = accounts
         .entries
         .iter()
-        .filter(|e| tenant.is_none_or(|t| e.tenant == t) && e.end >= month && e.end < to)
-        .map(|e| {
-            let mut charge = gross_charge(book, e);
-            if let Some(v) = book.at(e.end) {
-                let allowance = v.free_milli_gpu_hours.saturating_mul(MS_PER_HOUR);
-                let used = free_used
-                    .entry((e.tenant.as_str(), Period::Month.start(e.end)))
-                    .or_default();
-                let free = allowance.saturating_sub(*used).min(e.gpu_milli_ms);
-                *used += free;
-                if e.gpu_milli_ms > 0 {
-                    charge.free = round_div(
-                        u128::from(charge.gpu) * u128::from(free),
-                        u128::from(e.gpu_milli_ms),
-                    );
-                }
-                let pct = v.equity_discount_pct.get(&e.tenant).copied().unwrap_or(0);
-                let rest = charge.gross() - charge.free;
-                charge.equity = round_div(u128::from(rest) * u128::from(pct), 100);
-                if e.lender.is_some() {
-                    charge.lending_credit = round_div(
-                        u128::from(charge.gpu) * u128::from(v.lending_credit_pct),
-                        100,
-                    );
-                }
-            }
-            Line { entry: e, charge }
-        })
-        .filter(|l| l.entry.end >= from)
-        .collect()
+        .filter(|e| of_tenant(&e.tenant) && e.end >= from && e.end < to)
+        .collect();
+    Ok(Bill { runs, totals })
+}
+
+/// The runs that ended in `[from, to)` one by one, for an export or a
+/// report by job: refused when some of them are kept only as totals.
+pub fn runs<'a>(
+    accounts: &'a Accounts,
+    tenant: Option<&str>,
+    from: Millis,
+    to: Millis,
+) -> Result<Vec<&'a LedgerEntry>, Inexact> {
+    let of_tenant = |t: &str| tenant.is_none_or(|x| x == t);
+    let rolled = accounts
+        .rolled
+        .range(Period::Day.start(from)..to.max(from))
+        .any(|(_, d)| d.rows.keys().any(|k| of_tenant(&k.tenant)));
+    if rolled {
+        let last = accounts.rolled.keys().next_back().copied().unwrap_or(from);
+        return Err(Inexact::RolledUp {
+            detail_from: Period::Day.next(last),
+        });
+    }
+    Ok(accounts
+        .entries
+        .iter()
+        .filter(|e| of_tenant(&e.tenant) && e.end >= from && e.end < to)
+        .collect())
 }
 
 /// How to group a usage report.
@@ -286,34 +412,82 @@ pub struct ReportRow {
     pub unpriced_gpu_milli_ms: u64,
 }
 
-/// Sums bill lines per tenant and key, in key order.
-pub fn report(lines: &[Line], by: GroupBy) -> Vec<ReportRow> {
+/// A run, or a day's totals under one key, as reports sum them.
+struct Item<'a> {
+    tenant: &'a str,
+    day: Millis,
+    job: Option<super::types::JobId>,
+    gpu_model: &'a str,
+    class: super::types::JobClass,
+    capacity: super::types::Capacity,
+    lender: Option<&'a str>,
+    runs: u64,
+    gpu_milli_ms: u64,
+    energy_mj: u64,
+    charge: Charge,
+}
+
+impl<'a> Bill<'a> {
+    fn items(&self) -> impl Iterator<Item = Item<'a>> + '_ {
+        let runs = self.runs.iter().map(|e| Item {
+            tenant: &e.tenant,
+            day: Period::Day.start(e.end),
+            job: Some(e.job),
+            gpu_model: &e.gpu_model,
+            class: e.class,
+            capacity: e.capacity,
+            lender: e.lender.as_deref(),
+            runs: 1,
+            gpu_milli_ms: e.gpu_milli_ms,
+            energy_mj: e.energy_mj.unwrap_or(0),
+            charge: e.charge,
+        });
+        let totals = self.totals.iter().map(|t| Item {
+            tenant: &t.key.tenant,
+            day: t.day,
+            job: None,
+            gpu_model: &t.key.gpu_model,
+            class: t.key.class,
+            capacity: t.key.capacity,
+            lender: t.key.lender.as_deref(),
+            runs: t.totals.runs,
+            gpu_milli_ms: t.totals.gpu_milli_ms,
+            energy_mj: t.totals.energy_mj,
+            charge: t.totals.charge,
+        });
+        runs.chain(totals)
+    }
+}
+
+/// Sums a bill per tenant and key, in key order. Days kept only as
+/// totals have no job: grouped by job, they are one row keyed `-` (the
+/// API asks for a bill of runs one by one instead, see [`runs`]).
+pub fn report(bill: &Bill, by: GroupBy) -> Vec<ReportRow> {
     let mut rows: BTreeMap<(String, String), ReportRow> = BTreeMap::new();
-    for l in lines {
-        let e = l.entry;
+    for i in bill.items() {
         let key = match by {
-            GroupBy::Day => Period::Day.label(e.end),
-            GroupBy::Job => e.job.to_string(),
-            GroupBy::Model => e.gpu_model.clone(),
-            GroupBy::Class => e.class.name().to_string(),
+            GroupBy::Day => Period::Day.label(i.day),
+            GroupBy::Job => i.job.map_or_else(|| "-".to_string(), |j| j.to_string()),
+            GroupBy::Model => i.gpu_model.to_string(),
+            GroupBy::Class => i.class.name().to_string(),
         };
         let row = rows
-            .entry((e.tenant.clone(), key.clone()))
+            .entry((i.tenant.to_string(), key.clone()))
             .or_insert_with(|| ReportRow {
-                tenant: e.tenant.clone(),
+                tenant: i.tenant.to_string(),
                 key,
                 ..ReportRow::default()
             });
-        row.runs += 1;
-        row.gpu_milli_ms += e.gpu_milli_ms;
-        if e.capacity == super::types::Capacity::Borrowed {
-            row.borrowed_gpu_milli_ms += e.gpu_milli_ms;
+        row.runs += i.runs;
+        row.gpu_milli_ms += i.gpu_milli_ms;
+        if i.capacity == super::types::Capacity::Borrowed {
+            row.borrowed_gpu_milli_ms += i.gpu_milli_ms;
         }
-        row.energy_mj += e.energy_mj.unwrap_or(0);
-        row.gross += l.charge.gross();
-        row.discount += l.charge.discount();
-        row.net += l.charge.net();
-        row.unpriced_gpu_milli_ms += l.charge.unpriced_gpu_milli_ms;
+        row.energy_mj += i.energy_mj;
+        row.gross += i.charge.gross();
+        row.discount += i.charge.discount();
+        row.net += i.charge.net();
+        row.unpriced_gpu_milli_ms += i.charge.unpriced_gpu_milli_ms;
     }
     rows.into_values().collect()
 }
@@ -340,7 +514,7 @@ impl SettlementRow {
 
 /// Per member: owes for use of others' GPUs, owed for lending, in member
 /// order.
-pub fn settlement(lines: &[Line]) -> Vec<SettlementRow> {
+pub fn settlement(bill: &Bill) -> Vec<SettlementRow> {
     let mut rows: BTreeMap<String, SettlementRow> = BTreeMap::new();
     fn row<'r>(rows: &'r mut BTreeMap<String, SettlementRow>, name: &str) -> &'r mut SettlementRow {
         rows.entry(name.to_string())
@@ -349,16 +523,16 @@ pub fn settlement(lines: &[Line]) -> Vec<SettlementRow> {
                 ..SettlementRow::default()
             })
     }
-    for l in lines {
-        let Some(lender) = &l.entry.lender else {
+    for i in bill.items() {
+        let Some(lender) = i.lender else {
             continue;
         };
-        let user = row(&mut rows, &l.entry.tenant);
-        user.owes += l.charge.net();
-        user.borrowed_gpu_milli_ms += l.entry.gpu_milli_ms;
+        let user = row(&mut rows, i.tenant);
+        user.owes += i.charge.net();
+        user.borrowed_gpu_milli_ms += i.gpu_milli_ms;
         let owner = row(&mut rows, lender);
-        owner.owed += l.charge.lending_credit;
-        owner.lent_gpu_milli_ms += l.entry.gpu_milli_ms;
+        owner.owed += i.charge.lending_credit;
+        owner.lent_gpu_milli_ms += i.gpu_milli_ms;
     }
     rows.into_values().collect()
 }
@@ -390,10 +564,7 @@ pub fn budget_status(
 ) -> BudgetStatus {
     let start = budget.period.start(at);
     let end = budget.period.next(start);
-    let used = bill(accounts, Some(tenant), start, end)
-        .iter()
-        .map(|l| l.charge.net())
-        .sum();
+    let used = accounts.spent(tenant, start, end);
     BudgetStatus {
         label: budget.period.label(at),
         used,

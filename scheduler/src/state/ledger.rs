@@ -2,14 +2,18 @@
 //! who used which GPUs for how long, and the terms it is billed on.
 //!
 //! One entry is appended each time a task of a run ends, however it ends
-//! (exit, preemption, cancel, node loss, GPU failure). Entries are never
-//! changed afterwards; a bill is computed from them by `billing`.
+//! (exit, preemption, cancel, node loss, GPU failure), and priced then:
+//! prices never change retroactively, so a run's charge is final when it
+//! ends. Entries are never changed afterwards. The most recent runs are
+//! kept one by one; older ones are rolled up into per-day totals (see
+//! [`Accounts::rolled`]), which keeps bills, reports and the settlement
+//! exact while the state stays bounded however long the pool runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::billing::{self, Period};
+use super::billing::{self, Charge, Period};
 use super::command::{Outcome, Rejection};
 use super::lifecycle::TaskEnd;
 use super::types::*;
@@ -78,6 +82,9 @@ pub struct LedgerEntry {
     pub energy_mj: Option<u64>,
     pub capacity: Capacity,
     pub ended: RunEnd,
+    /// What it costs, priced when it was recorded.
+    #[serde(default)]
+    pub charge: Charge,
 }
 
 impl LedgerEntry {
@@ -173,12 +180,189 @@ pub struct Budget {
     pub hard: Option<Money>,
 }
 
-/// The ledger's part of the replicated state.
+/// Runs rolled up into a day's totals are summed under this key: what
+/// reports group by and the settlement needs, without the job.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TotalKey {
+    pub tenant: String,
+    pub lender: Option<String>,
+    pub gpu_model: String,
+    pub gpu_class: String,
+    pub class: JobClass,
+    pub capacity: Capacity,
+}
+
+/// The sum of some runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub runs: u64,
+    pub gpu_milli_ms: u64,
+    pub energy_mj: u64,
+    pub charge: Charge,
+}
+
+/// One day's rolled-up runs.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayTotals {
+    #[serde(with = "pairs")]
+    pub rows: BTreeMap<TotalKey, Totals>,
+}
+
+/// The version of the ledger's stored form: 0 is a ledger whose entries
+/// were not priced when recorded (they are priced on load, in ledger
+/// order, as bills were computed then).
+const LEDGER_FORM: u32 = 1;
+
+/// The ledger's part of the replicated state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accounts {
-    pub entries: Vec<LedgerEntry>,
+    /// The most recent runs one by one, in ledger order: at most the pool
+    /// policy's `ledger_runs_kept`.
+    pub entries: VecDeque<LedgerEntry>,
+    /// Older runs, summed per day they ended (UTC midnight) and key.
+    #[serde(default)]
+    pub rolled: BTreeMap<Millis, DayTotals>,
     pub prices: PriceBook,
     pub budgets: BTreeMap<String, Budget>,
+    /// The sequence number of the last run recorded.
+    #[serde(default)]
+    pub last_seq: u64,
+    /// The latest end of a run recorded: prices may not change before it.
+    #[serde(default)]
+    pub last_end: Millis,
+    /// Free-tier GPU time (thousandths of a GPU x ms) each tenant has used
+    /// per calendar month (keyed by its start).
+    #[serde(default, with = "pairs")]
+    free_used: BTreeMap<(String, Millis), u64>,
+    #[serde(default)]
+    form: u32,
+    /// Net charges per tenant and day, for budget checks (derived from
+    /// the runs and the totals; rebuilt on load).
+    #[serde(skip)]
+    net_by_day: BTreeMap<(String, Millis), Money>,
+}
+
+impl Default for Accounts {
+    fn default() -> Self {
+        Accounts {
+            entries: VecDeque::new(),
+            rolled: BTreeMap::new(),
+            prices: PriceBook::default(),
+            budgets: BTreeMap::new(),
+            last_seq: 0,
+            last_end: Millis::MIN,
+            free_used: BTreeMap::new(),
+            form: LEDGER_FORM,
+            net_by_day: BTreeMap::new(),
+        }
+    }
+}
+
+impl Accounts {
+    /// Prices a new run, appends it and rolls the oldest runs beyond
+    /// `kept` up into their days' totals.
+    fn record(&mut self, mut e: LedgerEntry, kept: usize) {
+        self.last_seq += 1;
+        e.seq = self.last_seq;
+        e.charge = billing::price_run(&self.prices, &mut self.free_used, &e);
+        self.last_end = self.last_end.max(e.end);
+        *self
+            .net_by_day
+            .entry((e.tenant.clone(), Period::Day.start(e.end)))
+            .or_default() += e.charge.net();
+        self.entries.push_back(e);
+        while self.entries.len() > kept {
+            let Some(old) = self.entries.pop_front() else {
+                break;
+            };
+            self.roll_up(old);
+        }
+    }
+
+    fn roll_up(&mut self, e: LedgerEntry) {
+        let key = TotalKey {
+            tenant: e.tenant,
+            lender: e.lender,
+            gpu_model: e.gpu_model,
+            gpu_class: e.gpu_class,
+            class: e.class,
+            capacity: e.capacity,
+        };
+        let day = self.rolled.entry(Period::Day.start(e.end)).or_default();
+        let t = day.rows.entry(key).or_default();
+        t.runs += 1;
+        t.gpu_milli_ms += e.gpu_milli_ms;
+        t.energy_mj += e.energy_mj.unwrap_or(0);
+        t.charge = t.charge.plus(e.charge);
+    }
+
+    /// A tenant's net charges for the runs that ended in `[from, to)`,
+    /// both at UTC midnight (budget periods are whole days).
+    pub fn spent(&self, tenant: &str, from: Millis, to: Millis) -> Money {
+        if from >= to {
+            return 0;
+        }
+        self.net_by_day
+            .range((tenant.to_string(), from)..(tenant.to_string(), to))
+            .map(|(_, m)| *m)
+            .sum()
+    }
+
+    /// Completes a ledger read from a snapshot: prices the runs of a
+    /// ledger stored before runs were priced when recorded (in ledger
+    /// order, with today's price book, as its bills were computed), and
+    /// rebuilds the derived sums.
+    pub(super) fn loaded(&mut self) {
+        if self.form < LEDGER_FORM {
+            self.free_used.clear();
+            for e in &mut self.entries {
+                e.charge = billing::price_run(&self.prices, &mut self.free_used, e);
+            }
+            self.last_seq = self.entries.back().map_or(0, |e| e.seq);
+            self.last_end = self
+                .entries
+                .iter()
+                .map(|e| e.end)
+                .max()
+                .unwrap_or(Millis::MIN);
+            self.form = LEDGER_FORM;
+        }
+        let mut net = BTreeMap::new();
+        for e in &self.entries {
+            *net.entry((e.tenant.clone(), Period::Day.start(e.end)))
+                .or_default() += e.charge.net();
+        }
+        for (day, d) in &self.rolled {
+            for (k, t) in &d.rows {
+                *net.entry((k.tenant.clone(), *day)).or_default() += t.charge.net();
+            }
+        }
+        self.net_by_day = net;
+    }
+}
+
+/// A map with keys that are not strings, stored as a list of pairs (JSON
+/// objects take string keys only).
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<K: Serialize, V: Serialize, S: Serializer>(
+        map: &BTreeMap<K, V>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, K, V, D>(d: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+        D: Deserializer<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(d)?.into_iter().collect())
+    }
 }
 
 /// The state a job was in when one of its tasks ended, for the ledger.
@@ -238,9 +422,8 @@ impl State {
         let gpus = task.gpus.len() as u32;
         let milli = job.spec.milli_per_gpu();
         let ms = (at - start).max(0) as u64;
-        let seq = self.accounts.entries.len() as u64 + 1;
         let entry = LedgerEntry {
-            seq,
+            seq: 0,
             tenant: job.tenant.clone(),
             job: id,
             run: job.attempt,
@@ -258,8 +441,10 @@ impl State {
             energy_mj,
             capacity: job.capacity,
             ended,
+            charge: Charge::default(),
         };
-        self.accounts.entries.push(entry);
+        let kept = self.policy.ledger_runs_kept;
+        self.accounts.record(entry, kept);
     }
 
     pub(super) fn set_prices(&mut self, change: PriceChange, at: Millis) -> Applied {
@@ -270,6 +455,14 @@ impl State {
                 "prices cannot change retroactively: the effective time {} is before now ({})",
                 billing::format_time(effective_from),
                 billing::format_time(at)
+            )));
+        }
+        if effective_from < self.accounts.last_end {
+            return Err(Rejection::BadPrice(format!(
+                "a run already recorded ended at {}, after the effective time {}; \
+                 recorded runs keep the prices they were charged",
+                billing::format_time(self.accounts.last_end),
+                billing::format_time(effective_from)
             )));
         }
         if let Some(l) = &latest {

@@ -191,7 +191,7 @@ fn ledger_totals_equal_run_times_times_gpus_over_preemption_requeue_fractions_an
         },
         400_001,
     );
-    assert_eq!(&s.accounts().entries[..4], &before[..]);
+    assert!(s.accounts().entries.range(..4).eq(before.iter()));
 
     // The ledger survives a snapshot round trip exactly.
     let json = serde_json::to_string(&s).unwrap();
@@ -290,9 +290,9 @@ fn a_run_spanning_a_price_change_is_priced_piecewise() {
     run_on(&mut s, j, "n1", Capacity::Guaranteed, HOUR / 2);
     // 4 kWh, spread evenly: the last quarter of the run at 1.000/kWh.
     exit(&mut s, j, "n1", 0, 5 * HOUR / 2, 4 * 3_600_000_000);
-    let lines = billing::bill(s.accounts(), Some("zju"), 0, 3 * HOUR);
-    assert_eq!(lines.len(), 1);
-    let c = lines[0].charge;
+    let lines = billing::bill(s.accounts(), Some("zju"), 0, 3 * HOUR).unwrap();
+    assert_eq!(lines.runs.len(), 1);
+    let c = lines.runs[0].charge;
     assert_eq!(c.gpu, 3 * 10_000 + 3 * 10_000);
     assert_eq!(c.energy, 1_000);
     assert_eq!(c.unpriced_gpu_milli_ms, (HOUR as u64 / 2) * 3000);
@@ -500,13 +500,14 @@ fn worked_example_of_the_accounting_docs() {
     );
     exit(&mut s, a, "node-a", 0, day(12, 4), 0);
 
-    let lines = billing::bill(s.accounts(), None, day(1, 0), day(30, 24));
+    let lines = billing::bill(s.accounts(), None, day(1, 0), day(30, 24)).unwrap();
     let charges: Vec<(&str, Money, Money, Money, Money, Money, Money)> = lines
+        .runs
         .iter()
         .map(|l| {
             let c = l.charge;
             (
-                l.entry.tenant.as_str(),
+                l.tenant.as_str(),
                 c.gpu,
                 c.energy,
                 c.free,
@@ -523,8 +524,8 @@ fn worked_example_of_the_accounting_docs() {
             ("uni-a", 12_000, 0, 6_000, 0, 6_000, 0),
         ]
     );
-    assert_eq!(lines[0].entry.capacity, Capacity::Borrowed);
-    assert_eq!(lines[1].entry.capacity, Capacity::Own);
+    assert_eq!(lines.runs[0].capacity, Capacity::Borrowed);
+    assert_eq!(lines.runs[1].capacity, Capacity::Own);
 
     let settle = billing::settlement(&lines);
     let nets: Vec<(&str, Money, Money, i128)> = settle
@@ -550,9 +551,9 @@ fn worked_example_of_the_accounting_docs() {
     );
     // A range that starts mid-month still consumes the free tier from the
     // month's start: the same charge for uni-a's run.
-    let later = billing::bill(s.accounts(), Some("uni-a"), day(11, 0), day(13, 0));
-    assert_eq!(later.len(), 1);
-    assert_eq!(later[0].charge.net(), 6_000);
+    let later = billing::bill(s.accounts(), Some("uni-a"), day(11, 0), day(13, 0)).unwrap();
+    assert_eq!(later.runs.len(), 1);
+    assert_eq!(later.runs[0].charge.net(), 6_000);
 }
 
 #[test]
@@ -600,4 +601,194 @@ fn cancelled_and_gpu_failed_runs_are_recorded_with_how_they_ended() {
             (g, RunEnd::GpuFailed, 2_000 * 1000),
         ]
     );
+}
+
+/// Six days of runs by two members on each other's nodes, under prices
+/// with a free tier, an equity discount, a lending credit and a price
+/// change in the middle of a run, with at most `kept` runs one by one.
+fn six_busy_days(kept: usize) -> State {
+    let day = |d: u32, h: i64| days_from_civil(2026, 11, d) * 24 * HOUR + h * HOUR;
+    let mut s = State::default();
+    s.policy.ledger_runs_kept = kept;
+    tenant(&mut s, "uni-a");
+    tenant(&mut s, "uni-b");
+    node(&mut s, "node-a", 4);
+    node(&mut s, "node-b", 4);
+    label(&mut s, "node-a", "uni-a");
+    label(&mut s, "node-b", "uni-b");
+    let v1 = Command::SetPrices(PriceChange {
+        effective_from: Some(day(1, 0)),
+        currency: Some("CNY".into()),
+        gpu_hour: vec![
+            GpuPrice {
+                model: "A100-80GB".into(),
+                class: None,
+                per_gpu_hour: 8_000,
+            },
+            GpuPrice {
+                model: "A100-80GB".into(),
+                class: Some(JobClass::Batch),
+                per_gpu_hour: 6_000,
+            },
+        ],
+        energy_per_kwh: Some(800),
+        free_milli_gpu_hours: Some(1_000),
+        equity_discount_pct: [("uni-b".to_string(), 20)].into(),
+        lending_credit_pct: Some(70),
+    });
+    ok(&mut s, v1, day(1, 0) - HOUR);
+    ok(
+        &mut s,
+        prices(None, "A100-80GB", 10_000, day(4, 2)),
+        day(1, 0),
+    );
+    for d in 1..=6 {
+        let b = submit_at(&mut s, "uni-b", spec(2, JobClass::Training), day(d, 1));
+        run_on(&mut s, b, "node-a", Capacity::Borrowed, day(d, 1));
+        exit(
+            &mut s,
+            b,
+            "node-a",
+            0,
+            day(d, 3),
+            u64::from(d) * 1_000_000_000,
+        );
+        let a = submit_at(&mut s, "uni-a", fraction(500, JobClass::Batch), day(d, 4));
+        run_on(&mut s, a, "node-a", Capacity::Own, day(d, 4));
+        exit(&mut s, a, "node-a", 0, day(d, 6), 0);
+        let i = submit_at(&mut s, "uni-a", spec(1, JobClass::Inference), day(d, 7));
+        run_on(&mut s, i, "node-b", Capacity::Borrowed, day(d, 7));
+        exit(&mut s, i, "node-b", (d % 2) as i32, day(d, 9), 500_000_000);
+    }
+    s
+}
+
+#[test]
+fn runs_rolled_up_into_daily_totals_keep_bills_reports_settlement_and_budgets_exact() {
+    let day = |d: u32, h: i64| days_from_civil(2026, 11, d) * 24 * HOUR + h * HOUR;
+    let full = six_busy_days(usize::MAX);
+    let rolled = six_busy_days(4);
+    let (f, r) = (full.accounts(), rolled.accounts());
+    assert_eq!(f.entries.len(), 18);
+    // Days 1-4 and the first two runs of day 5 are totals now.
+    assert_eq!(r.entries.len(), 4);
+    assert_eq!(
+        r.rolled.keys().copied().collect::<Vec<_>>(),
+        (1..=5).map(|d| day(d, 0)).collect::<Vec<_>>()
+    );
+    assert!(
+        r.entries.iter().eq(f.entries.range(14..)),
+        "the newest runs are kept as they were"
+    );
+    assert_eq!(r.last_seq, 18);
+
+    let ranges = [
+        (day(1, 0), day(7, 0)),
+        (day(2, 0), day(5, 0)),
+        (day(6, 0), day(6, 8)),
+        (0, Millis::MAX),
+    ];
+    for (from, to) in ranges {
+        for tenant in [None, Some("uni-a"), Some("uni-b")] {
+            let fb = billing::bill(f, tenant, from, to).unwrap();
+            let rb = billing::bill(r, tenant, from, to).unwrap();
+            for by in [GroupBy::Day, GroupBy::Model, GroupBy::Class] {
+                assert_eq!(
+                    billing::report(&fb, by),
+                    billing::report(&rb, by),
+                    "{tenant:?} {from}..{to} by {by:?}"
+                );
+            }
+            assert_eq!(billing::settlement(&fb), billing::settlement(&rb));
+            assert_eq!(fb.net(), rb.net());
+        }
+    }
+    for t in ["uni-a", "uni-b"] {
+        for d in 1..=6 {
+            assert_eq!(
+                f.spent(t, day(d, 0), day(d + 1, 0)),
+                r.spent(t, day(d, 0), day(d + 1, 0))
+            );
+        }
+        let month = (day(1, 0), Period::Month.next(day(1, 0)));
+        assert!(r.spent(t, month.0, month.1) > 0);
+        assert_eq!(f.spent(t, month.0, month.1), r.spent(t, month.0, month.1));
+    }
+    let bill = billing::bill(f, None, day(1, 0), day(7, 0)).unwrap();
+    assert_eq!(
+        bill.runs.iter().map(|e| e.charge.net()).sum::<Money>(),
+        bill.net()
+    );
+
+    // A boundary inside a day kept as totals cannot be answered exactly;
+    // inside a day still kept run by run it can.
+    let err = billing::bill(r, None, day(2, 5), day(7, 0)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "runs that ended on 2026-11-02 are kept only as daily totals, so a range cannot start \
+         or end at 2026-11-02T05:00:00Z; start and end it at midnight UTC (e.g. 2026-11-02T00:00:00Z)"
+    );
+    assert!(billing::bill(r, None, day(6, 5), day(6, 8)).is_ok());
+
+    // Run by run only where runs are kept one by one.
+    let err = billing::runs(r, Some("uni-b"), day(5, 0), day(7, 0)).unwrap_err();
+    assert_eq!(
+        err,
+        billing::Inexact::RolledUp {
+            detail_from: day(6, 0)
+        }
+    );
+    assert!(err
+        .to_string()
+        .starts_with("runs that ended before 2026-11-06T00:00:00Z are kept only as daily totals"));
+    assert_eq!(
+        billing::runs(r, None, day(6, 0), day(7, 0)).unwrap(),
+        billing::runs(f, None, day(6, 0), day(7, 0)).unwrap()
+    );
+
+    // Totals survive a snapshot round trip, and the budget sums with them.
+    let back: State = serde_json::from_str(&serde_json::to_string(&rolled).unwrap()).unwrap();
+    assert_eq!(back, rolled);
+    assert_eq!(
+        back.accounts().spent("uni-b", day(1, 0), day(7, 0)),
+        r.spent("uni-b", day(1, 0), day(7, 0))
+    );
+}
+
+#[test]
+fn a_ledger_stored_before_runs_were_priced_when_recorded_is_priced_on_load() {
+    let s = six_busy_days(usize::MAX);
+    let mut json = serde_json::to_value(&s).unwrap();
+    let accounts = json["accounts"].as_object_mut().unwrap();
+    for field in ["rolled", "last_seq", "last_end", "free_used", "form"] {
+        accounts.remove(field);
+    }
+    for e in accounts["entries"].as_array_mut().unwrap() {
+        e.as_object_mut().unwrap().remove("charge");
+    }
+    let old: State = serde_json::from_value(json).unwrap();
+    assert_eq!(old.accounts(), s.accounts());
+}
+
+#[test]
+fn prices_cannot_change_under_a_run_already_recorded() {
+    let mut s = State::default();
+    tenant(&mut s, "zju");
+    node(&mut s, "n1", 1);
+    ok(&mut s, prices(Some("CNY"), "A100-80GB", 1_000, 0), 0);
+    let j = submit_at(&mut s, "zju", spec(1, JobClass::Batch), 0);
+    run_on(&mut s, j, "n1", Capacity::Guaranteed, 0);
+    // The agent's clock is ahead: the run ends after the leader's now.
+    exit(&mut s, j, "n1", 0, 2 * HOUR, 0);
+    let before = s.clone();
+    let err = s
+        .apply(prices(None, "A100-80GB", 2_000, HOUR), HOUR)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid prices: a run already recorded ended at 1970-01-01T02:00:00Z, after the effective \
+         time 1970-01-01T01:00:00Z; recorded runs keep the prices they were charged"
+    );
+    assert_eq!(s, before);
+    ok(&mut s, prices(None, "A100-80GB", 2_000, 2 * HOUR), HOUR);
 }

@@ -131,6 +131,8 @@ impl From<StoredState> for State {
             .map(|j| j.id)
             .collect();
         let queues = Queues::of(s.pending.iter().map(|id| &*s.jobs[id]));
+        let mut accounts = s.accounts;
+        accounts.loaded();
         State {
             tenants: s.tenants,
             tokens: s.tokens,
@@ -140,7 +142,7 @@ impl From<StoredState> for State {
             placed,
             last_job: s.last_job,
             policy: s.policy,
-            accounts: s.accounts,
+            accounts,
             security: s.security,
             live,
             done,

@@ -411,6 +411,10 @@ pub struct PoolPolicy {
     /// snapshots stay bounded however long the pool runs.
     #[serde(default = "default_final_jobs_kept")]
     pub final_jobs_kept: usize,
+    /// Ledger entries (runs) kept one by one; older ones are rolled up
+    /// into per-day totals (see `Accounts::rolled`).
+    #[serde(default = "default_ledger_runs_kept")]
+    pub ledger_runs_kept: usize,
 }
 
 /// How many final jobs the pool keeps in full by default.
@@ -420,11 +424,20 @@ fn default_final_jobs_kept() -> usize {
     DEFAULT_FINAL_JOBS_KEPT
 }
 
+/// How many runs the ledger keeps one by one by default: at a few hundred
+/// bytes each, about 100 MB per replica.
+pub const DEFAULT_LEDGER_RUNS_KEPT: usize = 250_000;
+
+fn default_ledger_runs_kept() -> usize {
+    DEFAULT_LEDGER_RUNS_KEPT
+}
+
 impl Default for PoolPolicy {
     fn default() -> Self {
         PoolPolicy {
             half_life_ms: 7 * 24 * 3600 * 1000,
             final_jobs_kept: DEFAULT_FINAL_JOBS_KEPT,
+            ledger_runs_kept: DEFAULT_LEDGER_RUNS_KEPT,
         }
     }
 }
