@@ -33,7 +33,7 @@ pub struct Edge {
     /// Jobs ordered to stop so a tenant below its guarantee gets GPUs, by
     /// the victim's priority class.
     pub preemptions: IntCounterVec,
-    /// Time from a guaranteed demand (the job's queueing) to its GPUs, for
+    /// Time from the first preemption for a job to its placement, for
     /// placements that needed borrowed GPUs reclaimed.
     pub reclaim_latency: Histogram,
     /// A snapshot's phases: `copy` (the state copied under its lock, on
@@ -124,7 +124,7 @@ impl Edge {
             ),
             reclaim_latency: histogram(
                 "edupool_reclaim_latency_seconds",
-                "Time from a tenant's guaranteed demand to its GPUs, for placements that reclaimed borrowed GPUs.",
+                "Time from the first preemption for a job within its tenant's guarantee to its placement.",
                 wait_buckets(),
             ),
             snapshot_duration: HistogramVec::new(

@@ -33,7 +33,8 @@ pub(crate) struct Change {
     pub priority: &'static str,
     pub queue_delay_secs: Option<f64>,
     pub placement_latency_secs: Option<f64>,
-    /// Guaranteed demand to GPUs, when the placement reclaimed borrowed GPUs.
+    /// First preemption for it to its GPUs, when the placement reclaimed
+    /// borrowed GPUs.
     pub reclaim_latency_secs: Option<f64>,
 }
 
@@ -96,9 +97,7 @@ impl Observer {
             );
         }
         let reclaim_latency_secs = match job.state {
-            s if left_queue && s.is_placed() && job.reclaimed => {
-                job.wait_ms().map(|ms| ms as f64 / 1000.0)
-            }
+            s if left_queue && s.is_placed() => job.reclaim_ms().map(|ms| ms as f64 / 1000.0),
             _ => None,
         };
         Some(Change {

@@ -296,13 +296,12 @@ fn class_entry<'m>(
 pub fn reclaim_latencies(state: &State) -> Vec<ReclaimSample> {
     state
         .jobs()
-        .filter(|j| j.reclaimed && j.placed_at.is_some())
         .filter_map(|j| {
             Some(ReclaimSample {
                 tenant: j.tenant.clone(),
                 job: j.id,
                 gpu_class: j.gpu_class.clone().unwrap_or_default(),
-                latency_ms: j.wait_ms()?,
+                latency_ms: j.reclaim_ms()?,
             })
         })
         .collect()

@@ -438,6 +438,8 @@ fn victims_keep_their_grace_period_then_the_claimant_starts() {
     p.round();
     p.now += 10_000;
     let claim = p.submit("hdu", job(4, JobClass::Training));
+    // Its wait before the first preemption for it is not reclaiming.
+    p.now += 7_000;
     let d = p.round();
     assert_eq!(d, vec![preempt(victim, "hdu", "A100", claim)]);
     assert_eq!(p.s.job(victim).unwrap().state, JobState::Preempting);
@@ -463,6 +465,7 @@ fn victims_keep_their_grace_period_then_the_claimant_starts() {
     );
     let c = p.s.job(claim).unwrap();
     assert_eq!(c.capacity, Capacity::Own);
+    assert_eq!(c.wait_ms(), Some(12_000));
     let samples = reclaim_latencies(&p.s);
     assert_eq!(samples.len(), 1);
     assert_eq!((samples[0].job, samples[0].latency_ms), (claim, 5_000));

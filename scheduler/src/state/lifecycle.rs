@@ -102,6 +102,7 @@ impl State {
                 placed_at: None,
                 capacity: Capacity::default(),
                 reclaimed: false,
+                claimed_at: None,
                 ending: None,
                 usage: JobUsage::default(),
                 gpu_fault: None,
@@ -526,6 +527,7 @@ impl State {
             job.queued_at = at;
             job.ending = None;
             job.reclaimed = false;
+            job.claimed_at = None;
             job.placed_at = None;
             job.reason = format!("{why}; requeued (attempt {})", job.attempt);
             self.pending.insert(id);
@@ -568,6 +570,7 @@ impl State {
         id: JobId,
         reason: String,
         for_job: Option<JobId>,
+        at: Millis,
     ) -> Applied {
         if let Some(claimant) = for_job {
             match self.jobs.get(&claimant) {
@@ -603,6 +606,7 @@ impl State {
         // Its wait from now on counts as reclaim latency.
         if let Some(claimant) = for_job.and_then(|c| self.jobs.get_mut(&c).map(Arc::make_mut)) {
             claimant.reclaimed = true;
+            claimant.claimed_at.get_or_insert(at);
             self.queues.claim(claimant);
         }
         Ok((Outcome::Job(id), effects))

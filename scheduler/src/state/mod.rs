@@ -371,7 +371,7 @@ impl State {
                 job,
                 reason,
                 for_job,
-            } => self.preempt_job(job, reason, for_job),
+            } => self.preempt_job(job, reason, for_job, at),
             Command::SetTenantQuota {
                 tenant,
                 gpu_class,

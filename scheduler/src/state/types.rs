@@ -266,6 +266,10 @@ pub struct Job {
     pub capacity: Capacity,
     /// Its current or last placement needed other jobs preempted first.
     pub reclaimed: bool,
+    /// When the first job was preempted for it in its current or last
+    /// stay in the queue: the start of its reclaim latency.
+    #[serde(default)]
+    pub claimed_at: Option<Millis>,
     /// Set when one task failed or was lost while others still run.
     pub ending: Option<Ending>,
     /// GPU time and energy over all attempts, as the agents reported them.
@@ -299,6 +303,17 @@ impl Job {
     /// preempted for it).
     pub fn wait_ms(&self) -> Option<Millis> {
         self.placed_at.map(|p| (p - self.queued_at).max(0))
+    }
+
+    /// How long its GPUs took to be reclaimed: from the first preemption
+    /// for it to its placement. Its wait before that (behind its own
+    /// tenant's work, or for the planner to find it within its
+    /// guarantee) is not reclaiming.
+    pub fn reclaim_ms(&self) -> Option<Millis> {
+        if !self.reclaimed {
+            return None;
+        }
+        Some((self.placed_at? - self.claimed_at?).max(0))
     }
 }
 

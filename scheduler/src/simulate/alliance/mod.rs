@@ -140,7 +140,10 @@ pub struct PolicyResult {
     pub gpu_hours_lost: f64,
     /// Placements within a guarantee that needed preemption.
     pub reclaims: usize,
+    /// From the first preemption for a claimant to its placement.
     pub reclaim_p99_s: Option<f64>,
+    /// The same claimants' whole wait in the queue.
+    pub claimant_wait_p99_s: Option<f64>,
     pub rounds: u64,
     pub rejected_decisions: u64,
     pub wall_s: f64,
@@ -335,6 +338,7 @@ fn partitioned(members: &[Member], jobs: &[TraceJob], params: &Params, tick: &dy
             merged.busy[b] += v;
         }
         merged.reclaim_ms.extend(run.reclaim_ms);
+        merged.claimant_wait_ms.extend(run.claimant_wait_ms);
         merged.rounds += run.rounds;
         merged.rejected += run.rejected;
         merged.refused += run.refused;
@@ -415,8 +419,7 @@ fn summarise(
             }
         })
         .collect();
-    let mut reclaim = run.reclaim_ms.clone();
-    let reclaim_p99_s = (!reclaim.is_empty()).then(|| Stats::of_ms(&mut reclaim).p99);
+    let p99 = |ms: &[Millis]| (!ms.is_empty()).then(|| Stats::of_ms(&mut ms.to_vec()).p99);
     let bucket = params.bucket_ms.max(1) as f64;
     PolicyResult {
         policy: mode,
@@ -430,7 +433,8 @@ fn summarise(
         preemptions: run.jobs.iter().map(|o| u64::from(o.preemptions)).sum(),
         gpu_hours_lost: run.jobs.iter().map(|o| o.lost_gpu_ms as f64).sum::<f64>() / 3.6e6,
         reclaims: run.reclaim_ms.len(),
-        reclaim_p99_s,
+        reclaim_p99_s: p99(&run.reclaim_ms),
+        claimant_wait_p99_s: p99(&run.claimant_wait_ms),
         rounds: run.rounds,
         rejected_decisions: run.rejected,
         wall_s,

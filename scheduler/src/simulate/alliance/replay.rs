@@ -16,12 +16,12 @@
 //! instant, as the scheduler's control loop replans on every change.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use crate::planner::{self, Decision, Policy, QueueOrder};
 use crate::state::{
     Command, Constraints, Effect, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis, NodeLabels,
-    OnNodeLost, Outcome, State,
+    OnNodeLost, Outcome, State, WHOLE_GPU,
 };
 
 /// GPUs of every node in the replay.
@@ -121,8 +121,12 @@ pub struct Run {
     /// GPU-milliseconds held, per timeline bucket from the first submit.
     pub busy: Vec<f64>,
     /// Reclaim latencies: for each placement within a guarantee that
-    /// needed others preempted, its wait in the queue.
+    /// needed others preempted, the time from its tenant's guaranteed
+    /// demand (see `Replay::watch_guarantees`) to its placement.
     pub reclaim_ms: Vec<Millis>,
+    /// The same placements' whole wait in the queue (from submission or
+    /// requeue), which includes waiting behind their own tenant's work.
+    pub claimant_wait_ms: Vec<Millis>,
     pub rounds: u64,
     /// Decisions `State::apply` refused (stale ones; expected to be none).
     pub rejected: u64,
@@ -163,6 +167,11 @@ struct Replay<'a> {
     start: Millis,
     last: Millis,
     busy_now: u64,
+    /// Per member: its pending jobs by GPUs held, counted.
+    pending: Vec<BTreeMap<u32, usize>>,
+    /// Per member: since when it has been below its guarantee with a
+    /// pending job that fits in what is left of it.
+    unmet_since: Vec<Option<Millis>>,
     run: Run,
 }
 
@@ -207,6 +216,8 @@ pub fn replay(
         start,
         last: start,
         busy_now: 0,
+        pending: vec![BTreeMap::new(); members.len()],
+        unmet_since: vec![None; members.len()],
         run: Run::default(),
     };
     r.build_pool(setup.owners, start);
@@ -215,6 +226,7 @@ pub fn replay(
         r.exit_due(now, tick);
         r.arrive_due(now, tick);
         r.plan_at(now);
+        r.watch_guarantees(now);
     }
     r.run.jobs = r.sims.into_iter().map(|s| s.out).collect();
     r.run
@@ -368,6 +380,7 @@ impl Replay<'_> {
                 Some((Outcome::Job(id), _)) => {
                     self.sims[i].id = Some(id);
                     self.by_id.insert(id, i);
+                    self.queued(i, true);
                 }
                 _ => {
                     self.run.refused += 1;
@@ -459,13 +472,56 @@ impl Replay<'_> {
         let ends = now + sim.delay_ms + (job.duration - sim.saved_ms).max(0);
         self.exits.push(Reverse((ends, i, sim.runs)));
         self.busy_now += u64::from(job.held());
-        let reclaimed = sim
+        let queued_since = sim.queued_since;
+        let claimant = sim
             .id
             .and_then(|id| self.state.job(id))
-            .filter(|j| j.reclaimed)
-            .and_then(|j| j.wait_ms());
-        if let Some(wait) = reclaimed {
-            self.run.reclaim_ms.push(wait);
+            .filter(|j| j.reclaimed);
+        if let Some(wait) = claimant.and_then(|j| j.wait_ms()) {
+            let demand = self.unmet_since[job.tenant]
+                .unwrap_or(now)
+                .max(queued_since);
+            self.run.reclaim_ms.push(now - demand);
+            self.run.claimant_wait_ms.push(wait);
+        }
+        self.queued(i, false);
+    }
+
+    /// Counts job `i` into (or out of) its member's pending jobs.
+    fn queued(&mut self, i: usize, pending: bool) {
+        let job = &self.jobs[i];
+        let sizes = &mut self.pending[job.tenant];
+        if pending {
+            *sizes.entry(job.held()).or_default() += 1;
+        } else if let Some(n) = sizes.get_mut(&job.held()) {
+            *n -= 1;
+            if *n == 0 {
+                sizes.remove(&job.held());
+            }
+        }
+    }
+
+    /// After the rounds of an instant: a member below its guarantee with
+    /// a pending job that fits in what is left of it has guaranteed
+    /// demand the planner did not meet; it has been waiting since the
+    /// first such instant. The reclaim latency of a placement that needed
+    /// others preempted runs from then (or from its own queueing, if
+    /// later), not from the job's submission: waiting behind the member's
+    /// own work is queueing, not reclaiming.
+    fn watch_guarantees(&mut self, now: Millis) {
+        let books = planner::accounting::Books::new(&self.state, now);
+        for (m, member) in self.members.iter().enumerate() {
+            let room = books.tenants.get(&member.name).map_or(0, |b| {
+                let guaranteed: u64 = b.guaranteed.values().sum();
+                guaranteed.saturating_sub(b.held.values().sum())
+            });
+            let smallest = self.pending[m].keys().next().copied();
+            let unmet = smallest.is_some_and(|g| u64::from(g) * u64::from(WHOLE_GPU) <= room);
+            match (unmet, self.unmet_since[m]) {
+                (true, None) => self.unmet_since[m] = Some(now),
+                (false, Some(_)) => self.unmet_since[m] = None,
+                _ => {}
+            }
         }
     }
 
@@ -482,5 +538,6 @@ impl Replay<'_> {
         sim.placed = false;
         sim.queued_since = now;
         self.busy_now -= held as u64;
+        self.queued(i, true);
     }
 }
