@@ -34,7 +34,6 @@ mod telemetry;
 use std::error::Error;
 use std::io;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -46,7 +45,7 @@ pub use config::{AgentConfig, AgentTls, ConfigError};
 use health::HealthBoard;
 use metrics::{AgentMetrics, MetricsSources};
 use runner::{Runner, RunnerConfig};
-use session::{Backoff, Session};
+use session::{Backoff, Session, SessionStatus};
 
 /// The reason recorded for jobs stopped because the agent shuts down.
 pub const SHUTDOWN_REASON: &str = "agent shutting down";
@@ -95,7 +94,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     });
     let (board, changes) = HealthBoard::new();
     let (feed, telemetry_feed) = tokio::sync::watch::channel(Vec::new());
-    let connected = Arc::new(AtomicBool::new(false));
+    let status = Arc::new(SessionStatus::default());
     let metrics = Arc::new(AgentMetrics::new(&config.node_name));
     let session = Session {
         node_name: config.node_name.clone(),
@@ -106,7 +105,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tracker: tracker.clone(),
         backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
         health: board.clone(),
-        connected: Arc::clone(&connected),
+        status: Arc::clone(&status),
     };
     // Telemetry and metrics run until the jobs are stopped, so the last
     // exits are metered and the endpoint shows the shutdown.
@@ -118,7 +117,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let sources = MetricsSources {
             metrics: Arc::clone(&metrics),
             runner: runner.clone(),
-            connected,
+            status,
         };
         serve_metrics(listener, sources, &tracker, &telemetry_stop)?;
     }

@@ -13,14 +13,16 @@
 //! - `edupool_gpu_ecc_errors_total{node,gpu_uuid,model,kind="volatile|aggregate"}`
 //!   (uncorrectable errors)
 //! - `edupool_agent_jobs_running{node}`, `edupool_agent_runner_errors_total{node}`,
-//!   `edupool_agent_session_connected{node}` 1/0
+//!   `edupool_agent_session_connected{node}` 1/0,
+//!   `edupool_agent_sessions_established_total{node}` (more than one:
+//!   the agent reconnected)
 //!
 //! GPU values are set by the telemetry sampler; the agent's own values are
 //! read when the endpoint is scraped. Each agent has its own registry, so
 //! several agents can run in one process.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use crate::health::HealthBoard;
 use crate::inventory::{GpuInfo, GpuSample};
 use crate::runner::Runner;
+use crate::session::SessionStatus;
 
 const GPU_LABELS: &[&str] = &["node", "gpu_uuid", "model"];
 
@@ -55,6 +58,7 @@ pub struct AgentMetrics {
     jobs_running: IntGaugeVec,
     runner_errors: IntCounterVec,
     session_connected: IntGaugeVec,
+    sessions_established: IntCounterVec,
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -177,6 +181,17 @@ impl AgentMetrics {
                 )
                 .expect("valid metric"),
             ),
+            sessions_established: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "edupool_agent_sessions_established_total",
+                        "Sessions established with the scheduler since the agent started.",
+                    ),
+                    &["node"],
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         }
     }
@@ -243,7 +258,7 @@ impl AgentMetrics {
 
     /// The metrics in Prometheus' text format, with the agent's own values
     /// read now.
-    pub fn render(&self, runner: &Runner, connected: bool) -> String {
+    pub(crate) fn render(&self, runner: &Runner, sessions: &SessionStatus) -> String {
         let node = [self.node.as_str()];
         let running = runner.reports().iter().filter(|r| r.is_running()).count();
         self.jobs_running
@@ -255,7 +270,11 @@ impl AgentMetrics {
         );
         self.session_connected
             .with_label_values(&node)
-            .set(i64::from(connected));
+            .set(i64::from(sessions.connected.load(Ordering::Relaxed)));
+        mirror_u64(
+            &self.sessions_established.with_label_values(&node),
+            sessions.established.load(Ordering::Relaxed),
+        );
         let mut out = vec![];
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -291,7 +310,7 @@ fn mirror_f64(counter: &GenericCounter<AtomicF64>, total: f64) {
 pub(crate) struct MetricsSources {
     pub(crate) metrics: Arc<AgentMetrics>,
     pub(crate) runner: Runner,
-    pub(crate) connected: Arc<AtomicBool>,
+    pub(crate) status: Arc<SessionStatus>,
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` is cancelled.
@@ -308,9 +327,7 @@ pub(crate) async fn serve(
             "/metrics",
             get(
                 |axum::extract::State(s): axum::extract::State<MetricsSources>| async move {
-                    let body = s
-                        .metrics
-                        .render(&s.runner, s.connected.load(Ordering::Relaxed));
+                    let body = s.metrics.render(&s.runner, &s.status);
                     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
                 },
             ),
@@ -365,7 +382,10 @@ mod tests {
         );
         let dir = tempfile::tempdir().unwrap();
         let (runner, _events) = Runner::new(RunnerConfig::new(dir.path()));
-        let text = metrics.render(&runner, true);
+        let sessions = SessionStatus::default();
+        sessions.connected.store(true, Ordering::Relaxed);
+        sessions.established.store(2, Ordering::Relaxed);
+        let text = metrics.render(&runner, &sessions);
         let gpu = r#"{gpu_uuid="GPU-a",model="A100-80GB",node="n1"}"#;
         for line in [
             r#"edupool_gpu_info{gpu_uuid="GPU-a",index="0",model="A100-80GB",node="n1"} 1"#.to_owned(),
@@ -383,6 +403,7 @@ mod tests {
             r#"edupool_agent_jobs_running{node="n1"} 0"#.to_owned(),
             r#"edupool_agent_runner_errors_total{node="n1"} 0"#.to_owned(),
             r#"edupool_agent_session_connected{node="n1"} 1"#.to_owned(),
+            r#"edupool_agent_sessions_established_total{node="n1"} 2"#.to_owned(),
             "# TYPE edupool_gpu_energy_joules_total counter".to_owned(),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");

@@ -82,6 +82,49 @@ pub fn simulated_agent(
     })
 }
 
+/// Starts an agent process with simulated GPUs and `extra` arguments that
+/// knows the schedulers at `endpoints`. With `--metrics-listen` among
+/// them, also returns the address the metrics endpoint bound, as the agent
+/// printed it.
+pub fn agent_with(
+    endpoints: &str,
+    node: &str,
+    gpus: &str,
+    work_dir: &Path,
+    extra: &[&str],
+) -> Result<(Proc, Option<SocketAddr>)> {
+    let mut child = Command::new(bin("edupool-agent"))
+        .args(["run", "--scheduler", endpoints, "--node-name", node])
+        .args(["--simulate-gpus", gpus, "--work-dir"])
+        .arg(work_dir)
+        .args(agent_tls_args(endpoints, node)?)
+        .args(extra)
+        .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting edupool-agent")?;
+    let stdout = child.stdout.take().expect("piped");
+    let proc = Proc {
+        child: Some(child),
+        name: node.to_string(),
+    };
+    let mut lines = BufReader::new(stdout).lines();
+    let mut metrics = None;
+    if extra.contains(&"--metrics-listen") {
+        let line = lines
+            .next()
+            .ok_or_else(|| anyhow!("edupool-agent exited before serving metrics"))??;
+        let addr = line
+            .strip_prefix("edupool-agent metrics listening on ")
+            .ok_or_else(|| anyhow!("unexpected first line from edupool-agent: {line:?}"))?;
+        metrics = Some(addr.trim().parse::<SocketAddr>()?);
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Ok((proc, metrics))
+}
+
 /// The agent's `--ca-cert`, `--cert` and `--key` (`node:<node>`, from the
 /// CA of the scheduler at `endpoints`), and `--allow-root`: test jobs run
 /// as whoever runs the tests.
@@ -304,9 +347,8 @@ impl Scheduler {
         simulated_agent(&self.endpoint(), node, gpus, work_dir, "warn")
     }
 
-    /// Starts an agent process with simulated GPUs and `extra` arguments.
-    /// With `--metrics-listen` among them, also returns the address the
-    /// metrics endpoint bound, as the agent printed it.
+    /// Starts an agent process with simulated GPUs and `extra` arguments
+    /// (see [`agent_with`]).
     pub fn agent_with(
         &self,
         node: &str,
@@ -314,36 +356,7 @@ impl Scheduler {
         work_dir: &Path,
         extra: &[&str],
     ) -> Result<(Proc, Option<SocketAddr>)> {
-        let mut child = Command::new(bin("edupool-agent"))
-            .args(["run", "--scheduler", &self.endpoint(), "--node-name", node])
-            .args(["--simulate-gpus", gpus, "--work-dir"])
-            .arg(work_dir)
-            .args(agent_tls_args(&self.endpoint(), node)?)
-            .args(extra)
-            .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .context("starting edupool-agent")?;
-        let stdout = child.stdout.take().expect("piped");
-        let proc = Proc {
-            child: Some(child),
-            name: node.to_string(),
-        };
-        let mut lines = BufReader::new(stdout).lines();
-        let mut metrics = None;
-        if extra.contains(&"--metrics-listen") {
-            let line = lines
-                .next()
-                .ok_or_else(|| anyhow!("edupool-agent exited before serving metrics"))??;
-            let addr = line
-                .strip_prefix("edupool-agent metrics listening on ")
-                .ok_or_else(|| anyhow!("unexpected first line from edupool-agent: {line:?}"))?;
-            metrics = Some(addr.trim().parse::<SocketAddr>()?);
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Ok((proc, metrics))
+        agent_with(&self.endpoint(), node, gpus, work_dir, extra)
     }
 
     /// Runs `edupoolctl --output json <args>` with `token`.

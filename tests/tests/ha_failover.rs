@@ -1,14 +1,16 @@
 //! Three scheduler replicas as processes: followers point writers to the
-//! leader, reads are linearizable or (with --stale-ok) local, and killing
-//! the leader loses nothing that was acknowledged.
+//! leader, reads are linearizable or (with --stale-ok) local, killing the
+//! leader loses nothing that was acknowledged, and an agent's session
+//! outlives a report that waits for a quorum.
 
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use edupool_proto::v1 as pb;
 use edupool_proto::v1::job_service_client::JobServiceClient;
 use edupool_tests::cluster::Cluster;
-use edupool_tests::{eventually, ADMIN_TOKEN};
+use edupool_tests::prometheus::http_get;
+use edupool_tests::{agent_with, eventually, ADMIN_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -115,5 +117,76 @@ fn followers_name_the_leader_and_a_leader_kill_loses_nothing() -> Result<()> {
     let status = c.status(leader)?;
     assert_eq!(status["leader_id"].as_u64(), Some(new));
     assert_eq!(status["members"].as_array().map(Vec::len), Some(3));
+    Ok(())
+}
+
+/// An agent's report that cannot commit (both followers paused, so the
+/// leader has no quorum) does not stop its session from reading: the
+/// heartbeats behind the report keep the session open, the agent never
+/// has to reconnect, and the report commits once the followers are back.
+#[test]
+fn an_agent_session_outlives_a_report_waiting_to_commit() -> Result<()> {
+    // Elections after 5-10 s of silence, so the leader keeps leading
+    // through a pause of 2.5 s; sessions are closed after three missed
+    // heartbeats of 200 ms (the harness's), which a session that waited
+    // for the commit before reading on would miss.
+    let mut c = Cluster::start(3, &["--raft-tick", "500ms"])?;
+    let work = tempfile::tempdir()?;
+    let all = c.endpoints();
+    let serve = ["--metrics-listen", "127.0.0.1:0"];
+    let (_agent, metrics) = agent_with(&all, "n1", "1xA100-80GB", work.path(), &serve)?;
+    let metrics = metrics.context("the agent serves metrics")?;
+    let leader = c.leader(WAIT)?;
+    let tenant = Cluster::ctl_json(&all, ADMIN_TOKEN, &["tenant", "create", "zju"])?;
+    let token = tenant["token"].as_str().expect("a token").to_string();
+    eventually("the agent's node", WAIT, || {
+        let v = Cluster::ctl_json(&all, ADMIN_TOKEN, &["node", "list"]).ok()?;
+        (v.as_array()?.len() == 1).then_some(())
+    })?;
+    let submitted = Cluster::ctl_json(
+        &all,
+        &token,
+        &[
+            "job", "submit", "--gpus", "1", "--name", "slow", "--", "sleep", "1",
+        ],
+    )?;
+    let job = submitted["id"].as_str().expect("a job id").to_string();
+    eventually("the job to run", WAIT, || {
+        let v = Cluster::ctl_json(&all, &token, &["job", "get", &job]).ok()?;
+        (v["state"] == "running").then_some(())
+    })?;
+
+    // The job exits about a second into the pause; its report waits for a
+    // quorum for the rest of it. The pause is the fault itself, not a wait
+    // for something to happen.
+    let followers: Vec<u64> = c.ids().into_iter().filter(|i| *i != leader).collect();
+    for &f in &followers {
+        c.pause(f)?;
+    }
+    std::thread::sleep(Duration::from_millis(2_500));
+    for &f in &followers {
+        c.resume(f)?;
+    }
+
+    eventually("the exit to commit", WAIT, || {
+        let v = Cluster::ctl_json(&all, &token, &["job", "get", &job]).ok()?;
+        (v["state"] == "succeeded").then_some(())
+    })?;
+    assert_eq!(c.leader(WAIT)?, leader, "the leader kept leading");
+    // A job placed now reaches the agent only through a session the
+    // leader holds: had the pause closed the session, the agent would have
+    // had to reconnect to run it.
+    let after = submit(&all, &token, "after")?;
+    eventually("the job after the pause to succeed", WAIT, || {
+        let v = Cluster::ctl_json(&all, &token, &["job", "get", &after]).ok()?;
+        (v["state"] == "succeeded").then_some(())
+    })?;
+    let (_, body) = http_get(metrics, "/metrics")?;
+    let text = String::from_utf8(body)?;
+    assert!(
+        text.lines()
+            .any(|l| l == r#"edupool_agent_sessions_established_total{node="n1"} 1"#),
+        "the agent kept its one session:\n{text}"
+    );
     Ok(())
 }

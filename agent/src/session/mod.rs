@@ -65,7 +65,7 @@
 mod backoff;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,6 +173,17 @@ impl SessionError {
 }
 
 /// The agent's side of the session, across reconnections.
+/// What the metrics read of the sessions.
+#[derive(Debug, Default)]
+pub(crate) struct SessionStatus {
+    /// True while a session is established (welcomed).
+    pub(crate) connected: AtomicBool,
+    /// Sessions established since the agent started: more than one means
+    /// it reconnected (the scheduler restarted, a new leader, or the
+    /// session was closed).
+    pub(crate) established: AtomicU64,
+}
+
 pub(crate) struct Session {
     pub(crate) node_name: String,
     pub(crate) endpoints: Vec<(String, Endpoint)>,
@@ -183,8 +194,8 @@ pub(crate) struct Session {
     pub(crate) backoff: Backoff,
     /// GPU health as the agent judges it; overrides the inventory's.
     pub(crate) health: HealthBoard,
-    /// True while a session is established (welcomed).
-    pub(crate) connected: Arc<AtomicBool>,
+    /// Whether a session is established, and how many were.
+    pub(crate) status: Arc<SessionStatus>,
 }
 
 /// State of one open session.
@@ -363,7 +374,9 @@ impl Session {
             welcomed: false,
         };
         let result = loop {
-            self.connected.store(open.welcomed, Ordering::Relaxed);
+            self.status
+                .connected
+                .store(open.welcomed, Ordering::Relaxed);
             tokio::select! {
                 biased;
                 () = stop.cancelled() => {
@@ -428,7 +441,7 @@ impl Session {
                 }
             }
         };
-        self.connected.store(false, Ordering::Relaxed);
+        self.status.connected.store(false, Ordering::Relaxed);
         *welcomed = open.welcomed;
         result
     }
@@ -444,6 +457,7 @@ impl Session {
                 };
                 open.heartbeat = heartbeat(period);
                 open.welcomed = true;
+                self.status.established.fetch_add(1, Ordering::Relaxed);
                 info!(endpoint = %open.endpoint, scheduler = %welcome.scheduler_id,
                     heartbeat = ?period, "session established");
             }

@@ -294,9 +294,20 @@ impl Agents {
         .await;
     }
 
+    /// Queues what an agent reported for the log without waiting for it
+    /// to commit: the session goes on reading (heartbeats included) while
+    /// it commits, so a slow commit under load is never taken for a
+    /// silent agent. Reports of one session reach the log in the order
+    /// they came; one lost with a leader that failed before committing it
+    /// is reported again when the agent reconnects (`reconcile`).
     async fn propose(&self, cmd: Command) {
-        if let Err(e) = self.replica.propose(cmd.clone()).await {
-            tracing::debug!(?cmd, "agent report not applied: {e}");
-        }
+        let result = self.replica.enqueue(cmd.clone()).await;
+        self.tasks.spawn(async move {
+            match result.await {
+                Ok(Err(e)) => tracing::debug!(?cmd, "agent report not applied: {e}"),
+                Err(_) => tracing::debug!(?cmd, "agent report not applied: the replica stopped"),
+                Ok(Ok(_)) => {}
+            }
+        });
     }
 }

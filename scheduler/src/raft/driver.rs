@@ -341,6 +341,23 @@ impl Replica {
         .await
     }
 
+    /// Queues `cmd` for the log and returns once it is queued, with the
+    /// receiver of its result: commands queued one after another reach the
+    /// log in that order, and the caller need not wait for each commit
+    /// before reading what comes next (an agent session must keep reading
+    /// its heartbeats while its reports commit).
+    pub async fn enqueue(&self, cmd: Command) -> oneshot::Receiver<Result<Outcome, ProposeError>> {
+        let (reply, rx) = oneshot::channel();
+        let request = Request::Propose {
+            cmd: Box::new(cmd),
+            reply,
+        };
+        // A driver that stopped drops the request and with it `reply`, so
+        // the receiver reports the stop.
+        let _ = self.requests.send(request).await;
+        rx
+    }
+
     /// Proposes `cmds` in order without waiting between them, then waits
     /// for all: the driver takes what is queued into one `Ready`, so they
     /// share one fsync and one replication round trip instead of paying

@@ -356,6 +356,7 @@ pub fn bill<'a>(
     let runs = accounts
         .entries
         .iter()
+        .map(|e| &**e)
         .filter(|e| of_tenant(&e.tenant) && e.end >= from && e.end < to)
         .collect();
     Ok(Bill { runs, totals })
@@ -383,6 +384,7 @@ pub fn runs<'a>(
     Ok(accounts
         .entries
         .iter()
+        .map(|e| &**e)
         .filter(|e| of_tenant(&e.tenant) && e.end >= from && e.end < to)
         .collect())
 }

@@ -10,6 +10,7 @@
 //! exact while the state stays bounded however long the pool runs.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -217,8 +218,9 @@ const LEDGER_FORM: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Accounts {
     /// The most recent runs one by one, in ledger order: at most the pool
-    /// policy's `ledger_runs_kept`.
-    pub entries: VecDeque<LedgerEntry>,
+    /// policy's `ledger_runs_kept`. Shared, never changed once recorded, so
+    /// a copy of the state for a snapshot does not copy them.
+    pub entries: VecDeque<Arc<LedgerEntry>>,
     /// Older runs, summed per day they ended (UTC midnight) and key.
     #[serde(default)]
     pub rolled: BTreeMap<Millis, DayTotals>,
@@ -270,12 +272,12 @@ impl Accounts {
             .net_by_day
             .entry((e.tenant.clone(), Period::Day.start(e.end)))
             .or_default() += e.charge.net();
-        self.entries.push_back(e);
+        self.entries.push_back(Arc::new(e));
         while self.entries.len() > kept {
             let Some(old) = self.entries.pop_front() else {
                 break;
             };
-            self.roll_up(old);
+            self.roll_up(Arc::unwrap_or_clone(old));
         }
     }
 
@@ -316,6 +318,7 @@ impl Accounts {
         if self.form < LEDGER_FORM {
             self.free_used.clear();
             for e in &mut self.entries {
+                let e = Arc::make_mut(e);
                 e.charge = billing::price_run(&self.prices, &mut self.free_used, e);
             }
             self.last_seq = self.entries.back().map_or(0, |e| e.seq);
