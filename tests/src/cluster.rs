@@ -429,6 +429,14 @@ impl Cluster {
         })
     }
 
+    /// Waits until the cluster at `endpoints` lists `n` nodes.
+    pub fn wait_for_nodes(endpoints: &str, n: usize, timeout: Duration) -> Result<()> {
+        eventually(&format!("{n} nodes registered"), timeout, || {
+            let v = Cluster::ctl_json(endpoints, ADMIN_TOKEN, &["node", "list"]).ok()?;
+            (v.as_array()?.len() == n).then_some(())
+        })
+    }
+
     /// Starts an agent with simulated GPUs that knows every replica.
     pub fn agent(&self, node: &str, gpus: &str, work_dir: &Path) -> Result<Proc> {
         simulated_agent(&self.endpoints(), node, gpus, work_dir, "error")

@@ -43,10 +43,7 @@ fn followers_name_the_leader_and_a_leader_kill_loses_nothing() -> Result<()> {
     let all = c.endpoints();
     let tenant = Cluster::ctl_json(&all, ADMIN_TOKEN, &["tenant", "create", "zju"])?;
     let token = tenant["token"].as_str().expect("a token").to_string();
-    eventually("the agent's node", WAIT, || {
-        let v = Cluster::ctl_json(&all, ADMIN_TOKEN, &["node", "list"]).ok()?;
-        (v.as_array()?.len() == 1).then_some(())
-    })?;
+    Cluster::wait_for_nodes(&all, 1, WAIT)?;
 
     // A follower refuses a write with the leader's address in metadata.
     let follower = *c.ids().iter().find(|i| **i != leader).expect("a follower");
@@ -139,10 +136,7 @@ fn an_agent_session_outlives_a_report_waiting_to_commit() -> Result<()> {
     let leader = c.leader(WAIT)?;
     let tenant = Cluster::ctl_json(&all, ADMIN_TOKEN, &["tenant", "create", "zju"])?;
     let token = tenant["token"].as_str().expect("a token").to_string();
-    eventually("the agent's node", WAIT, || {
-        let v = Cluster::ctl_json(&all, ADMIN_TOKEN, &["node", "list"]).ok()?;
-        (v.as_array()?.len() == 1).then_some(())
-    })?;
+    Cluster::wait_for_nodes(&all, 1, WAIT)?;
     let submitted = Cluster::ctl_json(
         &all,
         &token,

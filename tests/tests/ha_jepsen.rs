@@ -93,10 +93,7 @@ fn acknowledged_work_survives_crashes_pauses_and_partitions() -> Result<()> {
     let all = c.endpoints();
     let tenant = Cluster::ctl_json(&all, ADMIN_TOKEN, &["tenant", "create", "zju"])?;
     let token = tenant["token"].as_str().expect("a token").to_string();
-    eventually("the agent's node", WAIT, || {
-        let v = Cluster::ctl_json(&all, ADMIN_TOKEN, &["node", "list"]).ok()?;
-        (v.as_array()?.len() == 1).then_some(())
-    })?;
+    Cluster::wait_for_nodes(&all, 1, WAIT)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

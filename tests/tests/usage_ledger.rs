@@ -68,10 +68,7 @@ fn usage_survives_a_leader_change_exactly_once_and_stays_private() -> Result<()>
     let zju = zju["token"].as_str().expect("a token").to_string();
     let hdu = Cluster::ctl_json(&all, ADMIN_TOKEN, &["tenant", "create", "hdu"])?;
     let hdu = hdu["token"].as_str().expect("a token").to_string();
-    eventually("the agent's node", WAIT, || {
-        let v = Cluster::ctl_json(&all, ADMIN_TOKEN, &["node", "list"]).ok()?;
-        (v.as_array()?.len() == 1).then_some(())
-    })?;
+    Cluster::wait_for_nodes(&all, 1, WAIT)?;
     Cluster::ctl_json(
         &all,
         ADMIN_TOKEN,

@@ -434,17 +434,12 @@ fn periods_follow_the_calendar() {
     assert!(Period::Week.start(Millis::MIN) < 0);
 }
 
-/// The worked example of docs/accounting.md, number for number.
-#[test]
-fn worked_example_of_the_accounting_docs() {
-    let day = |d: u32, h: i64| days_from_civil(2026, 11, d) * 24 * HOUR + h * HOUR;
-    let mut s = State::default();
-    tenant(&mut s, "uni-a");
-    tenant(&mut s, "uni-b");
-    node(&mut s, "node-a", 4);
-    label(&mut s, "node-a", "uni-a");
-    let v1 = Command::SetPrices(PriceChange {
-        effective_from: Some(day(1, 0)),
+/// The first price version of the worked example, in force from `from`:
+/// 8.000 a GPU-hour (6.000 for batch), 0.800 a kWh, one free GPU-hour a
+/// month, 20 % off for uni-b, 70 % of the GPU charge credited to lenders.
+fn alliance_prices(from: Millis) -> Command {
+    Command::SetPrices(PriceChange {
+        effective_from: Some(from),
         currency: Some("CNY".into()),
         gpu_hour: vec![
             GpuPrice {
@@ -462,8 +457,19 @@ fn worked_example_of_the_accounting_docs() {
         free_milli_gpu_hours: Some(1_000),
         equity_discount_pct: [("uni-b".to_string(), 20)].into(),
         lending_credit_pct: Some(70),
-    });
-    ok(&mut s, v1, day(1, 0) - HOUR);
+    })
+}
+
+/// The worked example of docs/accounting.md, number for number.
+#[test]
+fn worked_example_of_the_accounting_docs() {
+    let day = |d: u32, h: i64| days_from_civil(2026, 11, d) * 24 * HOUR + h * HOUR;
+    let mut s = State::default();
+    tenant(&mut s, "uni-a");
+    tenant(&mut s, "uni-b");
+    node(&mut s, "node-a", 4);
+    label(&mut s, "node-a", "uni-a");
+    ok(&mut s, alliance_prices(day(1, 0)), day(1, 0) - HOUR);
     ok(
         &mut s,
         prices(None, "A100-80GB", 10_000, day(10, 0)),
@@ -616,27 +622,7 @@ fn six_busy_days(kept: usize) -> State {
     node(&mut s, "node-b", 4);
     label(&mut s, "node-a", "uni-a");
     label(&mut s, "node-b", "uni-b");
-    let v1 = Command::SetPrices(PriceChange {
-        effective_from: Some(day(1, 0)),
-        currency: Some("CNY".into()),
-        gpu_hour: vec![
-            GpuPrice {
-                model: "A100-80GB".into(),
-                class: None,
-                per_gpu_hour: 8_000,
-            },
-            GpuPrice {
-                model: "A100-80GB".into(),
-                class: Some(JobClass::Batch),
-                per_gpu_hour: 6_000,
-            },
-        ],
-        energy_per_kwh: Some(800),
-        free_milli_gpu_hours: Some(1_000),
-        equity_discount_pct: [("uni-b".to_string(), 20)].into(),
-        lending_credit_pct: Some(70),
-    });
-    ok(&mut s, v1, day(1, 0) - HOUR);
+    ok(&mut s, alliance_prices(day(1, 0)), day(1, 0) - HOUR);
     ok(
         &mut s,
         prices(None, "A100-80GB", 10_000, day(4, 2)),
