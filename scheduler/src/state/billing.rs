@@ -163,6 +163,10 @@ impl Charge {
         }
     }
 
+    pub fn is_nothing(&self) -> bool {
+        *self == Charge::default()
+    }
+
     pub fn gross(&self) -> Money {
         self.gpu + self.energy
     }

@@ -83,8 +83,9 @@ pub struct LedgerEntry {
     pub energy_mj: Option<u64>,
     pub capacity: Capacity,
     pub ended: RunEnd,
-    /// What it costs, priced when it was recorded.
-    #[serde(default)]
+    /// What it costs, priced when it was recorded (left out of snapshots
+    /// when nothing: a pool without prices).
+    #[serde(default, skip_serializing_if = "Charge::is_nothing")]
     pub charge: Charge,
 }
 
