@@ -180,12 +180,14 @@ impl Cluster {
 /// state, and the mix never changes within a run.
 struct FragMemo {
     mix: Vec<Kind>,
+    tail: fragmentation::Tail,
     memo: HashMap<(String, u64, u64, Vec<u32>), f64>,
 }
 
 impl FragMemo {
     fn new(mix: Vec<Kind>) -> FragMemo {
         FragMemo {
+            tail: fragmentation::Tail::of(&mix),
             mix,
             memo: HashMap::new(),
         }
@@ -194,7 +196,7 @@ impl FragMemo {
     fn of(&mut self, model: &str, cpu: u64, mem: u64, gpus: &[u32]) -> f64 {
         let mut key_gpus = gpus.to_vec();
         key_gpus.sort_unstable();
-        let mix = &self.mix;
+        let (mix, tail) = (&self.mix, &self.tail);
         *self
             .memo
             .entry((model.to_string(), cpu, mem, key_gpus))
@@ -207,6 +209,7 @@ impl FragMemo {
                         model,
                     },
                     mix,
+                    tail,
                 )
             })
     }
