@@ -521,6 +521,28 @@ mod tests {
     }
 
     #[test]
+    fn edupool_leaves_remainders_that_common_sizes_fill() {
+        // Two 1-GPU nodes with 500 and 600 thousandths free; the mix has
+        // three 0.3-GPU tasks for each 0.2-GPU one. A 0.3-GPU task on the
+        // 500 would leave 200, which only the rare 0.2-GPU tasks fit (150
+        // expected to stay: a quarter of the shared tasks fit it); on the
+        // 600 it leaves 300, which both sizes fit (25 expected to stay).
+        // Counted by copies of each kind alone (FGD), the 500 would win:
+        // its 200 is one copy of the 0.2-GPU kind, where 300 strands 100
+        // of it.
+        let nodes = [node("a", 1), node("b", 1)];
+        let mut cluster = Cluster::new(&nodes);
+        cluster.nodes[0].gpus[0] = 500;
+        cluster.nodes[1].gpus[0] = 600;
+        let mut tasks: Vec<OpenbTask> = (0..3).map(|i| task(&format!("s{i}"), 1, 300)).collect();
+        tasks.push(task("r", 1, 200));
+        let mut memo = FragMemo::new(mix_of(&tasks));
+        assert!(edupool_places(&mut cluster, &tasks[0], &mut memo));
+        assert_eq!(cluster.nodes[0].gpus, vec![500]);
+        assert_eq!(cluster.nodes[1].gpus, vec![300]);
+    }
+
+    #[test]
     fn edupool_leaves_gpu_nodes_the_cores_their_gpus_need() {
         // Two 2-GPU nodes, a with 8 cores, b with 16; whole-GPU tasks need
         // 3 cores each, CPU-only tasks 6. A CPU-only task on a would leave
