@@ -180,12 +180,14 @@ impl Cluster {
 /// state, and the mix never changes within a run.
 struct FragMemo {
     mix: Vec<Kind>,
+    tail: fragmentation::Tail,
     memo: HashMap<(String, u64, u64, Vec<u32>), f64>,
 }
 
 impl FragMemo {
     fn new(mix: Vec<Kind>) -> FragMemo {
         FragMemo {
+            tail: fragmentation::Tail::of(&mix),
             mix,
             memo: HashMap::new(),
         }
@@ -194,7 +196,7 @@ impl FragMemo {
     fn of(&mut self, model: &str, cpu: u64, mem: u64, gpus: &[u32]) -> f64 {
         let mut key_gpus = gpus.to_vec();
         key_gpus.sort_unstable();
-        let mix = &self.mix;
+        let (mix, tail) = (&self.mix, &self.tail);
         *self
             .memo
             .entry((model.to_string(), cpu, mem, key_gpus))
@@ -207,6 +209,7 @@ impl FragMemo {
                         model,
                     },
                     mix,
+                    tail,
                 )
             })
     }
@@ -515,6 +518,28 @@ mod tests {
         assert_eq!(cluster.nodes[0].gpus, vec![1000, 1000]);
         assert!(edupool_places(&mut cluster, &tasks[1], &mut memo));
         assert_eq!(cluster.nodes[0].gpus, vec![0, 0]);
+    }
+
+    #[test]
+    fn edupool_leaves_remainders_that_common_sizes_fill() {
+        // Two 1-GPU nodes with 500 and 600 thousandths free; the mix has
+        // three 0.3-GPU tasks for each 0.2-GPU one. A 0.3-GPU task on the
+        // 500 would leave 200, which only the rare 0.2-GPU tasks fit (150
+        // expected to stay: a quarter of the shared tasks fit it); on the
+        // 600 it leaves 300, which both sizes fit (25 expected to stay).
+        // Counted by copies of each kind alone (FGD), the 500 would win:
+        // its 200 is one copy of the 0.2-GPU kind, where 300 strands 100
+        // of it.
+        let nodes = [node("a", 1), node("b", 1)];
+        let mut cluster = Cluster::new(&nodes);
+        cluster.nodes[0].gpus[0] = 500;
+        cluster.nodes[1].gpus[0] = 600;
+        let mut tasks: Vec<OpenbTask> = (0..3).map(|i| task(&format!("s{i}"), 1, 300)).collect();
+        tasks.push(task("r", 1, 200));
+        let mut memo = FragMemo::new(mix_of(&tasks));
+        assert!(edupool_places(&mut cluster, &tasks[0], &mut memo));
+        assert_eq!(cluster.nodes[0].gpus, vec![500]);
+        assert_eq!(cluster.nodes[1].gpus, vec![300]);
     }
 
     #[test]
