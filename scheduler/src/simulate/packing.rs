@@ -472,6 +472,21 @@ mod tests {
         }
     }
 
+    fn with_cpu(name: &str, gpus: u32, milli: u32, cpu_milli: u64) -> OpenbTask {
+        OpenbTask {
+            cpu_milli,
+            ..task(name, gpus, milli)
+        }
+    }
+
+    /// A node of `gpus` GPUs and `cpu_milli` thousandths of cores.
+    fn node_with_cpu(name: &str, gpus: u32, cpu_milli: u64) -> OpenbNode {
+        OpenbNode {
+            cpu_milli,
+            ..node(name, gpus)
+        }
+    }
+
     #[test]
     fn allocation_is_worked_out_by_hand() {
         // Two nodes of 2 GPUs = 4000 thousandths. Tasks: 1 whole GPU, then
@@ -552,13 +567,7 @@ mod tests {
         // strands nothing. Best-fit takes a (the least left over) and a's
         // GPUs are lost; edupool takes b, and the GPU tasks that follow
         // still have both nodes' GPUs to choose from.
-        let mut nodes = [node("a", 2), node("b", 2)];
-        nodes[0].cpu_milli = 8000;
-        nodes[1].cpu_milli = 16_000;
-        let with_cpu = |name: &str, gpus: u32, milli: u32, cpu: u64| OpenbTask {
-            cpu_milli: cpu,
-            ..task(name, gpus, milli)
-        };
+        let nodes = [node_with_cpu("a", 2, 8000), node_with_cpu("b", 2, 16_000)];
         let tasks = [
             with_cpu("c", 0, 0, 6000),
             with_cpu("w1", 1, 1000, 3000),
@@ -591,18 +600,8 @@ mod tests {
         // job of 120 cores; nodes 1-9 have 2 GPUs and 16 cores. The mix:
         // 20 CPU-only tasks of 12 cores, 20 1-GPU tasks of 4 cores, one
         // whole-node task.
-        let mut nodes = vec![node("big", 8)];
-        nodes[0].cpu_milli = 128_000;
-        for i in 1..10 {
-            nodes.push(OpenbNode {
-                cpu_milli: 16_000,
-                ..node(&format!("n{i}"), 2)
-            });
-        }
-        let with_cpu = |name: &str, gpus: u32, milli: u32, cpu: u64| OpenbTask {
-            cpu_milli: cpu,
-            ..task(name, gpus, milli)
-        };
+        let mut nodes = vec![node_with_cpu("big", 8, 128_000)];
+        nodes.extend((1..10).map(|i| node_with_cpu(&format!("n{i}"), 2, 16_000)));
         let mut tasks: Vec<OpenbTask> = (0..20)
             .flat_map(|i| {
                 [
@@ -673,20 +672,11 @@ mod tests {
         // kind (120 cores, popularity 2); four of 2 GPUs and 16 cores.
         // CPU-only tasks of 12 cores (popularity 30), 1-GPU tasks of 4
         // cores (popularity 10). The first whole-node task takes node 0.
-        let mut nodes = vec![node("big0", 8), node("big1", 8)];
-        for n in &mut nodes {
-            n.cpu_milli = 128_000;
-        }
-        for i in 0..4 {
-            nodes.push(OpenbNode {
-                cpu_milli: 16_000,
-                ..node(&format!("n{i}"), 2)
-            });
-        }
-        let with_cpu = |name: &str, gpus: u32, milli: u32, cpu: u64| OpenbTask {
-            cpu_milli: cpu,
-            ..task(name, gpus, milli)
-        };
+        let mut nodes = vec![
+            node_with_cpu("big0", 8, 128_000),
+            node_with_cpu("big1", 8, 128_000),
+        ];
+        nodes.extend((0..4).map(|i| node_with_cpu(&format!("n{i}"), 2, 16_000)));
         let mut tasks: Vec<OpenbTask> = (0..30)
             .map(|i| with_cpu(&format!("c{i}"), 0, 0, 12_000))
             .collect();
