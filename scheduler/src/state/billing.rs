@@ -312,17 +312,6 @@ pub struct Bill<'a> {
     pub totals: Vec<DayTotal<'a>>,
 }
 
-impl Bill<'_> {
-    pub fn net(&self) -> Money {
-        let runs: Money = self.runs.iter().map(|e| e.charge.net()).sum();
-        runs + self
-            .totals
-            .iter()
-            .map(|t| t.totals.charge.net())
-            .sum::<Money>()
-    }
-}
-
 /// The runs that ended in `[from, to)`, of one tenant or all, with their
 /// charges; days kept only as totals are included whole. A boundary
 /// inside such a day cannot be answered exactly and is refused.
