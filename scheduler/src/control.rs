@@ -283,15 +283,19 @@ async fn check_liveness(
         replica.read(|s| s.nodes().map(|n| (n.name.clone(), n.status)).collect());
     let mut commands = vec![];
     for (node, status) in nodes {
-        if let Some(hello) = sessions.hello(&node) {
+        if sessions.is_connected(&node) {
             absent_since.remove(&node);
+            // A disconnect committed after the agent came back. The
+            // inventory is copied only then: this runs every half second
+            // over every node.
             if status != NodeStatus::Ready {
-                // A disconnect committed after the agent came back.
-                commands.push(Command::NodeConnected {
-                    node,
-                    gpus: hello.gpus,
-                    agent_version: hello.agent_version,
-                });
+                if let Some(hello) = sessions.hello(&node) {
+                    commands.push(Command::NodeConnected {
+                        node,
+                        gpus: hello.gpus,
+                        agent_version: hello.agent_version,
+                    });
+                }
             }
             continue;
         }
