@@ -6,6 +6,8 @@
 //! free, so the best fit for a job is a range lookup rather than a scan of
 //! every node.
 
+use std::cell::OnceCell;
+
 pub use crate::state::BucketKey;
 use crate::state::{
     fits_gpu, Constraints, Free, JobSpec, Layout, Millis, Node, State, TaskPlacement, WHOLE_GPU,
@@ -51,10 +53,14 @@ pub struct TaskFit {
 /// copy of the free amounts the round takes from as it places, and the
 /// round's reservations.
 pub struct FreeIndex<'a> {
+    state: &'a State,
     layout: &'a Layout,
     free: Free,
-    /// The schedulable nodes, by position.
-    nodes: Vec<&'a Node>,
+    /// The schedulable nodes by position, each looked up by name when the
+    /// round first needs it: a round looks at a few dozen of them, and
+    /// listing all of them up front (a walk over every node) was most of
+    /// a round's setup at 10,000 nodes.
+    nodes: Vec<OnceCell<&'a Node>>,
     /// Held until this time for a blocked job (backfill reservation), or
     /// wholly for a job waiting on preemption (`Millis::MIN`).
     reserved: Vec<Option<Millis>>,
@@ -63,13 +69,13 @@ pub struct FreeIndex<'a> {
 impl<'a> FreeIndex<'a> {
     pub fn new(state: &'a State) -> FreeIndex<'a> {
         let capacity = state.free_capacity();
-        let nodes: Vec<&'a Node> = state.nodes().filter(|n| n.schedulable()).collect();
-        debug_assert_eq!(nodes.len(), capacity.layout.len());
+        let n = capacity.layout.len();
         FreeIndex {
+            state,
             layout: &capacity.layout,
             free: capacity.free.clone(),
-            reserved: vec![None; nodes.len()],
-            nodes,
+            reserved: vec![None; n],
+            nodes: vec![OnceCell::new(); n],
         }
     }
 
@@ -80,7 +86,13 @@ impl<'a> FreeIndex<'a> {
 
     /// The node at position `i`.
     pub fn node(&self, i: usize) -> &'a Node {
-        self.nodes[i]
+        let state = self.state;
+        let name = &self.layout.names[i];
+        self.nodes[i].get_or_init(|| {
+            state
+                .node(name)
+                .expect("the free-capacity layout lists only nodes of the state")
+        })
     }
 
     /// Free thousandths per GPU position of node `i` (0 for unusable GPUs).
@@ -273,7 +285,7 @@ impl<'a> FreeIndex<'a> {
             if free.len() < want as usize {
                 continue;
             }
-            let (gpus, unlinked) = pick_linked(self.nodes[i], &free, want as usize);
+            let (gpus, unlinked) = pick_linked(self.node(i), &free, want as usize);
             let opens = milli < WHOLE_GPU;
             fits.push(TaskFit {
                 score: Score {
@@ -292,7 +304,7 @@ impl<'a> FreeIndex<'a> {
     }
 
     fn gpu_fits(&self, c: &Constraints, i: usize, pos: usize, b: usize) -> bool {
-        let node = self.nodes[i];
+        let node = self.node(i);
         self.layout.buckets_of(i)[pos] == b && fits_gpu(c, node, &node.gpus[pos])
     }
 
@@ -345,7 +357,7 @@ impl<'a> FreeIndex<'a> {
     pub fn placements(&self, fits: &[TaskFit]) -> Vec<TaskPlacement> {
         fits.iter()
             .map(|f| {
-                let node = self.nodes[f.node];
+                let node = self.node(f.node);
                 TaskPlacement {
                     node: node.name.clone(),
                     gpus: f

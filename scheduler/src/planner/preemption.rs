@@ -293,7 +293,7 @@ impl<'a> Round<'a> {
         &self,
         job: &Job,
         buckets: &[(usize, BucketKey)],
-        victims: &Victims,
+        victims: &Victims<'a>,
     ) -> Option<(usize, Vec<usize>)> {
         let mut extra: BTreeMap<usize, BTreeMap<usize, u32>> = BTreeMap::new();
         let mut taken: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
