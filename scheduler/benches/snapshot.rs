@@ -1,8 +1,9 @@
 //! What a snapshot costs at growing sizes, phase by phase: copying the
 //! state (the only part done under the state lock, on the raft driver),
-//! encoding the copy and decoding it again (a restart's share). The pool
-//! is 1,000 nodes of 8 GPUs; each row holds F final jobs (each submitted,
-//! placed, started and exited) and P queued ones.
+//! encoding the copy and decoding it again (a restart's share). Each row
+//! is a pool of N nodes of 8 GPUs holding F final jobs (each submitted as
+//! the API does, with its audit record, then placed, started and exited)
+//! and P queued ones.
 //!
 //! `cargo bench -p edupool-scheduler --bench snapshot` prints a table;
 //! results are recorded in docs/benchmarks.md.
@@ -13,12 +14,11 @@ use std::time::{Duration, Instant};
 
 use edupool_scheduler::raft::{SnapshotEnvelope, SNAPSHOT_FORMAT};
 use edupool_scheduler::state::{
-    Capacity, Command, Constraints, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis,
+    Actor, Capacity, Command, Constraints, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis,
     OnNodeLost, Outcome, State, TaskPlacement,
 };
 
 const T0: Millis = 1_700_000_000_000;
-const NODES: usize = 1_000;
 const GPUS_PER_NODE: u32 = 8;
 const TENANTS: usize = 20;
 
@@ -47,27 +47,37 @@ fn spec(i: usize) -> JobSpec {
 
 fn submit(s: &mut State, i: usize) -> JobId {
     let tenant = format!("t{:02}", i % TENANTS);
-    match ok(
-        s,
-        Command::SubmitJob {
-            tenant,
-            spec: spec(i),
-        },
-    ) {
+    let actor = Actor {
+        token: format!("init-{tenant}"),
+        name: tenant.clone(),
+        role: None,
+        tenant: Some(tenant.clone()),
+    };
+    let cmd = Command::SubmitJob {
+        tenant,
+        spec: spec(i),
+    };
+    let audited = Command::Audited {
+        actor,
+        action: "job.submit".into(),
+        target: String::new(),
+        cmd: Box::new(cmd),
+    };
+    match ok(s, audited) {
         Outcome::Job(id) => id,
         other => panic!("submit answered {other:?}"),
     }
 }
 
-fn pool(finished: usize, queued: usize) -> State {
+fn pool(nodes: usize, finished: usize, queued: usize) -> State {
     let mut s = State::default();
     for t in 0..TENANTS {
         let name = format!("t{t:02}");
         let token_hash = format!("hash{t}");
         ok(&mut s, Command::CreateTenant { name, token_hash });
     }
-    for n in 0..NODES {
-        let node = format!("n{n:04}");
+    for n in 0..nodes {
+        let node = format!("n{n:05}");
         let gpus = (0..GPUS_PER_NODE)
             .map(|i| GpuInfo {
                 uuid: format!("GPU-{node}-{i}"),
@@ -94,8 +104,8 @@ fn pool(finished: usize, queued: usize) -> State {
     }
     for i in 0..finished {
         let id = submit(&mut s, i);
-        let node = format!("n{:04}", i % NODES);
-        let gpu = format!("GPU-{node}-{}", (i / NODES) % GPUS_PER_NODE as usize);
+        let node = format!("n{:05}", i % nodes);
+        let gpu = format!("GPU-{node}-{}", (i / nodes) % GPUS_PER_NODE as usize);
         let tasks = vec![TaskPlacement {
             node: node.clone(),
             gpus: vec![gpu],
@@ -146,10 +156,18 @@ fn median(runs: usize, mut f: impl FnMut() -> Duration) -> Duration {
 }
 
 fn main() {
-    println!("| Final jobs | Queued jobs | Copy (state lock held) | Encode | Size | Decode |");
-    println!("|---:|---:|---:|---:|---:|---:|");
-    for (finished, queued) in [(20_000, 0), (50_000, 0), (50_000, 150_000)] {
-        let state = pool(finished, queued);
+    println!(
+        "| Nodes | Final jobs | Queued jobs | Copy (state lock held) | Encode | Size | Decode |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    let rows = [
+        (1_000, 20_000, 0),
+        (1_000, 50_000, 0),
+        (1_000, 50_000, 150_000),
+        (10_000, 50_000, 0),
+    ];
+    for (nodes, finished, queued) in rows {
+        let state = pool(nodes, finished, queued);
         let copy = median(5, || {
             let began = Instant::now();
             black_box(state.clone());
@@ -175,7 +193,7 @@ fn main() {
         });
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         println!(
-            "| {finished} | {queued} | {:.1} ms | {:.0} ms | {:.1} MiB | {:.0} ms |",
+            "| {nodes} | {finished} | {queued} | {:.1} ms | {:.0} ms | {:.1} MiB | {:.0} ms |",
             ms(copy),
             ms(encode),
             bytes.len() as f64 / (1024.0 * 1024.0),

@@ -15,7 +15,7 @@
 //! and then takes from as it places.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use super::{Node, NodeStatus, WHOLE_GPU};
 
@@ -304,13 +304,14 @@ impl PartialEq for NodeCache {
 impl Eq for NodeCache {}
 
 impl NodeCache {
-    pub fn free(&self, nodes: &BTreeMap<String, Node>) -> &FreeCapacity {
+    pub fn free(&self, nodes: &BTreeMap<String, Arc<Node>>) -> &FreeCapacity {
         self.free
-            .get_or_init(|| FreeCapacity::build(nodes.values()))
+            .get_or_init(|| FreeCapacity::build(nodes.values().map(|n| &**n)))
     }
 
-    pub fn contributed(&self, nodes: &BTreeMap<String, Node>) -> &Contributed {
-        self.contributed.get_or_init(|| contributed(nodes.values()))
+    pub fn contributed(&self, nodes: &BTreeMap<String, Arc<Node>>) -> &Contributed {
+        self.contributed
+            .get_or_init(|| contributed(nodes.values().map(|n| &**n)))
     }
 
     /// Refreshes the named nodes' free capacity after a job's GPUs were
@@ -318,7 +319,7 @@ impl NodeCache {
     /// drops the index when a node cannot be refreshed in place.
     pub fn refresh<'n>(
         &mut self,
-        nodes: &BTreeMap<String, Node>,
+        nodes: &BTreeMap<String, Arc<Node>>,
         names: impl Iterator<Item = &'n str>,
     ) {
         let Some(index) = self.free.get_mut() else {
@@ -340,13 +341,13 @@ impl NodeCache {
 
     /// Whether the kept indexes equal ones built afresh (for tests).
     #[cfg(test)]
-    pub fn is_exact(&self, nodes: &BTreeMap<String, Node>) -> bool {
+    pub fn is_exact(&self, nodes: &BTreeMap<String, Arc<Node>>) -> bool {
         self.free
             .get()
-            .is_none_or(|index| *index == FreeCapacity::build(nodes.values()))
+            .is_none_or(|index| *index == FreeCapacity::build(nodes.values().map(|n| &**n)))
             && self
                 .contributed
                 .get()
-                .is_none_or(|c| *c == contributed(nodes.values()))
+                .is_none_or(|c| *c == contributed(nodes.values().map(|n| &**n)))
     }
 }

@@ -219,7 +219,11 @@ impl State {
         let tenant = job.tenant.clone();
         let mut placed = Vec::with_capacity(tasks.len());
         for t in tasks {
-            let node = self.nodes.get_mut(&t.node).expect("checked above");
+            let node = self
+                .nodes
+                .get_mut(&t.node)
+                .map(Arc::make_mut)
+                .expect("checked above");
             for g in node
                 .gpus
                 .iter_mut()
@@ -558,7 +562,7 @@ impl State {
     }
 
     fn release_task(&mut self, id: JobId, node: &str) {
-        if let Some(n) = self.nodes.get_mut(node) {
+        if let Some(n) = self.nodes.get_mut(node).map(Arc::make_mut) {
             for g in n.gpus.iter_mut() {
                 g.holders.remove(&id);
             }

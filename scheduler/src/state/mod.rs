@@ -55,7 +55,7 @@ pub struct State {
     /// SHA-256 of a tenant's initial token (hex) -> tenant name; other
     /// tokens are in `security`.
     tokens: BTreeMap<String, String>,
-    nodes: BTreeMap<String, Node>,
+    nodes: BTreeMap<String, Arc<Node>>,
     jobs: BTreeMap<JobId, Arc<Job>>,
     /// Jobs waiting for GPUs, in submission order.
     pending: BTreeSet<JobId>,
@@ -104,7 +104,7 @@ pub struct State {
 struct StoredState {
     tenants: BTreeMap<String, Tenant>,
     tokens: BTreeMap<String, String>,
-    nodes: BTreeMap<String, Node>,
+    nodes: BTreeMap<String, Arc<Node>>,
     jobs: BTreeMap<JobId, Arc<Job>>,
     pending: BTreeSet<JobId>,
     last_job: u64,
@@ -407,6 +407,7 @@ impl State {
                 let n = self
                     .nodes
                     .get_mut(&node)
+                    .map(Arc::make_mut)
                     .ok_or_else(|| Rejection::UnknownNode(node.clone()))?;
                 if let Some(owner) = &labels.owner {
                     if !self.tenants.contains_key(owner) {
@@ -481,11 +482,11 @@ impl State {
     }
 
     pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.get(name)
+        self.nodes.get(name).map(|n| &**n)
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.values()
+        self.nodes.values().map(|n| &**n)
     }
 
     pub fn job(&self, id: JobId) -> Option<&Job> {
@@ -556,14 +557,14 @@ impl State {
             fits_node(c, n)
                 && n.gpus.iter().filter(|g| fits_gpu(c, n, g)).count() as u32 >= spec.gpus
         };
-        if spec.nodes <= 1 && self.nodes.values().any(|n| holds(&n)) {
+        if spec.nodes <= 1 && self.nodes().any(|n| holds(&n)) {
             return Ok(());
         }
         // A gang: enough such nodes in one site, found without building
         // the lists the error messages below need.
         if spec.nodes > 1 {
             let mut per_site: BTreeMap<&str, u32> = BTreeMap::new();
-            for n in self.nodes.values().filter(holds) {
+            for n in self.nodes().filter(holds) {
                 let count = per_site.entry(n.site()).or_default();
                 *count += 1;
                 if *count >= spec.nodes {
@@ -572,8 +573,7 @@ impl State {
             }
         }
         let certified: Vec<&Node> = self
-            .nodes
-            .values()
+            .nodes()
             .filter(|n| n.labels.data_level >= c.data_level)
             .collect();
         if certified.is_empty() {
@@ -698,7 +698,7 @@ impl State {
             .collect();
         let mut held: BTreeMap<String, BTreeMap<JobId, u32>> = previous
             .into_iter()
-            .flat_map(|n| n.gpus)
+            .flat_map(|n| Arc::unwrap_or_clone(n).gpus)
             .map(|g| (g.info.uuid, g.holders))
             .collect();
         let gpus: Vec<Gpu> = gpus
@@ -719,7 +719,7 @@ impl State {
             .collect();
         self.nodes.insert(
             name.clone(),
-            Node {
+            Arc::new(Node {
                 name: name.clone(),
                 gpus,
                 status: NodeStatus::Ready,
@@ -728,7 +728,7 @@ impl State {
                 agent_version,
                 status_since: at,
                 labels,
-            },
+            }),
         );
         for (uuid, reason) in unhealthy {
             effects.extend(self.fail_gpu(&name, &uuid, reason, at));
@@ -756,6 +756,7 @@ impl State {
         let node = self
             .nodes
             .get_mut(name)
+            .map(Arc::make_mut)
             .ok_or_else(|| Rejection::UnknownNode(name.to_string()))?;
         if node.status == NodeStatus::Ready {
             node.status = NodeStatus::Down;
@@ -768,6 +769,7 @@ impl State {
         let node = self
             .nodes
             .get_mut(name)
+            .map(Arc::make_mut)
             .ok_or_else(|| Rejection::UnknownNode(name.to_string()))?;
         if node.status == NodeStatus::Ready {
             // The agent came back before the loss was committed.
@@ -832,6 +834,7 @@ impl State {
     fn gpu_mut(&mut self, node: &str, uuid: &str) -> Result<&mut Gpu, Rejection> {
         self.nodes
             .get_mut(node)
+            .map(Arc::make_mut)
             .ok_or_else(|| Rejection::UnknownNode(node.to_string()))?
             .gpus
             .iter_mut()
@@ -891,6 +894,7 @@ impl State {
         let node = self
             .nodes
             .get_mut(name)
+            .map(Arc::make_mut)
             .ok_or_else(|| Rejection::UnknownNode(name.to_string()))?;
         node.cordoned = cordoned;
         node.draining = draining;

@@ -179,9 +179,11 @@ pub struct Security {
     by_hash: std::collections::BTreeMap<String, String>,
     last_token: u64,
     suspended: std::collections::BTreeMap<String, Suspension>,
-    /// Who submitted each job (token id), for members' control of their own.
-    owners: std::collections::BTreeMap<JobId, String>,
-    audit: VecDeque<AuditRecord>,
+    /// Who submitted each job (token id), for members' control of their
+    /// own. Shared strings, like the records below, so a snapshot's copy
+    /// of the state does not copy each one.
+    owners: std::collections::BTreeMap<JobId, Arc<str>>,
+    audit: VecDeque<Arc<AuditRecord>>,
     last_audit: u64,
 }
 
@@ -264,7 +266,7 @@ impl State {
 
     /// The token id that submitted the job, when it was recorded.
     pub fn job_owner(&self, job: JobId) -> Option<&str> {
-        self.security.owners.get(&job).map(String::as_str)
+        self.security.owners.get(&job).map(|t| &**t)
     }
 
     /// Forgets who submitted an archived job: nobody can act on it any
@@ -275,7 +277,7 @@ impl State {
 
     /// The retained audit trail, oldest first.
     pub fn audit(&self) -> impl DoubleEndedIterator<Item = &AuditRecord> {
-        self.security.audit.iter()
+        self.security.audit.iter().map(|r| &**r)
     }
 
     // ------------------------------------------------------------ writes
@@ -418,7 +420,9 @@ impl State {
                 let target = match outcome {
                     Outcome::Job(id) if target.is_empty() => {
                         if action == "job.submit" {
-                            self.security.owners.insert(*id, actor.token.clone());
+                            self.security
+                                .owners
+                                .insert(*id, Arc::from(actor.token.as_str()));
                         }
                         id.to_string()
                     }
@@ -426,7 +430,9 @@ impl State {
                         let ids = (first.0..first.0 + u64::from(*count)).map(JobId);
                         if action == "job.submit" {
                             for id in ids {
-                                self.security.owners.insert(id, actor.token.clone());
+                                self.security
+                                    .owners
+                                    .insert(id, Arc::from(actor.token.as_str()));
                             }
                         }
                         let last = JobId(first.0 + u64::from(*count) - 1);
@@ -466,14 +472,14 @@ impl State {
             tenant: actor.tenant.map(clip),
         };
         self.security.last_audit += 1;
-        self.security.audit.push_back(AuditRecord {
+        self.security.audit.push_back(Arc::new(AuditRecord {
             seq: self.security.last_audit,
             at,
             actor,
             action: clip(action),
             target: clip(target),
             result,
-        });
+        }));
         while self.security.audit.len() > AUDIT_RETENTION {
             self.security.audit.pop_front();
         }
