@@ -1001,13 +1001,14 @@ impl Driver {
             copy,
             size_hint: snap_bytes as usize,
         };
-        let store = self.store.clone();
-        let stop = self.stop.clone();
-        let hook = self.before_save.clone();
-        let done = self.snapshot_done.clone();
-        self.tracker.spawn_blocking(move || {
-            let _ = done.send(snapshotter::write(&store, job, &stop, hook.as_ref()));
-        });
+        snapshotter::spawn(
+            &self.tracker,
+            self.store.clone(),
+            job,
+            self.stop.clone(),
+            self.before_save.clone(),
+            self.snapshot_done.clone(),
+        );
     }
 
     /// Finishes the snapshot written in the background: answers who
@@ -1424,6 +1425,35 @@ mod tests {
         let (r, stop, tracker) = start(dir.path()).await;
         assert_eq!(r.read(|s| s.clone()), state);
         assert_eq!(r.state_hash(), hash);
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    /// Encoding a snapshot yields the CPU to the threads that serve: it
+    /// runs on a thread of its own at a lower priority, and the driver's
+    /// threads keep theirs.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn snapshots_are_written_at_a_lower_priority() {
+        let nice = || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
+        let (seen_tx, mut seen) = mpsc::unbounded_channel();
+        let hook: BeforeSave = Arc::new(move |_| {
+            let name = std::thread::current().name().map(String::from);
+            let _ = seen_tx.send((name, nice()));
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let r =
+            Replica::start_with(config(dir.path()), Some(hook), stop.clone(), &tracker).unwrap();
+        let ours = nice();
+        r.propose(tenant(0)).await.unwrap();
+        r.snapshot_now().await.unwrap();
+        let (name, theirs) = seen.recv().await.unwrap();
+        assert_eq!(name.as_deref(), Some("edupool-snapshot"));
+        assert_eq!(theirs, (ours + snapshotter::SNAPSHOT_NICE).min(19));
+        assert_eq!(nice(), ours);
         stop.cancel();
         tracker.close();
         tracker.wait().await;

@@ -20,8 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::prelude::Snapshot;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::driver::ProposeError;
 use super::snapshot::SnapshotEnvelope;
@@ -71,54 +72,142 @@ pub(super) enum Written {
     Abandoned,
 }
 
-/// Encodes and saves `job` (on a blocking thread).
-pub(super) fn write(
-    store: &RaftStore,
+/// How much lower than the replica's other threads the snapshot thread
+/// runs (a nice value). Encoding a large state takes seconds of CPU; at
+/// the same priority it takes the cores from the threads that serve,
+/// append and replicate, and the latency of every submission meanwhile
+/// shows it. Lowered, it uses what they leave, as a database's compaction
+/// threads do.
+pub(super) const SNAPSHOT_NICE: i32 = 10;
+
+/// Writes `job` in two steps, and sends how it ended to `done`: it is
+/// encoded on a thread of its own started at a lower CPU priority (a
+/// priority once lowered cannot be raised again without privilege, so no
+/// pooled thread is used), then saved on a blocking thread at normal
+/// priority, because the save holds the store's writer lock, which the
+/// driver's appends wait for. `tracker` waits for both at shutdown.
+pub(super) fn spawn(
+    tracker: &TaskTracker,
+    store: RaftStore,
     job: Job,
-    stop: &CancellationToken,
-    before_save: Option<&BeforeSave>,
-) -> Done {
+    stop: CancellationToken,
+    hook: Option<BeforeSave>,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    let (index, compact_to, copy) = (job.env.index, job.compact_to, job.copy);
+    let (tx, rx) = oneshot::channel();
+    let encoder = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("edupool-snapshot".into())
+            .spawn(move || {
+                lower_priority();
+                let _ = tx.send(encode(job, &stop, hook.as_ref()));
+            })
+    };
+    if let Err(e) = encoder {
+        // The system refused a thread: the driver hears of it as a failed
+        // save, as of any other failed write to the store.
+        let _ = done.send(Done {
+            index,
+            compact_to,
+            copy,
+            encode: Duration::ZERO,
+            save: Duration::ZERO,
+            result: Err(StorageError::Io(format!(
+                "starting the snapshot thread: {e}"
+            ))),
+        });
+        return;
+    }
+    tracker.spawn(async move {
+        let Ok(encoded) = rx.await else { return };
+        let saved = tokio::task::spawn_blocking(move || save(&store, encoded, &stop)).await;
+        match saved {
+            Ok(d) => {
+                let _ = done.send(d);
+            }
+            Err(e) => tracing::error!("the snapshot save did not finish: {e}"),
+        }
+    });
+}
+
+/// Lowers the calling thread's CPU priority by [`SNAPSHOT_NICE`]. Where
+/// that is refused the snapshot is still taken, at normal priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{getpriority_process, setpriority_process};
+        // On Linux a thread id names one thread to setpriority(2). The
+        // value is relative to the replica's own: a replica started under
+        // `nice` keeps its snapshots below it.
+        let tid = Some(rustix::thread::gettid());
+        let lowered = getpriority_process(tid)
+            .and_then(|now| setpriority_process(tid, (now + SNAPSHOT_NICE).min(19)));
+        if let Err(e) = lowered {
+            tracing::debug!("could not lower the snapshot thread's priority: {e}");
+        }
+    }
+}
+
+/// A snapshot encoded, to be saved; `data` is `None` when the replica
+/// began to stop meanwhile.
+pub(super) struct Encoded {
+    job: Job,
+    data: Option<Vec<u8>>,
+    encode: Duration,
+}
+
+/// Encodes `job`'s state; then calls the test hook, if any.
+fn encode(job: Job, stop: &CancellationToken, before_save: Option<&BeforeSave>) -> Encoded {
+    let started = Instant::now();
+    let mut out = StopAware::new(stop, job.size_hint + job.size_hint / 8);
+    // The only refusal is the stop: serde encodes every state.
+    let data = job.env.encode_to(&mut out).ok().map(|()| out.buf);
+    let encode = started.elapsed();
+    if data.is_some() && !stop.is_cancelled() {
+        if let Some(hook) = before_save {
+            hook(job.env.index);
+        }
+    }
+    Encoded { job, data, encode }
+}
+
+/// Saves an encoded snapshot, compacting the log behind it.
+fn save(store: &RaftStore, encoded: Encoded, stop: &CancellationToken) -> Done {
+    let Encoded { job, data, encode } = encoded;
     let Job {
         env,
         mut snap,
         compact_to,
         copy,
-        size_hint,
+        ..
     } = job;
     let index = env.index;
-    let started = Instant::now();
-    let mut out = StopAware::new(stop, size_hint + size_hint / 8);
-    let encoded = env.encode_to(&mut out);
-    let encode = started.elapsed();
-    let done = |save, result| Done {
+    let (save, result) = match data {
+        Some(data) if !stop.is_cancelled() => {
+            let bytes = data.len();
+            snap.data = data.into();
+            let started = Instant::now();
+            let result = store.save_snapshot(&snap, compact_to).map(|saved| {
+                if saved {
+                    Written::Saved { env, bytes }
+                } else {
+                    Written::Superseded { env }
+                }
+            });
+            (started.elapsed(), result)
+        }
+        _ => (Duration::ZERO, Ok(Written::Abandoned)),
+    };
+    Done {
         index,
         compact_to,
         copy,
         encode,
         save,
         result,
-    };
-    if encoded.is_err() || stop.is_cancelled() {
-        // The only refusal is the stop: serde encodes every state.
-        return done(Duration::ZERO, Ok(Written::Abandoned));
     }
-    if let Some(hook) = before_save {
-        hook(index);
-    }
-    if stop.is_cancelled() {
-        return done(Duration::ZERO, Ok(Written::Abandoned));
-    }
-    let bytes = out.buf.len();
-    snap.data = out.buf.into();
-    let started = Instant::now();
-    let result = store.save_snapshot(&snap, compact_to).map(|saved| {
-        if saved {
-            Written::Saved { env, bytes }
-        } else {
-            Written::Superseded { env }
-        }
-    });
-    done(started.elapsed(), result)
 }
 
 /// A growing buffer that refuses more bytes once `stop` is cancelled, so
