@@ -191,7 +191,10 @@ where
         .args(args)
         .env("EDUPOOL_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("EDUPOOL_AGENT_TOKEN", AGENT_TOKEN)
-        .env("RUST_LOG", "warn,raft=error")
+        .env(
+            "RUST_LOG",
+            std::env::var("EDUPOOL_TEST_REPLICA_LOG").unwrap_or_else(|_| "warn,raft=error".into()),
+        )
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

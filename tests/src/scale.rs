@@ -339,6 +339,21 @@ impl Tally {
             .collect()
     }
 
+    /// Submit → placed of every placed job, grouped by the whole second
+    /// (since the tally began) in which it was submitted, in order.
+    pub fn latencies_by_second(&self) -> Vec<(u64, Vec<Duration>)> {
+        let mut by: std::collections::BTreeMap<u64, Vec<Duration>> = Default::default();
+        for (s, p) in self.submitted_at.iter().zip(&self.placed_at) {
+            let (s, p) = (s.load(Ordering::Relaxed), p.load(Ordering::Relaxed));
+            if s > 0 && p > 0 {
+                by.entry((s - 1) / 1_000_000_000)
+                    .or_default()
+                    .push(Duration::from_nanos(p.saturating_sub(s)));
+            }
+        }
+        by.into_iter().collect()
+    }
+
     /// When each job was placed, since the tally began, in order.
     pub fn placement_times(&self) -> Vec<Duration> {
         let mut t: Vec<Duration> = self

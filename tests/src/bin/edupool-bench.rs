@@ -61,7 +61,7 @@ enum Cmd {
     },
     /// Many simulated agents and many jobs: placements/s, latency, leader
     /// CPU and memory, log size (the scale figures).
-    Scale(scale::ScaleArgs),
+    Scale(Box<scale::ScaleArgs>),
 }
 
 fn humantime_secs(s: &str) -> Result<Duration, String> {
@@ -133,7 +133,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Failover { trials } => failover(&rt, trials),
         Cmd::Throughput { clients, duration } => throughput(&rt, clients, duration),
         Cmd::Latency { rate, duration } => latency(&rt, rate, duration),
-        Cmd::Scale(a) => scale::run(&rt, a),
+        Cmd::Scale(a) => scale::run(&rt, *a),
     }
 }
 

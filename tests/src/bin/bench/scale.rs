@@ -66,6 +66,10 @@ pub struct ScaleArgs {
     /// time both.
     #[arg(long)]
     snapshot: bool,
+    /// Write submit → placed per second of submission (jobs, p50, p99,
+    /// max in milliseconds) to this CSV file, to see when a tail happened.
+    #[arg(long)]
+    latency_csv: Option<PathBuf>,
     /// Extra flags for every started replica (e.g. "--snapshot-entries=50000").
     #[arg(long, allow_hyphen_values = true)]
     replica_flag: Vec<String>,
@@ -239,6 +243,24 @@ async fn drive(a: &ScaleArgs, leader: &Leader) -> Result<()> {
     Ok(())
 }
 
+fn write_latency_csv(path: &std::path::Path, tally: &Tally) -> Result<()> {
+    use std::fmt::Write as _;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mut out = String::from("second,jobs,p50_ms,p99_ms,max_ms\n");
+    for (second, mut lat) in tally.latencies_by_second() {
+        lat.sort();
+        let _ = writeln!(
+            out,
+            "{second},{},{:.1},{:.1},{:.1}",
+            lat.len(),
+            ms(percentile(&lat, 0.50)),
+            ms(percentile(&lat, 0.99)),
+            ms(lat.last().copied().unwrap_or_default())
+        );
+    }
+    std::fs::write(path, out).with_context(|| format!("writing {}", path.display()))
+}
+
 fn report(
     a: &ScaleArgs,
     tally: &Tally,
@@ -284,6 +306,12 @@ fn report(
             .map(|r| format!(" (offered {r}/s)"))
             .unwrap_or_default()
     );
+    if let Some(path) = &a.latency_csv {
+        match write_latency_csv(path, tally) {
+            Ok(()) => println!("latency per second written to {}", path.display()),
+            Err(e) => println!("could not write {}: {e:#}", path.display()),
+        }
+    }
     if let (Some(c), Some(s)) = (leader_cores, after) {
         println!(
             "leader: CPU {c:.2} cores on average; RSS {:.0} MiB now, {:.0} MiB peak seen",
