@@ -17,6 +17,9 @@ use edupool_scheduler::simulate;
 use edupool_scheduler::tls::TlsConfig;
 use tokio_util::sync::CancellationToken;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The edupool GPU scheduler for education compute alliances.
 #[derive(Parser)]
 #[command(name = "edupool-scheduler", version)]
