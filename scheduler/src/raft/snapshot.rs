@@ -139,94 +139,50 @@ pub fn replay_data_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{
-        Actor, Command, Constraints, GpuInfo, JobClass, JobSpec, OnNodeLost, Outcome, TaskPlacement,
-    };
-
-    const T0: i64 = 1_700_000_000_000;
+    use crate::state::tests_support::{apply_ok, audited_submit, node, tenant, uuid};
+    use crate::state::{Command, TaskPlacement};
 
     /// A state with a tenant, a node, a finished job (its ledger line and
     /// audit record) and a queued one.
     fn state() -> State {
         let mut s = State::default();
-        let mut ok = |cmd: Command| s.apply(cmd, T0).expect("applies").0;
-        ok(Command::CreateTenant {
-            name: "zju".into(),
-            token_hash: "h".into(),
-        });
-        let gpus = (0..2)
-            .map(|i| GpuInfo {
-                uuid: format!("GPU-{i}"),
-                index: i,
-                model: "A100-80GB".into(),
-                memory_bytes: 80 << 30,
-                healthy: true,
-                peers: vec![1 - i],
-                health_reason: String::new(),
-                pci_bus_id: format!("0000:0{i}:00.0"),
-                nvlink_peers: vec![],
-                compute_capability: "8.0".into(),
-            })
-            .collect();
-        ok(Command::NodeConnected {
+        tenant(&mut s, "zju");
+        node(&mut s, "n1", 2);
+        let job = audited_submit(&mut s, 1);
+        let tasks = vec![TaskPlacement {
             node: "n1".into(),
-            gpus,
-            agent_version: "t".into(),
-        });
-        let submit = |name: &str| Command::Audited {
-            actor: Actor {
-                token: "init-zju".into(),
-                name: "zju".into(),
-                role: None,
-                tenant: Some("zju".into()),
+            gpus: vec![uuid("n1", 0)],
+        }];
+        let capacity = Default::default();
+        apply_ok(
+            &mut s,
+            Command::PlaceJob {
+                job,
+                tasks,
+                capacity,
             },
-            action: "job.submit".into(),
-            target: String::new(),
-            cmd: Box::new(Command::SubmitJob {
-                tenant: "zju".into(),
-                spec: JobSpec {
-                    name: name.into(),
-                    command: vec!["python".into(), "train.py".into()],
-                    env: [("EPOCHS".to_string(), "3".to_string())].into(),
-                    gpus: 1,
-                    nodes: 1,
-                    class: JobClass::Batch,
-                    walltime_secs: 3600,
-                    grace_period_secs: 30,
-                    on_node_lost: OnNodeLost::Requeue,
-                    max_retries: 1,
-                    priority: 0,
-                    gpu_fraction: 0,
-                    constraints: Constraints::default(),
-                    requeue_on_preempt: true,
-                },
-            }),
-        };
-        let Outcome::Job(job) = ok(submit("done")) else {
-            panic!("a job id")
-        };
-        ok(Command::PlaceJob {
-            job,
-            tasks: vec![TaskPlacement {
+        );
+        let (node, started_at) = ("n1".to_string(), 1_000);
+        apply_ok(
+            &mut s,
+            Command::JobStarted {
+                node,
+                job,
+                started_at,
+            },
+        );
+        apply_ok(
+            &mut s,
+            Command::JobExited {
                 node: "n1".into(),
-                gpus: vec!["GPU-0".into()],
-            }],
-            capacity: Default::default(),
-        });
-        ok(Command::JobStarted {
-            node: "n1".into(),
-            job,
-            started_at: T0,
-        });
-        ok(Command::JobExited {
-            node: "n1".into(),
-            job,
-            exit_code: Some(0),
-            reason: String::new(),
-            finished_at: T0 + 60_000,
-            usage: Default::default(),
-        });
-        ok(submit("queued"));
+                job,
+                exit_code: Some(0),
+                reason: String::new(),
+                finished_at: 61_000,
+                usage: Default::default(),
+            },
+        );
+        audited_submit(&mut s, 1);
         s
     }
 

@@ -17,32 +17,6 @@ fn token(role: Role, tenant: Option<&str>, hash: &str) -> ApiToken {
     }
 }
 
-fn actor(token: &str) -> Actor {
-    Actor {
-        token: token.into(),
-        name: token.into(),
-        role: Some(Role::Admin),
-        tenant: None,
-    }
-}
-
-/// Submits a job of `gpus` GPUs to "zju" as token "tok-7", audited.
-fn audited_submit(s: &mut State, gpus: u32) -> JobId {
-    let submit = Command::Audited {
-        actor: actor("tok-7"),
-        action: "job.submit".into(),
-        target: String::new(),
-        cmd: Box::new(Command::SubmitJob {
-            tenant: "zju".into(),
-            spec: spec(gpus, JobClass::Batch),
-        }),
-    };
-    match apply_ok(s, submit) {
-        (Outcome::Job(job), _) => job,
-        (out, _) => panic!("{out:?}"),
-    }
-}
-
 #[test]
 fn tokens_get_ids_in_order_and_revocation_removes_the_hash() {
     let mut s = State::default();

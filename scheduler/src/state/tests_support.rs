@@ -80,3 +80,30 @@ pub fn submit(s: &mut State, tenant: &str, gpus: u32, class: JobClass) -> JobId 
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// An admin acting through token `token`.
+pub fn actor(token: &str) -> Actor {
+    Actor {
+        token: token.into(),
+        name: token.into(),
+        role: Some(Role::Admin),
+        tenant: None,
+    }
+}
+
+/// Submits a job of `gpus` GPUs to "zju" as token "tok-7", audited.
+pub fn audited_submit(s: &mut State, gpus: u32) -> JobId {
+    let submit = Command::Audited {
+        actor: actor("tok-7"),
+        action: "job.submit".into(),
+        target: String::new(),
+        cmd: Box::new(Command::SubmitJob {
+            tenant: "zju".into(),
+            spec: spec(gpus, JobClass::Batch),
+        }),
+    };
+    match apply_ok(s, submit) {
+        (Outcome::Job(job), _) => job,
+        (out, _) => panic!("{out:?}"),
+    }
+}
