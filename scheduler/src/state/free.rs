@@ -279,6 +279,13 @@ fn contributed<'n>(nodes: impl Iterator<Item = &'n Node>) -> Contributed {
     by_owner
 }
 
+/// The state's nodes by name, each shared so a copy of the state shares it.
+pub type Nodes = BTreeMap<String, Arc<Node>>;
+
+fn plain(nodes: &Nodes) -> impl Iterator<Item = &Node> {
+    nodes.values().map(|n| &**n)
+}
+
 /// The indexes derived from the nodes, each built when first asked for.
 /// They are derived, so two states with equal nodes are equal whatever
 /// their caches hold, and a copy of the state starts without them (a
@@ -304,24 +311,18 @@ impl PartialEq for NodeCache {
 impl Eq for NodeCache {}
 
 impl NodeCache {
-    pub fn free(&self, nodes: &BTreeMap<String, Arc<Node>>) -> &FreeCapacity {
-        self.free
-            .get_or_init(|| FreeCapacity::build(nodes.values().map(|n| &**n)))
+    pub fn free(&self, nodes: &Nodes) -> &FreeCapacity {
+        self.free.get_or_init(|| FreeCapacity::build(plain(nodes)))
     }
 
-    pub fn contributed(&self, nodes: &BTreeMap<String, Arc<Node>>) -> &Contributed {
-        self.contributed
-            .get_or_init(|| contributed(nodes.values().map(|n| &**n)))
+    pub fn contributed(&self, nodes: &Nodes) -> &Contributed {
+        self.contributed.get_or_init(|| contributed(plain(nodes)))
     }
 
     /// Refreshes the named nodes' free capacity after a job's GPUs were
     /// taken or given back (which changes no node's contribution), or
     /// drops the index when a node cannot be refreshed in place.
-    pub fn refresh<'n>(
-        &mut self,
-        nodes: &BTreeMap<String, Arc<Node>>,
-        names: impl Iterator<Item = &'n str>,
-    ) {
+    pub fn refresh<'n>(&mut self, nodes: &Nodes, names: impl Iterator<Item = &'n str>) {
         let Some(index) = self.free.get_mut() else {
             return;
         };
@@ -341,13 +342,13 @@ impl NodeCache {
 
     /// Whether the kept indexes equal ones built afresh (for tests).
     #[cfg(test)]
-    pub fn is_exact(&self, nodes: &BTreeMap<String, Arc<Node>>) -> bool {
+    pub fn is_exact(&self, nodes: &Nodes) -> bool {
         self.free
             .get()
-            .is_none_or(|index| *index == FreeCapacity::build(nodes.values().map(|n| &**n)))
+            .is_none_or(|index| *index == FreeCapacity::build(plain(nodes)))
             && self
                 .contributed
                 .get()
-                .is_none_or(|c| *c == contributed(nodes.values().map(|n| &**n)))
+                .is_none_or(|c| *c == contributed(plain(nodes)))
     }
 }

@@ -55,7 +55,7 @@ pub struct State {
     /// SHA-256 of a tenant's initial token (hex) -> tenant name; other
     /// tokens are in `security`.
     tokens: BTreeMap<String, String>,
-    nodes: BTreeMap<String, Arc<Node>>,
+    nodes: free::Nodes,
     jobs: BTreeMap<JobId, Arc<Job>>,
     /// Jobs waiting for GPUs, in submission order.
     pending: BTreeSet<JobId>,
@@ -104,7 +104,7 @@ pub struct State {
 struct StoredState {
     tenants: BTreeMap<String, Tenant>,
     tokens: BTreeMap<String, String>,
-    nodes: BTreeMap<String, Arc<Node>>,
+    nodes: free::Nodes,
     jobs: BTreeMap<JobId, Arc<Job>>,
     pending: BTreeSet<JobId>,
     last_job: u64,
