@@ -343,17 +343,7 @@ pub(super) mod tests {
                 capacity: crate::state::Capacity::Guaranteed,
             },
         );
-        apply_ok(
-            &mut s,
-            Command::JobExited {
-                node: "n1".into(),
-                job,
-                exit_code: Some(0),
-                reason: String::new(),
-                finished_at: 5,
-                usage: Default::default(),
-            },
-        );
+        exit_ok(&mut s, "n1", job, 5);
         let f = families(&s, 10);
         let class = [
             ("class", "A100"),

@@ -139,7 +139,7 @@ pub fn replay_data_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests_support::{apply_ok, audited_submit, node, tenant, uuid};
+    use crate::state::tests_support::{apply_ok, audited_submit, exit_ok, node, tenant, uuid};
     use crate::state::{Command, TaskPlacement};
 
     /// A state with a tenant, a node, a finished job (its ledger line and
@@ -171,17 +171,7 @@ mod tests {
                 started_at,
             },
         );
-        apply_ok(
-            &mut s,
-            Command::JobExited {
-                node: "n1".into(),
-                job,
-                exit_code: Some(0),
-                reason: String::new(),
-                finished_at: 61_000,
-                usage: Default::default(),
-            },
-        );
+        exit_ok(&mut s, "n1", job, 61_000);
         audited_submit(&mut s, 1);
         s
     }

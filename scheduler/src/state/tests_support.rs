@@ -107,3 +107,18 @@ pub fn audited_submit(s: &mut State, gpus: u32) -> JobId {
         (out, _) => panic!("{out:?}"),
     }
 }
+
+/// Reports `job` exited with code 0 on `node` at `finished_at`.
+pub fn exit_ok(s: &mut State, node: &str, job: JobId, finished_at: Millis) {
+    apply_ok(
+        s,
+        Command::JobExited {
+            node: node.into(),
+            job,
+            exit_code: Some(0),
+            reason: String::new(),
+            finished_at,
+            usage: JobUsage::default(),
+        },
+    );
+}
