@@ -166,9 +166,16 @@ struct ReplicationArgs {
     /// heartbeats every 2.
     #[arg(long, default_value = "50ms", value_parser = humantime::parse_duration)]
     raft_tick: Duration,
-    /// Snapshot the state and compact the log every this many entries.
+    /// Snapshot the state and compact the log after this many entries
+    /// (see --snapshot-log-ratio).
     #[arg(long, default_value_t = 100_000)]
     snapshot_entries: u64,
+    /// Before --snapshot-entries makes a snapshot due, wait until the log
+    /// holds this many times the last snapshot's size in bytes, so a large
+    /// state is not encoded more often than a log of its size is written
+    /// (0: entries alone decide).
+    #[arg(long, default_value_t = 1.0)]
+    snapshot_log_ratio: f64,
 }
 
 fn parse_peer(text: &str) -> Result<(u64, String), String> {
@@ -203,6 +210,7 @@ impl ReplicationArgs {
             restore_from: self.restore_from,
             raft_tick: self.raft_tick,
             snapshot_entries: self.snapshot_entries,
+            snapshot_log_ratio: self.snapshot_log_ratio,
         })
     }
 }

@@ -111,8 +111,11 @@ pub struct ReplicationConfig {
     pub restore_from: Option<PathBuf>,
     /// The raft clock: elections after 10 to 20 ticks, heartbeats every 2.
     pub raft_tick: Duration,
-    /// Snapshot and compact the log every this many applied entries.
+    /// Snapshot and compact the log after this many applied entries,
     pub snapshot_entries: u64,
+    /// once the log holds this many times the last snapshot's size in
+    /// bytes (0: entries alone decide).
+    pub snapshot_log_ratio: f64,
 }
 
 impl Default for ReplicationConfig {
@@ -124,6 +127,7 @@ impl Default for ReplicationConfig {
             restore_from: None,
             raft_tick: Duration::from_millis(50),
             snapshot_entries: 100_000,
+            snapshot_log_ratio: 1.0,
         }
     }
 }
@@ -151,6 +155,12 @@ impl ReplicationConfig {
         }
         if self.snapshot_entries == 0 {
             return bad("the snapshot interval must be at least one entry".into());
+        }
+        if !(self.snapshot_log_ratio.is_finite() && self.snapshot_log_ratio >= 0.0) {
+            return bad(format!(
+                "--snapshot-log-ratio must be a number of 0 or more, not {}",
+                self.snapshot_log_ratio
+            ));
         }
         Ok(())
     }
@@ -232,6 +242,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
             peers: rep.peers.clone(),
             join: rep.join,
             snapshot_entries: rep.snapshot_entries,
+            snapshot_log_ratio: rep.snapshot_log_ratio,
             keep_entries: (rep.snapshot_entries / 10).max(1),
             peer_tls: config.tls.as_ref().map(TlsConfig::peer_client),
             ..ReplicaConfig::single(rep.id, config.data_dir.clone(), rep.raft_tick)
@@ -353,5 +364,45 @@ async fn wait_for_leader(replica: &Replica, timeout: Duration) {
     let known = leadership.wait_for(|l| l.leader_id.is_some());
     if tokio::time::timeout(timeout, known).await.is_err() {
         tracing::warn!("no raft leader after {timeout:?}; serving anyway");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(config: ReplicationConfig) -> String {
+        match config.validate() {
+            Err(ServerError::Config(m)) => m,
+            other => panic!("expected a configuration error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn snapshot_settings_out_of_range_are_refused() {
+        assert!(ReplicationConfig::default().validate().is_ok());
+        let zero = ReplicationConfig {
+            snapshot_entries: 0,
+            ..Default::default()
+        };
+        assert_eq!(
+            refusal(zero),
+            "the snapshot interval must be at least one entry"
+        );
+        for ratio in [-1.0, f64::NAN, f64::INFINITY] {
+            let bad = ReplicationConfig {
+                snapshot_log_ratio: ratio,
+                ..Default::default()
+            };
+            assert!(
+                refusal(bad).starts_with("--snapshot-log-ratio must be a number of 0 or more"),
+                "{ratio}"
+            );
+        }
+        let by_entries = ReplicationConfig {
+            snapshot_log_ratio: 0.0,
+            ..Default::default()
+        };
+        assert!(by_entries.validate().is_ok());
     }
 }

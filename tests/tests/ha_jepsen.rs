@@ -86,7 +86,11 @@ fn follower_of(c: &Cluster, leader: u64) -> u64 {
 
 #[test]
 fn acknowledged_work_survives_crashes_pauses_and_partitions() -> Result<()> {
-    let mut c = Cluster::start(3, &["--snapshot-entries", "200"])?;
+    // By entries alone, so snapshots (and their installs) come often.
+    let mut c = Cluster::start(
+        3,
+        &["--snapshot-entries", "200", "--snapshot-log-ratio", "0"],
+    )?;
     let work = tempfile::tempdir()?;
     let mut agent = c.agent("n1", "4xA100-80GB", work.path())?;
     c.leader(WAIT)?;

@@ -94,8 +94,16 @@ pub struct ReplicaConfig {
     /// Ticks without a leader before an election (randomized up to twice).
     pub election_ticks: usize,
     pub heartbeat_ticks: usize,
-    /// Take a snapshot (and compact the log) after this many applied entries.
+    /// Take a snapshot (and compact the log) after this many applied
+    /// entries, once the log is large enough for `snapshot_log_ratio`.
     pub snapshot_entries: u64,
+    /// The log must hold this many times the last snapshot's size in bytes
+    /// (but never more than half of `snapshot_bytes`) before
+    /// `snapshot_entries` makes a snapshot due; 0: entries alone decide.
+    /// A large state is then encoded no more often than a log of its own
+    /// size is written, so snapshot cost stays in proportion to the work
+    /// (LogCabin's `snapshotRatio` rule).
+    pub snapshot_log_ratio: f64,
     /// Entries kept behind a snapshot, so a briefly lagging follower catches
     /// up from the log instead of a whole snapshot.
     pub keep_entries: u64,
@@ -119,8 +127,9 @@ impl ReplicaConfig {
             election_ticks: 10,
             heartbeat_ticks: 2,
             snapshot_entries: 100_000,
+            snapshot_log_ratio: 1.0,
             keep_entries: 10_000,
-            snapshot_bytes: 64 * 1024 * 1024,
+            snapshot_bytes: 256 * 1024 * 1024,
             peer_tls: None,
         }
     }
@@ -283,6 +292,7 @@ impl Replica {
             stop: shutdown.clone(),
             next_id: rand::random::<u64>() >> 1,
             snapshot_entries: config.snapshot_entries.max(1),
+            snapshot_log_ratio: config.snapshot_log_ratio.max(0.0),
             keep_entries: config.keep_entries,
             snapshot_bytes: config.snapshot_bytes.max(1),
         };
@@ -505,6 +515,7 @@ struct Driver {
     stop: CancellationToken,
     next_id: u64,
     snapshot_entries: u64,
+    snapshot_log_ratio: f64,
     keep_entries: u64,
     snapshot_bytes: u64,
 }
@@ -942,6 +953,15 @@ impl Driver {
         Ok(Ok((Outcome::None, vec![])))
     }
 
+    /// The log bytes that `snapshot_entries` waits for: the last
+    /// snapshot's size times the ratio, capped at half the log's limit so
+    /// that a huge state is still snapshotted before that limit forces a
+    /// snapshot that keeps no entries for lagging followers.
+    fn log_bytes_for_snapshot(&self, snap_bytes: u64) -> u64 {
+        let wanted = (snap_bytes as f64 * self.snapshot_log_ratio) as u64;
+        wanted.min(self.snapshot_bytes / 2)
+    }
+
     /// A copy of the state at the applied index, in its envelope. The
     /// state lock is held only for the copy, never for the encoding.
     fn snapshot_envelope(&self) -> SnapshotEnvelope {
@@ -957,8 +977,9 @@ impl Driver {
     }
 
     /// Starts a snapshot at the applied index in the background when one
-    /// is due: enough entries applied since the last, the log over its
-    /// size, or one asked for. Never while one is being written: the
+    /// is due: enough entries applied since the last and a log large
+    /// enough beside the last snapshot, the log over its size, or one
+    /// asked for. Never while one is being written: the
     /// reasons wait, and the log's size is looked at again once that one
     /// has compacted it.
     fn maybe_snapshot(&mut self) {
@@ -967,11 +988,12 @@ impl Driver {
         }
         let applied = self.machine.read().expect("state lock").applied;
         let (snap_index, _, snap_bytes) = self.store.snapshot_info();
-        let too_big = self.store.log_bytes() > self.snapshot_bytes;
+        let log_bytes = self.store.log_bytes();
+        let too_big = log_bytes > self.snapshot_bytes;
+        let by_entries = applied.saturating_sub(snap_index) >= self.snapshot_entries
+            && log_bytes >= self.log_bytes_for_snapshot(snap_bytes);
         let asked = !self.snapshot_waiters.is_empty();
-        let due = asked
-            || (applied > snap_index
-                && (self.snapshot_due || too_big || applied - snap_index >= self.snapshot_entries));
+        let due = asked || (applied > snap_index && (self.snapshot_due || too_big || by_entries));
         if !due {
             // Nothing applied since the last snapshot: it already serves.
             self.snapshot_due = false;
@@ -1190,6 +1212,7 @@ mod tests {
     fn config(dir: &std::path::Path) -> ReplicaConfig {
         let mut c = ReplicaConfig::single(1, dir.to_path_buf(), Duration::from_millis(20));
         c.snapshot_entries = 2;
+        c.snapshot_log_ratio = 0.0;
         c.keep_entries = 1;
         c
     }
@@ -1225,6 +1248,48 @@ mod tests {
             .await
             .expect("the log is compacted by size")
             .unwrap();
+        stop.cancel();
+        tracker.close();
+        tracker.wait().await;
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_waits_for_a_log_as_large_as_the_last_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config(dir.path());
+        c.snapshot_log_ratio = 1.0;
+        // The log kept behind a snapshot counts too; keep none, so the
+        // large entry leaves the log with the snapshot that holds it.
+        c.keep_entries = 0;
+        let stop = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let r = Replica::start(c, stop.clone(), &tracker).unwrap();
+        let tenant = |name: String, hash_len: usize| Command::CreateTenant {
+            name,
+            token_hash: "h".repeat(hash_len),
+        };
+        // No snapshot yet: two entries make the first one due, and it
+        // holds the large tenant.
+        r.propose(tenant("big".into(), 20_000)).await.unwrap();
+        r.propose(tenant("t0".into(), 8)).await.unwrap();
+        status_until(&r, |s| {
+            s.snapshot_bytes > 20_000 && s.snapshot_in_flight.is_none()
+        })
+        .await;
+        let first = r.status();
+        // Far more than two small entries: the log stays well below the
+        // snapshot's size, so none is due.
+        for i in 1..=30 {
+            r.propose(tenant(format!("t{i}"), 8)).await.unwrap();
+        }
+        let after = r.status();
+        assert_eq!(after.snapshot_index, first.snapshot_index, "{after:?}");
+        assert_eq!(after.snapshot_in_flight, None, "{after:?}");
+        assert!(after.log_entries >= 30, "{after:?}");
+        // An entry that brings the log to the snapshot's size makes it due.
+        r.propose(tenant("big2".into(), 25_000)).await.unwrap();
+        let last = r.status().applied;
+        status_until(&r, |s| s.snapshot_index >= last && s.log_entries <= 2).await;
         stop.cancel();
         tracker.close();
         tracker.wait().await;
