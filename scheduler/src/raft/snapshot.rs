@@ -12,15 +12,20 @@ use super::storage::{Peers, RaftStore, StorageError};
 use crate::state::State;
 
 /// The envelope's format; a replica refuses formats it does not know.
-/// Format 1 is the envelope in JSON; format 2, written since, the same
-/// envelope in MessagePack with field names (a quarter smaller, and at
-/// 10,000 nodes a third faster to encode: JSON spent much of its time
-/// escaping strings and printing numbers). Both are read. Field names
-/// are kept so that fields added later with a default still read.
-pub const SNAPSHOT_FORMAT: u32 = 2;
+/// Format 1 is the envelope in JSON; format 2 the same envelope in
+/// MessagePack with field names (a quarter smaller, and at 10,000 nodes a
+/// third faster to encode: JSON spent much of its time escaping strings
+/// and printing numbers); format 3, written since, holds the ledger's
+/// runs as one table of positional rows with each string once
+/// (`state::run_table`). All three are read. Field names are kept
+/// elsewhere so that fields added later with a default still read.
+pub const SNAPSHOT_FORMAT: u32 = 3;
 
 /// The JSON format, still read (snapshots and backups written before).
 const JSON_FORMAT: u32 = 1;
+
+/// The MessagePack formats this version reads.
+const MESSAGEPACK_FORMATS: [u32; 2] = [2, SNAPSHOT_FORMAT];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotEnvelope {
@@ -50,20 +55,21 @@ impl SnapshotEnvelope {
     pub fn decode(bytes: &[u8]) -> Result<SnapshotEnvelope, StorageError> {
         // A JSON envelope is an object; a MessagePack one is a map, whose
         // first byte is never `{`.
-        let (env, format): (Result<SnapshotEnvelope, String>, u32) = match bytes.first() {
+        let (env, formats): (Result<SnapshotEnvelope, String>, &[u32]) = match bytes.first() {
             Some(b'{') => (
                 serde_json::from_slice(bytes).map_err(|e| e.to_string()),
-                JSON_FORMAT,
+                &[JSON_FORMAT],
             ),
             _ => (
                 rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
-                SNAPSHOT_FORMAT,
+                &MESSAGEPACK_FORMATS,
             ),
         };
         let env = env.map_err(|e| StorageError::Corrupt(format!("undecodable snapshot: {e}")))?;
-        if env.v != format {
+        if !formats.contains(&env.v) {
+            let [old, new] = MESSAGEPACK_FORMATS;
             return Err(StorageError::Corrupt(format!(
-                "snapshot format {} is not known to this version (knows {JSON_FORMAT} in JSON and {SNAPSHOT_FORMAT} in MessagePack)",
+                "snapshot format {} is not known to this version (knows {JSON_FORMAT} in JSON, {old} and {new} in MessagePack)",
                 env.v
             )));
         }
@@ -192,25 +198,34 @@ mod tests {
         let bytes = env.encode();
         assert_ne!(bytes.first(), Some(&b'{'));
         let back = SnapshotEnvelope::decode(&bytes).unwrap();
-        assert_eq!((back.v, back.index, back.term), (2, 7, 2));
+        assert_eq!((back.v, back.index, back.term), (3, 7, 2));
         assert_eq!(back.peers, env.peers);
         assert_eq!(back.state, env.state);
     }
 
+    /// Snapshots of `envelope()` written by earlier versions: format 1
+    /// (JSON) and format 2 (MessagePack, the ledger's runs as records).
+    const FORMAT_1: &[u8] = include_bytes!("fixtures/snapshot-format-1.json");
+    const FORMAT_2: &[u8] = include_bytes!("fixtures/snapshot-format-2.msgpack");
+
     #[test]
-    fn a_json_snapshot_of_before_still_reads() {
-        let env = envelope(JSON_FORMAT);
-        let bytes = serde_json::to_vec(&env).unwrap();
-        let back = SnapshotEnvelope::decode(&bytes).unwrap();
-        assert_eq!(back.v, JSON_FORMAT);
-        assert_eq!(back.state, env.state);
+    fn snapshots_of_earlier_formats_still_read() {
+        let env = envelope(SNAPSHOT_FORMAT);
+        assert!(!env.state.accounts().entries.is_empty());
+        for (bytes, v) in [(FORMAT_1, 1), (FORMAT_2, 2)] {
+            let back = SnapshotEnvelope::decode(bytes).unwrap();
+            assert_eq!((back.v, back.index, back.term), (v, 7, 2));
+            assert_eq!(back.peers, env.peers);
+            assert_eq!(back.state, env.state, "format {v}");
+        }
     }
 
     #[test]
     fn a_format_that_does_not_match_its_encoding_is_refused() {
-        let json_claiming_2 = serde_json::to_vec(&envelope(SNAPSHOT_FORMAT)).unwrap();
+        let json_claiming_3 = serde_json::to_vec(&envelope(SNAPSHOT_FORMAT)).unwrap();
         let msgpack_claiming_1 = envelope(JSON_FORMAT).encode();
-        for bytes in [json_claiming_2, msgpack_claiming_1] {
+        let msgpack_claiming_4 = envelope(4).encode();
+        for bytes in [json_claiming_3, msgpack_claiming_1, msgpack_claiming_4] {
             let err = SnapshotEnvelope::decode(&bytes).unwrap_err().to_string();
             assert!(err.contains("is not known to this version"), "{err}");
         }

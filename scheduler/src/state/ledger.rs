@@ -220,7 +220,9 @@ const LEDGER_FORM: u32 = 1;
 pub struct Accounts {
     /// The most recent runs one by one, in ledger order: at most the pool
     /// policy's `ledger_runs_kept`. Shared, never changed once recorded, so
-    /// a copy of the state for a snapshot does not copy them.
+    /// a copy of the state for a snapshot does not copy them. Serialized
+    /// as one table (see `run_table`).
+    #[serde(with = "super::run_table")]
     pub entries: VecDeque<Arc<LedgerEntry>>,
     /// Older runs, summed per day they ended (UTC midnight) and key.
     #[serde(default)]

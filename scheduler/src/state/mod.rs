@@ -11,6 +11,7 @@ mod holdings;
 mod ledger;
 mod lifecycle;
 mod queues;
+mod run_table;
 mod security;
 mod types;
 
