@@ -962,6 +962,15 @@ impl Driver {
         wanted.min(self.snapshot_bytes / 2)
     }
 
+    fn in_snapshot_turn(&self, applied: u64) -> bool {
+        snapshot_turn(
+            &self.store.conf_state().voters,
+            self.id,
+            applied,
+            self.snapshot_entries,
+        )
+    }
+
     /// A copy of the state at the applied index, in its envelope. The
     /// state lock is held only for the copy, never for the encoding.
     fn snapshot_envelope(&self) -> SnapshotEnvelope {
@@ -991,7 +1000,8 @@ impl Driver {
         let log_bytes = self.store.log_bytes();
         let too_big = log_bytes > self.snapshot_bytes;
         let by_entries = applied.saturating_sub(snap_index) >= self.snapshot_entries
-            && log_bytes >= self.log_bytes_for_snapshot(snap_bytes);
+            && log_bytes >= self.log_bytes_for_snapshot(snap_bytes)
+            && self.in_snapshot_turn(applied);
         let asked = !self.snapshot_waiters.is_empty();
         let due = asked || (applied > snap_index && (self.snapshot_due || too_big || by_entries));
         if !due {
@@ -1042,6 +1052,8 @@ impl Driver {
         let env = match done.result {
             Ok(Written::Saved { env, bytes }) => {
                 tracing::debug!(
+                    replica = self.id,
+                    leader = self.node.raft.state == StateRole::Leader,
                     index = done.index,
                     compact_to = done.compact_to,
                     bytes,
@@ -1204,6 +1216,21 @@ fn now_millis() -> Millis {
         .unwrap_or(0)
 }
 
+/// Whether `applied` entries put replica `id` in its turn to snapshot by
+/// entries: the voters take turns of `every` entries each, in the order
+/// of their ids, so that they do not all encode and write a large
+/// snapshot at the same moment (the entry count and the state's size,
+/// hence the moment a snapshot falls due, are the same on all of them).
+/// Not a voter (a learner catching up): any time.
+fn snapshot_turn(voters: &[u64], id: u64, applied: u64, every: u64) -> bool {
+    let mut voters = voters.to_vec();
+    voters.sort_unstable();
+    match voters.iter().position(|v| *v == id) {
+        Some(slot) => (applied / every.max(1)) % voters.len() as u64 == slot as u64,
+        None => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1251,6 +1278,18 @@ mod tests {
         stop.cancel();
         tracker.close();
         tracker.wait().await;
+    }
+
+    #[test]
+    fn voters_take_turns_to_snapshot() {
+        let turns = |id, applied| snapshot_turn(&[3, 1, 2], id, applied, 100);
+        for (applied, whose) in [(0, 1), (99, 1), (100, 2), (250, 3), (300, 1), (1_334, 2)] {
+            for id in 1..=3 {
+                assert_eq!(turns(id, applied), id == whose, "replica {id} at {applied}");
+            }
+        }
+        assert!(turns(4, 100), "a learner snapshots any time");
+        assert!(snapshot_turn(&[1], 1, 12_345, 100), "one voter: always");
     }
 
     #[tokio::test]

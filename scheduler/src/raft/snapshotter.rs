@@ -1,8 +1,10 @@
 //! Snapshots taken off the driver's path.
 //!
 //! The driver copies the state at its applied index (the only part that
-//! holds the state lock), then hands the copy to a blocking thread that
-//! encodes it and saves it, compacting the log behind it. Meanwhile the
+//! holds the state lock), then hands the copy to a low-priority thread
+//! that encodes it and writes it to a file of its own; a blocking thread
+//! then has the store adopt the file as its latest snapshot, compacting
+//! the log behind it. Meanwhile the
 //! driver goes on ticking, stepping, appending and applying; it learns of
 //! the result from a channel and only then answers who waited for the
 //! snapshot. At most one runs at a time.
@@ -12,21 +14,21 @@
 //! and never rewritten); the store keeps a snapshot only when it is newer
 //! than its latest, so one installed from the leader in the meantime wins;
 //! and all store writes share one writer lock. At shutdown an encode in
-//! progress stops early and nothing is written; a save already started
-//! completes as one redb transaction.
+//! progress stops early and nothing is written; a file already written
+//! is adopted in one redb transaction.
 
 use std::io::{self, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raft::prelude::Snapshot;
+use raft::prelude::{Entry, Snapshot};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::driver::ProposeError;
 use super::snapshot::SnapshotEnvelope;
-use super::storage::{RaftStore, StorageError};
+use super::storage::{RaftStore, SnapshotFile, StorageError};
 
 /// Who waits for a snapshot to be taken (`Replica::snapshot_now`).
 pub(super) type Waiter = oneshot::Sender<Result<SnapshotEnvelope, ProposeError>>;
@@ -81,11 +83,13 @@ pub(super) enum Written {
 pub(super) const SNAPSHOT_NICE: i32 = 10;
 
 /// Writes `job` in two steps, and sends how it ended to `done`: it is
-/// encoded on a thread of its own started at a lower CPU priority (a
-/// priority once lowered cannot be raised again without privilege, so no
-/// pooled thread is used), then saved on a blocking thread at normal
-/// priority, because the save holds the store's writer lock, which the
-/// driver's appends wait for. `tracker` waits for both at shutdown.
+/// encoded and written to its file on a thread of its own started at a
+/// lower CPU priority (a priority once lowered cannot be raised again
+/// without privilege, so no pooled thread is used), then adopted by the
+/// store on a blocking thread at normal priority, because adopting holds
+/// the store's writer lock, which the driver's appends wait for. The log
+/// entries the snapshot replaced go back to the low-priority thread to be
+/// freed. `tracker` waits for both at shutdown.
 pub(super) fn spawn(
     tracker: &TaskTracker,
     store: RaftStore,
@@ -98,11 +102,18 @@ pub(super) fn spawn(
     let (tx, rx) = oneshot::channel();
     let encoder = {
         let stop = stop.clone();
+        let store = store.clone();
         std::thread::Builder::new()
             .name("edupool-snapshot".into())
             .spawn(move || {
                 lower_priority();
-                let _ = tx.send(encode(job, &stop, hook.as_ref()));
+                let encoded = write(&store, encode(job, &stop, hook.as_ref()), &stop);
+                // Only the adopting thread holds the store from here on:
+                // a stopped replica's store closes once it is done.
+                drop(store);
+                let (free, compacted) = std::sync::mpsc::channel::<Vec<Entry>>();
+                let _ = tx.send((encoded, free));
+                drop(compacted.recv());
             })
     };
     if let Err(e) = encoder {
@@ -121,8 +132,10 @@ pub(super) fn spawn(
         return;
     }
     tracker.spawn(async move {
-        let Ok(encoded) = rx.await else { return };
-        let saved = tokio::task::spawn_blocking(move || save(&store, encoded, &stop)).await;
+        let Ok((encoded, free)) = rx.await else {
+            return;
+        };
+        let saved = tokio::task::spawn_blocking(move || adopt(&store, encoded, free)).await;
         match saved {
             Ok(d) => {
                 let _ = done.send(d);
@@ -150,62 +163,113 @@ fn lower_priority() {
     }
 }
 
-/// A snapshot encoded, to be saved; `data` is `None` when the replica
-/// began to stop meanwhile.
+/// A snapshot encoded and written, to be adopted.
 pub(super) struct Encoded {
+    /// `job.snap.data` holds the encoding.
     job: Job,
-    data: Option<Vec<u8>>,
+    bytes: usize,
     encode: Duration,
+    /// Time spent writing the file.
+    write: Duration,
+    file: Step,
 }
 
-/// Encodes `job`'s state; then calls the test hook, if any.
-fn encode(job: Job, stop: &CancellationToken, before_save: Option<&BeforeSave>) -> Encoded {
+/// How far a snapshot got before it was adopted.
+enum Step {
+    /// Written to this file.
+    File(SnapshotFile),
+    /// Not written: a snapshot as new is stored already.
+    NotNewer,
+    /// The replica began to stop: nothing was written.
+    Stopped,
+    Failed(StorageError),
+}
+
+/// Encodes `job`'s state; then calls the test hook, if any. `None`: the
+/// replica began to stop meanwhile.
+fn encode(
+    mut job: Job,
+    stop: &CancellationToken,
+    before_save: Option<&BeforeSave>,
+) -> (Job, Option<Duration>) {
     let started = Instant::now();
     let mut out = StopAware::new(stop, job.size_hint + job.size_hint / 8);
     // The only refusal is the stop: serde encodes every state.
-    let data = job.env.encode_to(&mut out).ok().map(|()| out.buf);
+    if job.env.encode_to(&mut out).is_err() {
+        return (job, None);
+    }
     let encode = started.elapsed();
-    if data.is_some() && !stop.is_cancelled() {
+    job.snap.data = out.buf.into();
+    if !stop.is_cancelled() {
         if let Some(hook) = before_save {
             hook(job.env.index);
         }
     }
-    Encoded { job, data, encode }
+    (job, Some(encode))
 }
 
-/// Saves an encoded snapshot, compacting the log behind it.
-fn save(store: &RaftStore, encoded: Encoded, stop: &CancellationToken) -> Done {
-    let Encoded { job, data, encode } = encoded;
+/// Writes an encoded snapshot to its file, unless the replica is stopping.
+fn write(
+    store: &RaftStore,
+    (job, encode): (Job, Option<Duration>),
+    stop: &CancellationToken,
+) -> Encoded {
+    let started = Instant::now();
+    let file = match encode {
+        Some(_) if !stop.is_cancelled() => match store.write_snapshot(&job.snap) {
+            Ok(Some(f)) => Step::File(f),
+            Ok(None) => Step::NotNewer,
+            Err(e) => Step::Failed(e),
+        },
+        _ => Step::Stopped,
+    };
+    Encoded {
+        bytes: job.snap.data.len(),
+        job,
+        encode: encode.unwrap_or_default(),
+        write: started.elapsed(),
+        file,
+    }
+}
+
+/// Makes a written snapshot the store's latest, compacting the log
+/// behind it; the compacted entries go to `free`.
+fn adopt(store: &RaftStore, encoded: Encoded, free: std::sync::mpsc::Sender<Vec<Entry>>) -> Done {
+    let Encoded {
+        job,
+        bytes,
+        encode,
+        write,
+        file,
+    } = encoded;
     let Job {
         env,
-        mut snap,
+        snap,
         compact_to,
         copy,
         ..
     } = job;
     let index = env.index;
-    let (save, result) = match data {
-        Some(data) if !stop.is_cancelled() => {
-            let bytes = data.len();
-            snap.data = data.into();
-            let started = Instant::now();
-            let result = store.save_snapshot(&snap, compact_to).map(|saved| {
-                if saved {
-                    Written::Saved { env, bytes }
-                } else {
-                    Written::Superseded { env }
-                }
-            });
-            (started.elapsed(), result)
-        }
-        _ => (Duration::ZERO, Ok(Written::Abandoned)),
+    let started = Instant::now();
+    let result = match file {
+        Step::File(f) => store.adopt_snapshot(&snap, f, compact_to).map(|adopted| {
+            let _ = free.send(adopted.compacted);
+            if adopted.saved {
+                Written::Saved { env, bytes }
+            } else {
+                Written::Superseded { env }
+            }
+        }),
+        Step::NotNewer => Ok(Written::Superseded { env }),
+        Step::Stopped => Ok(Written::Abandoned),
+        Step::Failed(e) => Err(e),
     };
     Done {
         index,
         compact_to,
         copy,
         encode,
-        save,
+        save: write + started.elapsed(),
         result,
     }
 }

@@ -89,6 +89,18 @@ io_err!(
 /// Replica id -> the address it serves on.
 pub type Peers = BTreeMap<u64, String>;
 
+/// A snapshot's data written to its file, for [`RaftStore::adopt_snapshot`].
+pub struct SnapshotFile(String);
+
+/// What [`RaftStore::adopt_snapshot`] did.
+#[derive(Default)]
+pub struct Adopted {
+    /// False: a snapshot as new was stored meanwhile; nothing changed.
+    pub saved: bool,
+    /// The log entries the snapshot replaced, to be freed.
+    pub compacted: Vec<Entry>,
+}
+
 #[derive(Default)]
 struct Core {
     hard: HardState,
@@ -402,13 +414,36 @@ impl RaftStore {
     /// one was being encoded) is not kept: returns `false` and changes
     /// nothing.
     pub fn save_snapshot(&self, snap: &Snapshot, compact_to: u64) -> Result<bool, StorageError> {
-        let index = snap.get_metadata().index;
-        if index <= self.snapshot_info().0 {
+        let Some(file) = self.write_snapshot(snap)? else {
             return Ok(false);
+        };
+        Ok(self.adopt_snapshot(snap, file, compact_to)?.saved)
+    }
+
+    /// The first step of [`Self::save_snapshot`]: writes the snapshot's
+    /// data to a new file of its own, unless it is not newer than the
+    /// latest. Takes no lock, so it may run at a low priority while the
+    /// driver appends; a file never adopted is removed at the next open.
+    pub fn write_snapshot(&self, snap: &Snapshot) -> Result<Option<SnapshotFile>, StorageError> {
+        if snap.get_metadata().index <= self.snapshot_info().0 {
+            return Ok(None);
         }
-        // Written before taking the writer lock: the driver's appends go
-        // on meanwhile.
-        let file = self.write_snapshot_file(snap)?;
+        Ok(Some(SnapshotFile(self.write_snapshot_file(snap)?)))
+    }
+
+    /// The second step: names the written snapshot as the latest (unless
+    /// a newer one was stored meanwhile) and compacts the log up to
+    /// `compact_to`. The compacted entries are handed back for the caller
+    /// to free where it likes: freeing a few hundred thousand entries
+    /// takes a tenth of a second of CPU.
+    pub fn adopt_snapshot(
+        &self,
+        snap: &Snapshot,
+        file: SnapshotFile,
+        compact_to: u64,
+    ) -> Result<Adopted, StorageError> {
+        let SnapshotFile(file) = file;
+        let index = snap.get_metadata().index;
         let _writer = self.writer();
         let compact_to = compact_to.min(index);
         let base = {
@@ -416,7 +451,7 @@ impl RaftStore {
             if index <= c.snapshot.get_metadata().index {
                 drop(c);
                 let _ = std::fs::remove_file(self.dir.join(&file));
-                return Ok(false);
+                return Ok(Adopted::default());
             }
             if compact_to <= c.base.0 {
                 c.base
@@ -440,9 +475,9 @@ impl RaftStore {
             m.insert(SNAPSHOT_FILE, file.as_bytes())?;
             put_json(m, LOG_BASE, &base)
         })?;
-        // The compacted entries (a hundred thousand at the default cadence)
-        // are cut off under the locks and freed after them: freeing them
-        // inside took tens of milliseconds of every append and read.
+        // The compacted entries are cut off under the locks and freed
+        // after them: freeing them inside took tens of milliseconds of
+        // every append and read.
         let compacted = {
             let mut core = self.wl();
             let drop_n = (base.0 - core.base.0) as usize;
@@ -453,11 +488,13 @@ impl RaftStore {
         };
         drop(_writer);
         let dropped: u64 = compacted.iter().map(entry_bytes).sum();
-        drop(compacted);
         self.wl().bytes -= dropped;
         self.remove_replaced(replaced);
         self.drop_compacted(base.0)?;
-        Ok(true)
+        Ok(Adopted {
+            saved: true,
+            compacted,
+        })
     }
 
     /// Deletes the segments that hold only entries at or below `base`,
