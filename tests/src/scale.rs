@@ -253,6 +253,8 @@ pub async fn create_tenant(endpoint: &str, name: &str) -> Result<String> {
 /// Times are nanoseconds since `t0`, plus one (zero: not yet).
 pub struct Tally {
     t0: Instant,
+    /// The wall clock at `t0`, to line seconds up with the replicas' logs.
+    began: std::time::SystemTime,
     submitted_at: Vec<AtomicU64>,
     placed_at: Vec<AtomicU64>,
     starts: Vec<AtomicU32>,
@@ -272,6 +274,7 @@ impl Tally {
         let n = jobs as usize;
         Tally {
             t0: Instant::now(),
+            began: std::time::SystemTime::now(),
             submitted_at: (0..n).map(|_| AtomicU64::new(0)).collect(),
             placed_at: (0..n).map(|_| AtomicU64::new(0)).collect(),
             starts: (0..n).map(|_| AtomicU32::new(0)).collect(),
@@ -287,6 +290,13 @@ impl Tally {
 
     pub fn jobs(&self) -> u64 {
         self.starts.len() as u64
+    }
+
+    /// The wall clock when the tally began, in seconds since the Unix epoch.
+    pub fn began_unix_s(&self) -> f64 {
+        self.began
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
     }
 
     fn stamp(&self) -> u64 {

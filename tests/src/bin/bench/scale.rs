@@ -246,12 +246,16 @@ async fn drive(a: &ScaleArgs, leader: &Leader) -> Result<()> {
 fn write_latency_csv(path: &std::path::Path, tally: &Tally) -> Result<()> {
     use std::fmt::Write as _;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    let mut out = String::from("second,jobs,p50_ms,p99_ms,max_ms\n");
+    // unix_s: the second's start on the wall clock, as the replicas'
+    // log lines are stamped.
+    let mut out = String::from("second,unix_s,jobs,p50_ms,p99_ms,max_ms\n");
+    let began = tally.began_unix_s();
     for (second, mut lat) in tally.latencies_by_second() {
         lat.sort();
         let _ = writeln!(
             out,
-            "{second},{},{:.1},{:.1},{:.1}",
+            "{second},{:.1},{},{:.1},{:.1},{:.1}",
+            began + second as f64,
             lat.len(),
             ms(percentile(&lat, 0.50)),
             ms(percentile(&lat, 0.99)),
