@@ -240,7 +240,7 @@ mod tests {
             start: 1_000,
             end: 61_000,
             gpu_milli_ms: 120_000_000,
-            energy_mj: (seq % 2 == 0).then_some(5_000),
+            energy_mj: seq.is_multiple_of(2).then_some(5_000),
             capacity: Capacity::Borrowed,
             ended: RunEnd::Preempted,
             charge: Charge {
