@@ -1245,9 +1245,13 @@ mod tests {
     }
 
     async fn start(dir: &std::path::Path) -> (Replica, CancellationToken, TaskTracker) {
+        start_configured(config(dir))
+    }
+
+    fn start_configured(c: ReplicaConfig) -> (Replica, CancellationToken, TaskTracker) {
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let r = Replica::start(config(dir), stop.clone(), &tracker).unwrap();
+        let r = Replica::start(c, stop.clone(), &tracker).unwrap();
         (r, stop, tracker)
     }
 
@@ -1257,9 +1261,7 @@ mod tests {
         let mut c = config(dir.path());
         c.snapshot_entries = 1_000_000;
         c.snapshot_bytes = 300;
-        let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let r = Replica::start(c, stop.clone(), &tracker).unwrap();
+        let (r, stop, tracker) = start_configured(c);
         for i in 0..20 {
             r.propose(Command::CreateTenant {
                 name: format!("t{i}"),
@@ -1300,9 +1302,7 @@ mod tests {
         // The log kept behind a snapshot counts too; keep none, so the
         // large entry leaves the log with the snapshot that holds it.
         c.keep_entries = 0;
-        let stop = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let r = Replica::start(c, stop.clone(), &tracker).unwrap();
+        let (r, stop, tracker) = start_configured(c);
         let tenant = |name: String, hash_len: usize| Command::CreateTenant {
             name,
             token_hash: "h".repeat(hash_len),
