@@ -33,7 +33,7 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot};
@@ -129,7 +129,7 @@ pub struct RaftStore {
     db: Arc<Database>,
     core: Arc<RwLock<Core>>,
     /// Held across each write's transaction and in-memory update.
-    writer: Arc<Mutex<()>>,
+    writer: Arc<parking_lot::Mutex<()>>,
     /// The directory of `raft.redb`, where snapshot files live.
     dir: Arc<PathBuf>,
     /// Raft asked for a snapshot the latest one cannot serve.
@@ -253,8 +253,8 @@ impl RaftStore {
         self.core.write().expect("store lock poisoned")
     }
 
-    fn writer(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.writer.lock().expect("store writer lock poisoned")
+    fn writer(&self) -> parking_lot::MutexGuard<'_, ()> {
+        self.writer.lock()
     }
 
     /// Appends entries (replacing any conflicting suffix) and, if given,
@@ -516,11 +516,15 @@ impl RaftStore {
             if !gone(seg) {
                 break;
             }
-            let _writer = self.writer();
+            let writer = self.writer();
             self.write_with(redb::Durability::None, |txn, _| {
                 txn.delete_table(segment_table(&segment_name(seg)))?;
                 Ok(())
             })?;
+            // Straight to an append waiting for the lock, if any: a plain
+            // unlock lets this loop take it again at once, and the
+            // driver's appends waited for every deletion in turn.
+            parking_lot::MutexGuard::unlock_fair(writer);
         }
         Ok(())
     }
