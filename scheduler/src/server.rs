@@ -111,10 +111,12 @@ pub struct ReplicationConfig {
     pub restore_from: Option<PathBuf>,
     /// The raft clock: elections after 10 to 20 ticks, heartbeats every 2.
     pub raft_tick: Duration,
-    /// Snapshot and compact the log after this many applied entries,
+    /// Snapshot and compact the log after this many applied entries (see
+    /// `snapshot_log_ratio`).
     pub snapshot_entries: u64,
-    /// once the log holds this many times the last snapshot's size in
-    /// bytes (0: entries alone decide).
+    /// Before `snapshot_entries` makes a snapshot due, wait until the log
+    /// holds this many times the last snapshot's size in bytes (0: entries
+    /// alone decide).
     pub snapshot_log_ratio: f64,
 }
 

@@ -167,7 +167,6 @@ fn lower_priority() {
 pub(super) struct Encoded {
     /// `job.snap.data` holds the encoding.
     job: Job,
-    bytes: usize,
     encode: Duration,
     /// Time spent writing the file.
     write: Duration,
@@ -224,7 +223,6 @@ fn write(
         _ => Step::Stopped,
     };
     Encoded {
-        bytes: job.snap.data.len(),
         job,
         encode: encode.unwrap_or_default(),
         write: started.elapsed(),
@@ -237,7 +235,6 @@ fn write(
 fn adopt(store: &RaftStore, encoded: Encoded, free: std::sync::mpsc::Sender<Vec<Entry>>) -> Done {
     let Encoded {
         job,
-        bytes,
         encode,
         write,
         file,
@@ -249,7 +246,7 @@ fn adopt(store: &RaftStore, encoded: Encoded, free: std::sync::mpsc::Sender<Vec<
         copy,
         ..
     } = job;
-    let index = env.index;
+    let (index, bytes) = (env.index, snap.data.len());
     let started = Instant::now();
     let result = match file {
         Step::File(f) => store.adopt_snapshot(&snap, f, compact_to).map(|adopted| {

@@ -27,7 +27,9 @@ type Runs = VecDeque<Arc<LedgerEntry>>;
 type ChargeRow = (u64, u64, u64, u64, u64, u64);
 
 /// One run, its columns in [`LedgerEntry`]'s order; strings are indexes
-/// into the table's names.
+/// into the table's names. Positional, so a new field of a run needs a
+/// new column here and a new snapshot format (`raft::snapshot`), not
+/// only a serde default.
 #[derive(Serialize, Deserialize)]
 struct Row(
     u64,         // seq
