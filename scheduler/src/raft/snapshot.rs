@@ -15,17 +15,18 @@ use crate::state::State;
 /// Format 1 is the envelope in JSON; format 2 the same envelope in
 /// MessagePack with field names (a quarter smaller, and at 10,000 nodes a
 /// third faster to encode: JSON spent much of its time escaping strings
-/// and printing numbers); format 3, written since, holds the ledger's
-/// runs as one table of positional rows with each string once
-/// (`state::run_table`). All three are read. Field names are kept
+/// and printing numbers); format 3 holds the ledger's runs as one table
+/// of positional rows with each string once (`state::run_table`); format
+/// 4, written since, also holds the jobs and the nodes as positional
+/// records (`state::packed`). All four are read. Field names are kept
 /// elsewhere so that fields added later with a default still read.
-pub const SNAPSHOT_FORMAT: u32 = 3;
+pub const SNAPSHOT_FORMAT: u32 = 4;
 
 /// The JSON format, still read (snapshots and backups written before).
 const JSON_FORMAT: u32 = 1;
 
 /// The MessagePack formats this version reads.
-const MESSAGEPACK_FORMATS: [u32; 2] = [2, SNAPSHOT_FORMAT];
+const MESSAGEPACK_FORMATS: [u32; 3] = [2, 3, SNAPSHOT_FORMAT];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotEnvelope {
@@ -67,9 +68,9 @@ impl SnapshotEnvelope {
         };
         let env = env.map_err(|e| StorageError::Corrupt(format!("undecodable snapshot: {e}")))?;
         if !formats.contains(&env.v) {
-            let [old, new] = MESSAGEPACK_FORMATS;
+            let [first, .., last] = MESSAGEPACK_FORMATS;
             return Err(StorageError::Corrupt(format!(
-                "snapshot format {} is not known to this version (knows {JSON_FORMAT} in JSON, {old} and {new} in MessagePack)",
+                "snapshot format {} is not known to this version (knows {JSON_FORMAT} in JSON, {first} to {last} in MessagePack)",
                 env.v
             )));
         }
@@ -198,21 +199,26 @@ mod tests {
         let bytes = env.encode();
         assert_ne!(bytes.first(), Some(&b'{'));
         let back = SnapshotEnvelope::decode(&bytes).unwrap();
-        assert_eq!((back.v, back.index, back.term), (3, 7, 2));
+        assert_eq!((back.v, back.index, back.term), (4, 7, 2));
         assert_eq!(back.peers, env.peers);
         assert_eq!(back.state, env.state);
     }
 
     /// Snapshots of `envelope()` written by earlier versions: format 1
-    /// (JSON) and format 2 (MessagePack, the ledger's runs as records).
+    /// (JSON), format 2 (MessagePack, the ledger's runs as records) and
+    /// format 3 (the runs as a table, jobs and nodes with field names).
     const FORMAT_1: &[u8] = include_bytes!("fixtures/snapshot-format-1.json");
     const FORMAT_2: &[u8] = include_bytes!("fixtures/snapshot-format-2.msgpack");
+    const FORMAT_3: &[u8] = include_bytes!("fixtures/snapshot-format-3.msgpack");
+    /// This version's format as it was first written: a job or node
+    /// struct whose fields moved (see `state::packed`) no longer reads it.
+    const FORMAT_4: &[u8] = include_bytes!("fixtures/snapshot-format-4.msgpack");
 
     #[test]
     fn snapshots_of_earlier_formats_still_read() {
         let env = envelope(SNAPSHOT_FORMAT);
         assert!(!env.state.accounts().entries.is_empty());
-        for (bytes, v) in [(FORMAT_1, 1), (FORMAT_2, 2)] {
+        for (bytes, v) in [(FORMAT_1, 1), (FORMAT_2, 2), (FORMAT_3, 3), (FORMAT_4, 4)] {
             let back = SnapshotEnvelope::decode(bytes).unwrap();
             assert_eq!((back.v, back.index, back.term), (v, 7, 2));
             assert_eq!(back.peers, env.peers);
@@ -222,10 +228,10 @@ mod tests {
 
     #[test]
     fn a_format_that_does_not_match_its_encoding_is_refused() {
-        let json_claiming_3 = serde_json::to_vec(&envelope(SNAPSHOT_FORMAT)).unwrap();
+        let json_claiming_4 = serde_json::to_vec(&envelope(SNAPSHOT_FORMAT)).unwrap();
         let msgpack_claiming_1 = envelope(JSON_FORMAT).encode();
-        let msgpack_claiming_4 = envelope(4).encode();
-        for bytes in [json_claiming_3, msgpack_claiming_1, msgpack_claiming_4] {
+        let msgpack_claiming_5 = envelope(5).encode();
+        for bytes in [json_claiming_4, msgpack_claiming_1, msgpack_claiming_5] {
             let err = SnapshotEnvelope::decode(&bytes).unwrap_err().to_string();
             assert!(err.contains("is not known to this version"), "{err}");
         }

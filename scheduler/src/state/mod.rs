@@ -10,6 +10,7 @@ mod free;
 mod holdings;
 mod ledger;
 mod lifecycle;
+mod packed;
 mod queues;
 mod run_table;
 mod security;
@@ -56,7 +57,10 @@ pub struct State {
     /// SHA-256 of a tenant's initial token (hex) -> tenant name; other
     /// tokens are in `security`.
     tokens: BTreeMap<String, String>,
+    /// Positional in binary snapshots, as `jobs` (see `packed`).
+    #[serde(with = "packed")]
     nodes: free::Nodes,
+    #[serde(with = "packed")]
     jobs: BTreeMap<JobId, Arc<Job>>,
     /// Jobs waiting for GPUs, in submission order.
     pending: BTreeSet<JobId>,
@@ -105,7 +109,9 @@ pub struct State {
 struct StoredState {
     tenants: BTreeMap<String, Tenant>,
     tokens: BTreeMap<String, String>,
+    #[serde(with = "packed")]
     nodes: free::Nodes,
+    #[serde(with = "packed")]
     jobs: BTreeMap<JobId, Arc<Job>>,
     pending: BTreeSet<JobId>,
     last_job: u64,
