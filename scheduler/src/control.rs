@@ -165,9 +165,11 @@ async fn lead(
             }
             full = async { round.as_mut().expect("a round in flight").await }, if round.is_some() => {
                 round = None;
-                if full.unwrap_or(true) {
-                    // The round stopped at its budget: more is waiting,
-                    // so plan again without idling a tick.
+                if full.unwrap_or(true) || replan {
+                    // The round stopped at its budget, or work arrived
+                    // while its decisions were committing: plan again
+                    // without idling a tick. The commit wait batches
+                    // what arrives meanwhile, as the tick would.
                     replan = true;
                     plan_tick.reset_immediately();
                 }
