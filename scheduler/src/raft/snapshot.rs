@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(back.state, env.state);
     }
 
-    /// Snapshots of `envelope()` written by earlier versions: format 1
+    /// Snapshots of `envelope()` as each format was first written: format 1
     /// (JSON), format 2 (MessagePack, the ledger's runs as records) and
     /// format 3 (the runs as a table, jobs and nodes with field names).
     const FORMAT_1: &[u8] = include_bytes!("fixtures/snapshot-format-1.json");
@@ -215,7 +215,7 @@ mod tests {
     const FORMAT_4: &[u8] = include_bytes!("fixtures/snapshot-format-4.msgpack");
 
     #[test]
-    fn snapshots_of_earlier_formats_still_read() {
+    fn snapshots_of_every_known_format_still_read() {
         let env = envelope(SNAPSHOT_FORMAT);
         assert!(!env.state.accounts().entries.is_empty());
         for (bytes, v) in [(FORMAT_1, 1), (FORMAT_2, 2), (FORMAT_3, 3), (FORMAT_4, 4)] {

@@ -57,7 +57,7 @@ pub struct State {
     /// SHA-256 of a tenant's initial token (hex) -> tenant name; other
     /// tokens are in `security`.
     tokens: BTreeMap<String, String>,
-    /// Positional in binary snapshots, as `jobs` (see `packed`).
+    /// Nodes and jobs are positional records in binary snapshots (`packed`).
     #[serde(with = "packed")]
     nodes: free::Nodes,
     #[serde(with = "packed")]
