@@ -146,6 +146,12 @@ async fn lead(
             r = applied.recv() => match r {
                 Ok(effects) => {
                     replan |= deliver(replica, sessions, &effects);
+                    if replan && round.is_none() {
+                        // Idle and something changed: plan now rather
+                        // than at the next tick. While a round commits,
+                        // what arrives waits for it and is batched.
+                        plan_tick.reset_immediately();
+                    }
                 }
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "effect stream lagged; resending orders from the log");
