@@ -4,7 +4,9 @@
 //!   name the file and line of a malformed row.
 //! - `packing`: scenario 2, packing on the Alibaba GPU-sharing trace by the
 //!   protocol of the FGD experiments, with edupool's fragmentation-aware
-//!   packing beside the random and best-fit baselines in the same run.
+//!   packing beside the random, best-fit and FGD baselines in the same
+//!   run.
+//! - `fgd`: FGD's own scoring (USENIX ATC'23), as a baseline.
 //! - `alliance`: scenario 1, the Philly trace's virtual clusters as
 //!   members of an alliance, replayed through the scheduler's own state
 //!   machine and planner under edupool's policy and two FIFO baselines.
@@ -15,6 +17,7 @@
 //! plots.
 
 pub mod alliance;
+pub mod fgd;
 pub mod packing;
 pub mod svg;
 pub mod traces;
@@ -94,7 +97,12 @@ fn default_inflation() -> f64 {
 }
 
 fn default_packers() -> Vec<Packer> {
-    vec![Packer::Random, Packer::BestFit, Packer::Edupool]
+    vec![
+        Packer::Random,
+        Packer::BestFit,
+        Packer::Fgd,
+        Packer::Edupool,
+    ]
 }
 
 impl<'de> Deserialize<'de> for Packer {
@@ -103,9 +111,10 @@ impl<'de> Deserialize<'de> for Packer {
         match s.as_str() {
             "random" => Ok(Packer::Random),
             "best-fit" => Ok(Packer::BestFit),
+            "fgd" => Ok(Packer::Fgd),
             "edupool" => Ok(Packer::Edupool),
             other => Err(serde::de::Error::custom(format!(
-                "unknown packer '{other}'; the packers are random, best-fit and edupool"
+                "unknown packer '{other}'; the packers are random, best-fit, fgd and edupool"
             ))),
         }
     }
@@ -344,15 +353,19 @@ impl Report {
                 "\n{}: {} tasks a run, {:.0} tasks placed per second",
                 r.task_list, r.tasks_per_run, r.tasks_per_second
             );
-            let _ = writeln!(out, "  {:<22} {:>16}", "policy", "GPU alloc @100%");
+            let _ = writeln!(out, "  {:<28} {:>16}", "policy", "GPU alloc @100%");
             for (k, v) in &r.at_100 {
-                let _ = writeln!(out, "  {:<22} {:>15.2}%", k, v);
+                let _ = writeln!(out, "  {:<28} {:>15.2}%", k, v);
             }
             for (k, v) in &r.published_at_100 {
-                let _ = writeln!(out, "  {:<22} {:>15.2}%", format!("published {k}"), v);
+                let _ = writeln!(out, "  {:<28} {:>15.2}%", format!("published {k}"), v);
             }
-            if let (Some(e), Some(b)) = (r.at_100.get("edupool"), r.at_100.get("best-fit")) {
-                let _ = writeln!(out, "  edupool - best-fit: {:+.2} points", e - b);
+            if let Some(b) = r.at_100.get("best-fit") {
+                for k in ["fgd", "edupool"] {
+                    if let Some(v) = r.at_100.get(k) {
+                        let _ = writeln!(out, "  {k} - best-fit: {:+.2} points", v - b);
+                    }
+                }
             }
         }
         if let Some(a) = &self.alliance {
@@ -405,5 +418,38 @@ impl Report {
             files.push(write(&name, &chart.render())?);
         }
         Ok(files)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shipped_scenario_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/scenarios");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples/scenarios") {
+            let path = entry.expect("a directory entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 5, "only {loaded} scenarios in {}", dir.display());
+    }
+
+    #[test]
+    fn an_unknown_packer_is_refused_with_the_choices() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("s.toml");
+        let text = "name = \"x\"\n[packing]\nnodes = \"n.csv\"\ntask_lists = [\"t.csv\"]\n\
+                    seeds = [1]\ninflation = 1.3\npackers = [\"first-fit\"]\n";
+        std::fs::write(&path, text).expect("written");
+        let err = Scenario::load(&path).expect_err("refused").to_string();
+        assert!(
+            err.contains("unknown packer 'first-fit'") && err.contains("best-fit, fgd and edupool"),
+            "{err}"
+        );
     }
 }

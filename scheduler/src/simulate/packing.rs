@@ -14,6 +14,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use super::fgd;
 use super::traces::{OpenbNode, OpenbTask};
 use crate::fragmentation::{self, Demand, Kind, NodeFree, WHOLE};
 
@@ -26,6 +27,9 @@ pub enum Packer {
     /// FGD's best-fit baseline: the feasible node with the least leftover
     /// of 0.5 × CPU / max CPU + 0.5 × GPUs / 8, scored 0–100, ties at random.
     BestFit,
+    /// FGD as published (`super::fgd`): the placement whose score from
+    /// the change in fragmentation is highest, ties to the first node.
+    Fgd,
     /// edupool: the placement that raises the node's expected
     /// fragmentation least (kinds weighted by popularity shared among
     /// the nodes that can still host them, refreshed at every percent of
@@ -38,6 +42,7 @@ impl Packer {
         match self {
             Packer::Random => "random",
             Packer::BestFit => "best-fit",
+            Packer::Fgd => "fgd",
             Packer::Edupool => "edupool",
         }
     }
@@ -250,6 +255,7 @@ fn place(
     packer: Packer,
     rng: &mut StdRng,
     memo: &mut FragMemo,
+    fgd: &mut fgd::Memo,
 ) -> bool {
     let feasible: Vec<usize> = (0..cluster.nodes.len())
         .filter(|&n| cluster.fits(n, t))
@@ -283,6 +289,21 @@ fn place(
             let top: Vec<usize> = scored.iter().filter(|s| s.0 == best).map(|s| s.1).collect();
             let n = *top.choose(rng).expect("not empty");
             (n, tightest(&cluster.nodes[n].gpus, t))
+        }
+        Packer::Fgd => {
+            // Ties go to the first node: the artifact's scheduler takes the
+            // smallest node name among equal scores, and the trace's node
+            // lists are sorted by name.
+            let mut best: Option<(i64, usize, Vec<usize>)> = None;
+            for &n in &feasible {
+                let node = &cluster.nodes[n];
+                let (score, gpus) = fgd.best(&node.model, node.cpu_free, &node.gpus, t);
+                if best.as_ref().is_none_or(|b| score > b.0) {
+                    best = Some((score, n, gpus));
+                }
+            }
+            let (_, n, gpus) = best.expect("not empty");
+            (n, gpus)
         }
         Packer::Edupool => {
             let mut best: Option<(i64, i64, usize, Vec<usize>)> = None;
@@ -389,6 +410,7 @@ pub fn run(
     let order = arrivals(tasks, seed, inflation, cluster.capacity_milli());
     let popularity = mix_of(tasks);
     let mut memo = cluster.fragmentation(&popularity);
+    let mut fgd = fgd::Memo::new(fgd::Target::of(tasks));
     // The random choices of the baselines get their own stream, so the
     // arrival order is the same for every packer at one seed.
     let mut rng = StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15);
@@ -397,7 +419,7 @@ pub fn run(
     curve.push(0.0);
     let (mut arrived, mut failed) = (0u64, 0usize);
     for t in &order {
-        if !place(&mut cluster, t, packer, &mut rng, &mut memo) {
+        if !place(&mut cluster, t, packer, &mut rng, &mut memo, &mut fgd) {
             failed += 1;
         }
         arrived += t.gpu_request_milli();
@@ -449,7 +471,13 @@ mod tests {
             Packer::Edupool,
             &mut StdRng::seed_from_u64(0),
             memo,
+            &mut no_fgd(),
         )
+    }
+
+    /// FGD's memory for packers that do not use it.
+    fn no_fgd() -> fgd::Memo {
+        fgd::Memo::new(fgd::Target::of(&[]))
     }
     fn node(name: &str, gpus: u32) -> OpenbNode {
         OpenbNode {
@@ -488,6 +516,33 @@ mod tests {
     }
 
     #[test]
+    fn fgd_fills_a_shared_gpu_before_breaking_a_whole_one() {
+        // Half the tasks take 0.5 GPU, half two whole GPUs; two nodes of 2
+        // GPUs. The first 0.5 goes to node a (a tie, the first node). The
+        // second raises FGD's score most on a's half-free GPU (node a keeps
+        // one whole GPU, node b both), so a 2-GPU task still fits on b.
+        let nodes = [node("a", 2), node("b", 2)];
+        let mut tasks = vec![task("s", 1, 500); 5];
+        tasks.extend(vec![task("w", 2, 1000); 5]);
+        let mut cluster = Cluster::new(&nodes);
+        let mut memo = FragMemo::new(mix_of(&tasks));
+        let mut fgd = fgd::Memo::new(fgd::Target::of(&tasks));
+        let mut rng = StdRng::seed_from_u64(1);
+        for t in [&tasks[0], &tasks[1], &tasks[5]] {
+            assert!(place(
+                &mut cluster,
+                t,
+                Packer::Fgd,
+                &mut rng,
+                &mut memo,
+                &mut fgd
+            ));
+        }
+        assert_eq!(cluster.nodes[0].gpus, vec![0, 1000]);
+        assert_eq!(cluster.nodes[1].gpus, vec![0, 0]);
+    }
+
+    #[test]
     fn allocation_is_worked_out_by_hand() {
         // Two nodes of 2 GPUs = 4000 thousandths. Tasks: 1 whole GPU, then
         // 2 whole GPUs, then 2 whole GPUs again (fits nowhere: 1 left).
@@ -500,21 +555,24 @@ mod tests {
             &task("t1", 1, 1000),
             Packer::BestFit,
             &mut rng,
-            &mut memo
+            &mut memo,
+            &mut no_fgd()
         ));
         assert!(place(
             &mut cluster,
             &task("t2", 2, 1000),
             Packer::BestFit,
             &mut rng,
-            &mut memo
+            &mut memo,
+            &mut no_fgd()
         ));
         assert!(!place(
             &mut cluster,
             &task("t3", 2, 1000),
             Packer::BestFit,
             &mut rng,
-            &mut memo
+            &mut memo,
+            &mut no_fgd()
         ));
         assert_eq!(cluster.allocation_percent(), 75.0);
     }
@@ -581,7 +639,8 @@ mod tests {
             &tasks[0],
             Packer::BestFit,
             &mut rng,
-            &mut memo
+            &mut memo,
+            &mut no_fgd()
         ));
         assert_eq!(best_fit.nodes[0].cpu_free, 2000);
         assert!(!best_fit.fits(0, &tasks[1]));
@@ -590,7 +649,7 @@ mod tests {
         assert_eq!(cluster.nodes[1].cpu_free, 10_000);
         assert!(cluster.fits(0, &tasks[1]) && cluster.fits(1, &tasks[1]));
         for t in &tasks[1..] {
-            assert!(place(&mut cluster, t, Packer::Edupool, &mut rng, &mut memo));
+            assert!(edupool_places(&mut cluster, t, &mut memo));
         }
     }
 
