@@ -479,6 +479,7 @@ mod tests {
     fn no_fgd() -> fgd::Memo {
         fgd::Memo::new(fgd::Target::of(&[]))
     }
+
     fn node(name: &str, gpus: u32) -> OpenbNode {
         OpenbNode {
             name: name.into(),
