@@ -2,7 +2,8 @@
 //!
 //! Two sources feed the [`HealthBoard`]: driver events (XID errors,
 //! uncorrectable ECC errors) and telemetry samples (ECC counters, pages
-//! pending retirement, a GPU that stopped answering). A fatal finding marks
+//! pending retirement, rows pending remapping or a failed remapping, a GPU
+//! that stopped answering). A fatal finding marks
 //! the GPU unhealthy at once, and it stays so until the GPU is reset (the
 //! backend reports a reset, or the agent restarts after one and finds it
 //! clean): health never comes back by itself in the middle of a fault.
@@ -56,8 +57,17 @@ pub fn sample_fault(sample: &GpuSample) -> Option<String> {
             if n == 1 { "" } else { "s" }
         ));
     }
+    let remap = sample.remapped_rows.unwrap_or_default();
+    if remap.failed {
+        return Some(
+            "row remapping failed (no spare memory rows left); the GPU needs service".into(),
+        );
+    }
     if sample.retired_pages_pending {
         return Some("memory pages are pending retirement; the GPU needs a reset".into());
+    }
+    if remap.pending {
+        return Some("memory rows are pending remapping; the GPU needs a reset".into());
     }
     None
 }
@@ -204,6 +214,7 @@ impl HealthBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::RemappedRows;
 
     fn event(uuid: &str, kind: HealthEventKind) -> HealthEvent {
         HealthEvent {
@@ -270,7 +281,7 @@ mod tests {
     }
 
     #[test]
-    fn samples_show_ecc_retirement_and_lost_gpus() {
+    fn samples_show_ecc_retirement_remapping_and_lost_gpus() {
         let clean = GpuSample {
             uuid: "GPU-a".into(),
             ecc_volatile_uncorrected: Some(0),
@@ -292,6 +303,27 @@ mod tests {
         assert!(sample_fault(&retire)
             .unwrap()
             .contains("pending retirement"));
+        let remap = |pending, failed| GpuSample {
+            remapped_rows: Some(RemappedRows {
+                correctable: 3,
+                uncorrectable: 1,
+                pending,
+                failed,
+            }),
+            ..clean.clone()
+        };
+        assert_eq!(
+            sample_fault(&remap(false, false)),
+            None,
+            "rows remapped and in effect"
+        );
+        assert_eq!(
+            sample_fault(&remap(true, false)).as_deref(),
+            Some("memory rows are pending remapping; the GPU needs a reset")
+        );
+        assert!(sample_fault(&remap(true, true))
+            .unwrap()
+            .starts_with("row remapping failed"));
         let throttled = GpuSample {
             throttle_reasons: vec!["hw_thermal_slowdown".into()],
             ..clean.clone()

@@ -12,6 +12,10 @@
 //!   (counters), all `{node,gpu_uuid,model}`
 //! - `edupool_gpu_ecc_errors_total{node,gpu_uuid,model,kind="volatile|aggregate"}`
 //!   (uncorrectable errors)
+//! - `edupool_gpu_remapped_rows{node,gpu_uuid,model,cause="correctable|uncorrectable"}`
+//!   (rows of device memory remapped over the GPU's life; A100, H100 and
+//!   later), `edupool_gpu_row_remap_pending{node,gpu_uuid,model}` and
+//!   `edupool_gpu_row_remap_failed{node,gpu_uuid,model}` 1/0
 //! - `edupool_agent_jobs_running{node}`, `edupool_agent_runner_errors_total{node}`,
 //!   `edupool_agent_session_connected{node}` 1/0,
 //!   `edupool_agent_sessions_established_total{node}` (more than one:
@@ -55,6 +59,9 @@ pub struct AgentMetrics {
     sm_clock: GaugeVec,
     xid: IntCounterVec,
     ecc: IntCounterVec,
+    remapped_rows: IntGaugeVec,
+    remap_pending: IntGaugeVec,
+    remap_failed: IntGaugeVec,
     jobs_running: IntGaugeVec,
     runner_errors: IntCounterVec,
     session_connected: IntGaugeVec,
@@ -84,6 +91,12 @@ impl AgentMetrics {
             register(
                 &r,
                 GaugeVec::new(Opts::new(name, help), GPU_LABELS).expect("valid metric"),
+            )
+        };
+        let flag = |name: &str, help: &str| {
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), GPU_LABELS).expect("valid metric"),
             )
         };
         AgentMetrics {
@@ -150,6 +163,26 @@ impl AgentMetrics {
                     &["node", "gpu_uuid", "model", "kind"],
                 )
                 .expect("valid metric"),
+            ),
+            remapped_rows: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "edupool_gpu_remapped_rows",
+                        "Rows of device memory remapped to spare rows over the GPU's life, \
+                         by the kind of error that caused it.",
+                    ),
+                    &["node", "gpu_uuid", "model", "cause"],
+                )
+                .expect("valid metric"),
+            ),
+            remap_pending: flag(
+                "edupool_gpu_row_remap_pending",
+                "1 while a row remapping waits for a GPU reset to take effect.",
+            ),
+            remap_failed: flag(
+                "edupool_gpu_row_remap_failed",
+                "1 once a row remapping has failed (no spare row left): the GPU needs service.",
             ),
             jobs_running: register(
                 &r,
@@ -244,6 +277,22 @@ impl AgentMetrics {
                         .with_label_values(&[&self.node, &s.uuid, &model, kind]);
                     mirror_u64(&c, count);
                 }
+            }
+            if let Some(rows) = s.remapped_rows {
+                for (cause, count) in [
+                    ("correctable", rows.correctable),
+                    ("uncorrectable", rows.uncorrectable),
+                ] {
+                    self.remapped_rows
+                        .with_label_values(&[&self.node, &s.uuid, &model, cause])
+                        .set(i64::try_from(count).unwrap_or(i64::MAX));
+                }
+                self.remap_pending
+                    .with_label_values(&labels)
+                    .set(i64::from(rows.pending));
+                self.remap_failed
+                    .with_label_values(&labels)
+                    .set(i64::from(rows.failed));
             }
             mirror_u64(
                 &self.xid.with_label_values(&labels),
@@ -342,7 +391,7 @@ pub(crate) async fn serve(
 mod tests {
     use super::*;
     use crate::health::HealthBoard;
-    use crate::inventory::{HealthEvent, HealthEventKind};
+    use crate::inventory::{HealthEvent, HealthEventKind, RemappedRows};
     use crate::runner::RunnerConfig;
 
     #[tokio::test]
@@ -370,6 +419,12 @@ mod tests {
             sm_clock_hz: Some(1_410_000_000),
             ecc_volatile_uncorrected: Some(1),
             ecc_aggregate_uncorrected: Some(3),
+            remapped_rows: Some(RemappedRows {
+                correctable: 2,
+                uncorrectable: 1,
+                pending: true,
+                failed: false,
+            }),
             ..Default::default()
         };
         metrics.observe(std::slice::from_ref(&sample), &board);
@@ -400,6 +455,10 @@ mod tests {
             format!("edupool_gpu_xid_errors_total{gpu} 1"),
             r#"edupool_gpu_ecc_errors_total{gpu_uuid="GPU-a",kind="volatile",model="A100-80GB",node="n1"} 1"#.to_owned(),
             r#"edupool_gpu_ecc_errors_total{gpu_uuid="GPU-a",kind="aggregate",model="A100-80GB",node="n1"} 3"#.to_owned(),
+            r#"edupool_gpu_remapped_rows{cause="correctable",gpu_uuid="GPU-a",model="A100-80GB",node="n1"} 2"#.to_owned(),
+            r#"edupool_gpu_remapped_rows{cause="uncorrectable",gpu_uuid="GPU-a",model="A100-80GB",node="n1"} 1"#.to_owned(),
+            format!("edupool_gpu_row_remap_pending{gpu} 1"),
+            format!("edupool_gpu_row_remap_failed{gpu} 0"),
             r#"edupool_agent_jobs_running{node="n1"} 0"#.to_owned(),
             r#"edupool_agent_runner_errors_total{node="n1"} 0"#.to_owned(),
             r#"edupool_agent_session_connected{node="n1"} 1"#.to_owned(),

@@ -281,10 +281,11 @@ fn inventory_shows_health_and_never_crashes_without_a_driver() -> Result<()> {
     let faults = dir.path().join("faults");
     append(&faults, "1 ecc 2")?;
     append(&faults, "0 thermal")?;
+    append(&faults, "2 remap")?;
     let faults_arg = faults.to_str().context("a UTF-8 path")?;
     let (ok, json, _) = inventory(&[
         "--simulate-gpus",
-        "2xA100-80GB",
+        "3xA100-80GB",
         "--simulate-faults",
         faults_arg,
         "--output",
@@ -294,12 +295,12 @@ fn inventory_shows_health_and_never_crashes_without_a_driver() -> Result<()> {
     let report: Value = serde_json::from_str(&json)?;
     assert_eq!(report["backend"], "simulated");
     let gpus = report["gpus"].as_array().context("gpus")?;
-    assert_eq!(gpus.len(), 2);
+    assert_eq!(gpus.len(), 3);
     assert_eq!(gpus[0]["compute_capability"], "8.0");
     assert_eq!(gpus[0]["power_limit_watts"], 400.0);
     assert_eq!(
         gpus[0]["nvlink_peers"],
-        serde_json::json!([gpus[1]["pci_bus_id"]])
+        serde_json::json!([gpus[1]["pci_bus_id"], gpus[2]["pci_bus_id"]])
     );
     assert!(gpus[0]["telemetry"]["power_watts"].as_f64() >= Some(60.0));
     // Throttling is shown but is no fault; uncorrectable ECC errors are.
@@ -311,6 +312,16 @@ fn inventory_shows_health_and_never_crashes_without_a_driver() -> Result<()> {
     assert_eq!(gpus[1]["healthy"], false);
     assert_eq!(gpus[1]["health_reason"], "uncorrectable ECC error");
     assert_eq!(gpus[1]["telemetry"]["ecc_volatile_uncorrected"], 2);
+    // An A100 remaps rows: one pending remapping needs a reset.
+    assert_eq!(gpus[2]["healthy"], false);
+    assert_eq!(
+        gpus[2]["health_reason"],
+        "memory rows are pending remapping; the GPU needs a reset"
+    );
+    assert_eq!(
+        gpus[2]["telemetry"]["remapped_rows"],
+        serde_json::json!({"correctable": 0, "uncorrectable": 1, "pending": true, "failed": false})
+    );
 
     // Without the driver: one clear line and a failure, or with `auto` the
     // simulated GPUs.

@@ -162,14 +162,32 @@ pub struct GpuSample {
     pub ecc_volatile_uncorrected: Option<u64>,
     /// Uncorrectable ECC errors over the device's life.
     pub ecc_aggregate_uncorrected: Option<u64>,
-    /// Memory pages wait to be retired (or rows remapped) at the next reset.
+    /// Memory pages wait to be retired at the next reset (GPUs before
+    /// Ampere; later ones remap rows instead, see `remapped_rows`).
     pub retired_pages_pending: bool,
+    /// Row remapping of device memory (A100, H100 and later); `None` where
+    /// the GPU does not remap rows.
+    pub remapped_rows: Option<RemappedRows>,
     /// Why the clocks are held down now, e.g. `hw_thermal_slowdown`.
     pub throttle_reasons: Vec<String>,
     /// Processes using the GPU and their memory.
     pub processes: Vec<GpuProcess>,
     /// The GPU has fallen off the bus or no longer answers.
     pub lost: bool,
+}
+
+/// What a GPU's row remapping shows: rows of device memory replaced by
+/// spare rows after errors, over the device's life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct RemappedRows {
+    /// Rows remapped after correctable errors.
+    pub correctable: u64,
+    /// Rows remapped after uncorrectable errors.
+    pub uncorrectable: u64,
+    /// A remapping waits for the next reset to take effect.
+    pub pending: bool,
+    /// A remapping failed (no spare row was left): the GPU needs service.
+    pub failed: bool,
 }
 
 /// A process on a GPU.

@@ -16,16 +16,20 @@ use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nvml_wrapper::bitmasks::event::EventTypes;
-use nvml_wrapper::enum_wrappers::device::{Clock, EccCounter, MemoryError, TemperatureSensor};
+use nvml_wrapper::enum_wrappers::device::{
+    Clock, EccCounter, MemoryError, P2pCapabilitiesIndex, P2pStatus, TemperatureSensor,
+};
+use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::{Device, EventSet, Nvml};
 use tracing::{debug, warn};
 
 use super::{
     GpuInfo, GpuInventory, GpuProcess, GpuSample, HealthEvent, HealthEventKind, InventoryError,
-    MigInfo, MigInstance,
+    MigInfo, MigInstance, RemappedRows,
 };
 
 const BACKEND: &str = "nvml";
@@ -189,6 +193,7 @@ impl NvmlInventory {
         let ecc_aggregate =
             ok.get(device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Aggregate));
         let pending = ok.get(device.are_pages_pending_retired()).unwrap_or(false);
+        let remapped_rows = ok.get(remapped_rows(device));
         let throttle = ok
             .get(device.current_throttle_reasons())
             .map(|reasons| {
@@ -228,6 +233,7 @@ impl NvmlInventory {
             ecc_volatile_uncorrected: ecc_volatile,
             ecc_aggregate_uncorrected: ecc_aggregate,
             retired_pages_pending: pending,
+            remapped_rows,
             throttle_reasons: throttle,
             processes,
             lost,
@@ -315,6 +321,47 @@ fn register_events(nvml: &'static Nvml) -> Option<EventSet<'static>> {
     (registered > 0).then_some(set)
 }
 
+/// The GPU's row remapping, read as NVML's four remapped-row fields (the
+/// values `nvmlDeviceGetRemappedRows` returns). GPUs before Ampere answer
+/// `NotSupported`.
+fn remapped_rows(device: &Device<'static>) -> Result<RemappedRows, NvmlError> {
+    use nvml_wrapper::sys_exports::field_id::{
+        NVML_FI_DEV_REMAPPED_COR, NVML_FI_DEV_REMAPPED_FAILURE, NVML_FI_DEV_REMAPPED_PENDING,
+        NVML_FI_DEV_REMAPPED_UNC,
+    };
+    let ids = [
+        NVML_FI_DEV_REMAPPED_COR,
+        NVML_FI_DEV_REMAPPED_UNC,
+        NVML_FI_DEV_REMAPPED_PENDING,
+        NVML_FI_DEV_REMAPPED_FAILURE,
+    ]
+    .map(FieldId);
+    let values = device
+        .field_values_for(&ids)?
+        .into_iter()
+        .map(|sample| Ok(count(sample?.value?)))
+        .collect::<Result<Vec<u64>, NvmlError>>()?;
+    let [correctable, uncorrectable, pending, failed] = values[..] else {
+        return Err(NvmlError::Unknown);
+    };
+    Ok(RemappedRows {
+        correctable,
+        uncorrectable,
+        pending: pending != 0,
+        failed: failed != 0,
+    })
+}
+
+/// A field value as a count (NVML picks the width per field and driver).
+fn count(value: SampleValue) -> u64 {
+    match value {
+        SampleValue::U32(v) => u64::from(v),
+        SampleValue::U64(v) => v,
+        SampleValue::I64(v) => u64::try_from(v).unwrap_or(0),
+        SampleValue::F64(v) => v.max(0.0) as u64,
+    }
+}
+
 fn mig_info(device: &Device<'static>) -> Option<MigInfo> {
     let mode = device.mig_mode().ok()?;
     let enabled = mode.current == 1;
@@ -341,6 +388,9 @@ fn mig_info(device: &Device<'static>) -> Option<MigInfo> {
     Some(MigInfo { enabled, instances })
 }
 
+/// The PCI bus ids at the other end of the GPU's active NVLinks: peer
+/// GPUs on boards where GPUs are linked directly, NVSwitches on boards
+/// where they are linked through switches (see [`add_p2p_peers`]).
 fn nvlink_peers(device: &Device<'static>) -> Vec<String> {
     let mut peers: Vec<String> = (0..MAX_NVLINKS)
         .filter_map(|link| {
@@ -356,15 +406,50 @@ fn nvlink_peers(device: &Device<'static>) -> Vec<String> {
     peers
 }
 
+/// Adds to each GPU's NVLink peers the bus ids of the GPUs it reaches over
+/// NVLink by the driver's peer-to-peer status. On HGX boards every NVLink
+/// ends at an NVSwitch, so the links' remote ends name switches and not
+/// GPUs; the peer-to-peer status names the GPUs themselves.
+fn add_p2p_peers(devices: &[Device<'static>], gpus: &mut [GpuInfo]) {
+    add_linked_peers(gpus, |a, b| {
+        matches!(
+            devices[a].p2p_status(&devices[b], P2pCapabilitiesIndex::NvLink),
+            Ok(P2pStatus::Ok)
+        )
+    });
+}
+
+/// Adds to each GPU's NVLink peers the bus id of every other GPU that
+/// `linked(a, b)` (by position, asked once per pair) says it reaches.
+fn add_linked_peers(gpus: &mut [GpuInfo], linked: impl Fn(usize, usize) -> bool) {
+    let mut found: Vec<Vec<String>> = vec![vec![]; gpus.len()];
+    for a in 0..gpus.len() {
+        for b in a + 1..gpus.len() {
+            if let (Some(bus_a), Some(bus_b)) = (&gpus[a].pci_bus_id, &gpus[b].pci_bus_id) {
+                if linked(a, b) {
+                    found[a].push(bus_b.clone());
+                    found[b].push(bus_a.clone());
+                }
+            }
+        }
+    }
+    for (gpu, more) in gpus.iter_mut().zip(found) {
+        gpu.nvlink_peers.extend(more);
+        gpu.nvlink_peers.sort();
+        gpu.nvlink_peers.dedup();
+    }
+}
+
 impl GpuInventory for NvmlInventory {
     fn gpus(&self) -> Result<Vec<GpuInfo>, InventoryError> {
         let versions = self.versions();
-        let gpus = self
-            .devices()?
+        let devices = self.devices()?;
+        let mut gpus = devices
             .iter()
             .zip(0u32..)
             .map(|(device, index)| self.info(index, device, &versions))
             .collect::<Result<Vec<_>, _>>()?;
+        add_p2p_peers(&devices, &mut gpus);
         *self.uuids.lock().unwrap_or_else(PoisonError::into_inner) =
             gpus.iter().map(|g| g.uuid.clone()).collect();
         Ok(gpus)
@@ -453,5 +538,39 @@ mod tests {
         assert!(text.contains("/nonexistent/libnvidia-ml.so.1"), "{text}");
         assert!(text.contains("is the NVIDIA driver installed?"), "{text}");
         assert!(!text.contains('\n'), "{text}");
+    }
+
+    #[test]
+    fn gpus_linked_through_switches_become_each_others_peers() {
+        let mut gpus: Vec<GpuInfo> = (0..4u32)
+            .map(|i| {
+                let mut g = GpuInfo::basic(format!("GPU-{i}"), i, "H100".into(), 1);
+                g.pci_bus_id = Some(format!("00000000:{:02X}:00.0", 0x10 + i));
+                g
+            })
+            .collect();
+        // GPU 0's own links end at a switch, which is kept as it was read.
+        gpus[0].nvlink_peers = vec!["00000000:A0:00.0".into()];
+        // 0, 1 and 2 share a switch; 3 has no NVLink; 2 has no bus id.
+        gpus[2].pci_bus_id = None;
+        add_linked_peers(&mut gpus, |a, b| a < 3 && b < 3);
+        let peers: Vec<Vec<&str>> = gpus
+            .iter()
+            .map(|g| g.nvlink_peers.iter().map(String::as_str).collect())
+            .collect();
+        assert_eq!(
+            peers,
+            [
+                vec!["00000000:11:00.0", "00000000:A0:00.0"],
+                vec!["00000000:10:00.0"],
+                vec![],
+                vec![],
+            ]
+        );
+        let converted: Vec<Vec<u32>> = gpus
+            .iter()
+            .map(|g| crate::convert::nvlink_peer_indexes(g, &gpus))
+            .collect();
+        assert_eq!(converted, [vec![1], vec![0], vec![], vec![]]);
     }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tracing::warn;
 
-use super::{GpuInfo, GpuInventory, GpuSample, HealthEvent, HealthEventKind, InventoryError};
+use super::{
+    GpuInfo, GpuInventory, GpuSample, HealthEvent, HealthEventKind, InventoryError, RemappedRows,
+};
 
 /// The most GPUs one simulated node may declare.
 pub const MAX_SIMULATED_GPUS: u32 = 1024;
@@ -306,6 +308,8 @@ struct SimGpu {
     ecc_volatile: u64,
     ecc_aggregate: u64,
     retired_pending: bool,
+    /// Row remapping; `None` for models that retire pages instead.
+    remap: Option<RemappedRows>,
     lost: bool,
     throttle: Vec<String>,
 }
@@ -340,7 +344,13 @@ impl SimulatedInventory {
         }
         let state = SimState {
             offset: 0,
-            gpus: vec![SimGpu::default(); gpus.len()],
+            gpus: gpus
+                .iter()
+                .map(|g| SimGpu {
+                    remap: remaps_rows(&g.model).then(RemappedRows::default),
+                    ..SimGpu::default()
+                })
+                .collect(),
         };
         SimulatedInventory {
             gpus,
@@ -397,8 +407,10 @@ impl SimulatedInventory {
                 Ok(Some(fault)) => match self.gpu_position(&fault.gpu) {
                     Some(at) => {
                         let uuid = self.gpus[at].uuid.clone();
-                        if let Some(kind) = apply_fault(&mut state.gpus[at], &fault.fault) {
-                            events.push(HealthEvent { uuid, kind });
+                        match apply_fault(&mut state.gpus[at], &fault.fault) {
+                            Ok(Some(kind)) => events.push(HealthEvent { uuid, kind }),
+                            Ok(None) => {}
+                            Err(error) => warn!(line, error, "fault file: line ignored"),
                         }
                     }
                     None => warn!(line, "fault file: no such simulated GPU"),
@@ -438,6 +450,7 @@ impl SimulatedInventory {
             ecc_volatile_uncorrected: Some(sim.ecc_volatile),
             ecc_aggregate_uncorrected: Some(sim.ecc_aggregate),
             retired_pages_pending: sim.retired_pending,
+            remapped_rows: sim.remap,
             throttle_reasons: sim.throttle.clone(),
             processes: vec![],
             lost: false,
@@ -481,6 +494,15 @@ fn has_nvlink(model: &str) -> bool {
         .any(|k| m.contains(k))
 }
 
+/// Models that remap rows of device memory after errors (Ampere data-centre
+/// GPUs and later); older ones retire pages.
+fn remaps_rows(model: &str) -> bool {
+    let m = model.to_ascii_uppercase();
+    ["H100", "H200", "H800", "A100", "A800"]
+        .iter()
+        .any(|k| m.contains(k))
+}
+
 /// One line of a fault file: a GPU (index or UUID) and what happens to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FaultLine {
@@ -499,17 +521,25 @@ pub enum Fault {
     Ecc(u64),
     /// `retire`: memory pages wait to be retired at the next reset.
     RetirePages,
+    /// `remap`: a row is remapped after an uncorrectable error; the
+    /// remapping waits for the next reset (A100, H100 and later).
+    RemapRow,
+    /// `remap-failed`: a remapping failed (no spare row left); a reset
+    /// does not clear it.
+    RemapFailed,
     /// `lost`: the GPU falls off the bus.
     Lost,
     /// `thermal` or `power`: clocks held down (not a fault by itself).
     Throttle(&'static str),
-    /// `reset`: the GPU is reset; every fault above is gone.
+    /// `reset`: the GPU is reset; every fault above is gone but a failed
+    /// remapping.
     Reset,
 }
 
 /// Parses one line of a fault file: `<gpu> <fault> [value]`, where `<gpu>`
 /// is an index or UUID and `<fault>` is `xid CODE`, `ecc [COUNT]`,
-/// `retire`, `lost`, `thermal`, `power` or `reset`. Blank lines and lines
+/// `retire`, `remap`, `remap-failed`, `lost`, `thermal`, `power` or
+/// `reset`. Blank lines and lines
 /// starting with `#` are `None`.
 pub fn parse_fault_line(line: &str) -> Result<Option<FaultLine>, String> {
     let line = line.trim();
@@ -531,6 +561,8 @@ pub fn parse_fault_line(line: &str) -> Result<Option<FaultLine>, String> {
         (2, Some("ecc")) => Fault::Ecc(1),
         (3, Some("ecc")) => Fault::Ecc(number("ecc")?),
         (2, Some("retire")) => Fault::RetirePages,
+        (2, Some("remap")) => Fault::RemapRow,
+        (2, Some("remap-failed")) => Fault::RemapFailed,
         (2, Some("lost")) => Fault::Lost,
         (2, Some("thermal")) => Fault::Throttle("hw_thermal_slowdown"),
         (2, Some("power")) => Fault::Throttle("sw_power_cap"),
@@ -539,7 +571,7 @@ pub fn parse_fault_line(line: &str) -> Result<Option<FaultLine>, String> {
         (_, Some(other)) => {
             return Err(format!(
                 "unknown fault {other:?} (or wrong number of values); expected xid CODE, \
-                 ecc [COUNT], retire, lost, thermal, power or reset"
+                 ecc [COUNT], retire, remap, remap-failed, lost, thermal, power or reset"
             ))
         }
     };
@@ -549,15 +581,29 @@ pub fn parse_fault_line(line: &str) -> Result<Option<FaultLine>, String> {
     }))
 }
 
-fn apply_fault(gpu: &mut SimGpu, fault: &Fault) -> Option<HealthEventKind> {
+/// Applies one fault to a GPU and returns the driver event it raises; an
+/// error for a fault the GPU's model cannot have.
+fn apply_fault(gpu: &mut SimGpu, fault: &Fault) -> Result<Option<HealthEventKind>, String> {
     match fault {
-        Fault::Xid(code) => return Some(HealthEventKind::Xid(*code)),
+        Fault::Xid(code) => return Ok(Some(HealthEventKind::Xid(*code))),
         Fault::Ecc(count) => {
             gpu.ecc_volatile += count;
             gpu.ecc_aggregate += count;
-            return Some(HealthEventKind::UncorrectableEcc);
+            return Ok(Some(HealthEventKind::UncorrectableEcc));
         }
         Fault::RetirePages => gpu.retired_pending = true,
+        Fault::RemapRow | Fault::RemapFailed => {
+            let remap = gpu
+                .remap
+                .as_mut()
+                .ok_or("this model retires pages instead of remapping rows")?;
+            if *fault == Fault::RemapRow {
+                remap.uncorrectable += 1;
+                remap.pending = true;
+            } else {
+                remap.failed = true;
+            }
+        }
         Fault::Lost => gpu.lost = true,
         Fault::Throttle(reason) => {
             if !gpu.throttle.iter().any(|r| r == reason) {
@@ -565,15 +611,20 @@ fn apply_fault(gpu: &mut SimGpu, fault: &Fault) -> Option<HealthEventKind> {
             }
         }
         Fault::Reset => {
-            // Volatile counters restart with the driver; aggregate ones stay.
+            // Volatile counters restart with the driver; aggregate ones and
+            // remapped rows stay, and a pending remapping takes effect.
             *gpu = SimGpu {
                 ecc_aggregate: gpu.ecc_aggregate,
+                remap: gpu.remap.map(|r| RemappedRows {
+                    pending: false,
+                    ..r
+                }),
                 ..SimGpu::default()
             };
-            return Some(HealthEventKind::Reset);
+            return Ok(Some(HealthEventKind::Reset));
         }
     }
-    None
+    Ok(None)
 }
 
 /// How often a waiting [`SimulatedInventory::wait_for_events`] looks at
@@ -812,6 +863,8 @@ mod tests {
         assert_eq!(ok("  GPU-x ecc "), Some(("GPU-x".into(), Fault::Ecc(1))));
         assert_eq!(ok("1 ecc 3"), Some(("1".into(), Fault::Ecc(3))));
         assert_eq!(ok("1 retire"), Some(("1".into(), Fault::RetirePages)));
+        assert_eq!(ok("1 remap"), Some(("1".into(), Fault::RemapRow)));
+        assert_eq!(ok("1 remap-failed"), Some(("1".into(), Fault::RemapFailed)));
         assert_eq!(ok("1 lost"), Some(("1".into(), Fault::Lost)));
         assert_eq!(
             ok("1 thermal"),
@@ -825,6 +878,10 @@ mod tests {
             ("0 xid", "xid: missing code, e.g. `0 xid 79`"),
             ("0 xid x", "xid: expected a whole number, got \"x\""),
             ("0 melt", "unknown fault \"melt\""),
+            (
+                "0 remap 2",
+                "unknown fault \"remap\" (or wrong number of values)",
+            ),
         ] {
             let err = parse_fault_line(line).unwrap_err();
             assert!(err.starts_with(error), "{line:?}: {err}");
@@ -881,5 +938,44 @@ mod tests {
         assert_eq!(samples[1].ecc_volatile_uncorrected, Some(0));
         assert_eq!(samples[1].ecc_aggregate_uncorrected, Some(2));
         assert!(!samples[1].retired_pages_pending);
+    }
+
+    #[test]
+    fn rows_are_remapped_on_ampere_and_later_and_a_failure_outlives_a_reset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("faults");
+        let inv = SimulatedInventory::parse("node-a", "1xH100-80GB,1xV100-32GB")
+            .unwrap()
+            .with_fault_file(&path);
+        let samples = inv.sample().unwrap();
+        assert_eq!(samples[0].remapped_rows, Some(RemappedRows::default()));
+        assert_eq!(samples[1].remapped_rows, None, "a V100 retires pages");
+        std::fs::write(&path, "0 remap\n1 remap\n").unwrap();
+        assert_eq!(inv.wait_for_events(Duration::from_millis(1)).unwrap(), []);
+        let samples = inv.sample().unwrap();
+        let pending = RemappedRows {
+            uncorrectable: 1,
+            pending: true,
+            ..RemappedRows::default()
+        };
+        assert_eq!(samples[0].remapped_rows, Some(pending));
+        assert_eq!(samples[1].remapped_rows, None, "the V100's line is ignored");
+
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"0 remap-failed\n0 reset\n").unwrap();
+        inv.wait_for_events(Duration::from_millis(1)).unwrap();
+        let after_reset = inv.sample().unwrap()[0].remapped_rows.unwrap();
+        assert_eq!(
+            after_reset,
+            RemappedRows {
+                uncorrectable: 1,
+                pending: false,
+                failed: true,
+                correctable: 0,
+            }
+        );
     }
 }
