@@ -3,9 +3,12 @@
 #   1. builds the binaries;
 #   2. compares `edupool-agent inventory --output json` (real NVML) with
 #      `nvidia-smi --query-gpu=uuid,name,memory.total --format=csv`;
+#      and, without failing on them, compares PCI bus id, compute
+#      capability, driver version and power limit too;
 #   3. starts a pool (a scheduler and one NVML agent that offers only GPU
 #      $GPU_INDEX), runs a short real CUDA job through it, and checks that
-#      the job succeeded on that GPU and that its energy is non-zero.
+#      the job succeeded on that GPU and that its energy is non-zero;
+#   4. checks the agent's /metrics for that GPU (healthy, energy counted).
 # Needs: the NVIDIA driver (nvidia-smi), the Rust toolchain, python3, and
 # for the CUDA job either PyTorch with CUDA or nvcc.
 # Usage: scripts/gpu-check.sh   (GPU_INDEX=1 to use another GPU)
@@ -34,7 +37,12 @@ trap cleanup EXIT
 say "inventory: edupool-agent (NVML) against nvidia-smi"
 "$BIN/edupool-agent" inventory --gpus nvml --node-name gpu-check --output json > "$WORK/inventory.json"
 nvidia-smi --query-gpu=uuid,name,memory.total --format=csv,noheader,nounits > "$WORK/smi.csv"
-python3 - "$WORK/inventory.json" "$WORK/smi.csv" <<'PY'
+# More fields, compared without failing (older drivers lack compute_cap).
+nvidia-smi --query-gpu=uuid,pci.bus_id,compute_cap,driver_version,enforced.power.limit \
+  --format=csv,noheader,nounits > "$WORK/smi-more.csv" 2>/dev/null || true
+nvidia-smi -L || true
+nvidia-smi topo -m || true
+python3 - "$WORK/inventory.json" "$WORK/smi.csv" "$WORK/smi-more.csv" <<'PY'
 import csv, json, sys
 inv = json.load(open(sys.argv[1]))
 smi = [[c.strip() for c in row] for row in csv.reader(open(sys.argv[2])) if row]
@@ -49,7 +57,30 @@ for g, (uuid, name, mib) in zip(gpus, smi):
     assert g["model"] == name, (g["model"], name)
     assert g["memory_bytes"] // 2**20 == int(mib), (g["memory_bytes"], mib)
 print("inventory matches nvidia-smi")
+more = {row[0].strip(): [c.strip() for c in row[1:]]
+        for row in csv.reader(open(sys.argv[3])) if len(row) == 5}
+for g in gpus:
+    smi_bus, smi_cc, smi_driver, smi_limit = more.get(g["uuid"], ["?"] * 4)
+    limit = g.get("power_limit_watts")
+    pairs = [
+        ("pci bus id", g.get("pci_bus_id"), smi_bus),
+        ("compute capability", g.get("compute_capability"), smi_cc),
+        ("driver", inv["driver_version"], smi_driver),
+        ("power limit W", None if limit is None else f"{limit:.0f}",
+         f"{float(smi_limit):.0f}" if smi_limit.replace(".", "", 1).isdigit() else smi_limit),
+    ]
+    for what, ours, theirs in pairs:
+        same = str(ours).lower() == str(theirs).lower()
+        print(f"  {g['index']} {what}: agent {ours} | nvidia-smi {theirs}{'' if same else '  <- differs'}")
+    mig = g.get("mig") or {}
+    t = g.get("telemetry") or {}
+    print(f"  {g['index']} MIG {'on' if mig.get('enabled') else 'off'}"
+          f" ({len(mig.get('instances', []))} instances), NVLink peers {g.get('nvlink_peers')},"
+          f" remapped rows {t.get('remapped_rows')}, retired pages pending {t.get('retired_pages_pending')},"
+          f" ECC volatile {t.get('ecc_volatile_uncorrected')}, throttle {t.get('throttle_reasons')}")
 PY
+echo "--- edupool-agent inventory (table)"
+"$BIN/edupool-agent" inventory --gpus nvml --node-name gpu-check
 GPU_UUID="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["gpus"][int(sys.argv[2])]["uuid"])' "$WORK/inventory.json" "$GPU_INDEX")"
 
 say "CUDA job"
@@ -102,7 +133,8 @@ ADDR="$(sed -n 's/^edupool-scheduler listening on //p' "$WORK/scheduler.out")"
 [ -n "$ADDR" ] || fail "the scheduler did not start: $(cat "$WORK/scheduler.err")"
 "$BIN/edupool-agent" run --gpus nvml --only-gpus "$GPU_UUID" --scheduler "http://$ADDR" \
   --ca-cert "$PKI/ca.pem" --cert "$PKI/node-gpu-check.pem" --key "$PKI/node-gpu-check-key.pem" \
-  --allow-root --token "$AGENT" --node-name gpu-check --work-dir "$WORK/agent" 2> "$WORK/agent.err" &
+  --allow-root --token "$AGENT" --node-name gpu-check --work-dir "$WORK/agent" \
+  --metrics-listen 127.0.0.1:0 > "$WORK/agent.out" 2> "$WORK/agent.err" &
 PIDS+=($!)
 
 export EDUPOOL_ENDPOINT="https://$ADDR" EDUPOOL_CA_CERT="$PKI/ca.pem"
@@ -136,5 +168,21 @@ assert job["gpu_uuids"] == [want], (job["gpu_uuids"], want)
 assert job["energy_joules"] > 0, f"energy {job['energy_joules']} J"
 assert job["gpu_seconds"] > 0, f"GPU time {job['gpu_seconds']} s"
 print(f"job succeeded on {want}: {job['gpu_seconds']:.1f} GPU-seconds, {job['energy_joules']:.1f} J")
+PY
+
+say "agent metrics for $GPU_UUID"
+METRICS="$(sed -n 's/^edupool-agent metrics listening on //p' "$WORK/agent.out")"
+[ -n "$METRICS" ] || fail "the agent did not say where its metrics are: $(cat "$WORK/agent.err")"
+python3 - "http://$METRICS/metrics" "$GPU_UUID" <<'PY'
+import sys, urllib.request
+text = urllib.request.urlopen(sys.argv[1], timeout=10).read().decode()
+want = f'gpu_uuid="{sys.argv[2]}"'
+lines = [l for l in text.splitlines() if l.startswith("edupool_gpu_") and want in l]
+print("\n".join(lines))
+value = lambda name: next(float(l.rsplit(" ", 1)[1]) for l in lines if l.startswith(name + "{"))
+assert value("edupool_gpu_healthy") == 1, "the GPU is not healthy"
+assert value("edupool_gpu_energy_joules_total") > 0, "no energy counted"
+assert value("edupool_gpu_memory_total_bytes") > 0, "no memory total"
+print("metrics present for the GPU; it is healthy")
 PY
 say "gpu-check passed"
