@@ -3,10 +3,10 @@
 //! Two sources feed the [`HealthBoard`]: driver events (XID errors,
 //! uncorrectable ECC errors) and telemetry samples (ECC counters, pages
 //! pending retirement, rows pending remapping or a failed remapping, a GPU
-//! that stopped answering). A fatal finding marks
-//! the GPU unhealthy at once, and it stays so until the GPU is reset (the
-//! backend reports a reset, or the agent restarts after one and finds it
-//! clean): health never comes back by itself in the middle of a fault.
+//! that stopped answering). A fatal finding marks the GPU unhealthy at
+//! once, and it stays so until the GPU is reset (the backend reports a
+//! reset, or the agent restarts after one and finds it clean): health
+//! never comes back by itself in the middle of a fault.
 //! Every change is sent to the scheduler; throttling is shown in telemetry
 //! but is not a fault.
 

@@ -110,16 +110,9 @@ impl AgentMetrics {
                 )
                 .expect("valid metric"),
             ),
-            healthy: register(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "edupool_gpu_healthy",
-                        "1 if the GPU may run jobs, 0 after a fatal health event.",
-                    ),
-                    GPU_LABELS,
-                )
-                .expect("valid metric"),
+            healthy: flag(
+                "edupool_gpu_healthy",
+                "1 if the GPU may run jobs, 0 after a fatal health event.",
             ),
             utilization: gauge(
                 "edupool_gpu_utilization_ratio",

@@ -487,20 +487,21 @@ fn compute_capability(model: &str) -> Option<&'static str> {
     }
 }
 
-fn has_nvlink(model: &str) -> bool {
+/// Whether `model` names one of `kinds` (e.g. "A100" in "A100-80GB").
+fn is_one_of(model: &str, kinds: &[&str]) -> bool {
     let m = model.to_ascii_uppercase();
-    ["H100", "H200", "H800", "A100", "A800", "V100"]
-        .iter()
-        .any(|k| m.contains(k))
+    kinds.iter().any(|k| m.contains(k))
 }
 
 /// Models that remap rows of device memory after errors (Ampere data-centre
 /// GPUs and later); older ones retire pages.
 fn remaps_rows(model: &str) -> bool {
-    let m = model.to_ascii_uppercase();
-    ["H100", "H200", "H800", "A100", "A800"]
-        .iter()
-        .any(|k| m.contains(k))
+    is_one_of(model, &["H100", "H200", "H800", "A100", "A800"])
+}
+
+/// Data-centre GPUs with NVLink: those that remap rows, and the V100.
+fn has_nvlink(model: &str) -> bool {
+    remaps_rows(model) || is_one_of(model, &["V100"])
 }
 
 /// One line of a fault file: a GPU (index or UUID) and what happens to it.
@@ -539,8 +540,7 @@ pub enum Fault {
 /// Parses one line of a fault file: `<gpu> <fault> [value]`, where `<gpu>`
 /// is an index or UUID and `<fault>` is `xid CODE`, `ecc [COUNT]`,
 /// `retire`, `remap`, `remap-failed`, `lost`, `thermal`, `power` or
-/// `reset`. Blank lines and lines
-/// starting with `#` are `None`.
+/// `reset`. Blank lines and lines starting with `#` are `None`.
 pub fn parse_fault_line(line: &str) -> Result<Option<FaultLine>, String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
@@ -592,18 +592,12 @@ fn apply_fault(gpu: &mut SimGpu, fault: &Fault) -> Result<Option<HealthEventKind
             return Ok(Some(HealthEventKind::UncorrectableEcc));
         }
         Fault::RetirePages => gpu.retired_pending = true,
-        Fault::RemapRow | Fault::RemapFailed => {
-            let remap = gpu
-                .remap
-                .as_mut()
-                .ok_or("this model retires pages instead of remapping rows")?;
-            if *fault == Fault::RemapRow {
-                remap.uncorrectable += 1;
-                remap.pending = true;
-            } else {
-                remap.failed = true;
-            }
+        Fault::RemapRow => {
+            let remap = remapping(gpu)?;
+            remap.uncorrectable += 1;
+            remap.pending = true;
         }
+        Fault::RemapFailed => remapping(gpu)?.failed = true,
         Fault::Lost => gpu.lost = true,
         Fault::Throttle(reason) => {
             if !gpu.throttle.iter().any(|r| r == reason) {
@@ -625,6 +619,13 @@ fn apply_fault(gpu: &mut SimGpu, fault: &Fault) -> Result<Option<HealthEventKind
         }
     }
     Ok(None)
+}
+
+/// The GPU's row remapping, or why a fault on it cannot be applied.
+fn remapping(gpu: &mut SimGpu) -> Result<&mut RemappedRows, String> {
+    gpu.remap
+        .as_mut()
+        .ok_or_else(|| "this model retires pages instead of remapping rows".into())
 }
 
 /// How often a waiting [`SimulatedInventory::wait_for_events`] looks at
@@ -888,6 +889,11 @@ mod tests {
         }
     }
 
+    fn append(path: &std::path::Path, text: &str) {
+        let mut file = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+        std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    }
+
     #[test]
     fn faults_from_the_file_become_events_and_telemetry() {
         let dir = tempfile::tempdir().unwrap();
@@ -922,11 +928,7 @@ mod tests {
         assert_eq!(samples[1].ecc_volatile_uncorrected, Some(2));
         assert!(samples[1].retired_pages_pending);
         // The unfinished last line is applied once it is complete.
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        std::io::Write::write_all(&mut file, b"et\n").unwrap();
+        append(&path, "et\n");
         assert_eq!(
             inv.wait_for_events(Duration::from_millis(1)).unwrap(),
             [HealthEvent {
@@ -961,11 +963,7 @@ mod tests {
         assert_eq!(samples[0].remapped_rows, Some(pending));
         assert_eq!(samples[1].remapped_rows, None, "the V100's line is ignored");
 
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .unwrap();
-        std::io::Write::write_all(&mut file, b"0 remap-failed\n0 reset\n").unwrap();
+        append(&path, "0 remap-failed\n0 reset\n");
         inv.wait_for_events(Duration::from_millis(1)).unwrap();
         let after_reset = inv.sample().unwrap()[0].remapped_rows.unwrap();
         assert_eq!(
