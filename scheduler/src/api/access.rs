@@ -39,6 +39,8 @@ pub enum Rpc {
     SuspendTenant,
     ResumeTenant,
     ListAudit,
+    ExportAudit,
+    ListRefusedCalls,
     AgentSession,
     ClusterStatus,
     AddMember,
@@ -61,7 +63,7 @@ const ADMIN: &[Role] = &[Admin];
 const OPERATORS_VIEW: &[Role] = &[Admin, Auditor];
 
 impl Rpc {
-    pub const ALL: [Rpc; 38] = [
+    pub const ALL: [Rpc; 40] = [
         Rpc::SubmitJob,
         Rpc::GetJob,
         Rpc::ListJobs,
@@ -87,6 +89,8 @@ impl Rpc {
         Rpc::SuspendTenant,
         Rpc::ResumeTenant,
         Rpc::ListAudit,
+        Rpc::ExportAudit,
+        Rpc::ListRefusedCalls,
         Rpc::AgentSession,
         Rpc::ClusterStatus,
         Rpc::AddMember,
@@ -111,9 +115,12 @@ impl Rpc {
                 READERS
             }
             Rpc::CancelJob => &[Admin, TenantAdmin, Member],
-            Rpc::ListTenants | Rpc::ListNodes | Rpc::ListAudit | Rpc::GetSettlement => {
-                OPERATORS_VIEW
-            }
+            Rpc::ListTenants
+            | Rpc::ListNodes
+            | Rpc::ListAudit
+            | Rpc::ExportAudit
+            | Rpc::ListRefusedCalls
+            | Rpc::GetSettlement => OPERATORS_VIEW,
             // A tenant's tokens read their own tenant's usage (the handler
             // scopes it); the price book is public to every member.
             Rpc::GetUsageReport | Rpc::ExportUsage | Rpc::ListBudgets | Rpc::ListPrices => READERS,
@@ -157,6 +164,8 @@ impl Rpc {
                 | Rpc::GetTenant
                 | Rpc::ListTokens
                 | Rpc::ListAudit
+                | Rpc::ExportAudit
+                | Rpc::ListRefusedCalls
                 | Rpc::ClusterStatus
                 | Rpc::AgentSession
                 | Rpc::GetUsageReport
@@ -195,6 +204,8 @@ impl Rpc {
             Rpc::SuspendTenant => "tenant.suspend",
             Rpc::ResumeTenant => "tenant.resume",
             Rpc::ListAudit => "audit.list",
+            Rpc::ExportAudit => "audit.export",
+            Rpc::ListRefusedCalls => "audit.refused",
             Rpc::AgentSession => "agent.session",
             Rpc::ClusterStatus => "cluster.status",
             Rpc::AddMember => "cluster.add-member",

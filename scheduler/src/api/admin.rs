@@ -347,6 +347,20 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         self.list_audit_call(req).await
     }
+
+    async fn export_audit(
+        &self,
+        req: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<pb::ExportAuditResponse>, Status> {
+        self.export_audit_call(req).await
+    }
+
+    async fn list_refused_calls(
+        &self,
+        req: Request<pb::ListRefusedCallsRequest>,
+    ) -> Result<Response<pb::ListRefusedCallsResponse>, Status> {
+        self.list_refused_calls_call(req).await
+    }
 }
 
 fn tenant_view(s: &State, name: &str) -> Option<pb::Tenant> {

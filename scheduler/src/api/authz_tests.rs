@@ -403,6 +403,16 @@ async fn call(p: &Pool, rpc: Rpc, secret: &str, member_id: &str) -> &'static str
                 .list_audit(req(secret, pb::ListAuditRequest::default()))
                 .await,
         ),
+        Rpc::ExportAudit => outcome(
+            p.admin
+                .export_audit(req(secret, pb::ExportAuditRequest::default()))
+                .await,
+        ),
+        Rpc::ListRefusedCalls => outcome(
+            p.admin
+                .list_refused_calls(req(secret, pb::ListRefusedCallsRequest::default()))
+                .await,
+        ),
         // The session handler's first step; a stream cannot be built here.
         Rpc::AgentSession => outcome(p.jobs.auth.authorize(&req(secret, ()), rpc).await),
         Rpc::ClusterStatus => outcome(
@@ -541,6 +551,8 @@ RevokeToken     ok       denied   ok       denied   denied
 SuspendTenant   ok       denied   denied   denied   denied
 ResumeTenant    ok       denied   denied   denied   denied
 ListAudit       ok       ok       denied   denied   denied
+ExportAudit     ok       ok       denied   denied   denied
+ListRefusedCalls ok      ok       denied   denied   denied
 AgentSession    denied   denied   denied   denied   ok
 ClusterStatus   ok       ok       ok       ok       denied
 AddMember       invalid  denied   denied   denied   denied
@@ -701,10 +713,10 @@ async fn a_member_controls_only_its_own_jobs_and_denials_are_audited() {
         .await
         .is_ok());
     let denied = p.replica.read(|s| {
-        s.audit()
-            .any(|r| r.action == "job.cancel" && r.target == job && r.actor.name == "bob")
+        s.refused_calls()
+            .any(|r| r.action == "job.cancel" && r.last_target == job && r.actor.name == "bob")
     });
-    assert!(denied, "the denied cancel is in the audit trail");
+    assert!(denied, "the denied cancel is counted with its target");
     let suspend = p
         .admin
         .suspend_tenant(req(
@@ -717,9 +729,9 @@ async fn a_member_controls_only_its_own_jobs_and_denials_are_audited() {
         .await;
     assert_eq!(outcome(suspend), "denied");
     let recorded = p.replica.read(|s| {
-        s.audit().any(|r| {
+        s.refused_calls().any(|r| {
             r.action == "tenant.suspend"
-                && r.target == "a"
+                && r.last_target == "a"
                 && r.actor.role == Some(Role::Member)
                 && matches!(r.result, crate::state::AuditResult::Denied(_))
         })

@@ -8,7 +8,9 @@ use super::admin::Admin;
 use super::convert::truncate;
 use super::{new_token, status, token_hash, Caller, Rpc};
 use crate::control::now_millis;
-use crate::state::{ApiToken, AuditRecord, AuditResult, Command, JobId, Role, State};
+use crate::state::{
+    ApiToken, AuditGap, AuditRecord, AuditResult, Command, JobId, RefusedCalls, Role, State,
+};
 
 /// Longest token name and suspension reason, in bytes.
 const MAX_TEXT: usize = 256;
@@ -263,6 +265,109 @@ impl Admin {
             newest
         });
         Ok(Response::new(pb::ListAuditResponse { records }))
+    }
+
+    /// Accepted records after `after_seq`, oldest first. A position whose
+    /// records were dropped is OUT_OF_RANGE, so an export never skips
+    /// records without being told.
+    pub(super) async fn export_audit_call(
+        &self,
+        req: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<pb::ExportAuditResponse>, Status> {
+        self.auth.authorize(&req, Rpc::ExportAudit).await?;
+        super::read_barrier(&self.replica, &req).await?;
+        let r = req.into_inner();
+        let limit = match r.limit as usize {
+            0 => DEFAULT_AUDIT_LIMIT,
+            n => n.min(MAX_AUDIT_LIMIT),
+        };
+        self.replica.read(|s| {
+            let records = s
+                .audit_after(r.after_seq)
+                .map_err(gap_status)?
+                .take(limit)
+                .map(audit_view)
+                .collect();
+            Ok(Response::new(pb::ExportAuditResponse {
+                records,
+                last_seq: s.last_audit_seq(),
+            }))
+        })
+    }
+
+    /// The refused-call aggregates that match, most recently seen first.
+    pub(super) async fn list_refused_calls_call(
+        &self,
+        req: Request<pb::ListRefusedCallsRequest>,
+    ) -> Result<Response<pb::ListRefusedCallsResponse>, Status> {
+        self.auth.authorize(&req, Rpc::ListRefusedCalls).await?;
+        super::read_barrier(&self.replica, &req).await?;
+        let f = req.into_inner();
+        let (calls, dropped) = self.replica.read(|s| {
+            let mut calls: Vec<&RefusedCalls> = s
+                .refused_calls()
+                .filter(|c| refused_matches(c, &f))
+                .collect();
+            calls.sort_by(|a, b| b.last_at.cmp(&a.last_at));
+            let calls = calls.into_iter().map(refused_view).collect();
+            (calls, s.audit_dropped().refused)
+        });
+        Ok(Response::new(pb::ListRefusedCallsResponse {
+            calls,
+            dropped,
+        }))
+    }
+}
+
+fn gap_status(gap: AuditGap) -> Status {
+    match gap {
+        AuditGap::Dropped {
+            first_missing,
+            oldest,
+        } => Status::out_of_range(format!(
+            "audit records {first_missing} to {} were dropped before they were read \
+             (retention or the record bound); the oldest kept is {oldest}: \
+             export from after {} to go on past the gap",
+            oldest - 1,
+            oldest - 1
+        )),
+        AuditGap::Ahead { last } => Status::out_of_range(format!(
+            "there is no audit record after that yet: the newest is {last} \
+             (a position from another pool, or from a state that was reset?)"
+        )),
+    }
+}
+
+fn refused_matches(c: &RefusedCalls, f: &pb::ListRefusedCallsRequest) -> bool {
+    let tenant_ok = f.tenant.is_empty() || c.actor.tenant.as_deref() == Some(f.tenant.as_str());
+    let actor_ok = f.actor.is_empty() || c.actor.token == f.actor || c.actor.name == f.actor;
+    let action_ok = f.action.is_empty()
+        || c.action == f.action
+        || (f.action.ends_with('.') && c.action.starts_with(&f.action));
+    tenant_ok && actor_ok && action_ok
+}
+
+fn refused_view(c: &RefusedCalls) -> pb::RefusedCalls {
+    let detail = match &c.result {
+        AuditResult::Ok => String::new(),
+        AuditResult::Rejected(d) | AuditResult::Denied(d) => d.clone(),
+    };
+    pb::RefusedCalls {
+        actor_token: c.actor.token.clone(),
+        actor_name: c.actor.name.clone(),
+        actor_role: c
+            .actor
+            .role
+            .map(|r| r.name().to_string())
+            .unwrap_or_default(),
+        actor_tenant: c.actor.tenant.clone().unwrap_or_default(),
+        action: c.action.clone(),
+        result: c.result.name().into(),
+        detail,
+        last_target: c.last_target.clone(),
+        first_at_ms: c.first_at,
+        last_at_ms: c.last_at,
+        count: c.count,
     }
 }
 

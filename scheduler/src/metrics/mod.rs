@@ -5,6 +5,7 @@
 //!   replicated `State` at scrape time by one function.
 //! - `edge`: counters and histograms updated where things happen.
 //! - `grpc`: the tower layer that counts API calls by method and code.
+//! - `audit`: what the replicated audit trail dropped, at scrape time.
 //! - `jobs`: the observer that turns applied effects into job metrics.
 //! - `http`: the `/metrics` HTTP listener.
 //!
@@ -12,6 +13,7 @@
 //! `_bytes`); no label ever carries a job id. docs/monitoring.md lists
 //! every metric with the dashboards and alerts built on them.
 
+mod audit;
 mod budget;
 mod edge;
 mod grpc;

@@ -56,6 +56,7 @@ pub fn families(state: &State, now: Millis) -> Vec<MetricFamily> {
     out.extend(node_families(state));
     out.extend(tenant_families(state, now));
     out.extend(super::budget::families(state, now));
+    out.extend(super::audit::families(state));
     out
 }
 

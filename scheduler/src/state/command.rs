@@ -3,8 +3,9 @@
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+use super::audit::{Actor, AuditResult};
 use super::ledger::{Budget, PriceChange};
-use super::security::{Actor, ApiToken, AuditResult};
+use super::security::ApiToken;
 use super::types::{
     Capacity, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis, NodeLabels, Quota,
 };

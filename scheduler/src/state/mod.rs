@@ -4,6 +4,7 @@
 //! I/O and reads no clock: `at` is the time stamped on the log entry, so
 //! every replica that applies the same log ends in the same state.
 
+mod audit;
 pub mod billing;
 mod command;
 mod free;
@@ -16,6 +17,8 @@ mod run_table;
 mod security;
 mod types;
 
+#[cfg(test)]
+mod audit_tests;
 #[cfg(test)]
 mod ledger_tests;
 #[cfg(test)]
@@ -30,6 +33,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use audit::{
+    Actor, AuditDropped, AuditGap, AuditRecord, AuditResult, RefusedCalls, AUDIT_FIELD_BYTES,
+    AUDIT_KEEP_MS, AUDIT_MAX_RECORDS, AUDIT_REFUSED_KEYS,
+};
 pub use command::{
     Command, Effect, Outcome, Rejection, TaskPlacement, ARRAY_INDEX_ENV, ARRAY_JOB_ID_ENV,
     ARRAY_SIZE_ENV, MAX_ARRAY,
@@ -41,9 +48,7 @@ pub use ledger::{
 };
 use lifecycle::TaskEnd;
 pub use queues::{Queues, TenantQueue};
-pub use security::{
-    Actor, ApiToken, AuditRecord, AuditResult, Role, Suspension, TokenGrant, AUDIT_RETENTION,
-};
+pub use security::{ApiToken, Role, Suspension, TokenGrant};
 pub use types::*;
 
 /// The result of applying one command: an outcome and effects, or a

@@ -1,44 +1,23 @@
 //! API tokens and their roles, tenant suspension (the kill switch), and
-//! the audit trail: the replicated half of the scheduler's access control.
+//! the stores of the audit trail: the replicated half of the scheduler's
+//! access control.
 //!
 //! Tokens are kept only as SHA-256 hashes. Expiry is a time stamped on the
 //! token; the state never reads a clock, so the API edge compares it with
-//! its own. The audit trail is append-only: records are added by
-//! `Command::Audited` (an action and its result, whether it succeeded or
-//! was rejected) and `Command::RecordAudit` (a denial, or an action outside
-//! the state), and only the oldest beyond `AUDIT_RETENTION` are dropped.
+//! its own. How the audit trail is kept (retention, refused calls) is in
+//! `audit`.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{Command, Effect, Outcome, Rejection};
+use super::audit::{AuditDropped, AuditRecord, RefusedCalls};
+use super::command::{Effect, Outcome, Rejection};
 use super::lifecycle::stop_tasks;
 use super::{Applied, JobId, JobState, Millis, State};
-
-/// How many audit records the state keeps; older ones are dropped as new
-/// ones arrive (docs/security.md, "Audit trail").
-pub const AUDIT_RETENTION: usize = 10_000;
-
-/// The longest text field of an audit record, in bytes.
-pub const AUDIT_FIELD_BYTES: usize = 512;
-
-/// `text` cut to at most `AUDIT_FIELD_BYTES` on a character boundary,
-/// marked with `...` where it was cut.
-fn clip(mut text: String) -> String {
-    if text.len() > AUDIT_FIELD_BYTES {
-        let mut end = AUDIT_FIELD_BYTES - 3;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("...");
-    }
-    text
-}
 
 /// What a token may do (docs/security.md, "Roles").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -126,50 +105,6 @@ pub struct Suspension {
     pub by: String,
 }
 
-/// Who did something: the token and what it stood for then.
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Actor {
-    pub token: String,
-    pub name: String,
-    pub role: Option<Role>,
-    pub tenant: Option<String>,
-}
-
-/// How an audited action ended.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "detail", rename_all = "snake_case")]
-pub enum AuditResult {
-    Ok,
-    /// The state refused it (unknown object, wrong state, ...).
-    Rejected(String),
-    /// The caller's role or tenant did not allow it.
-    Denied(String),
-}
-
-impl AuditResult {
-    pub fn name(&self) -> &'static str {
-        match self {
-            AuditResult::Ok => "ok",
-            AuditResult::Rejected(_) => "rejected",
-            AuditResult::Denied(_) => "denied",
-        }
-    }
-}
-
-/// One record of the audit trail.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditRecord {
-    /// 1 and up, never reused.
-    pub seq: u64,
-    pub at: Millis,
-    pub actor: Actor,
-    /// e.g. `job.submit`, `token.revoke`, `tenant.suspend`.
-    pub action: String,
-    /// What it acted on: a job id, a tenant, a node, a token id.
-    pub target: String,
-    pub result: AuditResult,
-}
-
 /// The security part of the replicated state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Security {
@@ -182,9 +117,16 @@ pub struct Security {
     /// Who submitted each job (token id), for members' control of their
     /// own. Shared strings, like the records below, so a snapshot's copy
     /// of the state does not copy each one.
-    owners: std::collections::BTreeMap<JobId, Arc<str>>,
-    audit: VecDeque<Arc<AuditRecord>>,
-    last_audit: u64,
+    pub(super) owners: std::collections::BTreeMap<JobId, Arc<str>>,
+    /// Accepted actions, oldest first (`audit`).
+    pub(super) audit: VecDeque<Arc<AuditRecord>>,
+    pub(super) last_audit: u64,
+    /// Refused calls, one aggregate per caller, action and result.
+    #[serde(default)]
+    pub(super) refused: BTreeMap<String, RefusedCalls>,
+    /// What retention and the bounds dropped, for the metric.
+    #[serde(default)]
+    pub(super) audit_dropped: AuditDropped,
 }
 
 /// A token as the API edge sees it when a caller presents it.
@@ -273,11 +215,6 @@ impl State {
     /// more, and the record would otherwise grow with the pool's history.
     pub(super) fn forget_owner(&mut self, job: JobId) {
         self.security.owners.remove(&job);
-    }
-
-    /// The retained audit trail, oldest first.
-    pub fn audit(&self) -> impl DoubleEndedIterator<Item = &AuditRecord> {
-        self.security.audit.iter().map(|r| &**r)
     }
 
     // ------------------------------------------------------------ writes
@@ -402,86 +339,5 @@ impl State {
         }
         self.security.suspended.remove(tenant);
         Ok((Outcome::Tenant(tenant.to_string()), vec![]))
-    }
-
-    /// Applies an audited action and records it with its result. A
-    /// rejected action changes nothing but its audit record.
-    pub(super) fn audited(
-        &mut self,
-        actor: Actor,
-        action: String,
-        target: String,
-        cmd: Command,
-        at: Millis,
-    ) -> Applied {
-        let applied = self.apply(cmd, at);
-        let (target, result) = match &applied {
-            Ok((outcome, _)) => {
-                let target = match outcome {
-                    Outcome::Job(id) if target.is_empty() => {
-                        if action == "job.submit" {
-                            self.security
-                                .owners
-                                .insert(*id, Arc::from(actor.token.as_str()));
-                        }
-                        id.to_string()
-                    }
-                    Outcome::Jobs { first, count } if target.is_empty() => {
-                        let ids = (first.0..first.0 + u64::from(*count)).map(JobId);
-                        if action == "job.submit" {
-                            for id in ids {
-                                self.security
-                                    .owners
-                                    .insert(id, Arc::from(actor.token.as_str()));
-                            }
-                        }
-                        let last = JobId(first.0 + u64::from(*count) - 1);
-                        format!("{first}..{last}")
-                    }
-                    Outcome::Token(id) if target.is_empty() => id.clone(),
-                    _ => target,
-                };
-                (target, AuditResult::Ok)
-            }
-            Err(r) => (target, AuditResult::Rejected(r.to_string())),
-        };
-        self.record_audit(actor, action, target, result, at);
-        applied
-    }
-
-    pub(super) fn record_audit(
-        &mut self,
-        actor: Actor,
-        action: String,
-        target: String,
-        result: AuditResult,
-        at: Millis,
-    ) {
-        // A record's text comes partly from callers (a rejected tenant
-        // name, say): each field is clipped, so the trail's size stays
-        // bounded by its retention.
-        let result = match result {
-            AuditResult::Ok => AuditResult::Ok,
-            AuditResult::Rejected(d) => AuditResult::Rejected(clip(d)),
-            AuditResult::Denied(d) => AuditResult::Denied(clip(d)),
-        };
-        let actor = Actor {
-            token: clip(actor.token),
-            name: clip(actor.name),
-            role: actor.role,
-            tenant: actor.tenant.map(clip),
-        };
-        self.security.last_audit += 1;
-        self.security.audit.push_back(Arc::new(AuditRecord {
-            seq: self.security.last_audit,
-            at,
-            actor,
-            action: clip(action),
-            target: clip(target),
-            result,
-        }));
-        while self.security.audit.len() > AUDIT_RETENTION {
-            self.security.audit.pop_front();
-        }
     }
 }
