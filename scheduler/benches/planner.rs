@@ -45,6 +45,7 @@ fn spec(gpus: u32, class: JobClass) -> JobSpec {
         gpu_fraction: 0,
         constraints: Constraints::default(),
         requeue_on_preempt: true,
+        secret_env: Default::default(),
     }
 }
 

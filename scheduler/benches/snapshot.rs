@@ -42,6 +42,7 @@ fn spec(i: usize) -> JobSpec {
         gpu_fraction: 0,
         constraints: Constraints::default(),
         requeue_on_preempt: true,
+        secret_env: Default::default(),
     }
 }
 

@@ -54,6 +54,8 @@ pub fn start_message(s: &State, id: JobId, node: &str) -> Option<pb::SchedulerMe
     }
     let nodes: Vec<String> = j.nodes().map(String::from).collect();
     let mut env = j.spec.env.clone();
+    // The agent gets secret values like any other: only reads mask them.
+    env.extend(j.spec.secret_env.0.clone());
     env.insert("EDUPOOL_TASK_INDEX".into(), index.to_string());
     env.insert("EDUPOOL_TASK_COUNT".into(), nodes.len().to_string());
     env.insert("EDUPOOL_TASK_NODES".into(), nodes.join(","));

@@ -23,13 +23,13 @@ use crate::sessions::Sessions;
 use crate::state::tests_support::{gpus, spec};
 use crate::state::{Actor, ApiToken, Command, JobClass, JobId, Outcome, Role};
 
-const ADMIN_SECRET: &str = "admin-secret-0123456789";
+pub(super) const ADMIN_SECRET: &str = "admin-secret-0123456789";
 const AGENT_SECRET: &str = "agent-secret-0123456789";
 
-struct Pool {
-    replica: Replica,
-    jobs: Jobs,
-    admin: Admin,
+pub(super) struct Pool {
+    pub(super) replica: Replica,
+    pub(super) jobs: Jobs,
+    pub(super) admin: Admin,
     cluster: Cluster,
     usage: Usage,
     stop: CancellationToken,
@@ -38,7 +38,7 @@ struct Pool {
 }
 
 impl Pool {
-    async fn start() -> Pool {
+    pub(super) async fn start() -> Pool {
         Self::start_with(JobLimits::default()).await
     }
 
@@ -112,7 +112,7 @@ impl Pool {
         pool
     }
 
-    async fn propose(&self, cmd: Command) -> Outcome {
+    pub(super) async fn propose(&self, cmd: Command) -> Outcome {
         self.replica
             .propose(cmd)
             .await
@@ -120,7 +120,7 @@ impl Pool {
     }
 
     /// A token with a known secret (`secret-<name>`); returns its id.
-    async fn token(&self, name: &str, role: Role, tenant: Option<&str>) -> String {
+    pub(super) async fn token(&self, name: &str, role: Role, tenant: Option<&str>) -> String {
         let token = ApiToken {
             id: String::new(),
             name: name.into(),
@@ -160,14 +160,14 @@ impl Pool {
         }
     }
 
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.stop.cancel();
         self.tasks.close();
         self.tasks.wait().await;
     }
 }
 
-fn req<T>(secret: &str, body: T) -> Request<T> {
+pub(super) fn req<T>(secret: &str, body: T) -> Request<T> {
     let mut r = Request::new(body);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {secret}").parse().unwrap());

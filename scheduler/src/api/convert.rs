@@ -10,7 +10,7 @@ use thiserror::Error;
 use crate::planner::accounting::TenantReport;
 use crate::state::{
     Constraints, GpuInfo, Job, JobClass, JobSpec, JobState, JobUsage, Millis, Node, NodeLabels,
-    NodeStatus, OnNodeLost, Quota, WHOLE_GPU,
+    NodeStatus, OnNodeLost, Quota, SecretEnv, WHOLE_GPU,
 };
 
 /// Bounds on what a job spec may hold, and the pool's defaults.
@@ -84,6 +84,8 @@ pub enum SpecError {
     ReservedEnv(String),
     #[error("environment variable {0} contains a NUL byte")]
     NulInEnv(String),
+    #[error("environment variable {0} is in both env and secret_env; give it once")]
+    EnvInBoth(String),
     #[error("the environment has {count} variables ({bytes} bytes); at most {MAX_ENV_VARS} variables and {MAX_ENV_BYTES} bytes are allowed")]
     EnvTooLarge { count: usize, bytes: usize },
     #[error("gpu_fraction is {0} thousandths; use 1-999 (a part of one GPU), or 0 for whole GPUs")]
@@ -202,6 +204,7 @@ pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec
     }
     let (nodes, constraints) = policy_fields(&mut spec, limits)?;
     let env = check_env(spec.env)?;
+    let secret_env = check_secret_env(spec.secret_env, &env)?;
     let class = match pb::JobClass::try_from(spec.class) {
         Ok(pb::JobClass::Unspecified | pb::JobClass::Batch) => JobClass::Batch,
         Ok(pb::JobClass::Inference) => JobClass::Inference,
@@ -247,6 +250,7 @@ pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec
         gpu_fraction: spec.gpu_fraction,
         constraints,
         requeue_on_preempt: !spec.no_requeue_on_preempt,
+        secret_env,
     })
 }
 
@@ -305,6 +309,28 @@ fn check_env(
         out.insert(k, v);
     }
     Ok(out)
+}
+
+/// Secret variables follow the rules of `env`, share its size limit, and
+/// name no variable `env` has (which value wins would be a guess).
+fn check_secret_env(
+    secret: std::collections::HashMap<String, String>,
+    env: &BTreeMap<String, String>,
+) -> Result<SecretEnv, SpecError> {
+    let secret = check_env(secret)?;
+    if let Some(k) = secret.keys().find(|k| env.contains_key(*k)) {
+        return Err(SpecError::EnvInBoth(k.clone()));
+    }
+    let count = env.len() + secret.len();
+    let bytes: usize = env
+        .iter()
+        .chain(&secret)
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    if count > MAX_ENV_VARS || bytes > MAX_ENV_BYTES {
+        return Err(SpecError::EnvTooLarge { count, bytes });
+    }
+    Ok(SecretEnv(secret))
 }
 
 /// Names of jobs and nodes: letters, digits, '-', '_', '.'.
@@ -446,6 +472,8 @@ pub fn spec(s: &JobSpec) -> pb::JobSpec {
         preferred_site: s.constraints.preferred_site.clone().unwrap_or_default(),
         data_level: u32::from(s.constraints.data_level),
         no_requeue_on_preempt: !s.requeue_on_preempt,
+        // Write-only: a read shows the names, never the values.
+        secret_env: s.secret_env.masked().collect(),
     }
 }
 

@@ -101,6 +101,7 @@ fn job_spec() -> impl Strategy<Value = pb::JobSpec> {
                 preferred_site: preferred,
                 data_level: level % 6,
                 no_requeue_on_preempt: no_requeue,
+                secret_env: Default::default(),
             },
         )
 }

@@ -18,6 +18,8 @@ pub mod usage;
 mod authz_tests;
 #[cfg(test)]
 mod convert_proptests;
+#[cfg(test)]
+mod secret_env_tests;
 
 use std::time::{Duration, Instant};
 

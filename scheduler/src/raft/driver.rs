@@ -1394,6 +1394,7 @@ mod tests {
             gpu_fraction: 0,
             constraints: Default::default(),
             requeue_on_preempt: true,
+            secret_env: Default::default(),
         };
         let out = r
             .propose(Command::SubmitJob {

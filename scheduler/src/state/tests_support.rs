@@ -65,6 +65,7 @@ pub fn spec(gpus: u32, class: JobClass) -> JobSpec {
         gpu_fraction: 0,
         constraints: Constraints::default(),
         requeue_on_preempt: true,
+        secret_env: Default::default(),
     }
 }
 

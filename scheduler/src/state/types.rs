@@ -94,6 +94,33 @@ pub struct JobSpec {
     /// Go back to the queue when preempted (default), or end `failed`.
     #[serde(default = "yes")]
     pub requeue_on_preempt: bool,
+    /// Write-only variables: given to the job's process with `env`, never
+    /// shown by a read (docs/security.md, "Secret environment values").
+    #[serde(default)]
+    pub secret_env: SecretEnv,
+}
+
+/// Secret environment variables of a job. Kept in the replicated spec so
+/// that whichever replica leads can start the job; its `Debug` shows the
+/// names only, so a logged spec leaks no value.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SecretEnv(pub BTreeMap<String, String>);
+
+impl SecretEnv {
+    /// What a read shows in place of a value.
+    pub const MASK: &'static str = "***";
+
+    /// The names, each with the mask for its value.
+    pub fn masked(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.0.keys().map(|k| (k.clone(), Self::MASK.to_string()))
+    }
+}
+
+impl std::fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.masked()).finish()
+    }
 }
 
 fn one() -> u32 {

@@ -371,6 +371,7 @@ impl Replay<'_> {
                 gpu_fraction: 0,
                 constraints: Constraints::default(),
                 requeue_on_preempt: true,
+                secret_env: Default::default(),
             };
             let cmd = Command::SubmitJob {
                 tenant: self.members[job.tenant].name.clone(),
