@@ -10,6 +10,7 @@
 //! on_node_lost: requeue       # requeue | fail; default requeue
 //! max_retries: 3              # optional
 //! env: { DATASET: /data/x }   # optional
+//! secret_env: { HF_TOKEN: hf_x } # optional; write-only: reads show ***
 //! # Policy (docs/policy.md), all optional:
 //! nodes: 2                    # a gang: this many tasks of `gpus` each, one per node, one site
 //! priority: 5                 # order among your own jobs of one class; higher first
@@ -215,6 +216,14 @@ pub struct JobFile {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values the scheduler never shows again
+    /// (docs/security.md, "Secret environment values").
+    #[serde(
+        default,
+        deserialize_with = "scalar_map",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub secret_env: BTreeMap<String, String>,
     /// Tasks of a gang, one per node, all in one site; 1 when `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<u32>,
@@ -263,6 +272,7 @@ impl JobFile {
             on_node_lost: NodeLostPolicy::default(),
             max_retries: None,
             env: BTreeMap::new(),
+            secret_env: BTreeMap::new(),
             nodes: None,
             priority: 0,
             gpu_fraction: None,
@@ -316,15 +326,20 @@ impl JobFile {
         }
         whole_seconds("walltime", self.walltime)?;
         whole_seconds("grace_period", self.grace_period)?;
-        for (key, value) in &self.env {
-            if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(JobFileError::InvalidEnvName(key.clone()));
+        for (table, vars) in [("env", &self.env), ("secret_env", &self.secret_env)] {
+            for (key, value) in vars {
+                if key.is_empty() || key.contains('=') || key.contains('\0') {
+                    return Err(JobFileError::InvalidEnvName(key.clone()));
+                }
+                if value.contains('\0') {
+                    return Err(JobFileError::NulByte {
+                        field: format!("{table}.{key}"),
+                    });
+                }
             }
-            if value.contains('\0') {
-                return Err(JobFileError::NulByte {
-                    field: format!("env.{key}"),
-                });
-            }
+        }
+        if let Some(key) = self.secret_env.keys().find(|k| self.env.contains_key(*k)) {
+            return Err(JobFileError::EnvInBoth(key.clone()));
         }
         Ok(())
     }
@@ -338,6 +353,11 @@ impl JobFile {
             command: self.command.clone(),
             env: self
                 .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            secret_env: self
+                .secret_env
                 .iter()
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
@@ -400,6 +420,35 @@ pub fn load(path: &Path) -> Result<JobFile, JobFileError> {
     })
 }
 
+/// Reads `NAME=VALUE` lines (blank lines and `#` comments skipped) for
+/// `--secret-env-file`, so that values stay out of the shell's history
+/// and the process list. No error repeats a line: it may hold a value.
+pub fn load_secret_env(path: &Path) -> Result<BTreeMap<String, String>, JobFileError> {
+    let text = std::fs::read_to_string(path).map_err(|error| JobFileError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    let mut vars = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        match line.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => {
+                vars.insert(key.trim().to_owned(), value.to_owned());
+            }
+            _ => {
+                return Err(JobFileError::BadSecretLine {
+                    path: path.to_owned(),
+                    line: i + 1,
+                })
+            }
+        }
+    }
+    Ok(vars)
+}
+
 /// Why a job file (or a job given with command-line flags) was refused.
 /// Each message is one line for a person and carries its cause.
 #[derive(Debug, thiserror::Error)]
@@ -455,6 +504,10 @@ pub enum JobFileError {
     },
     #[error("invalid environment variable name {0:?}")]
     InvalidEnvName(String),
+    #[error("environment variable {0} is in both env and secret_env; give it once")]
+    EnvInBoth(String),
+    #[error("{}, line {line}: expected NAME=VALUE (the line is not shown: it may hold a secret)", path.display())]
+    BadSecretLine { path: PathBuf, line: usize },
     #[error("{field} contains a NUL byte")]
     NulByte { field: String },
     #[error("unknown job class {0:?}; expected inference, training, batch or scavenger")]
@@ -655,6 +708,38 @@ DEBUG = true
 
     fn toml_err(text: &str) -> String {
         parse(text, JobFileFormat::Toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_secret_env_table_becomes_the_specs_secret_env() {
+        let yaml = "command: [a]\ngpus: 1\nenv: { A: '1' }\nsecret_env: { TOKEN: s3cr3t, N: 7 }\n";
+        let toml = "command = [\"a\"]\ngpus = 1\n[env]\nA = \"1\"\n[secret_env]\nTOKEN = \"s3cr3t\"\nN = 7\n";
+        for (text, format) in [(yaml, JobFileFormat::Yaml), (toml, JobFileFormat::Toml)] {
+            let spec = parse(text, format).unwrap().to_spec().unwrap();
+            assert_eq!(spec.env.len(), 1);
+            assert_eq!(
+                spec.secret_env.get("TOKEN").map(String::as_str),
+                Some("s3cr3t")
+            );
+            assert_eq!(spec.secret_env.get("N").map(String::as_str), Some("7"));
+        }
+        assert_eq!(
+            yaml_err("command: [a]\ngpus: 1\nenv: { T: x }\nsecret_env: { T: y }\n"),
+            "environment variable T is in both env and secret_env; give it once"
+        );
+    }
+
+    #[test]
+    fn a_secret_env_file_is_name_value_lines_and_its_errors_show_no_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secrets.env");
+        std::fs::write(&path, "# keys\n\nTOKEN=a=b\n  OTHER = x\n").unwrap();
+        let vars = load_secret_env(&path).unwrap();
+        assert_eq!(vars.get("TOKEN").map(String::as_str), Some("a=b"));
+        assert_eq!(vars.get("OTHER").map(String::as_str), Some(" x"));
+        std::fs::write(&path, "TOKEN=ok\nhunter2\n").unwrap();
+        let err = load_secret_env(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2") && !err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -16,11 +16,13 @@
 //!   `job explain`.
 //! - [`usage`]: usage reports, settlement and export; prices and budgets.
 //! - [`security`]: API tokens, the tenant kill switch and the audit trail.
+//! - [`audit`]: the audit trail's export and its refused-call aggregates.
 //! - The crate root: names of the protocol's enums (`pending`, `training`,
 //!   ...) in both directions.
 //!
 //! The command-line parsing itself (clap) lives only in `src/main.rs`.
 
+pub mod audit;
 pub mod client;
 pub mod cluster;
 pub mod commands;

@@ -11,6 +11,7 @@ use edupool_proto::v1::{
     JobSpec, JobState, LogStream, NodeLabels, SetBudgetRequest, SetPricesRequest,
 };
 use edupoolctl::{
+    audit::RefusedFilter,
     client::{self, ConnectOptions, DEFAULT_ENDPOINT},
     commands::{CommandError, Ctl, JobFilter, NodeAction},
     jobfile::{self, Class, JobFile, NodeLostPolicy},
@@ -200,6 +201,35 @@ enum AuditCommand {
         /// At most this many records [default: 1000]
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
+    },
+    /// Every accepted record after a sequence number, oldest first, one
+    /// JSON line each; fails, naming the range, if some were dropped
+    #[command(after_help = "Examples:\n  \
+        edupoolctl audit export --after 0 >> audit.jsonl\n  \
+        edupoolctl audit export --after \"$(tail -n1 audit.jsonl | jq .seq)\" --follow >> audit.jsonl")]
+    Export {
+        /// Records after this sequence number [default: 0, from the first]
+        #[arg(long, default_value_t = 0, value_name = "SEQ")]
+        after: u64,
+        /// Keep going: poll for new records until stopped
+        #[arg(long)]
+        follow: bool,
+        /// How often --follow asks for new records
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        poll: Duration,
+    },
+    /// Refused calls (rejected or denied), counted per caller, action and
+    /// result, most recently seen first
+    Refused {
+        /// Calls of this tenant's tokens
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Calls of this token (id or name)
+        #[arg(long)]
+        actor: Option<String>,
+        /// This action, or a prefix ending in '.'
+        #[arg(long)]
+        action: Option<String>,
     },
 }
 
@@ -409,6 +439,15 @@ struct SubmitArgs {
     /// An environment variable for the job (repeatable)
     #[arg(long = "env", short = 'e', value_name = "KEY=VALUE", value_parser = parse_env)]
     env: Vec<(String, String)>,
+
+    /// A secret environment variable (repeatable): the job gets it, reads
+    /// show *** (prefer --secret-env-file: a flag is in the process list)
+    #[arg(long = "secret-env", value_name = "KEY=VALUE", value_parser = parse_secret_env)]
+    secret_env: Vec<(String, String)>,
+
+    /// Secret environment variables from a file of KEY=VALUE lines
+    #[arg(long = "secret-env-file", value_name = "FILE")]
+    secret_env_file: Option<PathBuf>,
 
     /// What to do if the job's node is lost [default without -f: requeue]
     #[arg(
@@ -743,6 +782,11 @@ fn parse_env(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// `parse_env` for a secret: its error never repeats the text.
+fn parse_secret_env(text: &str) -> Result<(String, String), String> {
+    parse_env(text).map_err(|_| "expected KEY=VALUE (the text is not shown)".to_string())
+}
+
 /// The job file (if any) with the flags laid over it.
 fn build_spec(args: SubmitArgs) -> anyhow::Result<JobSpec> {
     let mut file = match &args.file {
@@ -774,6 +818,10 @@ fn build_spec(args: SubmitArgs) -> anyhow::Result<JobSpec> {
         file.max_retries = Some(retries);
     }
     file.env.extend(args.env);
+    if let Some(path) = &args.secret_env_file {
+        file.secret_env.extend(jobfile::load_secret_env(path)?);
+    }
+    file.secret_env.extend(args.secret_env);
     let p = args.policy;
     file.nodes = p.nodes.or(file.nodes);
     file.priority = p.priority.unwrap_or(file.priority);
@@ -1072,6 +1120,25 @@ async fn dispatch(
             })
             .await?;
         }
+        Command::Audit(AuditCommand::Export {
+            after,
+            follow,
+            poll,
+        }) => {
+            ctl.export_audit(*after, follow.then_some(*poll)).await?;
+        }
+        Command::Audit(AuditCommand::Refused {
+            tenant,
+            actor,
+            action,
+        }) => {
+            ctl.list_refused_calls(RefusedFilter {
+                tenant: tenant.clone(),
+                actor: actor.clone(),
+                action: action.clone(),
+            })
+            .await?;
+        }
         Command::Usage(u) => usage_dispatch(ctl, u, usage_format).await?,
         Command::Price(PriceCommand::Set {
             effective_from,
@@ -1284,6 +1351,42 @@ mod tests {
         assert_eq!(spec.command, ["a"]);
         assert_eq!(spec.gpus, 4);
         assert_eq!(spec.env.len(), 2);
+    }
+
+    #[test]
+    fn secret_env_comes_from_flags_and_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.env");
+        std::fs::write(&path, "FROM_FILE=f\nBOTH=file\n").unwrap();
+        let path = path.to_str().unwrap();
+        let spec = submit_spec(&[
+            "job",
+            "submit",
+            "--gpus",
+            "1",
+            "--secret-env-file",
+            path,
+            "--secret-env",
+            "BOTH=flag",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(spec.secret_env["FROM_FILE"], "f");
+        assert_eq!(spec.secret_env["BOTH"], "flag", "a flag overrides the file");
+        assert!(spec.env.is_empty());
+        let err = parse(&[
+            "job",
+            "submit",
+            "--gpus",
+            "1",
+            "--secret-env",
+            "NOVALUE",
+            "--",
+            "x",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
     }
 
     #[test]

@@ -322,6 +322,20 @@ impl AdminService for Mock {
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         Err(Status::unimplemented("not in this test"))
     }
+
+    async fn export_audit(
+        &self,
+        _: Request<pb::ExportAuditRequest>,
+    ) -> Result<Response<pb::ExportAuditResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
+
+    async fn list_refused_calls(
+        &self,
+        _: Request<pb::ListRefusedCallsRequest>,
+    ) -> Result<Response<pb::ListRefusedCallsResponse>, Status> {
+        Err(Status::unimplemented("not in this test"))
+    }
 }
 
 struct Running {
