@@ -208,7 +208,7 @@ enum AuditCommand {
         edupoolctl audit export --after 0 >> audit.jsonl\n  \
         edupoolctl audit export --after \"$(tail -n1 audit.jsonl | jq .seq)\" --follow >> audit.jsonl")]
     Export {
-        /// Records after this sequence number [default: 0, from the first]
+        /// Records after this sequence number (0: from the first)
         #[arg(long, default_value_t = 0, value_name = "SEQ")]
         after: u64,
         /// Keep going: poll for new records until stopped

@@ -56,6 +56,10 @@ pub struct JobView {
     pub gpus: u32,
     pub command: Vec<String>,
     pub env: BTreeMap<String, String>,
+    /// Secret variables' names, each with `***`: the scheduler never
+    /// returns a value.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secret_env: BTreeMap<String, String>,
     /// `null`: the pool's default.
     pub walltime_seconds: Option<u64>,
     /// `null`: the pool's default.
@@ -103,6 +107,7 @@ impl From<&Job> for JobView {
             gpus: spec.gpus,
             command: spec.command,
             env: spec.env.into_iter().collect(),
+            secret_env: spec.secret_env.into_iter().collect(),
             walltime_seconds: non_zero(spec.walltime_seconds),
             grace_period_seconds: non_zero(spec.grace_period_seconds),
             on_node_lost: on_node_lost_name(spec.on_node_lost).to_owned(),
@@ -407,6 +412,11 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
     }
     for (k, v) in env {
         fields.push(("env", format!("{k}={}", shell_quote(v))));
+    }
+    let mut secret: Vec<&String> = spec.secret_env.keys().collect();
+    secret.sort();
+    for k in secret {
+        fields.push(("secret env", format!("{k}=***")));
     }
     fields.extend([
         ("walltime", seconds(spec.walltime_seconds)),
