@@ -278,3 +278,140 @@ fn one_tenants_flood_does_not_rate_limit_another_and_the_kill_switch_stops_its_w
     assert!(has(&trail, "tenant.resume", "calm"), "{trail:?}");
     Ok(())
 }
+
+/// Every ctl read of the job and of the audit trail, as text.
+fn reads_of(at: &str, token: &str, id: &str) -> Vec<(String, String)> {
+    let reads: [&[&str]; 5] = [
+        &["job", "get", id],
+        &["job", "list"],
+        &["job", "explain", id],
+        &["audit", "list"],
+        &["audit", "export", "--after", "0"],
+    ];
+    reads
+        .iter()
+        .map(|args| {
+            let out = Cluster::ctl_at(at, token, &[&["--output", "json"], *args].concat());
+            let text = String::from_utf8_lossy(&out.stdout).to_string()
+                + &String::from_utf8_lossy(&out.stderr);
+            (args.join(" "), text)
+        })
+        .collect()
+}
+
+#[test]
+fn a_secret_env_value_reaches_the_job_after_a_failover_and_no_read_shows_it() -> Result<()> {
+    const VALUE: &str = "s3cr3t-0b7e41";
+    let mut c = Cluster::start(3, &[])?;
+    let leader = c.leader(WAIT)?;
+    let all = c.endpoints();
+    Cluster::ctl_json(&all, ADMIN_TOKEN, &["tenant", "create", "zju"])?;
+    let (_, member) = create_token(&all, &["--role", "member", "--tenant", "zju"])?;
+    let (_, auditor) = create_token(&all, &["--role", "auditor"])?;
+    let dir = tempfile::tempdir()?;
+    let secrets = dir.path().join("secrets.env");
+    std::fs::write(&secrets, format!("API_KEY={VALUE}\n"))?;
+    let _agent = c.agent("n1", "1xA100-80GB", dir.path())?;
+    Cluster::wait_for_nodes(&all, 1, WAIT)?;
+    // Submitted while the only node is cordoned, so the job waits, and the
+    // replica that places it is not the one that accepted it.
+    Cluster::ctl_json(&all, ADMIN_TOKEN, &["node", "cordon", "n1"])?;
+    let job = Cluster::ctl_json(
+        &all,
+        &member,
+        &[
+            "job",
+            "submit",
+            "--gpus",
+            "1",
+            "--env",
+            "PLAIN=shown",
+            "--secret-env-file",
+            &secrets.to_string_lossy(),
+            "--",
+            "sh",
+            "-c",
+            "echo \"key=$API_KEY plain=$PLAIN\"",
+        ],
+    )?;
+    assert!(!job.to_string().contains(VALUE), "{job}");
+    let id = job["id"].as_str().expect("an id").to_string();
+    c.kill9(leader);
+    let next = c.leader(WAIT)?;
+    let at = c.endpoint(next);
+    Cluster::ctl_json(&at, ADMIN_TOKEN, &["node", "uncordon", "n1"])?;
+    eventually("the job to succeed", WAIT, || {
+        let v = Cluster::ctl_json(&at, &member, &["job", "get", &id]).ok()?;
+        (v["state"] == "succeeded").then_some(())
+    })?;
+    let logs = Cluster::ctl_at(&at, &member, &["job", "logs", &id]);
+    let logs = String::from_utf8_lossy(&logs.stdout);
+    assert!(
+        logs.contains(&format!("key={VALUE} plain=shown")),
+        "the job's log: {logs:?}"
+    );
+    for (token, who) in [
+        (&member, "member"),
+        (&auditor, "auditor"),
+        (&ADMIN_TOKEN.to_string(), "admin"),
+    ] {
+        for (read, text) in reads_of(&at, token, &id) {
+            assert!(
+                !text.contains(VALUE),
+                "`{read}` as {who} shows the secret: {text}"
+            );
+        }
+    }
+    let got = Cluster::ctl_json(&at, &member, &["job", "get", &id])?;
+    assert!(
+        got.to_string().contains("API_KEY"),
+        "the name is shown: {got}"
+    );
+    Ok(())
+}
+
+#[test]
+fn refused_calls_are_counted_apart_and_the_export_has_every_record_in_order() -> Result<()> {
+    let c = Cluster::start(1, &[])?;
+    let at = c.endpoint(1);
+    c.leader(WAIT)?;
+    Cluster::ctl_json(&at, ADMIN_TOKEN, &["tenant", "create", "zju"])?;
+    let (id, member) = create_token(&at, &["--role", "member", "--tenant", "zju"])?;
+    for n in 0..20 {
+        let out = Cluster::ctl_at(&at, &member, &["job", "cancel", &format!("j-{}", 900 + n)]);
+        assert!(!out.status.success());
+    }
+    let refused = Cluster::ctl_json(&at, ADMIN_TOKEN, &["audit", "refused", "--actor", &id])?;
+    let refused = refused.as_array().expect("a list");
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["action"], "job.cancel");
+    assert_eq!(refused[0]["count"], 20);
+    assert_eq!(refused[0]["last_target"], "j-919");
+
+    let out = Cluster::ctl_at(&at, ADMIN_TOKEN, &["audit", "export", "--after", "0"]);
+    assert!(out.status.success(), "{out:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let seqs: Vec<u64> = lines.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|r| r["result"] == "ok"), "{lines:?}");
+    assert!(has(&lines, "tenant.create", "zju"), "{lines:?}");
+    assert!(has(&lines, "token.create", &id), "{lines:?}");
+    // Past the newest: an explicit error, not an empty answer.
+    let ahead = seqs.len() + 5;
+    let out = Cluster::ctl_at(
+        &at,
+        ADMIN_TOKEN,
+        &["audit", "export", "--after", &ahead.to_string()],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no audit record after that"), "{err}");
+    Ok(())
+}
