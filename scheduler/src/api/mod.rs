@@ -230,13 +230,13 @@ impl Auth {
     }
 
     /// The caller, if its role admits `rpc`. A denied mutating call is
-    /// recorded in the audit trail (where this replica can write).
+    /// counted among the refused calls (where this replica can write).
     pub async fn authorize<T>(&self, req: &Request<T>, rpc: Rpc) -> Result<Caller, Status> {
         self.authorize_on(req, rpc, "").await
     }
 
     /// `authorize` for a call on `target` (a tenant, node, job or token),
-    /// which a denial's audit record names.
+    /// which a denial's refused-call count names as its latest target.
     pub async fn authorize_on<T>(
         &self,
         req: &Request<T>,
@@ -252,7 +252,7 @@ impl Auth {
         }
     }
 
-    /// A PERMISSION_DENIED for `why`, recorded in the audit trail when the
+    /// A PERMISSION_DENIED for `why`, counted among the refused calls when the
     /// call would have changed something.
     pub async fn deny(&self, caller: &Caller, rpc: Rpc, target: &str, why: String) -> Status {
         if rpc.is_mutating() {

@@ -308,7 +308,7 @@ impl Admin {
                 .refused_calls()
                 .filter(|c| refused_matches(c, &f))
                 .collect();
-            calls.sort_by(|a, b| b.last_at.cmp(&a.last_at));
+            calls.sort_by_key(|c| std::cmp::Reverse(c.last_at));
             let calls = calls.into_iter().map(refused_view).collect();
             (calls, s.audit_dropped().refused)
         });

@@ -171,7 +171,7 @@ impl State {
     }
 
     /// Applies an audited action and records it with its result. A
-    /// rejected action changes nothing but its audit record.
+    /// rejected action changes nothing but its refused-call count.
     pub(super) fn audited(
         &mut self,
         actor: Actor,

@@ -168,8 +168,9 @@ pub enum Command {
         target: String,
         cmd: Box<Command>,
     },
-    /// Appends an audit record only: a denied call, or an action that is
-    /// not a state change (replica set membership).
+    /// Records an action that is not a state change (replica set
+    /// membership) in the audit trail, or counts a denied or failed call
+    /// among the refused calls.
     RecordAudit {
         actor: Actor,
         action: String,
