@@ -17,6 +17,7 @@ use crate::{
     client::{describe_status, Clients},
     job_state_name,
     output::{self, JobView, NewTenantView, NodeView, OutputFormat, TenantView},
+    paging,
 };
 
 /// How often `job logs --follow` asks for more once it has read everything.
@@ -148,20 +149,24 @@ impl<W: Write> Ctl<W> {
         Ok(job)
     }
 
-    /// `job list`.
+    /// `job list`: newest first, every page up to the limit.
     pub async fn list_jobs(&mut self, filter: JobFilter) -> Result<Vec<Job>, CommandError> {
-        let request = ListJobsRequest {
-            states: filter.states.iter().map(|s| *s as i32).collect(),
-            tenant: filter.tenant.unwrap_or_default(),
-            limit: filter.limit.unwrap_or(0),
-        };
-        let jobs = self
-            .clients
-            .jobs
-            .list_jobs(request)
-            .await?
-            .into_inner()
-            .jobs;
+        let states: Vec<i32> = filter.states.iter().map(|s| *s as i32).collect();
+        let tenant = filter.tenant.unwrap_or_default();
+        let limited = filter.limit.is_some();
+        let client = &mut self.clients.jobs;
+        let jobs = paging::walk(filter.limit.map(|n| n as usize), async |token, want| {
+            let request = ListJobsRequest {
+                states: states.clone(),
+                tenant: tenant.clone(),
+                limit: 0,
+                page_size: paging::page_size(limited, want),
+                page_token: token,
+            };
+            let r = client.list_jobs(request).await?.into_inner();
+            Ok::<_, CommandError>((r.jobs, r.next_page_token))
+        })
+        .await?;
         match self.format {
             OutputFormat::Table if jobs.is_empty() => writeln!(self.out, "no jobs")?,
             OutputFormat::Table => self
@@ -285,13 +290,16 @@ impl<W: Write> Ctl<W> {
 
     /// `node list`.
     pub async fn list_nodes(&mut self) -> Result<Vec<Node>, CommandError> {
-        let nodes = self
-            .clients
-            .admin
-            .list_nodes(ListNodesRequest {})
-            .await?
-            .into_inner()
-            .nodes;
+        let client = &mut self.clients.admin;
+        let nodes = paging::walk(None, async |page_token, _| {
+            let request = ListNodesRequest {
+                page_size: 0,
+                page_token,
+            };
+            let r = client.list_nodes(request).await?.into_inner();
+            Ok::<_, CommandError>((r.nodes, r.next_page_token))
+        })
+        .await?;
         match self.format {
             OutputFormat::Table if nodes.is_empty() => writeln!(self.out, "no nodes")?,
             OutputFormat::Table => self
@@ -404,13 +412,16 @@ impl<W: Write> Ctl<W> {
 
     /// `tenant list`.
     pub async fn list_tenants(&mut self) -> Result<Vec<Tenant>, CommandError> {
-        let tenants = self
-            .clients
-            .admin
-            .list_tenants(ListTenantsRequest {})
-            .await?
-            .into_inner()
-            .tenants;
+        let client = &mut self.clients.admin;
+        let tenants = paging::walk(None, async |page_token, _| {
+            let request = ListTenantsRequest {
+                page_size: 0,
+                page_token,
+            };
+            let r = client.list_tenants(request).await?.into_inner();
+            Ok::<_, CommandError>((r.tenants, r.next_page_token))
+        })
+        .await?;
         match self.format {
             OutputFormat::Table if tenants.is_empty() => writeln!(self.out, "no tenants")?,
             OutputFormat::Table => self

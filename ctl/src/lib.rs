@@ -10,6 +10,7 @@
 //! - [`commands`]: one method per CLI command, writing its result to any
 //!   [`Write`](std::io::Write).
 //! - [`output`]: tables for people and JSON views for scripts.
+//! - [`paging`]: reading a list call's pages up to a limit.
 //! - [`pki`]: the alliance CA and the node, replica and server certificates
 //!   it issues (`edupoolctl pki`).
 //! - [`policy`]: tenants' quotas, shares and class caps, node labels and
@@ -28,6 +29,7 @@ pub mod cluster;
 pub mod commands;
 pub mod jobfile;
 pub mod output;
+pub mod paging;
 pub mod pki;
 pub mod policy;
 pub mod security;

@@ -12,6 +12,10 @@ use serde::Serialize;
 
 use crate::commands::{CommandError, Ctl};
 use crate::output::{self, OutputFormat, Table};
+use crate::paging;
+
+/// Audit records `audit list` shows when no --limit is given.
+const DEFAULT_AUDIT_LIMIT: usize = 1000;
 
 /// What `token create` asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -234,15 +238,18 @@ impl<W: Write> Ctl<W> {
         &mut self,
         tenant: Option<String>,
     ) -> Result<Vec<ApiToken>, CommandError> {
-        let tokens = self
-            .clients
-            .admin
-            .list_tokens(ListTokensRequest {
-                tenant: tenant.unwrap_or_default(),
-            })
-            .await?
-            .into_inner()
-            .tokens;
+        let tenant = tenant.unwrap_or_default();
+        let client = &mut self.clients.admin;
+        let tokens = paging::walk(None, async |page_token, _| {
+            let request = ListTokensRequest {
+                tenant: tenant.clone(),
+                page_size: 0,
+                page_token,
+            };
+            let r = client.list_tokens(request).await?.into_inner();
+            Ok::<_, CommandError>((r.tokens, r.next_page_token))
+        })
+        .await?;
         match self.format {
             OutputFormat::Table if tokens.is_empty() => writeln!(self.out, "no tokens")?,
             OutputFormat::Table => self.out.write_all(token_table(&tokens).as_bytes())?,
@@ -324,20 +331,30 @@ impl<W: Write> Ctl<W> {
         &mut self,
         filter: AuditFilter,
     ) -> Result<Vec<AuditRecord>, CommandError> {
-        let records = self
-            .clients
-            .admin
-            .list_audit(ListAuditRequest {
-                tenant: filter.tenant.unwrap_or_default(),
-                actor: filter.actor.unwrap_or_default(),
-                action: filter.action.unwrap_or_default(),
-                since_ms: filter.since_ms.unwrap_or(0),
-                until_ms: filter.until_ms.unwrap_or(0),
-                limit: filter.limit.unwrap_or(0),
-            })
-            .await?
-            .into_inner()
-            .records;
+        let base = ListAuditRequest {
+            tenant: filter.tenant.unwrap_or_default(),
+            actor: filter.actor.unwrap_or_default(),
+            action: filter.action.unwrap_or_default(),
+            since_ms: filter.since_ms.unwrap_or(0),
+            until_ms: filter.until_ms.unwrap_or(0),
+            ..Default::default()
+        };
+        let limit = filter.limit.map_or(DEFAULT_AUDIT_LIMIT, |n| n as usize);
+        let client = &mut self.clients.admin;
+        // Pages walk back in time, each oldest first: collected newest
+        // first, then turned around.
+        let mut records = paging::walk(Some(limit), async |page_token, want| {
+            let request = ListAuditRequest {
+                page_size: want,
+                page_token,
+                ..base.clone()
+            };
+            let r = client.list_audit(request).await?.into_inner();
+            let newest_first = r.records.into_iter().rev().collect();
+            Ok::<_, CommandError>((newest_first, r.next_page_token))
+        })
+        .await?;
+        records.reverse();
         match self.format {
             OutputFormat::Table if records.is_empty() => {
                 writeln!(self.out, "no audit records match")?

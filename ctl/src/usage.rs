@@ -9,12 +9,13 @@ use std::io::Write;
 use edupool_proto::v1::{
     BudgetState, BudgetsResponse, EquityDiscount, ExportUsageRequest, GpuHourPrice, LedgerRecord,
     ListBudgetsRequest, ListPricesRequest, PriceBookResponse, SetBudgetRequest, SetPricesRequest,
-    SettlementRequest, UsageReportRequest,
+    SettlementRequest, UsageReportRequest, UsageReportResponse,
 };
 use serde::Serialize;
 
 use crate::commands::{CommandError, Ctl};
 use crate::output::Table;
+use crate::paging;
 
 /// How usage commands print: the global table/json, plus CSV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -514,17 +515,32 @@ impl<W: Write> Ctl<W> {
         by: &str,
         format: UsageFormat,
     ) -> Result<ReportView, CommandError> {
-        let r = self
-            .clients
-            .usage
-            .get_usage_report(UsageReportRequest {
-                tenant: tenant.unwrap_or_default().to_string(),
-                from_ms,
-                to_ms,
-                by: by.to_string(),
-            })
-            .await?
-            .into_inner();
+        let base = UsageReportRequest {
+            tenant: tenant.unwrap_or_default().to_string(),
+            from_ms,
+            to_ms,
+            by: by.to_string(),
+            ..Default::default()
+        };
+        let client = &mut self.clients.usage;
+        let mut first: Option<UsageReportResponse> = None;
+        let rows = paging::walk(None, async |page_token, _| {
+            let request = UsageReportRequest {
+                page_token,
+                ..base.clone()
+            };
+            let mut r = client.get_usage_report(request).await?.into_inner();
+            let rows = std::mem::take(&mut r.rows);
+            let next = r.next_page_token.clone();
+            first.get_or_insert(r);
+            Ok::<_, CommandError>((rows, next))
+        })
+        .await?;
+        // Currency and budgets come with the first page.
+        let r = UsageReportResponse {
+            rows,
+            ..first.unwrap_or_default()
+        };
         let rows: Vec<ReportRowView> = r
             .rows
             .iter()
@@ -677,17 +693,21 @@ impl<W: Write> Ctl<W> {
         to_ms: i64,
         format: UsageFormat,
     ) -> Result<Vec<RecordView>, CommandError> {
-        let r = self
-            .clients
-            .usage
-            .export_usage(ExportUsageRequest {
-                tenant: tenant.unwrap_or_default().to_string(),
+        let tenant = tenant.unwrap_or_default().to_string();
+        let client = &mut self.clients.usage;
+        let records = paging::walk(None, async |page_token, _| {
+            let request = ExportUsageRequest {
+                tenant: tenant.clone(),
                 from_ms,
                 to_ms,
-            })
-            .await?
-            .into_inner();
-        let views: Vec<RecordView> = r.records.iter().map(RecordView::from).collect();
+                page_size: 0,
+                page_token,
+            };
+            let r = client.export_usage(request).await?.into_inner();
+            Ok::<_, CommandError>((r.records, r.next_page_token))
+        })
+        .await?;
+        let views: Vec<RecordView> = records.iter().map(RecordView::from).collect();
         match format {
             UsageFormat::Json => self.write_json(&views)?,
             UsageFormat::Table | UsageFormat::Csv => self.write_text(&export_csv(&views))?,
@@ -711,13 +731,20 @@ impl<W: Write> Ctl<W> {
 
     /// `price list`: every price version, oldest first.
     pub async fn list_prices(&mut self) -> Result<(), CommandError> {
-        let book = self
-            .clients
-            .usage
-            .list_prices(ListPricesRequest {})
-            .await?
-            .into_inner();
-        self.print_prices(&book)
+        let client = &mut self.clients.usage;
+        let versions = paging::walk(None, async |page_token, _| {
+            let request = ListPricesRequest {
+                page_size: 0,
+                page_token,
+            };
+            let r = client.list_prices(request).await?.into_inner();
+            Ok::<_, CommandError>((r.versions, r.next_page_token))
+        })
+        .await?;
+        self.print_prices(&PriceBookResponse {
+            versions,
+            next_page_token: String::new(),
+        })
     }
 
     fn print_budgets(&mut self, r: &BudgetsResponse) -> Result<(), CommandError> {
@@ -742,15 +769,25 @@ impl<W: Write> Ctl<W> {
 
     /// `budget list`: budgets and this period's spending.
     pub async fn list_budgets(&mut self, tenant: Option<&str>) -> Result<(), CommandError> {
-        let r = self
-            .clients
-            .usage
-            .list_budgets(ListBudgetsRequest {
-                tenant: tenant.unwrap_or_default().to_string(),
-            })
-            .await?
-            .into_inner();
-        self.print_budgets(&r)
+        let tenant = tenant.unwrap_or_default().to_string();
+        let client = &mut self.clients.usage;
+        let mut currency = String::new();
+        let budgets = paging::walk(None, async |page_token, _| {
+            let request = ListBudgetsRequest {
+                tenant: tenant.clone(),
+                page_size: 0,
+                page_token,
+            };
+            let r = client.list_budgets(request).await?.into_inner();
+            currency = r.currency;
+            Ok::<_, CommandError>((r.budgets, r.next_page_token))
+        })
+        .await?;
+        self.print_budgets(&BudgetsResponse {
+            currency,
+            budgets,
+            next_page_token: String::new(),
+        })
     }
 }
 

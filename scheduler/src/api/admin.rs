@@ -6,7 +6,7 @@ use edupool_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, truncate, valid_tenant_name};
-use super::{new_token, status, token_hash, Auth, Caller, Rpc};
+use super::{new_token, paging, status, token_hash, Auth, Caller, Rpc};
 use crate::control::now_millis;
 use crate::planner::accounting;
 use crate::raft::Replica;
@@ -120,12 +120,19 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         self.auth.authorize(&req, Rpc::ListTenants).await?;
         super::read_barrier(&self.replica, &req).await?;
-        let tenants = self.replica.read(|s| {
-            s.tenants()
-                .filter_map(|t| tenant_view(s, &t.name))
-                .collect()
+        let r = req.into_inner();
+        let page = paging::request::<String>("tenants", paging::SMALL, r.page_size, &r.page_token)?;
+        let (tenants, next_page_token) = self.replica.read(|s| {
+            let after = s
+                .tenants()
+                .filter(|t| page.after.as_ref().is_none_or(|a| t.name > *a))
+                .filter_map(|t| Some((t.name.clone(), tenant_view(s, &t.name)?)));
+            paging::cut("tenants", page.size, after)
         });
-        Ok(Response::new(pb::ListTenantsResponse { tenants }))
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants,
+            next_page_token,
+        }))
     }
 
     async fn list_nodes(
@@ -134,10 +141,19 @@ impl AdminService for Admin {
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
         self.auth.authorize(&req, Rpc::ListNodes).await?;
         super::read_barrier(&self.replica, &req).await?;
-        let nodes = self
-            .replica
-            .read(|s| s.nodes().map(|n| self.node_view(s, n)).collect());
-        Ok(Response::new(pb::ListNodesResponse { nodes }))
+        let r = req.into_inner();
+        let page = paging::request::<String>("nodes", paging::SMALL, r.page_size, &r.page_token)?;
+        let (nodes, next_page_token) = self.replica.read(|s| {
+            let after = s
+                .nodes()
+                .filter(|n| page.after.as_ref().is_none_or(|a| n.name > *a))
+                .map(|n| (n.name.clone(), self.node_view(s, n)));
+            paging::cut("nodes", page.size, after)
+        });
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes,
+            next_page_token,
+        }))
     }
 
     async fn cordon_node(

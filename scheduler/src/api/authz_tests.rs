@@ -260,12 +260,12 @@ async fn call(p: &Pool, rpc: Rpc, secret: &str, member_id: &str) -> &'static str
         ),
         Rpc::ListTenants => outcome(
             p.admin
-                .list_tenants(req(secret, pb::ListTenantsRequest {}))
+                .list_tenants(req(secret, pb::ListTenantsRequest::default()))
                 .await,
         ),
         Rpc::ListNodes => outcome(
             p.admin
-                .list_nodes(req(secret, pb::ListNodesRequest {}))
+                .list_nodes(req(secret, pb::ListNodesRequest::default()))
                 .await,
         ),
         Rpc::CordonNode => outcome(
@@ -456,6 +456,7 @@ async fn call(p: &Pool, rpc: Rpc, secret: &str, member_id: &str) -> &'static str
                         from_ms: 0,
                         to_ms: 1,
                         by: "day".into(),
+                        ..Default::default()
                     },
                 ))
                 .await,
@@ -479,6 +480,7 @@ async fn call(p: &Pool, rpc: Rpc, secret: &str, member_id: &str) -> &'static str
                         tenant: String::new(),
                         from_ms: 0,
                         to_ms: 1,
+                        ..Default::default()
                     },
                 ))
                 .await,
@@ -497,7 +499,7 @@ async fn call(p: &Pool, rpc: Rpc, secret: &str, member_id: &str) -> &'static str
         ),
         Rpc::ListPrices => outcome(
             p.usage
-                .list_prices(req(secret, pb::ListPricesRequest {}))
+                .list_prices(req(secret, pb::ListPricesRequest::default()))
                 .await,
         ),
         Rpc::SetBudget => outcome(

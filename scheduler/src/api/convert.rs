@@ -9,8 +9,8 @@ use thiserror::Error;
 
 use crate::planner::accounting::TenantReport;
 use crate::state::{
-    Constraints, GpuInfo, Job, JobClass, JobSpec, JobState, JobUsage, Millis, Node, NodeLabels,
-    NodeStatus, OnNodeLost, Quota, SecretEnv, WHOLE_GPU,
+    Constraints, GpuInfo, Job, JobClass, JobId, JobSpec, JobState, JobUsage, Millis, Node,
+    NodeLabels, NodeStatus, OnNodeLost, Quota, SecretEnv, WHOLE_GPU,
 };
 
 /// Bounds on what a job spec may hold, and the pool's defaults.
@@ -349,7 +349,9 @@ pub fn valid_tenant_name(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
 }
 
-/// Shortens hostile input before it is echoed back in an error.
+/// Shortens hostile input before it is echoed back in an error: the one
+/// helper every message that quotes a caller's input goes through, so no
+/// error carries more than 64 bytes of it (escaped).
 pub fn truncate(s: &str) -> String {
     const MAX: usize = 64;
     if s.len() <= MAX {
@@ -360,6 +362,24 @@ pub fn truncate(s: &str) -> String {
         end -= 1;
     }
     format!("{}...", s[..end].escape_debug())
+}
+
+/// A free-text field a caller sets (a reason, a token's name): at most
+/// `max` bytes and no control characters, or INVALID_ARGUMENT naming it.
+pub fn free_text(field: &str, value: &str, max: usize) -> Result<(), tonic::Status> {
+    if value.len() > max {
+        return Err(tonic::Status::invalid_argument(format!(
+            "{field} is {} bytes long; at most {max} are allowed",
+            value.len()
+        )));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return Err(tonic::Status::invalid_argument(format!(
+            "{field} contains the control character {}; use printable text on one line",
+            c.escape_unicode()
+        )));
+    }
+    Ok(())
 }
 
 /// A reason reported by an agent, kept for people to read: control
@@ -383,11 +403,32 @@ pub fn reported_reason(s: &str) -> String {
     }
 }
 
+/// A job in full, as `GetJob` gives it.
 pub fn job(j: &Job) -> pb::Job {
+    job_with(j, spec(&j.spec))
+}
+
+/// A job as lists give it: the spec without its command and environment,
+/// which may be large (up to 64 KiB each).
+pub fn job_summary(j: &Job) -> pb::Job {
+    job_with(j, spec_summary(&j.spec))
+}
+
+/// A job id from a request; a bad one is INVALID_ARGUMENT, echoed bounded.
+pub fn job_id(s: &str) -> Result<JobId, tonic::Status> {
+    s.parse().map_err(|_| {
+        tonic::Status::invalid_argument(format!(
+            "'{}' is not a job id; job ids look like j-42",
+            truncate(s)
+        ))
+    })
+}
+
+fn job_with(j: &Job, spec: pb::JobSpec) -> pb::Job {
     pb::Job {
         id: j.id.to_string(),
         tenant: j.tenant.clone(),
-        spec: Some(spec(&j.spec)),
+        spec: Some(spec),
         state: job_state(j.state) as i32,
         // A requeued job keeps its last run's tasks (for its logs), but it
         // holds no node or GPU while it waits.
@@ -450,9 +491,20 @@ pub fn usage(r: &pb::JobReport) -> JobUsage {
 
 pub fn spec(s: &JobSpec) -> pb::JobSpec {
     pb::JobSpec {
-        name: s.name.clone(),
         command: s.command.clone(),
         env: s.env.clone().into_iter().collect(),
+        // Write-only: a read shows the names, never the values.
+        secret_env: s.secret_env.masked().collect(),
+        ..spec_summary(s)
+    }
+}
+
+/// The spec without its command and environments.
+fn spec_summary(s: &JobSpec) -> pb::JobSpec {
+    pb::JobSpec {
+        name: s.name.clone(),
+        command: vec![],
+        env: Default::default(),
         gpus: s.gpus,
         class: job_class(s.class) as i32,
         walltime_seconds: s.walltime_secs,
@@ -472,8 +524,7 @@ pub fn spec(s: &JobSpec) -> pb::JobSpec {
         preferred_site: s.constraints.preferred_site.clone().unwrap_or_default(),
         data_level: u32::from(s.constraints.data_level),
         no_requeue_on_preempt: !s.requeue_on_preempt,
-        // Write-only: a read shows the names, never the values.
-        secret_env: s.secret_env.masked().collect(),
+        secret_env: Default::default(),
     }
 }
 

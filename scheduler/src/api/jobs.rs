@@ -12,7 +12,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, JobLimits};
-use super::{status, Auth, Caller, Rpc};
+use super::{paging, status, Auth, Caller, Rpc};
 use crate::raft::Replica;
 use crate::sessions::Sessions;
 use crate::state::{Command, Effect, Job, JobId, Outcome, MAX_ARRAY};
@@ -34,7 +34,7 @@ pub struct Jobs {
 impl Jobs {
     /// The job if the caller may see it; NOT_FOUND otherwise.
     fn visible_job(&self, caller: &Caller, id: &str) -> Result<Job, Status> {
-        let id: JobId = id.parse().map_err(Status::invalid_argument)?;
+        let id: JobId = convert::job_id(id)?;
         self.replica
             .read(|s| s.job(id).cloned())
             .filter(|j| caller.sees_tenant(&j.tenant))
@@ -184,20 +184,24 @@ impl JobService for Jobs {
                     .ok_or_else(|| Status::invalid_argument(format!("unknown job state {s}")))?,
             );
         }
-        let limit = if r.limit == 0 {
-            usize::MAX
+        let size = if r.page_size == 0 {
+            r.limit
         } else {
-            r.limit as usize
+            r.page_size
         };
-        let jobs = self.replica.read(|s| {
-            s.jobs()
+        let page = paging::request::<JobId>("jobs", paging::SMALL, size, &r.page_token)?;
+        let (jobs, next_page_token) = self.replica.read(|s| {
+            let matching = s
+                .jobs_newest_first(page.after)
                 .filter(|j| tenant.as_deref().is_none_or(|t| j.tenant == t))
                 .filter(|j| states.is_empty() || states.contains(&j.state))
-                .take(limit)
-                .map(convert::job)
-                .collect()
+                .map(|j| (j.id, convert::job_summary(j)));
+            paging::cut("jobs", page.size, matching)
         });
-        Ok(Response::new(pb::ListJobsResponse { jobs }))
+        Ok(Response::new(pb::ListJobsResponse {
+            jobs,
+            next_page_token,
+        }))
     }
 
     async fn cancel_job(
@@ -211,12 +215,8 @@ impl JobService for Jobs {
             .await?;
         let tenant = caller.tenant_scope().map(str::to_string);
         let r = req.into_inner();
-        let job: JobId = r.id.parse().map_err(Status::invalid_argument)?;
-        if r.reason.len() > 1024 {
-            return Err(Status::invalid_argument(
-                "the reason is longer than 1024 bytes",
-            ));
-        }
+        let job: JobId = convert::job_id(&r.id)?;
+        convert::free_text("reason", &r.reason, 1024)?;
         self.check_member_owns(&caller, job).await?;
         self.replica
             .propose(caller.audited(

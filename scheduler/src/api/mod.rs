@@ -10,6 +10,7 @@ pub mod agents;
 pub mod cluster;
 pub mod convert;
 pub mod jobs;
+pub mod paging;
 pub mod retry_info;
 pub mod security;
 pub mod usage;

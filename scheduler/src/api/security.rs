@@ -5,8 +5,8 @@ use edupool_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::admin::Admin;
-use super::convert::truncate;
-use super::{new_token, status, token_hash, Caller, Rpc};
+use super::convert::{free_text, truncate};
+use super::{new_token, paging, status, token_hash, Caller, Rpc};
 use crate::control::now_millis;
 use crate::state::{
     ApiToken, AuditGap, AuditRecord, AuditResult, Command, JobId, RefusedCalls, Role, State,
@@ -14,7 +14,7 @@ use crate::state::{
 
 /// Longest token name and suspension reason, in bytes.
 const MAX_TEXT: usize = 256;
-/// Audit records a list returns when it names no limit, and at most.
+/// Audit records an export returns when it names no limit, and at most.
 const DEFAULT_AUDIT_LIMIT: usize = 1000;
 const MAX_AUDIT_LIMIT: usize = 10_000;
 
@@ -25,7 +25,12 @@ impl Admin {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let caller = self.auth.authorize(&req, Rpc::CreateToken).await?;
         let r = req.into_inner();
-        let role: Role = r.role.parse().map_err(Status::invalid_argument)?;
+        let role: Role = r.role.parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "unknown role '{}': use admin, tenant-admin, member, auditor or agent",
+                truncate(&r.role)
+            ))
+        })?;
         let tenant = (!r.tenant.is_empty()).then(|| r.tenant.clone());
         if role.is_tenant_role() && tenant.is_none() {
             return Err(Status::invalid_argument(format!(
@@ -37,11 +42,7 @@ impl Admin {
                 "a {role} token is not a tenant's: leave out --tenant"
             )));
         }
-        if r.name.len() > MAX_TEXT || r.name.contains(char::is_control) {
-            return Err(Status::invalid_argument(format!(
-                "the token name must be at most {MAX_TEXT} bytes without control characters"
-            )));
-        }
+        free_text("name", &r.name, MAX_TEXT)?;
         // A tenant-admin hands out its own tenant's tokens, nothing more.
         if caller.role == Role::TenantAdmin {
             if !role.is_tenant_role() {
@@ -108,16 +109,31 @@ impl Admin {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         let caller = self.auth.authorize(&req, Rpc::ListTokens).await?;
         super::read_barrier(&self.replica, &req).await?;
-        let want = req.into_inner().tenant;
-        let tokens = self.replica.read(|s| {
-            s.api_tokens()
-                .iter()
+        let r = req.into_inner();
+        let want = r.tenant;
+        if caller
+            .tenant_scope()
+            .is_some_and(|own| !want.is_empty() && own != want)
+        {
+            return Err(Status::permission_denied(
+                "a tenant's token can list only its own tenant's tokens",
+            ));
+        }
+        let page = paging::request::<String>("tokens", paging::SMALL, r.page_size, &r.page_token)?;
+        let (tokens, next_page_token) = self.replica.read(|s| {
+            let matching = s
+                .api_tokens()
+                .into_iter()
+                .filter(|t| page.after.as_ref().is_none_or(|a| t.id > *a))
                 .filter(|t| visible_token(&caller, t))
                 .filter(|t| want.is_empty() || t.tenant.as_deref() == Some(want.as_str()))
-                .map(token_view)
-                .collect()
+                .map(|t| (t.id.clone(), token_view(&t)));
+            paging::cut("tokens", page.size, matching)
         });
-        Ok(Response::new(pb::ListTokensResponse { tokens }))
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens,
+            next_page_token,
+        }))
     }
 
     pub(super) async fn revoke_token_call(
@@ -165,11 +181,7 @@ impl Admin {
             .authorize_on(&req, Rpc::SuspendTenant, &target)
             .await?;
         let r = req.into_inner();
-        if r.reason.len() > MAX_TEXT {
-            return Err(Status::invalid_argument(format!(
-                "the reason is longer than {MAX_TEXT} bytes"
-            )));
-        }
+        free_text("reason", &r.reason, MAX_TEXT)?;
         let placed = |s: &State| {
             s.jobs()
                 .filter(|j| j.tenant == r.tenant && j.state.is_placed())
@@ -249,22 +261,27 @@ impl Admin {
                 "until is before since: the time range is empty",
             ));
         }
-        let limit = match f.limit as usize {
-            0 => DEFAULT_AUDIT_LIMIT,
-            n => n.min(MAX_AUDIT_LIMIT),
+        let size = if f.page_size == 0 {
+            f.limit
+        } else {
+            f.page_size
         };
-        let records = self.replica.read(|s| {
-            let mut newest: Vec<pb::AuditRecord> = s
+        let page = paging::request::<u64>("audit", paging::BULK, size, &f.page_token)?;
+        let (mut records, next_page_token) = self.replica.read(|s| {
+            let older = s
                 .audit()
                 .rev()
+                .filter(|r| page.after.is_none_or(|a| r.seq < a))
                 .filter(|r| audit_matches(s, r, &f))
-                .take(limit)
-                .map(audit_view)
-                .collect();
-            newest.reverse();
-            newest
+                .map(|r| (r.seq, audit_view(r)));
+            paging::cut("audit", page.size, older)
         });
-        Ok(Response::new(pb::ListAuditResponse { records }))
+        // Pages walk back in time; within one, oldest first.
+        records.reverse();
+        Ok(Response::new(pb::ListAuditResponse {
+            records,
+            next_page_token,
+        }))
     }
 
     /// Accepted records after `after_seq`, oldest first. A position whose

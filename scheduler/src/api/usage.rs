@@ -10,6 +10,7 @@ use edupool_proto::v1::usage_service_server::UsageService;
 use tonic::{Request, Response, Status};
 
 use super::access::Rpc;
+use super::paging::{self, PageRequest};
 use super::{status, Auth, Caller};
 use crate::raft::Replica;
 use crate::state::billing::{self, Bill, GroupBy, Inexact, Period};
@@ -116,13 +117,24 @@ fn currency(a: &Accounts) -> String {
 }
 
 fn budget_states(s: &State, tenant: Option<&str>, at: Millis) -> Vec<pb::BudgetState> {
+    budgets_after(s, tenant, None, at).map(|(_, b)| b).collect()
+}
+
+/// Budgets by tenant, after the tenant `after` when given.
+fn budgets_after<'s>(
+    s: &'s State,
+    tenant: Option<&'s str>,
+    after: Option<String>,
+    at: Millis,
+) -> impl Iterator<Item = (String, pb::BudgetState)> + 's {
     let a = s.accounts();
     a.budgets
         .iter()
-        .filter(|(t, _)| tenant.is_none_or(|x| x == t.as_str()))
-        .map(|(t, b)| {
+        .filter(move |(t, _)| tenant.is_none_or(|x| x == t.as_str()))
+        .filter(move |(t, _)| after.as_ref().is_none_or(|x| *t > x))
+        .map(move |(t, b)| {
             let st = billing::budget_status(a, t, b, at);
-            pb::BudgetState {
+            let view = pb::BudgetState {
                 tenant: t.clone(),
                 period: b.period.name().into(),
                 label: st.label.clone(),
@@ -131,9 +143,9 @@ fn budget_states(s: &State, tenant: Option<&str>, at: Millis) -> Vec<pb::BudgetS
                 hard_milli: b.hard,
                 over_soft: st.over_soft(),
                 over_hard: st.over_hard(),
-            }
+            };
+            (t.clone(), view)
         })
-        .collect()
 }
 
 /// Part of the range is kept only as daily totals: the state is not one
@@ -186,40 +198,49 @@ fn record(e: &LedgerEntry) -> pb::LedgerRecord {
     }
 }
 
-fn price_book(s: &State) -> pb::PriceBookResponse {
+/// The price book's versions after `after`, one page of them.
+fn price_book(s: &State, page: &PageRequest<u32>) -> pb::PriceBookResponse {
     let versions = s
         .accounts()
         .prices
         .versions
         .iter()
-        .map(|v| pb::PriceVersion {
-            version: v.version,
-            effective_from_ms: v.effective_from,
-            set_at_ms: v.set_at,
-            currency: v.currency.clone(),
-            gpu_hour: v
-                .gpu_hour
-                .iter()
-                .map(|p| pb::GpuHourPrice {
-                    model: p.model.clone(),
-                    class: p.class.map(|c| c.name().to_string()).unwrap_or_default(),
-                    per_gpu_hour_milli: p.per_gpu_hour as i64,
-                })
-                .collect(),
-            energy_per_kwh_milli: v.energy_per_kwh as i64,
-            free_milli_gpu_hours: v.free_milli_gpu_hours as i64,
-            equity_discounts: v
-                .equity_discount_pct
-                .iter()
-                .map(|(t, p)| pb::EquityDiscount {
-                    tenant: t.clone(),
-                    percent: i64::from(*p),
-                })
-                .collect(),
-            lending_credit_percent: i64::from(v.lending_credit_pct),
-        })
-        .collect();
-    pb::PriceBookResponse { versions }
+        .filter(|v| page.after.is_none_or(|a| v.version > a))
+        .map(|v| (v.version, price_version(v)));
+    let (versions, next_page_token) = paging::cut("prices", page.size, versions);
+    pb::PriceBookResponse {
+        versions,
+        next_page_token,
+    }
+}
+
+fn price_version(v: &crate::state::PriceVersion) -> pb::PriceVersion {
+    pb::PriceVersion {
+        version: v.version,
+        effective_from_ms: v.effective_from,
+        set_at_ms: v.set_at,
+        currency: v.currency.clone(),
+        gpu_hour: v
+            .gpu_hour
+            .iter()
+            .map(|p| pb::GpuHourPrice {
+                model: p.model.clone(),
+                class: p.class.map(|c| c.name().to_string()).unwrap_or_default(),
+                per_gpu_hour_milli: p.per_gpu_hour as i64,
+            })
+            .collect(),
+        energy_per_kwh_milli: v.energy_per_kwh as i64,
+        free_milli_gpu_hours: v.free_milli_gpu_hours as i64,
+        equity_discounts: v
+            .equity_discount_pct
+            .iter()
+            .map(|(t, p)| pb::EquityDiscount {
+                tenant: t.clone(),
+                percent: i64::from(*p),
+            })
+            .collect(),
+        lending_credit_percent: i64::from(v.lending_credit_pct),
+    }
 }
 
 /// Checks a price change's numbers and names; the state checks the rest
@@ -270,6 +291,42 @@ fn price_change(r: pb::SetPricesRequest) -> Result<PriceChange, Status> {
     })
 }
 
+/// Where a usage report page ends: a row's tenant and key (rows come in
+/// that order). Written `tenant/key`; tenant names hold no '/'.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct RowKey {
+    tenant: String,
+    key: String,
+}
+
+impl RowKey {
+    fn of(tenant: &str, key: &str) -> RowKey {
+        RowKey {
+            tenant: tenant.into(),
+            key: key.into(),
+        }
+    }
+
+    /// Whether the row `(tenant, key)` comes after this one.
+    fn is_before(&self, tenant: &str, key: &str) -> bool {
+        (self.tenant.as_str(), self.key.as_str()) < (tenant, key)
+    }
+}
+
+impl std::fmt::Display for RowKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.tenant, self.key)
+    }
+}
+
+impl std::str::FromStr for RowKey {
+    type Err = ();
+    fn from_str(s: &str) -> Result<RowKey, ()> {
+        let (tenant, key) = s.split_once('/').ok_or(())?;
+        Ok(RowKey::of(tenant, key))
+    }
+}
+
 #[tonic::async_trait]
 impl UsageService for Usage {
     async fn get_usage_report(
@@ -282,29 +339,45 @@ impl UsageService for Usage {
         let tenant = usage_scope(&caller, &r.tenant)?;
         check_range(r.from_ms, r.to_ms)?;
         let by = group_by(&r.by)?;
+        let page = paging::request::<RowKey>("usage", paging::BULK, r.page_size, &r.page_token)?;
         let now = crate::control::now_millis();
         let reply = self.replica.read(|s| {
             let a = s.accounts();
             let usage = usage_of(a, tenant.as_deref(), &r, by).map_err(inexact)?;
-            let rows = billing::report(&usage, by)
+            let after = billing::report(&usage, by)
                 .into_iter()
-                .map(|x| pb::UsageReportRow {
-                    tenant: x.tenant,
-                    key: x.key,
-                    runs: x.runs,
-                    gpu_milli_ms: x.gpu_milli_ms,
-                    borrowed_gpu_milli_ms: x.borrowed_gpu_milli_ms,
-                    energy_mj: x.energy_mj,
-                    gross_milli: x.gross,
-                    discount_milli: x.discount,
-                    net_milli: x.net,
-                    unpriced_gpu_milli_ms: x.unpriced_gpu_milli_ms,
+                .filter(|x| {
+                    page.after
+                        .as_ref()
+                        .is_none_or(|k| k.is_before(&x.tenant, &x.key))
                 })
-                .collect();
+                .map(|x| {
+                    (
+                        RowKey::of(&x.tenant, &x.key),
+                        pb::UsageReportRow {
+                            tenant: x.tenant,
+                            key: x.key,
+                            runs: x.runs,
+                            gpu_milli_ms: x.gpu_milli_ms,
+                            borrowed_gpu_milli_ms: x.borrowed_gpu_milli_ms,
+                            energy_mj: x.energy_mj,
+                            gross_milli: x.gross,
+                            discount_milli: x.discount,
+                            net_milli: x.net,
+                            unpriced_gpu_milli_ms: x.unpriced_gpu_milli_ms,
+                        },
+                    )
+                });
+            let (rows, next_page_token) = paging::cut("usage", page.size, after);
+            let budgets = match page.after {
+                None => budget_states(s, tenant.as_deref(), now),
+                Some(_) => vec![],
+            };
             Ok::<_, Status>(pb::UsageReportResponse {
                 currency: currency(a),
                 rows,
-                budgets: budget_states(s, tenant.as_deref(), now),
+                budgets,
+                next_page_token,
             })
         })?;
         Ok(Response::new(reply))
@@ -349,12 +422,19 @@ impl UsageService for Usage {
         let r = req.into_inner();
         let tenant = usage_scope(&caller, &r.tenant)?;
         check_range(r.from_ms, r.to_ms)?;
+        let page = paging::request::<u64>("ledger", paging::BULK, r.page_size, &r.page_token)?;
         let reply = self.replica.read(|s| {
             let a = s.accounts();
             let runs = billing::runs(a, tenant.as_deref(), r.from_ms, r.to_ms).map_err(inexact)?;
+            let after = runs
+                .into_iter()
+                .filter(|e| page.after.is_none_or(|x| e.seq > x))
+                .map(|e| (e.seq, record(e)));
+            let (records, next_page_token) = paging::cut("ledger", page.size, after);
             Ok::<_, Status>(pb::ExportUsageResponse {
                 currency: currency(a),
-                records: runs.into_iter().map(record).collect(),
+                records,
+                next_page_token,
             })
         })?;
         Ok(Response::new(reply))
@@ -370,7 +450,8 @@ impl UsageService for Usage {
             .propose(caller.audited(Rpc::SetPrices, "", Command::SetPrices(change)))
             .await
             .map_err(status)?;
-        Ok(Response::new(self.replica.read(price_book)))
+        let first = paging::request("prices", paging::SMALL, 0, "")?;
+        Ok(Response::new(self.replica.read(|s| price_book(s, &first))))
     }
 
     async fn list_prices(
@@ -379,7 +460,9 @@ impl UsageService for Usage {
     ) -> Result<Response<pb::PriceBookResponse>, Status> {
         self.auth.authorize(&req, Rpc::ListPrices).await?;
         super::read_barrier(&self.replica, &req).await?;
-        Ok(Response::new(self.replica.read(price_book)))
+        let r = req.into_inner();
+        let page = paging::request("prices", paging::SMALL, r.page_size, &r.page_token)?;
+        Ok(Response::new(self.replica.read(|s| price_book(s, &page))))
     }
 
     async fn set_budget(
@@ -419,6 +502,7 @@ impl UsageService for Usage {
         Ok(Response::new(self.replica.read(|s| pb::BudgetsResponse {
             currency: currency(s.accounts()),
             budgets: budget_states(s, Some(&tenant), now),
+            next_page_token: String::new(),
         })))
     }
 
@@ -428,11 +512,18 @@ impl UsageService for Usage {
     ) -> Result<Response<pb::BudgetsResponse>, Status> {
         let caller = self.auth.authorize(&req, Rpc::ListBudgets).await?;
         super::read_barrier(&self.replica, &req).await?;
-        let tenant = usage_scope(&caller, &req.get_ref().tenant)?;
+        let r = req.into_inner();
+        let tenant = usage_scope(&caller, &r.tenant)?;
+        let page = paging::request::<String>("budgets", paging::SMALL, r.page_size, &r.page_token)?;
         let now = crate::control::now_millis();
-        Ok(Response::new(self.replica.read(|s| pb::BudgetsResponse {
-            currency: currency(s.accounts()),
-            budgets: budget_states(s, tenant.as_deref(), now),
+        Ok(Response::new(self.replica.read(|s| {
+            let after = budgets_after(s, tenant.as_deref(), page.after.clone(), now);
+            let (budgets, next_page_token) = paging::cut("budgets", page.size, after);
+            pb::BudgetsResponse {
+                currency: currency(s.accounts()),
+                budgets,
+                next_page_token,
+            }
         })))
     }
 }

@@ -127,7 +127,7 @@ async fn wait_for_nodes(admin: &Clients, want: usize, deadline: Instant) -> Resu
         let nodes = admin
             .admin
             .clone()
-            .list_nodes(pb::ListNodesRequest {})
+            .list_nodes(pb::ListNodesRequest::default())
             .await
             .map_err(|s| run_err("list nodes", &s))?
             .into_inner()
@@ -265,6 +265,7 @@ async fn print_ledger(admin: &Clients) {
             from_ms: 0,
             to_ms: i64::MAX,
             by: "class".into(),
+            ..Default::default()
         })
         .await;
     let rows = match report {

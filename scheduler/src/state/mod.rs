@@ -509,6 +509,16 @@ impl State {
         self.jobs.values().map(|j| &**j)
     }
 
+    /// Jobs newest first (by id, descending), from the one before
+    /// `before` when given: the order job lists page in.
+    pub fn jobs_newest_first(&self, before: Option<JobId>) -> impl Iterator<Item = &Job> {
+        let end = before.map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+        self.jobs
+            .range((std::ops::Bound::Unbounded, end))
+            .rev()
+            .map(|(_, j)| &**j)
+    }
+
     /// Pending jobs in submission order.
     pub fn pending_jobs(&self) -> impl Iterator<Item = &Job> {
         self.pending.iter().map(|id| &*self.jobs[id])
