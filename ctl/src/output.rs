@@ -349,6 +349,26 @@ impl Table {
     }
 }
 
+/// The GPUs a job asks for across all its tasks (nodes x gpus for a
+/// gang, a fraction as its share), as the scheduler counts a tenant's
+/// GPUs in use.
+pub fn job_gpus(spec: &edupool_proto::v1::JobSpec) -> String {
+    let milli = u64::from(spec.nodes.max(1))
+        * u64::from(spec.gpus)
+        * match spec.gpu_fraction {
+            0 => 1000,
+            f => u64::from(f),
+        };
+    match milli % 1000 {
+        0 => (milli / 1000).to_string(),
+        rest => format!(
+            "{}.{}",
+            milli / 1000,
+            format!("{rest:03}").trim_end_matches('0')
+        ),
+    }
+}
+
 /// `job list`: ID NAME TENANT STATE GPUS NODE AGE/EXIT REASON. AGE/EXIT is
 /// the time since submission while the job is live, `exit N` once it has
 /// ended with an exit code.
@@ -372,7 +392,7 @@ pub fn job_table(jobs: &[Job], now: SystemTime) -> String {
             dash(&spec.name),
             dash(&job.tenant),
             job_state_name(job.state).to_owned(),
-            spec.gpus.to_string(),
+            job_gpus(&spec),
             dash(&job.node),
             age_exit,
             dash(&job.reason),
@@ -404,7 +424,7 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
         ("state", job_state_name(job.state).to_owned()),
         ("reason", dash(&job.reason)),
         ("class", class_name(spec.class).to_owned()),
-        ("gpus", spec.gpus.to_string()),
+        ("gpus", job_gpus(&spec)),
         ("command", shell_words(&spec.command)),
     ];
     if env.is_empty() {
@@ -839,6 +859,19 @@ mod tests {
         t.row(["xxxx", "y", ""]);
         t.row(["z", "", "last"]);
         assert_eq!(t.render(), "A     LONGER  C\nxxxx  y\nz             last\n");
+    }
+
+    #[test]
+    fn job_gpus_count_every_task_and_fractions_as_their_share() {
+        let spec = |nodes, gpus, gpu_fraction| edupool_proto::v1::JobSpec {
+            nodes,
+            gpus,
+            gpu_fraction,
+            ..Default::default()
+        };
+        assert_eq!(job_gpus(&spec(3, 4, 0)), "12");
+        assert_eq!(job_gpus(&spec(0, 2, 0)), "2");
+        assert_eq!(job_gpus(&spec(1, 1, 250)), "0.25");
     }
 
     #[test]

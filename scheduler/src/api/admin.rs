@@ -11,7 +11,9 @@ use crate::control::now_millis;
 use crate::planner::accounting;
 use crate::raft::Replica;
 use crate::sessions::Sessions;
-use crate::state::{Command, JobState, State};
+use crate::state::{Command, JobState, State, WHOLE_GPU};
+
+const WHOLE_GPU_MILLI: u64 = WHOLE_GPU as u64;
 
 #[derive(Clone)]
 pub struct Admin {
@@ -390,16 +392,18 @@ fn tenant_view(s: &State, name: &str) -> Option<pb::Tenant> {
         view.suspended = true;
         view.suspended_reason = sus.reason.clone();
     }
+    let mut held_milli = 0;
     for j in s.jobs().filter(|j| j.tenant == name) {
         match j.state {
             JobState::Pending => view.pending_jobs += 1,
             s if s.is_placed() => {
                 view.running_jobs += 1;
-                view.gpus_in_use += j.spec.gpus;
+                held_milli += j.held_gpu_milli();
             }
             _ => {}
         }
     }
+    view.gpus_in_use = u32::try_from(held_milli.div_ceil(WHOLE_GPU_MILLI)).unwrap_or(u32::MAX);
     Some(view)
 }
 

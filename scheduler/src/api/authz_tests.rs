@@ -31,7 +31,7 @@ pub(super) struct Pool {
     pub(super) jobs: Jobs,
     pub(super) admin: Admin,
     cluster: Cluster,
-    usage: Usage,
+    pub(super) usage: Usage,
     stop: CancellationToken,
     tasks: TaskTracker,
     _dir: tempfile::TempDir,
@@ -42,7 +42,7 @@ impl Pool {
         Self::start_with(JobLimits::default()).await
     }
 
-    async fn start_with(limits: JobLimits) -> Pool {
+    pub(super) async fn start_with(limits: JobLimits) -> Pool {
         let dir = tempfile::tempdir().unwrap();
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
@@ -139,7 +139,7 @@ impl Pool {
     }
 
     /// A pending job of `tenant`, submitted by token `owner`.
-    async fn job(&self, tenant: &str, owner: &str) -> JobId {
+    pub(super) async fn job(&self, tenant: &str, owner: &str) -> JobId {
         let out = self
             .propose(Command::Audited {
                 actor: Actor {

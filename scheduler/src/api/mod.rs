@@ -20,6 +20,8 @@ mod authz_tests;
 #[cfg(test)]
 mod convert_proptests;
 #[cfg(test)]
+mod list_tests;
+#[cfg(test)]
 mod secret_env_tests;
 
 use std::time::{Duration, Instant};

@@ -232,8 +232,7 @@ pub fn tenant_reports(state: &State, now: Millis) -> Vec<TenantReport> {
         r.running_jobs += 1;
         let class = job.gpu_class.clone().unwrap_or_default();
         let task = job.spec.task_milli();
-        let live = job.tasks.iter().filter(|t| !t.finished).count() as u64;
-        class_entry(&mut classes, &job.tenant, &class).in_use += task * live;
+        class_entry(&mut classes, &job.tenant, &class).in_use += job.held_gpu_milli();
         for t in job.tasks.iter().filter(|t| !t.finished) {
             if let Some(lender) = &t.lender {
                 if reports.contains_key(lender.as_str()) {

@@ -314,6 +314,17 @@ impl Job {
         self.tasks.iter().map(|t| t.node.as_str())
     }
 
+    /// Thousandths of a GPU it holds now, over all its tasks still
+    /// running (a gang holds nodes x gpus; a fraction its share): the one
+    /// count of GPUs in use that tenant views and reports use.
+    pub fn held_gpu_milli(&self) -> u64 {
+        if !self.state.is_placed() {
+            return 0;
+        }
+        let live = self.tasks.iter().filter(|t| !t.finished).count() as u64;
+        self.spec.task_milli() * live
+    }
+
     pub fn runs_on(&self, node: &str) -> bool {
         self.tasks.iter().any(|t| t.node == node)
     }
