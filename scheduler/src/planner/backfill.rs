@@ -9,8 +9,40 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::explain::Hold;
+use super::queue::Terms;
 use super::Round;
-use crate::state::{Job, JobState, Millis, WHOLE_GPU};
+use crate::state::{Job, JobId, JobState, Millis, WHOLE_GPU};
+
+/// The reservation a round made: for which job, on which nodes, from when.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Reservation {
+    pub job: JobId,
+    pub nodes: Vec<String>,
+    pub until: Millis,
+}
+
+/// The hold of a job that would fit on the nodes reserved for another
+/// (its walltime runs past the reservation's start), naming that job.
+pub(super) fn behind_reservation(round: &Round, job: &Job, terms: &Terms) -> Option<Hold> {
+    let r = round.reservation.as_ref().filter(|r| r.job != job.id)?;
+    let classes: Vec<&str> = terms
+        .guaranteed
+        .iter()
+        .chain(&terms.borrowable)
+        .copied()
+        .collect();
+    let buckets: Vec<_> = round
+        .index
+        .buckets_for(&job.spec.constraints, &classes)
+        .collect();
+    // Ending by the reservation's start, it would be let in.
+    round.index.place(&job.spec, &buckets, r.until)?;
+    Some(Hold::BehindReservation {
+        holder: r.job,
+        nodes: r.nodes.clone(),
+        until: r.until,
+    })
+}
 
 /// Reserves nodes for `job` over the allowed GPU classes; the hold that
 /// says so, or `None` when no set of nodes could ever take it.
@@ -56,13 +88,18 @@ pub(super) fn reserve(
         }
     }
     let (until, chosen) = best?;
-    let names = chosen
+    let names: Vec<String> = chosen
         .iter()
         .map(|&i| round.index.node(i).name.clone())
         .collect();
     for i in chosen {
         round.index.reserve(i, until);
     }
+    round.reservation = Some(Reservation {
+        job: job.id,
+        nodes: names.clone(),
+        until,
+    });
     Some(Hold::Reserved {
         until,
         nodes: names,

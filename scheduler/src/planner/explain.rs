@@ -32,6 +32,13 @@ pub enum Hold {
         nodes: Vec<String>,
         within_guarantee: bool,
     },
+    /// It would fit on nodes reserved for `holder`, but its walltime runs
+    /// past the reservation's start.
+    BehindReservation {
+        holder: JobId,
+        nodes: Vec<String>,
+        until: Millis,
+    },
     /// No free GPUs for it now.
     NoCapacity { within_guarantee: bool, gang: bool },
     /// The round's budget ran out before its turn.
@@ -77,10 +84,18 @@ impl fmt::Display for Hold {
                 "reservation: it is the first blocked job in the queue; {} {} reserved for it from {} (when running jobs there reach their walltime); smaller jobs may only use them if they end before then{}",
                 if nodes.len() == 1 { "node" } else { "nodes" },
                 nodes.join(", "),
-                humantime::format_rfc3339_seconds(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_millis((*until).max(0) as u64)
-                ),
+                rfc3339(*until),
                 guarantee_note(*within_guarantee)
+            ),
+            Hold::BehindReservation {
+                holder,
+                nodes,
+                until,
+            } => write!(
+                f,
+                "reservation: GPUs it could use are free on {}, but they are reserved for {holder} (the first blocked job in the queue) from {}; it may run there only if its walltime ends before then, so it waits (or submit it with a shorter walltime)",
+                nodes.join(", "),
+                rfc3339(*until)
             ),
             Hold::NoCapacity {
                 within_guarantee,
@@ -99,6 +114,12 @@ impl fmt::Display for Hold {
             ),
         }
     }
+}
+
+fn rfc3339(at: Millis) -> impl fmt::Display {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(at.max(0) as u64),
+    )
 }
 
 fn guarantee_note(within_guarantee: bool) -> &'static str {

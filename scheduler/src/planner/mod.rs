@@ -142,6 +142,8 @@ struct Round<'a> {
     watched: Option<Hold>,
     /// The top blocked job has its reservation.
     reserved: bool,
+    /// Which job holds the round's reservation, on which nodes, from when.
+    reservation: Option<backfill::Reservation>,
     reclaims: usize,
     victims: Option<preemption::Victims<'a>>,
     /// Smallest task demand (thousandths) found not to fit, per shape:
@@ -168,6 +170,7 @@ impl<'a> Round<'a> {
             watch,
             watched: None,
             reserved: false,
+            reservation: None,
             reclaims: 0,
             victims: None,
             blocked: HashMap::new(),
@@ -289,6 +292,11 @@ impl<'a> Round<'a> {
                 .collect();
             let within = terms.tier == Tier::Guaranteed;
             if let Some(hold) = backfill::reserve(self, job, &all, within) {
+                return Outcome::Held(hold);
+            }
+        }
+        if Some(job.id) == self.watch {
+            if let Some(hold) = backfill::behind_reservation(self, job, &terms) {
                 return Outcome::Held(hold);
             }
         }

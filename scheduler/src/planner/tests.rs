@@ -774,11 +774,16 @@ fn backfill_runs_small_jobs_only_if_they_end_before_the_reservation() {
         "{}",
         p.explain(big)
     );
+    // The long job fits on n1's free GPU but would run past the
+    // reservation: the explanation names the job holding it and where.
+    let why = p.explain(long);
     assert!(
-        p.explain(long).starts_with("capacity:"),
-        "{}",
-        p.explain(long)
+        why.starts_with(&format!(
+            "reservation: GPUs it could use are free on n1, but they are reserved for {big} (the first blocked job in the queue) from "
+        )),
+        "{why}"
     );
+    assert!(why.contains("walltime ends before then"), "{why}");
     let _ = running;
 }
 
