@@ -96,6 +96,8 @@ pub enum SpecError {
     FractionWithManyGpus(u32),
     #[error("gpu_fraction cannot be combined with nodes = {0}; a fractional job runs on one node")]
     FractionWithGang(u32),
+    #[error("min_gpu_memory_bytes is {0}, more than any GPU has (at most {MAX_GPU_MEMORY_BYTES}, 16 TiB); give bytes, e.g. 85899345920 for 80 GiB")]
+    GpuMemoryTooLarge(u64),
     #[error("data_level {0} does not exist; data classification levels are 0-3")]
     BadDataLevel(u32),
     #[error("a job may span at most {max} nodes; it asked for {requested}")]
@@ -114,6 +116,10 @@ pub enum SpecError {
     #[error("site and preferred_site are both set and differ ('{site}' vs '{preferred}'); a required site leaves no choice")]
     ConflictingSites { site: String, preferred: String },
 }
+
+/// The most GPU memory a job may ask for: far above any GPU made, low
+/// enough that a unit slip (bytes for GiB) is caught at submit.
+pub const MAX_GPU_MEMORY_BYTES: u64 = 16 << 40;
 
 /// The most nodes one gang may span.
 pub const MAX_NODES: u32 = 256;
@@ -162,6 +168,9 @@ fn policy_fields(
     }
     if spec.data_level > 3 {
         return Err(SpecError::BadDataLevel(spec.data_level));
+    }
+    if spec.min_gpu_memory_bytes > MAX_GPU_MEMORY_BYTES {
+        return Err(SpecError::GpuMemoryTooLarge(spec.min_gpu_memory_bytes));
     }
     let site = label("site", std::mem::take(&mut spec.site))?;
     let preferred_site = label("preferred_site", std::mem::take(&mut spec.preferred_site))?;
@@ -856,6 +865,12 @@ mod tests {
             Err(SpecError::FractionWithGang(2))
         );
         assert_eq!(check(|s| s.data_level = 4), Err(SpecError::BadDataLevel(4)));
+        let err = check(|s| s.min_gpu_memory_bytes = u64::MAX).unwrap_err();
+        assert_eq!(err, SpecError::GpuMemoryTooLarge(u64::MAX));
+        assert!(err
+            .to_string()
+            .starts_with("min_gpu_memory_bytes is 18446744073709551615"));
+        assert!(check(|s| s.min_gpu_memory_bytes = 80 << 30).is_ok());
         assert_eq!(
             check(|s| s.nodes = 1000),
             Err(SpecError::TooManyNodes {

@@ -643,6 +643,25 @@ impl State {
                 }
             )));
         }
+        if c.min_gpu_memory_bytes > 0 {
+            let largest = in_site
+                .iter()
+                .flat_map(|n| n.gpus.iter().filter(|g| any_kind(g, n)))
+                .map(|g| g.info.memory_bytes)
+                .max()
+                .unwrap_or(0);
+            if largest < c.min_gpu_memory_bytes {
+                let kind = describe(&Constraints {
+                    min_gpu_memory_bytes: 0,
+                    ..c.clone()
+                });
+                return Err(Rejection::Infeasible(format!(
+                    "it asks for GPUs with at least {} of memory, but no node has a GPU{kind} with more than {}",
+                    memory(c.min_gpu_memory_bytes),
+                    memory(largest)
+                )));
+            }
+        }
         let most = in_site
             .iter()
             .map(|n| n.gpus.iter().filter(|g| fits_gpu(c, n, g)).count() as u32)
@@ -938,6 +957,15 @@ pub fn fits_gpu(c: &Constraints, node: &Node, g: &Gpu) -> bool {
 /// Whether the node meets the job's node constraints (site, data level).
 pub fn fits_node(c: &Constraints, node: &Node) -> bool {
     node.labels.data_level >= c.data_level && c.site.as_deref().is_none_or(|s| node.site() == s)
+}
+
+/// Bytes of GPU memory for people: whole GiB when exact, else bytes.
+fn memory(bytes: u64) -> String {
+    if bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{bytes} bytes")
+    }
 }
 
 fn describe(c: &Constraints) -> String {

@@ -74,6 +74,44 @@ fn submit_rejections_change_nothing() {
 }
 
 #[test]
+fn too_much_gpu_memory_names_the_largest_there_is() {
+    let mut s = pool();
+    let before = s.clone();
+    let mut want = spec(1, JobClass::Batch);
+    want.constraints.min_gpu_memory_bytes = u64::MAX;
+    let r = s.apply(
+        Command::SubmitJob {
+            tenant: "zju".into(),
+            spec: want.clone(),
+        },
+        0,
+    );
+    assert_eq!(
+        r,
+        Err(Rejection::Infeasible(format!(
+            "it asks for GPUs with at least {} bytes of memory, but no node has a GPU with more than 80 GiB",
+            u64::MAX
+        )))
+    );
+    want.constraints.min_gpu_memory_bytes = 96 << 30;
+    want.constraints.gpu_model = Some("A100-80GB".into());
+    let r = s.apply(
+        Command::SubmitJob {
+            tenant: "zju".into(),
+            spec: want,
+        },
+        0,
+    );
+    assert_eq!(
+        r,
+        Err(Rejection::Infeasible(
+            "it asks for GPUs with at least 96 GiB of memory, but no node has a GPU (model A100-80GB) with more than 80 GiB".into()
+        ))
+    );
+    assert_eq!(s, before);
+}
+
+#[test]
 fn create_tenant_twice_is_rejected() {
     let mut s = pool();
     let before = s.clone();
