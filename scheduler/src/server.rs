@@ -15,6 +15,8 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic_health::pb::health_server::HealthServer;
+use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::api::admin::Admin;
 use crate::api::agents::Agents;
@@ -319,10 +321,9 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         require_node_cert: config.tls.is_some(),
     };
 
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<JobServiceServer<Jobs>>().await;
-    health.set_serving::<AdminServiceServer<Admin>>().await;
-    health.set_serving::<AgentServiceServer<Agents>>().await;
+    let health_service = HealthServer::new(HealthService::from_health_reporter(
+        serving_reporter().await,
+    ));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(edupool_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -406,5 +407,50 @@ mod tests {
             ..Default::default()
         };
         assert!(by_entries.validate().is_ok());
+    }
+}
+
+/// The health reporter with every service a client calls marked serving
+/// (the raft transport is between replicas and not reported).
+async fn serving_reporter() -> HealthReporter {
+    let health = HealthReporter::new();
+    health.set_serving::<JobServiceServer<Jobs>>().await;
+    health.set_serving::<AdminServiceServer<Admin>>().await;
+    health.set_serving::<AgentServiceServer<Agents>>().await;
+    health.set_serving::<ClusterServiceServer<Cluster>>().await;
+    health.set_serving::<UsageServiceServer<Usage>>().await;
+    health
+}
+
+#[cfg(test)]
+mod health_tests {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_server::Health;
+    use tonic_health::pb::HealthCheckRequest;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn every_client_service_reports_serving() {
+        let health = HealthService::from_health_reporter(serving_reporter().await);
+        for service in [
+            "edupool.v1.JobService",
+            "edupool.v1.AdminService",
+            "edupool.v1.AgentService",
+            "edupool.v1.ClusterService",
+            "edupool.v1.UsageService",
+        ] {
+            let reply = health
+                .check(tonic::Request::new(HealthCheckRequest {
+                    service: service.into(),
+                }))
+                .await
+                .unwrap_or_else(|e| panic!("{service}: {e}"));
+            assert_eq!(
+                reply.into_inner().status,
+                ServingStatus::Serving as i32,
+                "{service}"
+            );
+        }
     }
 }
