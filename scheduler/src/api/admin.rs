@@ -26,7 +26,7 @@ impl Admin {
     fn node_reply(&self, name: &str) -> Result<pb::Node, Status> {
         self.replica
             .read(|s| s.node(name).map(|n| self.node_view(s, n)))
-            .ok_or_else(|| Status::not_found(format!("node '{name}' does not exist")))
+            .ok_or_else(|| Status::not_found(format!("node '{}' does not exist", truncate(name))))
     }
 
     fn node_view(&self, s: &State, n: &crate::state::Node) -> pb::Node {

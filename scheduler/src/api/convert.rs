@@ -362,15 +362,30 @@ pub fn valid_tenant_name(s: &str) -> bool {
 /// helper every message that quotes a caller's input goes through, so no
 /// error carries more than 64 bytes of it (escaped).
 pub fn truncate(s: &str) -> String {
-    const MAX: usize = 64;
-    if s.len() <= MAX {
-        return s.escape_debug().to_string();
+    let (head, tail) = cut(s, 64);
+    format!("{}{tail}", head.escape_debug())
+}
+
+/// The state's rejections quote names as given (the core knows no
+/// callers): their messages are cut to 1 KiB where they become statuses.
+pub fn bounded_message(s: String) -> String {
+    match cut(&s, 1024) {
+        (_, "") => s,
+        (head, tail) => format!("{head}{tail}"),
     }
-    let mut end = MAX;
+}
+
+/// `s` cut to at most `max` bytes on a character boundary, and "..." to
+/// follow it when anything was cut.
+fn cut(s: &str, max: usize) -> (&str, &'static str) {
+    if s.len() <= max {
+        return (s, "");
+    }
+    let mut end = max;
     while !s.is_char_boundary(end) {
         end -= 1;
     }
-    format!("{}...", s[..end].escape_debug())
+    (&s[..end], "...")
 }
 
 /// A free-text field a caller sets (a reason, a token's name): at most

@@ -20,6 +20,8 @@ mod authz_tests;
 #[cfg(test)]
 mod convert_proptests;
 #[cfg(test)]
+mod input_tests;
+#[cfg(test)]
 mod list_tests;
 #[cfg(test)]
 mod secret_env_tests;
@@ -391,7 +393,7 @@ fn rejection(r: Rejection) -> Status {
         | Rejection::GpuNotReset { .. }
         | Rejection::TenantSuspended { .. } => Code::FailedPrecondition,
     };
-    Status::new(code, r.to_string())
+    Status::new(code, convert::bounded_message(r.to_string()))
 }
 
 #[cfg(test)]
