@@ -652,14 +652,20 @@ enum TenantCommand {
 #[derive(Debug, Args)]
 struct Range {
     /// Start, inclusive: 2026-11-01 (midnight UTC) or 2026-11-01T08:00:00Z
+    /// [default: the start of this month, UTC]
     #[arg(long, value_parser = usage::parse_time, value_name = "TIME")]
-    from: i64,
+    from: Option<i64>,
     /// End, exclusive [default: now]
     #[arg(long, value_parser = usage::parse_time, value_name = "TIME")]
     to: Option<i64>,
 }
 
 impl Range {
+    fn from_ms(&self) -> i64 {
+        self.from
+            .unwrap_or_else(|| usage::month_start(std::time::SystemTime::now()))
+    }
+
     fn to_ms(&self) -> i64 {
         self.to.unwrap_or_else(|| {
             std::time::SystemTime::now()
@@ -1202,15 +1208,21 @@ async fn usage_dispatch(
                 ReportBy::Model => "model",
                 ReportBy::Class => "class",
             };
-            ctl.usage_report(tenant.as_deref(), range.from, range.to_ms(), by, format)
-                .await?;
+            ctl.usage_report(
+                tenant.as_deref(),
+                range.from_ms(),
+                range.to_ms(),
+                by,
+                format,
+            )
+            .await?;
         }
         UsageCommand::Settlement { range } => {
-            ctl.usage_settlement(range.from, range.to_ms(), format)
+            ctl.usage_settlement(range.from_ms(), range.to_ms(), format)
                 .await?;
         }
         UsageCommand::Export { tenant, range } => {
-            ctl.usage_export(tenant.as_deref(), range.from, range.to_ms(), format)
+            ctl.usage_export(tenant.as_deref(), range.from_ms(), range.to_ms(), format)
                 .await?;
         }
     }
@@ -1442,7 +1454,14 @@ mod tests {
         };
         assert_eq!(tenant.as_deref(), Some("uni-b"));
         assert!(matches!(by, ReportBy::Model));
-        assert!(range.from < range.to_ms());
+        assert!(range.from_ms() < range.to_ms());
+        // Without --from, a report covers this month so far.
+        let cli = parse(&["usage", "report"]).unwrap();
+        let Command::Usage(UsageCommand::Report { range, .. }) = cli.command else {
+            panic!("not a usage report")
+        };
+        assert_eq!(range.from, None);
+        assert!(range.from_ms() <= range.to_ms());
         let cli = parse(&[
             "price",
             "set",
@@ -1466,6 +1485,5 @@ mod tests {
         assert_eq!(equity_discount[0].percent, 20);
         assert!(parse(&["price", "set", "--energy-per-kwh", "-1"]).is_err());
         assert!(parse(&["budget", "set", "uni-b", "--hard", "5", "--remove"]).is_err());
-        assert!(parse(&["usage", "report"]).is_err(), "--from is required");
     }
 }

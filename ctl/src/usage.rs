@@ -43,6 +43,13 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     i64::try_from(ms).map_err(|_| format!("'{s}' is too far in the future"))
 }
 
+/// The first instant of `now`'s calendar month in UTC, in Unix
+/// milliseconds: where a usage range starts when none is given.
+pub fn month_start(now: std::time::SystemTime) -> i64 {
+    let today = humantime::format_rfc3339_seconds(now).to_string();
+    parse_time(&format!("{}-01", &today[..7])).unwrap_or(0)
+}
+
 /// An amount in currency units (`12.5`, `0.8`, `3`) as thousandths.
 pub fn parse_money(s: &str) -> Result<i64, String> {
     let t = s.trim();
@@ -818,6 +825,20 @@ mod tests {
         assert_eq!(parse_gpu_price("A100-80GB=8").unwrap().class, "");
         assert!(parse_gpu_price("A100").is_err());
         assert_eq!(parse_discount("uni-b=20%").unwrap().percent, 20);
+    }
+
+    #[test]
+    fn a_range_starts_at_the_first_of_the_month_in_utc() {
+        let at = |ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+        let dec_1 = parse_time("2026-12-01").unwrap();
+        let dec_7 = parse_time("2026-12-07T18:52:27Z").unwrap();
+        assert_eq!(month_start(at(dec_7 as u64)), dec_1);
+        assert_eq!(month_start(at(dec_1 as u64)), dec_1);
+        let last_ms_of_nov = (dec_1 - 1) as u64;
+        assert_eq!(
+            month_start(at(last_ms_of_nov)),
+            parse_time("2026-11-01").unwrap()
+        );
     }
 
     #[test]

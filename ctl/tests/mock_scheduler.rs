@@ -120,7 +120,10 @@ impl JobService for Mock {
             .into_iter()
             .filter(|j| request.states.is_empty() || request.states.contains(&j.state))
             .collect();
-        Ok(Response::new(ListJobsResponse { jobs }))
+        Ok(Response::new(ListJobsResponse {
+            jobs,
+            next_page_token: String::new(),
+        }))
     }
 
     async fn cancel_job(
