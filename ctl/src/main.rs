@@ -352,7 +352,7 @@ enum JobCommand {
         edupoolctl job submit -f train.yaml\n  \
         edupoolctl job submit --gpus 2 --class training --walltime 2h -- python3 train.py --epochs 3")]
     Submit(Box<SubmitArgs>),
-    /// List jobs
+    /// List jobs, newest first (without command and env; `job get` has them)
     List {
         /// Only jobs in these states (comma-separated or repeated)
         #[arg(
@@ -365,7 +365,7 @@ enum JobCommand {
         /// Only this tenant's jobs (admins)
         #[arg(long)]
         tenant: Option<String>,
-        /// At most this many jobs
+        /// At most this many jobs, the newest [default: all]
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
     },
