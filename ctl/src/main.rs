@@ -661,7 +661,7 @@ struct Range {
 }
 
 impl Range {
-    fn from_ms(&self) -> i64 {
+    fn start_ms(&self) -> i64 {
         self.from
             .unwrap_or_else(|| usage::month_start(std::time::SystemTime::now()))
     }
@@ -1210,7 +1210,7 @@ async fn usage_dispatch(
             };
             ctl.usage_report(
                 tenant.as_deref(),
-                range.from_ms(),
+                range.start_ms(),
                 range.to_ms(),
                 by,
                 format,
@@ -1218,11 +1218,11 @@ async fn usage_dispatch(
             .await?;
         }
         UsageCommand::Settlement { range } => {
-            ctl.usage_settlement(range.from_ms(), range.to_ms(), format)
+            ctl.usage_settlement(range.start_ms(), range.to_ms(), format)
                 .await?;
         }
         UsageCommand::Export { tenant, range } => {
-            ctl.usage_export(tenant.as_deref(), range.from_ms(), range.to_ms(), format)
+            ctl.usage_export(tenant.as_deref(), range.start_ms(), range.to_ms(), format)
                 .await?;
         }
     }
@@ -1454,14 +1454,14 @@ mod tests {
         };
         assert_eq!(tenant.as_deref(), Some("uni-b"));
         assert!(matches!(by, ReportBy::Model));
-        assert!(range.from_ms() < range.to_ms());
+        assert!(range.start_ms() < range.to_ms());
         // Without --from, a report covers this month so far.
         let cli = parse(&["usage", "report"]).unwrap();
         let Command::Usage(UsageCommand::Report { range, .. }) = cli.command else {
             panic!("not a usage report")
         };
         assert_eq!(range.from, None);
-        assert!(range.from_ms() <= range.to_ms());
+        assert!(range.start_ms() <= range.to_ms());
         let cli = parse(&[
             "price",
             "set",

@@ -83,7 +83,6 @@ async fn large_job_lists_come_whole_and_newest_first() -> Result<()> {
         let req = pb::SubmitJobRequest {
             spec: Some(spec),
             array,
-            ..Default::default()
         };
         jobs.submit_job(authed(token, req)).await?;
     }
@@ -91,7 +90,10 @@ async fn large_job_lists_come_whole_and_newest_first() -> Result<()> {
     // 40 x 128 KB is over 5 MB: the tenant's list takes two pages.
     let mine = ids(&s.ctl_json(&zju, &["job", "list"])?);
     assert_eq!(mine.len(), 110);
-    assert!(mine.windows(2).all(|w| w[0] > w[1]), "newest first: {mine:?}");
+    assert!(
+        mine.windows(2).all(|w| w[0] > w[1]),
+        "newest first: {mine:?}"
+    );
     let all = ids(&s.ctl_json(ADMIN_TOKEN, &["job", "list"])?);
     assert_eq!(all.len(), 111);
     assert!(all.windows(2).all(|w| w[0] > w[1]), "newest first: {all:?}");
@@ -110,7 +112,8 @@ async fn large_job_lists_come_whole_and_newest_first() -> Result<()> {
     let err = jobs.list_jobs(authed(&zju, bad)).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(
-        err.message().starts_with("page_token is not one this scheduler gave out"),
+        err.message()
+            .starts_with("page_token is not one this scheduler gave out"),
         "{}",
         err.message()
     );

@@ -961,7 +961,7 @@ pub fn fits_node(c: &Constraints, node: &Node) -> bool {
 
 /// Bytes of GPU memory for people: whole GiB when exact, else bytes.
 fn memory(bytes: u64) -> String {
-    if bytes % (1 << 30) == 0 {
+    if bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {
         format!("{bytes} bytes")
