@@ -159,9 +159,9 @@ impl<W: Write> Ctl<W> {
             let request = ListJobsRequest {
                 states: states.clone(),
                 tenant: tenant.clone(),
-                limit: 0,
                 page_size: paging::page_size(limited, want),
                 page_token: token,
+                ..Default::default()
             };
             let r = client.list_jobs(request).await?.into_inner();
             Ok::<_, CommandError>((r.jobs, r.next_page_token))

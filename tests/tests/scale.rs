@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use edupool_proto::v1 as pb;
 use edupool_tests::scale::{self, Fleet, FleetConfig, LoadConfig, ScaleCluster, Tally};
+use edupoolctl::client::{AdminClient, JobClient};
 
 const NODES: usize = 500;
 const GPUS_PER_NODE: u32 = 8;
@@ -83,8 +84,8 @@ fn twenty_thousand_jobs_on_500_nodes_each_placed_exactly_once() -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let all = loop {
             // A replica this busy may briefly answer UNAVAILABLE: retry.
-            let all = match jobs.list_jobs(pb::ListJobsRequest::default()).await {
-                Ok(r) => r.into_inner().jobs,
+            let all = match all_jobs(&mut jobs).await {
+                Ok(all) => all,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("listing jobs: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -129,8 +130,8 @@ fn twenty_thousand_jobs_on_500_nodes_each_placed_exactly_once() -> Result<()> {
         let mut admin = scale::admin_clients(&leader).await?.admin;
         let deadline = Instant::now() + Duration::from_secs(60);
         let nodes = loop {
-            match admin.list_nodes(pb::ListNodesRequest::default()).await {
-                Ok(r) => break r.into_inner().nodes,
+            match all_nodes(&mut admin).await {
+                Ok(all) => break all,
                 Err(e) if Instant::now() < deadline => {
                     eprintln!("listing nodes: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -148,4 +149,40 @@ fn twenty_thousand_jobs_on_500_nodes_each_placed_exactly_once() -> Result<()> {
         drop(fleet);
         Ok(())
     })
+}
+
+/// Every job in full (the seq is in its env), page by page.
+async fn all_jobs(jobs: &mut JobClient) -> Result<Vec<pb::Job>, tonic::Status> {
+    let (mut all, mut page_token) = (vec![], String::new());
+    loop {
+        let req = pb::ListJobsRequest {
+            page_size: 1000,
+            page_token,
+            view: pb::JobView::Full as i32,
+            ..Default::default()
+        };
+        let page = jobs.list_jobs(req).await?.into_inner();
+        all.extend(page.jobs);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Every node, page by page.
+async fn all_nodes(admin: &mut AdminClient) -> Result<Vec<pb::Node>, tonic::Status> {
+    let (mut all, mut page_token) = (vec![], String::new());
+    loop {
+        let req = pb::ListNodesRequest {
+            page_size: 1000,
+            page_token,
+        };
+        let page = admin.list_nodes(req).await?.into_inner();
+        all.extend(page.nodes);
+        if page.next_page_token.is_empty() {
+            return Ok(all);
+        }
+        page_token = page.next_page_token;
+    }
 }

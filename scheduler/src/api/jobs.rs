@@ -190,12 +190,22 @@ impl JobService for Jobs {
             r.page_size
         };
         let page = paging::request::<JobId>("jobs", paging::SMALL, size, &r.page_token)?;
+        let view = match pb::JobView::try_from(r.view) {
+            Ok(pb::JobView::Full) => convert::job,
+            Ok(pb::JobView::Unspecified | pb::JobView::Summary) => convert::job_summary,
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown job view {}; use summary or full",
+                    r.view
+                )))
+            }
+        };
         let (jobs, next_page_token) = self.replica.read(|s| {
             let matching = s
                 .jobs_newest_first(page.after)
                 .filter(|j| tenant.as_deref().is_none_or(|t| j.tenant == t))
                 .filter(|j| states.is_empty() || states.contains(&j.state))
-                .map(|j| (j.id, convert::job_summary(j)));
+                .map(|j| (j.id, view(j)));
             paging::cut("jobs", page.size, matching)
         });
         Ok(Response::new(pb::ListJobsResponse {

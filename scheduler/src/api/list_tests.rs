@@ -71,6 +71,22 @@ async fn jobs_list_newest_first_in_pages_of_summaries() {
         .job
         .unwrap();
     assert_eq!(full.spec.unwrap().env.len(), 8);
+    // The full view, asked for, has them too, and its pages stay within
+    // their byte bound (8 x 60 KiB of env a job: two jobs a page).
+    let r = pb::ListJobsRequest {
+        view: pb::JobView::Full as i32,
+        ..Default::default()
+    };
+    let page = list_jobs(&p, "secret-zed", r).await;
+    assert_eq!(page.jobs.len(), 2);
+    assert_eq!(page.jobs[0].spec.as_ref().unwrap().env.len(), 8);
+    assert!(!page.next_page_token.is_empty());
+    let bad = pb::ListJobsRequest {
+        view: 9,
+        ..Default::default()
+    };
+    let err = p.jobs.list_jobs(req("secret-zed", bad)).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
     // An admin sees both tenants' jobs; the old `limit` is a page size.
     let admin = list_jobs(
         &p,

@@ -156,14 +156,18 @@ async fn follow(
 ) -> Result<Vec<pb::Job>, DevError> {
     let mut seen: BTreeMap<String, (i32, u32)> = BTreeMap::new();
     loop {
-        let jobs: Vec<pb::Job> = admin
-            .jobs
-            .clone()
-            .list_jobs(pb::ListJobsRequest::default())
-            .await
-            .map_err(|s| run_err("list jobs", &s))?
-            .into_inner()
-            .jobs
+        let mut client = admin.jobs.clone();
+        let all = edupoolctl::paging::walk(None, async |page_token, _| {
+            let req = pb::ListJobsRequest {
+                page_token,
+                ..Default::default()
+            };
+            let r = client.list_jobs(req).await?.into_inner();
+            Ok::<_, tonic::Status>((r.jobs, r.next_page_token))
+        })
+        .await
+        .map_err(|s| run_err("list jobs", &s))?;
+        let jobs: Vec<pb::Job> = all
             .into_iter()
             .filter(|j| ids.contains_key(&j.id))
             .collect();
