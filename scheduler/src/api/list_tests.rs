@@ -268,3 +268,92 @@ async fn a_gang_counts_every_gpu_it_holds_everywhere() {
     assert_eq!(in_use, 12.0);
     p.stop().await;
 }
+
+/// Audit pages walk back in time, each oldest first, and the old `limit`
+/// still gives the newest N.
+#[tokio::test]
+async fn audit_pages_walk_back_in_time() {
+    let p = Pool::start().await;
+    for _ in 0..5 {
+        p.job("a", "someone").await;
+    }
+    let page = |page_size, page_token| {
+        let r = pb::ListAuditRequest {
+            action: "job.submit".into(),
+            page_size,
+            page_token,
+            ..Default::default()
+        };
+        p.admin.list_audit(req(ADMIN_SECRET, r))
+    };
+    let seqs = |r: &pb::ListAuditResponse| r.records.iter().map(|r| r.seq).collect::<Vec<_>>();
+    let first = page(2, String::new()).await.unwrap().into_inner();
+    let second = page(2, first.next_page_token.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let third = page(2, second.next_page_token.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let all: Vec<u64> = [seqs(&third), seqs(&second), seqs(&first)].concat();
+    assert_eq!(all.len(), 5);
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+    assert_eq!(seqs(&first).len(), 2);
+    assert!(third.next_page_token.is_empty());
+    let old = pb::ListAuditRequest {
+        action: "job.submit".into(),
+        limit: 3,
+        ..Default::default()
+    };
+    let newest = p
+        .admin
+        .list_audit(req(ADMIN_SECRET, old))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(seqs(&newest), all[2..]);
+    p.stop().await;
+}
+
+#[tokio::test]
+async fn budgets_page_by_tenant() {
+    use edupool_proto::v1::usage_service_server::UsageService;
+    let p = Pool::start().await;
+    for t in ["c", "a", "b"] {
+        p.propose(Command::SetBudget {
+            tenant: t.into(),
+            budget: Some(crate::state::Budget {
+                period: crate::state::billing::Period::Month,
+                soft: Some(1000),
+                hard: None,
+            }),
+        })
+        .await;
+    }
+    let (mut tenants, mut page_token, mut pages) = (vec![], String::new(), 0);
+    loop {
+        let r = pb::ListBudgetsRequest {
+            page_size: 2,
+            page_token,
+            ..Default::default()
+        };
+        let page = p
+            .usage
+            .list_budgets(req(ADMIN_SECRET, r))
+            .await
+            .unwrap()
+            .into_inner();
+        pages += 1;
+        tenants.extend(page.budgets.into_iter().map(|b| b.tenant));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        (tenants, pages),
+        (vec!["a".into(), "b".into(), "c".into()], 2)
+    );
+    p.stop().await;
+}
