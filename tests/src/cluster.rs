@@ -290,6 +290,23 @@ impl Cluster {
         self.launch(i, &[])
     }
 
+    /// Makes replica `i`'s raft driver panic (a test-only failpoint) and
+    /// waits for its process to exit; how it exited.
+    pub fn panic_driver(&mut self, i: u64, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let r = self.replicas.get_mut(&i).expect("known replica");
+        std::fs::create_dir_all(&r.data_dir)?;
+        std::fs::write(
+            r.data_dir
+                .join(edupool_scheduler::raft::failpoints::DRIVER_PANIC),
+            b"",
+        )?;
+        let mut proc = r
+            .proc
+            .take()
+            .ok_or_else(|| anyhow!("replica {i} is not running"))?;
+        proc.wait_exit(timeout)
+    }
+
     pub fn pause(&mut self, i: u64) -> Result<()> {
         self.signal(i, nix::sys::signal::Signal::SIGSTOP)?;
         self.paused.push(i);
