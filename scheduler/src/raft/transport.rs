@@ -197,23 +197,47 @@ fn endpoint(
 struct LinkClient {
     me: u64,
     me_address: Arc<Mutex<String>>,
+    endpoint: Endpoint,
     batches: RaftServiceClient<tonic::transport::Channel>,
     snapshots: RaftServiceClient<tonic::transport::Channel>,
 }
 
 impl LinkClient {
     fn new(me: u64, me_address: Arc<Mutex<String>>, endpoint: Endpoint) -> LinkClient {
+        let (batches, snapshots) = Self::clients(&endpoint);
+        LinkClient {
+            me,
+            me_address,
+            endpoint,
+            batches,
+            snapshots,
+        }
+    }
+
+    fn clients(
+        endpoint: &Endpoint,
+    ) -> (
+        RaftServiceClient<tonic::transport::Channel>,
+        RaftServiceClient<tonic::transport::Channel>,
+    ) {
         let client = |ep: Endpoint| {
             RaftServiceClient::new(ep.connect_lazy())
                 .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES)
                 .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
         };
-        LinkClient {
-            me,
-            me_address,
-            snapshots: client(endpoint.clone().timeout(SNAPSHOT_TIMEOUT)),
-            batches: client(endpoint),
-        }
+        (
+            client(endpoint.clone()),
+            client(endpoint.clone().timeout(SNAPSHOT_TIMEOUT)),
+        )
+    }
+
+    /// Drops the connections and opens new ones on the next send. A
+    /// connection that lost an RPC may be dead without knowing it: after
+    /// a partition that dropped packets, the kernel retransmits on it
+    /// with a growing backoff, or a firewall along the path has forgotten
+    /// it, and a new connection gets through at once.
+    fn reconnect(&mut self) {
+        (self.batches, self.snapshots) = Self::clients(&self.endpoint);
     }
 
     fn address(&self) -> String {
@@ -331,6 +355,7 @@ async fn run_link(
                     );
                 }
                 let _ = feedback.try_send(Feedback::Unreachable(peer));
+                client.reconnect();
                 // Back off a little so a dead peer costs no busy loop; what
                 // queued meanwhile is stale and dropped, raft resends.
                 let pause = Duration::from_millis(50 * u64::from(failures.min(10)));
