@@ -1,9 +1,11 @@
-//! The raft layer's edges against a real `serve` process: a replica whose
-//! raft driver dies exits with an error instead of answering as a zombie,
-//! a single-replica pool serves no `RaftService`, and a caller without a
-//! replica's certificate is refused before its request is read.
+//! The raft layer's edges against a real `serve` (or `dev`) process: a
+//! replica whose raft driver dies exits with an error instead of
+//! answering as a zombie, a single-replica pool serves no `RaftService`,
+//! and a caller without a replica's certificate is refused before its
+//! request is read.
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -11,7 +13,7 @@ use edupool_proto::v1 as pb;
 use edupool_proto::v1::raft_service_client::RaftServiceClient;
 use edupool_scheduler::raft::failpoints::DRIVER_PANIC;
 use edupool_tests::tls::TestPki;
-use edupool_tests::Scheduler;
+use edupool_tests::{bin, eventually, Proc, Scheduler};
 use edupoolctl::pki::CertKind;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Code;
@@ -74,6 +76,34 @@ fn a_replica_whose_raft_driver_panics_exits_with_an_error() -> Result<()> {
     // The failpoint fired once: the replica restarts on its data.
     s.restart()?;
     s.ctl_json(edupool_tests::ADMIN_TOKEN, &["tenant", "create", "zju"])?;
+    Ok(())
+}
+
+#[test]
+fn dev_mode_whose_raft_driver_panics_exits_with_an_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let child = Command::new(bin("edupool-scheduler"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--agents",
+            "1",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut dev = Proc::new(child, "dev");
+    let store = dir.path().join("scheduler");
+    eventually("the dev pool's store", WAIT, || {
+        store.join("raft.redb").exists().then_some(())
+    })?;
+    std::fs::write(store.join(DRIVER_PANIC), b"")?;
+    let status = dev.wait_exit(WAIT)?;
+    assert!(!status.success(), "dev must exit non-zero: {status}");
     Ok(())
 }
 
