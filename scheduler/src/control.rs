@@ -111,12 +111,17 @@ pub async fn run(
             tracing::info!("leading: planning and talking to agents");
             let term = shutdown.child_token();
             let work = lead(&replica, &sessions, &config, &term);
-            tokio::select! {
-                _ = work => {}
+            let closed = tokio::select! {
+                _ = work => false,
                 _ = shutdown.cancelled() => return,
-                _ = leadership.changed() => {}
-            }
+                r = leadership.changed() => r.is_err(),
+            };
             term.cancel();
+            if closed {
+                // The raft driver is gone: no leadership will ever change
+                // again, so stop rather than lead (or spin) forever.
+                return;
+            }
         } else {
             tokio::select! {
                 _ = shutdown.cancelled() => return,

@@ -151,7 +151,8 @@ struct ReplicationArgs {
     id: u64,
     /// Every replica of the initial cluster, this one included, as
     /// id=host:port (the address each serves on; raft and clients share
-    /// it). Left out: a single-replica cluster.
+    /// it). Left out: a single-replica pool, which serves no raft traffic
+    /// and cannot grow (name at least this replica to grow it later).
     #[arg(long, value_delimiter = ',', value_parser = parse_peer, value_name = "ID=ADDR")]
     peers: Vec<(u64, String)>,
     /// Start empty and wait to be added by the leader with

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tonic::service::interceptor::InterceptedService;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
@@ -26,7 +27,7 @@ use crate::api::jobs::Jobs;
 use crate::api::usage::Usage;
 use crate::api::Auth;
 use crate::control::{self, ControlConfig};
-use crate::raft::{Peers, Replica, ReplicaConfig, StorageError, MAX_RAFT_MESSAGE_BYTES};
+use crate::raft::{DriverEnd, Peers, Replica, ReplicaConfig, StorageError, MAX_RAFT_MESSAGE_BYTES};
 use crate::sessions::Sessions;
 use crate::tls::TlsConfig;
 
@@ -63,6 +64,10 @@ pub enum ServerError {
     Storage(#[from] StorageError),
     #[error("the gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The replicated log stopped on its own: the process should exit
+    /// with an error so that its supervisor restarts it.
+    #[error("the replica stopped: {0}")]
+    Replication(String),
 }
 
 impl ServerConfig {
@@ -170,6 +175,21 @@ impl ReplicationConfig {
     }
 }
 
+impl ReplicationConfig {
+    /// Whether this replica starts as one of several (or joins some).
+    fn several(&self) -> bool {
+        self.join || self.peers.len() > 1
+    }
+}
+
+/// Raft traffic is authenticated by peer certificates only, so replicas
+/// never talk plaintext: anyone reaching the port could append entries.
+fn plaintext_replicas() -> ServerError {
+    ServerError::Config(
+        "replicas exchange raft messages only over TLS, each showing its peer:<id> certificate: a scheduler without TLS runs as a single replica (`edupool-scheduler dev`); give --ca-cert, --cert and --key to run several".into(),
+    )
+}
+
 /// A replica whose listener is bound (so its address is known) but which
 /// is not serving yet.
 pub struct Bound {
@@ -194,6 +214,9 @@ impl Bound {
     /// Makes this replica part of a replica set (see `ReplicationConfig`).
     pub fn with_replication(mut self, replication: ReplicationConfig) -> Result<Self, ServerError> {
         replication.validate()?;
+        if self.config.tls.is_none() && replication.several() {
+            return Err(plaintext_replicas());
+        }
         self.replication = replication;
         Ok(self)
     }
@@ -254,6 +277,19 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         stop.clone(),
         &tasks,
     )?;
+    let members = replica.status().members.len();
+    if config.tls.is_none() && members > 1 {
+        stop.cancel();
+        tasks.close();
+        tasks.wait().await;
+        return Err(plaintext_replicas());
+    }
+    // A single-replica pool (no --peers, no --join, alone in its store)
+    // serves no RaftService at all: nobody may speak raft to it.
+    let serves_raft = config.tls.is_some() && (!rep.peers.is_empty() || rep.join || members > 1);
+    if !serves_raft {
+        replica.set_standalone();
+    }
     if rep.peers.len() <= 1 && !rep.join {
         // Peers reach this replica through the listener served below, so
         // only a single voter (which elects itself) may wait here.
@@ -321,9 +357,9 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         require_node_cert: config.tls.is_some(),
     };
 
-    let health_service = HealthServer::new(HealthService::from_health_reporter(
-        serving_reporter().await,
-    ));
+    let health = serving_reporter().await;
+    let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
+    tasks.spawn(not_serving_at(stop.clone(), health));
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(edupool_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -346,17 +382,36 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
             ClusterServiceServer::new(cluster).max_decoding_message_size(MAX_REQUEST_BYTES),
         )
         .add_service(UsageServiceServer::new(usage).max_decoding_message_size(MAX_REQUEST_BYTES))
-        .add_service(
-            RaftServiceServer::new(raft_server)
-                .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
-        )
+        .add_optional_service(serves_raft.then(|| {
+            InterceptedService::new(
+                RaftServiceServer::new(raft_server)
+                    .max_decoding_message_size(MAX_RAFT_MESSAGE_BYTES)
+                    .max_encoding_message_size(MAX_RAFT_MESSAGE_BYTES),
+                crate::raft::peer_only,
+            )
+        }))
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
         .await;
     stop.cancel();
     tasks.close();
     tasks.wait().await;
+    if let Some(DriverEnd::Failed(why)) = replica.ended() {
+        return Err(ServerError::Replication(why));
+    }
     Ok(result?)
+}
+
+/// Turns health to NOT_SERVING once the replica stops, whether shut down
+/// or failed, so that probes stop sending traffic while it drains.
+async fn not_serving_at(stop: CancellationToken, health: HealthReporter) {
+    use tonic_health::ServingStatus::NotServing;
+    stop.cancelled().await;
+    health.set_service_status("", NotServing).await;
+    health.set_not_serving::<JobServiceServer<Jobs>>().await;
+    health.set_not_serving::<AdminServiceServer<Admin>>().await;
+    health.set_not_serving::<AgentServiceServer<Agents>>().await;
+    health.set_not_serving::<ClusterServiceServer<Cluster>>().await;
+    health.set_not_serving::<UsageServiceServer<Usage>>().await;
 }
 
 /// Waits until some replica leads (at once for a single voter), so the
@@ -379,6 +434,47 @@ mod tests {
             Err(ServerError::Config(m)) => m,
             other => panic!("expected a configuration error, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn replicas_without_tls_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().to_path_buf(),
+            admin_token: "admin-token-0123456789".into(),
+            agent_token: "agent-token-0123456789".into(),
+            node_lost_timeout: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(2),
+            limits: JobLimits::default(),
+            metrics_listen: None,
+            tls: None,
+        };
+        let peers: Peers = [(1, "127.0.0.1:7001"), (2, "127.0.0.1:7002")]
+            .into_iter()
+            .map(|(id, a)| (id, a.to_string()))
+            .collect();
+        let several = ReplicationConfig {
+            peers,
+            ..Default::default()
+        };
+        let joining = ReplicationConfig {
+            join: true,
+            ..Default::default()
+        };
+        for rep in [several, joining] {
+            let bound = bind(config.clone()).await.unwrap();
+            match bound.with_replication(rep) {
+                Err(ServerError::Config(m)) => assert!(
+                    m.starts_with("replicas exchange raft messages only over TLS"),
+                    "{m}"
+                ),
+                _ => panic!("plaintext replicas must be refused"),
+            }
+        }
+        // One replica alone may run plaintext (dev mode).
+        let alone = bind(config).await.unwrap();
+        assert!(alone.with_replication(ReplicationConfig::default()).is_ok());
     }
 
     #[test]

@@ -36,6 +36,9 @@ struct ProxyShared {
     cut: AtomicBool,
     stop: AtomicBool,
     open: Mutex<Vec<TcpStream>>,
+    /// One flag per spliced connection: set, the connection is a black
+    /// hole (what is sent is read and dropped, nothing comes back).
+    frozen: Mutex<Vec<Arc<AtomicBool>>>,
 }
 
 impl Proxy {
@@ -47,6 +50,7 @@ impl Proxy {
             cut: AtomicBool::new(false),
             stop: AtomicBool::new(false),
             open: Mutex::new(Vec::new()),
+            frozen: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         std::thread::spawn(move || {
@@ -79,6 +83,17 @@ impl Proxy {
     pub fn cut(&self) {
         self.shared.cut.store(true, Ordering::SeqCst);
         self.close_all();
+    }
+
+    /// Loses everything from now on without closing anything, like a
+    /// path whose routers or firewalls drop packets: the connections open
+    /// now stay open but never carry another byte, even after `heal`
+    /// (the path's state is gone), and new ones are refused until then.
+    pub fn black_hole(&self) {
+        self.shared.cut.store(true, Ordering::SeqCst);
+        for f in self.shared.frozen.lock().expect("proxy lock").drain(..) {
+            f.store(true, Ordering::SeqCst);
+        }
     }
 
     pub fn heal(&self) {
@@ -115,13 +130,33 @@ fn splice(shared: &Arc<ProxyShared>, a: TcpStream, b: TcpStream) {
             open.push(b3);
         }
     }
-    pipe(a, b2);
-    pipe(b, a2);
+    let frozen = Arc::new(AtomicBool::new(false));
+    shared
+        .frozen
+        .lock()
+        .expect("proxy lock")
+        .push(frozen.clone());
+    pipe(a, b2, frozen.clone());
+    pipe(b, a2, frozen);
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, frozen: Arc<AtomicBool>) {
+    use std::io::{Read, Write};
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                // A frozen connection reads and drops: the sender sees
+                // its bytes accepted and never an answer.
+                Ok(_) if frozen.load(Ordering::SeqCst) => continue,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         let _ = to.shutdown(Shutdown::Both);
         let _ = from.shutdown(Shutdown::Both);
     });
@@ -290,6 +325,23 @@ impl Cluster {
         self.launch(i, &[])
     }
 
+    /// Makes replica `i`'s raft driver panic (a test-only failpoint) and
+    /// waits for its process to exit; how it exited.
+    pub fn panic_driver(&mut self, i: u64, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let r = self.replicas.get_mut(&i).expect("known replica");
+        std::fs::create_dir_all(&r.data_dir)?;
+        std::fs::write(
+            r.data_dir
+                .join(edupool_scheduler::raft::failpoints::DRIVER_PANIC),
+            b"",
+        )?;
+        let mut proc = r
+            .proc
+            .take()
+            .ok_or_else(|| anyhow!("replica {i} is not running"))?;
+        proc.wait_exit(timeout)
+    }
+
     pub fn pause(&mut self, i: u64) -> Result<()> {
         self.signal(i, nix::sys::signal::Signal::SIGSTOP)?;
         self.paused.push(i);
@@ -317,6 +369,16 @@ impl Cluster {
         for ((from, to), proxy) in &self.links {
             if side.contains(from) != side.contains(to) {
                 proxy.cut();
+            }
+        }
+    }
+
+    /// As `partition`, but as a black hole (see `Proxy::black_hole`): the
+    /// connections across the cut stay open and dead.
+    pub fn black_hole(&self, side: &[u64]) {
+        for ((from, to), proxy) in &self.links {
+            if side.contains(from) != side.contains(to) {
+                proxy.black_hole();
             }
         }
     }

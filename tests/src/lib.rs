@@ -36,6 +36,9 @@ pub fn bin(name: &str) -> PathBuf {
                 "edupool-agent",
                 "-p",
                 "edupoolctl",
+                // Faults the tests inject (`raft::failpoints`).
+                "--features",
+                "edupool-scheduler/failpoints",
             ])
             .current_dir(env!("CARGO_MANIFEST_DIR"));
         if !cfg!(debug_assertions) {
@@ -225,6 +228,19 @@ impl Proc {
         }
     }
 
+    /// Waits until the process exits on its own; how it exited.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<std::process::ExitStatus> {
+        let child = self
+            .child
+            .as_mut()
+            .ok_or_else(|| anyhow!("{} is not running", self.name))?;
+        let status = eventually(&format!("{} to exit", self.name), timeout, || {
+            child.try_wait().ok().flatten()
+        })?;
+        self.child = None;
+        Ok(status)
+    }
+
     pub fn is_running(&mut self) -> bool {
         self.child
             .as_mut()
@@ -257,12 +273,22 @@ impl Scheduler {
     }
 
     pub fn start_with(data_dir: &Path, listen: &str, node_lost_timeout: &str) -> Result<Scheduler> {
-        Self::spawn(data_dir, listen, node_lost_timeout, false)
+        Self::spawn(data_dir, listen, node_lost_timeout, false, &[])
+    }
+
+    /// Starts replica 1 of a replica set that names only itself in
+    /// `--peers` (as a restored pool does before it grows), so it serves
+    /// `RaftService`.
+    pub fn start_in_replica_set(data_dir: &Path) -> Result<Scheduler> {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let listen = addr.to_string();
+        let peers = format!("1={addr}");
+        Self::spawn(data_dir, &listen, "30s", false, &["--peers", &peers])
     }
 
     /// Starts a replica that also serves `/metrics` on a port from the OS.
     pub fn start_with_metrics(data_dir: &Path) -> Result<Scheduler> {
-        Self::spawn(data_dir, "127.0.0.1:0", "30s", true)
+        Self::spawn(data_dir, "127.0.0.1:0", "30s", true, &[])
     }
 
     fn spawn(
@@ -270,6 +296,7 @@ impl Scheduler {
         listen: &str,
         node_lost_timeout: &str,
         metrics: bool,
+        extra: &[&str],
     ) -> Result<Scheduler> {
         let pki = TestPki::open(data_dir.parent().unwrap_or(data_dir))?;
         let mut cmd = Command::new(bin("edupool-scheduler"));
@@ -279,6 +306,7 @@ impl Scheduler {
         if metrics {
             cmd.args(["--metrics-listen", "127.0.0.1:0"]);
         }
+        cmd.args(extra);
         let mut child = cmd
             .args([
                 "--node-lost-timeout",
@@ -325,7 +353,14 @@ impl Scheduler {
         let listen = self.addr.to_string();
         let metrics = self.metrics_addr.is_some();
         let again = eventually("the port to be free again", Duration::from_secs(10), || {
-            Self::spawn(&self.data_dir, &listen, &self.node_lost_timeout, metrics).ok()
+            Self::spawn(
+                &self.data_dir,
+                &listen,
+                &self.node_lost_timeout,
+                metrics,
+                &[],
+            )
+            .ok()
         })?;
         *self = again;
         Ok(())

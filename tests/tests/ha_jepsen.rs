@@ -1,7 +1,9 @@
 //! A checker in the spirit of Jepsen: clients submit and cancel jobs on a
 //! three-replica cluster while faults are injected — leader kill, follower
-//! kill, a paused follower, minority and majority partitions, and a
-//! replica that comes back so far behind that it must install a snapshot.
+//! kill, a paused follower, minority and majority partitions, a leader
+//! whose raft driver panics (the process must exit non-zero and is
+//! restarted), and a replica that comes back so far behind that it must
+//! install a snapshot.
 //! Afterwards:
 //!
 //! - every submission answered OK exists exactly once (and no submission
@@ -143,6 +145,17 @@ fn acknowledged_work_survives_crashes_pauses_and_partitions() -> Result<()> {
     c.pause(f)?;
     during_fault();
     c.resume(f)?;
+
+    // The leader's raft driver panics: its process exits with an error
+    // (as systemd would see it) and is restarted.
+    let leader = c.leader(WAIT)?;
+    let exit = c.panic_driver(leader, WAIT)?;
+    assert!(
+        !exit.success(),
+        "a replica whose driver died exits non-zero: {exit}"
+    );
+    during_fault();
+    c.restart(leader)?;
 
     // A replica down long enough that the log it missed is compacted away:
     // it comes back through a snapshot.

@@ -210,7 +210,8 @@ async fn a_node_certificate_speaks_only_for_its_own_node() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raft_traffic_needs_the_senders_peer_certificate() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let s = Scheduler::start(&dir.path().join("scheduler"))?;
+    // A replica set (a single replica serves no RaftService at all).
+    let s = Scheduler::start_in_replica_set(&dir.path().join("scheduler"))?;
     let pki = TestPki::open(dir.path())?;
 
     let anonymous = channel(&s, &pki.ca_cert(), None).await?;

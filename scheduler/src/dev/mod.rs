@@ -120,7 +120,16 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> Result<DevOu
 
     let tasks = TaskTracker::new();
     let stop = shutdown.child_token();
-    let server = tasks.spawn(server::serve(bound, stop.clone()));
+    // A server that ends on its own (its raft driver failed) stops the
+    // whole pool, so `dev` exits with the error instead of lingering.
+    let server = tasks.spawn({
+        let stop = stop.clone();
+        async move {
+            let result = server::serve(bound, stop.clone()).await;
+            stop.cancel();
+            result
+        }
+    });
     let agents_stop = stop.child_token();
     let agent_tasks = TaskTracker::new();
     for i in 1..=config.agents {

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,6 +72,17 @@ pub enum ProposeError {
     Stopped,
     #[error(transparent)]
     Storage(#[from] StorageError),
+}
+
+/// How the driver task ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DriverEnd {
+    /// The shutdown token was cancelled: an orderly stop.
+    Stopped,
+    /// A fatal error (a failed write to the store, a panic): the replica
+    /// cannot go on, and its process should exit with an error so that
+    /// its supervisor restarts it.
+    Failed(String),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -195,6 +207,10 @@ pub struct Replica {
     status: watch::Receiver<RaftStatus>,
     inbound: mpsc::Sender<Message>,
     transport: Arc<Transport>,
+    /// How the driver ended; `None` while it runs.
+    end: watch::Receiver<Option<DriverEnd>>,
+    /// Set by a server that serves no `RaftService`: no replica can join.
+    standalone: Arc<AtomicBool>,
 }
 
 impl Replica {
@@ -272,6 +288,8 @@ impl Replica {
         transport.set_peers(&store.peers());
         let mut driver = Driver {
             id: config.id,
+            #[cfg(feature = "failpoints")]
+            data_dir: config.data_dir.clone(),
             node,
             store,
             machine: machine.clone(),
@@ -305,13 +323,15 @@ impl Replica {
             let _ = driver.node.campaign();
         }
         driver.publish_status();
-        tracker.spawn(driver.run(
+        let task = tracker.spawn(driver.run(
             requests_rx,
             inbound_rx,
             feedback_rx,
             snapshot_done_rx,
             config.tick,
         ));
+        let (end_tx, end) = watch::channel(None);
+        tracker.spawn(supervise(task, end_tx, shutdown));
         Ok(Replica {
             id: config.id,
             requests,
@@ -321,7 +341,21 @@ impl Replica {
             status,
             inbound,
             transport,
+            end,
+            standalone: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// How the raft driver ended; `None` while it runs.
+    pub fn ended(&self) -> Option<DriverEnd> {
+        self.end.borrow().clone()
+    }
+
+    /// Marks this replica as serving no `RaftService` (a single-replica
+    /// pool): adding a member is then refused, as the new replica could
+    /// never answer it.
+    pub fn set_standalone(&self) {
+        self.standalone.store(true, Ordering::Relaxed);
     }
 
     pub fn id(&self) -> u64 {
@@ -453,6 +487,13 @@ impl Replica {
     }
 
     pub async fn change_membership(&self, change: MembershipChange) -> Result<(), ProposeError> {
+        if self.standalone.load(Ordering::Relaxed)
+            && matches!(change, MembershipChange::AddLearner { .. })
+        {
+            return Err(ProposeError::Membership(
+                "this replica runs as a single-replica pool (started without --peers, or without TLS) and serves no raft traffic; to grow it, back it up with `edupoolctl cluster snapshot` and restore it with `edupool-scheduler serve --peers ID=HOST:PORT --restore-from FILE` over TLS".into(),
+            ));
+        }
         self.request(|reply| Request::Membership { change, reply })
             .await
             .map(|_| ())
@@ -480,6 +521,35 @@ impl Replica {
     }
 }
 
+/// Waits for the driver task and publishes how it ended. A driver that
+/// failed or panicked stops the whole replica (`shutdown`), so nothing
+/// goes on answering for a log that no longer moves.
+async fn supervise(
+    task: tokio::task::JoinHandle<Result<(), StorageError>>,
+    end: watch::Sender<Option<DriverEnd>>,
+    shutdown: CancellationToken,
+) {
+    let ended = match task.await {
+        Ok(Ok(())) => DriverEnd::Stopped,
+        Ok(Err(e)) => DriverEnd::Failed(format!("raft storage failed: {e}")),
+        Err(e) if e.is_panic() => {
+            let panic = e.into_panic();
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            DriverEnd::Failed(format!("the raft driver panicked: {what}"))
+        }
+        Err(e) => DriverEnd::Failed(format!("the raft driver was cancelled: {e}")),
+    };
+    if let DriverEnd::Failed(why) = &ended {
+        tracing::error!("{why}; stopping this replica");
+        shutdown.cancel();
+    }
+    end.send_replace(Some(ended));
+}
+
 struct Pending {
     index: u64,
     reply: oneshot::Sender<Result<Outcome, ProposeError>>,
@@ -487,6 +557,9 @@ struct Pending {
 
 struct Driver {
     id: u64,
+    /// Where test-only failpoints are armed (see `failpoints`).
+    #[cfg(feature = "failpoints")]
+    data_dir: PathBuf,
     node: RawNode<RaftStore>,
     store: RaftStore,
     machine: Arc<RwLock<Machine>>,
@@ -528,16 +601,20 @@ impl Driver {
         mut feedback: mpsc::Receiver<Feedback>,
         mut snapshot_done: mpsc::UnboundedReceiver<snapshotter::Done>,
         tick: Duration,
-    ) {
+    ) -> Result<(), StorageError> {
         let shutdown = self.stop.clone();
         let mut ticker = tokio::time::interval(tick);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let result = loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = ticker.tick() => { self.node.tick(); }
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = ticker.tick() => {
+                    #[cfg(feature = "failpoints")]
+                    super::failpoints::driver_tick(&self.data_dir);
+                    self.node.tick();
+                }
                 r = requests.recv() => {
-                    let Some(r) = r else { break };
+                    let Some(r) = r else { break Ok(()) };
                     self.handle(r);
                     // Batch what is already queued into one fsync.
                     for _ in 0..MAX_BATCH {
@@ -548,7 +625,7 @@ impl Driver {
                     }
                 }
                 m = inbound.recv() => {
-                    let Some(m) = m else { break };
+                    let Some(m) = m else { break Ok(()) };
                     self.step(m);
                     for _ in 0..MAX_BATCH {
                         match inbound.try_recv() {
@@ -560,29 +637,26 @@ impl Driver {
                 Some(f) = feedback.recv() => self.on_feedback(f),
                 Some(done) = snapshot_done.recv() => {
                     if let Err(e) = self.on_snapshot_done(done) {
-                        tracing::error!("saving a snapshot failed, stopping this replica: {e}");
-                        shutdown.cancel();
-                        break;
+                        break Err(e);
                     }
                 }
             }
             if let Err(e) = self.on_ready().await {
-                tracing::error!("raft storage failed, stopping this replica: {e}");
-                shutdown.cancel();
-                break;
+                break Err(e);
             }
             if self.store.take_snapshot_wanted() {
                 self.snapshot_due = true;
             }
             self.maybe_snapshot();
             self.publish_status();
-        }
+        };
         for (_, p) in self.pending.drain() {
             let _ = p.reply.send(Err(ProposeError::Stopped));
         }
         // A snapshot still being written sees the stop and ends without
         // writing, or finishes its one transaction; the tracker waits for
         // its thread. Who waited for it is told the replica stopped.
+        result
     }
 
     fn step(&mut self, m: Message) {

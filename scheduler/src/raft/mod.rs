@@ -12,8 +12,11 @@
 //! - `snapshotter`: snapshots encoded and saved off the driver's path.
 //! - `status`: the `RaftStatus` a replica publishes.
 //! - `logger`: raft-rs's slog records forwarded to tracing.
+//! - `failpoints`: test-only faults (the `failpoints` feature).
 
 mod driver;
+#[cfg(feature = "failpoints")]
+pub mod failpoints;
 mod logger;
 mod snapshot;
 mod snapshotter;
@@ -25,9 +28,10 @@ mod transport;
 mod sim;
 
 pub use driver::{
-    apply_entry, Leadership, LogEntry, MembershipChange, ProposeError, Replica, ReplicaConfig,
+    apply_entry, DriverEnd, Leadership, LogEntry, MembershipChange, ProposeError, Replica,
+    ReplicaConfig,
 };
 pub use snapshot::{replay_data_dir, restore_backup, SnapshotEnvelope, SNAPSHOT_FORMAT};
 pub use status::{MemberStatus, RaftStatus, Role};
 pub use storage::{Peers, RaftStore, StorageError};
-pub use transport::{RaftServer, MAX_RAFT_MESSAGE_BYTES};
+pub use transport::{peer_only, RaftServer, MAX_RAFT_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};
