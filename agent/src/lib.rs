@@ -99,6 +99,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let session = Session {
         node_name: config.node_name.clone(),
         endpoints: config.tonic_endpoints()?,
+        connector: config.connector(),
         authorization: config.authorization()?,
         inventory: config.inventory.clone(),
         runner: runner.clone(),

@@ -83,6 +83,7 @@ use tracing::{debug, info, warn};
 
 pub(crate) use backoff::Backoff;
 
+use crate::config::Connector;
 use crate::convert;
 use crate::error_chain;
 use crate::health::{HealthBoard, HealthChanges};
@@ -187,6 +188,8 @@ pub(crate) struct SessionStatus {
 pub(crate) struct Session {
     pub(crate) node_name: String,
     pub(crate) endpoints: Vec<(String, Endpoint)>,
+    /// Builds the endpoint of a leader a follower names.
+    pub(crate) connector: Connector,
     pub(crate) authorization: MetadataValue<Ascii>,
     pub(crate) inventory: Arc<dyn GpuInventory>,
     pub(crate) runner: Runner,
@@ -295,25 +298,10 @@ impl Session {
         }
     }
 
-    /// The endpoint of a leader hint (`host:port`): one of ours when it
-    /// names the same place, else a new one with the same settings.
+    /// The endpoint of a leader hint, reached with the same TLS settings
+    /// (CA, client certificate, `https://`) as the configured endpoints.
     fn leader_endpoint(&self, leader: &str) -> Option<(String, Endpoint)> {
-        let url = if leader.contains("://") {
-            leader.to_owned()
-        } else {
-            format!("http://{leader}")
-        };
-        if let Some(known) = self
-            .endpoints
-            .iter()
-            .find(|(name, _)| name.trim_end_matches('/') == url)
-        {
-            return Some(known.clone());
-        }
-        let endpoint = Endpoint::from_shared(url.clone())
-            .ok()?
-            .connect_timeout(OPEN_TIMEOUT);
-        Some((url, endpoint))
+        self.connector.leader_endpoint(&self.endpoints, leader)
     }
 
     /// Opens one session and serves it. `Ok` when `stop` ended it.
