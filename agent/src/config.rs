@@ -444,10 +444,10 @@ mod tests {
     #[test]
     fn a_leader_hint_is_reached_with_the_same_tls_as_the_endpoints() {
         let dir = tempfile::tempdir().unwrap();
-        let config = tls_config(dir.path());
-        config.validate().unwrap();
-        let known = config.tonic_endpoints().unwrap();
-        let connector = config.connector();
+        let with_tls = tls_config(dir.path());
+        with_tls.validate().unwrap();
+        let known = with_tls.tonic_endpoints().unwrap();
+        let connector = with_tls.connector();
 
         // A follower names a replica the agent knows: that endpoint.
         let (name, endpoint) = connector.leader_endpoint(&known, "127.0.0.1:7071").unwrap();
