@@ -37,7 +37,11 @@
 //!   `signal`, or with neither (it never started; the reason then begins
 //!   with `failed to start: `). `reason` says why: `exited with code N`,
 //!   `killed by signal SIGSEGV`, `walltime exceeded`, the stop order's
-//!   reason, or `agent shutting down`.
+//!   reason, or `agent shutting down`. A job that a crashed agent left
+//!   running, and the restarted agent stopped before its first hello, is
+//!   reported with neither and the reason `stopped: the node agent
+//!   restarted` ([`RESTART_REASON`](crate::runner::RESTART_REASON)): the
+//!   node lost the run, the job did not fail.
 //! - `StopJob` with `grace_period_seconds` 0 uses the grace period the job
 //!   was started with; an empty reason becomes `stopped by the scheduler`.
 //!   Stopping a job that is not held, or has exited, does nothing.
@@ -49,7 +53,8 @@
 //! - Only the leader replica holds sessions. A follower refuses with
 //!   `UNAVAILABLE` and the leader's `host:port` in `x-edupool-leader`; the
 //!   agent goes there at once (a few hops at most, then the usual backoff
-//!   over its endpoint list).
+//!   over its endpoint list), with the same TLS settings (CA, client
+//!   certificate, `https://`) as its configured endpoints.
 //! - The hello's GPUs carry the agent's health judgement (`healthy`,
 //!   `health_reason`); every later change is a `GpuHealth` message (for a
 //!   GPU in MIG mode, one per instance). Changes made while no session was
