@@ -458,6 +458,8 @@ impl Runner {
                 // Durable before the start is reported: a job whose record
                 // cannot be written is stopped at once, as one that failed
                 // to start (an agent that crashed would lose track of it).
+                // Written here, under the lock, like the job's directory and
+                // log files: one small file, and no start can overtake it.
                 let durable = self.write_record(&request, grace_period, spawned.pid(), started_at);
                 let report = JobReport {
                     job_id: job_id.clone(),
