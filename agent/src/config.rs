@@ -185,29 +185,71 @@ impl AgentConfig {
 
     /// The endpoints as tonic endpoints, with this configuration's timeouts.
     pub(crate) fn tonic_endpoints(&self) -> Result<Vec<(String, Endpoint)>, ConfigError> {
+        let connector = self.connector();
         self.endpoints
             .iter()
-            .map(|e| {
-                let mut endpoint = parse_endpoint(e, self.tls.is_some())?;
-                if let Some(tls) = &self.tls {
-                    endpoint = endpoint.tls_config(tls.client_config()).map_err(|err| {
-                        ConfigError::InvalidEndpoint {
-                            endpoint: e.clone(),
-                            reason: err.to_string(),
-                        }
-                    })?;
-                }
-                let endpoint = endpoint
-                    .connect_timeout(self.connect_timeout)
-                    .tcp_nodelay(true)
-                    // A scheduler that vanished without closing the
-                    // connection is noticed within about 20 s.
-                    .http2_keep_alive_interval(Duration::from_secs(10))
-                    .keep_alive_timeout(Duration::from_secs(10))
-                    .keep_alive_while_idle(true);
-                Ok((e.clone(), endpoint))
-            })
+            .map(|e| Ok((e.clone(), connector.endpoint(e)?)))
             .collect()
+    }
+
+    /// What turns a scheduler address into an endpoint with this
+    /// configuration's TLS and timeouts; also used for the leader a
+    /// follower names, which must be reached exactly like the endpoints.
+    pub(crate) fn connector(&self) -> Connector {
+        Connector {
+            tls: self.tls.clone(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+}
+
+/// Builds endpoints to the scheduler: `https://` with the agent's CA and
+/// certificate when it has TLS, `http://` otherwise.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    tls: Option<AgentTls>,
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    /// The endpoint of `address` (`host:port`, or a URL).
+    pub(crate) fn endpoint(&self, address: &str) -> Result<Endpoint, ConfigError> {
+        let mut endpoint = parse_endpoint(address, self.tls.is_some())?;
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.client_config()).map_err(|err| {
+                ConfigError::InvalidEndpoint {
+                    endpoint: address.to_owned(),
+                    reason: err.to_string(),
+                }
+            })?;
+        }
+        Ok(endpoint
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            // A scheduler that vanished without closing the connection is
+            // noticed within about 20 s.
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true))
+    }
+
+    /// The endpoint of a leader hint (`host:port`): the known endpoint
+    /// with the same host and port when there is one, else a new one
+    /// built like the known ones. `None` for a hint that is no address.
+    pub(crate) fn leader_endpoint(
+        &self,
+        known: &[(String, Endpoint)],
+        leader: &str,
+    ) -> Option<(String, Endpoint)> {
+        let endpoint = self.endpoint(leader).ok()?;
+        let authority = endpoint.uri().authority()?.clone();
+        if let Some(same) = known
+            .iter()
+            .find(|(_, e)| e.uri().authority() == Some(&authority))
+        {
+            return Some(same.clone());
+        }
+        Some((endpoint.uri().to_string(), endpoint))
     }
 }
 
@@ -383,6 +425,55 @@ mod tests {
             !debug.contains("tok3n") && debug.contains("simulated"),
             "{debug}"
         );
+    }
+
+    /// `config()` with TLS files from a self-signed certificate for
+    /// 127.0.0.1 (as CA and as the agent's own certificate).
+    fn tls_config(dir: &std::path::Path) -> AgentConfig {
+        let rcgen::CertifiedKey { cert, signing_key } =
+            rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+        let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, signing_key.serialize_pem()).unwrap();
+        let mut config = config();
+        config.endpoints = vec!["http://127.0.0.1:7070".into(), "127.0.0.1:7071".into()];
+        config.tls = Some(AgentTls::from_files(&cert_file, &cert_file, &key_file).unwrap());
+        config
+    }
+
+    #[test]
+    fn a_leader_hint_is_reached_with_the_same_tls_as_the_endpoints() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_tls = tls_config(dir.path());
+        with_tls.validate().unwrap();
+        let known = with_tls.tonic_endpoints().unwrap();
+        let connector = with_tls.connector();
+
+        // A follower names a replica the agent knows: that endpoint.
+        let (name, endpoint) = connector.leader_endpoint(&known, "127.0.0.1:7071").unwrap();
+        assert_eq!(name, "127.0.0.1:7071");
+        assert_eq!(endpoint.uri().to_string(), "https://127.0.0.1:7071/");
+        let (name, _) = connector.leader_endpoint(&known, "127.0.0.1:7070").unwrap();
+        assert_eq!(name, "http://127.0.0.1:7070");
+
+        // One it does not know: https, like the configured ones.
+        let (name, endpoint) = connector.leader_endpoint(&known, "127.0.0.1:7072").unwrap();
+        assert_eq!(endpoint.uri().to_string(), "https://127.0.0.1:7072/");
+        assert_eq!(name, "https://127.0.0.1:7072/");
+
+        // Without TLS the hint stays plaintext; a hint that is no address
+        // is not followed.
+        let plain = config();
+        let known = plain.tonic_endpoints().unwrap();
+        let (_, endpoint) = plain
+            .connector()
+            .leader_endpoint(&known, "127.0.0.1:7072")
+            .unwrap();
+        assert_eq!(endpoint.uri().to_string(), "http://127.0.0.1:7072/");
+        assert!(plain
+            .connector()
+            .leader_endpoint(&known, "not a host")
+            .is_none());
     }
 
     #[test]

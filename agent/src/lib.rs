@@ -68,12 +68,24 @@ pub enum AgentError {
     /// The metrics listener cannot be used.
     #[error("cannot serve metrics")]
     Metrics(#[source] io::Error),
+    /// The durable job records cannot be read, or what they name cannot
+    /// be stopped.
+    #[error("cannot recover the jobs of the previous agent from {}", path.display())]
+    Recover {
+        /// The work directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
     /// No user to run jobs as.
     #[error(transparent)]
     JobUser(#[from] runner::JobUserError),
 }
 
-/// Runs the agent until `shutdown` is cancelled: keeps a session with the
+/// Runs the agent until `shutdown` is cancelled: first stops whatever a
+/// previous agent on the same work directory left running (see
+/// [`Runner::recover`](runner::Runner::recover)), then keeps a session with the
 /// scheduler open (reconnecting as needed), runs the jobs it is given, and
 /// on shutdown stops every running job with its grace period and returns
 /// once they have all exited and their exits have been offered to the
@@ -92,6 +104,21 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         energy: Some(Arc::clone(&config.inventory)),
         job_user,
     });
+    // Before the first hello: a GPU is reported free only once nothing of
+    // an earlier agent's job holds it.
+    let recovered = runner
+        .recover()
+        .await
+        .map_err(|source| AgentError::Recover {
+            path: work_dir.clone(),
+            source,
+        })?;
+    if recovered > 0 {
+        info!(
+            jobs = recovered,
+            "holding jobs of the previous agent until the scheduler forgets them"
+        );
+    }
     let (board, changes) = HealthBoard::new();
     let (feed, telemetry_feed) = tokio::sync::watch::channel(Vec::new());
     let status = Arc::new(SessionStatus::default());
@@ -99,6 +126,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let session = Session {
         node_name: config.node_name.clone(),
         endpoints: config.tonic_endpoints()?,
+        connector: config.connector(),
         authorization: config.authorization()?,
         inventory: config.inventory.clone(),
         runner: runner.clone(),

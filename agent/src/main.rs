@@ -110,7 +110,8 @@ struct RunArgs {
     )]
     token: String,
 
-    /// Where job directories and their logs are kept.
+    /// Where job directories and their logs are kept, and the durable
+    /// records of running jobs (`records/`).
     #[arg(
         long,
         env = "EDUPOOL_AGENT_WORK_DIR",

@@ -1,7 +1,8 @@
 //! Three scheduler replicas as processes: followers point writers to the
 //! leader, reads are linearizable or (with --stale-ok) local, killing the
-//! leader loses nothing that was acknowledged, and an agent's session
-//! outlives a report that waits for a quorum.
+//! leader loses nothing that was acknowledged, an agent's session
+//! outlives a report that waits for a quorum, and an agent that knows only
+//! a follower follows its hint to the leader over TLS.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use edupool_proto::v1 as pb;
 use edupool_proto::v1::job_service_client::JobServiceClient;
 use edupool_tests::cluster::Cluster;
 use edupool_tests::prometheus::http_get;
-use edupool_tests::{agent_with, eventually, ADMIN_TOKEN};
+use edupool_tests::{agent_with, eventually, simulated_agent, ADMIN_TOKEN};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -182,5 +183,30 @@ fn an_agent_session_outlives_a_report_waiting_to_commit() -> Result<()> {
             .any(|l| l == r#"edupool_agent_sessions_established_total{node="n1"} 1"#),
         "the agent kept its one session:\n{text}"
     );
+    Ok(())
+}
+
+#[test]
+fn an_agent_told_only_of_a_follower_reaches_the_leader_over_tls() -> Result<()> {
+    let c = Cluster::start(3, &[])?;
+    let leader = c.leader(WAIT)?;
+    let follower = *c.ids().iter().find(|i| **i != leader).expect("a follower");
+    let work = tempfile::tempdir()?;
+    // The follower is the agent's only endpoint: the one way to the leader
+    // is the address the follower's refusal names, reached over mTLS.
+    let _agent = simulated_agent(
+        &c.endpoint(follower),
+        "n1",
+        "1xA100-80GB",
+        work.path(),
+        "error",
+    )?;
+    let all = c.endpoints();
+    eventually("the agent's node to be ready", WAIT, || {
+        let v = Cluster::ctl_json(&all, ADMIN_TOKEN, &["node", "list"]).ok()?;
+        let node = v.as_array()?.first()?.clone();
+        (node["status"].as_str()? == "ready").then_some(())
+    })
+    .context("an agent pointed at a follower should end up in a session with the leader")?;
     Ok(())
 }

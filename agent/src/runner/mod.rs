@@ -16,9 +16,18 @@
 //! [`JobUsage`]: its GPU time and the energy its GPUs used while it ran,
 //! from the GPUs' energy counters read at its start and at its exit.
 //!
+//! Every job started also has a durable record on disk (see `journal`),
+//! written before its start is reported and removed when it is forgotten.
+//! [`Runner::recover`], run before the agent reports anything, stops the
+//! jobs a previous agent left running (see `leftovers`) and holds them as
+//! exited with [`RESTART_REASON`], so no GPU is reported free while a
+//! process of an earlier job still holds it.
+//!
 //! All records live behind one mutex that is never held across an await.
 
 mod isolation;
+mod journal;
+mod leftovers;
 mod logs;
 mod process;
 
@@ -36,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::inventory::GpuInventory;
+use journal::{DurableExit, DurableRecord, Journal};
 
 pub use isolation::{resolve_job_user, JobUser, JobUserError};
 pub use logs::{LogChunk, LogError, LogStream, DEFAULT_LOG_CHUNK, MAX_LOG_CHUNK};
@@ -52,6 +62,10 @@ pub const INHERITED_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
 
 /// `PATH` for jobs when the agent itself has none.
 const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// The exit reason of a job that a previous agent left running and the
+/// restarted agent stopped before it reported its GPUs.
+pub const RESTART_REASON: &str = "stopped: the node agent restarted";
 
 /// The longest job id the runner accepts.
 pub const MAX_JOB_ID_LEN: usize = 128;
@@ -304,6 +318,8 @@ struct Inner {
     default_grace_period: Duration,
     energy: Option<Arc<dyn GpuInventory>>,
     job_user: JobUser,
+    /// The durable records of started jobs.
+    journal: Journal,
     /// Jobs that could not be started, or whose exit could not be collected.
     errors: AtomicU64,
     /// `PATH`, `HOME` and `LANG` of the agent, taken once at construction.
@@ -366,6 +382,7 @@ impl Runner {
                 default_grace_period: config.default_grace_period,
                 energy: config.energy,
                 job_user: config.job_user,
+                journal: Journal::new(&config.work_dir),
                 errors: AtomicU64::new(0),
                 base_env,
                 state: Mutex::new(State {
@@ -437,14 +454,35 @@ impl Runner {
         match spawned {
             Ok(spawned) => {
                 let spawned_at = tokio::time::Instant::now();
+                let started_at = SystemTime::now();
+                // Durable before the start is reported: a job whose record
+                // cannot be written is stopped at once, as one that failed
+                // to start (an agent that crashed would lose track of it).
+                // Written here, under the lock, like the job's directory and
+                // log files: one small file, and no start can overtake it.
+                let durable = self.write_record(&request, grace_period, spawned.pid(), started_at);
                 let report = JobReport {
                     job_id: job_id.clone(),
-                    started_at: Some(SystemTime::now()),
+                    started_at: Some(started_at),
                     state: JobState::Running,
                 };
                 let (control, orders) = mpsc::unbounded_channel();
                 info!(job = %job_id, tenant = %request.tenant, attempt = request.attempt,
                     pid = spawned.pid(), gpus = ?request.gpu_uuids, "job started");
+                let durable = match durable {
+                    Ok(record) => Some(record),
+                    Err(err) => {
+                        self.count_error();
+                        let reason =
+                            format!("failed to start: cannot record the job durably: {err}");
+                        warn!(job = %job_id, %reason, "stopping the job");
+                        let _ = control.send(StopOrder {
+                            grace_period: Duration::ZERO,
+                            reason,
+                        });
+                        None
+                    }
+                };
                 state.jobs.insert(
                     job_id.clone(),
                     Record {
@@ -462,6 +500,7 @@ impl Runner {
                     walltime: request.walltime,
                     grace_period,
                     orders,
+                    durable,
                 };
                 self.inner.tracker.spawn(supervisor.run(spawned));
                 StartOutcome::Started
@@ -526,6 +565,8 @@ impl Runner {
             Some(record) if record.report.is_running() => ForgetOutcome::StillRunning,
             Some(_) => {
                 state.jobs.remove(job_id);
+                drop(state);
+                self.inner.journal.remove(job_id);
                 debug!(job = %job_id, "job forgotten");
                 ForgetOutcome::Forgotten
             }
@@ -632,6 +673,124 @@ impl Runner {
         }
     }
 
+    /// Writes the durable record of a job just spawned as `pid`.
+    fn write_record(
+        &self,
+        request: &StartRequest,
+        grace_period: Duration,
+        pid: i32,
+        started_at: SystemTime,
+    ) -> std::io::Result<DurableRecord> {
+        let stat = leftovers::stat(pid)
+            .ok_or_else(|| std::io::Error::other(format!("no /proc/{pid}/stat")))?;
+        let record = DurableRecord {
+            job_id: request.job_id.clone(),
+            attempt: request.attempt,
+            pid,
+            start_ticks: stat.start_ticks,
+            boot_id: leftovers::boot_id()?,
+            gpus: u32::try_from(request.gpu_uuids.len()).unwrap_or(u32::MAX),
+            grace_period_ms: u64::try_from(grace_period.as_millis()).unwrap_or(u64::MAX),
+            started_at_ms: journal::unix_ms(started_at),
+            exit: None,
+        };
+        self.inner.journal.write(&record)?;
+        Ok(record)
+    }
+
+    /// Adds the exit to a job's durable record, off the async threads, so
+    /// an agent that restarts before the scheduler forgot the job still
+    /// reports how it ended.
+    async fn record_exit_durably(&self, mut record: DurableRecord, exit: &JobExit) {
+        record.exit = Some(DurableExit::of(exit));
+        let journal = self.inner.journal.clone();
+        let job_id = record.job_id.clone();
+        match tokio::task::spawn_blocking(move || journal.write(&record)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!(job = %job_id, %err, "cannot record the job's exit durably"),
+            Err(err) => warn!(job = %job_id, %err, "recording the job's exit did not finish"),
+        }
+    }
+
+    /// Run once, before the agent reports anything: stops every job a
+    /// previous agent on this work directory left running (SIGTERM to its
+    /// process group, SIGKILL after its grace period, then waits until
+    /// none of its processes is alive) and holds it as exited with
+    /// [`RESTART_REASON`]; jobs whose exit was already recorded are held
+    /// with that exit. Returns how many jobs were held again this way.
+    pub async fn recover(&self) -> std::io::Result<usize> {
+        let journal = self.inner.journal.clone();
+        let records = tokio::task::spawn_blocking(move || journal.load())
+            .await
+            .map_err(std::io::Error::other)??;
+        let boot = leftovers::boot_id()?;
+        let mut stopping = vec![];
+        let mut count = 0;
+        for record in records {
+            if let Err(err) = validate_job_id(&record.job_id) {
+                warn!(%err, "ignoring a job record with a bad id");
+                continue;
+            }
+            count += 1;
+            if let Some(exit) = &record.exit {
+                let exit = exit.to_exit();
+                self.hold_exited(&record, exit);
+                continue;
+            }
+            let same_boot = record.boot_id == boot;
+            stopping.push(tokio::task::spawn_blocking(move || {
+                let group = leftovers::Group {
+                    pgid: record.pid,
+                    start_ticks: record.start_ticks,
+                };
+                let grace = Duration::from_millis(record.grace_period_ms);
+                // Processes of an earlier boot are gone with it.
+                let stopped = same_boot && group.stop(&record.job_id, grace);
+                (record, stopped)
+            }));
+        }
+        for task in stopping {
+            let (record, stopped) = task.await.map_err(std::io::Error::other)?;
+            let finished_at = SystemTime::now();
+            let ran = finished_at
+                .duration_since(journal::from_unix_ms(record.started_at_ms))
+                .unwrap_or_default();
+            let exit = JobExit {
+                outcome: ExitOutcome::Unknown,
+                reason: RESTART_REASON.to_owned(),
+                finished_at,
+                usage: Some(JobUsage {
+                    gpu_time: ran.checked_mul(record.gpus).unwrap_or(Duration::MAX),
+                    energy_millijoules: None,
+                }),
+            };
+            info!(job = %record.job_id, attempt = record.attempt, stopped,
+                "job of the previous agent held as exited: {RESTART_REASON}");
+            self.record_exit_durably(record.clone(), &exit).await;
+            self.hold_exited(&record, exit);
+        }
+        Ok(count)
+    }
+
+    /// Holds a job of a previous agent as exited until it is forgotten.
+    fn hold_exited(&self, record: &DurableRecord, exit: JobExit) {
+        let report = JobReport {
+            job_id: record.job_id.clone(),
+            started_at: Some(journal::from_unix_ms(record.started_at_ms)),
+            state: JobState::Exited(exit),
+        };
+        let mut state = self.lock();
+        state.jobs.insert(
+            record.job_id.clone(),
+            Record {
+                report: report.clone(),
+                grace_period: Duration::from_millis(record.grace_period_ms),
+                control: None,
+            },
+        );
+        state.emit(report);
+    }
+
     /// Records the exit of a job; called once by its supervisor.
     fn record_exit(&self, job_id: &str, exit: JobExit) {
         let mut state = self.lock();
@@ -647,5 +806,7 @@ impl Runner {
     }
 }
 
+#[cfg(test)]
+mod recovery_tests;
 #[cfg(test)]
 mod tests;

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use super::isolation::{create_job_dir, JobUser};
+use super::journal::DurableRecord;
 use super::logs::{STDERR_LOG, STDOUT_LOG};
 use super::{
     validate_job_id, ExitOutcome, InvalidJobId, JobExit, JobUsage, Runner, StartRequest, StopOrder,
@@ -166,6 +167,8 @@ pub(super) struct Supervisor {
     pub(super) walltime: Option<Duration>,
     pub(super) grace_period: Duration,
     pub(super) orders: mpsc::UnboundedReceiver<StopOrder>,
+    /// The job's durable record; its exit is added before it is reported.
+    pub(super) durable: Option<DurableRecord>,
 }
 
 /// A stop in progress: SIGTERM sent, SIGKILL due at `kill_at`.
@@ -233,15 +236,16 @@ impl Supervisor {
             (None, None) => outcome.to_string(),
         };
         info!(job = %self.job_id, %outcome, %reason, "job exited");
-        self.runner.record_exit(
-            &self.job_id,
-            JobExit {
-                outcome,
-                reason,
-                finished_at: SystemTime::now(),
-                usage: Some(usage),
-            },
-        );
+        let exit = JobExit {
+            outcome,
+            reason,
+            finished_at: SystemTime::now(),
+            usage: Some(usage),
+        };
+        if let Some(record) = self.durable.take() {
+            self.runner.record_exit_durably(record, &exit).await;
+        }
+        self.runner.record_exit(&self.job_id, exit);
     }
 
     /// Begins a stop, or shortens the grace period of one under way.

@@ -37,7 +37,11 @@
 //!   `signal`, or with neither (it never started; the reason then begins
 //!   with `failed to start: `). `reason` says why: `exited with code N`,
 //!   `killed by signal SIGSEGV`, `walltime exceeded`, the stop order's
-//!   reason, or `agent shutting down`.
+//!   reason, or `agent shutting down`. A job that a crashed agent left
+//!   running, and the restarted agent stopped before its first hello, is
+//!   reported with neither and the reason `stopped: the node agent
+//!   restarted` ([`RESTART_REASON`](crate::runner::RESTART_REASON)): the
+//!   node lost the run, the job did not fail.
 //! - `StopJob` with `grace_period_seconds` 0 uses the grace period the job
 //!   was started with; an empty reason becomes `stopped by the scheduler`.
 //!   Stopping a job that is not held, or has exited, does nothing.
@@ -49,7 +53,8 @@
 //! - Only the leader replica holds sessions. A follower refuses with
 //!   `UNAVAILABLE` and the leader's `host:port` in `x-edupool-leader`; the
 //!   agent goes there at once (a few hops at most, then the usual backoff
-//!   over its endpoint list).
+//!   over its endpoint list), with the same TLS settings (CA, client
+//!   certificate, `https://`) as its configured endpoints.
 //! - The hello's GPUs carry the agent's health judgement (`healthy`,
 //!   `health_reason`); every later change is a `GpuHealth` message (for a
 //!   GPU in MIG mode, one per instance). Changes made while no session was
@@ -83,6 +88,7 @@ use tracing::{debug, info, warn};
 
 pub(crate) use backoff::Backoff;
 
+use crate::config::Connector;
 use crate::convert;
 use crate::error_chain;
 use crate::health::{HealthBoard, HealthChanges};
@@ -187,6 +193,8 @@ pub(crate) struct SessionStatus {
 pub(crate) struct Session {
     pub(crate) node_name: String,
     pub(crate) endpoints: Vec<(String, Endpoint)>,
+    /// Builds the endpoint of a leader a follower names.
+    pub(crate) connector: Connector,
     pub(crate) authorization: MetadataValue<Ascii>,
     pub(crate) inventory: Arc<dyn GpuInventory>,
     pub(crate) runner: Runner,
@@ -295,25 +303,10 @@ impl Session {
         }
     }
 
-    /// The endpoint of a leader hint (`host:port`): one of ours when it
-    /// names the same place, else a new one with the same settings.
+    /// The endpoint of a leader hint, reached with the same TLS settings
+    /// (CA, client certificate, `https://`) as the configured endpoints.
     fn leader_endpoint(&self, leader: &str) -> Option<(String, Endpoint)> {
-        let url = if leader.contains("://") {
-            leader.to_owned()
-        } else {
-            format!("http://{leader}")
-        };
-        if let Some(known) = self
-            .endpoints
-            .iter()
-            .find(|(name, _)| name.trim_end_matches('/') == url)
-        {
-            return Some(known.clone());
-        }
-        let endpoint = Endpoint::from_shared(url.clone())
-            .ok()?
-            .connect_timeout(OPEN_TIMEOUT);
-        Some((url, endpoint))
+        self.connector.leader_endpoint(&self.endpoints, leader)
     }
 
     /// Opens one session and serves it. `Ok` when `stop` ended it.

@@ -278,6 +278,10 @@ impl Agents {
             }
             return;
         }
+        if is_restart_stop(&r) {
+            self.agent_restarted(node, id).await;
+            return;
+        }
         let reason = if r.reason.is_empty() && !r.has_exit_code && r.signal != 0 {
             format!("killed by signal {}", r.signal)
         } else {
@@ -292,6 +296,31 @@ impl Agents {
             usage: convert::usage(&r),
         })
         .await;
+    }
+
+    /// A run the agent lost track of when it crashed, and stopped when it
+    /// came back before it reported its GPUs: the node lost the run, the
+    /// job did not fail, so the node-loss rules (requeue or lost) apply as
+    /// for a vanished job, and the run is in the ledger under this reason.
+    /// The agent may drop its record at once: whichever leader reads its
+    /// next hello, a job missing from it has vanished just the same.
+    async fn agent_restarted(&self, node: &str, id: JobId) {
+        self.propose(Command::JobVanished {
+            node: node.to_string(),
+            job: id,
+            reason: format!(
+                "the agent on {node} restarted and stopped the run before reporting its GPUs free"
+            ),
+        })
+        .await;
+        self.sessions.send(
+            node,
+            pb::SchedulerMessage {
+                msg: Some(Down::Forget(pb::ForgetJob {
+                    job_id: id.to_string(),
+                })),
+            },
+        );
     }
 
     /// Queues what an agent reported for the log without waiting for it
@@ -310,4 +339,13 @@ impl Agents {
             }
         });
     }
+}
+
+/// An exit the agent reports for a run it stopped after a restart: no exit
+/// code, no signal, and the agent's fixed reason.
+fn is_restart_stop(r: &pb::JobReport) -> bool {
+    !r.running
+        && !r.has_exit_code
+        && r.signal == 0
+        && r.reason == edupool_agent::runner::RESTART_REASON
 }
