@@ -401,7 +401,7 @@ async fn library_commands_against_the_stand_in() {
     let spec = edupoolctl::jobfile::JobFile::new(vec!["true".into()], 1)
         .to_spec()
         .unwrap();
-    let job = ctl.submit_job(spec, 0).await.unwrap();
+    let job = ctl.submit_job(spec, 0, "").await.unwrap();
     assert_eq!(job.id, "j-42");
     assert_eq!(text(&mut ctl), "submitted job j-42 (pending)\n");
 
