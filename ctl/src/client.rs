@@ -259,11 +259,13 @@ pub async fn find_leader(
                 )));
                 continue;
             }
+            // Refused, or the connection broke (a status the transport
+            // made carries its error as the source).
             Ok(Err(s))
                 if matches!(
                     s.code(),
                     Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-                ) =>
+                ) || StdError::source(&s).is_some() =>
             {
                 attempts.push(note(describe_status(&s)));
                 fallback.get_or_insert(clients);
@@ -304,14 +306,26 @@ pub async fn connect_to(
     tls: Option<&ClientTls>,
 ) -> Result<Clients, ClientError> {
     let (target, endpoint) = target(endpoint, tls)?;
-    match target.connect().await {
+    match open(target).await {
         Ok(channel) => Clients::with_auth(channel, auth, endpoint),
-        Err(e) => Err(ClientError::Unreachable {
-            attempts: vec![Attempt {
-                endpoint,
-                cause: e.source().map_or_else(|| e.to_string(), error_chain),
-            }],
+        Err(cause) => Err(ClientError::Unreachable {
+            attempts: vec![Attempt { endpoint, cause }],
         }),
+    }
+}
+
+/// Opens a channel within [`CONNECT_TIMEOUT`], handshakes included (the
+/// endpoint's own timeout covers only TCP, and a paused process's port
+/// still accepts TCP); the cause when it fails.
+async fn open(target: Endpoint) -> Result<Channel, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, target.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        // The outer error only says "transport error"; its sources say what.
+        Ok(Err(e)) => Err(e.source().map_or_else(|| e.to_string(), error_chain)),
+        Err(_) => Err(format!(
+            "no handshake within {} ms",
+            CONNECT_TIMEOUT.as_millis()
+        )),
     }
 }
 
@@ -391,13 +405,9 @@ async fn connect_channel(
     let mut attempts = Vec::new();
     for endpoint in endpoints {
         let (target, endpoint) = target(&endpoint, tls)?;
-        match target.connect().await {
+        match open(target).await {
             Ok(channel) => return Ok((channel, endpoint)),
-            // The outer error only says "transport error"; its sources say what.
-            Err(e) => attempts.push(Attempt {
-                endpoint,
-                cause: e.source().map_or_else(|| e.to_string(), error_chain),
-            }),
+            Err(cause) => attempts.push(Attempt { endpoint, cause }),
         }
     }
     Err(ClientError::Unreachable { attempts })

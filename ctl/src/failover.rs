@@ -6,8 +6,8 @@
 //! - could not connect, or was refused with UNAVAILABLE (a follower, a
 //!   replica with no leader, a leader that could not commit in time);
 //! - ran past its deadline or lost its connection (DEADLINE_EXCEEDED,
-//!   CANCELLED, UNKNOWN) and is safe to repeat: a read, or a submit that
-//!   carries a request id;
+//!   CANCELLED, UNKNOWN, or any status the transport made) and is safe to
+//!   repeat: a read, or a submit that carries a request id;
 //! - was refused with RESOURCE_EXHAUSTED and a retry-after.
 //!
 //! Between tries it waits a backoff that doubles from
@@ -53,7 +53,7 @@ pub fn verdict(status: &Status, repeatable: bool) -> Verdict {
             leader: leader_hint(status),
             after,
         },
-        Code::DeadlineExceeded | Code::Cancelled | Code::Unknown if repeatable => Verdict::Retry {
+        _ if repeatable && outcome_unknown(status) => Verdict::Retry {
             leader: None,
             after,
         },
@@ -63,6 +63,17 @@ pub fn verdict(status: &Status, repeatable: bool) -> Verdict {
         },
         _ => Verdict::Final,
     }
+}
+
+/// Whether the call may or may not have been applied: it ran past its
+/// deadline, or its connection broke (a status made by the transport,
+/// not sent by a server, carries the transport's error as its source).
+pub fn outcome_unknown(status: &Status) -> bool {
+    use std::error::Error as _;
+    matches!(
+        status.code(),
+        Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+    ) || status.source().is_some()
 }
 
 /// The wait a server asks for: `x-edupool-retry-after-ms`, or
@@ -181,6 +192,14 @@ impl Failover {
         !self.tried.is_empty() && self.tried.iter().all(|a| a.cause.contains("certificate"))
     }
 
+    /// The error when no endpoint could be reached this round, each with
+    /// why.
+    pub fn unreachable(&self) -> ClientError {
+        ClientError::Unreachable {
+            attempts: self.tried.clone(),
+        }
+    }
+
     /// Time left before the deadline.
     pub fn left(&self) -> Duration {
         self.timeout.saturating_sub(self.started.elapsed())
@@ -261,12 +280,20 @@ mod tests {
         );
     }
 
+    /// What tonic makes of a connection that broke mid-call.
+    fn broken_connection() -> Status {
+        let mut s = Status::internal("h2 protocol error: http2 error (internal error)");
+        s.set_source(std::sync::Arc::new(std::io::Error::other("reset")));
+        s
+    }
+
     #[test]
     fn a_timeout_is_retried_only_when_the_call_is_safe_to_repeat() {
         for s in [
             Status::deadline_exceeded("late"),
             Status::cancelled("Timeout expired"),
             Status::unknown("connection reset"),
+            broken_connection(),
         ] {
             assert_eq!(verdict(&s, false), Verdict::Final, "{s:?}");
             assert!(matches!(verdict(&s, true), Verdict::Retry { .. }), "{s:?}");

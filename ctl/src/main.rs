@@ -440,13 +440,6 @@ struct SubmitArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
 
-    /// Names this submission so that repeating it (this command run again
-    /// with the same id, within 24 hours) returns the same job instead of
-    /// a second one: 1-128 of A-Z a-z 0-9 - _ . : [default: a fresh id,
-    /// kept across this command's own retries]
-    #[arg(long, value_name = "ID")]
-    request_id: Option<String>,
-
     /// Whole GPUs on one node [required without -f]
     #[arg(long, required_unless_present = "file", value_name = "N")]
     gpus: Option<u32>,
@@ -502,6 +495,13 @@ struct SubmitArgs {
     /// EDUPOOL_ARRAY_JOB_ID (the first job's id); all are submitted or none
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     array: Option<u32>,
+
+    /// Names this submission so that repeating it (this command run again
+    /// with the same id, within 24 hours) returns the same job instead of
+    /// a second one: 1-128 of A-Z a-z 0-9 - _ . : [default: a fresh id,
+    /// kept across this command's own retries]
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
 
     /// The program and its arguments, after `--` [required without -f]
     #[arg(last = true, value_name = "COMMAND", required_unless_present = "file")]
@@ -922,7 +922,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let repeatable = is_repeatable(&command);
     loop {
         let Some(clients) = failover.connect().await? else {
-            if failover.untrusted() || !failover.pause(None).await {
+            if failover.untrusted() {
+                return Err(failover.unreachable().into());
+            }
+            if !failover.pause(None).await {
                 return Err(failover.gave_up().into());
             }
             continue;
