@@ -1488,6 +1488,45 @@ mod tests {
     }
 
     #[test]
+    fn deadlines_and_request_ids_parse_and_only_safe_commands_repeat() {
+        let cli = parse(&[
+            "--timeout",
+            "5s",
+            "--attempt-timeout",
+            "500ms",
+            "job",
+            "submit",
+            "--request-id",
+            "run-7",
+            "--gpus",
+            "1",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.timeout, Duration::from_secs(5));
+        assert_eq!(cli.global.attempt_timeout, Duration::from_millis(500));
+        assert!(is_repeatable(&cli.command));
+        let Command::Job(JobCommand::Submit(args)) = &cli.command else {
+            panic!("not a submit")
+        };
+        assert_eq!(args.request_id.as_deref(), Some("run-7"));
+        let defaults = parse(&["job", "list"]).unwrap();
+        assert_eq!(defaults.global.timeout, Duration::from_secs(30));
+        assert!(is_repeatable(&defaults.command));
+        for write in [
+            &["job", "cancel", "j-1"][..],
+            &["node", "drain", "n1"],
+            &["tenant", "create", "x"],
+        ] {
+            assert!(!is_repeatable(&parse(write).unwrap().command), "{write:?}");
+        }
+        let fresh = new_request_id();
+        assert_ne!(fresh, new_request_id());
+        assert!(fresh.len() <= 128 && fresh.starts_with("ctl-"), "{fresh}");
+    }
+
+    #[test]
     fn global_flags_and_list_filters() {
         let cli = parse(&[
             "job",
