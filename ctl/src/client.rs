@@ -2,7 +2,8 @@
 //! answers wins, and a bearer token sent with every request. With several
 //! replicas, [`connect_leader`] asks the one that answered where the
 //! leader is and connects there, and [`leader_hint`] reads the address a
-//! follower names when it refuses a write.
+//! follower names when it refuses a write. [`crate::failover`] retries a
+//! command across them.
 //!
 //! Also how a gRPC [`Status`] reads for a person ([`describe_status`]).
 
@@ -39,6 +40,7 @@ pub const STALE_OK_METADATA: &str = "x-edupool-stale-ok";
 pub struct BearerToken {
     header: Option<AsciiMetadataValue>,
     stale_ok: bool,
+    deadline: Option<Duration>,
 }
 
 impl BearerToken {
@@ -55,12 +57,22 @@ impl BearerToken {
         Ok(BearerToken {
             header,
             stale_ok: false,
+            deadline: None,
         })
     }
 
     /// Marks every request as content with a follower's possibly stale view.
     pub fn stale_ok(mut self, stale_ok: bool) -> Self {
         self.stale_ok = stale_ok;
+        self
+    }
+
+    /// Gives every request this deadline (`grpc-timeout`): the call ends
+    /// with an error when no answer came within it, and the server stops
+    /// waiting for it too. For a stream it bounds only the wait for the
+    /// stream to open.
+    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.deadline = deadline;
         self
     }
 }
@@ -76,6 +88,9 @@ impl Interceptor for BearerToken {
             request
                 .metadata_mut()
                 .insert(STALE_OK_METADATA, AsciiMetadataValue::from_static("true"));
+        }
+        if let Some(deadline) = self.deadline {
+            request.set_timeout(deadline);
         }
         Ok(request)
     }
@@ -137,6 +152,9 @@ pub struct ConnectOptions {
     pub stale_ok: bool,
     /// Speak TLS, trusting this CA; plaintext when `None`.
     pub tls: Option<ClientTls>,
+    /// The deadline of each call (see [`BearerToken::deadline`]); also
+    /// how long a replica may take to say who leads. `None`: no deadline.
+    pub attempt_timeout: Option<Duration>,
 }
 
 /// Server-authenticated TLS: the scheduler must show a certificate signed
@@ -170,26 +188,45 @@ impl ClientTls {
 
 /// Connects like [`connect`], then, unless stale reads are fine, asks the
 /// replica that answered who leads and moves to the leader, so writes and
-/// linearizable reads take no detour. A replica that cannot say (an older
-/// scheduler, no leader yet) is kept: its answers then name the leader.
+/// linearizable reads take no detour. Unreachable and paused replicas, a
+/// follower that knows no leader, and one naming a leader that cannot be
+/// reached are skipped for the next; when no replica leads, the first
+/// that answered is kept (its answers then say why). Every endpoint that
+/// was passed over is in the error when none answers.
 pub async fn connect_leader(
     endpoints: &[String],
     token: Option<&str>,
     options: ConnectOptions,
 ) -> Result<Clients, ClientError> {
-    let auth = BearerToken::new(token)?.stale_ok(options.stale_ok);
-    let tls = options.tls.as_ref();
-    if options.stale_ok {
-        let (channel, endpoint) = connect_channel(endpoints, tls).await?;
-        return Clients::with_auth(channel, auth, endpoint);
-    }
-    // A replica that accepts the connection but cannot answer (killed
-    // behind a proxy, paused, cut off) is skipped for the next one.
-    let list: Vec<String> = endpoints.iter().flat_map(|e| split_endpoints(e)).collect();
-    let mut fallback = None;
+    let auth = BearerToken::new(token)?
+        .stale_ok(options.stale_ok)
+        .deadline(options.attempt_timeout);
     let mut attempts = Vec::new();
-    for (n, _) in list.iter().enumerate() {
-        let (channel, endpoint) = match connect_channel(&list[n..n + 1], tls).await {
+    match find_leader(endpoints, &auth, &options, &mut attempts).await? {
+        Some(clients) => Ok(clients),
+        None => Err(ClientError::Unreachable { attempts }),
+    }
+}
+
+/// [`connect_leader`]'s search, noting in `attempts` each replica passed
+/// over and why; `None` when none could be used.
+pub async fn find_leader(
+    endpoints: &[String],
+    auth: &BearerToken,
+    options: &ConnectOptions,
+    attempts: &mut Vec<Attempt>,
+) -> Result<Option<Clients>, ClientError> {
+    let tls = options.tls.as_ref();
+    let list: Vec<String> = endpoints.iter().flat_map(|e| split_endpoints(e)).collect();
+    if list.is_empty() {
+        return Err(ClientError::NoEndpoints);
+    }
+    let ask_within = options
+        .attempt_timeout
+        .map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT));
+    let mut fallback = None;
+    for endpoint in &list {
+        let (channel, endpoint) = match connect_channel(std::slice::from_ref(endpoint), tls).await {
             Ok(c) => c,
             Err(ClientError::Unreachable { attempts: a }) => {
                 attempts.extend(a);
@@ -197,9 +234,16 @@ pub async fn connect_leader(
             }
             Err(e) => return Err(e),
         };
-        let mut clients = Clients::with_auth(channel, auth.clone(), endpoint)?;
+        let mut clients = Clients::with_auth(channel, auth.clone(), endpoint.clone())?;
+        if options.stale_ok {
+            return Ok(Some(clients));
+        }
+        let note = |cause: String| Attempt {
+            endpoint: endpoint.clone(),
+            cause,
+        };
         let asked = tokio::time::timeout(
-            CONNECT_TIMEOUT,
+            ask_within,
             clients
                 .cluster
                 .get_status(GetClusterStatusRequest::default()),
@@ -207,39 +251,52 @@ pub async fn connect_leader(
         .await;
         let status = match asked {
             Ok(Ok(r)) => r.into_inner(),
-            // No answer or a broken connection: try the next replica.
-            Err(_) => continue,
+            // A paused or cut-off replica: try the next.
+            Err(_) => {
+                attempts.push(note(format!(
+                    "no answer within {} ms",
+                    ask_within.as_millis()
+                )));
+                continue;
+            }
+            // Refused, or the connection broke (a status the transport
+            // made carries its error as the source).
             Ok(Err(s))
                 if matches!(
                     s.code(),
                     Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded
-                ) =>
+                ) || StdError::source(&s).is_some() =>
             {
+                attempts.push(note(describe_status(&s)));
                 fallback.get_or_insert(clients);
                 continue;
             }
             // It answers but cannot say (an older scheduler, a bad token):
             // keep it, its own answers will tell.
-            Ok(Err(_)) => return Ok(clients),
+            Ok(Err(_)) => return Ok(Some(clients)),
         };
-        if status.role == ReplicaRole::Leader as i32 || status.leader_address.is_empty() {
-            return Ok(clients);
+        if status.role == ReplicaRole::Leader as i32 {
+            return Ok(Some(clients));
         }
-        return match connect_to(&status.leader_address, auth.clone(), tls).await {
-            Ok(leader) => Ok(leader),
-            Err(_) => Ok(clients),
-        };
-    }
-    match fallback {
-        Some(clients) => Ok(clients),
-        None if list.is_empty() => Err(ClientError::NoEndpoints),
-        None if !attempts.is_empty() => Err(ClientError::Unreachable { attempts }),
-        // Every replica connected but none answered in time.
-        None => {
-            let (channel, endpoint) = connect_channel(endpoints, tls).await?;
-            Clients::with_auth(channel, auth, endpoint)
+        if status.leader_address.is_empty() {
+            attempts.push(note("a follower that knows no leader yet".into()));
+            fallback.get_or_insert(clients);
+            continue;
+        }
+        match connect_to(&status.leader_address, auth.clone(), tls).await {
+            Ok(leader) => return Ok(Some(leader)),
+            Err(ClientError::Unreachable { attempts: a }) => {
+                let why = a.first().map_or_else(String::new, |a| a.cause.clone());
+                attempts.push(note(format!(
+                    "names {} as the leader, which is unreachable: {why}",
+                    status.leader_address
+                )));
+                fallback.get_or_insert(clients);
+            }
+            Err(e) => return Err(e),
         }
     }
+    Ok(fallback)
 }
 
 /// Connects to one endpoint (as a leader hint names it).
@@ -249,14 +306,26 @@ pub async fn connect_to(
     tls: Option<&ClientTls>,
 ) -> Result<Clients, ClientError> {
     let (target, endpoint) = target(endpoint, tls)?;
-    match target.connect().await {
+    match open(target).await {
         Ok(channel) => Clients::with_auth(channel, auth, endpoint),
-        Err(e) => Err(ClientError::Unreachable {
-            attempts: vec![Attempt {
-                endpoint,
-                cause: e.source().map_or_else(|| e.to_string(), error_chain),
-            }],
+        Err(cause) => Err(ClientError::Unreachable {
+            attempts: vec![Attempt { endpoint, cause }],
         }),
+    }
+}
+
+/// Opens a channel within [`CONNECT_TIMEOUT`], handshakes included (the
+/// endpoint's own timeout covers only TCP, and a paused process's port
+/// still accepts TCP); the cause when it fails.
+async fn open(target: Endpoint) -> Result<Channel, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, target.connect()).await {
+        Ok(Ok(channel)) => Ok(channel),
+        // The outer error only says "transport error"; its sources say what.
+        Ok(Err(e)) => Err(e.source().map_or_else(|| e.to_string(), error_chain)),
+        Err(_) => Err(format!(
+            "no handshake within {} ms",
+            CONNECT_TIMEOUT.as_millis()
+        )),
     }
 }
 
@@ -336,13 +405,9 @@ async fn connect_channel(
     let mut attempts = Vec::new();
     for endpoint in endpoints {
         let (target, endpoint) = target(&endpoint, tls)?;
-        match target.connect().await {
+        match open(target).await {
             Ok(channel) => return Ok((channel, endpoint)),
-            // The outer error only says "transport error"; its sources say what.
-            Err(e) => attempts.push(Attempt {
-                endpoint,
-                cause: e.source().map_or_else(|| e.to_string(), error_chain),
-            }),
+            Err(cause) => attempts.push(Attempt { endpoint, cause }),
         }
     }
     Err(ClientError::Unreachable { attempts })
@@ -395,10 +460,23 @@ pub enum ClientError {
     InvalidEndpoint { endpoint: String, reason: String },
     #[error("cannot reach the scheduler at {}", unreachable_list(attempts))]
     Unreachable { attempts: Vec<Attempt> },
+    #[error("gave up after {} ms (--timeout); tried {}", waited.as_millis(), tried_list(attempts))]
+    GaveUp {
+        waited: Duration,
+        attempts: Vec<Attempt>,
+    },
     #[error("the token is not a valid header value: it must be printable ASCII")]
     InvalidToken,
     #[error("cannot use the CA certificate {path}: {reason}")]
     CaCert { path: String, reason: String },
+}
+
+fn tried_list(attempts: &[Attempt]) -> String {
+    attempts
+        .iter()
+        .map(|a| format!("{}: {}", a.endpoint, a.cause))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn unreachable_list(attempts: &[Attempt]) -> String {

@@ -113,13 +113,21 @@ impl<W: Write> Ctl<W> {
     /// `job submit`: prints `submitted job <id> (<state>)`, or the job as
     /// JSON. With `array` > 0, submits a job array of that many jobs and
     /// prints the range of their ids (JSON: the first job and every id).
-    pub async fn submit_job(&mut self, spec: JobSpec, array: u32) -> Result<Job, CommandError> {
+    /// `request_id` (empty: none) makes a repeat of this call answer with
+    /// the same job instead of a second one.
+    pub async fn submit_job(
+        &mut self,
+        spec: JobSpec,
+        array: u32,
+        request_id: &str,
+    ) -> Result<Job, CommandError> {
         let reply = self
             .clients
             .jobs
             .submit_job(SubmitJobRequest {
                 spec: Some(spec),
                 array,
+                request_id: request_id.to_owned(),
             })
             .await?
             .into_inner();

@@ -6,6 +6,8 @@
 //!   to a [`JobSpec`](edupool_proto::v1::JobSpec).
 //! - [`client`]: connecting to a scheduler (endpoint list, bearer token) and
 //!   describing gRPC errors for people.
+//! - [`failover`]: running a command across the replicas, retrying what is
+//!   safe to retry, within an overall deadline.
 //! - [`cluster`]: the `cluster` commands (replicas, leadership, backups).
 //! - [`commands`]: one method per CLI command, writing its result to any
 //!   [`Write`](std::io::Write).
@@ -27,6 +29,7 @@ pub mod audit;
 pub mod client;
 pub mod cluster;
 pub mod commands;
+pub mod failover;
 pub mod jobfile;
 pub mod output;
 pub mod paging;

@@ -14,6 +14,7 @@ use edupoolctl::{
     audit::RefusedFilter,
     client::{self, ConnectOptions, DEFAULT_ENDPOINT},
     commands::{CommandError, Ctl, JobFilter, NodeAction},
+    failover::{self, Failover, Verdict},
     jobfile::{self, Class, JobFile, NodeLostPolicy},
     output::OutputFormat,
     parse_job_state,
@@ -86,6 +87,33 @@ struct Global {
         help_heading = "Global options"
     )]
     ca_cert: Option<PathBuf>,
+
+    /// Give up after this long in all, e.g. 30s or 2m: a call that fails
+    /// in a way that is safe to retry is tried again on the other
+    /// endpoints, with backoff, until then
+    #[arg(
+        long,
+        global = true,
+        env = "EDUPOOL_TIMEOUT",
+        default_value = "30s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION",
+        help_heading = "Global options"
+    )]
+    timeout: Duration,
+
+    /// The deadline of each call to a replica, e.g. 10s: a replica that
+    /// does not answer within it (paused, cut off) is left for the next
+    #[arg(
+        long,
+        global = true,
+        env = "EDUPOOL_ATTEMPT_TIMEOUT",
+        default_value = "10s",
+        value_parser = humantime::parse_duration,
+        value_name = "DURATION",
+        help_heading = "Global options"
+    )]
+    attempt_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -468,6 +496,13 @@ struct SubmitArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     array: Option<u32>,
 
+    /// Names this submission so that repeating it (this command run again
+    /// with the same id, within 24 hours) returns the same job instead of
+    /// a second one: 1-128 of A-Z a-z 0-9 - _ . : [default: a fresh id,
+    /// kept across this command's own retries]
+    #[arg(long, value_name = "ID")]
+    request_id: Option<String>,
+
     /// The program and its arguments, after `--` [required without -f]
     #[arg(last = true, value_name = "COMMAND", required_unless_present = "file")]
     command: Vec<String>,
@@ -844,9 +879,6 @@ fn build_spec(args: SubmitArgs) -> anyhow::Result<JobSpec> {
     Ok(file.to_spec()?)
 }
 
-/// How many times a command follows a leader hint before it gives up.
-const MAX_LEADER_HOPS: usize = 3;
-
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let Cli { global, command } = cli;
     if matches!(global.output, Format::Csv) && !matches!(command, Command::Usage(_)) {
@@ -874,25 +906,78 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .transpose()?;
     let options = ConnectOptions {
         stale_ok: global.stale_ok,
-        tls: tls.clone(),
+        tls,
+        attempt_timeout: Some(global.attempt_timeout),
     };
-    let token = global.token.as_deref();
-    let mut clients = client::connect_leader(&global.endpoint, token, options).await?;
-    let mut hops = 0;
-    loop {
-        let mut ctl = Ctl::new(clients, global.output.into(), io::stdout());
-        let result = dispatch(&mut ctl, &command, spec.clone(), usage_format).await;
-        // A follower refused (it names the leader, and nothing was applied):
-        // go there and run the command again.
-        let hint = result.as_ref().err().and_then(leader_hint);
-        match hint {
-            Some(leader) if hops < MAX_LEADER_HOPS => {
-                hops += 1;
-                let auth = client::BearerToken::new(token)?.stale_ok(global.stale_ok);
-                clients = client::connect_to(&leader, auth, tls.as_ref()).await?;
-            }
-            _ => return result,
+    let auth = client::BearerToken::new(global.token.as_deref())?.stale_ok(global.stale_ok);
+    let mut failover = Failover::new(&global.endpoint, auth, options, global.timeout);
+    // One request id for every try of this submit, so a retry after an
+    // unknown outcome cannot make a second job.
+    let request_id = match &command {
+        Command::Job(JobCommand::Submit(args)) => {
+            args.request_id.clone().unwrap_or_else(new_request_id)
         }
+        _ => String::new(),
+    };
+    let repeatable = is_repeatable(&command);
+    loop {
+        let Some(clients) = failover.connect().await? else {
+            if failover.untrusted() {
+                return Err(failover.unreachable().into());
+            }
+            if !failover.pause(None).await {
+                return Err(failover.gave_up().into());
+            }
+            continue;
+        };
+        let endpoint = clients.endpoint.clone();
+        let mut ctl = Ctl::new(clients, global.output.into(), io::stdout());
+        let result = dispatch(&mut ctl, &command, spec.clone(), usage_format, &request_id).await;
+        let Some(status) = result.as_ref().err().and_then(rpc_status) else {
+            return result;
+        };
+        let Verdict::Retry { leader, after } = failover::verdict(status, repeatable) else {
+            return result;
+        };
+        failover.failed(&endpoint, status, leader);
+        if !failover.pause(after).await {
+            return Err(failover.gave_up().into());
+        }
+    }
+}
+
+/// A fresh request id: 128 random bits in hex (from the process's
+/// randomly seeded hasher keys, so no extra dependency is needed).
+fn new_request_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let half = || {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.finish()
+    };
+    format!("ctl-{:016x}{:016x}", half(), half())
+}
+
+/// Whether running the command twice does no harm: reads, and a submit
+/// (its request id makes a repeat return the first job).
+fn is_repeatable(command: &Command) -> bool {
+    match command {
+        Command::Job(j) => !matches!(j, JobCommand::Cancel { .. }),
+        Command::Node(n) => matches!(n, NodeCommand::List),
+        Command::Tenant(t) => matches!(t, TenantCommand::List | TenantCommand::Show { .. }),
+        Command::Cluster(c) => {
+            matches!(c, ClusterCommand::Status | ClusterCommand::Snapshot { .. })
+        }
+        Command::Usage(_) => true,
+        Command::Price(p) => matches!(p, PriceCommand::List),
+        Command::Token(t) => matches!(t, TokenCommand::List { .. }),
+        Command::Audit(_) => true,
+        Command::Budget(b) => matches!(b, BudgetCommand::List { .. }),
+        Command::Pki(_) => false,
     }
 }
 
@@ -944,12 +1029,12 @@ fn issue(
     Ok(issued.write(out, &kind.file_stem(), files.force)?)
 }
 
-fn leader_hint(error: &anyhow::Error) -> Option<String> {
+/// The gRPC status a command failed with, if it failed in a call.
+fn rpc_status(error: &anyhow::Error) -> Option<&tonic::Status> {
     error
         .chain()
         .filter_map(|e| e.downcast_ref::<CommandError>())
-        .filter_map(CommandError::status)
-        .find_map(client::leader_hint)
+        .find_map(CommandError::status)
 }
 
 async fn dispatch(
@@ -957,12 +1042,13 @@ async fn dispatch(
     command: &Command,
     spec: Option<JobSpec>,
     usage_format: UsageFormat,
+    request_id: &str,
 ) -> anyhow::Result<()> {
     match command {
         Command::Pki(_) => anyhow::bail!("pki commands work on files and need no scheduler"),
         Command::Job(JobCommand::Submit(args)) => {
             let array = args.array.unwrap_or(0);
-            ctl.submit_job(spec.expect("built before connecting"), array)
+            ctl.submit_job(spec.expect("built before connecting"), array, request_id)
                 .await?;
         }
         Command::Job(JobCommand::List {
@@ -1399,6 +1485,45 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+    }
+
+    #[test]
+    fn deadlines_and_request_ids_parse_and_only_safe_commands_repeat() {
+        let cli = parse(&[
+            "--timeout",
+            "5s",
+            "--attempt-timeout",
+            "500ms",
+            "job",
+            "submit",
+            "--request-id",
+            "run-7",
+            "--gpus",
+            "1",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(cli.global.timeout, Duration::from_secs(5));
+        assert_eq!(cli.global.attempt_timeout, Duration::from_millis(500));
+        assert!(is_repeatable(&cli.command));
+        let Command::Job(JobCommand::Submit(args)) = &cli.command else {
+            panic!("not a submit")
+        };
+        assert_eq!(args.request_id.as_deref(), Some("run-7"));
+        let defaults = parse(&["job", "list"]).unwrap();
+        assert_eq!(defaults.global.timeout, Duration::from_secs(30));
+        assert!(is_repeatable(&defaults.command));
+        for write in [
+            &["job", "cancel", "j-1"][..],
+            &["node", "drain", "n1"],
+            &["tenant", "create", "x"],
+        ] {
+            assert!(!is_repeatable(&parse(write).unwrap().command), "{write:?}");
+        }
+        let fresh = new_request_id();
+        assert_ne!(fresh, new_request_id());
+        assert!(fresh.len() <= 128 && fresh.starts_with("ctl-"), "{fresh}");
     }
 
     #[test]

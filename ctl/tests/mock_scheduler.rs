@@ -401,7 +401,7 @@ async fn library_commands_against_the_stand_in() {
     let spec = edupoolctl::jobfile::JobFile::new(vec!["true".into()], 1)
         .to_spec()
         .unwrap();
-    let job = ctl.submit_job(spec, 0).await.unwrap();
+    let job = ctl.submit_job(spec, 0, "").await.unwrap();
     assert_eq!(job.id, "j-42");
     assert_eq!(text(&mut ctl), "submitted job j-42 (pending)\n");
 
@@ -534,17 +534,18 @@ async fn binary_prints_results_and_one_line_errors() {
         "error: no token given (unauthenticated); give a token with --token or EDUPOOL_TOKEN\n"
     );
 
-    // Nothing listening anywhere.
+    // Nothing listening anywhere: retried until --timeout, then every
+    // endpoint tried is named with what it answered.
     let dead = dead_endpoint();
-    let out = edupoolctl(&["--endpoint", &dead, "node", "list"]).await;
+    let out = edupoolctl(&["--endpoint", &dead, "--timeout", "1s", "node", "list"]).await;
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
+    assert!(err.starts_with("error: gave up after "), "{err}");
     assert!(
-        err.starts_with(&format!(
-            "error: cannot reach the scheduler at http://{dead}: "
-        )),
+        err.contains(&format!("(--timeout); tried http://{dead} (")),
         "{err}"
     );
+    assert!(err.contains("tries): tcp connect error"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 
     // A bad job file is reported before connecting, naming the file.

@@ -114,6 +114,7 @@ impl LeaderClient {
         self.call(|mut c| {
             let req = pb::SubmitJobRequest {
                 array: 0,
+                request_id: String::new(),
                 spec: Some(spec.clone()),
             };
             async move {

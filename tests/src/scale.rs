@@ -664,6 +664,7 @@ pub async fn submit_all(config: LoadConfig, tally: Arc<Tally>) -> Result<()> {
                 let req = pb::SubmitJobRequest {
                     spec: Some(numbered_job(seq)),
                     array: if per_call > 1 { count as u32 } else { 0 },
+                    request_id: String::new(),
                 };
                 match jobs.submit_job(req).await {
                     Ok(_) => {

@@ -130,6 +130,7 @@ async fn jobs_run_on_real_processes_and_end_right() -> Result<()> {
             &zju,
             pb::SubmitJobRequest {
                 array: 0,
+                request_id: String::new(),
                 spec: Some(pb::JobSpec {
                     command: vec!["sh".into(), "-c".into(), "exit 7".into()],
                     gpus: 1,
@@ -214,6 +215,7 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing() -> Result<()> {
         f(&mut s);
         pb::SubmitJobRequest {
             array: 0,
+            request_id: String::new(),
             spec: Some(s),
         }
     };
@@ -251,6 +253,7 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing() -> Result<()> {
         (
             pb::SubmitJobRequest {
                 array: 0,
+                request_id: String::new(),
                 spec: None,
             },
             Code::InvalidArgument,

@@ -53,6 +53,7 @@ fn followers_name_the_leader_and_a_leader_kill_loses_nothing() -> Result<()> {
         let mut client = JobServiceClient::new(c.channel(follower).await?);
         let mut req = tonic::Request::new(pb::SubmitJobRequest {
             array: 0,
+            request_id: String::new(),
             spec: Some(edupool_tests::load::job("direct", "0")),
         });
         req.metadata_mut()

@@ -83,6 +83,7 @@ async fn large_job_lists_come_whole_and_newest_first() -> Result<()> {
         let req = pb::SubmitJobRequest {
             spec: Some(spec),
             array,
+            request_id: String::new(),
         };
         jobs.submit_job(authed(token, req)).await?;
     }

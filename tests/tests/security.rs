@@ -127,6 +127,7 @@ async fn submit_command(
 ) -> Result<(), tonic::Status> {
     let mut req = tonic::Request::new(pb::SubmitJobRequest {
         array: 0,
+        request_id: String::new(),
         spec: Some(pb::JobSpec {
             command,
             gpus: 1,

@@ -202,6 +202,7 @@ async fn call(p: &Pool, rpc: Rpc, secret: &str, member_id: &str) -> &'static str
                     secret,
                     pb::SubmitJobRequest {
                         array: 0,
+                        request_id: String::new(),
                         spec: Some(pb::JobSpec {
                             command: vec!["true".into()],
                             gpus: 1,
@@ -791,6 +792,7 @@ fn submit_req(secret: &str) -> Request<pb::SubmitJobRequest> {
         secret,
         pb::SubmitJobRequest {
             array: 0,
+            request_id: String::new(),
             spec: Some(pb::JobSpec {
                 command: vec!["true".into()],
                 gpus: 1,

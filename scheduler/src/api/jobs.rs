@@ -12,10 +12,10 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, JobLimits};
-use super::{paging, status, Auth, Caller, Rpc};
+use super::{deadline, paging, status, Auth, Caller, Rpc};
 use crate::raft::Replica;
 use crate::sessions::Sessions;
-use crate::state::{Command, Effect, Job, JobId, Outcome, MAX_ARRAY};
+use crate::state::{check_request_id, Command, Effect, Job, JobId, Outcome, MAX_ARRAY};
 
 const DEFAULT_LOG_CHUNK: u32 = 64 * 1024;
 const MAX_LOG_CHUNK: u32 = 1024 * 1024;
@@ -89,11 +89,46 @@ impl Jobs {
         Ok(())
     }
 
+    /// Whether this replica remembers the tenant's request id (a retry).
+    fn seen_request(&self, tenant: &str, request_id: Option<&str>) -> bool {
+        let Some(id) = request_id else {
+            return false;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.replica
+            .read(|s| s.seen_request(tenant, id, now).is_some())
+    }
+
+    /// The job a submission created (the state just named it); a retry may
+    /// name one since archived, which is answered by its id alone.
+    fn submitted_job(&self, id: JobId) -> Result<pb::Job, Status> {
+        let job = self.replica.read(|s| s.job(id).map(convert::job));
+        Ok(job.unwrap_or_else(|| pb::Job {
+            id: id.to_string(),
+            ..Default::default()
+        }))
+    }
+
     fn job_reply(&self, id: JobId) -> Result<pb::Job, Status> {
         self.replica
             .read(|s| s.job(id).map(convert::job))
             .ok_or_else(|| Status::internal(format!("job {id} vanished after it was written")))
     }
+}
+
+/// UNAVAILABLE for a submission not committed within `waited`: it may
+/// still commit, so whether a retry is safe depends on the request id.
+fn not_committed(waited: Duration, request_id: Option<&str>) -> Status {
+    let retry = match request_id {
+        Some(id) => format!("retrying with the same request id ({id}) is safe: it will not create a second job"),
+        None => "a retry may create a second job; send a request id to make retries safe, or list your jobs before retrying".into(),
+    };
+    Status::unavailable(format!(
+        "the submission was not committed within {} ms (the leader may be cut off from its peers or overloaded); its outcome is unknown: {retry}",
+        waited.as_millis()
+    ))
 }
 
 type JobEvents = Pin<Box<dyn Stream<Item = Result<pb::JobEvent, Status>> + Send>>;
@@ -109,7 +144,12 @@ impl JobService for Jobs {
             .tenant_scope()
             .ok_or_else(|| Status::internal("a tenant role without a tenant"))?
             .to_string();
+        let wait = deadline::commit_wait(req.metadata());
         let req = req.into_inner();
+        let request_id = (!req.request_id.is_empty()).then_some(req.request_id);
+        if let Some(id) = &request_id {
+            check_request_id(id).map_err(Status::invalid_argument)?;
+        }
         let spec = convert::job_spec(req.spec, &self.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         if req.array > MAX_ARRAY {
@@ -118,7 +158,10 @@ impl JobService for Jobs {
                 req.array
             )));
         }
-        self.check_pending_limit(&tenant, req.array.max(1))?;
+        // A retry of a submission already made creates nothing more.
+        if !self.seen_request(&tenant, request_id.as_deref()) {
+            self.check_pending_limit(&tenant, req.array.max(1))?;
+        }
         let cmd = match req.array {
             0 => Command::SubmitJob { tenant, spec },
             count => Command::SubmitArray {
@@ -127,10 +170,16 @@ impl JobService for Jobs {
                 count,
             },
         };
-        let out = self
-            .replica
-            .propose(caller.audited(Rpc::SubmitJob, "", cmd))
+        let mut cmd = caller.audited(Rpc::SubmitJob, "", cmd);
+        if let Some(request_id) = request_id.clone() {
+            cmd = Command::SubmitOnce {
+                request_id,
+                cmd: Box::new(cmd),
+            };
+        }
+        let out = deadline::within(wait, self.replica.propose(cmd))
             .await
+            .ok_or_else(|| not_committed(wait, request_id.as_deref()))?
             .map_err(status)?;
         let (first, ids) = match out {
             Outcome::Job(id) => (id, vec![]),
@@ -141,7 +190,7 @@ impl JobService for Jobs {
             _ => return Err(Status::internal("submission produced no job")),
         };
         Ok(Response::new(pb::SubmitJobResponse {
-            job: Some(self.job_reply(first)?),
+            job: Some(self.submitted_job(first)?),
             array_job_ids: ids,
         }))
     }

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod agents;
 pub mod cluster;
 pub mod convert;
+pub mod deadline;
 pub mod jobs;
 pub mod paging;
 pub mod retry_info;
@@ -370,8 +371,11 @@ fn leader_hint(mut s: Status, leader: Option<u64>, address: Option<String>) -> S
 
 fn rejection(r: Rejection) -> Status {
     let code = match &r {
-        Rejection::TenantExists(_) => Code::AlreadyExists,
-        Rejection::BadToken(_) | Rejection::BadArraySize { .. } => Code::InvalidArgument,
+        Rejection::TenantExists(_) | Rejection::RequestIdReused { .. } => Code::AlreadyExists,
+        Rejection::BadToken(_) | Rejection::BadArraySize { .. } | Rejection::BadRequestId(_) => {
+            Code::InvalidArgument
+        }
+        Rejection::NotASubmission => Code::Internal,
         Rejection::UnknownToken(_)
         | Rejection::UnknownTenant(_)
         | Rejection::UnknownJob(_)

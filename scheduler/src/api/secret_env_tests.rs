@@ -41,6 +41,7 @@ async fn secret_values_reach_the_start_order_and_no_read() {
             pb::SubmitJobRequest {
                 spec: Some(spec_with_secret()),
                 array: 0,
+                request_id: String::new(),
             },
         ))
         .await
@@ -144,6 +145,7 @@ async fn a_name_in_both_env_and_secret_env_is_refused_and_submits_nothing() {
             pb::SubmitJobRequest {
                 spec: Some(spec),
                 array: 0,
+                request_id: String::new(),
             },
         ))
         .await

@@ -71,6 +71,7 @@ pub async fn run_workload(
                 .clone()
                 .submit_job(pb::SubmitJobRequest {
                     array: 0,
+                    request_id: String::new(),
                     spec: Some(spec),
                 })
                 .await

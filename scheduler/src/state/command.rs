@@ -177,6 +177,13 @@ pub enum Command {
         target: String,
         result: AuditResult,
     },
+    /// A submission (`SubmitJob` or `SubmitArray`, possibly audited) named
+    /// by the client's request id: applied once; a repeat within the
+    /// window answers with what the first created (see `request_ids`).
+    SubmitOnce {
+        request_id: String,
+        cmd: Box<Command>,
+    },
 }
 
 /// What a command produced, for the proposer's reply.
@@ -283,6 +290,12 @@ pub enum Rejection {
     },
     #[error("a job array holds 1 to {max} jobs, not {count}")]
     BadArraySize { count: u32, max: u32 },
+    #[error("invalid request id: {0}")]
+    BadRequestId(String),
+    #[error("request id '{request_id}' was already used for a different submission (job {first}); a retry must send the same spec, a new submission needs a new request id")]
+    RequestIdReused { request_id: String, first: JobId },
+    #[error("only a job submission can carry a request id")]
+    NotASubmission,
 }
 
 /// The most jobs one array may hold in the state (the API's limit is at

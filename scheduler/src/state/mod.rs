@@ -13,6 +13,7 @@ mod ledger;
 mod lifecycle;
 mod packed;
 mod queues;
+mod request_ids;
 mod run_table;
 mod security;
 mod types;
@@ -21,6 +22,8 @@ mod types;
 mod audit_tests;
 #[cfg(test)]
 mod ledger_tests;
+#[cfg(test)]
+mod request_ids_tests;
 #[cfg(test)]
 mod security_tests;
 #[cfg(test)]
@@ -48,6 +51,10 @@ pub use ledger::{
 };
 use lifecycle::TaskEnd;
 pub use queues::{Queues, TenantQueue};
+pub use request_ids::{
+    check_request_id, RequestIds, SeenRequest, MAX_REQUEST_ID_LEN, REQUEST_IDS_PER_TENANT,
+    REQUEST_ID_WINDOW,
+};
 pub use security::{ApiToken, Role, Suspension, TokenGrant};
 pub use types::*;
 
@@ -107,6 +114,11 @@ pub struct State {
     holdings: holdings::HoldingsCache,
     /// Per tenant: the archived final jobs, summed.
     archived: BTreeMap<String, Archived>,
+    /// Submissions' request ids, so a retried submit creates nothing new
+    /// (absent in snapshots taken before they existed, and left out while
+    /// empty, so a pool that never used them serializes as before).
+    #[serde(default, skip_serializing_if = "RequestIds::is_empty")]
+    request_ids: RequestIds,
 }
 
 /// The serialized form of [`State`]: everything but the derived indexes.
@@ -127,6 +139,8 @@ struct StoredState {
     accounts: Accounts,
     #[serde(default)]
     security: security::Security,
+    #[serde(default)]
+    request_ids: RequestIds,
 }
 
 impl From<StoredState> for State {
@@ -162,6 +176,7 @@ impl From<StoredState> for State {
             node_cache: free::NodeCache::default(),
             holdings: holdings::HoldingsCache::default(),
             archived: s.archived,
+            request_ids: s.request_ids,
         }
     }
 }
@@ -198,6 +213,7 @@ fn reach(cmd: &Command) -> Reach {
         | Command::RevokeToken { .. }
         | Command::ResumeTenant { .. }
         | Command::RecordAudit { .. }
+        | Command::SubmitOnce { .. }
         // The command it wraps goes through `apply` itself, which keeps
         // the indexes for it; the audit record reaches none of them.
         | Command::Audited { .. } => Reach::Nothing,
@@ -453,6 +469,7 @@ impl State {
                 target,
                 cmd,
             } => self.audited(actor, action, target, *cmd, at),
+            Command::SubmitOnce { request_id, cmd } => self.submit_once(request_id, *cmd, at),
             Command::RecordAudit {
                 actor,
                 action,

@@ -238,6 +238,7 @@ fn latency(rt: &tokio::runtime::Runtime, rate: u64, duration: Duration) -> Resul
                 let began = Instant::now();
                 let req = pb::SubmitJobRequest {
                     array: 0,
+                    request_id: String::new(),
                     spec: Some(job(&format!("l{n}"), "0")),
                 };
                 jobs.submit_job(req).await.ok().map(|_| began.elapsed())
