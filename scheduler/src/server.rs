@@ -410,7 +410,9 @@ async fn not_serving_at(stop: CancellationToken, health: HealthReporter) {
     health.set_not_serving::<JobServiceServer<Jobs>>().await;
     health.set_not_serving::<AdminServiceServer<Admin>>().await;
     health.set_not_serving::<AgentServiceServer<Agents>>().await;
-    health.set_not_serving::<ClusterServiceServer<Cluster>>().await;
+    health
+        .set_not_serving::<ClusterServiceServer<Cluster>>()
+        .await;
     health.set_not_serving::<UsageServiceServer<Usage>>().await;
 }
 
