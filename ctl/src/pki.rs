@@ -11,8 +11,9 @@
 //! - anything else: a server certificate for a scheduler (its DNS names and
 //!   IP addresses), which speaks for no node and no replica.
 //!
-//! [`identity_of`] reads this back from a certificate the TLS layer has
-//! already verified against the CA.
+//! [`identity_of`] (from `edupool-identity`, which the scheduler shares)
+//! reads this back from a certificate the TLS layer has already verified
+//! against the CA.
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -26,16 +27,13 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-/// The common-name prefix of a node (agent) certificate.
-pub const NODE_PREFIX: &str = "node:";
-/// The common-name prefix of a scheduler replica (raft peer) certificate.
-pub const PEER_PREFIX: &str = "peer:";
+pub use edupool_identity::{
+    identity_of, parse_common_name, CertIdentity, NotACertificate, NODE_PREFIX, PEER_PREFIX,
+};
 /// The CA's certificate in a PKI directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// The CA's private key in a PKI directory (mode 0600).
 pub const CA_KEY_FILE: &str = "ca-key.pem";
-/// The longest node name a certificate may carry (a DNS name's limit).
-const MAX_NODE_NAME_LEN: usize = 253;
 
 /// Why a CA or certificate could not be made, read or written.
 #[derive(Debug, thiserror::Error)]
@@ -70,8 +68,6 @@ pub enum PkiError {
     DnsName(String),
     #[error("the validity ends before it starts")]
     Validity,
-    #[error("not a DER X.509 certificate: {0}")]
-    Parse(String),
 }
 
 /// When a certificate is valid.
@@ -136,12 +132,7 @@ impl CertKind {
     fn validate(&self) -> Result<(), PkiError> {
         match self {
             CertKind::Node(name) => {
-                let ok = !name.is_empty()
-                    && name.len() <= MAX_NODE_NAME_LEN
-                    && name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-                if !ok {
+                if !edupool_identity::is_node_name(name) {
                     return Err(PkiError::NodeName(name.clone()));
                 }
             }
@@ -159,55 +150,6 @@ impl CertKind {
             CertKind::Peer { hosts, .. } | CertKind::Server { hosts } => hosts,
         }
     }
-}
-
-/// Who a verified certificate speaks for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum CertIdentity {
-    Node(String),
-    Peer(u64),
-    /// A certificate that names neither (a server certificate, say); the
-    /// common name, possibly empty.
-    Other(String),
-}
-
-impl std::fmt::Display for CertIdentity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CertIdentity::Node(n) => write!(f, "{NODE_PREFIX}{n}"),
-            CertIdentity::Peer(id) => write!(f, "{PEER_PREFIX}{id}"),
-            CertIdentity::Other(cn) if cn.is_empty() => f.write_str("a certificate with no name"),
-            CertIdentity::Other(cn) => write!(f, "{cn:?}"),
-        }
-    }
-}
-
-/// Reads who a certificate (DER) speaks for from its common name. It does
-/// not verify the certificate: the TLS layer has done that.
-pub fn identity_of(der: &[u8]) -> Result<CertIdentity, PkiError> {
-    let (_, cert) =
-        x509_parser::parse_x509_certificate(der).map_err(|e| PkiError::Parse(e.to_string()))?;
-    let cn = cert
-        .subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or_default();
-    Ok(parse_common_name(cn))
-}
-
-fn parse_common_name(cn: &str) -> CertIdentity {
-    if let Some(name) = cn.strip_prefix(NODE_PREFIX) {
-        if CertKind::Node(name.to_string()).validate().is_ok() {
-            return CertIdentity::Node(name.to_string());
-        }
-    }
-    if let Some(id) = cn.strip_prefix(PEER_PREFIX) {
-        if let Ok(id @ 1..) = id.parse::<u64>() {
-            return CertIdentity::Peer(id);
-        }
-    }
-    CertIdentity::Other(cn.to_string())
 }
 
 /// A certificate and its private key, both PEM.
@@ -529,14 +471,6 @@ mod tests {
             ca.issue(&CertKind::Server { hosts: vec![] }, v),
             Err(PkiError::NoHosts)
         ));
-        assert_eq!(
-            parse_common_name("peer:x"),
-            CertIdentity::Other("peer:x".into())
-        );
-        assert_eq!(
-            parse_common_name("node:"),
-            CertIdentity::Other("node:".into())
-        );
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Generated gRPC types and services of `edupool.v1`, and nothing else:
+//! Generated gRPC types and services of `edupool.v1`, and the few
+//! constants both ends of a message must agree on:
 //! `edupool.proto` (the pool's API), `cluster.proto` (raft messages
 //! between replicas and the operators' `ClusterService`) and `usage.proto`
 //! (the usage ledger, prices and budgets), one package.
@@ -14,3 +15,8 @@ pub mod v1 {
 /// The encoded `FileDescriptorSet`, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/edupool_descriptor.bin"));
+
+/// The `JobReport.reason` of a job an agent stopped because the agent
+/// restarted and could not re-adopt it: the scheduler treats such a run as
+/// vanished (the node-loss rules apply), not as the job's own failure.
+pub const AGENT_RESTART_REASON: &str = "stopped: the node agent restarted";

@@ -10,10 +10,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edupool_scheduler::api::convert::JobLimits;
 use edupool_scheduler::api::RateLimit;
-use edupool_scheduler::dev::{self, DevConfig, DevOutcome};
 use edupool_scheduler::raft::Peers;
 use edupool_scheduler::server::{self, ReplicationConfig, ServerConfig};
-use edupool_scheduler::simulate;
 use edupool_scheduler::tls::TlsConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -32,25 +30,12 @@ struct Cli {
 enum Cmd {
     /// Run a scheduler replica.
     Serve(ServeArgs),
-    /// Run a whole pool in one process: a scheduler and simulated agents,
-    /// with generated tokens and plaintext gRPC. For trying edupool out.
-    Dev(DevArgs),
-    /// Replay real cluster traces through the placement code and report
-    /// against baselines computed in the same run (see examples/scenarios/).
-    Simulate(SimulateArgs),
-}
-
-#[derive(clap::Args)]
-struct SimulateArgs {
-    /// The scenario file (TOML).
-    #[arg(long)]
-    scenario: PathBuf,
-    /// The folder the scenario's trace paths are relative to.
-    #[arg(long, default_value = "../shared/traces")]
-    traces: PathBuf,
-    /// Where report.json, report.txt and the SVG plots are written.
-    #[arg(long, default_value = "target/simulate")]
-    out: PathBuf,
+    /// Moved to `edupool-sim dev`; says so.
+    #[command(hide = true)]
+    Dev(MovedArgs),
+    /// Moved to `edupool-sim simulate`; says so.
+    #[command(hide = true)]
+    Simulate(MovedArgs),
 }
 
 #[derive(clap::Args)]
@@ -134,7 +119,7 @@ impl TlsArgs {
                 .filter_map(|(flag, missing)| missing.then_some(flag))
                 .collect();
                 anyhow::bail!(
-                    "serve needs TLS: pass --ca-cert FILE --cert FILE --key FILE (missing: {}; make them with `edupoolctl pki`, see docs/security.md), or run `edupool-scheduler dev` to try edupool out",
+                    "serve needs TLS: pass --ca-cert FILE --cert FILE --key FILE (missing: {}; make them with `edupoolctl pki`, see docs/security.md), or run `edupool-sim dev` to try edupool out",
                     missing.join(", ")
                 )
             }
@@ -216,48 +201,27 @@ impl ReplicationArgs {
     }
 }
 
+/// The arguments of a subcommand that moved to another binary.
 #[derive(clap::Args)]
-struct DevArgs {
-    /// Address for the gRPC API. Port 0 picks a free port.
-    #[arg(long, default_value = "127.0.0.1:7070")]
-    listen: SocketAddr,
-    /// Number of in-process agents (nodes).
-    #[arg(long, default_value_t = 3)]
-    agents: u32,
-    /// Simulated GPUs per agent.
-    #[arg(long, default_value_t = 4)]
-    gpus_per_agent: u32,
-    /// Model of the simulated GPUs, with its memory.
-    #[arg(long, default_value = "A100-80GB")]
-    gpu_model: String,
-    /// The admin token; generated and printed when not given.
-    #[arg(long, env = "EDUPOOL_ADMIN_TOKEN", hide_env_values = true)]
-    admin_token: Option<String>,
-    /// Keep the pool's state here; a temporary directory (removed at exit) otherwise.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Run this workload (see examples/), print the outcome and exit.
-    #[arg(long)]
-    workload: Option<PathBuf>,
-    /// Give up on a workload that has not finished after this long.
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
-    workload_timeout: Duration,
-    /// A node whose agent is gone this long is lost.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-    node_lost_timeout: Duration,
-    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port).
-    #[arg(long, value_name = "ADDR")]
-    metrics_listen: Option<SocketAddr>,
+struct MovedArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    _rest: Vec<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet = match &cli.command {
-        Cmd::Dev(a) => a.workload.is_some(),
-        Cmd::Simulate(_) => true,
-        Cmd::Serve(_) => false,
+    let moved = match &cli.command {
+        Cmd::Dev(_) => Some("dev"),
+        Cmd::Simulate(_) => Some("simulate"),
+        Cmd::Serve(_) => None,
     };
-    init_tracing(if quiet { "warn" } else { "info" });
+    if let Some(name) = moved {
+        eprintln!(
+            "error: `edupool-scheduler {name}` is now `edupool-sim {name}` (same options; `cargo run -p edupool-sim -- {name} ...` from a checkout)"
+        );
+        return ExitCode::from(2);
+    }
+    init_tracing("info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -311,58 +275,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .context("scheduler stopped")?;
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Simulate(a) => simulate(a),
-        Cmd::Dev(a) => {
-            let config = DevConfig {
-                listen: a.listen,
-                agents: a.agents,
-                gpus_per_agent: a.gpus_per_agent,
-                gpu_model: a.gpu_model,
-                admin_token: a.admin_token,
-                data_dir: a.data_dir,
-                workload: a.workload,
-                workload_timeout: a.workload_timeout,
-                node_lost_timeout: a.node_lost_timeout,
-                metrics_listen: a.metrics_listen,
-            };
-            match dev::run(config, shutdown).await? {
-                DevOutcome::WorkloadDone { unexpected: 0, .. } | DevOutcome::Stopped => {
-                    Ok(ExitCode::SUCCESS)
-                }
-                DevOutcome::WorkloadDone { .. } => Ok(ExitCode::FAILURE),
-            }
-        }
+        // Answered in `main` before the runtime starts.
+        Cmd::Dev(_) | Cmd::Simulate(_) => Ok(ExitCode::from(2)),
     }
-}
-
-fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
-    use std::io::{IsTerminal, Write};
-    let scenario = simulate::Scenario::load(&a.scenario)?;
-    let traces = scenario.traces.clone().unwrap_or(a.traces);
-    let tty = std::io::stderr().is_terminal();
-    let progress = move |done: usize, total: usize| {
-        // A bar on a terminal; a line per tenth in logs.
-        let width = 30 * done / total.max(1);
-        if tty {
-            eprint!(
-                "\r[{}{}] {done}/{total} done",
-                "#".repeat(width),
-                " ".repeat(30 - width)
-            );
-            if done == total {
-                eprintln!();
-            }
-            let _ = std::io::stderr().flush();
-        } else if done * 10 / total.max(1) != (done - 1) * 10 / total.max(1) {
-            eprintln!("{done}/{total} done");
-        }
-    };
-    let report = simulate::run(&scenario, &traces, &progress)?;
-    print!("{}", report.table());
-    for f in report.write(&a.out)? {
-        println!("wrote {}", f.display());
-    }
-    Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing(default: &str) {

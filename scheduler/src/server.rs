@@ -186,7 +186,7 @@ impl ReplicationConfig {
 /// never talk plaintext: anyone reaching the port could append entries.
 fn plaintext_replicas() -> ServerError {
     ServerError::Config(
-        "replicas exchange raft messages only over TLS, each showing its peer:<id> certificate: a scheduler without TLS runs as a single replica (`edupool-scheduler dev`); give --ca-cert, --cert and --key to run several".into(),
+        "replicas exchange raft messages only over TLS, each showing its peer:<id> certificate: a scheduler without TLS runs as a single replica (`edupool-sim dev`); give --ca-cert, --cert and --key to run several".into(),
     )
 }
 

@@ -8,11 +8,12 @@
 //! handshake fails. The services that need one check it themselves: an
 //! agent session needs `node:<its node>` ([`check_node`]), raft traffic
 //! needs `peer:<the sending replica>` ([`check_peer`]). The naming
-//! convention lives in `edupoolctl::pki`, which issues the certificates.
+//! convention lives in `edupool-identity`, shared with `edupoolctl pki`, which
+//! issues the certificates.
 
 use std::path::{Path, PathBuf};
 
-use edupoolctl::pki::{identity_of, CertIdentity};
+use edupool_identity::{identity_of, CertIdentity};
 use thiserror::Error;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 use tonic::{Request, Status};

@@ -36,6 +36,8 @@ pub fn bin(name: &str) -> PathBuf {
                 "edupool-agent",
                 "-p",
                 "edupoolctl",
+                "-p",
+                "edupool-sim",
                 // Faults the tests inject (`raft::failpoints`).
                 "--features",
                 "edupool-scheduler/failpoints",

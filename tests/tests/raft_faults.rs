@@ -82,7 +82,7 @@ fn a_replica_whose_raft_driver_panics_exits_with_an_error() -> Result<()> {
 #[test]
 fn dev_mode_whose_raft_driver_panics_exits_with_an_error() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let child = Command::new(bin("edupool-scheduler"))
+    let child = Command::new(bin("edupool-sim"))
         .args([
             "dev",
             "--listen",

@@ -65,7 +65,7 @@ const FALLBACK_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 
 /// The exit reason of a job that a previous agent left running and the
 /// restarted agent stopped before it reported its GPUs.
-pub const RESTART_REASON: &str = "stopped: the node agent restarted";
+pub const RESTART_REASON: &str = edupool_proto::AGENT_RESTART_REASON;
 
 /// The longest job id the runner accepts.
 pub const MAX_JOB_ID_LEN: usize = 128;

@@ -347,5 +347,5 @@ fn is_restart_stop(r: &pb::JobReport) -> bool {
     !r.running
         && !r.has_exit_code
         && r.signal == 0
-        && r.reason == edupool_agent::runner::RESTART_REASON
+        && r.reason == edupool_proto::AGENT_RESTART_REASON
 }

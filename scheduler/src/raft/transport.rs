@@ -375,7 +375,7 @@ async fn run_link(
 /// at once, whatever they send. Which replica may send what is checked
 /// per message in `RaftServer`.
 pub fn peer_only(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-    use edupoolctl::pki::CertIdentity;
+    use edupool_identity::CertIdentity;
     match crate::tls::client_identity(&request) {
         Some(CertIdentity::Peer(_)) => Ok(request),
         Some(other) => Err(tonic::Status::permission_denied(format!(

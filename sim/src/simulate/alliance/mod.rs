@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use super::svg::{Chart, Series};
 use super::traces::{parse_datetime, philly_jobs, philly_vcs, Csv, PhillyJob, PhillyVc};
 use super::SimulateError;
-use crate::planner::QueueOrder;
-use crate::state::Millis;
+use edupool_core::planner::QueueOrder;
+use edupool_core::state::Millis;
 use replay::{replay, Member, Params, Run, Setup, TraceJob, GPUS_PER_NODE};
 
 /// The policies compared.

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::fgd;
 use super::traces::{OpenbNode, OpenbTask};
-use crate::fragmentation::{self, Demand, Kind, NodeFree, WHOLE};
+use edupool_core::fragmentation::{self, Demand, Kind, NodeFree, WHOLE};
 
 /// How a task is given a node and GPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]

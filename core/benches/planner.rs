@@ -14,8 +14,8 @@ use criterion::{criterion_group, BenchmarkId, Criterion};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use edupool_scheduler::planner::{plan, Policy};
-use edupool_scheduler::state::{
+use edupool_core::planner::{plan, Policy};
+use edupool_core::state::{
     Capacity, Command, Constraints, GpuInfo, JobClass, JobSpec, Millis, NodeLabels, OnNodeLost,
     Outcome, State, TaskPlacement,
 };

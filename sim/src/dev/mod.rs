@@ -1,4 +1,4 @@
-//! `edupool-scheduler dev`: a whole pool in one process, with no set-up.
+//! `edupool-sim dev`: a whole pool in one process, with no set-up.
 //!
 //! A single-replica scheduler plus N in-process agents with simulated GPUs,
 //! talking real gRPC over loopback. With a workload file it creates the
@@ -19,9 +19,9 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::convert::JobLimits;
-use crate::api::new_token;
-use crate::server::{self, ServerConfig, ServerError};
+use edupool_scheduler::api::convert::JobLimits;
+use edupool_scheduler::api::new_token;
+use edupool_scheduler::server::{self, ServerConfig, ServerError};
 pub use workload::Workload;
 
 #[derive(Clone, Debug)]
@@ -200,7 +200,7 @@ fn banner(config: &DevConfig, endpoint: &str, token: &str, data_dir: &std::path:
     );
     println!();
     println!("WARNING: dev mode serves plaintext gRPC with generated tokens. Never use it for real work.");
-    eprintln!("WARNING: edupool-scheduler dev: PLAINTEXT gRPC, no TLS, no client certificates; tokens travel in the clear. For trying edupool out on one machine only; `serve` with --ca-cert, --cert and --key for real work.");
+    eprintln!("WARNING: edupool-sim dev: PLAINTEXT gRPC, no TLS, no client certificates; tokens travel in the clear. For trying edupool out on one machine only; `serve` with --ca-cert, --cert and --key for real work.");
     println!();
     if config.workload.is_none() {
         println!("Try:");

@@ -25,7 +25,7 @@
 //!   takes the GPU with the highest score (the lowest index on ties),
 //!   whole-GPU tasks the lowest-indexed free GPUs.
 //!
-//! It differs from edupool's measure (`crate::fragmentation`) in what a
+//! It differs from edupool's measure (`edupool_core::fragmentation`) in what a
 //! kind that fits counts (edupool also counts what is left after the last
 //! copy, with the tail of the mix on shared GPUs), in the weights (edupool
 //! shares each kind's among the nodes that can host it) and in the
@@ -34,7 +34,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use super::traces::OpenbTask;
-use crate::fragmentation::WHOLE;
+use edupool_core::fragmentation::WHOLE;
 
 /// The share of all tasks the target workload's kinds cover (the
 /// artifact's `podPopularityThreshold`).

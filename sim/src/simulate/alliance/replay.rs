@@ -18,8 +18,8 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use crate::planner::{self, Decision, Policy, QueueOrder};
-use crate::state::{
+use edupool_core::planner::{self, Decision, Policy, QueueOrder};
+use edupool_core::state::{
     Command, Constraints, Effect, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis, NodeLabels,
     OnNodeLost, Outcome, State, WHOLE_GPU,
 };

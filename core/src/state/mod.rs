@@ -28,8 +28,9 @@ mod request_ids_tests;
 mod security_tests;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-pub(crate) mod tests_support;
+/// Builders for tests, here and in the crates above (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
+pub mod tests_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
