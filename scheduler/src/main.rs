@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run a scheduler replica.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Moved to `edupool-sim dev`; says so.
     #[command(hide = true)]
     Dev(MovedArgs),
