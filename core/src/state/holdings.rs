@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
-use super::{Job, JobClass, JobId, JobState, Millis};
+use super::types::{Job, JobClass, JobId, JobState, Millis};
 
 /// One job's contribution.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Job, JobClass, JobId, Millis};
+use super::types::{Job, JobClass, JobId, Millis};
 
 /// The policy order within a tenant: job class, then priority (highest
 /// first), then the time the job entered the queue, then its id.

@@ -14,9 +14,10 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use super::command::{Command, Outcome, Rejection};
+use super::command::Command;
+use super::outcome::{Applied, Outcome, Rejection};
 use super::types::{JobId, JobSpec, Millis};
-use super::{Applied, State};
+use super::State;
 
 /// How long (log time) a request id is remembered: a day.
 pub const REQUEST_ID_WINDOW: Millis = 24 * 60 * 60 * 1000;

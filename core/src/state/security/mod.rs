@@ -14,10 +14,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::audit::{AuditDropped, AuditRecord, RefusedCalls};
-use super::command::{Effect, Outcome, Rejection};
-use super::lifecycle::stop_tasks;
-use super::{Applied, JobId, JobState, Millis, State};
+mod audit;
+
+pub use audit::{
+    Actor, AuditDropped, AuditGap, AuditRecord, AuditResult, RefusedCalls, AUDIT_FIELD_BYTES,
+    AUDIT_KEEP_MS, AUDIT_MAX_RECORDS, AUDIT_REFUSED_KEYS,
+};
+
+use super::outcome::{stop_tasks, Applied, Effect, Outcome, Rejection};
+use super::types::{JobId, JobState, Millis};
+use super::State;
 
 /// What a token may do (docs/security.md, "Roles").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -117,7 +123,7 @@ pub struct Security {
     /// Who submitted each job (token id), for members' control of their
     /// own. Shared strings, like the records below, so a snapshot's copy
     /// of the state does not copy each one.
-    pub(super) owners: std::collections::BTreeMap<JobId, Arc<str>>,
+    pub(in crate::state) owners: std::collections::BTreeMap<JobId, Arc<str>>,
     /// Accepted actions, oldest first (`audit`).
     pub(super) audit: VecDeque<Arc<AuditRecord>>,
     pub(super) last_audit: u64,

@@ -14,11 +14,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::billing::{self, Charge, Period};
-use super::command::{Outcome, Rejection};
-use super::lifecycle::TaskEnd;
+pub mod billing;
+mod run_table;
+
+use billing::{Charge, Period};
+
+use super::outcome::{Applied, Outcome, Rejection, TaskEnd};
 use super::types::*;
-use super::{Applied, State};
+use super::State;
 
 /// Money in thousandths of the currency unit (1 CNY = 1000).
 pub type Money = u64;
@@ -222,7 +225,7 @@ pub struct Accounts {
     /// policy's `ledger_runs_kept`. Shared, never changed once recorded, so
     /// a copy of the state for a snapshot does not copy them. Serialized
     /// as one table (see `run_table`).
-    #[serde(with = "super::run_table")]
+    #[serde(with = "run_table")]
     pub entries: VecDeque<Arc<LedgerEntry>>,
     /// Older runs, summed per day they ended (UTC midnight) and key.
     #[serde(default)]

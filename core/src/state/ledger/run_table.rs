@@ -17,8 +17,8 @@ use serde::ser::SerializeStruct;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::billing::Charge;
-use super::ledger::{LedgerEntry, RunEnd};
-use super::types::{Capacity, JobClass, JobId, Millis};
+use super::{LedgerEntry, RunEnd};
+use crate::state::types::{Capacity, JobClass, JobId, Millis};
 
 type Runs = VecDeque<Arc<LedgerEntry>>;
 

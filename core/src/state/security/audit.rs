@@ -19,9 +19,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::command::{Command, Outcome};
-use super::security::Role;
-use super::{Applied, JobId, Millis, State};
+use super::Role;
+use crate::state::types::Millis;
+use crate::state::State;
 
 /// How long accepted records are kept, in log time: 90 days.
 pub const AUDIT_KEEP_MS: Millis = 90 * 24 * 3600 * 1000;
@@ -170,52 +170,7 @@ impl State {
         &self.security.audit_dropped
     }
 
-    /// Applies an audited action and records it with its result. A
-    /// rejected action changes nothing but its refused-call count.
-    pub(super) fn audited(
-        &mut self,
-        actor: Actor,
-        action: String,
-        target: String,
-        cmd: Command,
-        at: Millis,
-    ) -> Applied {
-        let applied = self.apply(cmd, at);
-        let (target, result) = match &applied {
-            Ok((outcome, _)) => {
-                let target = match outcome {
-                    Outcome::Job(id) if target.is_empty() => {
-                        if action == "job.submit" {
-                            self.security
-                                .owners
-                                .insert(*id, Arc::from(actor.token.as_str()));
-                        }
-                        id.to_string()
-                    }
-                    Outcome::Jobs { first, count } if target.is_empty() => {
-                        let ids = (first.0..first.0 + u64::from(*count)).map(JobId);
-                        if action == "job.submit" {
-                            for id in ids {
-                                self.security
-                                    .owners
-                                    .insert(id, Arc::from(actor.token.as_str()));
-                            }
-                        }
-                        let last = JobId(first.0 + u64::from(*count) - 1);
-                        format!("{first}..{last}")
-                    }
-                    Outcome::Token(id) if target.is_empty() => id.clone(),
-                    _ => target,
-                };
-                (target, AuditResult::Ok)
-            }
-            Err(r) => (target, AuditResult::Rejected(r.to_string())),
-        };
-        self.record_audit(actor, action, target, result, at);
-        applied
-    }
-
-    pub(super) fn record_audit(
+    pub(in crate::state) fn record_audit(
         &mut self,
         actor: Actor,
         action: String,

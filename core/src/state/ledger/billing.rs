@@ -19,10 +19,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::ledger::{
-    Accounts, Budget, LedgerEntry, Money, PriceBook, TotalKey, Totals, MS_PER_HOUR,
-};
-use super::types::{Millis, WHOLE_GPU};
+use super::{Accounts, Budget, LedgerEntry, Money, PriceBook, TotalKey, Totals, MS_PER_HOUR};
+use crate::state::types::{Millis, WHOLE_GPU};
 
 /// Millijoules in a kilowatt-hour.
 const MJ_PER_KWH: u128 = 3_600_000_000;
@@ -411,10 +409,10 @@ pub struct ReportRow {
 struct Item<'a> {
     tenant: &'a str,
     day: Millis,
-    job: Option<super::types::JobId>,
+    job: Option<crate::state::types::JobId>,
     gpu_model: &'a str,
-    class: super::types::JobClass,
-    capacity: super::types::Capacity,
+    class: crate::state::types::JobClass,
+    capacity: crate::state::types::Capacity,
     lender: Option<&'a str>,
     runs: u64,
     gpu_milli_ms: u64,
@@ -475,7 +473,7 @@ pub fn report(bill: &Bill, by: GroupBy) -> Vec<ReportRow> {
             });
         row.runs += i.runs;
         row.gpu_milli_ms += i.gpu_milli_ms;
-        if i.capacity == super::types::Capacity::Borrowed {
+        if i.capacity == crate::state::types::Capacity::Borrowed {
             row.borrowed_gpu_milli_ms += i.gpu_milli_ms;
         }
         row.energy_mj += i.energy_mj;
