@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edupool_proto::v1 as pb;
 use edupool_proto::v1::scheduler_message::Msg as Down;
+use prometheus::Histogram;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -32,6 +33,8 @@ pub struct ControlConfig {
     pub session_timeout: Duration,
     /// The planner's per-round budgets.
     pub policy: planner::Policy,
+    /// Where each planning round's duration is observed.
+    pub planner_round: Histogram,
 }
 
 pub fn now_millis() -> Millis {
@@ -170,9 +173,9 @@ async fn lead(
             _ = plan_tick.tick(), if round.is_none() => {
                 if replan {
                     replan = false;
-                    let (replica, policy) = (replica.clone(), config.policy.clone());
+                    let (replica, config) = (replica.clone(), config.clone());
                     round = Some(AbortOnDropHandle::new(tokio::spawn(async move {
-                        plan_round(&replica, &policy).await
+                        plan_round(&replica, &config.policy, &config.planner_round).await
                     })));
                 }
             }
@@ -265,9 +268,9 @@ fn deliver(replica: &Replica, sessions: &Sessions, effects: &[Effect]) -> bool {
 /// One planning round; true if another round may place more. Preempted
 /// jobs free their GPUs only after their grace period, so a round that
 /// preempted is followed by more rounds as they exit.
-async fn plan_round(replica: &Replica, policy: &planner::Policy) -> bool {
+async fn plan_round(replica: &Replica, policy: &planner::Policy, timing: &Histogram) -> bool {
     let now = now_millis();
-    let timer = crate::metrics::edge().planner_round.start_timer();
+    let timer = timing.start_timer();
     let decisions = replica.read(|s| planner::plan(s, now, policy));
     timer.observe_duration();
     let full = decisions.len() >= policy.max_decisions;

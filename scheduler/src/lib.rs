@@ -3,7 +3,7 @@
 //! The pure parts (`state`, `planner`, `fragmentation`) live in
 //! `edupool-core` and are re-exported here; this crate is the edges.
 //!
-//! - `raft`: the replicated log (raft-rs), its durable storage and driver task.
+//! - `raft`: the replicated log, re-exported from `edupool-raft`.
 //! - `api`: the gRPC services (jobs, admin, agents), authentication and the
 //!   one place where errors become gRPC statuses.
 //! - `sessions`: the leader's view of connected agents (observed state).
@@ -15,9 +15,9 @@
 pub mod api;
 pub mod control;
 pub mod metrics;
-pub mod raft;
 pub mod server;
 pub mod sessions;
 pub mod tls;
 
 pub use edupool_core::{fragmentation, planner, state};
+pub use edupool_raft as raft;

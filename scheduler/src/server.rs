@@ -272,6 +272,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
             snapshot_log_ratio: rep.snapshot_log_ratio,
             keep_entries: (rep.snapshot_entries / 10).max(1),
             peer_tls: config.tls.as_ref().map(TlsConfig::peer_client),
+            metrics: crate::metrics::edge().raft.clone(),
             ..ReplicaConfig::single(rep.id, config.data_dir.clone(), rep.raft_tick)
         },
         stop.clone(),
@@ -322,6 +323,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
             node_lost_timeout: config.node_lost_timeout,
             session_timeout: config.heartbeat_interval * 3,
             policy: Default::default(),
+            planner_round: crate::metrics::edge().planner_round.clone(),
         },
         stop.clone(),
     ));

@@ -7,16 +7,16 @@
 //! chain to the alliance's CA and be in its validity period, or the
 //! handshake fails. The services that need one check it themselves: an
 //! agent session needs `node:<its node>` ([`check_node`]), raft traffic
-//! needs `peer:<the sending replica>` ([`check_peer`]). The naming
-//! convention lives in `edupool-identity`, shared with `edupoolctl pki`, which
-//! issues the certificates.
+//! needs `peer:<the sending replica>` (`edupool_raft::peer_auth`). The
+//! naming convention lives in `edupool-identity`, shared with `edupoolctl
+//! pki`, which issues the certificates.
 
 use std::path::{Path, PathBuf};
 
-use edupool_identity::{identity_of, CertIdentity};
+use edupool_identity::CertIdentity;
 use thiserror::Error;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
-use tonic::{Request, Status};
+use tonic::Status;
 
 /// The PEM files a replica serves and calls its peers with.
 #[derive(Clone)]
@@ -89,13 +89,9 @@ fn read_pem(path: &Path, label: &str, what: &'static str) -> Result<Vec<u8>, Tls
     Ok(bytes)
 }
 
-/// Who the verified client certificate of `request` speaks for; `None`
-/// without TLS or without a client certificate.
-pub fn client_identity<T>(request: &Request<T>) -> Option<CertIdentity> {
-    let certs = request.peer_certs()?;
-    let leaf = certs.first()?;
-    Some(identity_of(leaf).unwrap_or(CertIdentity::Other(String::new())))
-}
+/// Who the verified client certificate of a request speaks for; the
+/// raft transport reads peers' certificates the same way.
+pub use edupool_raft::peer_auth::client_identity;
 
 /// An agent may speak only for the node its certificate names.
 pub fn check_node(identity: Option<&CertIdentity>, node: &str) -> Result<(), Status> {
@@ -109,22 +105,6 @@ pub fn check_node(identity: Option<&CertIdentity>, node: &str) -> Result<(), Sta
         ))),
         None => Err(Status::unauthenticated(format!(
             "an agent session for node {node:?} needs a client certificate (node:{node}) from the alliance's CA"
-        ))),
-    }
-}
-
-/// Raft messages from replica `from` need its `peer:<from>` certificate.
-pub fn check_peer(identity: Option<&CertIdentity>, from: u64) -> Result<(), Status> {
-    match identity {
-        Some(CertIdentity::Peer(id)) if *id == from => Ok(()),
-        Some(CertIdentity::Peer(id)) => Err(Status::permission_denied(format!(
-            "the peer's certificate is for replica {id}; it may not speak for replica {from}"
-        ))),
-        Some(other) => Err(Status::permission_denied(format!(
-            "raft traffic from replica {from} needs a peer:{from} certificate, not {other}"
-        ))),
-        None => Err(Status::unauthenticated(format!(
-            "raft traffic from replica {from} needs a client certificate (peer:{from}) from the alliance's CA"
         ))),
     }
 }
@@ -154,19 +134,6 @@ mod tests {
         assert_eq!(peer.code(), Code::PermissionDenied);
         assert_eq!(
             check_node(None, "node-a").unwrap_err().code(),
-            Code::Unauthenticated
-        );
-    }
-
-    #[test]
-    fn a_peer_certificate_speaks_for_its_replica_only() {
-        assert!(check_peer(Some(&CertIdentity::Peer(2)), 2).is_ok());
-        let denied = check_peer(Some(&CertIdentity::Peer(2)), 3).unwrap_err();
-        assert_eq!(denied.code(), Code::PermissionDenied);
-        let node = check_peer(Some(&CertIdentity::Node("n".into())), 3).unwrap_err();
-        assert_eq!(node.code(), Code::PermissionDenied);
-        assert_eq!(
-            check_peer(None, 3).unwrap_err().code(),
             Code::Unauthenticated
         );
     }

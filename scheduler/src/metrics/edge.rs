@@ -2,12 +2,15 @@
 //! the raft proposal path, the planner loop, the agent sessions and the
 //! job observer.
 //!
-//! They are process-wide (one set per scheduler process), so an edge
-//! needs no handle threaded through its callers: `edge().planner_round`
-//! is all a call site has to name.
+//! They are process-wide (one set per scheduler process) and registered
+//! once. The scheduler's own edges name them (`edge().api_requests`); the
+//! replicated log and the control loop are handed theirs at start
+//! (`edge().raft`, `edge().planner_round`), so no code below the metrics
+//! calls up into them.
 
 use std::sync::LazyLock;
 
+use edupool_raft::RaftMetrics;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts,
 };
@@ -26,8 +29,6 @@ pub struct Edge {
     pub placement_latency: Histogram,
     /// Wall time of one planning call (the pure planner over the state).
     pub planner_round: Histogram,
-    /// Time from proposing a command to its being committed and applied.
-    pub proposal_duration: Histogram,
     /// Agent sessions opened (a reconnecting agent opens a new one).
     pub agent_sessions_opened: IntCounter,
     /// Jobs ordered to stop so a tenant below its guarantee gets GPUs, by
@@ -36,9 +37,9 @@ pub struct Edge {
     /// Time from the first preemption for a job to its placement, for
     /// placements that needed borrowed GPUs reclaimed.
     pub reclaim_latency: Histogram,
-    /// A snapshot's phases: `copy` (the state copied under its lock, on
-    /// the raft driver), `encode` and `save` (in the background).
-    pub snapshot_duration: HistogramVec,
+    /// The replicated log's proposal and snapshot timings, handed to the
+    /// replica at start.
+    pub raft: RaftMetrics,
 }
 
 static EDGE: LazyLock<Edge> = LazyLock::new(Edge::new);
@@ -107,11 +108,6 @@ impl Edge {
                 "Duration of one planning round: the planner computing its decisions over the state.",
                 latency_buckets(),
             ),
-            proposal_duration: histogram(
-                "edupool_raft_proposal_duration_seconds",
-                "Time from proposing a command to its being committed and applied.",
-                latency_buckets(),
-            ),
             agent_sessions_opened: IntCounter::new(
                 "edupool_agent_sessions_opened_total",
                 "Agent sessions opened on this replica.",
@@ -127,15 +123,7 @@ impl Edge {
                 "Time from the first preemption for a job within its tenant's guarantee to its placement.",
                 wait_buckets(),
             ),
-            snapshot_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "edupool_raft_snapshot_duration_seconds",
-                    "Time a snapshot took, by phase: copy (the state copied under its lock on the raft driver), encode and save (in the background).",
-                )
-                .buckets(latency_buckets()),
-                &["phase"],
-            )
-            .expect("valid metric"),
+            raft: RaftMetrics::new(),
         }
     }
 
@@ -147,11 +135,10 @@ impl Edge {
         registry.register(Box::new(self.queue_delay.clone()))?;
         registry.register(Box::new(self.placement_latency.clone()))?;
         registry.register(Box::new(self.planner_round.clone()))?;
-        registry.register(Box::new(self.proposal_duration.clone()))?;
         registry.register(Box::new(self.agent_sessions_opened.clone()))?;
         registry.register(Box::new(self.preemptions.clone()))?;
         registry.register(Box::new(self.reclaim_latency.clone()))?;
-        registry.register(Box::new(self.snapshot_duration.clone()))?;
+        self.raft.register(registry)?;
         Ok(())
     }
 }

@@ -25,12 +25,13 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::metrics::RaftMetrics;
 use super::snapshot::{SnapshotEnvelope, SNAPSHOT_FORMAT};
 use super::snapshotter::{self, BeforeSave, InFlight, Waiter, Written};
 use super::status::{MemberStatus, RaftStatus, Role};
 use super::storage::{Peers, RaftStore, StorageError};
 use super::transport::{Feedback, RaftServer, Transport};
-use crate::state::{Command, Effect, Millis, Outcome, Rejection, State};
+use edupool_core::state::{Command, Effect, Millis, Outcome, Rejection, State};
 
 /// The encoding of one log entry's data. `v` versions the format.
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,6 +126,8 @@ pub struct ReplicaConfig {
     /// TLS to the peers (with this replica's `peer:<id>` certificate);
     /// when set, inbound raft traffic must show a peer certificate too.
     pub peer_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Where proposal and snapshot timings go (registered by the caller).
+    pub metrics: RaftMetrics,
 }
 
 impl ReplicaConfig {
@@ -143,6 +146,7 @@ impl ReplicaConfig {
             keep_entries: 10_000,
             snapshot_bytes: 256 * 1024 * 1024,
             peer_tls: None,
+            metrics: RaftMetrics::new(),
         }
     }
 
@@ -211,6 +215,7 @@ pub struct Replica {
     end: watch::Receiver<Option<DriverEnd>>,
     /// Set by a server that serves no `RaftService`: no replica can join.
     standalone: Arc<AtomicBool>,
+    metrics: RaftMetrics,
 }
 
 impl Replica {
@@ -313,6 +318,7 @@ impl Replica {
             snapshot_log_ratio: config.snapshot_log_ratio.max(0.0),
             keep_entries: config.keep_entries,
             snapshot_bytes: config.snapshot_bytes.max(1),
+            metrics: config.metrics.clone(),
         };
         // Apply the committed log before anything can read the state, so a
         // restarted replica never serves a state older than it acknowledged.
@@ -343,6 +349,7 @@ impl Replica {
             transport,
             end,
             standalone: Arc::new(AtomicBool::new(false)),
+            metrics: config.metrics,
         })
     }
 
@@ -377,7 +384,7 @@ impl Replica {
     /// Appends `cmd` to the log and waits until it is committed and
     /// applied; returns what applying it produced.
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
-        let _timer = crate::metrics::edge().proposal_duration.start_timer();
+        let _timer = self.metrics.proposal_duration.start_timer();
         self.request(|reply| Request::Propose {
             cmd: Box::new(cmd),
             reply,
@@ -591,6 +598,7 @@ struct Driver {
     snapshot_log_ratio: f64,
     keep_entries: u64,
     snapshot_bytes: u64,
+    metrics: RaftMetrics,
 }
 
 impl Driver {
@@ -986,7 +994,10 @@ impl Driver {
         }
     }
 
-    fn apply_conf_change(&mut self, entry: &Entry) -> Result<crate::state::Applied, StorageError> {
+    fn apply_conf_change(
+        &mut self,
+        entry: &Entry,
+    ) -> Result<edupool_core::state::Applied, StorageError> {
         let cc: ConfChangeV2 = if entry.get_entry_type() == EntryType::EntryConfChange {
             let v1 = ConfChange::parse_from_bytes(&entry.data)
                 .map_err(|e| StorageError::Corrupt(e.to_string()))?;
@@ -1136,7 +1147,7 @@ impl Driver {
                     save_ms = ms(done.save),
                     "snapshot taken, log compacted"
                 );
-                let phases = &crate::metrics::edge().snapshot_duration;
+                let phases = &self.metrics.snapshot_duration;
                 for (phase, took) in [
                     ("copy", done.copy),
                     ("encode", done.encode),
@@ -1264,7 +1275,7 @@ fn bootstrap(store: &RaftStore, config: &ReplicaConfig) -> Result<(), StorageErr
 
 /// Applies one normal log entry; entries that carry no command produce
 /// nothing.
-pub fn apply_entry(state: &mut State, entry: &Entry) -> crate::state::Applied {
+pub fn apply_entry(state: &mut State, entry: &Entry) -> edupool_core::state::Applied {
     if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
         return Ok((Outcome::None, vec![]));
     }
@@ -1308,7 +1319,7 @@ fn snapshot_turn(voters: &[u64], id: u64, applied: u64, every: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::{JobClass, JobId, JobSpec, OnNodeLost};
+    use edupool_core::state::{JobClass, JobId, JobSpec, OnNodeLost};
 
     fn config(dir: &std::path::Path) -> ReplicaConfig {
         let mut c = ReplicaConfig::single(1, dir.to_path_buf(), Duration::from_millis(20));

@@ -9,7 +9,7 @@ use raft::prelude::Snapshot;
 use serde::{Deserialize, Serialize};
 
 use super::storage::{Peers, RaftStore, StorageError};
-use crate::state::State;
+use edupool_core::state::State;
 
 /// The envelope's format; a replica refuses formats it does not know.
 /// Format 1 is the envelope in JSON; format 2 the same envelope in
@@ -146,8 +146,10 @@ pub fn replay_data_dir(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::tests_support::{apply_ok, audited_submit, exit_ok, node, tenant, uuid};
-    use crate::state::{Command, TaskPlacement};
+    use edupool_core::state::tests_support::{
+        apply_ok, audited_submit, exit_ok, node, tenant, uuid,
+    };
+    use edupool_core::state::{Command, TaskPlacement};
 
     /// A state with a tenant, a node, a finished job (its ledger line and
     /// audit record) and a queued one.

@@ -5,18 +5,18 @@
 //! the API does, with its audit record, then placed, started and exited)
 //! and P queued ones.
 //!
-//! `cargo bench -p edupool-scheduler --bench snapshot` prints a table;
+//! `cargo bench -p edupool-raft --bench snapshot` prints a table;
 //! results are recorded in docs/benchmarks.md.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use edupool_scheduler::raft::{SnapshotEnvelope, SNAPSHOT_FORMAT};
-use edupool_scheduler::state::{
+use edupool_core::state::{
     Actor, Capacity, Command, Constraints, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis,
     OnNodeLost, Outcome, State, TaskPlacement,
 };
+use edupool_raft::{SnapshotEnvelope, SNAPSHOT_FORMAT};
 
 const T0: Millis = 1_700_000_000_000;
 const GPUS_PER_NODE: u32 = 8;

@@ -376,7 +376,7 @@ async fn run_link(
 /// per message in `RaftServer`.
 pub fn peer_only(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
     use edupool_identity::CertIdentity;
-    match crate::tls::client_identity(&request) {
+    match crate::peer_auth::client_identity(&request) {
         Some(CertIdentity::Peer(_)) => Ok(request),
         Some(other) => Err(tonic::Status::permission_denied(format!(
             "RaftService is for the pool's replicas: it needs a peer:<id> certificate, not {other}"
@@ -399,8 +399,8 @@ impl RaftServer {
     /// Over TLS, the caller must show replica `from`'s certificate.
     fn check_sender<T>(&self, request: &tonic::Request<T>, from: u64) -> Result<(), tonic::Status> {
         if self.transport.tls.is_some() {
-            let identity = crate::tls::client_identity(request);
-            crate::tls::check_peer(identity.as_ref(), from)?;
+            let identity = crate::peer_auth::client_identity(request);
+            crate::peer_auth::check_peer(identity.as_ref(), from)?;
         }
         Ok(())
     }
@@ -451,14 +451,14 @@ impl pb::raft_service_server::RaftService for RaftServer {
         &self,
         request: tonic::Request<tonic::Streaming<pb::SnapshotChunk>>,
     ) -> Result<tonic::Response<pb::RaftAck>, tonic::Status> {
-        let identity = crate::tls::client_identity(&request);
+        let identity = crate::peer_auth::client_identity(&request);
         let mut chunks = request.into_inner();
         let head = chunks
             .message()
             .await?
             .ok_or_else(|| tonic::Status::invalid_argument("an empty snapshot stream"))?;
         if self.transport.tls.is_some() {
-            crate::tls::check_peer(identity.as_ref(), head.from)?;
+            crate::peer_auth::check_peer(identity.as_ref(), head.from)?;
         }
         let mut m = self.decode(&head.message)?;
         if m.get_msg_type() != MessageType::MsgSnapshot {
