@@ -4,13 +4,70 @@
 //! All GPU amounts are in thousandths of a GPU, so fractional jobs count
 //! exactly.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
+use crate::state::usage::weighted_gpu_ms;
 use crate::state::{JobClass, JobId, JobState, Millis, Quota, State, WHOLE_GPU};
 
-/// Seconds of GPU time a placement adds to its tenant's share within one
-/// round, so one tenant does not take everything at once.
-pub const ROUND_SHARE_HORIZON_SECS: f64 = 3600.0;
+/// GPU time (milliseconds per GPU) a placement adds to its tenant's share
+/// within one round, so one tenant does not take everything at once.
+pub const ROUND_SHARE_HORIZON_MS: u64 = 3_600_000;
+
+/// A tenant's decayed usage per unit of weight, kept as the two integers
+/// and compared by cross-multiplying, so that every replica orders
+/// tenants the same way.
+#[derive(Clone, Copy, Debug)]
+pub struct Share {
+    /// Class-weighted GPU-milliseconds (see `state::usage`).
+    pub usage: u64,
+    /// Weight × equity in millionths, at least 1.
+    pub weight: u64,
+}
+
+impl Share {
+    /// No usage.
+    pub const ZERO: Share = Share {
+        usage: 0,
+        weight: 1,
+    };
+
+    pub fn new(usage: u64, weight: u64) -> Share {
+        Share {
+            usage,
+            weight: weight.max(1),
+        }
+    }
+}
+
+impl Default for Share {
+    fn default() -> Share {
+        Share::ZERO
+    }
+}
+
+impl Ord for Share {
+    fn cmp(&self, other: &Share) -> Ordering {
+        // Both products fit in u128: each factor is below 2^64.
+        let mine = u128::from(self.usage) * u128::from(other.weight.max(1));
+        let theirs = u128::from(other.usage) * u128::from(self.weight.max(1));
+        mine.cmp(&theirs)
+    }
+}
+
+impl PartialOrd for Share {
+    fn partial_cmp(&self, other: &Share) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Share {
+    fn eq(&self, other: &Share) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Share {}
 
 #[derive(Clone, Debug, Default)]
 pub struct TenantBook {
@@ -21,8 +78,8 @@ pub struct TenantBook {
     pub held: BTreeMap<String, u64>,
     /// Thousandths held per job class (all GPU classes), for class caps.
     pub held_by_job_class: BTreeMap<JobClass, u64>,
-    /// Decayed, class-weighted GPU-seconds divided by the effective weight.
-    pub share: f64,
+    /// Decayed, class-weighted GPU time per unit of effective weight.
+    pub share: Share,
 }
 
 impl TenantBook {
@@ -83,23 +140,15 @@ impl Books {
             if let Some(h) = holdings.get(&t.name) {
                 book.held.clone_from(&h.held);
                 book.held_by_job_class.clone_from(&h.by_job_class);
-                usage += h.running_gpu_seconds(now);
+                usage = usage.saturating_add(h.running_weighted_gpu_ms(now));
             }
-            let weight = t.policy.effective_weight().max(1) as f64 / 1e6;
-            book.share = usage / weight;
+            book.share = Share::new(usage, t.policy.effective_weight());
         }
         Books { tenants }
     }
 
     /// Records a placement made during this round.
-    pub fn place(
-        &mut self,
-        state: &State,
-        tenant: &str,
-        class: &str,
-        job_class: JobClass,
-        milli: u64,
-    ) {
+    pub fn place(&mut self, tenant: &str, class: &str, job_class: JobClass, milli: u64) {
         let Some(book) = self.tenants.get_mut(tenant) else {
             return;
         };
@@ -107,12 +156,8 @@ impl Books {
             add(&mut book.held, class, milli);
         }
         *book.held_by_job_class.entry(job_class).or_default() += milli;
-        let weight = state
-            .tenant(tenant)
-            .map_or(1.0, |t| t.policy.effective_weight().max(1) as f64 / 1e6);
-        book.share += ROUND_SHARE_HORIZON_SECS * milli as f64 / f64::from(WHOLE_GPU)
-            * job_class.usage_weight()
-            / weight;
+        let charge = weighted_gpu_ms(ROUND_SHARE_HORIZON_MS, milli, job_class);
+        book.share.usage = book.share.usage.saturating_add(charge);
     }
 
     /// Records GPUs that preemption will free.
@@ -161,9 +206,10 @@ pub struct TenantReport {
     pub classes: Vec<ClassReport>,
     pub weight_milli: u32,
     pub equity_milli: u32,
-    /// Decayed, class-weighted GPU-seconds, running jobs included.
+    /// Decayed, class-weighted GPU-seconds, running jobs included (for
+    /// display; the planner orders by the integer `Share`).
     pub usage_gpu_seconds: f64,
-    /// Its part of the pool's decayed usage, 0-1.
+    /// Its part of the pool's decayed usage, 0-1 (for display).
     pub usage_share: f64,
     pub pending_jobs: u32,
     pub running_jobs: u32,
@@ -205,14 +251,13 @@ pub fn tenant_reports(state: &State, now: Millis) -> Vec<TenantReport> {
                 ..Default::default()
             });
         }
-        let weight = t.policy.effective_weight().max(1) as f64 / 1e6;
         reports.insert(
             t.name.as_str(),
             TenantReport {
                 name: t.name.clone(),
                 weight_milli: t.policy.weight_milli,
                 equity_milli: t.policy.equity_milli,
-                usage_gpu_seconds: book.share * weight,
+                usage_gpu_seconds: book.share.usage as f64 / 1e3,
                 class_caps: t.policy.class_caps.clone(),
                 ..Default::default()
             },
@@ -304,4 +349,25 @@ pub fn reclaim_latencies(state: &State) -> Vec<ReclaimSample> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Share;
+
+    #[test]
+    fn shares_compare_as_exact_ratios() {
+        // 3 per 3 and 1 per 1: a tie, left to the tenant order.
+        assert_eq!(Share::new(3_000, 3_000_000), Share::new(1_000, 1_000_000));
+        // A float quotient cannot tell these apart; the integers can.
+        let big = 1u64 << 60;
+        assert!(Share::new(big, 7_000_000) < Share::new(big + 1, 7_000_000));
+        assert!(Share::new(u64::MAX - 1, u64::MAX) < Share::new(u64::MAX, u64::MAX));
+        // Twice the weight halves the share.
+        assert!(Share::new(1_999, 2_000_000) < Share::new(1_000, 1_000_000));
+        assert!(Share::new(2_001, 2_000_000) > Share::new(1_000, 1_000_000));
+        // No weight counts as the least weight, not as a division by zero.
+        assert_eq!(Share::new(5, 0), Share::new(5, 1));
+        assert!(Share::ZERO < Share::new(1, u64::MAX));
+    }
 }

@@ -313,13 +313,8 @@ impl<'a> Round<'a> {
         for f in fits {
             self.index.take(f.node, &f.gpus, milli);
         }
-        self.books.place(
-            self.state,
-            &job.tenant,
-            &class,
-            job.spec.class,
-            job.spec.demand_milli(),
-        );
+        self.books
+            .place(&job.tenant, &class, job.spec.class, job.spec.demand_milli());
         self.decisions.push(Decision::Place {
             job: job.id,
             tasks,

@@ -12,7 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::accounting::Books;
+use super::accounting::{Books, Share};
 use super::charged;
 use super::explain::Hold;
 use super::placement::FreeIndex;
@@ -114,13 +114,15 @@ struct TenantQueue<'a> {
     head: Option<&'a Job>,
 }
 
+/// (tier, share, 0, 0, tenant slot); under FIFO (tier and share
+/// constant, time queued, job id, tenant slot). Least first.
+type Key = (Tier, Share, u64, u64, usize);
+
 pub struct Queue<'a> {
     state: &'a State,
     order: QueueOrder,
     tenants: Vec<(&'a str, TenantQueue<'a>)>,
-    /// (tier, share, job id, tenant slot); under FIFO (tier and share
-    /// constant, time queued, job id, tenant slot).
-    heap: BinaryHeap<Reverse<(Tier, u64, u64, usize)>>,
+    heap: BinaryHeap<Reverse<Key>>,
 }
 
 impl<'a> Queue<'a> {
@@ -164,25 +166,24 @@ impl<'a> Queue<'a> {
         if self.order == QueueOrder::Fifo {
             // Flipping the sign bit orders any i64 like its u64 bits.
             let queued = (job.queued_at as u64) ^ (1 << 63);
-            self.heap
-                .push(Reverse((Tier::Guaranteed, queued, job.id.0, t)));
+            self.heap.push(Reverse((
+                Tier::Guaranteed,
+                Share::ZERO,
+                queued,
+                job.id.0,
+                t,
+            )));
             return;
         }
         let classes = index.classes_for(&job.spec.constraints);
         let tier = terms(books, self.state, job, &classes).tier;
-        let share = books.tenants.get(*name).map_or(0.0, |b| b.share);
-        // Non-negative floats order like their bit patterns.
-        let share = if share.is_finite() && share > 0.0 {
-            share.to_bits()
-        } else {
-            0
-        };
-        self.heap.push(Reverse((tier, share, 0, t)));
+        let share = books.tenants.get(*name).map_or(Share::ZERO, |b| b.share);
+        self.heap.push(Reverse((tier, share, 0, 0, t)));
     }
 
     /// The next job to consider and its tenant's slot.
     pub fn pop(&mut self) -> Option<(usize, &'a Job)> {
-        let Reverse((_, _, _, t)) = self.heap.pop()?;
+        let Reverse((_, _, _, _, t)) = self.heap.pop()?;
         let job = self.tenants[t].1.head?;
         Some((t, job))
     }

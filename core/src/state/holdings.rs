@@ -55,15 +55,20 @@ pub struct TenantHoldings {
 }
 
 impl TenantHoldings {
-    /// GPU-seconds the running jobs have run by `now`, weighted by class.
-    pub fn running_gpu_seconds(&self, now: Millis) -> f64 {
-        self.running
+    /// Class-weighted GPU-milliseconds the running jobs have run by `now`
+    /// (see `usage`), rounded to the nearest.
+    pub fn running_weighted_gpu_ms(&self, now: Millis) -> u64 {
+        let exact = self
+            .running
             .iter()
-            .map(|(class, &(milli, start_milli))| {
-                let gpu_ms = (i128::from(now) * milli - start_milli).max(0) as f64;
-                gpu_ms / 1e6 * class.usage_weight()
-            })
-            .sum()
+            .fold(0u128, |sum, (class, &(milli, start_milli))| {
+                let milli_gpu_ms = i128::from(now)
+                    .saturating_mul(milli)
+                    .saturating_sub(start_milli)
+                    .max(0) as u128;
+                sum.saturating_add(milli_gpu_ms.saturating_mul(class.usage_weight_milli().into()))
+            });
+        u64::try_from(exact.saturating_add(500_000) / 1_000_000).unwrap_or(u64::MAX)
     }
 }
 

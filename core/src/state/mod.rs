@@ -29,6 +29,7 @@ mod request_ids;
 mod security;
 mod tenants;
 mod types;
+pub mod usage;
 
 #[cfg(test)]
 mod audit_tests;
@@ -72,6 +73,7 @@ pub use security::{
     AUDIT_REFUSED_KEYS,
 };
 pub use types::*;
+pub use usage::Usage;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StoredState")]

@@ -3,6 +3,7 @@
 
 use super::outcome::{Applied, Outcome, Rejection};
 use super::types::*;
+use super::usage::Usage;
 use super::State;
 
 impl State {

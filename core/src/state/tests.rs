@@ -967,22 +967,6 @@ fn failed_gpu_stops_every_fractional_holder_and_keeps_the_holders_over_a_reconne
     assert!(!s.node("n1").unwrap().gpus[2].usable());
 }
 
-/// Snapshots carry the state as JSON; a replica that installs one must end
-/// bit-for-bit equal to those that applied the log, floats included.
-#[test]
-fn decayed_usage_survives_a_json_round_trip_exactly() {
-    let mut u = crate::state::Usage::default();
-    for (i, t) in [1_234_567i64, 9_876_543, 31_415_926]
-        .into_iter()
-        .enumerate()
-    {
-        u.add(t, 3_600_000, 1.0 / 3.0 * (i as f64 + 0.7));
-    }
-    let back: crate::state::Usage =
-        serde_json::from_str(&serde_json::to_string(&u).unwrap()).unwrap();
-    assert_eq!(back.gpu_seconds.to_bits(), u.gpu_seconds.to_bits());
-}
-
 #[test]
 fn final_jobs_beyond_the_kept_number_are_archived_into_tenant_totals() {
     let mut s = pool();

@@ -8,6 +8,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::usage::Usage;
+
 /// Unix time in milliseconds. Time enters the state machine only as a
 /// value stamped on each log entry by the proposer.
 pub type Millis = i64;
@@ -428,32 +430,6 @@ impl TenantPolicy {
     }
 }
 
-/// Finished GPU time, decayed with the pool's half-life. Running jobs are
-/// added by the planner at the moment it plans.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Usage {
-    /// Class-weighted GPU-seconds as of `as_of`.
-    pub gpu_seconds: f64,
-    pub as_of: Millis,
-}
-
-// Usage holds a float that is only ever computed from the log, so equality
-// of two replicas' states still means equal logs applied.
-impl Eq for Usage {}
-
-impl Usage {
-    /// The value decayed to `at`.
-    pub fn at(&self, at: Millis, half_life_ms: u64) -> f64 {
-        let dt = (at - self.as_of).max(0) as f64;
-        self.gpu_seconds * (-dt / half_life_ms.max(1) as f64).exp2()
-    }
-
-    pub fn add(&mut self, at: Millis, half_life_ms: u64, gpu_seconds: f64) {
-        self.gpu_seconds = self.at(at, half_life_ms) + gpu_seconds;
-        self.as_of = self.as_of.max(at);
-    }
-}
-
 /// Pool-wide policy settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolPolicy {
@@ -508,12 +484,13 @@ pub struct Archived {
 }
 
 impl JobClass {
-    /// How much a GPU-second of this class counts towards fair-share usage.
-    pub fn usage_weight(self) -> f64 {
+    /// How much a GPU-second of this class counts towards fair-share
+    /// usage, in thousandths.
+    pub fn usage_weight_milli(self) -> u64 {
         match self {
-            JobClass::Inference | JobClass::Training => 1.0,
-            JobClass::Batch => 0.75,
-            JobClass::Scavenger => 0.0,
+            JobClass::Inference | JobClass::Training => 1000,
+            JobClass::Batch => 750,
+            JobClass::Scavenger => 0,
         }
     }
 

@@ -23,6 +23,7 @@ pub use feasible::{fits_gpu, fits_node};
 
 use super::outcome::{stop_tasks, Applied, Effect, Outcome, Rejection};
 use super::types::*;
+use super::usage;
 use super::State;
 
 /// Where one task of a job goes: a node and GPUs on it.
@@ -405,9 +406,8 @@ impl State {
         let Some(started) = job.started_at else {
             return;
         };
-        let secs = (until - started).max(0) as f64 / 1000.0;
-        let gpus = job.spec.task_milli() as f64 / f64::from(WHOLE_GPU);
-        let charge = secs * gpus * job.spec.class.usage_weight();
+        let ms = u64::try_from(until.saturating_sub(started)).unwrap_or(0);
+        let charge = usage::weighted_gpu_ms(ms, job.spec.task_milli(), job.spec.class);
         let half_life = self.policy.half_life_ms;
         if let Some(t) = self.tenants.get_mut(&job.tenant) {
             t.usage.add(until, half_life, charge);
