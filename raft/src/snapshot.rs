@@ -17,16 +17,19 @@ use edupool_core::state::State;
 /// third faster to encode: JSON spent much of its time escaping strings
 /// and printing numbers); format 3 holds the ledger's runs as one table
 /// of positional rows with each string once (`state::run_table`); format
-/// 4, written since, also holds the jobs and the nodes as positional
-/// records (`state::packed`). All four are read. Field names are kept
-/// elsewhere so that fields added later with a default still read.
-pub const SNAPSHOT_FORMAT: u32 = 4;
+/// 4 also holds the jobs and the nodes as positional records
+/// (`state::packed`); format 5, written since, holds fair-share usage as
+/// integer GPU-milliseconds instead of a float (`state::usage`; a float
+/// read from an older format is rounded to the nearest). All five are
+/// read. Field names are kept elsewhere so that fields added later with
+/// a default still read.
+pub const SNAPSHOT_FORMAT: u32 = 5;
 
 /// The JSON format, still read (snapshots and backups written before).
 const JSON_FORMAT: u32 = 1;
 
 /// The MessagePack formats this version reads.
-const MESSAGEPACK_FORMATS: [u32; 3] = [2, 3, SNAPSHOT_FORMAT];
+const MESSAGEPACK_FORMATS: [u32; 4] = [2, 3, 4, SNAPSHOT_FORMAT];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SnapshotEnvelope {
@@ -147,9 +150,9 @@ pub fn replay_data_dir(
 mod tests {
     use super::*;
     use edupool_core::state::tests_support::{
-        apply_ok, audited_submit, exit_ok, node, tenant, uuid,
+        apply_ok, audited_submit, exit_ok, node, submit, tenant, uuid,
     };
-    use edupool_core::state::{Command, TaskPlacement};
+    use edupool_core::state::{Command, JobClass, JobId, Millis, TaskPlacement};
 
     /// A state with a tenant, a node, a finished job (its ledger line and
     /// audit record) and a queued one.
@@ -185,6 +188,56 @@ mod tests {
         s
     }
 
+    /// Runs `job` on `node`'s GPUs `gpus` from `from` until it exits at
+    /// `until`, charging its tenant's fair-share usage.
+    fn run(s: &mut State, job: JobId, node: &str, gpus: &[u32], from: Millis, until: Millis) {
+        let tasks = vec![TaskPlacement {
+            node: node.into(),
+            gpus: gpus.iter().map(|&i| uuid(node, i)).collect(),
+        }];
+        let capacity = Default::default();
+        apply_ok(
+            s,
+            Command::PlaceJob {
+                job,
+                tasks,
+                capacity,
+            },
+        );
+        let started = Command::JobStarted {
+            node: node.into(),
+            job,
+            started_at: from,
+        };
+        apply_ok(s, started);
+        exit_ok(s, node, job, until);
+    }
+
+    /// Three tenants, two of them with decayed fair-share usage (training
+    /// and batch work, charged at times that leave a fraction of a
+    /// half-life), one with none.
+    fn usage_state() -> State {
+        let mut s = State::default();
+        for t in ["zju", "hdu", "sjtu"] {
+            tenant(&mut s, t);
+        }
+        node(&mut s, "n1", 4);
+        let a = submit(&mut s, "zju", 2, JobClass::Training);
+        run(&mut s, a, "n1", &[0, 1], 1_000, 3_601_000);
+        let b = submit(&mut s, "hdu", 1, JobClass::Batch);
+        run(&mut s, b, "n1", &[2], 2_000, 5_402_000);
+        let c = submit(&mut s, "zju", 1, JobClass::Batch);
+        run(&mut s, c, "n1", &[3], 3_700_000, 9_000_017);
+        s
+    }
+
+    fn usage_envelope(v: u32) -> SnapshotEnvelope {
+        SnapshotEnvelope {
+            state: usage_state(),
+            ..envelope(v)
+        }
+    }
+
     fn envelope(v: u32) -> SnapshotEnvelope {
         SnapshotEnvelope {
             v,
@@ -201,7 +254,7 @@ mod tests {
         let bytes = env.encode();
         assert_ne!(bytes.first(), Some(&b'{'));
         let back = SnapshotEnvelope::decode(&bytes).unwrap();
-        assert_eq!((back.v, back.index, back.term), (4, 7, 2));
+        assert_eq!((back.v, back.index, back.term), (5, 7, 2));
         assert_eq!(back.peers, env.peers);
         assert_eq!(back.state, env.state);
     }
@@ -212,15 +265,41 @@ mod tests {
     const FORMAT_1: &[u8] = include_bytes!("fixtures/snapshot-format-1.json");
     const FORMAT_2: &[u8] = include_bytes!("fixtures/snapshot-format-2.msgpack");
     const FORMAT_3: &[u8] = include_bytes!("fixtures/snapshot-format-3.msgpack");
+    /// Format 4: jobs and nodes as positional records, usage as a float.
+    const FORMAT_4: &[u8] = include_bytes!("fixtures/snapshot-format-4.msgpack");
     /// This version's format as it was first written: a job or node
     /// struct whose fields moved (see `state::packed`) no longer reads it.
-    const FORMAT_4: &[u8] = include_bytes!("fixtures/snapshot-format-4.msgpack");
+    const FORMAT_5: &[u8] = include_bytes!("fixtures/snapshot-format-5.msgpack");
+    /// `usage_envelope()` as format 4 wrote it (float GPU-seconds) and as
+    /// format 5 first wrote it.
+    const USAGE_FORMAT_4: &[u8] = include_bytes!("fixtures/snapshot-format-4-usage.msgpack");
+    const USAGE_FORMAT_5: &[u8] = include_bytes!("fixtures/snapshot-format-5-usage.msgpack");
+
+    /// The state's SHA-256 as `Replica::state_hash` computes it.
+    fn digest(state: &State) -> String {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(serde_json::to_vec(state).unwrap()))
+    }
+
+    fn usage_of(state: &State) -> Vec<(String, u64, Millis)> {
+        state
+            .tenants()
+            .map(|t| (t.name.clone(), t.usage.weighted_gpu_ms, t.usage.as_of))
+            .collect()
+    }
 
     #[test]
     fn snapshots_of_every_known_format_still_read() {
         let env = envelope(SNAPSHOT_FORMAT);
         assert!(!env.state.accounts().entries.is_empty());
-        for (bytes, v) in [(FORMAT_1, 1), (FORMAT_2, 2), (FORMAT_3, 3), (FORMAT_4, 4)] {
+        let formats = [
+            (FORMAT_1, 1),
+            (FORMAT_2, 2),
+            (FORMAT_3, 3),
+            (FORMAT_4, 4),
+            (FORMAT_5, 5),
+        ];
+        for (bytes, v) in formats {
             let back = SnapshotEnvelope::decode(bytes).unwrap();
             assert_eq!((back.v, back.index, back.term), (v, 7, 2));
             assert_eq!(back.peers, env.peers);
@@ -228,12 +307,44 @@ mod tests {
         }
     }
 
+    /// Float usage from format 4 (7,200 GPU-seconds decayed over 5,399 s
+    /// of a week's half-life plus 3,975.01275 of batch work, as the float
+    /// code left them: 11,130.59895092763) reads as the nearest
+    /// GPU-millisecond, the same on every machine; the rest of the state
+    /// is untouched.
+    #[test]
+    fn float_usage_from_format_4_reads_as_integer_gpu_milliseconds() {
+        let back = SnapshotEnvelope::decode(USAGE_FORMAT_4).unwrap();
+        assert_eq!(back.v, 4);
+        let read = usage_of(&back.state);
+        let want = [
+            ("hdu".to_string(), 4_050_000, 5_402_000),
+            ("sjtu".to_string(), 0, 0),
+            ("zju".to_string(), 11_130_599, 9_000_017),
+        ];
+        assert_eq!(read, want);
+        assert_eq!(digest(&back.state), FORMAT_4_USAGE_DIGEST);
+        // The integer decay charges the same log within a GPU-millisecond.
+        let fresh = usage_state();
+        for ((name, was, _), (_, now, _)) in read.iter().zip(usage_of(&fresh)) {
+            assert!(was.abs_diff(now) <= 1, "{name}: {was} read, {now} charged");
+        }
+        let back = SnapshotEnvelope::decode(USAGE_FORMAT_5).unwrap();
+        let env = usage_envelope(SNAPSHOT_FORMAT);
+        assert_eq!((back.v, back.index, back.term), (5, env.index, env.term));
+        assert_eq!(back.state, env.state);
+    }
+
+    /// `digest` of the state `USAGE_FORMAT_4` reads into.
+    const FORMAT_4_USAGE_DIGEST: &str =
+        "8874c6f6c4e5cb6d169d887b347a1f63a8389544fdd0b82a82ef312fa340874f";
+
     #[test]
     fn a_format_that_does_not_match_its_encoding_is_refused() {
-        let json_claiming_4 = serde_json::to_vec(&envelope(SNAPSHOT_FORMAT)).unwrap();
+        let json_claiming_5 = serde_json::to_vec(&envelope(SNAPSHOT_FORMAT)).unwrap();
         let msgpack_claiming_1 = envelope(JSON_FORMAT).encode();
-        let msgpack_claiming_5 = envelope(5).encode();
-        for bytes in [json_claiming_4, msgpack_claiming_1, msgpack_claiming_5] {
+        let msgpack_claiming_6 = envelope(6).encode();
+        for bytes in [json_claiming_5, msgpack_claiming_1, msgpack_claiming_6] {
             let err = SnapshotEnvelope::decode(&bytes).unwrap_err().to_string();
             assert!(err.contains("is not known to this version"), "{err}");
         }
