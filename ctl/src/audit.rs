@@ -6,10 +6,11 @@ use std::io::Write;
 use std::time::Duration;
 
 use edupool_proto::v1::{ExportAuditRequest, ListRefusedCallsRequest, RefusedCalls};
+use edupool_table::Table;
 use serde::Serialize;
 
 use crate::commands::{CommandError, Ctl};
-use crate::output::{self, OutputFormat, Table};
+use crate::output::{self, OutputFormat};
 use crate::security::AuditView;
 
 /// Records one export call asks for.

@@ -8,10 +8,11 @@ use edupool_proto::v1::{
     AddMemberRequest, ClusterStatus, GetClusterStatusRequest, RemoveMemberRequest, ReplicaRole,
     SnapshotRequest, TransferLeaderRequest,
 };
+use edupool_table::Table;
 use serde::{Deserialize, Serialize};
 
 use crate::commands::{CommandError, Ctl};
-use crate::output::{OutputFormat, Table};
+use crate::output::OutputFormat;
 
 /// One replica as the answering replica sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ use std::{
 };
 
 use edupool_proto::v1::{Gpu, Job, Node, Tenant};
+use edupool_table::Table;
 use serde::{Deserialize, Serialize};
 
 use crate::{class_name, job_state_is_final, job_state_name, node_status_name, on_node_lost_name};
@@ -279,75 +280,6 @@ pub fn to_json_line<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_js
 }
 
 // ---------------------------------------------------------------- tables
-
-/// Columns aligned with two spaces between them; the last column is not
-/// padded. Control characters in cells become spaces so a row stays a line.
-#[derive(Debug, Clone, Default)]
-pub struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-impl Table {
-    pub fn new<I, S>(header: I) -> Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        Table {
-            header: header.into_iter().map(Into::into).collect(),
-            rows: Vec::new(),
-        }
-    }
-
-    /// Adds a row; missing cells are empty, extra cells are kept.
-    pub fn row<I, S>(&mut self, cells: I) -> &mut Self
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        self.rows
-            .push(cells.into_iter().map(|c| one_line(&c.into())).collect());
-        self
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
-    /// The table, each line ending in `\n`.
-    pub fn render(&self) -> String {
-        let columns = self
-            .rows
-            .iter()
-            .map(Vec::len)
-            .chain([self.header.len()])
-            .max()
-            .unwrap_or(0);
-        let mut widths = vec![0; columns];
-        for line in std::iter::once(&self.header).chain(&self.rows) {
-            for (i, cell) in line.iter().enumerate() {
-                widths[i] = widths[i].max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for line in std::iter::once(&self.header).chain(&self.rows) {
-            let mut text = String::new();
-            for (i, width) in widths.iter().enumerate() {
-                let cell = line.get(i).map_or("", String::as_str);
-                if i > 0 {
-                    text.push_str("  ");
-                }
-                text.push_str(cell);
-                let pad = width - cell.chars().count();
-                text.extend(std::iter::repeat_n(' ', pad));
-            }
-            out.push_str(text.trim_end());
-            out.push('\n');
-        }
-        out
-    }
-}
 
 /// The GPUs a job asks for across all its tasks (nodes x gpus for a
 /// gang, a fraction as its share), as the scheduler counts a tenant's
@@ -851,14 +783,6 @@ mod tests {
         };
         job.set_state(JobState::Pending);
         job
-    }
-
-    #[test]
-    fn table_aligns_columns_and_trims_the_last() {
-        let mut t = Table::new(["A", "LONGER", "C"]);
-        t.row(["xxxx", "y", ""]);
-        t.row(["z", "", "last"]);
-        assert_eq!(t.render(), "A     LONGER  C\nxxxx  y\nz             last\n");
     }
 
     #[test]

@@ -9,11 +9,12 @@ use edupool_proto::v1::{
     NodeLabels, Quota, SetClassCapRequest, SetTenantQuotaRequest, SetTenantShareRequest,
     TenantPolicyView,
 };
+use edupool_table::Table;
 use serde::Serialize;
 
 use crate::commands::{CommandError, Ctl};
 use crate::job_state_name;
-use crate::output::{self, non_empty, OutputFormat, Table};
+use crate::output::{self, non_empty, OutputFormat};
 
 /// A GPU count an admin sets, or the rule's default (`-1` on the wire).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

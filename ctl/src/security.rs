@@ -8,10 +8,11 @@ use edupool_proto::v1::{
     ApiToken, AuditRecord, CreateTokenRequest, ListAuditRequest, ListTokensRequest,
     ResumeTenantRequest, RevokeTokenRequest, SuspendTenantRequest, TenantStatus,
 };
+use edupool_table::Table;
 use serde::Serialize;
 
 use crate::commands::{CommandError, Ctl};
-use crate::output::{self, OutputFormat, Table};
+use crate::output::{self, OutputFormat};
 use crate::paging;
 
 /// Audit records `audit list` shows when no --limit is given.

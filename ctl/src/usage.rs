@@ -11,10 +11,10 @@ use edupool_proto::v1::{
     ListBudgetsRequest, ListPricesRequest, PriceBookResponse, SetBudgetRequest, SetPricesRequest,
     SettlementRequest, UsageReportRequest, UsageReportResponse,
 };
+use edupool_table::Table;
 use serde::Serialize;
 
 use crate::commands::{CommandError, Ctl};
-use crate::output::Table;
 use crate::paging;
 
 /// How usage commands print: the global table/json, plus CSV.

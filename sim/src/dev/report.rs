@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use edupool_proto::v1 as pb;
+use edupool_table::Table;
 use edupoolctl::client::{connect, describe_status, Clients};
-use edupoolctl::output::Table;
 use edupoolctl::{class_name, job_state_is_final, job_state_name};
 use tokio::time::Instant;
 
