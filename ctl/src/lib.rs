@@ -11,7 +11,8 @@
 //! - [`cluster`]: the `cluster` commands (replicas, leadership, backups).
 //! - [`commands`]: one method per CLI command, writing its result to any
 //!   [`Write`](std::io::Write).
-//! - [`output`]: tables for people and JSON views for scripts.
+//! - [`output`]: tables for people (drawn by `edupool-table`) and JSON
+//!   views for scripts.
 //! - [`paging`]: reading a list call's pages up to a limit.
 //! - [`pki`]: the alliance CA and the node, replica and server certificates
 //!   it issues (`edupoolctl pki`).
@@ -23,7 +24,10 @@
 //! - The crate root: names of the protocol's enums (`pending`, `training`,
 //!   ...) in both directions.
 //!
-//! The command-line parsing itself (clap) lives only in `src/main.rs`.
+//! The command-line parsing itself (clap) lives only in the binary:
+//! `src/main.rs` parses and connects, and `src/cmd/` holds one file per
+//! command group (`job`, `node`, `tenant`, ...) with its arguments and its
+//! `run`.
 
 pub mod audit;
 pub mod client;
