@@ -17,6 +17,7 @@ use edupool_agent::inventory::{
     SimulatedInventory,
 };
 use edupool_agent::AgentConfig;
+use edupool_table::Table;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -428,7 +429,17 @@ fn write_inventory_table(
         "node {node_name}: {} GPUs ({backend}{versions})",
         gpus.len()
     )?;
-    let mut rows: Vec<[String; 9]> = vec![];
+    let mut table = Table::new([
+        "INDEX",
+        "UUID",
+        "MODEL",
+        "MEMORY",
+        "PCI",
+        "CC",
+        "MIG/NVLINK",
+        "POWER",
+        "HEALTH",
+    ]);
     for g in gpus {
         let sample = samples.iter().find(|s| s.uuid == g.uuid);
         let power = match (sample.and_then(|s| s.power_watts), g.power_limit_watts) {
@@ -449,7 +460,7 @@ fn write_inventory_table(
             Some(_) => "off".into(),
             None => "-".into(),
         };
-        rows.push([
+        table.row([
             g.index.to_string(),
             g.uuid.clone(),
             g.model.clone(),
@@ -461,34 +472,16 @@ fn write_inventory_table(
             health,
         ]);
         for m in g.mig.iter().flat_map(|m| &m.instances) {
-            rows.push([
+            // A MIG instance has only these; the rest stays blank.
+            table.row([
                 format!("{}/{}", g.index, m.index),
                 m.uuid.clone(),
                 format!("MIG {}", m.name),
                 memory(m.memory_bytes),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
-                String::new(),
             ]);
         }
     }
-    write_table(
-        out,
-        [
-            "INDEX",
-            "UUID",
-            "MODEL",
-            "MEMORY",
-            "PCI",
-            "CC",
-            "MIG/NVLINK",
-            "POWER",
-            "HEALTH",
-        ],
-        &rows,
-    )
+    out.write_all(table.render().as_bytes())
 }
 
 fn memory(bytes: u64) -> String {
@@ -501,28 +494,51 @@ fn memory(bytes: u64) -> String {
     }
 }
 
-fn write_table<const N: usize>(
-    out: &mut impl Write,
-    header: [&str; N],
-    rows: &[[String; N]],
-) -> io::Result<()> {
-    let mut widths = header.map(str::len);
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
+#[cfg(test)]
+mod tests {
+    use edupool_agent::inventory::{MigInfo, MigInstance};
+
+    use super::*;
+
+    fn table(gpus: &[GpuInfo]) -> String {
+        let mut out = Vec::new();
+        write_inventory_table(&mut out, "n1", "simulated", gpus, &[]).unwrap();
+        String::from_utf8(out).unwrap()
     }
-    let mut line = |cells: [&str; N]| {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        writeln!(out, "{}", text.join("  ").trim_end())
-    };
-    line(header)?;
-    for row in rows {
-        line(row.each_ref().map(String::as_str))?;
+
+    #[test]
+    fn inventory_table_aligns_gpus_and_their_mig_instances() {
+        let mut a100 = GpuInfo::basic("GPU-a".into(), 0, "A100-80GB".into(), 80 << 30);
+        a100.mig = Some(MigInfo {
+            enabled: true,
+            instances: vec![MigInstance {
+                uuid: "MIG-a1".into(),
+                index: 1,
+                name: "1g.10gb".into(),
+                memory_bytes: 10 << 30,
+            }],
+        });
+        let t4 = GpuInfo::basic("GPU-bb".into(), 1, "T4".into(), 15 << 30);
+        assert_eq!(
+            table(&[a100, t4]),
+            "node n1: 2 GPUs (simulated, driver -, CUDA -)\n\
+             INDEX  UUID    MODEL        MEMORY  PCI  CC  MIG/NVLINK              POWER  HEALTH\n\
+             0      GPU-a   A100-80GB    80 GiB  -    -   on (1), 0 NVLink peers  -      healthy\n\
+             0/1    MIG-a1  MIG 1g.10gb  10 GiB\n\
+             1      GPU-bb  T4           15 GiB  -    -   -, 0 NVLink peers       -      healthy\n"
+        );
     }
-    Ok(())
+
+    #[test]
+    fn an_unhealthy_reason_over_several_lines_stays_on_its_row() {
+        let mut gpu = GpuInfo::basic("GPU-a".into(), 0, "A100-80GB".into(), 80 << 30);
+        gpu.healthy = false;
+        gpu.health_reason = Some("Xid 79\nfallen off the bus".into());
+        let text = table(&[gpu]);
+        assert_eq!(text.lines().count(), 3, "{text}");
+        assert!(
+            text.ends_with("unhealthy: Xid 79 fallen off the bus\n"),
+            "{text}"
+        );
+    }
 }
