@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use edupool_table::Table;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -353,13 +354,15 @@ impl Report {
                 "\n{}: {} tasks a run, {:.0} tasks placed per second",
                 r.task_list, r.tasks_per_run, r.tasks_per_second
             );
-            let _ = writeln!(out, "  {:<28} {:>16}", "policy", "GPU alloc @100%");
+            let mut table = Table::new(["policy", "GPU alloc @100%"]);
+            table.indent(2).align_right([1]);
             for (k, v) in &r.at_100 {
-                let _ = writeln!(out, "  {:<28} {:>15.2}%", k, v);
+                table.row([k.clone(), format!("{v:.2}%")]);
             }
             for (k, v) in &r.published_at_100 {
-                let _ = writeln!(out, "  {:<28} {:>15.2}%", format!("published {k}"), v);
+                table.row([format!("published {k}"), format!("{v:.2}%")]);
             }
+            out.push_str(&table.render());
             if let Some(b) = r.at_100.get("best-fit") {
                 for k in ["fgd", "edupool"] {
                     if let Some(v) = r.at_100.get(k) {
@@ -450,6 +453,34 @@ mod tests {
         assert!(
             err.contains("unknown packer 'first-fit'") && err.contains("best-fit, fgd and edupool"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_packing_table_right_aligns_the_allocation() {
+        let report = Report {
+            scenario: "s".into(),
+            wall_seconds: 1.0,
+            packing: vec![PackingResult {
+                task_list: "t.csv".into(),
+                tasks_per_run: 10,
+                median_curves: BTreeMap::new(),
+                at_100: [("best-fit".into(), 97.5), ("fgd".into(), 100.0)].into(),
+                published_at_100: [("fgd".into(), 99.25)].into(),
+                tasks_per_second: 5.0,
+                runs: vec![],
+            }],
+            alliance: None,
+        };
+        assert_eq!(
+            report.table(),
+            "scenario s (1.0 s wall time)\n\
+             \nt.csv: 10 tasks a run, 5 tasks placed per second\n\
+             \x20 policy         GPU alloc @100%\n\
+             \x20 best-fit                97.50%\n\
+             \x20 fgd                    100.00%\n\
+             \x20 published fgd           99.25%\n\
+             \x20 fgd - best-fit: +2.50 points\n"
         );
     }
 }

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use edupool_table::Table;
 use serde::{Deserialize, Serialize};
 
 use super::svg::{Chart, Series};
@@ -702,54 +703,14 @@ impl AllianceReport {
                 "\nscale {}: {} nodes, {} GPUs, {} jobs ({} left out: larger than their member alone)",
                 s.scale, s.nodes, s.gpus, s.jobs, s.too_large_alone
             );
-            let _ = writeln!(
-                out,
-                "  {:<17} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>6} {:>6} {:>8} {:>9} {:>9}",
-                "policy", "JCT avg", "JCT med", "JCT p99", "wait avg", "wait med", "wait p99",
-                "makespan", "util", "Jain", "preempt", "GPU-h lost", "reclaim99"
-            );
-            for p in &s.policies {
-                let _ = writeln!(
-                    out,
-                    "  {:<17} {:>9} {:>9} {:>10} {:>9} {:>9} {:>10} {:>9} {:>5.1}% {:>6.3} {:>8} {:>9.1} {:>9}",
-                    p.policy.name(),
-                    hours(p.jct_s.avg),
-                    hours(p.jct_s.median),
-                    hours(p.jct_s.p99),
-                    hours(p.queueing_s.avg),
-                    hours(p.queueing_s.median),
-                    hours(p.queueing_s.p99),
-                    hours(p.makespan_s),
-                    100.0 * p.utilisation,
-                    p.jain,
-                    p.preemptions,
-                    p.gpu_hours_lost,
-                    p.reclaim_p99_s.map_or("-".into(), hours)
-                );
-            }
+            out.push_str(&policy_table(&s.policies));
             let _ = writeln!(
                 out,
                 "  per member: average JCT / its partitioned-fifo JCT (below 1: better off in the pool)"
             );
-            let _ = write!(out, "  {:<8} {:>5} {:>6}", "member", "GPUs", "jobs");
-            for p in &s.policies {
-                let _ = write!(out, " {:>17}", p.policy.name());
-            }
-            let _ = writeln!(out);
-            let Some(first) = s.policies.first() else {
+            out.push_str(&member_table(&s.policies));
+            if s.policies.is_empty() {
                 continue;
-            };
-            for (t, m) in first.tenants.iter().enumerate() {
-                let _ = write!(out, "  {:<8} {:>5} {:>6}", m.tenant, m.gpus, m.jobs);
-                for p in &s.policies {
-                    let r = &p.tenants[t];
-                    let cell = match r.jct_ratio {
-                        Some(x) => format!("{} ({x:.2})", hours(r.avg_jct_s)),
-                        None => "-".into(),
-                    };
-                    let _ = write!(out, " {cell:>17}");
-                }
-                let _ = writeln!(out);
             }
             for p in &s.policies {
                 let worse: Vec<String> = p
@@ -892,6 +853,69 @@ impl AllianceReport {
 }
 
 /// Seconds as hours for the table.
+/// One row per policy: completion and waiting times, makespan, use,
+/// fairness and preemption.
+fn policy_table(policies: &[PolicyResult]) -> String {
+    let mut table = Table::new([
+        "policy",
+        "JCT avg",
+        "JCT med",
+        "JCT p99",
+        "wait avg",
+        "wait med",
+        "wait p99",
+        "makespan",
+        "util",
+        "Jain",
+        "preempt",
+        "GPU-h lost",
+        "reclaim99",
+    ]);
+    table.indent(2).align_right(1..13);
+    for p in policies {
+        table.row([
+            p.policy.name().to_string(),
+            hours(p.jct_s.avg),
+            hours(p.jct_s.median),
+            hours(p.jct_s.p99),
+            hours(p.queueing_s.avg),
+            hours(p.queueing_s.median),
+            hours(p.queueing_s.p99),
+            hours(p.makespan_s),
+            format!("{:.1}%", 100.0 * p.utilisation),
+            format!("{:.3}", p.jain),
+            p.preemptions.to_string(),
+            format!("{:.1}", p.gpu_hours_lost),
+            p.reclaim_p99_s.map_or("-".into(), hours),
+        ]);
+    }
+    table.render()
+}
+
+/// One row per member: its GPUs and jobs, then under each policy its
+/// average JCT and that over its partitioned-fifo JCT.
+fn member_table(policies: &[PolicyResult]) -> String {
+    let names = policies.iter().map(|p| p.policy.name().to_string());
+    let header = ["member", "GPUs", "jobs"].map(String::from);
+    let mut table = Table::new(header.into_iter().chain(names));
+    table.indent(2).align_right(1..3 + policies.len());
+    let Some(first) = policies.first() else {
+        return table.render();
+    };
+    for (t, m) in first.tenants.iter().enumerate() {
+        let cells = policies.iter().map(|p| {
+            let r = &p.tenants[t];
+            match r.jct_ratio {
+                Some(x) => format!("{} ({x:.2})", hours(r.avg_jct_s)),
+                None => "-".into(),
+            }
+        });
+        let head = [m.tenant.clone(), m.gpus.to_string(), m.jobs.to_string()];
+        table.row(head.into_iter().chain(cells));
+    }
+    table.render()
+}
+
 fn hours(secs: f64) -> String {
     format!("{:.2} h", secs / 3600.0)
 }

@@ -309,3 +309,34 @@ fn the_window_and_the_member_list_select_the_jobs() {
     );
     assert_eq!(m[0].nodes, 3, "round(8 x 0.35) = round(2.8)");
 }
+
+#[test]
+fn the_report_tables_right_align_their_numbers() {
+    let w = two_members();
+    let s = run_scale(&w, 1.0, &modes(), &params(), &|| {});
+    assert_eq!(
+        member_table(&s.policies),
+        "  member  GPUs  jobs  partitioned-fifo    pooled-fifo        edupool\n\
+         \x20 a          8     2     0.03 h (1.00)  0.02 h (0.62)  0.03 h (0.78)\n\
+         \x20 b          8     1     0.01 h (1.00)  0.02 h (2.33)  0.01 h (1.00)\n"
+    );
+    let policies = policy_table(&s.policies);
+    let lines: Vec<&str> = policies.lines().collect();
+    assert_eq!(lines.len(), 4, "{policies}");
+    // Every column right-aligned but the first: every line ends at the
+    // same place.
+    assert!(
+        lines.iter().all(|l| l.len() == lines[0].len()),
+        "{policies}"
+    );
+    assert!(
+        lines[0].starts_with("  policy            JCT avg"),
+        "{policies}"
+    );
+    assert!(lines[3].starts_with("  edupool  "), "{policies}");
+    assert!(
+        lines[3].ends_with("  86.0%  0.985        1         0.0     0.00 h"),
+        "{policies}"
+    );
+    assert_eq!(member_table(&[]), "  member  GPUs  jobs\n");
+}
