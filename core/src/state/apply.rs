@@ -139,13 +139,14 @@ impl State {
             };
             self.forget_owner(id);
             let a = self.archived.entry(job.tenant.clone()).or_default();
-            a.jobs += 1;
-            match job.state {
-                JobState::Succeeded => a.succeeded += 1,
-                JobState::Failed => a.failed += 1,
-                JobState::Cancelled => a.cancelled += 1,
-                _ => a.lost += 1,
-            }
+            a.jobs = a.jobs.saturating_add(1);
+            let count = match job.state {
+                JobState::Succeeded => &mut a.succeeded,
+                JobState::Failed => &mut a.failed,
+                JobState::Cancelled => &mut a.cancelled,
+                _ => &mut a.lost,
+            };
+            *count = count.saturating_add(1);
             a.usage = a.usage.plus(job.usage);
         }
     }
@@ -292,7 +293,8 @@ impl State {
                         id.to_string()
                     }
                     Outcome::Jobs { first, count } if target.is_empty() => {
-                        let ids = (first.0..first.0 + u64::from(*count)).map(JobId);
+                        let end = first.0.saturating_add(u64::from(*count));
+                        let ids = (first.0..end).map(JobId);
                         if action == "job.submit" {
                             for id in ids {
                                 self.security
@@ -300,7 +302,7 @@ impl State {
                                     .insert(id, Arc::from(actor.token.as_str()));
                             }
                         }
-                        let last = JobId(first.0 + u64::from(*count) - 1);
+                        let last = JobId(end.saturating_sub(1));
                         format!("{first}..{last}")
                     }
                     Outcome::Token(id) if target.is_empty() => id.clone(),

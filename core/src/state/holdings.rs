@@ -88,8 +88,8 @@ fn change(sums: &mut Holdings, h: &Holding, add: bool) {
         let sign = if add { 1 } else { -1 };
         let milli = i128::from(h.milli);
         let r = t.running.entry(h.job_class).or_default();
-        r.0 += sign * milli;
-        r.1 += sign * i128::from(since) * milli;
+        r.0 = r.0.saturating_add(sign * milli);
+        r.1 = r.1.saturating_add(sign * i128::from(since) * milli);
         if *r == (0, 0) {
             t.running.remove(&h.job_class);
         }
@@ -105,7 +105,7 @@ fn change(sums: &mut Holdings, h: &Holding, add: bool) {
 fn adjust<K: Ord + Clone>(amounts: &mut BTreeMap<K, u64>, key: &K, add: bool, milli: u64) {
     let now = amounts.get(key).copied().unwrap_or(0);
     let next = if add {
-        now + milli
+        now.saturating_add(milli)
     } else {
         now.saturating_sub(milli)
     };

@@ -14,6 +14,18 @@
 //! `types`, `outcome` (outcomes, effects, rejections), the derived
 //! indexes (`free`, `holdings`, `queues`) and the snapshot form
 //! (`packed`).
+//!
+//! `apply` is total: whatever command reaches the log, it returns (never
+//! panics), and a command it cannot apply is rejected whole, the state
+//! left as it was. A broken invariant found on the way is
+//! `Rejection::Inconsistent`; every replica refuses the entry alike, and
+//! the edge logs and counts it. Sums of amounts that come from the log
+//! saturate. The lints below keep panicking shortcuts out.
+
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 mod apply;
 mod command;
@@ -31,6 +43,8 @@ mod tenants;
 mod types;
 pub mod usage;
 
+#[cfg(test)]
+mod apply_proptests;
 #[cfg(test)]
 mod audit_tests;
 #[cfg(test)]
@@ -160,16 +174,20 @@ impl From<StoredState> for State {
     fn from(s: StoredState) -> State {
         let (done, live): (BTreeSet<JobId>, BTreeSet<JobId>) = s
             .jobs
-            .values()
-            .map(|j| j.id)
-            .partition(|id| s.jobs[id].state.is_final());
+            .keys()
+            .partition(|id| s.jobs.get(*id).is_some_and(|j| j.state.is_final()));
         let placed = s
             .jobs
             .values()
             .filter(|j| j.state.is_placed())
             .map(|j| j.id)
             .collect();
-        let queues = Queues::of(s.pending.iter().map(|id| &*s.jobs[id]));
+        let queues = Queues::of(
+            s.pending
+                .iter()
+                .filter_map(|id| s.jobs.get(id))
+                .map(|j| &**j),
+        );
         let mut accounts = s.accounts;
         accounts.loaded();
         State {
@@ -268,7 +286,10 @@ impl State {
 
     /// Pending jobs in submission order.
     pub fn pending_jobs(&self) -> impl Iterator<Item = &Job> {
-        self.pending.iter().map(|id| &*self.jobs[id])
+        self.pending
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .map(|j| &**j)
     }
 
     /// Pending jobs per tenant, in the planner's orders.
@@ -278,12 +299,18 @@ impl State {
 
     /// Jobs holding GPUs (assigned, running, or stopping), by id.
     pub fn placed_jobs(&self) -> impl Iterator<Item = &Job> {
-        self.placed.iter().map(|id| &*self.jobs[id])
+        self.placed
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .map(|j| &**j)
     }
 
     /// Jobs not yet final (pending, placed or stopping), by id.
     pub fn live_jobs(&self) -> impl Iterator<Item = &Job> {
-        self.live.iter().map(|id| &*self.jobs[id])
+        self.live
+            .iter()
+            .filter_map(|id| self.jobs.get(id))
+            .map(|j| &**j)
     }
 
     /// Jobs with a task still running (or starting) on `node`.

@@ -70,6 +70,13 @@ impl State {
             effects.extend(self.fail_gpu(&name, &uuid, reason, at));
         }
         // A job whose GPUs are no longer on the node cannot keep running.
+        let here: BTreeSet<&str> = self
+            .nodes
+            .get(&name)
+            .into_iter()
+            .flat_map(|n| &n.gpus)
+            .map(|g| g.info.uuid.as_str())
+            .collect();
         let vanished: BTreeSet<JobId> = self
             .jobs_on(&name)
             .filter(|j| {
@@ -77,7 +84,7 @@ impl State {
                     .iter()
                     .filter(|t| t.node == name)
                     .flat_map(|t| &t.gpus)
-                    .any(|u| !self.nodes[&name].gpus.iter().any(|g| &g.info.uuid == u))
+                    .any(|u| !here.contains(u.as_str()))
             })
             .map(|j| j.id)
             .collect();
@@ -208,11 +215,11 @@ impl State {
         let holders: Vec<JobId> = gpu.holders.keys().copied().collect();
         let mut effects = vec![];
         for id in holders {
-            let job = self
-                .jobs
-                .get_mut(&id)
-                .map(Arc::make_mut)
-                .expect("a GPU's holder exists");
+            // A holder is a job the table has; one it lacks has nothing
+            // to stop.
+            let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) else {
+                continue;
+            };
             // A job already on its way out (cancelled, preempted, or
             // stopping after another task ended) ends as it was going to.
             if !matches!(job.state, JobState::Assigned | JobState::Running)

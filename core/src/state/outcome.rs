@@ -121,6 +121,20 @@ pub enum Rejection {
     RequestIdReused { request_id: String, first: JobId },
     #[error("only a job submission can carry a request id")]
     NotASubmission,
+    /// The state broke one of its own invariants where this command
+    /// needed it (a bug, never the caller's fault): the command is refused
+    /// whole and changes nothing, so every replica refuses it alike and
+    /// none crashes; the edge logs it and counts it
+    /// (`edupool_apply_inconsistent_total`).
+    #[error("the state is inconsistent: {what}")]
+    Inconsistent { what: String },
+}
+
+impl Rejection {
+    /// A broken invariant, described for the error log.
+    pub fn inconsistent(what: impl Into<String>) -> Rejection {
+        Rejection::Inconsistent { what: what.into() }
+    }
 }
 
 /// How one task of a placed job ended.

@@ -1,5 +1,8 @@
 //! Builders shared by the core's unit tests.
 
+// Builders for tests fail loudly; they never run inside `apply`.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 use super::*;
 
 pub fn apply_ok(s: &mut State, cmd: Command) -> (Outcome, Vec<Effect>) {

@@ -150,7 +150,8 @@ impl JobSpec {
 
     /// GPU demand of the whole job in thousandths.
     pub fn demand_milli(&self) -> u64 {
-        self.task_milli() * u64::from(self.nodes.max(1))
+        self.task_milli()
+            .saturating_mul(u64::from(self.nodes.max(1)))
     }
 }
 
@@ -561,7 +562,7 @@ impl Gpu {
     }
 
     pub fn used_milli(&self) -> u32 {
-        self.holders.values().sum()
+        self.holders.values().fold(0, |a, b| a.saturating_add(*b))
     }
 
     pub fn free_milli(&self) -> u32 {

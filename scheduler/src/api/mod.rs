@@ -375,7 +375,7 @@ fn rejection(r: Rejection) -> Status {
         Rejection::BadToken(_) | Rejection::BadArraySize { .. } | Rejection::BadRequestId(_) => {
             Code::InvalidArgument
         }
-        Rejection::NotASubmission => Code::Internal,
+        Rejection::NotASubmission | Rejection::Inconsistent { .. } => Code::Internal,
         Rejection::UnknownToken(_)
         | Rejection::UnknownTenant(_)
         | Rejection::UnknownJob(_)

@@ -49,12 +49,12 @@ impl State {
             .jobs
             .get_mut(&id)
             .map(Arc::make_mut)
-            .expect("checked by job_on");
+            .ok_or_else(|| lost_task(id, node))?;
         let task = job
             .tasks
             .iter_mut()
             .find(|t| t.node == node)
-            .expect("checked by job_on");
+            .ok_or_else(|| lost_task(id, node))?;
         if task.started {
             return Ok((Outcome::Job(id), vec![]));
         }
@@ -94,7 +94,7 @@ impl State {
             .jobs
             .get_mut(&id)
             .map(Arc::make_mut)
-            .expect("checked by job_on");
+            .ok_or_else(|| lost_task(id, node))?;
         job.usage = job.usage.plus(usage);
         let end = TaskEnd::Exited {
             exit_code,
@@ -106,7 +106,8 @@ impl State {
     }
 
     /// One task is gone: its GPUs are freed; a failure stops the other
-    /// tasks; the job ends once no task is left.
+    /// tasks; the job ends once no task is left. Callers name a job they
+    /// found; a job not in the table ends nothing (and nothing changes).
     pub(in crate::state) fn task_ended(
         &mut self,
         id: JobId,
@@ -114,7 +115,10 @@ impl State {
         end: TaskEnd,
         at: Millis,
     ) -> Vec<Effect> {
-        let ended = ledger::run_end(&self.jobs[&id], &end);
+        let Some(job) = self.jobs.get(&id) else {
+            return vec![];
+        };
+        let ended = ledger::run_end(job, &end);
         let energy = match &end {
             TaskEnd::Exited { energy_mj, .. } => *energy_mj,
             TaskEnd::Lost(_) => None,
@@ -122,13 +126,11 @@ impl State {
         self.record_run(id, node, ended, energy, at);
         self.charge_task(id, at);
         self.release_task(id, node);
-        let job = self
-            .jobs
-            .get_mut(&id)
-            .map(Arc::make_mut)
-            .expect("caller checked");
+        let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) else {
+            return vec![];
+        };
         let index = job.tasks.iter().position(|t| t.node == node);
-        if let Some(t) = index.map(|i| &mut job.tasks[i]) {
+        if let Some(t) = index.and_then(|i| job.tasks.get_mut(i)) {
             t.finished = true;
         }
         let failure = match end {
@@ -180,14 +182,12 @@ impl State {
 
     /// Every task is gone: the job ends, or goes back to the queue.
     fn finish(&mut self, id: JobId, at: Millis) -> Vec<Effect> {
-        let job = self
-            .jobs
-            .get_mut(&id)
-            .map(Arc::make_mut)
-            .expect("caller checked");
+        let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) else {
+            return vec![];
+        };
         let preempted = job.state == JobState::Preempting;
         if preempted {
-            job.preemptions += 1;
+            job.preemptions = job.preemptions.saturating_add(1);
         }
         // Stopped because a GPU failed: unless every task finished on its
         // own first (exit 0), the run ends like a lost one, under the GPU's
@@ -211,7 +211,7 @@ impl State {
             (None, None) => job.reason.clone(),
         };
         if requeue {
-            job.attempt += 1;
+            job.attempt = job.attempt.saturating_add(1);
             job.state = JobState::Pending;
             job.started_at = None;
             job.gpu_class = None;
@@ -257,4 +257,11 @@ impl State {
             }
         }
     }
+}
+
+/// What `job_on` found and the job table then lacked: a broken invariant.
+fn lost_task(id: JobId, node: &str) -> Rejection {
+    Rejection::inconsistent(format!(
+        "job {id} is placed on node '{node}' but its task there is missing"
+    ))
 }

@@ -97,34 +97,32 @@ impl State {
     fn queue_new_job(&mut self, tenant: String, spec: JobSpec, at: Millis) -> JobId {
         self.last_job += 1;
         let id = JobId(self.last_job);
-        self.jobs.insert(
+        let job = Arc::new(Job {
             id,
-            Arc::new(Job {
-                id,
-                tenant,
-                spec,
-                state: JobState::Pending,
-                tasks: vec![],
-                exit_code: None,
-                reason: "waiting for GPUs".into(),
-                submitted_at: at,
-                started_at: None,
-                finished_at: None,
-                attempt: 1,
-                gpu_class: None,
-                preemptions: 0,
-                queued_at: at,
-                placed_at: None,
-                capacity: Capacity::default(),
-                reclaimed: false,
-                claimed_at: None,
-                ending: None,
-                usage: JobUsage::default(),
-                gpu_fault: None,
-            }),
-        );
+            tenant,
+            spec,
+            state: JobState::Pending,
+            tasks: vec![],
+            exit_code: None,
+            reason: "waiting for GPUs".into(),
+            submitted_at: at,
+            started_at: None,
+            finished_at: None,
+            attempt: 1,
+            gpu_class: None,
+            preemptions: 0,
+            queued_at: at,
+            placed_at: None,
+            capacity: Capacity::default(),
+            reclaimed: false,
+            claimed_at: None,
+            ending: None,
+            usage: JobUsage::default(),
+            gpu_fault: None,
+        });
+        self.queues.add(&job);
+        self.jobs.insert(id, job);
         self.pending.insert(id);
-        self.queues.add(&self.jobs[&id]);
         self.live.insert(id);
         id
     }
@@ -217,28 +215,45 @@ impl State {
         }
         let mut class: Option<String> = None;
         let mut site: Option<&str> = None;
+        let mut owners = Vec::with_capacity(tasks.len());
         for t in &tasks {
-            let c = self.check_task(job, t)?;
+            let (c, node) = self.check_task(job, t)?;
             if class.get_or_insert_with(|| c.clone()) != &c {
                 return Err(bad(
                     &t.node,
                     "the tasks' GPUs are of different classes".into(),
                 ));
             }
-            let s = self.nodes[&t.node].site();
+            let s = node.site();
             if *site.get_or_insert(s) != s {
                 return Err(bad(&t.node, "the tasks span more than one site".into()));
             }
+            owners.push(node.labels.owner.clone());
         }
+        // Everything is checked: from here on nothing refuses, so nothing
+        // is half-placed.
         let milli = spec.milli_per_gpu();
         let tenant = job.tenant.clone();
-        let mut placed = Vec::with_capacity(tasks.len());
-        for t in tasks {
-            let node = self
-                .nodes
-                .get_mut(&t.node)
-                .map(Arc::make_mut)
-                .expect("checked above");
+        let own = owners.iter().all(|o| o.as_deref() == Some(tenant.as_str()));
+        let placed: Vec<Task> = tasks
+            .into_iter()
+            .zip(owners)
+            .map(|(t, owner)| Task {
+                node: t.node,
+                gpus: t.gpus,
+                lender: owner.filter(|o| *o != tenant),
+                started: false,
+                finished: false,
+            })
+            .collect();
+        let Some(job) = self.jobs.get_mut(&id).map(Arc::make_mut) else {
+            return Err(Rejection::inconsistent(format!("job {id} vanished")));
+        };
+        for t in &placed {
+            // Each node was found by `check_task` above.
+            let Some(node) = self.nodes.get_mut(&t.node).map(Arc::make_mut) else {
+                continue;
+            };
             for g in node
                 .gpus
                 .iter_mut()
@@ -246,23 +261,7 @@ impl State {
             {
                 g.holders.insert(id, milli);
             }
-            let lender = node.labels.owner.clone().filter(|o| *o != tenant);
-            placed.push(Task {
-                node: t.node,
-                gpus: t.gpus,
-                lender,
-                started: false,
-                finished: false,
-            });
         }
-        let own = placed
-            .iter()
-            .all(|t| self.nodes[&t.node].labels.owner.as_deref() == Some(tenant.as_str()));
-        let job = self
-            .jobs
-            .get_mut(&id)
-            .map(Arc::make_mut)
-            .expect("checked above");
         job.capacity = match capacity {
             Capacity::Guaranteed if own => Capacity::Own,
             Capacity::Own if !own => Capacity::Guaranteed,
@@ -290,7 +289,11 @@ impl State {
     }
 
     /// Checks one task of a placement; returns the GPU class it would use.
-    fn check_task(&self, job: &Job, t: &TaskPlacement) -> Result<String, Rejection> {
+    fn check_task<'a>(
+        &'a self,
+        job: &Job,
+        t: &TaskPlacement,
+    ) -> Result<(String, &'a Node), Rejection> {
         let bad = |why: String| Rejection::BadPlacement {
             job: job.id,
             node: t.node.clone(),
@@ -350,7 +353,7 @@ impl State {
                 return Err(bad("the GPUs are of different classes".into()));
             }
         }
-        Ok(class.unwrap_or_default())
+        Ok((class.unwrap_or_default(), node))
     }
 
     pub(super) fn preempt_job(
@@ -402,7 +405,9 @@ impl State {
 
     /// Adds one task's GPU time, up to `until`, to its tenant's usage.
     fn charge_task(&mut self, id: JobId, until: Millis) {
-        let job = &self.jobs[&id];
+        let Some(job) = self.jobs.get(&id) else {
+            return;
+        };
         let Some(started) = job.started_at else {
             return;
         };

@@ -131,7 +131,7 @@ fn round_div(num: u128, den: u128) -> u64 {
     if den == 0 {
         return 0;
     }
-    u64::try_from((num + den / 2) / den).unwrap_or(u64::MAX)
+    u64::try_from(num.saturating_add(den / 2) / den).unwrap_or(u64::MAX)
 }
 
 /// What one ledger entry costs, in minor units.
@@ -152,12 +152,14 @@ pub struct Charge {
 impl Charge {
     pub fn plus(self, o: Charge) -> Charge {
         Charge {
-            gpu: self.gpu + o.gpu,
-            energy: self.energy + o.energy,
-            free: self.free + o.free,
-            equity: self.equity + o.equity,
-            lending_credit: self.lending_credit + o.lending_credit,
-            unpriced_gpu_milli_ms: self.unpriced_gpu_milli_ms + o.unpriced_gpu_milli_ms,
+            gpu: self.gpu.saturating_add(o.gpu),
+            energy: self.energy.saturating_add(o.energy),
+            free: self.free.saturating_add(o.free),
+            equity: self.equity.saturating_add(o.equity),
+            lending_credit: self.lending_credit.saturating_add(o.lending_credit),
+            unpriced_gpu_milli_ms: self
+                .unpriced_gpu_milli_ms
+                .saturating_add(o.unpriced_gpu_milli_ms),
         }
     }
 
@@ -166,11 +168,11 @@ impl Charge {
     }
 
     pub fn gross(&self) -> Money {
-        self.gpu + self.energy
+        self.gpu.saturating_add(self.energy)
     }
 
     pub fn discount(&self) -> Money {
-        self.free + self.equity
+        self.free.saturating_add(self.equity)
     }
 
     pub fn net(&self) -> Money {
@@ -189,37 +191,50 @@ pub fn gross_charge(book: &PriceBook, e: &LedgerEntry) -> Charge {
         .versions
         .first()
         .map_or(Millis::MAX, |v| v.effective_from);
-    // Time before the first version is priced by nothing.
-    unpriced_ms += (e.end.min(first) - e.start).max(0) as u64;
+    // Time before the first version is priced by nothing. Stamps and
+    // amounts come from the log, so the sums saturate rather than wrap or
+    // panic on absurd ones.
+    unpriced_ms = unpriced_ms.saturating_add(ms_between(e.start, e.end.min(first)));
     for (i, v) in book.versions.iter().enumerate() {
         let until = book
             .versions
             .get(i + 1)
             .map_or(Millis::MAX, |n| n.effective_from);
-        let ms = (e.end.min(until) - e.start.max(v.effective_from)).max(0) as u128;
+        let ms = u128::from(ms_between(e.start.max(v.effective_from), e.end.min(until)));
         if ms == 0 {
             continue;
         }
         match v.gpu_price(&e.gpu_model, e.class) {
-            Some(p) => gpu_num += ms * per_ms * u128::from(p),
-            None => unpriced_ms += ms as u64,
+            Some(p) => {
+                let num = ms.saturating_mul(per_ms).saturating_mul(u128::from(p));
+                gpu_num = gpu_num.saturating_add(num);
+            }
+            None => unpriced_ms = unpriced_ms.saturating_add(ms as u64),
         }
-        energy_num += energy * ms * u128::from(v.energy_per_kwh);
+        let num = energy
+            .saturating_mul(ms)
+            .saturating_mul(u128::from(v.energy_per_kwh));
+        energy_num = energy_num.saturating_add(num);
     }
     let duration = u128::from(e.duration_ms());
     let energy = if duration > 0 {
-        round_div(energy_num, duration * MJ_PER_KWH)
+        round_div(energy_num, duration.saturating_mul(MJ_PER_KWH))
     } else {
         // A run of no duration: its energy at the price of its end.
         let price = book.at(e.end).map_or(0, |v| v.energy_per_kwh);
-        round_div(energy * u128::from(price), MJ_PER_KWH)
+        round_div(energy.saturating_mul(u128::from(price)), MJ_PER_KWH)
     };
     Charge {
         gpu: round_div(gpu_num, u128::from(WHOLE_GPU) * u128::from(MS_PER_HOUR)),
         energy,
-        unpriced_gpu_milli_ms: unpriced_ms * per_ms as u64,
+        unpriced_gpu_milli_ms: unpriced_ms.saturating_mul(per_ms as u64),
         ..Charge::default()
     }
+}
+
+/// Milliseconds from `start` to `end`, 0 when `end` is not later.
+pub fn ms_between(start: Millis, end: Millis) -> u64 {
+    u64::try_from(i128::from(end) - i128::from(start)).unwrap_or(0)
 }
 
 /// What one run costs: its GPU and energy charge before discounts,
@@ -249,7 +264,7 @@ pub fn price_run(
         );
     }
     let pct = v.equity_discount_pct.get(&e.tenant).copied().unwrap_or(0);
-    let rest = charge.gross() - charge.free;
+    let rest = charge.gross().saturating_sub(charge.free);
     charge.equity = round_div(u128::from(rest) * u128::from(pct), 100);
     if e.lender.is_some() {
         charge.lending_credit = round_div(

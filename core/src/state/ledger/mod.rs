@@ -94,7 +94,7 @@ pub struct LedgerEntry {
 
 impl LedgerEntry {
     pub fn duration_ms(&self) -> u64 {
-        (self.end - self.start).max(0) as u64
+        billing::ms_between(self.start, self.end)
     }
 }
 
@@ -274,10 +274,11 @@ impl Accounts {
         e.seq = self.last_seq;
         e.charge = billing::price_run(&self.prices, &mut self.free_used, &e);
         self.last_end = self.last_end.max(e.end);
-        *self
+        let net = self
             .net_by_day
             .entry((e.tenant.clone(), Period::Day.start(e.end)))
-            .or_default() += e.charge.net();
+            .or_default();
+        *net = net.saturating_add(e.charge.net());
         self.entries.push_back(Arc::new(e));
         while self.entries.len() > kept {
             let Some(old) = self.entries.pop_front() else {
@@ -298,9 +299,9 @@ impl Accounts {
         };
         let day = self.rolled.entry(Period::Day.start(e.end)).or_default();
         let t = day.rows.entry(key).or_default();
-        t.runs += 1;
-        t.gpu_milli_ms += e.gpu_milli_ms;
-        t.energy_mj += e.energy_mj.unwrap_or(0);
+        t.runs = t.runs.saturating_add(1);
+        t.gpu_milli_ms = t.gpu_milli_ms.saturating_add(e.gpu_milli_ms);
+        t.energy_mj = t.energy_mj.saturating_add(e.energy_mj.unwrap_or(0));
         t.charge = t.charge.plus(e.charge);
     }
 
@@ -312,8 +313,7 @@ impl Accounts {
         }
         self.net_by_day
             .range((tenant.to_string(), from)..(tenant.to_string(), to))
-            .map(|(_, m)| *m)
-            .sum()
+            .fold(0, |sum, (_, m)| sum.saturating_add(*m))
     }
 
     /// Completes a ledger read from a snapshot: prices the runs of a
@@ -336,14 +336,17 @@ impl Accounts {
                 .unwrap_or(Millis::MIN);
             self.form = LEDGER_FORM;
         }
-        let mut net = BTreeMap::new();
+        let mut net: BTreeMap<(String, Millis), Money> = BTreeMap::new();
+        let mut add = |key, m: Money| {
+            let sum = net.entry(key).or_default();
+            *sum = sum.saturating_add(m);
+        };
         for e in &self.entries {
-            *net.entry((e.tenant.clone(), Period::Day.start(e.end)))
-                .or_default() += e.charge.net();
+            add((e.tenant.clone(), Period::Day.start(e.end)), e.charge.net());
         }
         for (day, d) in &self.rolled {
             for (k, t) in &d.rows {
-                *net.entry((k.tenant.clone(), *day)).or_default() += t.charge.net();
+                add((k.tenant.clone(), *day), t.charge.net());
             }
         }
         self.net_by_day = net;
@@ -407,11 +410,12 @@ impl State {
         energy_mj: Option<u64>,
         at: Millis,
     ) {
-        let job = &self.jobs[&id];
-        let Some(index) = job.tasks.iter().position(|t| t.node == node) else {
+        let Some(job) = self.jobs.get(&id) else {
             return;
         };
-        let task = &job.tasks[index];
+        let Some((index, task)) = job.tasks.iter().enumerate().find(|(_, t)| t.node == node) else {
+            return;
+        };
         if task.finished {
             return;
         }
@@ -430,7 +434,7 @@ impl State {
         let start = job.started_at.unwrap_or(at).min(at);
         let gpus = task.gpus.len() as u32;
         let milli = job.spec.milli_per_gpu();
-        let ms = (at - start).max(0) as u64;
+        let ms = billing::ms_between(start, at);
         let entry = LedgerEntry {
             seq: 0,
             tenant: job.tenant.clone(),
@@ -446,7 +450,9 @@ impl State {
             milli_per_gpu: milli,
             start,
             end: at,
-            gpu_milli_ms: ms * u64::from(gpus) * u64::from(milli),
+            gpu_milli_ms: ms
+                .saturating_mul(u64::from(gpus))
+                .saturating_mul(u64::from(milli)),
             energy_mj,
             capacity: job.capacity,
             ended,
