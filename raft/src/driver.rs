@@ -959,6 +959,7 @@ impl Driver {
                     r?
                 }
             };
+            super::refused::count(&result, &self.metrics);
             let reply = <[u8; 8]>::try_from(&entry.context[..])
                 .ok()
                 .and_then(|ctx| self.pending.remove(&u64::from_le_bytes(ctx)));
@@ -1280,7 +1281,11 @@ pub fn apply_entry(state: &mut State, entry: &Entry) -> edupool_core::state::App
         return Ok((Outcome::None, vec![]));
     }
     match serde_json::from_slice::<LogEntry>(&entry.data) {
-        Ok(e) if e.v == LOG_FORMAT => state.apply(e.cmd, e.at),
+        Ok(e) if e.v == LOG_FORMAT => {
+            let applied = state.apply(e.cmd, e.at);
+            super::refused::report(entry.index, &applied);
+            applied
+        }
         // Every replica skips the same undecodable entry, so they stay
         // identical; it can only come from a newer version.
         Ok(e) => {

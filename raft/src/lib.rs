@@ -16,6 +16,7 @@
 //! - `metrics`: what the log reports, handed in by the caller.
 //! - `peer_auth`: which certificate may speak for a replica.
 //! - `logger`: raft-rs's slog records forwarded to tracing.
+//! - `refused`: entries `apply` refused as inconsistent, logged and counted.
 //! - `failpoints`: test-only faults (the `failpoints` feature).
 
 mod driver;
@@ -24,6 +25,7 @@ pub mod failpoints;
 mod logger;
 mod metrics;
 pub mod peer_auth;
+mod refused;
 mod snapshot;
 mod snapshotter;
 mod status;

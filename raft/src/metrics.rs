@@ -2,7 +2,7 @@
 //! metrics, registered there, and handed to the replica at start
 //! (`ReplicaConfig::metrics`), so this crate calls nothing above it.
 
-use prometheus::{exponential_buckets, Histogram, HistogramOpts, HistogramVec};
+use prometheus::{exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter};
 
 #[derive(Clone, Debug)]
 pub struct RaftMetrics {
@@ -11,6 +11,8 @@ pub struct RaftMetrics {
     /// A snapshot's phases: `copy` (the state copied under its lock, on
     /// the raft driver), `encode` and `save` (in the background).
     pub snapshot_duration: HistogramVec,
+    /// Committed entries `apply` refused as inconsistent (`refused`).
+    pub apply_inconsistent: IntCounter,
 }
 
 /// Buckets from 0.5 ms to about 16 s, for control-plane latencies.
@@ -39,6 +41,11 @@ impl RaftMetrics {
                 &["phase"],
             )
             .expect("valid metric"),
+            apply_inconsistent: IntCounter::new(
+                "edupool_apply_inconsistent_total",
+                "Committed log entries the state machine refused because it found its state inconsistent (a bug); each replica refuses them alike and changes nothing.",
+            )
+            .expect("valid metric"),
         }
     }
 
@@ -46,6 +53,7 @@ impl RaftMetrics {
     pub fn register(&self, registry: &prometheus::Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.proposal_duration.clone()))?;
         registry.register(Box::new(self.snapshot_duration.clone()))?;
+        registry.register(Box::new(self.apply_inconsistent.clone()))?;
         Ok(())
     }
 }
