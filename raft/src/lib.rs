@@ -5,9 +5,14 @@
 //!
 //! - `storage`: raft's `Storage` over redb (log, hard state, configuration,
 //!   snapshot, peer addresses), bounded by compaction.
-//! - `driver`: the task that owns `RawNode`, turns proposals into log
-//!   entries, applies committed entries to the state machine, serves
-//!   ReadIndex reads and membership changes, and takes snapshots.
+//! - `step`: the I/O-free step: raft-rs's `RawNode` and the proposals and
+//!   reads waiting on it; handling a `Ready` returns the actions to take.
+//! - `machine`: log entries and the one function that applies them.
+//! - `driver`: the task that owns the step, feeds it requests, peer
+//!   messages and ticks, and performs its actions (storage, peers,
+//!   waiters); `snapshots` decides when it takes a snapshot.
+//! - `replica`: the `Replica` handle the scheduler holds; `config` its
+//!   settings.
 //! - `transport`: peer messages over the tonic `RaftService`, batched per
 //!   peer through bounded queues.
 //! - `snapshot`: the versioned snapshot envelope; restore from a backup.
@@ -19,28 +24,36 @@
 //! - `refused`: entries `apply` refused as inconsistent, logged and counted.
 //! - `failpoints`: test-only faults (the `failpoints` feature).
 
+mod config;
 mod driver;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
 mod logger;
+mod machine;
 mod metrics;
 pub mod peer_auth;
 mod refused;
+mod replica;
 mod snapshot;
+mod snapshots;
 mod snapshotter;
 mod status;
+mod step;
 mod storage;
 mod transport;
 
 #[cfg(test)]
+mod replica_tests;
+#[cfg(test)]
 mod sim;
 
-pub use driver::{
-    apply_entry, DriverEnd, Leadership, LogEntry, MembershipChange, ProposeError, Replica,
-    ReplicaConfig,
-};
+pub use config::ReplicaConfig;
+pub use driver::{AppliedEffects, DriverEnd};
+pub use machine::{apply_entry, LogEntry};
 pub use metrics::RaftMetrics;
+pub use replica::Replica;
 pub use snapshot::{replay_data_dir, restore_backup, SnapshotEnvelope, SNAPSHOT_FORMAT};
 pub use status::{MemberStatus, RaftStatus, Role};
+pub use step::{Leadership, MembershipChange, ProposeError};
 pub use storage::{Peers, RaftStore, StorageError};
 pub use transport::{peer_only, RaftServer, MAX_RAFT_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};

@@ -22,11 +22,15 @@ pub fn report(index: u64, applied: &Applied) -> bool {
     true
 }
 
-/// Counts `applied` if it is a refusal for inconsistency.
-pub fn count(applied: &Applied, metrics: &RaftMetrics) {
-    if matches!(applied, Err(Rejection::Inconsistent { .. })) {
-        metrics.apply_inconsistent.inc();
-    }
+/// Whether `applied` is a refusal for inconsistency, which the step
+/// reports as `Action::Inconsistent` for the driver to count.
+pub fn is_inconsistent(applied: &Applied) -> bool {
+    matches!(applied, Err(Rejection::Inconsistent { .. }))
+}
+
+/// Counts one refusal for inconsistency.
+pub fn count(metrics: &RaftMetrics) {
+    metrics.apply_inconsistent.inc();
 }
 
 #[cfg(test)]
@@ -44,12 +48,12 @@ mod tests {
         let refused: Applied = Err(Rejection::UnknownTenant("t".into()));
         for other in [ok, refused] {
             assert!(!report(3, &other));
-            count(&other, &metrics);
+            assert!(!is_inconsistent(&other));
         }
-        assert_eq!(metrics.apply_inconsistent.get(), 0);
         let broken: Applied = Err(Rejection::inconsistent("job j-1 vanished"));
         assert!(report(5, &broken));
-        count(&broken, &metrics);
+        assert!(is_inconsistent(&broken));
+        count(&metrics);
         assert_eq!(metrics.apply_inconsistent.get(), 1);
     }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use raft::prelude::Snapshot;
 use serde::{Deserialize, Serialize};
 
-use super::storage::{Peers, RaftStore, StorageError};
+use crate::storage::{Peers, RaftStore, StorageError};
 use edupool_core::state::State;
 
 /// The envelope's format; a replica refuses formats it does not know.
@@ -139,7 +139,7 @@ pub fn replay_data_dir(
             )
             .map_err(|e| StorageError::Corrupt(e.to_string()))?;
         for entry in &entries {
-            let _ = super::driver::apply_entry(&mut state, entry);
+            let _ = crate::machine::apply_entry(&mut state, entry);
             each(entry.index, &state);
         }
     }

@@ -26,22 +26,12 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::driver::ProposeError;
-use super::snapshot::SnapshotEnvelope;
-use super::storage::{RaftStore, SnapshotFile, StorageError};
-
-/// Who waits for a snapshot to be taken (`Replica::snapshot_now`).
-pub(super) type Waiter = oneshot::Sender<Result<SnapshotEnvelope, ProposeError>>;
+use crate::snapshot::SnapshotEnvelope;
+use crate::storage::{RaftStore, SnapshotFile, StorageError};
 
 /// Called on the snapshot thread once the snapshot at the given index is
 /// encoded, before it is saved (tests hold a snapshot there).
 pub(super) type BeforeSave = Arc<dyn Fn(u64) + Send + Sync>;
-
-/// The snapshot being written, as the driver tracks it.
-pub(super) struct InFlight {
-    pub index: u64,
-    pub waiters: Vec<Waiter>,
-}
 
 /// What to write: the copied state and where the log may be cut.
 pub(super) struct Job {
