@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
 
-use edupool_core::state::Command;
+use edupool_core::state::{Command, Outcome};
 use raft::prelude::Message;
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole, Storage as _};
@@ -387,4 +387,69 @@ fn a_minority_partition_keeps_serving_the_majority_and_a_majority_cut_stops_writ
     sim.assert_equal_states();
     assert_eq!(sim.answers["c"], Ok(()));
     assert!(sim.nodes.keys().all(|id| sim.tenants(*id).contains("c")));
+}
+
+/// One replica alone: a command is answered only in `advance`, after the
+/// `Persist` that holds its entry, and its answer follows its effects.
+#[test]
+fn a_proposal_is_answered_only_after_its_entry_is_persisted() {
+    let store = MemStorage::new_with_conf_state((vec![1], vec![]));
+    let node = RawNode::new(
+        &raft_config(1, 0, 10, 2),
+        store.clone(),
+        &crate::logger::logger(),
+    );
+    let mut core = Core::new(node.unwrap(), Peers::new(), 0);
+    let machine = RwLock::new(Machine::default());
+    let persist = |actions: &[Action]| {
+        for a in actions {
+            if let Action::Persist {
+                entries,
+                hard_state,
+            } = a
+            {
+                store.wl().append(entries).unwrap();
+                if let Some(hs) = hard_state {
+                    store.wl().set_hardstate(hs.clone());
+                }
+            }
+        }
+    };
+    core.campaign();
+    while let Some((mut h, _)) = core.ready() {
+        persist(&core.apply(&mut h, &machine).unwrap());
+        core.advance(h, &machine).unwrap();
+    }
+    assert!(core.is_leader());
+
+    let cmd = Command::CreateTenant {
+        name: "zju".into(),
+        token_hash: "h".into(),
+    };
+    let id = core.propose(cmd, 1).unwrap();
+    let (mut h, first) = core.ready().unwrap();
+    assert!(first.is_empty(), "{first:?}");
+    let applied = core.apply(&mut h, &machine).unwrap();
+    let [Action::Persist { entries, .. }] = &applied[..] else {
+        panic!("only the persist comes before it: {applied:?}");
+    };
+    assert_eq!(entries.len(), 1);
+    persist(&applied);
+    let advanced = core.advance(h, &machine).unwrap();
+    assert!(matches!(advanced[0], Action::SetCommit(c) if c == entries[0].index));
+    let answer = advanced.iter().position(|a| {
+        matches!(a, Action::Answer { id: i, result: Ok(Outcome::Tenant(t)) } if *i == id && t == "zju")
+    });
+    let publish = advanced
+        .iter()
+        .position(|a| matches!(a, Action::Publish(_)));
+    assert!(answer.is_some(), "{advanced:?}");
+    assert!(publish.is_none() || publish < answer, "{advanced:?}");
+    assert_eq!(machine.read().unwrap().applied, entries[0].index);
+    assert!(machine
+        .read()
+        .unwrap()
+        .state
+        .tenants()
+        .any(|t| t.name == "zju"));
 }
