@@ -11,10 +11,12 @@
 //! - `server`: `run(config, shutdown)`, which wires all of the above.
 //! - `tls`: the listener's TLS and who a client certificate speaks for.
 //! - `metrics`: Prometheus metrics and their `/metrics` listener.
+//! - `process`: logging and signal handling shared by the binaries.
 
 pub mod api;
 pub mod control;
 pub mod metrics;
+pub mod process;
 pub mod server;
 pub mod sessions;
 pub mod tls;

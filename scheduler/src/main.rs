@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edupool_scheduler::api::convert::JobLimits;
 use edupool_scheduler::api::RateLimit;
+use edupool_scheduler::process::{init_tracing, spawn_signal_handler};
 use edupool_scheduler::raft::Peers;
 use edupool_scheduler::server::{self, ReplicationConfig, ServerConfig};
 use edupool_scheduler::tls::TlsConfig;
@@ -209,18 +210,11 @@ struct MovedArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let moved = match &cli.command {
-        Cmd::Dev(_) => Some("dev"),
-        Cmd::Simulate(_) => Some("simulate"),
-        Cmd::Serve(_) => None,
+    let serve = match Cli::parse().command {
+        Cmd::Serve(a) => a,
+        Cmd::Dev(_) => return moved("dev"),
+        Cmd::Simulate(_) => return moved("simulate"),
     };
-    if let Some(name) = moved {
-        eprintln!(
-            "error: `edupool-scheduler {name}` is now `edupool-sim {name}` (same options; `cargo run -p edupool-sim -- {name} ...` from a checkout)"
-        );
-        return ExitCode::from(2);
-    }
     init_tracing("info");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
@@ -229,7 +223,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(*serve)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -238,74 +232,46 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+/// Says where a subcommand that left this binary went.
+fn moved(name: &str) -> ExitCode {
+    eprintln!(
+        "error: `edupool-scheduler {name}` is now `edupool-sim {name}` (same options; `cargo run -p edupool-sim -- {name} ...` from a checkout)"
+    );
+    ExitCode::from(2)
+}
+
+async fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    match cli.command {
-        Cmd::Serve(a) => {
-            let tls = a.tls.config()?;
-            let replication = a.replication.config()?;
-            let config = ServerConfig {
-                listen: a.listen,
-                data_dir: a.data_dir,
-                admin_token: a.admin_token,
-                agent_token: a.agent_token,
-                node_lost_timeout: a.node_lost_timeout,
-                heartbeat_interval: a.heartbeat_interval,
-                limits: JobLimits {
-                    default_walltime_secs: a.default_walltime.as_secs(),
-                    max_pending_per_tenant: a.api_limits.max_pending_per_tenant,
-                    rate: RateLimit {
-                        per_second: a.api_limits.rate_limit,
-                        burst: a.api_limits.rate_burst,
-                    },
-                    ..JobLimits::default()
-                },
-                metrics_listen: a.metrics_listen,
-                tls: Some(tls),
-            };
-            let bound = server::bind(config).await?.with_replication(replication)?;
-            // Tests and scripts read the bound address from this line.
-            println!("edupool-scheduler listening on {}", bound.local_addr());
-            if let Some(addr) = bound.metrics_addr() {
-                println!("edupool-scheduler metrics listening on {addr}");
-            }
-            server::serve(bound, shutdown)
-                .await
-                .context("scheduler stopped")?;
-            Ok(ExitCode::SUCCESS)
-        }
-        // Answered in `main` before the runtime starts.
-        Cmd::Dev(_) | Cmd::Simulate(_) => Ok(ExitCode::from(2)),
+    let tls = a.tls.config()?;
+    let replication = a.replication.config()?;
+    let config = ServerConfig {
+        listen: a.listen,
+        data_dir: a.data_dir,
+        admin_token: a.admin_token,
+        agent_token: a.agent_token,
+        node_lost_timeout: a.node_lost_timeout,
+        heartbeat_interval: a.heartbeat_interval,
+        limits: JobLimits {
+            default_walltime_secs: a.default_walltime.as_secs(),
+            max_pending_per_tenant: a.api_limits.max_pending_per_tenant,
+            rate: RateLimit {
+                per_second: a.api_limits.rate_limit,
+                burst: a.api_limits.rate_burst,
+            },
+            ..JobLimits::default()
+        },
+        metrics_listen: a.metrics_listen,
+        tls: Some(tls),
+    };
+    let bound = server::bind(config).await?.with_replication(replication)?;
+    // Tests and scripts read the bound address from this line.
+    println!("edupool-scheduler listening on {}", bound.local_addr());
+    if let Some(addr) = bound.metrics_addr() {
+        println!("edupool-scheduler metrics listening on {addr}");
     }
-}
-
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// SIGINT or SIGTERM cancels the shutdown token; the library stops cleanly.
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("warning: cannot watch SIGTERM: {e}");
-                    let _ = tokio::signal::ctrl_c().await;
-                    shutdown.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        shutdown.cancel();
-    });
+    server::serve(bound, shutdown)
+        .await
+        .context("scheduler stopped")?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use edupool_scheduler::process::{init_tracing, spawn_signal_handler};
 use edupool_sim::dev::{self, DevConfig, DevOutcome};
 use edupool_sim::simulate;
 use tokio_util::sync::CancellationToken;
@@ -155,34 +156,4 @@ fn simulate(a: SimulateArgs) -> anyhow::Result<ExitCode> {
         println!("wrote {}", f.display());
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
-/// SIGINT or SIGTERM cancels the shutdown token; the library stops cleanly.
-fn spawn_signal_handler(shutdown: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    eprintln!("warning: cannot watch SIGTERM: {e}");
-                    let _ = tokio::signal::ctrl_c().await;
-                    shutdown.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-        shutdown.cancel();
-    });
 }

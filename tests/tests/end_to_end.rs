@@ -404,3 +404,19 @@ async fn a_lost_nodes_job_is_requeued_elsewhere() -> Result<()> {
     assert_eq!(lost["status"], "lost");
     Ok(())
 }
+
+#[test]
+fn the_server_binary_says_where_dev_mode_and_the_simulator_went() -> Result<()> {
+    for name in ["dev", "simulate"] {
+        let out = std::process::Command::new(edupool_tests::bin("edupool-scheduler"))
+            .args([name, "--listen", "127.0.0.1:0"])
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name}: {stderr}");
+        assert!(
+            stderr.contains(&format!("is now `edupool-sim {name}`")),
+            "{name}: {stderr}"
+        );
+    }
+    Ok(())
+}
