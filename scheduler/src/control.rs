@@ -75,6 +75,7 @@ pub fn start_message(s: &State, id: JobId, node: &str) -> Option<pb::SchedulerMe
             task_index: index as u32,
             task_count: nodes.len() as u32,
             task_nodes: nodes,
+            ..Default::default()
         })),
     })
 }

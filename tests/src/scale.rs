@@ -502,6 +502,7 @@ impl SimAgent {
             gpus,
             jobs: vec![],
             agent_version: "edupool-bench".into(),
+            ..Default::default()
         }))
     }
 

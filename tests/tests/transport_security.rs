@@ -44,6 +44,7 @@ async fn hello_as(channel: Channel, node: &str) -> Result<(), tonic::Status> {
             gpus: vec![],
             jobs: vec![],
             agent_version: "impostor".into(),
+            ..Default::default()
         })),
     };
     let mut request = Request::new(tokio_stream::iter(vec![hello]));

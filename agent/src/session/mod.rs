@@ -342,6 +342,7 @@ impl Session {
             gpus: convert::gpus(&gpus),
             jobs: jobs.iter().map(convert::job_report).collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            ..Default::default()
         };
         outbound
             .try_send(message(agent_message::Msg::Hello(hello)))

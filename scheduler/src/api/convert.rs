@@ -549,6 +549,7 @@ fn spec_summary(s: &JobSpec) -> pb::JobSpec {
         data_level: u32::from(s.constraints.data_level),
         no_requeue_on_preempt: !s.requeue_on_preempt,
         secret_env: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -635,6 +636,7 @@ pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
             data_level: u32::from(n.labels.data_level),
             gpu_class: n.labels.gpu_class.clone().unwrap_or_default(),
         }),
+        ..Default::default()
     }
 }
 
@@ -771,6 +773,7 @@ pub fn tenant_view(r: &TenantReport) -> pb::TenantPolicyView {
             .map(|(c, n)| (c.name().to_string(), *n))
             .collect(),
         queue: r.queue.iter().map(|j| j.to_string()).collect(),
+        ..Default::default()
     }
 }
 

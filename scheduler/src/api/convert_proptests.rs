@@ -102,6 +102,7 @@ fn job_spec() -> impl Strategy<Value = pb::JobSpec> {
                 data_level: level % 6,
                 no_requeue_on_preempt: no_requeue,
                 secret_env: Default::default(),
+                ..Default::default()
             },
         )
 }
