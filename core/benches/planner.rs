@@ -16,8 +16,8 @@ use rand::{Rng, SeedableRng};
 
 use edupool_core::planner::{plan, Policy};
 use edupool_core::state::{
-    Capacity, Command, Constraints, GpuInfo, JobClass, JobSpec, Millis, NodeLabels, OnNodeLost,
-    Outcome, State, TaskPlacement,
+    Capacity, Command, Constraints, GpuInfo, Indexed, JobClass, JobSpec, Millis, NodeLabels,
+    OnNodeLost, Outcome, TaskPlacement,
 };
 
 const T0: Millis = 1_700_000_000_000;
@@ -25,7 +25,7 @@ const TENANTS: usize = 200;
 const SITES: usize = 10;
 const GPUS_PER_NODE: u32 = 8;
 
-fn ok(s: &mut State, cmd: Command) -> Outcome {
+fn ok(s: &mut Indexed, cmd: Command) -> Outcome {
     s.apply(cmd, T0).expect("bench setup command applies").0
 }
 
@@ -50,9 +50,9 @@ fn spec(gpus: u32, class: JobClass) -> JobSpec {
 }
 
 /// A pool of `nodes` nodes, half busy, and `pending` queued jobs.
-fn pool(nodes: usize, pending: usize) -> State {
+fn pool(nodes: usize, pending: usize) -> Indexed {
     let mut rng = StdRng::seed_from_u64(42);
-    let mut s = State::default();
+    let mut s = Indexed::default();
     for t in 0..TENANTS {
         ok(
             &mut s,
@@ -206,7 +206,7 @@ fn grid() {
         max_decisions: 0,
         ..Policy::default()
     };
-    let median = |state: &State, policy: &Policy| {
+    let median = |state: &Indexed, policy: &Policy| {
         let now = T0 + 60_000;
         let mut t: Vec<Duration> = (0..3)
             .map(|_| {

@@ -3,7 +3,7 @@
 //! (`apply_entry`). A leaf: the step, the driver and the offline replay
 //! of a data directory all apply entries through it.
 
-use edupool_core::state::{Applied, Command, Millis, Outcome, State};
+use edupool_core::state::{Applied, Command, Indexed, Millis, Outcome};
 use raft::prelude::{Entry, EntryType};
 use serde::{Deserialize, Serialize};
 
@@ -31,15 +31,17 @@ impl LogEntry {
 }
 
 /// The applied state machine and the index it reflects, under one lock.
+/// The state is held with the planner's indexes beside it, kept exact as
+/// entries apply; snapshots copy only the state.
 #[derive(Default)]
 pub struct Machine {
-    pub state: State,
+    pub state: Indexed,
     pub applied: u64,
 }
 
 /// Applies one normal log entry; entries that carry no command produce
 /// nothing.
-pub fn apply_entry(state: &mut State, entry: &Entry) -> Applied {
+pub fn apply_entry(state: &mut Indexed, entry: &Entry) -> Applied {
     if entry.data.is_empty() || entry.get_entry_type() != EntryType::EntryNormal {
         return Ok((Outcome::None, vec![]));
     }

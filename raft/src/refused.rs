@@ -35,7 +35,7 @@ pub fn count(metrics: &RaftMetrics) {
 
 #[cfg(test)]
 mod tests {
-    use edupool_core::state::{Outcome, State};
+    use edupool_core::state::{Indexed, Outcome, State};
     use raft::prelude::{Entry, EntryType};
 
     use super::*;
@@ -59,7 +59,7 @@ mod tests {
 
     #[test]
     fn an_entry_that_does_not_decode_changes_nothing() {
-        let mut state = State::default();
+        let mut state = Indexed::default();
         let unknown_format = br#"{"v":99,"at":1,"cmd":{"type":"node_lost","node":"n"}}"#;
         for data in [&b"\xff\x00not json"[..], b"{\"v\":1}", unknown_format] {
             let mut entry = Entry::default();
@@ -68,7 +68,7 @@ mod tests {
             entry.data = data.to_vec().into();
             let applied = apply_entry(&mut state, &entry);
             assert_eq!(applied, Ok((Outcome::None, vec![])));
-            assert_eq!(state, State::default());
+            assert_eq!(*state.state(), State::default());
         }
     }
 }

@@ -6,7 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-use edupool_core::state::{Command, Outcome, State};
+use edupool_core::state::{Command, Indexed, Outcome, State};
 use raft::prelude::{Message, Snapshot};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,10 @@ impl Replica {
                 (env.state, env.index)
             }
         };
-        let machine = Arc::new(RwLock::new(Machine { state, applied }));
+        let machine = Arc::new(RwLock::new(Machine {
+            state: Indexed::new(state),
+            applied,
+        }));
         let started = driver::start(
             &config,
             store,
@@ -185,8 +188,9 @@ impl Replica {
         results
     }
 
-    /// Reads the applied state (this replica's view; may lag the leader).
-    pub fn read<R>(&self, f: impl FnOnce(&State) -> R) -> R {
+    /// Reads the applied state (this replica's view; may lag the leader),
+    /// with the planner's indexes beside it.
+    pub fn read<R>(&self, f: impl FnOnce(&Indexed) -> R) -> R {
         f(&self.machine.read().expect("state lock poisoned").state)
     }
 
@@ -200,7 +204,7 @@ impl Replica {
     /// `read` after `read_barrier`.
     pub async fn read_linearizable<R>(
         &self,
-        f: impl FnOnce(&State) -> R,
+        f: impl FnOnce(&Indexed) -> R,
     ) -> Result<R, ProposeError> {
         self.read_barrier().await?;
         Ok(self.read(f))
@@ -211,7 +215,7 @@ impl Replica {
     pub fn state_hash(&self) -> (u64, String) {
         use sha2::{Digest, Sha256};
         let m = self.machine.read().expect("state lock poisoned");
-        let bytes = serde_json::to_vec(&m.state).expect("the state always serializes");
+        let bytes = serde_json::to_vec(m.state.state()).expect("the state always serializes");
         (m.applied, hex::encode(Sha256::digest(bytes)))
     }
 

@@ -129,7 +129,7 @@ async fn committed_commands_survive_a_restart() {
     .await
     .unwrap();
     r.read_barrier().await.unwrap();
-    let before = r.read(|s| s.clone());
+    let before = r.read(|s| s.state().clone());
     let hash = r.state_hash();
     // Snapshots were taken on the way (every 2 entries), so the restart
     // below starts from one and replays the rest of the log.
@@ -140,7 +140,7 @@ async fn committed_commands_survive_a_restart() {
 
     let (r, stop, tracker) = start(dir.path()).await;
     // The log is replayed before the replica can be read.
-    assert_eq!(r.read(|s| s.clone()), before);
+    assert_eq!(r.read(|s| s.state().clone()), before);
     assert_eq!(r.state_hash(), hash);
     // And the replica keeps accepting writes after the replay.
     let spec = JobSpec {
@@ -169,7 +169,7 @@ async fn committed_commands_survive_a_restart() {
         .unwrap();
     assert_eq!(out, Outcome::Job(JobId(1)));
     let env = r.snapshot_now().await.unwrap();
-    assert_eq!(env.state, r.read(|s| s.clone()));
+    assert_eq!(env.state, r.read(|s| s.state().clone()));
     stop.cancel();
     tracker.close();
     tracker.wait().await;
@@ -285,14 +285,14 @@ async fn proposals_commit_while_a_snapshot_is_written() {
     // A restart from the background snapshot (and the log after it)
     // restores exactly the state.
     r.propose(tenant(25)).await.unwrap();
-    let state = r.read(|s| s.clone());
+    let state = r.read(|s| s.state().clone());
     let hash = r.state_hash();
     drop(release);
     stop.cancel();
     tracker.close();
     tracker.wait().await;
     let (r, stop, tracker) = start(dir.path()).await;
-    assert_eq!(r.read(|s| s.clone()), state);
+    assert_eq!(r.read(|s| s.state().clone()), state);
     assert_eq!(r.state_hash(), hash);
     stop.cancel();
     tracker.close();
@@ -332,7 +332,7 @@ async fn a_stop_during_a_snapshot_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (r, mut entered, release, stop, tracker) = held_replica(dir.path()).await;
     let before = r.status().snapshot_index;
-    let state = r.read(|s| s.clone());
+    let state = r.read(|s| s.state().clone());
     let taking = tokio::spawn({
         let r = r.clone();
         async move { r.snapshot_now().await }
@@ -348,7 +348,7 @@ async fn a_stop_during_a_snapshot_writes_nothing() {
     assert_eq!(store.snapshot_info().0, before, "nothing was saved");
     drop(store);
     let (r, stop, tracker) = start(dir.path()).await;
-    assert_eq!(r.read(|s| s.clone()), state);
+    assert_eq!(r.read(|s| s.state().clone()), state);
     stop.cancel();
     tracker.close();
     tracker.wait().await;

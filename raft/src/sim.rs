@@ -283,7 +283,10 @@ impl Sim {
                 m.applied, first.applied,
                 "replicas applied up to different indexes"
             );
-            assert!(m.state == first.state, "replicas hold different states");
+            assert!(
+                m.state.state() == first.state.state(),
+                "replicas hold different states"
+            );
         }
     }
 }

@@ -9,7 +9,7 @@ use raft::prelude::Snapshot;
 use serde::{Deserialize, Serialize};
 
 use crate::storage::{Peers, RaftStore, StorageError};
-use edupool_core::state::State;
+use edupool_core::state::{Indexed, State};
 
 /// The envelope's format; a replica refuses formats it does not know.
 /// Format 1 is the envelope in JSON; format 2 the same envelope in
@@ -120,13 +120,15 @@ pub fn replay_data_dir(
 ) -> Result<State, StorageError> {
     use raft::Storage as _;
     let store = RaftStore::open(&data_dir.join("raft.redb"), &[])?;
-    let (mut state, start) = match store.snapshot_info() {
+    let (state, start) = match store.snapshot_info() {
         (0, _, _) => (State::default(), 0),
         _ => {
             let env = SnapshotEnvelope::decode(&store.snapshot_data().data)?;
             (env.state, env.index)
         }
     };
+    // No index is built here, so keeping them costs nothing.
+    let mut state = Indexed::new(state);
     each(start, &state);
     let commit = store.hard_state().commit;
     if commit > start {
@@ -143,7 +145,7 @@ pub fn replay_data_dir(
             each(entry.index, &state);
         }
     }
-    Ok(state)
+    Ok(state.into_state())
 }
 
 #[cfg(test)]

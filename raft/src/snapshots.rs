@@ -125,7 +125,7 @@ impl Snapshots {
             index: m.applied,
             term,
             peers: self.store.peers(),
-            state: m.state.clone(),
+            state: m.state.state().clone(),
         }
     }
 

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::RwLock;
 use std::time::Duration;
 
-use edupool_core::state::{Applied, Command, Effect, Millis, Outcome, Rejection};
+use edupool_core::state::{Applied, Command, Effect, Indexed, Millis, Outcome, Rejection};
 use protobuf::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState, Message,
@@ -431,7 +431,7 @@ impl<S: Storage> Core<S> {
         let env = SnapshotEnvelope::decode(&snapshot.data)?;
         self.peers = env.peers.clone();
         let mut m = machine.write().expect("state lock poisoned");
-        m.state = env.state;
+        m.state = Indexed::new(env.state);
         m.applied = snapshot.get_metadata().index;
         Ok(Action::InstallSnapshot {
             snapshot,

@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use crate::state::usage::weighted_gpu_ms;
-use crate::state::{JobClass, JobId, JobState, Millis, Quota, State, WHOLE_GPU};
+use crate::state::{Indexed, JobClass, JobId, JobState, Millis, Quota, State, WHOLE_GPU};
 
 /// GPU time (milliseconds per GPU) a placement adds to its tenant's share
 /// within one round, so one tenant does not take everything at once.
@@ -108,7 +108,7 @@ pub struct Books {
 }
 
 impl Books {
-    pub fn new(state: &State, now: Millis) -> Books {
+    pub fn new(state: &Indexed, now: Millis) -> Books {
         let mut tenants: BTreeMap<String, TenantBook> = state
             .tenants()
             .map(|t| (t.name.clone(), TenantBook::default()))
@@ -131,7 +131,7 @@ impl Books {
             }
         }
         // What placed jobs hold, and the GPU time running ones have
-        // accrued, come from sums the state keeps.
+        // accrued, come from sums kept beside the state.
         let half_life = state.policy().half_life_ms;
         let holdings = state.holdings();
         for t in state.tenants() {
@@ -230,7 +230,7 @@ pub struct ReclaimSample {
 
 /// Every tenant's guarantee, use, borrowing, lending and fair-share usage
 /// at `now`.
-pub fn tenant_reports(state: &State, now: Millis) -> Vec<TenantReport> {
+pub fn tenant_reports(state: &Indexed, now: Millis) -> Vec<TenantReport> {
     let books = Books::new(state, now);
     let mut reports: BTreeMap<&str, TenantReport> = BTreeMap::new();
     let mut classes: BTreeMap<&str, BTreeMap<String, ClassReport>> = BTreeMap::new();

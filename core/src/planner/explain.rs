@@ -7,7 +7,7 @@
 use std::fmt;
 
 use super::{Policy, Round};
-use crate::state::{JobClass, JobId, JobState, Millis, State};
+use crate::state::{Indexed, JobClass, JobId, JobState, Millis};
 
 /// What held a job back in a round (or that it would be placed now).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -132,7 +132,7 @@ fn guarantee_note(within_guarantee: bool) -> &'static str {
 
 /// Why job `id` is in its state: for a pending job, the rule that holds it
 /// back in a round planned now.
-pub fn explain(state: &State, now: Millis, policy: &Policy, id: JobId) -> Option<String> {
+pub fn explain(state: &Indexed, now: Millis, policy: &Policy, id: JobId) -> Option<String> {
     let job = state.job(id)?;
     let nodes: Vec<&str> = job.nodes().collect();
     Some(match job.state {

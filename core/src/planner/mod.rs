@@ -30,7 +30,7 @@ mod tests;
 use std::collections::HashMap;
 
 use crate::state::{
-    Capacity, Command, Constraints, Job, JobClass, JobId, Millis, State, TaskPlacement,
+    Capacity, Command, Constraints, Indexed, Job, JobClass, JobId, Millis, State, TaskPlacement,
 };
 
 use accounting::Books;
@@ -125,7 +125,7 @@ impl Decision {
 }
 
 /// One planning round's decisions.
-pub fn plan(state: &State, now: Millis, policy: &Policy) -> Vec<Decision> {
+pub fn plan(state: &Indexed, now: Millis, policy: &Policy) -> Vec<Decision> {
     Round::new(state, now, policy, None).run().0
 }
 
@@ -159,9 +159,9 @@ enum Outcome {
 }
 
 impl<'a> Round<'a> {
-    fn new(state: &'a State, now: Millis, policy: &'a Policy, watch: Option<JobId>) -> Self {
+    fn new(state: &'a Indexed, now: Millis, policy: &'a Policy, watch: Option<JobId>) -> Self {
         Round {
-            state,
+            state: state.state(),
             now,
             policy,
             books: Books::new(state, now),

@@ -10,7 +10,8 @@ use std::cell::OnceCell;
 
 pub use crate::state::BucketKey;
 use crate::state::{
-    fits_gpu, Constraints, Free, JobSpec, Layout, Millis, Node, State, TaskPlacement, WHOLE_GPU,
+    fits_gpu, Constraints, Free, Indexed, JobSpec, Layout, Millis, Node, State, TaskPlacement,
+    WHOLE_GPU,
 };
 
 /// How many feasible nodes per bucket are scored for one task; the index
@@ -67,11 +68,11 @@ pub struct FreeIndex<'a> {
 }
 
 impl<'a> FreeIndex<'a> {
-    pub fn new(state: &'a State) -> FreeIndex<'a> {
+    pub fn new(state: &'a Indexed) -> FreeIndex<'a> {
         let capacity = state.free_capacity();
         let n = capacity.layout.len();
         FreeIndex {
-            state,
+            state: state.state(),
             layout: &capacity.layout,
             free: capacity.free.clone(),
             reserved: vec![None; n],

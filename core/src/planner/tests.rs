@@ -7,16 +7,16 @@ use crate::state::{Effect, GpuInfo, JobSpec, JobState, NodeLabels, Quota, WHOLE_
 
 pub(super) const T0: Millis = 1_700_000_000_000;
 
-/// A pool under test: the state and a clock.
+/// A pool under test: the state (with its planner indexes) and a clock.
 pub(super) struct Pool {
-    pub s: State,
+    pub s: Indexed,
     pub now: Millis,
 }
 
 impl Pool {
     pub fn new(tenants: &[&str]) -> Pool {
         let mut p = Pool {
-            s: State::default(),
+            s: Indexed::default(),
             now: T0,
         };
         for t in tenants {
@@ -513,7 +513,7 @@ fn the_gpus_reclaimed_for_a_job_are_not_given_to_borrowers_ahead_of_it() {
         if !preempted.is_empty() && p.s.job(claim).unwrap().state == JobState::Pending {
             let ids: Vec<JobId> = p.s.queues().claimants().collect();
             assert_eq!(ids, vec![claim]);
-            let json = serde_json::to_string(&p.s).unwrap();
+            let json = serde_json::to_string(p.s.state()).unwrap();
             let loaded: State = serde_json::from_str(&json).unwrap();
             assert_eq!(
                 loaded.queues(),
@@ -998,9 +998,9 @@ fn a_stale_decision_is_rejected_and_changes_nothing() {
         job: a,
         reason: String::new(),
     });
-    let before = p.s.clone();
+    let before = p.s.state().clone();
     assert!(p.s.apply(d[0].clone().into_command(), p.now).is_err());
-    assert_eq!(p.s, before);
+    assert_eq!(*p.s.state(), before);
 }
 
 #[test]

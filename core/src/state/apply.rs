@@ -1,19 +1,22 @@
 //! `State::apply`: hands each command to the sub-machine that owns what
-//! it changes, keeps the derived indexes exact afterwards, and applies
-//! the commands that wrap others (`Audited`, `SubmitOnce`).
+//! it changes, keeps the state's own derived sets exact afterwards, says
+//! what a command reaches (so the planner's indexes beside the state can
+//! be kept), and applies the commands that wrap others (`Audited`,
+//! `SubmitOnce`).
 
 use std::sync::Arc;
 
 use super::command::Command;
-use super::holdings;
 use super::outcome::{Applied, Outcome};
 use super::security::{Actor, AuditResult};
 use super::types::*;
 use super::State;
 
-/// What a command may change besides tenants, tokens and prices: the
-/// derived indexes are kept by it.
-enum Reach {
+/// What a command may change besides tenants, tokens and prices: what
+/// the owner of derived indexes must refresh after it (`indexed`), and
+/// what `State::apply` checks to keep `live` and `done` exact.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
     /// No placed job and no node: nothing the indexes hold (a submission
     /// adds its job to `live` and its queue itself).
     Nothing,
@@ -23,84 +26,49 @@ enum Reach {
     Nodes,
 }
 
-fn reach(cmd: &Command) -> Reach {
-    match cmd {
-        Command::CancelJob { job, .. }
-        | Command::PlaceJob { job, .. }
-        | Command::JobStarted { job, .. }
-        | Command::JobExited { job, .. }
-        | Command::JobVanished { job, .. }
-        | Command::PreemptJob { job, .. } => Reach::Job(*job),
-        Command::CreateTenant { .. }
-        | Command::SubmitJob { .. }
-        | Command::SubmitArray { .. }
-        | Command::SetTenantQuota { .. }
-        | Command::SetTenantShare { .. }
-        | Command::SetClassCap { .. }
-        | Command::SetPrices(_)
-        | Command::SetBudget { .. }
-        | Command::CreateToken { .. }
-        | Command::RevokeToken { .. }
-        | Command::ResumeTenant { .. }
-        | Command::RecordAudit { .. }
-        | Command::SubmitOnce { .. }
-        // The command it wraps goes through `apply` itself, which keeps
-        // the indexes for it; the audit record reaches none of them.
-        | Command::Audited { .. } => Reach::Nothing,
-        _ => Reach::Nodes,
+impl Command {
+    /// What applying this command may touch. A command that wraps another
+    /// (`Audited`, `SubmitOnce`) reaches what the wrapped one reaches: its
+    /// own record (an audit entry, a request id) is in no index.
+    pub fn reach(&self) -> Reach {
+        match self {
+            Command::CancelJob { job, .. }
+            | Command::PlaceJob { job, .. }
+            | Command::JobStarted { job, .. }
+            | Command::JobExited { job, .. }
+            | Command::JobVanished { job, .. }
+            | Command::PreemptJob { job, .. } => Reach::Job(*job),
+            Command::Audited { cmd, .. } | Command::SubmitOnce { cmd, .. } => cmd.reach(),
+            Command::CreateTenant { .. }
+            | Command::SubmitJob { .. }
+            | Command::SubmitArray { .. }
+            | Command::SetTenantQuota { .. }
+            | Command::SetTenantShare { .. }
+            | Command::SetClassCap { .. }
+            | Command::SetPrices(_)
+            | Command::SetBudget { .. }
+            | Command::CreateToken { .. }
+            | Command::RevokeToken { .. }
+            | Command::ResumeTenant { .. }
+            | Command::RecordAudit { .. } => Reach::Nothing,
+            _ => Reach::Nodes,
+        }
     }
 }
 
 impl State {
+    /// Applies `cmd`, stamped `at`. It keeps the state's own derived sets
+    /// (`live`, `done`, `placed`, the queues) exact; the planner's indexes
+    /// live beside the state and are kept by their owner from
+    /// [`Command::reach`] (see `Indexed`).
     pub fn apply(&mut self, cmd: Command, at: Millis) -> Applied {
-        let reach = reach(&cmd);
-        let held_before = self.holding_of(&reach);
+        let reach = cmd.reach();
         let applied = self.apply_command(cmd, at);
         if applied.is_ok() {
-            self.index_holdings(&reach, held_before);
-            self.index_free(&reach);
             self.index_live(&reach);
             self.archive();
         }
         applied
-    }
-
-    /// What the job a command names holds now, when the sums are kept.
-    fn holding_of(&self, reach: &Reach) -> Option<holdings::Holding> {
-        match reach {
-            Reach::Job(id) if self.holdings.is_kept() => {
-                self.jobs.get(id).and_then(|j| holdings::holding(j))
-            }
-            _ => None,
-        }
-    }
-
-    /// Keeps the sums of what placed jobs hold exact after a command.
-    fn index_holdings(&mut self, reach: &Reach, before: Option<holdings::Holding>) {
-        match reach {
-            Reach::Nothing => {}
-            Reach::Job(id) => {
-                let after = self.jobs.get(id).and_then(|j| holdings::holding(j));
-                self.holdings.replace(before.as_ref(), after.as_ref());
-            }
-            Reach::Nodes => self.holdings.drop_all(),
-        }
-    }
-
-    /// Keeps the free-capacity index exact after a command.
-    fn index_free(&mut self, reach: &Reach) {
-        match reach {
-            Reach::Nothing => {}
-            Reach::Job(id) => {
-                let names = self
-                    .jobs
-                    .get(id)
-                    .into_iter()
-                    .flat_map(|j| j.tasks.iter().map(|t| t.node.as_str()));
-                self.node_cache.refresh(&self.nodes, names);
-            }
-            Reach::Nodes => self.node_cache.drop_all(),
-        }
     }
 
     /// Keeps `live` and `done` exact after a command: a job only leaves

@@ -3,11 +3,11 @@
 //!
 //! A round used to rebuild it from every GPU of every node (tens of
 //! milliseconds at 10,000 nodes, before its first decision). Now it is
-//! built on first use and kept exact by `State::apply`: a command that
-//! names a job refreshes the entries of that job's nodes; one that
-//! changes nodes themselves (a node joins, leaves, is labelled, a GPU
-//! fails) drops the index, to be rebuilt when the planner next asks. Like
-//! the other indexes it is never serialised.
+//! built on first use and kept exact beside the state (`indexed`): a
+//! command that names a job refreshes the entries of that job's nodes;
+//! one that changes nodes themselves (a node joins, leaves, is labelled,
+//! a GPU fails) drops the index, to be rebuilt when the planner next
+//! asks. It is not part of the state, so never serialised.
 //!
 //! It has two parts: the layout (which nodes are schedulable, in name
 //! order, and which bucket each GPU is in), fixed between node changes, and
@@ -15,7 +15,7 @@
 //! and then takes from as it places.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::types::{Node, NodeStatus, WHOLE_GPU};
 
@@ -242,7 +242,7 @@ impl FreeCapacity {
     /// Brings node `node`'s entries up to date with its GPUs. False when
     /// that is not possible in place (the node joined, left, or changed
     /// its GPUs): the index must then be rebuilt.
-    fn refresh(&mut self, node: &Node) -> bool {
+    pub fn refresh(&mut self, node: &Node) -> bool {
         let Some(i) = self.layout.position(&node.name) else {
             return !node.schedulable();
         };
@@ -259,7 +259,7 @@ impl FreeCapacity {
 /// owner label, whether or not such a tenant exists.
 pub type Contributed = BTreeMap<String, BTreeMap<String, u64>>;
 
-fn contributed<'n>(nodes: impl Iterator<Item = &'n Node>) -> Contributed {
+pub fn contributed<'n>(nodes: impl Iterator<Item = &'n Node>) -> Contributed {
     let mut by_owner: Contributed = BTreeMap::new();
     for node in nodes.filter(|n| n.status == NodeStatus::Ready) {
         let Some(owner) = node.labels.owner.as_ref() else {
@@ -281,74 +281,3 @@ fn contributed<'n>(nodes: impl Iterator<Item = &'n Node>) -> Contributed {
 
 /// The state's nodes by name, each shared so a copy of the state shares it.
 pub type Nodes = BTreeMap<String, Arc<Node>>;
-
-fn plain(nodes: &Nodes) -> impl Iterator<Item = &Node> {
-    nodes.values().map(|n| &**n)
-}
-
-/// The indexes derived from the nodes, each built when first asked for.
-/// They are derived, so two states with equal nodes are equal whatever
-/// their caches hold, and a copy of the state starts without them (a
-/// snapshot's copy must be cheap; the copy rebuilds them if it plans).
-#[derive(Debug, Default)]
-pub struct NodeCache {
-    free: OnceLock<FreeCapacity>,
-    contributed: OnceLock<Contributed>,
-}
-
-impl Clone for NodeCache {
-    fn clone(&self) -> NodeCache {
-        NodeCache::default()
-    }
-}
-
-impl PartialEq for NodeCache {
-    fn eq(&self, _: &NodeCache) -> bool {
-        true
-    }
-}
-
-impl Eq for NodeCache {}
-
-impl NodeCache {
-    pub fn free(&self, nodes: &Nodes) -> &FreeCapacity {
-        self.free.get_or_init(|| FreeCapacity::build(plain(nodes)))
-    }
-
-    pub fn contributed(&self, nodes: &Nodes) -> &Contributed {
-        self.contributed.get_or_init(|| contributed(plain(nodes)))
-    }
-
-    /// Refreshes the named nodes' free capacity after a job's GPUs were
-    /// taken or given back (which changes no node's contribution), or
-    /// drops the index when a node cannot be refreshed in place.
-    pub fn refresh<'n>(&mut self, nodes: &Nodes, names: impl Iterator<Item = &'n str>) {
-        let Some(index) = self.free.get_mut() else {
-            return;
-        };
-        for name in names {
-            let fresh = nodes.get(name).is_some_and(|n| index.refresh(n));
-            if !fresh {
-                self.free = OnceLock::new();
-                return;
-            }
-        }
-    }
-
-    /// Nodes themselves changed: everything is rebuilt when next asked.
-    pub fn drop_all(&mut self) {
-        *self = NodeCache::default();
-    }
-
-    /// Whether the kept indexes equal ones built afresh (for tests).
-    #[cfg(test)]
-    pub fn is_exact(&self, nodes: &Nodes) -> bool {
-        self.free
-            .get()
-            .is_none_or(|index| *index == FreeCapacity::build(plain(nodes)))
-            && self
-                .contributed
-                .get()
-                .is_none_or(|c| *c == contributed(plain(nodes)))
-    }
-}

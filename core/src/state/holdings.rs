@@ -2,16 +2,15 @@
 //! books that comes from jobs, kept between rounds.
 //!
 //! A round used to sum every placed job (tens of thousands on a full
-//! pool) before its first decision. The sums are kept instead: a command
-//! that names a job takes that job's old contribution out and puts its new
-//! one in (a contribution is a function of the job alone); any other
-//! command that may change jobs drops the sums, to be rebuilt when next
-//! asked. All amounts are integers, so kept and rebuilt sums are equal.
+//! pool) before its first decision. The sums are kept instead, beside
+//! the state (`indexed`): a command that names a job takes that job's old
+//! contribution out and puts its new one in (a contribution is a function
+//! of the job alone); any other command that may change jobs drops the
+//! sums, to be rebuilt when next asked. All amounts are integers, so kept and rebuilt sums are equal.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, OnceLock};
+use std::collections::BTreeMap;
 
-use super::types::{Job, JobClass, JobId, JobState, Millis};
+use super::types::{Job, JobClass, JobState, Millis};
 
 /// One job's contribution.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,7 +119,7 @@ fn adjust<K: Ord + Clone>(amounts: &mut BTreeMap<K, u64>, key: &K, add: bool, mi
     }
 }
 
-fn sum<'j>(jobs: impl Iterator<Item = &'j Job>) -> Holdings {
+pub fn sum<'j>(jobs: impl Iterator<Item = &'j Job>) -> Holdings {
     let mut sums = Holdings::new();
     for h in jobs.filter_map(holding) {
         change(&mut sums, &h, true);
@@ -128,60 +127,15 @@ fn sum<'j>(jobs: impl Iterator<Item = &'j Job>) -> Holdings {
     sums
 }
 
-/// The sums, built when first asked for. Derived from the jobs, so two
-/// states with equal jobs are equal whatever this holds, and a copy of
-/// the state starts without them (as `NodeCache` does).
-#[derive(Debug, Default)]
-pub struct HoldingsCache(OnceLock<Holdings>);
-
-impl Clone for HoldingsCache {
-    fn clone(&self) -> HoldingsCache {
-        HoldingsCache::default()
+/// `sums` after a job changed from `before` to `after`.
+pub fn replace(sums: &mut Holdings, before: Option<&Holding>, after: Option<&Holding>) {
+    if before == after {
+        return;
     }
-}
-
-impl PartialEq for HoldingsCache {
-    fn eq(&self, _: &HoldingsCache) -> bool {
-        true
+    if let Some(b) = before {
+        change(sums, b, false);
     }
-}
-
-impl Eq for HoldingsCache {}
-
-impl HoldingsCache {
-    pub fn get(&self, placed: &BTreeSet<JobId>, jobs: &BTreeMap<JobId, Arc<Job>>) -> &Holdings {
-        self.0
-            .get_or_init(|| sum(placed.iter().filter_map(|id| jobs.get(id).map(|j| &**j))))
-    }
-
-    /// Whether the sums are kept now (else nothing needs updating).
-    pub fn is_kept(&self) -> bool {
-        self.0.get().is_some()
-    }
-
-    /// A job changed from `before` to `after`.
-    pub fn replace(&mut self, before: Option<&Holding>, after: Option<&Holding>) {
-        if before == after {
-            return;
-        }
-        let Some(sums) = self.0.get_mut() else {
-            return;
-        };
-        if let Some(b) = before {
-            change(sums, b, false);
-        }
-        if let Some(a) = after {
-            change(sums, a, true);
-        }
-    }
-
-    pub fn drop_all(&mut self) {
-        self.0 = OnceLock::new();
-    }
-
-    /// Whether the kept sums equal ones built afresh (for tests).
-    #[cfg(test)]
-    pub fn is_exact<'j>(&self, placed: impl Iterator<Item = &'j Job>) -> bool {
-        self.0.get().is_none_or(|s| *s == sum(placed))
+    if let Some(a) = after {
+        change(sums, a, true);
     }
 }

@@ -4,15 +4,18 @@
 //! I/O and reads no clock: `at` is the time stamped on the log entry, so
 //! every replica that applies the same log ends in the same state.
 //!
-//! Imports go one way. At the top: this module (the state's fields and
-//! its reads), `command` (the log's entries) and `apply` (the dispatch,
-//! the derived indexes' upkeep, and the commands that wrap others:
+//! Imports go one way. At the top: `indexed` (the state with the
+//! planner's indexes beside it, kept exact from what each command
+//! reaches), then this module (the state's fields and its reads),
+//! `command` (the log's entries) and `apply` (the dispatch, the upkeep of
+//! the state's own derived sets, and the commands that wrap others:
 //! `Audited`, `SubmitOnce`). Below it the sub-machines, each owning one
 //! part of the state and its commands: `nodes` -> `jobs` -> `ledger`,
 //! `security`, `tenants` (a sub-machine draws only on those to its
 //! right). Below them the vocabulary, which imports no sub-machine:
 //! `types`, `outcome` (outcomes, effects, rejections), the derived
-//! indexes (`free`, `holdings`, `queues`) and the snapshot form
+//! indexes (`free` and `holdings`, kept by `indexed`; `queues`, kept in
+//! the state) and the snapshot form
 //! (`packed`).
 //!
 //! `apply` is total: whatever command reaches the log, it returns (never
@@ -31,6 +34,7 @@ mod apply;
 mod command;
 mod free;
 mod holdings;
+mod indexed;
 mod jobs;
 mod ledger;
 mod nodes;
@@ -48,6 +52,8 @@ mod apply_proptests;
 #[cfg(test)]
 mod audit_tests;
 #[cfg(test)]
+mod indexed_tests;
+#[cfg(test)]
 mod ledger_tests;
 #[cfg(test)]
 mod request_ids_tests;
@@ -64,9 +70,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub use apply::Reach;
 pub use command::Command;
 pub use free::{BucketKey, Contributed, Free, FreeCapacity, Layout};
 pub use holdings::{Holdings, TenantHoldings};
+pub use indexed::Indexed;
 pub use jobs::{
     fits_gpu, fits_node, TaskPlacement, ARRAY_INDEX_ENV, ARRAY_JOB_ID_ENV, ARRAY_SIZE_ENV,
     MAX_ARRAY,
@@ -89,6 +97,11 @@ pub use security::{
 pub use types::*;
 pub use usage::Usage;
 
+/// The replicated state. Its equality and copies are the derived, plain
+/// ones: the planner's indexes are not in it but beside it (`Indexed`),
+/// so two states with equal data are equal whatever indexes anyone keeps
+/// for them. The sets marked derived below are functions of the data, so
+/// they agree whenever the data does.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(from = "StoredState")]
 pub struct State {
@@ -131,14 +144,6 @@ pub struct State {
     /// like `live`).
     #[serde(skip_serializing)]
     queues: Queues,
-    /// Free GPU capacity by bucket and the GPUs each owner contributes,
-    /// for the planner (derived, built on first use; see `free`).
-    #[serde(skip)]
-    node_cache: free::NodeCache,
-    /// What each tenant's placed jobs hold, summed (derived, built on
-    /// first use; see `holdings`).
-    #[serde(skip)]
-    holdings: holdings::HoldingsCache,
     /// Per tenant: the archived final jobs, summed.
     archived: BTreeMap<String, Archived>,
     /// Submissions' request ids, so a retried submit creates nothing new
@@ -204,8 +209,6 @@ impl From<StoredState> for State {
             live,
             done,
             queues,
-            node_cache: free::NodeCache::default(),
-            holdings: holdings::HoldingsCache::default(),
             archived: s.archived,
             request_ids: s.request_ids,
         }
@@ -213,27 +216,6 @@ impl From<StoredState> for State {
 }
 
 impl State {
-    /// What each tenant's placed jobs hold, summed.
-    pub fn holdings(&self) -> &Holdings {
-        self.holdings.get(&self.placed, &self.jobs)
-    }
-
-    /// Free GPU capacity by bucket, as the planner reads it.
-    pub fn free_capacity(&self) -> &FreeCapacity {
-        self.node_cache.free(&self.nodes)
-    }
-
-    /// Usable GPUs of ready nodes per owner label and GPU class.
-    pub fn contributed(&self) -> &Contributed {
-        self.node_cache.contributed(&self.nodes)
-    }
-
-    /// Whether the kept node indexes and job sums equal ones built afresh.
-    #[cfg(test)]
-    pub fn kept_indexes_are_exact(&self) -> bool {
-        self.node_cache.is_exact(&self.nodes) && self.holdings.is_exact(self.placed_jobs())
-    }
-
     /// A tenant's archived final jobs, summed.
     pub fn archived(&self, tenant: &str) -> Archived {
         self.archived.get(tenant).copied().unwrap_or_default()

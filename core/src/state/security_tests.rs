@@ -99,7 +99,7 @@ fn a_suspended_tenant_submits_nothing_and_its_pending_jobs_are_not_placed() {
         "tenant 'zju' is suspended: incident"
     );
     assert_eq!(s, before);
-    let plan = crate::planner::plan(&s, 2_000, &Default::default());
+    let plan = crate::planner::plan(&Indexed::new(s.clone()), 2_000, &Default::default());
     assert!(plan.is_empty(), "{plan:?}");
     apply_ok(
         &mut s,
@@ -107,7 +107,7 @@ fn a_suspended_tenant_submits_nothing_and_its_pending_jobs_are_not_placed() {
             tenant: "zju".into(),
         },
     );
-    let plan = crate::planner::plan(&s, 3_000, &Default::default());
+    let plan = crate::planner::plan(&Indexed::new(s.clone()), 3_000, &Default::default());
     assert_eq!(plan.len(), 1);
     assert_eq!(plan[0].job(), pending);
 }
@@ -120,7 +120,7 @@ fn suspending_with_stop_running_stops_placed_jobs_with_their_grace_period() {
     node(&mut s, "n1", 4);
     let mine = submit(&mut s, "zju", 1, JobClass::Batch);
     let other = submit(&mut s, "hdu", 1, JobClass::Batch);
-    for d in crate::planner::plan(&s, 1_000, &Default::default()) {
+    for d in crate::planner::plan(&Indexed::new(s.clone()), 1_000, &Default::default()) {
         apply_ok(&mut s, d.into_command());
     }
     let (_, effects) = apply_ok(
@@ -229,7 +229,7 @@ fn audit_fields_from_callers_are_clipped() {
 
 #[test]
 fn audited_job_commands_keep_the_derived_indexes_exact() {
-    let mut s = State::default();
+    let mut s = Indexed::default();
     tenant(&mut s, "zju");
     node(&mut s, "n1", 4);
     let audited = |action: &str, cmd: Command| Command::Audited {
@@ -278,6 +278,8 @@ fn audited_job_commands_keep_the_derived_indexes_exact() {
             },
         ),
     );
+    // The audited cordon reaches the nodes, as the bare command does.
+    assert!(s.kept_indexes_are_exact(), "after the cordon");
     let _ = (s.free_capacity(), s.holdings(), s.contributed());
     apply_ok(
         &mut s,

@@ -446,12 +446,12 @@ fn vanished_job_is_requeued() {
 #[test]
 fn same_log_same_state() {
     let run = || {
-        let mut s = pool();
+        let mut s = Indexed::new(pool());
         let a = submit(&mut s, "zju", 2, JobClass::Training);
         for d in crate::planner::plan(&s, 1_000, &Default::default()) {
             apply_ok(&mut s, d.into_command());
         }
-        (a, serde_json::to_string(&s).unwrap())
+        (a, serde_json::to_string(s.state()).unwrap())
     };
     assert_eq!(run(), run());
 }

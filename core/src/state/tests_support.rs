@@ -5,7 +5,25 @@
 
 use super::*;
 
-pub fn apply_ok(s: &mut State, cmd: Command) -> (Outcome, Vec<Effect>) {
+/// What the builders apply commands to: a state, or a state with the
+/// planner's indexes beside it.
+pub trait Apply {
+    fn apply(&mut self, cmd: Command, at: Millis) -> Applied;
+}
+
+impl Apply for State {
+    fn apply(&mut self, cmd: Command, at: Millis) -> Applied {
+        State::apply(self, cmd, at)
+    }
+}
+
+impl Apply for Indexed {
+    fn apply(&mut self, cmd: Command, at: Millis) -> Applied {
+        Indexed::apply(self, cmd, at)
+    }
+}
+
+pub fn apply_ok(s: &mut impl Apply, cmd: Command) -> (Outcome, Vec<Effect>) {
     s.apply(cmd.clone(), 1_000)
         .unwrap_or_else(|e| panic!("{cmd:?} rejected: {e}"))
 }
@@ -14,7 +32,7 @@ pub fn uuid(node: &str, i: u32) -> String {
     format!("GPU-{node}-{i}")
 }
 
-pub fn tenant(s: &mut State, name: &str) {
+pub fn tenant(s: &mut impl Apply, name: &str) {
     apply_ok(
         s,
         Command::CreateTenant {
@@ -41,7 +59,7 @@ pub fn gpus(node: &str, n: u32) -> Vec<GpuInfo> {
         .collect()
 }
 
-pub fn node(s: &mut State, name: &str, n: u32) {
+pub fn node(s: &mut impl Apply, name: &str, n: u32) {
     apply_ok(
         s,
         Command::NodeConnected {
@@ -72,7 +90,7 @@ pub fn spec(gpus: u32, class: JobClass) -> JobSpec {
     }
 }
 
-pub fn submit(s: &mut State, tenant: &str, gpus: u32, class: JobClass) -> JobId {
+pub fn submit(s: &mut impl Apply, tenant: &str, gpus: u32, class: JobClass) -> JobId {
     match apply_ok(
         s,
         Command::SubmitJob {
@@ -96,7 +114,7 @@ pub fn actor(token: &str) -> Actor {
 }
 
 /// Submits a job of `gpus` GPUs to "zju" as token "tok-7", audited.
-pub fn audited_submit(s: &mut State, gpus: u32) -> JobId {
+pub fn audited_submit(s: &mut impl Apply, gpus: u32) -> JobId {
     let submit = Command::Audited {
         actor: actor("tok-7"),
         action: "job.submit".into(),
@@ -113,7 +131,7 @@ pub fn audited_submit(s: &mut State, gpus: u32) -> JobId {
 }
 
 /// Reports `job` exited with code 0 on `node` at `finished_at`.
-pub fn exit_ok(s: &mut State, node: &str, job: JobId, finished_at: Millis) {
+pub fn exit_ok(s: &mut impl Apply, node: &str, job: JobId, finished_at: Millis) {
     apply_ok(
         s,
         Command::JobExited {

@@ -9,7 +9,8 @@ use super::convert::{free_text, truncate};
 use super::{new_token, paging, status, token_hash, Caller, Rpc};
 use crate::control::now_millis;
 use crate::state::{
-    ApiToken, AuditGap, AuditRecord, AuditResult, Command, JobId, RefusedCalls, Role, State,
+    ApiToken, AuditGap, AuditRecord, AuditResult, Command, Indexed, JobId, RefusedCalls, Role,
+    State,
 };
 
 /// Longest token name and suspension reason, in bytes.
@@ -182,7 +183,7 @@ impl Admin {
             .await?;
         let r = req.into_inner();
         free_text("reason", &r.reason, MAX_TEXT)?;
-        let placed = |s: &State| {
+        let placed = |s: &Indexed| {
             s.jobs()
                 .filter(|j| j.tenant == r.tenant && j.state.is_placed())
                 .count() as u32

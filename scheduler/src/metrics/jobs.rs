@@ -141,7 +141,7 @@ fn record(change: &Change) {
 pub async fn run(replica: Replica, stop: CancellationToken) {
     let mut applied = replica.subscribe();
     let leadership = replica.leadership();
-    let mut observer = replica.read(Observer::seed);
+    let mut observer = replica.read(|s| Observer::seed(s.state()));
     loop {
         let changed: Vec<JobId> = tokio::select! {
             _ = stop.cancelled() => return,

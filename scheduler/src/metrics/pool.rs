@@ -14,7 +14,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, Opts};
 
 use crate::planner::accounting;
-use crate::state::{JobClass, JobState, Millis, NodeStatus, State, WHOLE_GPU};
+use crate::state::{Indexed, JobClass, JobState, Millis, NodeStatus, State, WHOLE_GPU};
 
 /// The owner label of a node no tenant contributed.
 const NO_OWNER: &str = "none";
@@ -51,7 +51,7 @@ fn gauge(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
 }
 
 /// Every pool gauge, from `state` as of `now` (used for ages only).
-pub fn families(state: &State, now: Millis) -> Vec<MetricFamily> {
+pub fn families(state: &Indexed, now: Millis) -> Vec<MetricFamily> {
     let mut out = gpu_families(state);
     out.extend(node_families(state));
     out.extend(tenant_families(state, now));
@@ -121,7 +121,7 @@ fn node_families(state: &State) -> Vec<MetricFamily> {
         .collect()
 }
 
-fn tenant_families(state: &State, now: Millis) -> Vec<MetricFamily> {
+fn tenant_families(state: &Indexed, now: Millis) -> Vec<MetricFamily> {
     let by_class = ["tenant", "class"];
     let in_use = gauge(
         "edupool_tenant_gpus_in_use",
@@ -261,7 +261,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_placed_job_raises_allocated_gpus_for_its_tenant_and_class() {
-        let mut s = State::default();
+        let mut s = Indexed::default();
         tenant(&mut s, "zju");
         tenant(&mut s, "hdu");
         node(&mut s, "n1", 4);
@@ -329,7 +329,7 @@ pub(super) mod tests {
 
     #[test]
     fn finished_jobs_give_their_gpus_back() {
-        let mut s = State::default();
+        let mut s = Indexed::default();
         tenant(&mut s, "zju");
         node(&mut s, "n1", 2);
         let job = submit(&mut s, "zju", 2, JobClass::Batch);
@@ -364,7 +364,7 @@ pub(super) mod tests {
 
     #[test]
     fn node_status_and_queue_age_follow_the_state() {
-        let mut s = State::default();
+        let mut s = Indexed::default();
         tenant(&mut s, "zju");
         node(&mut s, "n1", 1);
         // Two GPUs fit nowhere free once the first job holds the only one.

@@ -4,11 +4,12 @@
 //! The pool is built with the commands the real scheduler logs (tenants,
 //! `NodeConnected`, `LabelNode`), jobs are submitted with `SubmitJob` when
 //! they arrive, and every placement and preemption is a decision of
-//! `planner::plan` applied with `State::apply`. Simulated agents answer as
-//! real ones do: a `StartJob` effect is reported started at once, the job
-//! exits (`JobExited`, exit 0) when its true run time is up, and a
-//! `StopJob` ends the task at once. The planner only ever sees the state,
-//! never a job's true duration.
+//! `planner::plan` applied with `Indexed::apply` (`State::apply` with
+//! the planner's indexes kept beside the state, as a replica keeps them).
+//! Simulated agents answer as real ones do: a `StartJob` effect is
+//! reported started at once, the job exits (`JobExited`, exit 0) when its
+//! true run time is up, and a `StopJob` ends the task at once. The planner
+//! only ever sees the state, never a job's true duration.
 //!
 //! Rounds are planned only when something happened (arrivals and exits),
 //! with everything at one instant applied first; a round that preempted
@@ -20,8 +21,8 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
 use edupool_core::planner::{self, Decision, Policy, QueueOrder};
 use edupool_core::state::{
-    Command, Constraints, Effect, GpuInfo, JobClass, JobId, JobSpec, JobUsage, Millis, NodeLabels,
-    OnNodeLost, Outcome, State, WHOLE_GPU,
+    Command, Constraints, Effect, GpuInfo, Indexed, JobClass, JobId, JobSpec, JobUsage, Millis,
+    NodeLabels, OnNodeLost, Outcome, WHOLE_GPU,
 };
 
 /// GPUs of every node in the replay.
@@ -152,7 +153,7 @@ struct Sim {
 }
 
 struct Replay<'a> {
-    state: State,
+    state: Indexed,
     policy: Policy,
     params: &'a Params,
     members: &'a [Member],
@@ -190,7 +191,7 @@ pub fn replay(
         .first()
         .map_or(setup.origin, |&i| jobs[i].submit.min(setup.origin));
     let mut r = Replay {
-        state: State::default(),
+        state: Indexed::default(),
         policy: Policy {
             order: setup.order,
             ..Policy::default()
