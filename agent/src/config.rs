@@ -9,6 +9,9 @@ use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use crate::inventory::GpuInventory;
+use crate::runner::container::{
+    DEFAULT_CGROUP_PARENT, DEFAULT_PIDS_LIMIT, DEFAULT_TENANT_UID_BASE,
+};
 use crate::runner::DEFAULT_GRACE_PERIOD;
 
 /// How often GPU telemetry is sampled unless configured otherwise.
@@ -58,6 +61,40 @@ pub struct AgentConfig {
     /// Allow jobs to run as root (an agent that is root with no `run_as`,
     /// or a `run_as` user with uid 0).
     pub allow_root: bool,
+    /// The container runtime for jobs with an image.
+    pub runtime: RuntimeChoice,
+    /// The runtime binary [default: `crun` on `PATH`].
+    pub runtime_path: Option<PathBuf>,
+    /// The image store: image `NAME` is `<image_store>/NAME/rootfs/`.
+    pub image_store: PathBuf,
+    /// Run jobs without an image as host processes (like Nomad's
+    /// `raw_exec`); refused otherwise.
+    pub allow_host_jobs: bool,
+    /// Container jobs run as uid = gid = this + their tenant's offset.
+    pub tenant_uid_base: u32,
+    /// Where GPU device nodes are looked up.
+    pub device_root: PathBuf,
+    /// Driver files mounted read-only into container jobs with GPUs.
+    pub driver_files: Vec<PathBuf>,
+    /// Data levels of 2 and above whose container jobs keep the network.
+    pub egress_levels: Vec<u32>,
+    /// The most processes one container job may have.
+    pub pids_limit: u64,
+    /// Job cgroups are made under `<cgroup_parent>/<agent>/`.
+    pub cgroup_parent: PathBuf,
+    /// Where the cgroup file system is mounted.
+    pub cgroup_root: PathBuf,
+}
+
+/// Which container runtime the agent uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuntimeChoice {
+    /// crun; the agent does not start without it (and root).
+    Crun,
+    /// crun when it is there and the agent is root; otherwise none.
+    Auto,
+    /// None: jobs with an image fail to start, and no image is reported.
+    None,
 }
 
 /// The PEM files of the agent's mTLS: the CA that signed the scheduler's
@@ -128,6 +165,20 @@ impl AgentConfig {
             allow_plaintext_remote: false,
             run_as: None,
             allow_root: false,
+            runtime: RuntimeChoice::None,
+            runtime_path: None,
+            image_store: PathBuf::from("/var/lib/edupool-agent/images"),
+            allow_host_jobs: false,
+            tenant_uid_base: DEFAULT_TENANT_UID_BASE,
+            device_root: PathBuf::from("/dev"),
+            driver_files: crate::runner::container::DEFAULT_DRIVER_FILES
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
+            egress_levels: vec![],
+            pids_limit: DEFAULT_PIDS_LIMIT,
+            cgroup_parent: PathBuf::from(DEFAULT_CGROUP_PARENT),
+            cgroup_root: PathBuf::from("/sys/fs/cgroup"),
         }
     }
 
@@ -160,6 +211,22 @@ impl AgentConfig {
             if value.is_zero() {
                 return Err(ConfigError::ZeroDuration { name });
             }
+        }
+        if self.tenant_uid_base == 0 {
+            return Err(ConfigError::RootTenantUids);
+        }
+        if self.pids_limit == 0 {
+            return Err(ConfigError::ZeroPidsLimit);
+        }
+        let parent_ok = self.cgroup_parent.is_relative()
+            && self
+                .cgroup_parent
+                .components()
+                .all(|c| matches!(c, std::path::Component::Normal(_)));
+        if !parent_ok || self.cgroup_parent.as_os_str().is_empty() {
+            return Err(ConfigError::CgroupParent {
+                parent: self.cgroup_parent.clone(),
+            });
         }
         if self.reconnect_max < self.reconnect_min {
             return Err(ConfigError::ReconnectRange {
@@ -270,6 +337,15 @@ impl fmt::Debug for AgentConfig {
             .field("allow_plaintext_remote", &self.allow_plaintext_remote)
             .field("run_as", &self.run_as)
             .field("allow_root", &self.allow_root)
+            .field("runtime", &self.runtime)
+            .field("runtime_path", &self.runtime_path)
+            .field("image_store", &self.image_store)
+            .field("allow_host_jobs", &self.allow_host_jobs)
+            .field("tenant_uid_base", &self.tenant_uid_base)
+            .field("device_root", &self.device_root)
+            .field("egress_levels", &self.egress_levels)
+            .field("pids_limit", &self.pids_limit)
+            .field("cgroup_parent", &self.cgroup_parent)
             .field(
                 "metrics_listener",
                 &self
@@ -385,6 +461,18 @@ pub enum ConfigError {
     ZeroDuration {
         /// The field's name.
         name: &'static str,
+    },
+    /// Tenant uids would start at root's.
+    #[error("the tenant uid base must be above 0 (tenants' jobs never run as root)")]
+    RootTenantUids,
+    /// No process allowed.
+    #[error("the job PID limit must be greater than zero")]
+    ZeroPidsLimit,
+    /// A cgroup parent that is not a plain relative path.
+    #[error("invalid cgroup parent {}: expected a relative path such as edupool", parent.display())]
+    CgroupParent {
+        /// The parent as given.
+        parent: PathBuf,
     },
     /// The reconnect delays are the wrong way round.
     #[error("reconnect_max ({max:?}) is shorter than reconnect_min ({min:?})")]
@@ -511,6 +599,15 @@ mod tests {
             (
                 |c| c.connect_timeout = Duration::ZERO,
                 "connect_timeout must be greater than zero",
+            ),
+            (|c| c.tenant_uid_base = 0, "tenant uid base must be above 0"),
+            (
+                |c| c.cgroup_parent = PathBuf::from("/edupool"),
+                "invalid cgroup parent /edupool",
+            ),
+            (
+                |c| c.cgroup_parent = PathBuf::from("a/../b"),
+                "invalid cgroup parent a/../b",
             ),
             (
                 |c| c.reconnect_max = Duration::from_millis(10),

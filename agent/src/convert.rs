@@ -87,7 +87,8 @@ pub(crate) fn telemetry(samples: &[GpuSample], at: SystemTime) -> v1::TelemetryS
 }
 
 /// A start order. Walltime 0 means no limit; grace period 0 means the
-/// agent's default.
+/// agent's default; an empty image means a host job; CPU and memory 0 mean
+/// no limit.
 pub(crate) fn start_request(start: v1::StartJob) -> StartRequest {
     StartRequest {
         job_id: start.job_id,
@@ -98,6 +99,11 @@ pub(crate) fn start_request(start: v1::StartJob) -> StartRequest {
         walltime: nonzero_seconds(start.walltime_seconds),
         grace_period: nonzero_seconds(start.grace_period_seconds),
         attempt: start.attempt,
+        image: (!start.image.is_empty()).then_some(start.image),
+        cpu_millicores: start.cpu_millicores,
+        memory_bytes: start.memory_bytes,
+        data_level: start.data_level,
+        tenant_uid_offset: start.tenant_uid_offset,
     }
 }
 
@@ -228,6 +234,22 @@ mod tests {
         assert_eq!(request.walltime, None);
         assert_eq!(request.grace_period, Some(Duration::from_secs(5)));
         assert_eq!(request.attempt, 2);
+        assert_eq!(request.image, None);
+        let container = start_request(v1::StartJob {
+            job_id: "j2".into(),
+            image: "busybox".into(),
+            cpu_millicores: 500,
+            memory_bytes: 1 << 30,
+            data_level: 2,
+            tenant_uid_offset: 7,
+            ..Default::default()
+        });
+        assert_eq!(container.image.as_deref(), Some("busybox"));
+        assert_eq!(
+            (container.cpu_millicores, container.memory_bytes),
+            (500, 1 << 30)
+        );
+        assert_eq!((container.data_level, container.tenant_uid_offset), (2, 7));
     }
 
     #[test]

@@ -9,9 +9,12 @@
 //! - `telemetry` (private): the sampler and the health event watcher, both
 //!   off the async runtime.
 //! - [`metrics`]: Prometheus metrics and the `/metrics` endpoint.
-//! - [`runner`]: jobs as processes, each in its own process group with
-//!   `CUDA_VISIBLE_DEVICES` set to its GPUs; walltime, stop with a grace
-//!   period, logs, and a record per job until the scheduler forgets it.
+//! - [`runner`]: jobs as containers through crun ([`runner::container`]:
+//!   the bundle, the job's cgroup, its GPUs' device nodes) or, where
+//!   allowed, as host processes in their own process group; walltime, stop
+//!   with a grace period, logs, and a record per job until the scheduler
+//!   forgets it.
+//! - [`images`]: the node's image store (unpacked root filesystems).
 //! - `session` (private): the `AgentService.Session` stream to the
 //!   scheduler, reopened with backoff over a list of endpoints.
 //! - [`config`]: [`AgentConfig`] and its validation.
@@ -25,6 +28,7 @@
 pub mod config;
 mod convert;
 pub mod health;
+pub mod images;
 pub mod inventory;
 pub mod metrics;
 pub mod runner;
@@ -40,10 +44,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-pub use config::{AgentConfig, AgentTls, ConfigError};
+pub use config::{AgentConfig, AgentTls, ConfigError, RuntimeChoice};
 
 use health::HealthBoard;
+use images::ImageStore;
 use metrics::{AgentMetrics, MetricsSources};
+use runner::container::{devices, Cgroups, ContainerDriver};
 use runner::{Runner, RunnerConfig};
 use session::{Backoff, Session, SessionStatus};
 
@@ -81,6 +87,9 @@ pub enum AgentError {
     /// No user to run jobs as.
     #[error(transparent)]
     JobUser(#[from] runner::JobUserError),
+    /// `--runtime crun` and the runtime cannot be used.
+    #[error("cannot run container jobs with crun: {0}")]
+    Runtime(String),
 }
 
 /// Runs the agent until `shutdown` is cancelled: first stops whatever a
@@ -97,12 +106,15 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         tracing::warn!("{notice}");
     }
     let work_dir = prepare_work_dir(&config.work_dir).await?;
+    let containers = container_driver(&config).await?;
     let tracker = TaskTracker::new();
     let (runner, events) = Runner::new(RunnerConfig {
         work_dir: work_dir.clone(),
         default_grace_period: config.default_grace_period,
         energy: Some(Arc::clone(&config.inventory)),
         job_user,
+        containers: containers.clone(),
+        allow_host_jobs: config.allow_host_jobs,
     });
     // Before the first hello: a GPU is reported free only once nothing of
     // an earlier agent's job holds it.
@@ -134,6 +146,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         backoff: Backoff::new(config.reconnect_min, config.reconnect_max),
         health: board.clone(),
         status: Arc::clone(&status),
+        images: containers.as_ref().map(|c| c.images.clone()),
+        allows_host_jobs: config.allow_host_jobs,
     };
     // Telemetry and metrics run until the jobs are stopped, so the last
     // exits are metered and the endpoint shows the shutdown.
@@ -166,6 +180,80 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     tracker.wait().await;
     info!(node = %config.node_name, "agent stopped");
     Ok(())
+}
+
+/// The container driver the configuration asks for, or `None`; says once
+/// which driver jobs get. With `RuntimeChoice::Auto`, a runtime that cannot
+/// be used (not installed, the agent not root, no usable cgroups) means
+/// none, with a warning saying why.
+async fn container_driver(
+    config: &AgentConfig,
+) -> Result<Option<Arc<ContainerDriver>>, AgentError> {
+    let host = if config.allow_host_jobs {
+        "jobs without an image run as host processes (--allow-host-jobs)"
+    } else {
+        "jobs without an image are refused"
+    };
+    let auto = match config.runtime {
+        RuntimeChoice::None => {
+            info!("job driver: no container runtime (--runtime none): jobs with an image are refused; {host}");
+            return Ok(None);
+        }
+        RuntimeChoice::Auto => true,
+        RuntimeChoice::Crun => false,
+    };
+    match detect_driver(config).await {
+        Ok(driver) => {
+            info!(runtime = %driver.runtime.display(), images = %driver.images.dir().display(),
+                "job driver: {} with {}; {host}", driver.version, driver.cgroups);
+            Ok(Some(Arc::new(driver)))
+        }
+        Err(why) if auto => {
+            tracing::warn!(
+                "job driver: no container runtime ({why}): jobs with an image are refused; {host}"
+            );
+            Ok(None)
+        }
+        Err(why) => Err(AgentError::Runtime(why)),
+    }
+}
+
+async fn detect_driver(config: &AgentConfig) -> Result<ContainerDriver, String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("the agent is not root".to_owned());
+    }
+    let runtime = runner::container::find_runtime(config.runtime_path.as_deref())
+        .map_err(|e| e.to_string())?;
+    let output = tokio::process::Command::new(&runtime)
+        .arg("--version")
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", runtime.display()))?;
+    let version = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap_or("crun")
+        .trim()
+        .to_owned();
+    let cgroups = Cgroups::detect(&config.cgroup_root).map_err(|e| e.to_string())?;
+    let inventory = Arc::clone(&config.inventory);
+    let gpus = tokio::task::spawn_blocking(move || inventory.gpus())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("cannot read the GPUs: {e}"))?;
+    Ok(ContainerDriver {
+        runtime,
+        version,
+        images: ImageStore::new(&config.image_store),
+        cgroups,
+        cgroup_parent: config.cgroup_parent.clone(),
+        tenant_uid_base: config.tenant_uid_base,
+        device_root: config.device_root.clone(),
+        driver_files: config.driver_files.clone(),
+        egress_levels: config.egress_levels.clone(),
+        pids_limit: config.pids_limit,
+        gpu_units: devices::gpu_units(&gpus),
+    })
 }
 
 /// Serves `/metrics` on `listener` until `stop` is cancelled.

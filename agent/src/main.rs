@@ -16,7 +16,7 @@ use edupool_agent::inventory::{
     GpuInfo, GpuInventory, GpuSample, GpuSpec, InventoryError, NvmlInventory, OnlyGpus,
     SimulatedInventory,
 };
-use edupool_agent::AgentConfig;
+use edupool_agent::{AgentConfig, RuntimeChoice};
 use edupool_table::Table;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
@@ -160,7 +160,88 @@ struct RunArgs {
     allow_root: bool,
 
     #[command(flatten)]
+    sandbox: SandboxArgs,
+
+    #[command(flatten)]
     gpus: GpuArgs,
+}
+
+/// How jobs are sandboxed (docs/agent.md, "Runtime").
+#[derive(Debug, Args)]
+struct SandboxArgs {
+    /// The OCI runtime for jobs with an image: `crun` (required: the agent
+    /// does not start without it), `auto` (crun when installed and the
+    /// agent is root), or `none` (jobs with an image are refused).
+    #[arg(long, env = "EDUPOOL_RUNTIME", value_enum, default_value_t = RuntimeArg::Auto)]
+    runtime: RuntimeArg,
+
+    /// The runtime binary [default: crun on PATH].
+    #[arg(long, env = "EDUPOOL_RUNTIME_PATH", value_name = "PATH")]
+    runtime_path: Option<PathBuf>,
+
+    /// The node's image store: image NAME is the unpacked root file system
+    /// DIR/NAME/rootfs/.
+    #[arg(
+        long,
+        env = "EDUPOOL_IMAGE_STORE",
+        value_name = "DIR",
+        default_value = "/var/lib/edupool-agent/images"
+    )]
+    image_store: PathBuf,
+
+    /// Run jobs without an image as host processes (like Nomad's raw_exec).
+    /// Without it such jobs are refused, and the scheduler places none here.
+    #[arg(long, env = "EDUPOOL_ALLOW_HOST_JOBS")]
+    allow_host_jobs: bool,
+
+    /// Container jobs run as uid = gid = BASE + their tenant's uid offset.
+    #[arg(long, env = "EDUPOOL_TENANT_UID_BASE", value_name = "BASE",
+        default_value_t = edupool_agent::runner::container::DEFAULT_TENANT_UID_BASE)]
+    tenant_uid_base: u32,
+
+    /// Where GPU device nodes (nvidiaN, nvidiactl, ...) are looked up.
+    #[arg(
+        long,
+        env = "EDUPOOL_DEVICE_ROOT",
+        value_name = "DIR",
+        default_value = "/dev"
+    )]
+    device_root: PathBuf,
+
+    /// A file listing the driver files (one absolute path a line, `#`
+    /// comments) to mount read-only into container jobs with GPUs
+    /// [default: the list in docs/agent.md].
+    #[arg(long, env = "EDUPOOL_DRIVER_FILES", value_name = "FILE")]
+    driver_files: Option<PathBuf>,
+
+    /// Let container jobs of this data level (2 or more) use the network
+    /// anyway, on a node approved for it; repeat for several levels.
+    #[arg(
+        long = "allow-egress-level",
+        env = "EDUPOOL_ALLOW_EGRESS_LEVELS",
+        value_name = "LEVEL",
+        value_delimiter = ','
+    )]
+    egress_levels: Vec<u32>,
+
+    /// The most processes a container job may have at once.
+    #[arg(long, value_name = "N",
+        default_value_t = edupool_agent::runner::container::DEFAULT_PIDS_LIMIT)]
+    job_pids_limit: u64,
+
+    /// The cgroup (relative path) that job cgroups are made under.
+    #[arg(long, value_name = "PATH", default_value = edupool_agent::runner::container::DEFAULT_CGROUP_PARENT)]
+    cgroup_parent: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum RuntimeArg {
+    /// crun, required.
+    Crun,
+    /// crun when usable, else none.
+    Auto,
+    /// No container runtime.
+    None,
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +305,7 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     config.telemetry_interval = args.telemetry_interval;
     config.run_as = args.run_as;
     config.allow_root = args.allow_root;
+    apply_sandbox(&mut config, args.sandbox)?;
     if let (Some(ca), Some(cert), Some(key)) = (&args.ca_cert, &args.cert, &args.key) {
         config.tls = Some(edupool_agent::AgentTls::from_files(ca, cert, key)?);
     }
@@ -264,6 +346,50 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+fn apply_sandbox(config: &mut AgentConfig, args: SandboxArgs) -> anyhow::Result<()> {
+    config.runtime = match args.runtime {
+        RuntimeArg::Crun => RuntimeChoice::Crun,
+        RuntimeArg::Auto => RuntimeChoice::Auto,
+        RuntimeArg::None => RuntimeChoice::None,
+    };
+    config.runtime_path = args.runtime_path;
+    config.image_store = args.image_store;
+    config.allow_host_jobs = args.allow_host_jobs;
+    config.tenant_uid_base = args.tenant_uid_base;
+    config.device_root = args.device_root;
+    config.egress_levels = args.egress_levels;
+    config.pids_limit = args.job_pids_limit;
+    config.cgroup_parent = args.cgroup_parent;
+    if let Some(file) = &args.driver_files {
+        let text = std::fs::read_to_string(file)
+            .with_context(|| format!("cannot read --driver-files {}", file.display()))?;
+        config.driver_files = driver_files(&text).map_err(|line| {
+            anyhow!(
+                "--driver-files {}: {line:?} is not an absolute path",
+                file.display()
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// The paths of a driver files list: one absolute path a line; blank
+/// lines and `#` comments are skipped. The first bad line is the error.
+fn driver_files(text: &str) -> Result<Vec<PathBuf>, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let path = PathBuf::from(l);
+            if path.is_absolute() {
+                Ok(path)
+            } else {
+                Err(l.to_owned())
+            }
+        })
+        .collect()
 }
 
 /// The node's name and its inventory backend.
@@ -527,6 +653,19 @@ mod tests {
              0/1    MIG-a1  MIG 1g.10gb  10 GiB\n\
              1      GPU-bb  T4           15 GiB  -    -   -, 0 NVLink peers       -      healthy\n"
         );
+    }
+
+    #[test]
+    fn driver_file_lists_take_absolute_paths_and_skip_comments() {
+        let text = "# libraries\n/usr/lib/libcuda.so.1\n\n  /usr/bin/nvidia-smi  \n";
+        assert_eq!(
+            driver_files(text).unwrap(),
+            vec![
+                PathBuf::from("/usr/lib/libcuda.so.1"),
+                PathBuf::from("/usr/bin/nvidia-smi")
+            ]
+        );
+        assert_eq!(driver_files("lib/x.so").unwrap_err(), "lib/x.so");
     }
 
     #[test]

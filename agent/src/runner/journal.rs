@@ -20,6 +20,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
+use super::container::ContainerRecord;
 use super::{ExitOutcome, JobExit, JobUsage};
 
 /// The folder of the records under the work directory.
@@ -42,6 +43,9 @@ pub(super) struct DurableRecord {
     /// Set once the job has exited.
     #[serde(default)]
     pub(super) exit: Option<DurableExit>,
+    /// A container job's container (its cgroup holds all its processes).
+    #[serde(default)]
+    pub(super) container: Option<ContainerRecord>,
 }
 
 /// A job's exit as recorded on disk.

@@ -23,8 +23,13 @@
 //! exited with [`RESTART_REASON`], so no GPU is reported free while a
 //! process of an earlier job still holds it.
 //!
+//! Jobs with an image run as containers through an OCI runtime (see
+//! [`container`]); jobs without one run as host processes only when the
+//! runner allows host jobs, and are refused otherwise.
+//!
 //! All records live behind one mutex that is never held across an await.
 
+pub mod container;
 mod isolation;
 mod journal;
 mod leftovers;
@@ -45,6 +50,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::inventory::GpuInventory;
+use container::{ContainerDriver, ContainerRecord, JobCgroup};
 use journal::{DurableExit, DurableRecord, Journal};
 
 pub use isolation::{resolve_job_user, JobUser, JobUserError};
@@ -82,6 +88,11 @@ pub struct RunnerConfig {
     pub energy: Option<Arc<dyn GpuInventory>>,
     /// Who jobs run as (see [`resolve_job_user`]).
     pub job_user: JobUser,
+    /// Runs jobs with an image; `None`: such jobs fail to start.
+    pub containers: Option<Arc<ContainerDriver>>,
+    /// Run jobs without an image as host processes; when false they fail
+    /// to start.
+    pub allow_host_jobs: bool,
 }
 
 impl fmt::Debug for RunnerConfig {
@@ -91,24 +102,29 @@ impl fmt::Debug for RunnerConfig {
             .field("default_grace_period", &self.default_grace_period)
             .field("energy", &self.energy.as_ref().map(|e| e.backend()))
             .field("job_user", &self.job_user)
+            .field("containers", &self.containers)
+            .field("allow_host_jobs", &self.allow_host_jobs)
             .finish()
     }
 }
 
 impl RunnerConfig {
-    /// A runner working in `work_dir` with the default grace period.
+    /// A runner working in `work_dir` with the default grace period that
+    /// runs host jobs and has no container runtime.
     pub fn new(work_dir: impl Into<PathBuf>) -> Self {
         RunnerConfig {
             work_dir: work_dir.into(),
             default_grace_period: DEFAULT_GRACE_PERIOD,
             energy: None,
             job_user: JobUser::Agent,
+            containers: None,
+            allow_host_jobs: true,
         }
     }
 }
 
 /// An order to start a job.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct StartRequest {
     /// The scheduler's id of the job; also the name of its directory, so
     /// only letters, digits, `-`, `_` and `.` are accepted.
@@ -130,6 +146,17 @@ pub struct StartRequest {
     pub grace_period: Option<Duration>,
     /// 1 on the first run, +1 per requeue; given to the job as `EDUPOOL_ATTEMPT`.
     pub attempt: u32,
+    /// The image the job runs in (a container); `None`: a host process.
+    pub image: Option<String>,
+    /// The container's CPU limit, thousandths of a CPU; 0: none.
+    pub cpu_millicores: u64,
+    /// The container's memory limit, bytes; 0: none.
+    pub memory_bytes: u64,
+    /// The job's data level; from 2 on its container has no network.
+    pub data_level: u32,
+    /// Its tenant's uid offset: the container runs as the tenant base
+    /// plus this.
+    pub tenant_uid_offset: u32,
 }
 
 /// What the runner knows of one job.
@@ -314,10 +341,13 @@ impl fmt::Debug for Runner {
 }
 
 struct Inner {
+    work_dir: PathBuf,
     jobs_dir: PathBuf,
     default_grace_period: Duration,
     energy: Option<Arc<dyn GpuInventory>>,
     job_user: JobUser,
+    containers: Option<Arc<ContainerDriver>>,
+    allow_host_jobs: bool,
     /// The durable records of started jobs.
     journal: Journal,
     /// Jobs that could not be started, or whose exit could not be collected.
@@ -339,6 +369,8 @@ struct Record {
     grace_period: Duration,
     /// Stop orders for the supervisor; `None` once the job has exited.
     control: Option<mpsc::UnboundedSender<StopOrder>>,
+    /// A container job's cgroup while it runs.
+    cgroup: Option<JobCgroup>,
 }
 
 /// An order to the supervisor of a running job.
@@ -378,10 +410,13 @@ impl Runner {
         let (tx, rx) = mpsc::unbounded_channel();
         let runner = Runner {
             inner: Arc::new(Inner {
+                work_dir: config.work_dir.clone(),
                 jobs_dir: config.work_dir.join("jobs"),
                 default_grace_period: config.default_grace_period,
                 energy: config.energy,
                 job_user: config.job_user,
+                containers: config.containers,
+                allow_host_jobs: config.allow_host_jobs,
                 journal: Journal::new(&config.work_dir),
                 errors: AtomicU64::new(0),
                 base_env,
@@ -445,12 +480,7 @@ impl Runner {
             .grace_period
             .unwrap_or(self.inner.default_grace_period);
         let job_id = request.job_id.clone();
-        let spawned = process::spawn(
-            &self.inner.jobs_dir,
-            &self.inner.base_env,
-            &self.inner.job_user,
-            &request,
-        );
+        let spawned = process::spawn(&self.inner, &request);
         match spawned {
             Ok(spawned) => {
                 let spawned_at = tokio::time::Instant::now();
@@ -460,7 +490,14 @@ impl Runner {
                 // to start (an agent that crashed would lose track of it).
                 // Written here, under the lock, like the job's directory and
                 // log files: one small file, and no start can overtake it.
-                let durable = self.write_record(&request, grace_period, spawned.pid(), started_at);
+                let container = spawned.container().cloned();
+                let durable = self.write_record(
+                    &request,
+                    grace_period,
+                    spawned.pid(),
+                    started_at,
+                    container.clone(),
+                );
                 let report = JobReport {
                     job_id: job_id.clone(),
                     started_at: Some(started_at),
@@ -468,7 +505,8 @@ impl Runner {
                 };
                 let (control, orders) = mpsc::unbounded_channel();
                 info!(job = %job_id, tenant = %request.tenant, attempt = request.attempt,
-                    pid = spawned.pid(), gpus = ?request.gpu_uuids, "job started");
+                    pid = spawned.pid(), gpus = ?request.gpu_uuids,
+                    image = request.image.as_deref().unwrap_or("-"), "job started");
                 let durable = match durable {
                     Ok(record) => Some(record),
                     Err(err) => {
@@ -489,6 +527,7 @@ impl Runner {
                         report: report.clone(),
                         grace_period,
                         control: Some(control),
+                        cgroup: container.as_ref().map(|c| c.cgroup.clone()),
                     },
                 );
                 state.emit(report);
@@ -501,6 +540,7 @@ impl Runner {
                     grace_period,
                     orders,
                     durable,
+                    container,
                 };
                 self.inner.tracker.spawn(supervisor.run(spawned));
                 StartOutcome::Started
@@ -525,6 +565,7 @@ impl Runner {
                         report: report.clone(),
                         grace_period,
                         control: None,
+                        cgroup: None,
                     },
                 );
                 state.emit(report);
@@ -576,6 +617,13 @@ impl Runner {
     /// The report of one held job.
     pub fn report(&self, job_id: &str) -> Option<JobReport> {
         self.lock().jobs.get(job_id).map(|r| r.report.clone())
+    }
+
+    /// The CPU time a running container job has used so far, from its
+    /// cgroup; `None` for host jobs and jobs that are not running.
+    pub fn cpu_time(&self, job_id: &str) -> Option<Duration> {
+        let cgroup = self.lock().jobs.get(job_id)?.cgroup.clone()?;
+        cgroup.cpu_nanos().map(Duration::from_nanos)
     }
 
     /// Reports of every held job, running or exited, ordered by job id.
@@ -639,6 +687,12 @@ impl Runner {
         }
         self.inner.tracker.close();
         self.inner.tracker.wait().await;
+        if let Some(driver) = self.inner.containers.clone() {
+            // The agent's own cgroup folder, now empty; a node's other
+            // agents keep theirs.
+            let agent = driver.agent_cgroup(&self.inner.work_dir);
+            let _ = tokio::task::spawn_blocking(move || driver.cgroups.job(&agent).remove()).await;
+        }
     }
 
     /// Jobs that could not be started, or whose exit status could not be
@@ -680,6 +734,7 @@ impl Runner {
         grace_period: Duration,
         pid: i32,
         started_at: SystemTime,
+        container: Option<ContainerRecord>,
     ) -> std::io::Result<DurableRecord> {
         let stat = leftovers::stat(pid)
             .ok_or_else(|| std::io::Error::other(format!("no /proc/{pid}/stat")))?;
@@ -693,6 +748,7 @@ impl Runner {
             grace_period_ms: u64::try_from(grace_period.as_millis()).unwrap_or(u64::MAX),
             started_at_ms: journal::unix_ms(started_at),
             exit: None,
+            container,
         };
         self.inner.journal.write(&record)?;
         Ok(record)
@@ -734,16 +790,31 @@ impl Runner {
             count += 1;
             if let Some(exit) = &record.exit {
                 let exit = exit.to_exit();
+                if let Some(container) = record.container.clone() {
+                    // Exited, but its container may not have been removed.
+                    tokio::task::spawn_blocking(move || {
+                        container::stop_and_remove(&container, None)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)?;
+                }
                 self.hold_exited(&record, exit);
                 continue;
             }
             let same_boot = record.boot_id == boot;
             stopping.push(tokio::task::spawn_blocking(move || {
+                let grace = Duration::from_millis(record.grace_period_ms);
+                // A container's processes are all in its cgroup, whatever
+                // process groups they made; it outlives a reboot's
+                // processes only as an empty directory.
+                if let Some(container) = &record.container {
+                    let stopped = container::stop_and_remove(container, Some(grace));
+                    return (record, stopped);
+                }
                 let group = leftovers::Group {
                     pgid: record.pid,
                     start_ticks: record.start_ticks,
                 };
-                let grace = Duration::from_millis(record.grace_period_ms);
                 // Processes of an earlier boot are gone with it.
                 let stopped = same_boot && group.stop(&record.job_id, grace);
                 (record, stopped)
@@ -769,7 +840,46 @@ impl Runner {
             self.record_exit_durably(record.clone(), &exit).await;
             self.hold_exited(&record, exit);
         }
+        self.remove_unrecorded_containers().await?;
         Ok(count)
+    }
+
+    /// Stops and removes containers of this work directory that no record
+    /// names (an agent that crashed between making a job's cgroup and
+    /// writing its record): nothing a previous agent started is leaked.
+    async fn remove_unrecorded_containers(&self) -> std::io::Result<()> {
+        let Some(driver) = self.inner.containers.clone() else {
+            return Ok(());
+        };
+        let work_dir = self.inner.work_dir.clone();
+        let known: Vec<String> = self.lock().jobs.keys().cloned().collect();
+        tokio::task::spawn_blocking(move || {
+            let agent = driver.agent_cgroup(&work_dir);
+            let state_dir = work_dir.join("runtime");
+            let mut names = driver.cgroups.children(&agent);
+            if let Ok(entries) = std::fs::read_dir(&state_dir) {
+                names.extend(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()));
+            }
+            names.sort();
+            names.dedup();
+            for name in names {
+                if known.contains(&name) || validate_job_id(&name).is_err() {
+                    continue;
+                }
+                let record = ContainerRecord {
+                    id: name.clone(),
+                    runtime: driver.runtime.clone(),
+                    state_dir: state_dir.clone(),
+                    bundle: work_dir.join("bundles").join(&name),
+                    cgroup: driver.cgroups.job(&agent.join(&name)),
+                    memory_bytes: 0,
+                };
+                let stopped = container::stop_and_remove(&record, None);
+                warn!(container = %name, stopped, "removed a container no job record names");
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)
     }
 
     /// Holds a job of a previous agent as exited until it is forgotten.
@@ -786,6 +896,7 @@ impl Runner {
                 report: report.clone(),
                 grace_period: Duration::from_millis(record.grace_period_ms),
                 control: None,
+                cgroup: None,
             },
         );
         state.emit(report);
@@ -800,6 +911,7 @@ impl Runner {
             return;
         };
         record.control = None;
+        record.cgroup = None;
         record.report.state = JobState::Exited(exit);
         let report = record.report.clone();
         state.emit(report);

@@ -53,6 +53,7 @@ fn record_of(job_id: &str, child: &Child, start_ticks: u64) -> DurableRecord {
         grace_period_ms: 200,
         started_at_ms: journal::unix_ms(SystemTime::now()),
         exit: None,
+        container: None,
     }
 }
 
@@ -133,6 +134,7 @@ async fn the_record_is_on_disk_before_the_start_is_reported_and_keeps_the_exit()
         walltime: None,
         grace_period: Some(Duration::from_secs(1)),
         attempt: 2,
+        ..Default::default()
     };
     assert_eq!(runner.start(request), StartOutcome::Started);
     let started = events.try_recv().expect("the start is reported");

@@ -24,6 +24,7 @@ fn job(job_id: &str, script: &str) -> StartRequest {
         walltime: None,
         grace_period: Some(Duration::from_secs(1)),
         attempt: 1,
+        ..Default::default()
     }
 }
 

@@ -1,7 +1,8 @@
 //! The session with the scheduler: one `AgentService.Session` stream at a
 //! time, reopened whenever it ends.
 //!
-//! Every session starts with an `AgentHello` that carries the inventory and
+//! Every session starts with an `AgentHello` that carries the inventory,
+//! the images the node can run and whether it runs jobs without one, and
 //! the report of every job the runner holds. Then the agent forwards the
 //! runner's reports as they happen, sends a heartbeat every interval the
 //! scheduler's `Welcome` asks for, and carries out the scheduler's orders.
@@ -92,6 +93,7 @@ use crate::config::Connector;
 use crate::convert;
 use crate::error_chain;
 use crate::health::{HealthBoard, HealthChanges};
+use crate::images::ImageStore;
 use crate::inventory::{mig_units, schedulable_units, GpuInventory};
 use crate::runner::{ForgetOutcome, JobEvents, Runner, StartOutcome, StopOutcome};
 use crate::telemetry::TelemetryFeed;
@@ -204,6 +206,10 @@ pub(crate) struct Session {
     pub(crate) health: HealthBoard,
     /// Whether a session is established, and how many were.
     pub(crate) status: Arc<SessionStatus>,
+    /// The image store, when the agent can run containers.
+    pub(crate) images: Option<ImageStore>,
+    /// Whether jobs without an image run here.
+    pub(crate) allows_host_jobs: bool,
 }
 
 /// State of one open session.
@@ -335,6 +341,16 @@ impl Session {
             Some(connected) => connected.map_err(SessionError::Connect)?,
         };
 
+        let images = self.images.clone();
+        let images = match until(
+            stop,
+            self.tracker.spawn_blocking(move || list_images(images)),
+        )
+        .await
+        {
+            None => return Ok(()),
+            Some(listed) => listed.unwrap_or_default(),
+        };
         let (outbound, rx) = mpsc::channel(OUTBOUND_CAPACITY);
         let jobs = self.runner.snapshot(events);
         let hello = v1::AgentHello {
@@ -342,6 +358,8 @@ impl Session {
             gpus: convert::gpus(&gpus),
             jobs: jobs.iter().map(convert::job_report).collect(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            images,
+            allows_host_jobs: self.allows_host_jobs,
             ..Default::default()
         };
         outbound
@@ -540,6 +558,18 @@ impl Session {
         }
         info!("session closed");
     }
+}
+
+/// The images the hello reports: those in the store when the agent can
+/// run containers, none otherwise (or when the store cannot be read).
+fn list_images(store: Option<ImageStore>) -> Vec<String> {
+    let Some(store) = store else {
+        return vec![];
+    };
+    store.list().unwrap_or_else(|err| {
+        warn!(error = %error_chain(&err), "reporting no images");
+        vec![]
+    })
 }
 
 fn message(msg: agent_message::Msg) -> AgentMessage {
