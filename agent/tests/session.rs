@@ -193,8 +193,10 @@ async fn the_agent_serves_the_scheduler_across_reconnections() {
     );
     config.reconnect_min = Duration::from_millis(10);
     config.reconnect_max = Duration::from_millis(100);
-    // The test may run as root; its jobs are harmless shell one-liners.
+    // The test may run as root; its jobs are harmless shell one-liners,
+    // run as host processes.
     config.allow_root = true;
+    config.allow_host_jobs = true;
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(edupool_agent::run(config, shutdown.clone()));
     let gpus = vec![
@@ -397,6 +399,7 @@ async fn the_agent_reports_gpu_health_usage_and_telemetry() {
     );
     config.telemetry_interval = Duration::from_millis(100);
     config.allow_root = true;
+    config.allow_host_jobs = true;
     let shutdown = CancellationToken::new();
     let agent = tokio::spawn(edupool_agent::run(config, shutdown.clone()));
     let gpus = vec![

@@ -131,10 +131,11 @@ pub fn agent_with(
 }
 
 /// The agent's `--ca-cert`, `--cert` and `--key` (`node:<node>`, from the
-/// CA of the scheduler at `endpoints`), and `--allow-root`: test jobs run
-/// as whoever runs the tests.
+/// CA of the scheduler at `endpoints`), `--allow-root` and
+/// `--allow-host-jobs`: test jobs are host processes that run as whoever
+/// runs the tests.
 pub fn agent_tls_args(endpoints: &str, node: &str) -> Result<Vec<std::ffi::OsString>> {
-    let mut args = vec!["--allow-root".into()];
+    let mut args = vec!["--allow-root".into(), "--allow-host-jobs".into()];
     if let Some(ca) = tls::ca_for(endpoints) {
         let dir = ca
             .parent()

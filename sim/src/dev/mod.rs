@@ -150,6 +150,10 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> Result<DevOu
         // sample jobs run as whoever started it, root included.
         agent.allow_plaintext_remote = true;
         agent.allow_root = true;
+        // Without root and without a runtime: sample jobs are host
+        // processes (the banner says so).
+        agent.runtime = edupool_agent::RuntimeChoice::None;
+        agent.allow_host_jobs = true;
         let agent_stop = agents_stop.clone();
         agent_tasks.spawn(async move {
             if let Err(e) = edupool_agent::run(agent, agent_stop).await {
@@ -198,6 +202,7 @@ fn banner(config: &DevConfig, endpoint: &str, token: &str, data_dir: &std::path:
         "  agents       {} x {}x{} (simulated GPUs)",
         config.agents, config.gpus_per_agent, config.gpu_model
     );
+    println!("  job driver   host processes (dev mode starts no container runtime; jobs with an image are refused)");
     println!();
     println!("WARNING: dev mode serves plaintext gRPC with generated tokens. Never use it for real work.");
     eprintln!("WARNING: edupool-sim dev: PLAINTEXT gRPC, no TLS, no client certificates; tokens travel in the clear. For trying edupool out on one machine only; `serve` with --ca-cert, --cert and --key for real work.");
