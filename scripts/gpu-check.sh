@@ -8,7 +8,10 @@
 #   3. starts a pool (a scheduler and one NVML agent that offers only GPU
 #      $GPU_INDEX), runs a short real CUDA job through it, and checks that
 #      the job succeeded on that GPU and that its energy is non-zero;
-#   4. checks the agent's /metrics for that GPU (healthy, energy counted).
+#   4. as root with crun and busybox-static: runs a container job on that
+#      GPU (crun, only its /dev/nvidiaN, the driver files mounted) and
+#      checks that `ls /dev/nvidia*` and `nvidia-smi -L` inside show only it;
+#   5. checks the agent's /metrics for that GPU (healthy, energy counted).
 # Needs: the NVIDIA driver (nvidia-smi), the Rust toolchain, python3, and
 # for the CUDA job either PyTorch with CUDA or nvcc.
 # Usage: scripts/gpu-check.sh   (GPU_INDEX=1 to use another GPU)
@@ -117,6 +120,25 @@ else
 fi
 echo "job: ${JOB[*]}"
 
+# The image of the container check, made before the agent starts (it lists
+# its images in every hello): a static busybox plus the C libraries
+# nvidia-smi needs; nvidia-smi and libnvidia-ml come from the driver mount.
+CONTAINER_CHECK=""
+if [ "$(id -u)" -ne 0 ] || ! command -v crun > /dev/null || [ ! -x /bin/busybox ]; then
+  CONTAINER_SKIP="needs root, crun and busybox-static (apt-get install crun busybox-static)"
+elif ! "$BIN/edupoolctl" job submit --help | grep -q -- '--image'; then
+  CONTAINER_SKIP="this edupoolctl cannot submit jobs with an image yet"
+else
+  CONTAINER_CHECK=1
+  ROOTFS="$WORK/images/gpu-check/rootfs"
+  mkdir -p "$ROOTFS/bin" "$ROOTFS/work" "$ROOTFS/tmp" "$ROOTFS/proc" "$ROOTFS/dev"
+  cp /bin/busybox "$ROOTFS/bin/"
+  for a in sh ls cat echo; do ln -sf busybox "$ROOTFS/bin/$a"; done
+  for lib in $(ldd "$(command -v nvidia-smi)" | grep -o '/[^ ]*' | grep -v libnvidia); do
+    mkdir -p "$ROOTFS$(dirname "$lib")"; cp -L "$lib" "$ROOTFS$lib"
+  done
+fi
+
 say "pool: scheduler and an NVML agent offering GPU $GPU_INDEX ($GPU_UUID)"
 ADMIN=gpu-check-admin-token-0123456789
 AGENT=gpu-check-agent-token-0123456789
@@ -133,7 +155,8 @@ ADDR="$(sed -n 's/^edupool-scheduler listening on //p' "$WORK/scheduler.out")"
 [ -n "$ADDR" ] || fail "the scheduler did not start: $(cat "$WORK/scheduler.err")"
 "$BIN/edupool-agent" run --gpus nvml --only-gpus "$GPU_UUID" --scheduler "http://$ADDR" \
   --ca-cert "$PKI/ca.pem" --cert "$PKI/node-gpu-check.pem" --key "$PKI/node-gpu-check-key.pem" \
-  --allow-root --token "$AGENT" --node-name gpu-check --work-dir "$WORK/agent" \
+  --allow-root --allow-host-jobs --image-store "$WORK/images" \
+  --token "$AGENT" --node-name gpu-check --work-dir "$WORK/agent" \
   --metrics-listen 127.0.0.1:0 > "$WORK/agent.out" 2> "$WORK/agent.err" &
 PIDS+=($!)
 
@@ -169,6 +192,26 @@ assert job["energy_joules"] > 0, f"energy {job['energy_joules']} J"
 assert job["gpu_seconds"] > 0, f"GPU time {job['gpu_seconds']} s"
 print(f"job succeeded on {want}: {job['gpu_seconds']:.1f} GPU-seconds, {job['energy_joules']:.1f} J")
 PY
+
+say "a container job on GPU $GPU_INDEX (crun, only its /dev/nvidiaN, driver files mounted)"
+if [ -z "$CONTAINER_CHECK" ]; then
+  echo "skipped: $CONTAINER_SKIP"
+else
+  CID="$(ctl --token "$TENANT" --output json job submit --gpus 1 --image gpu-check --name container-check \
+    -- sh -c 'ls /dev/nvidia*; nvidia-smi -L' | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+  for _ in $(seq 600); do
+    CSTATE="$(ctl --token "$TENANT" --output json job get "$CID" | python3 -c 'import json,sys; print(json.load(sys.stdin)["state"])')"
+    case "$CSTATE" in succeeded|failed|cancelled|lost) break ;; esac
+    sleep 0.5
+  done
+  ctl --token "$TENANT" job logs "$CID" | tee "$WORK/container.out"
+  ctl --token "$TENANT" job logs --stderr "$CID" >&2
+  [ "$CSTATE" = succeeded ] || fail "the container job ended $CSTATE"
+  [ "$(grep -c '^/dev/nvidia[0-9]' "$WORK/container.out")" -eq 1 ] || fail "the container saw other GPUs' nodes"
+  grep -q "$GPU_UUID" "$WORK/container.out" || fail "nvidia-smi in the container did not show $GPU_UUID"
+  [ "$(grep -c '^GPU ' "$WORK/container.out")" -eq 1 ] || fail "nvidia-smi in the container saw more than one GPU"
+  echo "the container job saw exactly its GPU"
+fi
 
 say "agent metrics for $GPU_UUID"
 METRICS="$(sed -n 's/^edupool-agent metrics listening on //p' "$WORK/agent.out")"

@@ -101,7 +101,12 @@ pub enum AgentError {
 /// scheduler.
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     config.validate()?;
-    let (job_user, notice) = runner::resolve_job_user(config.run_as.as_deref(), config.allow_root)?;
+    // Who host jobs run as; a node without host jobs needs no such user.
+    let (job_user, notice) = if config.allow_host_jobs {
+        runner::resolve_job_user(config.run_as.as_deref(), config.allow_root)?
+    } else {
+        (runner::JobUser::Agent, None)
+    };
     if let Some(notice) = notice {
         tracing::warn!("{notice}");
     }

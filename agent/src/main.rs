@@ -149,9 +149,9 @@ struct RunArgs {
     #[arg(long, env = "EDUPOOL_KEY", value_name = "FILE", requires_all = ["ca_cert", "cert"])]
     key: Option<PathBuf>,
 
-    /// When the agent runs as root, run jobs as this unprivileged user
-    /// (required then, unless --allow-root). An agent that is not root runs
-    /// jobs as itself.
+    /// With --allow-host-jobs and an agent that is root, run host jobs as
+    /// this unprivileged user (required then, unless --allow-root). An
+    /// agent that is not root runs them as itself.
     #[arg(long, env = "EDUPOOL_RUN_AS", value_name = "USER")]
     run_as: Option<String>,
 
@@ -166,7 +166,7 @@ struct RunArgs {
     gpus: GpuArgs,
 }
 
-/// How jobs are sandboxed (docs/agent.md, "Runtime").
+// How jobs are sandboxed (docs/agent.md, "Running jobs").
 #[derive(Debug, Args)]
 struct SandboxArgs {
     /// The OCI runtime for jobs with an image: `crun` (required: the agent
@@ -234,13 +234,11 @@ struct SandboxArgs {
     cgroup_parent: PathBuf,
 }
 
+// Described in --runtime's help, so `run --help` stays one line an option.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum RuntimeArg {
-    /// crun, required.
     Crun,
-    /// crun when usable, else none.
     Auto,
-    /// No container runtime.
     None,
 }
 
