@@ -358,7 +358,7 @@ fn a_cpu_bound_job_is_held_to_its_cpu_request() {
         let used = runner.cpu_time("spin").unwrap() - cpu_before;
         let share = used.as_secs_f64() / at.elapsed().as_secs_f64();
         assert!(share < 0.35, "a 200-millicore job used {share:.2} CPUs");
-        assert!(share > 0.05, "the job hardly ran: {share:.2} CPUs");
+        assert!(share > 0.02, "the job hardly ran: {share:.2} CPUs");
         runner.stop("spin", Some(Duration::from_millis(200)), "cancelled");
         let exit = exits(&mut events, &["spin"]).await.remove(0);
         assert_eq!(exit.reason, "cancelled");
@@ -595,4 +595,78 @@ fn a_restarted_agent_stops_the_containers_its_predecessor_left_running() {
         assert!(!cgroup.exists(), "{} is still there", cgroup.display());
         runner.shutdown("test over").await;
     });
+}
+
+#[test]
+fn dev_mode_says_its_jobs_run_as_host_processes() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(edupool_tests::bin("edupool-sim"))
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--agents",
+            "1",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _dev = edupool_tests::Proc::new(child, "dev");
+    let line = std::io::BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find(|l| l.trim_start().starts_with("job driver"))
+        .expect("the banner names the job driver");
+    assert!(line.contains("host processes"), "{line}");
+}
+
+#[test]
+fn a_root_agent_without_host_jobs_needs_no_job_user() {
+    if !nix::unistd::Uid::effective().is_root() {
+        println!("SKIPPED a_root_agent_without_host_jobs_needs_no_job_user: not root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let agent = |extra: &[&str]| {
+        Command::new(edupool_tests::bin("edupool-agent"))
+            .args([
+                "run",
+                "--scheduler",
+                "127.0.0.1:1",
+                "--token",
+                "t",
+                "--runtime",
+                "none",
+            ])
+            .args([
+                "--simulate-gpus",
+                "1xA100-80GB",
+                "--node-name",
+                "n1",
+                "--work-dir",
+            ])
+            .arg(dir.path())
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // With host jobs a root agent needs --run-as (or --allow-root) ...
+    let refused = agent(&["--allow-host-jobs"]).wait_with_output().unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("set --run-as USER"), "{err}");
+    // ... without them it runs: its jobs are containers, as tenants' uids.
+    let mut running = edupool_tests::Proc::new(agent(&[]), "agent");
+    wait_for("the agent to be up", || {
+        fs::read_dir(dir.path().join("jobs")).is_ok()
+    });
+    assert!(running.is_running(), "the agent exited");
 }
