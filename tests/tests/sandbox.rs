@@ -569,6 +569,21 @@ fn a_restarted_agent_stops_the_containers_its_predecessor_left_running() {
         "the job started"
     );
     wait_for("both processes of the job", || processes_of(uid).len() >= 2);
+    // And a cgroup with a process in it that no record names, as an agent
+    // that crashed before writing a job's record leaves behind.
+    let stray_rel = node.driver.agent_cgroup(&node.work_dir()).join("stray");
+    let stray_dirs: Vec<PathBuf> = match node.driver.cgroups.version() {
+        CgroupVersion::V1 => ["memory", "cpu", "cpuacct", "pids", "devices"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&stray_rel))
+            .collect(),
+        CgroupVersion::V2 => vec![Path::new("/sys/fs/cgroup").join(&stray_rel)],
+    };
+    let mut stray = Command::new("sleep").arg("600").spawn().unwrap();
+    for dir in &stray_dirs {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(dir.join("cgroup.procs"), stray.id().to_string()).unwrap();
+    }
 
     let rt = runtime();
     rt.block_on(async {
@@ -593,8 +608,17 @@ fn a_restarted_agent_stops_the_containers_its_predecessor_left_running() {
             CgroupVersion::V2 => Path::new("/sys/fs/cgroup").join(rel),
         };
         assert!(!cgroup.exists(), "{} is still there", cgroup.display());
+        assert!(
+            stray_dirs.iter().all(|d| !d.exists()),
+            "the stray cgroup is still there"
+        );
         runner.shutdown("test over").await;
     });
+    let status = stray.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
 }
 
 #[test]
