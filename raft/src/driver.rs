@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use edupool_core::state::{Command, Effect, Millis, Outcome};
+use edupool_core::state::{Command, Millis, Outcome};
 use raft::prelude::Message;
 use raft::RawNode;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
@@ -36,7 +36,7 @@ const MAX_BATCH: usize = 512;
 const INBOUND_QUEUE: usize = 8192;
 
 /// Effects of one applied command, published to the edges.
-pub type AppliedEffects = Arc<Vec<Effect>>;
+pub type AppliedEffects = Arc<crate::step::Published>;
 
 /// How the driver task ended.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -54,6 +54,6 @@ pub use metrics::RaftMetrics;
 pub use replica::Replica;
 pub use snapshot::{replay_data_dir, restore_backup, SnapshotEnvelope, SNAPSHOT_FORMAT};
 pub use status::{MemberStatus, RaftStatus, Role};
-pub use step::{Leadership, MembershipChange, ProposeError};
+pub use step::{Leadership, MembershipChange, ProposeError, Published};
 pub use storage::{Peers, RaftStore, StorageError};
 pub use transport::{peer_only, RaftServer, MAX_RAFT_MESSAGE_BYTES, MAX_SNAPSHOT_BYTES};

@@ -194,6 +194,12 @@ impl Replica {
         f(&self.machine.read().expect("state lock poisoned").state)
     }
 
+    /// `read`, with the index of the last entry the state reflects.
+    pub fn read_at<R>(&self, f: impl FnOnce(&State) -> R) -> (u64, R) {
+        let m = self.machine.read().expect("state lock poisoned");
+        (m.applied, f(&m.state))
+    }
+
     /// Waits until this replica has applied everything committed when the
     /// call was made, confirmed with a quorum (raft's ReadIndex), so a read
     /// after it is linearizable, on the leader or a follower alike.

@@ -76,6 +76,24 @@ pub enum MembershipChange {
     Remove { id: u64 },
 }
 
+/// The effects of one applied log entry, published to the edges with the
+/// entry's index (its revision). `snapshot`: a snapshot up to `index` was
+/// installed instead of entries; `effects` is then empty.
+#[derive(Debug, PartialEq)]
+pub struct Published {
+    pub index: u64,
+    pub effects: Vec<Effect>,
+    pub snapshot: bool,
+}
+
+impl std::ops::Deref for Published {
+    type Target = Vec<Effect>;
+
+    fn deref(&self) -> &Vec<Effect> {
+        &self.effects
+    }
+}
+
 /// What the caller of a step does, in the order given.
 #[derive(Debug)]
 pub enum Action {
@@ -94,7 +112,7 @@ pub enum Action {
     /// Route messages to these peers from now on.
     Route(Peers),
     /// What an applied command produced, for the edges.
-    Publish(Vec<Effect>),
+    Publish(Published),
     /// The result of proposal `id`.
     Answer {
         id: u64,
@@ -359,7 +377,15 @@ impl<S: Storage> Core<S> {
         let mut actions = Vec::new();
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
+            let index = snapshot.get_metadata().index;
             actions.push(self.install_snapshot(snapshot, machine)?);
+            // Whatever the skipped entries changed is not published one by
+            // one; watchers that keep a history must start it again here.
+            actions.push(Action::Publish(Published {
+                index,
+                effects: vec![],
+                snapshot: true,
+            }));
         }
         for rs in ready.take_read_states() {
             if let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) {
@@ -476,7 +502,11 @@ impl<S: Storage> Core<S> {
             let result = match result {
                 Ok((outcome, effects)) => {
                     if !effects.is_empty() {
-                        out.push(Action::Publish(effects));
+                        out.push(Action::Publish(Published {
+                            index,
+                            effects,
+                            snapshot: false,
+                        }));
                     }
                     Ok(outcome)
                 }
