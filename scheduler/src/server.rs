@@ -21,9 +21,11 @@ use tonic_health::server::{HealthReporter, HealthService};
 
 use crate::api::admin::Admin;
 use crate::api::agents::Agents;
+use crate::api::changes::ChangeLog;
 use crate::api::cluster::Cluster;
 use crate::api::convert::JobLimits;
 use crate::api::jobs::Jobs;
+use crate::api::streams::StreamLimits;
 use crate::api::usage::Usage;
 use crate::api::Auth;
 use crate::control::{self, ControlConfig};
@@ -334,6 +336,8 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         sessions: sessions.clone(),
         limits: config.limits.clone(),
         tasks: tasks.clone(),
+        changes: ChangeLog::start(&replica, &tasks, stop.clone()),
+        streams: StreamLimits::default(),
     };
     let admin = Admin {
         replica: replica.clone(),
@@ -362,9 +366,17 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
     let health = serving_reporter().await;
     let health_service = HealthServer::new(HealthService::from_health_reporter(health.clone()));
     tasks.spawn(not_serving_at(stop.clone(), health));
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(edupool_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Both reflection versions: v1alpha is what older tools still speak
+    // (grpcio-reflection's client, grpcurl before 1.8.8, Postman).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(edupool_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
+    let reflection = reflection()
         .build_v1()
         .map_err(|e| ServerError::Config(format!("reflection: {e}")))?;
 
@@ -377,6 +389,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
         .layer(crate::metrics::ApiMetricsLayer)
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(JobServiceServer::new(jobs).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AdminServiceServer::new(admin).max_decoding_message_size(MAX_REQUEST_BYTES))
         .add_service(AgentServiceServer::new(agents).max_decoding_message_size(MAX_REQUEST_BYTES))

@@ -77,6 +77,8 @@ impl Pool {
                 sessions: sessions.clone(),
                 limits,
                 tasks: tasks.clone(),
+                changes: super::changes::ChangeLog::start(&replica, &tasks, stop.clone()),
+                streams: Default::default(),
             },
             admin: Admin {
                 replica: replica.clone(),

@@ -11,7 +11,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
+use super::changes::ChangeLog;
 use super::convert::{self, JobLimits};
+use super::streams::{self, StreamLimits};
 use super::{deadline, paging, status, Auth, Caller, Rpc};
 use crate::raft::Replica;
 use crate::sessions::Sessions;
@@ -29,6 +31,10 @@ pub struct Jobs {
     pub limits: JobLimits,
     /// Watch streams run here, so shutdown can wait for them.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The recent job changes `WatchJobs` serves.
+    pub changes: ChangeLog,
+    /// Open watch and log streams per tenant.
+    pub streams: StreamLimits,
 }
 
 impl Jobs {
@@ -109,6 +115,101 @@ impl Jobs {
             id: id.to_string(),
             ..Default::default()
         }))
+    }
+
+    /// Up to `max_bytes` (0: the default) of `job`'s log from `offset`,
+    /// from the node its first task ran on (a gang's log is its first
+    /// task's); nothing while it never ran.
+    async fn read_log(
+        &self,
+        job: &Job,
+        stream: i32,
+        offset: u64,
+        max_bytes: u32,
+    ) -> Result<pb::GetJobLogsResponse, Status> {
+        let complete = job.state.is_final();
+        let Some(node) = job.tasks.first().map(|t| t.node.clone()) else {
+            return Ok(pb::GetJobLogsResponse {
+                data: vec![],
+                next_offset: offset,
+                eof: true,
+                complete,
+            });
+        };
+        let max_bytes = match max_bytes {
+            0 => DEFAULT_LOG_CHUNK,
+            n => n.min(MAX_LOG_CHUNK),
+        };
+        let chunk = self
+            .sessions
+            .read_log(
+                &node,
+                pb::LogRequest {
+                    request_id: 0,
+                    job_id: job.id.to_string(),
+                    stream,
+                    offset,
+                    max_bytes,
+                },
+                LOG_TIMEOUT,
+            )
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!("{e}; the job's logs are kept on that node"))
+            })?;
+        if !chunk.error.is_empty() {
+            return Err(Status::not_found(format!(
+                "node '{node}' could not read the log of {}: {}",
+                job.id, chunk.error
+            )));
+        }
+        Ok(pb::GetJobLogsResponse {
+            data: chunk.data,
+            next_offset: chunk.next_offset,
+            eof: chunk.eof,
+            complete,
+        })
+    }
+
+    /// `FollowJobLogs`: sends the log from `offset` as it grows, until the
+    /// job has ended and its log was read to the end. The job's state is
+    /// read before each chunk, so a chunk at the end of a finished job's
+    /// log is really the last.
+    async fn follow_logs(
+        &self,
+        id: JobId,
+        stream: i32,
+        mut offset: u64,
+        tx: streams::Sender<pb::GetJobLogsResponse>,
+    ) {
+        loop {
+            let Some(job) = self.replica.read(|s| s.job(id).cloned()) else {
+                tx.fail(Status::not_found(format!(
+                    "job {id} was archived while its log was followed"
+                )))
+                .await;
+                return;
+            };
+            let chunk = match self.read_log(&job, stream, offset, 0).await {
+                Ok(c) => c,
+                Err(e) => return tx.fail(e).await,
+            };
+            let done = chunk.complete && (chunk.eof || chunk.data.is_empty());
+            let idle = chunk.data.is_empty() || chunk.eof;
+            offset = chunk.next_offset.max(offset + chunk.data.len() as u64);
+            if (!chunk.data.is_empty() || done) && tx.send(chunk).await.is_err() {
+                return;
+            }
+            if done {
+                return;
+            }
+            if idle {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::sleep(streams::LOG_POLL) => {}
+                }
+            }
+        }
     }
 
     fn job_reply(&self, id: JobId) -> Result<pb::Job, Status> {
@@ -359,50 +460,45 @@ impl JobService for Jobs {
         super::read_barrier(&self.replica, &req).await?;
         let job = self.visible_job(&caller, &req.get_ref().id)?;
         let r = req.into_inner();
-        let complete = job.state.is_final();
-        // A gang's log is its first task's.
-        let Some(node) = job.tasks.first().map(|t| t.node.clone()) else {
-            // Never ran (yet): there is no log.
-            return Ok(Response::new(pb::GetJobLogsResponse {
-                data: vec![],
-                next_offset: r.offset,
-                eof: true,
-                complete,
-            }));
-        };
-        let max_bytes = match r.max_bytes {
-            0 => DEFAULT_LOG_CHUNK,
-            n => n.min(MAX_LOG_CHUNK),
-        };
-        let chunk = self
-            .sessions
-            .read_log(
-                &node,
-                pb::LogRequest {
-                    request_id: 0,
-                    job_id: job.id.to_string(),
-                    stream: r.stream,
-                    offset: r.offset,
-                    max_bytes,
-                },
-                LOG_TIMEOUT,
-            )
-            .await
-            .map_err(|e| {
-                Status::unavailable(format!("{e}; the job's logs are kept on that node"))
-            })?;
-        if !chunk.error.is_empty() {
-            return Err(Status::not_found(format!(
-                "node '{node}' could not read the log of {}: {}",
-                job.id, chunk.error
-            )));
+        let chunk = self.read_log(&job, r.stream, r.offset, r.max_bytes).await?;
+        Ok(Response::new(chunk))
+    }
+
+    type FollowJobLogsStream = streams::Events<pb::GetJobLogsResponse>;
+
+    async fn follow_job_logs(
+        &self,
+        req: Request<pb::FollowJobLogsRequest>,
+    ) -> Result<Response<Self::FollowJobLogsStream>, Status> {
+        let caller = self.auth.authorize(&req, Rpc::GetJobLogs).await?;
+        let job = self.visible_job(&caller, &req.get_ref().id)?;
+        let slot = self.streams.open(&caller, "FollowJobLogs")?;
+        let r = req.into_inner();
+        let (tx, rx) = streams::channel(slot);
+        let jobs = self.clone();
+        self.tasks
+            .spawn(async move { jobs.follow_logs(job.id, r.stream, r.offset, tx).await });
+        Ok(Response::new(rx))
+    }
+
+    type WatchJobsStream = streams::Events<pb::WatchJobsEvent>;
+
+    async fn watch_jobs(
+        &self,
+        req: Request<pb::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        let caller = self.auth.authorize(&req, Rpc::WatchJob).await?;
+        let from = req.get_ref().start_revision;
+        if from != 0 {
+            self.changes
+                .check(from)
+                .map_err(|t| streams::too_old(from, t))?;
         }
-        Ok(Response::new(pb::GetJobLogsResponse {
-            data: chunk.data,
-            next_offset: chunk.next_offset,
-            eof: chunk.eof,
-            complete,
-        }))
+        let slot = self.streams.open(&caller, "WatchJobs")?;
+        let (tx, rx) = streams::channel(slot);
+        let log = self.changes.clone();
+        self.tasks.spawn(streams::watch_jobs(log, caller, from, tx));
+        Ok(Response::new(rx))
     }
 
     /// Why the job is where it is: for a pending job, the planner rule

@@ -1,12 +1,14 @@
 //! The gRPC services: `jobs` (tenants), `admin` (cluster admins),
 //! `agents` (node sessions), `cluster` (replica set) and `usage` (ledger,
-//! prices, budgets); authentication;
+//! prices, budgets); the job streams (`streams`, with the change history
+//! in `changes`); authentication;
 //! read consistency; and the one place where domain errors become
 //! `tonic::Status`.
 
 pub mod access;
 pub mod admin;
 pub mod agents;
+pub mod changes;
 pub mod cluster;
 pub mod convert;
 pub mod deadline;
@@ -14,6 +16,7 @@ pub mod jobs;
 pub mod paging;
 pub mod retry_info;
 pub mod security;
+pub mod streams;
 pub mod usage;
 
 #[cfg(test)]
