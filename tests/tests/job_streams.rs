@@ -59,9 +59,11 @@ async fn watch(
     token: &str,
     start_revision: u64,
 ) -> Result<Streaming<pb::WatchJobsEvent>, tonic::Status> {
-    Ok(c.watch_jobs(authed(token, pb::WatchJobsRequest { start_revision }))
-        .await?
-        .into_inner())
+    Ok(
+        c.watch_jobs(authed(token, pb::WatchJobsRequest { start_revision }))
+            .await?
+            .into_inner(),
+    )
 }
 
 /// Events until `job` is seen succeeded.
@@ -99,7 +101,10 @@ async fn watch_jobs_sends_a_tenants_changes_and_resumes_from_a_revision() -> Res
     let theirs = submit(&mut c, &other, "true").await?;
     let mine = submit(&mut c, &zju, "true").await?;
     let got = until_done(&mut events, &mine).await?;
-    assert!(got.iter().all(|(_, id, _)| *id == mine), "{got:?} shows {theirs}");
+    assert!(
+        got.iter().all(|(_, id, _)| *id == mine),
+        "{got:?} shows {theirs}"
+    );
     let states: Vec<i32> = got.iter().map(|g| g.2).collect();
     assert_eq!(states.first(), Some(&(pb::JobState::Pending as i32)));
     assert!(got.windows(2).all(|w| w[0].0 < w[1].0), "{got:?}");
@@ -117,7 +122,11 @@ async fn watch_jobs_sends_a_tenants_changes_and_resumes_from_a_revision() -> Res
         .await
         .expect_err("a revision from before the restart");
     assert_eq!(err.code(), Code::OutOfRange, "{err:?}");
-    assert!(err.message().contains("re-list the jobs"), "{}", err.message());
+    assert!(
+        err.message().contains("re-list the jobs"),
+        "{}",
+        err.message()
+    );
     Ok(())
 }
 
@@ -128,7 +137,12 @@ async fn follow_job_logs_streams_output_until_the_job_ends() -> Result<()> {
     let _agent = s.agent("node-1", "1xA100-80GB", &dir.path().join("agent"))?;
     let mut c = started(&s).await?;
     let zju = tenant(&s, "zju")?;
-    let id = submit(&mut c, &zju, "for i in 1 2 3; do echo line $i; sleep 0.3; done").await?;
+    let id = submit(
+        &mut c,
+        &zju,
+        "for i in 1 2 3; do echo line $i; sleep 0.3; done",
+    )
+    .await?;
     let mut stream = c
         .follow_job_logs(authed(
             &zju,
@@ -150,7 +164,10 @@ async fn follow_job_logs_streams_output_until_the_job_ends() -> Result<()> {
     })
     .await??;
     assert_eq!(String::from_utf8_lossy(&out), "line 1\nline 2\nline 3\n");
-    assert!(last.is_some_and(|c| c.complete), "the last message says complete");
+    assert!(
+        last.is_some_and(|c| c.complete),
+        "the last message says complete"
+    );
     Ok(())
 }
 

@@ -192,6 +192,14 @@ impl Jobs {
             };
             let chunk = match self.read_log(&job, stream, offset, 0).await {
                 Ok(c) => c,
+                // Placed but not started yet: the node has no log so far.
+                Err(e) if e.code() == tonic::Code::NotFound && !job.state.is_final() => {
+                    pb::GetJobLogsResponse {
+                        next_offset: offset,
+                        eof: true,
+                        ..Default::default()
+                    }
+                }
                 Err(e) => return tx.fail(e).await,
             };
             let done = chunk.complete && (chunk.eof || chunk.data.is_empty());
