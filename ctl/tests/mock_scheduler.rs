@@ -73,6 +73,7 @@ fn job(id: &str, state: JobState) -> Job {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
+type Unserved<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl JobService for Mock {
@@ -150,6 +151,24 @@ impl JobService for Mock {
             })
         });
         Ok(Response::new(Box::pin(tokio_stream::iter(events))))
+    }
+
+    type WatchJobsStream = Unserved<edupool_proto::v1::WatchJobsEvent>;
+
+    async fn watch_jobs(
+        &self,
+        _: Request<edupool_proto::v1::WatchJobsRequest>,
+    ) -> Result<Response<Self::WatchJobsStream>, Status> {
+        Err(Status::unimplemented("the mock serves no WatchJobs"))
+    }
+
+    type FollowJobLogsStream = Unserved<GetJobLogsResponse>;
+
+    async fn follow_job_logs(
+        &self,
+        _: Request<edupool_proto::v1::FollowJobLogsRequest>,
+    ) -> Result<Response<Self::FollowJobLogsStream>, Status> {
+        Err(Status::unimplemented("the mock serves no FollowJobLogs"))
     }
 
     async fn get_job_logs(
