@@ -88,6 +88,7 @@ impl Drop for Slot {
 /// status instead of buffering for it.
 pub struct Sender<T> {
     tx: mpsc::Sender<Result<T, Status>>,
+    slow_reader: Duration,
     _slot: Slot,
 }
 
@@ -97,11 +98,17 @@ pub struct Closed;
 
 /// A bounded stream for `slot`'s holder: the sender and the response.
 pub fn channel<T: Send + 'static>(slot: Slot) -> (Sender<T>, Events<T>) {
+    channel_with(slot, SLOW_READER)
+}
+
+fn channel_with<T: Send + 'static>(slot: Slot, slow_reader: Duration) -> (Sender<T>, Events<T>) {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    (
-        Sender { tx, _slot: slot },
-        Box::pin(ReceiverStream::new(rx)),
-    )
+    let tx = Sender {
+        tx,
+        slow_reader,
+        _slot: slot,
+    };
+    (tx, Box::pin(ReceiverStream::new(rx)))
 }
 
 impl<T> Sender<T> {
@@ -109,7 +116,7 @@ impl<T> Sender<T> {
     /// does not make room in time gets an ABORTED status and the stream ends.
     pub async fn send(&self, item: T) -> Result<(), Closed> {
         // Two places: one for the item, one kept for a closing status.
-        match tokio::time::timeout(SLOW_READER, self.tx.reserve_many(2)).await {
+        match tokio::time::timeout(self.slow_reader, self.tx.reserve_many(2)).await {
             Ok(Ok(mut permits)) => {
                 if let Some(p) = permits.next() {
                     p.send(Ok(item));
@@ -120,7 +127,7 @@ impl<T> Sender<T> {
             Err(_) => {
                 let _ = self.tx.try_send(Err(Status::aborted(format!(
                     "the client read nothing for {} s while {STREAM_BUFFER} messages waited; the stream was ended so the server does not buffer for it; read faster, or open it again",
-                    SLOW_READER.as_secs()
+                    self.slow_reader.as_secs_f64()
                 ))));
                 Err(Closed)
             }
@@ -197,5 +204,55 @@ pub async fn watch_jobs(log: ChangeLog, caller: Caller, from: u64, tx: Sender<pb
             _ = tx.closed() => return,
             r = grew.changed() => if r.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio_stream::StreamExt;
+
+    use super::*;
+    use crate::state::Role;
+
+    fn member(tenant: &str) -> Caller {
+        Caller {
+            token_id: "t".into(),
+            name: "t".into(),
+            role: Role::Member,
+            tenant: Some(tenant.into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_takes_nothing_is_ended_with_aborted_and_streams_are_limited_per_tenant() {
+        let limits = StreamLimits::default();
+        let slot = limits.open(&member("zju"), "a test stream").unwrap();
+        let (tx, mut rx) = channel_with::<usize>(slot, Duration::from_millis(50));
+        let mut sent = 0;
+        while tx.send(sent).await.is_ok() {
+            sent += 1;
+        }
+        // One place was kept for the status.
+        assert_eq!(sent, STREAM_BUFFER - 1);
+        drop(tx);
+        let mut got = vec![];
+        while let Some(item) = rx.next().await {
+            got.push(item);
+        }
+        let last = got.pop().unwrap().unwrap_err();
+        assert_eq!(last.code(), tonic::Code::Aborted);
+        assert!(
+            last.message().contains("read nothing for 0.05 s"),
+            "{}",
+            last.message()
+        );
+        assert_eq!(got.len(), sent);
+        // The ended stream's place is free again: all of them can open.
+        for _ in 0..MAX_STREAMS_PER_TENANT {
+            std::mem::forget(limits.open(&member("zju"), "x").unwrap());
+        }
+        let err = limits.open(&member("zju"), "WatchJobs").err().unwrap();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(limits.open(&member("other"), "x").is_ok());
     }
 }
