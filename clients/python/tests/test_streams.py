@@ -116,3 +116,23 @@ def test_reflection_v1alpha_lists_the_services(pool):
         db = grpc_reflection.ProtoReflectionDescriptorDatabase(ch)
         services = set(db.get_services())
     assert {"edupool.v1.JobService", "grpc.health.v1.Health"} <= services
+
+
+def test_the_asyncio_client_submits_follows_and_watches(pool, tenant):
+    import asyncio
+
+    from edupool.aio import AsyncClient
+
+    async def main():
+        async with AsyncClient(pool.endpoints, tenant[1], ca_cert=pool.ca_cert) as c:
+            changes = await c.watch_all()
+            job = await c.submit("echo one; sleep 0.2; echo two", gpus=1)
+            out = b"".join([chunk async for chunk in c.logs(job.id, follow=True)])
+            assert out == b"one\ntwo\n"
+            async for ch in changes:
+                if ch.job.id == job.id and ch.job.done:
+                    break
+            assert (await c.get(job.id)).state == "succeeded"
+            assert [j.id async for j in c.list()] == [job.id]
+
+    asyncio.run(asyncio.wait_for(main(), 60))

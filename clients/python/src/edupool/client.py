@@ -8,7 +8,7 @@ import random
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -35,20 +35,9 @@ def _host_port(endpoint: str) -> str:
     return rest.rstrip("/")
 
 
-class Client:
-    """A connection to an edupool pool.
-
-    `endpoints`: the scheduler replicas, as a list or comma-separated
-    ("sched-1:7070,sched-2:7070"; https:// or http:// may lead). `token`: the
-    tenant's (or an admin's) token; default $EDUPOOL_TOKEN. `ca_cert`: a PEM
-    file (or its bytes) to trust for TLS; default $EDUPOOL_CA_CERT. With
-    neither a CA nor https://, it speaks plaintext (dev pools only).
-
-    Each call goes to the replica that answered last, follows the leader a
-    follower names, tries the other replicas when one is unreachable, waits
-    as long as the server asks on RESOURCE_EXHAUSTED, and gives up after
-    `timeout` seconds in all (each try at most `attempt_timeout`).
-    """
+class _Pool:
+    """What the sync and asyncio clients share: endpoints, credentials,
+    and which replica to try next."""
 
     def __init__(
         self,
@@ -73,15 +62,58 @@ class Client:
         tls = ca_cert is not None or any(e.strip().startswith("https://") for e in raw)
         if isinstance(ca_cert, (str, os.PathLike)):
             ca_cert = Path(ca_cert).read_bytes()
-        self._credentials = grpc.ssl_channel_credentials(root_certificates=ca_cert) if tls else None
+        self._ca = ca_cert
+        self._tls = tls
         self._metadata: List[tuple] = [("authorization", f"Bearer {token}")]
         if stale_ok:
             self._metadata.append(("x-edupool-stale-ok", "true"))
         self._current = self._endpoints[0]
-        self._channels: Dict[str, grpc.Channel] = {}
+        self._channels: Dict[str, Any] = {}
         self._closed = False
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
+
+    def _move_on(self, err: grpc.RpcError, endpoint: str) -> bool:
+        """Picks the replica to try next after `err` at `endpoint`; whether
+        a follower named the leader."""
+        leader = metadata_value(err, _LEADER)
+        if leader:
+            if leader not in self._endpoints:
+                self._endpoints.append(leader)
+            if leader != endpoint:
+                self._current = leader
+                return True
+        if self._current == endpoint:
+            i = self._endpoints.index(endpoint) if endpoint in self._endpoints else -1
+            self._current = self._endpoints[(i + 1) % len(self._endpoints)]
+        return False
+
+    def _wait_before_retry(self, err: grpc.RpcError, endpoint: str, attempt: int) -> Optional[float]:
+        code = err.code()  # type: ignore[attr-defined]
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            # Only a rate limit says when to come back; a full queue does not.
+            return retry_after(err)
+        if code in _RECONNECT:
+            if self._move_on(err, endpoint) and attempt == 0:
+                return 0.0
+            return _backoff(attempt)
+        return None
+
+
+class Client(_Pool):
+    """A connection to an edupool pool.
+
+    `endpoints`: the scheduler replicas, as a list or comma-separated
+    ("sched-1:7070,sched-2:7070"; https:// or http:// may lead). `token`: the
+    tenant's (or an admin's) token; default $EDUPOOL_TOKEN. `ca_cert`: a PEM
+    file (or its bytes) to trust for TLS; default $EDUPOOL_CA_CERT. With
+    neither a CA nor https://, it speaks plaintext (dev pools only).
+
+    Each call goes to the replica that answered last, follows the leader a
+    follower names, tries the other replicas when one is unreachable, waits
+    as long as the server asks on RESOURCE_EXHAUSTED, and gives up after
+    `timeout` seconds in all (each try at most `attempt_timeout`).
+    """
 
     # ------------------------------------------------------------ plumbing
 
@@ -101,35 +133,16 @@ class Client:
     def _channel(self, endpoint: str) -> grpc.Channel:
         ch = self._channels.get(endpoint)
         if ch is None:
-            if self._credentials is not None:
-                ch = grpc.secure_channel(endpoint, self._credentials, options=_OPTIONS)
+            if self._tls:
+                creds = grpc.ssl_channel_credentials(root_certificates=self._ca)
+                ch = grpc.secure_channel(endpoint, creds, options=_OPTIONS)
             else:
                 ch = grpc.insecure_channel(endpoint, options=_OPTIONS)
             self._channels[endpoint] = ch
         return ch
 
     def _stub(self, kind: str, endpoint: Optional[str] = None) -> Any:
-        ch = self._channel(endpoint or self._current)
-        if kind == "jobs":
-            return edupool_pb2_grpc.JobServiceStub(ch)
-        if kind == "usage":
-            return usage_pb2_grpc.UsageServiceStub(ch)
-        return cluster_pb2_grpc.ClusterServiceStub(ch)
-
-    def _move_on(self, err: grpc.RpcError, endpoint: str) -> bool:
-        """Picks the replica to try next after `err` at `endpoint`; whether
-        a follower named the leader."""
-        leader = metadata_value(err, _LEADER)
-        if leader:
-            if leader not in self._endpoints:
-                self._endpoints.append(leader)
-            if leader != endpoint:
-                self._current = leader
-                return True
-        if self._current == endpoint:
-            i = self._endpoints.index(endpoint) if endpoint in self._endpoints else -1
-            self._current = self._endpoints[(i + 1) % len(self._endpoints)]
-        return False
+        return stub(kind, self._channel(endpoint or self._current))
 
     def _call(self, kind: str, method: str, request: Any) -> Any:
         """A unary call with retries (see the class doc)."""
@@ -147,17 +160,6 @@ class Client:
                     raise from_rpc_error(err) from None
                 time.sleep(wait)
                 attempt += 1
-
-    def _wait_before_retry(self, err: grpc.RpcError, endpoint: str, attempt: int) -> Optional[float]:
-        code = err.code()  # type: ignore[attr-defined]
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            # Only a rate limit says when to come back; a full queue does not.
-            return retry_after(err)
-        if code in _RECONNECT:
-            if self._move_on(err, endpoint) and attempt == 0:
-                return 0.0
-            return _backoff(attempt)
-        return None
 
     # ------------------------------------------------------------ jobs
 
@@ -198,18 +200,7 @@ class Client:
         return list(resp.array_job_ids) or [resp.job.id]
 
     def _submit(self, command, gpus, file, request_id, array, fields) -> Any:
-        kwargs: Dict[str, Any] = load_job_file(file) if file is not None else {}
-        if command is not None:
-            kwargs["command"] = command
-        if gpus is not None:
-            kwargs["gpus"] = gpus
-        kwargs.update(fields)
-        if "command" not in kwargs:
-            raise ValueError("command: give the job's command (or a job file with one)")
-        request = pb.SubmitJobRequest(
-            spec=spec(**kwargs), array=array, request_id=request_id or str(uuid.uuid4())
-        )
-        return self._call("jobs", "SubmitJob", request)
+        return self._call("jobs", "SubmitJob", submit_request(command, gpus, file, request_id, array, fields))
 
     def get(self, job_id: str) -> Job:
         """The job now (with its command and env)."""
@@ -225,26 +216,14 @@ class Client:
     ) -> Iterator[Job]:
         """Every job (newest first), page by page as it is iterated. `states`
         filters ("pending", "running", ...); `full` includes command and env."""
-        codes = []
-        for s in states:
-            if s not in STATES:
-                raise ValueError(f"states: {s!r} is not one of {', '.join(STATES)}")
-            codes.append(STATES[s])
-        token = ""
+        request = list_request(states, tenant, full, page_size)
         while True:
-            request = pb.ListJobsRequest(
-                states=codes,
-                tenant=tenant,
-                page_size=page_size,
-                page_token=token,
-                view=pb.JOB_VIEW_FULL if full else pb.JOB_VIEW_SUMMARY,
-            )
             page = self._call("jobs", "ListJobs", request)
             for j in page.jobs:
                 yield Job.from_pb(j)
-            token = page.next_page_token
-            if not token:
+            if not page.next_page_token:
                 return
+            request.page_token = page.next_page_token
 
     def cancel(self, job_id: str, reason: str = "") -> Job:
         """Asks the job to stop; returns it (cancelling or already final)."""
@@ -324,17 +303,7 @@ class Client:
 
     def watch(self, job_id: str) -> Iterator[Job]:
         """The job now, then each change, until it is final."""
-        last: List[Any] = [None]
-
-        def handle(event: Any) -> Iterator[Job]:
-            if event.job != last[0]:
-                last[0] = event.job
-                yield Job.from_pb(event.job)
-
-        def done() -> bool:
-            return last[0] is not None and Job.from_pb(last[0]).done
-
-        return self._stream("WatchJob", lambda: pb.WatchJobRequest(id=job_id), handle, done)
+        return self._stream(*watch_plan(job_id))
 
     def wait(self, job_id: str) -> Job:
         """Blocks until the job is final; returns it."""
@@ -347,58 +316,28 @@ class Client:
     def watch_all(self, start_revision: int = 0) -> Iterator[JobChange]:
         """Every change to the tenant's jobs, as it happens, forever.
 
-        From now (0: every change made after this call returns), or from a revision (a `JobChange.revision` seen
-        before: its changes come again, except those this iterator already
-        gave). Across replica failures and leader changes it resumes where it
-        was, missing nothing; if no replica holds that revision any longer it
-        raises `OutOfRange` (list the jobs, then watch from now)."""
+        From now (0: every change made after this call returns), or from a
+        revision (a `JobChange.revision` seen before: its changes come
+        again, except those this iterator already gave). Across replica
+        failures and leader changes it resumes where it was, missing
+        nothing; if no replica holds that revision any longer it raises
+        `OutOfRange` (list the jobs, then watch from now)."""
         if start_revision == 0:
             # Learn where "now" is before returning, so that every change
             # made after this call returns is seen.
-            opening = self._stream(
-                "WatchJobs", lambda: pb.WatchJobsRequest(start_revision=0), lambda m: iter([m]), lambda: False
-            )
+            opening = self._stream(*opening_plan())
             start_revision = next(opening).revision + 1
             opening.close()
-        state = {"next": start_revision, "rev": -1, "seen": set()}
-
-        def request() -> Any:
-            return pb.WatchJobsRequest(start_revision=state["next"])
-
-        def handle(event: Any) -> Iterator[JobChange]:
-            if not event.HasField("job"):
-                state["next"] = max(state["next"], event.revision + 1)
-                return
-            if event.revision == state["rev"]:
-                if event.job.id in state["seen"]:
-                    return
-            else:
-                state["rev"], state["seen"] = event.revision, set()
-            state["seen"].add(event.job.id)
-            state["next"] = event.revision
-            yield JobChange(event.revision, Job.from_pb(event.job))
-
-        return self._stream("WatchJobs", request, handle, lambda: False)
+        return self._stream(*watch_all_plan(start_revision))
 
     def logs(self, job_id: str, *, follow: bool = False, stderr: bool = False, offset: int = 0) -> Iterator[bytes]:
         """The job's output as chunks of bytes. Without `follow`, what is
         there now; with it, new output as it is written, until the job has
         ended and all of it was read."""
         stream = pb.LOG_STREAM_STDERR if stderr else pb.LOG_STREAM_STDOUT
-        pos = {"offset": offset, "complete": False}
         if not follow:
-            return self._read_logs(job_id, stream, pos)
-
-        def request() -> Any:
-            return pb.FollowJobLogsRequest(id=job_id, stream=stream, offset=pos["offset"])
-
-        def handle(chunk: Any) -> Iterator[bytes]:
-            pos["offset"] = max(chunk.next_offset, pos["offset"] + len(chunk.data))
-            pos["complete"] = chunk.complete and (chunk.eof or not chunk.data)
-            if chunk.data:
-                yield bytes(chunk.data)
-
-        return self._stream("FollowJobLogs", request, handle, lambda: pos["complete"])
+            return self._read_logs(job_id, stream, {"offset": offset})
+        return self._stream(*follow_plan(job_id, stream, offset))
 
     def _read_logs(self, job_id: str, stream: int, pos: Dict[str, Any]) -> Iterator[bytes]:
         while True:
@@ -409,6 +348,104 @@ class Client:
             pos["offset"] = max(chunk.next_offset, pos["offset"] + len(chunk.data))
             if chunk.eof or not chunk.data:
                 return
+
+
+# What a request is, and how a stream's messages become items and when it
+# is done, shared by the sync and asyncio clients. A plan is (method,
+# request(), handle(message) -> items, done()); request() is called on each
+# (re)connection, so it resumes from what was handled.
+Plan = Tuple[str, Callable[[], Any], Callable[[Any], Iterator[Any]], Callable[[], bool]]
+
+
+def stub(kind: str, channel: Any) -> Any:
+    if kind == "jobs":
+        return edupool_pb2_grpc.JobServiceStub(channel)
+    if kind == "usage":
+        return usage_pb2_grpc.UsageServiceStub(channel)
+    return cluster_pb2_grpc.ClusterServiceStub(channel)
+
+
+def submit_request(command, gpus, file, request_id, array, fields) -> Any:
+    kwargs: Dict[str, Any] = load_job_file(file) if file is not None else {}
+    if command is not None:
+        kwargs["command"] = command
+    if gpus is not None:
+        kwargs["gpus"] = gpus
+    kwargs.update(fields)
+    if "command" not in kwargs:
+        raise ValueError("command: give the job's command (or a job file with one)")
+    return pb.SubmitJobRequest(spec=spec(**kwargs), array=array, request_id=request_id or str(uuid.uuid4()))
+
+
+def list_request(states: Iterable[str], tenant: str, full: bool, page_size: int) -> Any:
+    codes = []
+    for s in states:
+        if s not in STATES:
+            raise ValueError(f"states: {s!r} is not one of {', '.join(STATES)}")
+        codes.append(STATES[s])
+    return pb.ListJobsRequest(
+        states=codes,
+        tenant=tenant,
+        page_size=page_size,
+        view=pb.JOB_VIEW_FULL if full else pb.JOB_VIEW_SUMMARY,
+    )
+
+
+def watch_plan(job_id: str) -> Plan:
+    last: List[Any] = [None]
+
+    def handle(event: Any) -> Iterator[Job]:
+        # A reopened stream starts with the job as it is: skip a repeat.
+        if event.job != last[0]:
+            last[0] = event.job
+            yield Job.from_pb(event.job)
+
+    def done() -> bool:
+        return last[0] is not None and Job.from_pb(last[0]).done
+
+    return "WatchJob", lambda: pb.WatchJobRequest(id=job_id), handle, done
+
+
+def opening_plan() -> Plan:
+    return "WatchJobs", lambda: pb.WatchJobsRequest(start_revision=0), lambda m: iter([m]), lambda: False
+
+
+def watch_all_plan(start_revision: int) -> Plan:
+    state: Dict[str, Any] = {"next": start_revision, "rev": -1, "seen": set()}
+
+    def request() -> Any:
+        return pb.WatchJobsRequest(start_revision=state["next"])
+
+    def handle(event: Any) -> Iterator[JobChange]:
+        if not event.HasField("job"):
+            state["next"] = max(state["next"], event.revision + 1)
+            return
+        # Resumed from the last revision: skip the jobs it already gave.
+        if event.revision == state["rev"]:
+            if event.job.id in state["seen"]:
+                return
+        else:
+            state["rev"], state["seen"] = event.revision, set()
+        state["seen"].add(event.job.id)
+        state["next"] = event.revision
+        yield JobChange(event.revision, Job.from_pb(event.job))
+
+    return "WatchJobs", request, handle, lambda: False
+
+
+def follow_plan(job_id: str, stream: int, offset: int) -> Plan:
+    pos: Dict[str, Any] = {"offset": offset, "complete": False}
+
+    def request() -> Any:
+        return pb.FollowJobLogsRequest(id=job_id, stream=stream, offset=pos["offset"])
+
+    def handle(chunk: Any) -> Iterator[bytes]:
+        pos["offset"] = max(chunk.next_offset, pos["offset"] + len(chunk.data))
+        pos["complete"] = chunk.complete and (chunk.eof or not chunk.data)
+        if chunk.data:
+            yield bytes(chunk.data)
+
+    return "FollowJobLogs", request, handle, lambda: pos["complete"]
 
 
 class _Ended(grpc.RpcError):
