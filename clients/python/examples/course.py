@@ -22,6 +22,7 @@ jobs = {
         name=s,
         walltime="1m",
         job_class="batch",
+        image=os.environ.get("EDUPOOL_IMAGE", ""),
     ).id
     for s in STUDENTS
 }

@@ -20,7 +20,9 @@ TRIAL = (
 )
 
 with edupool.Client(os.environ.get("EDUPOOL_ENDPOINT", "127.0.0.1:7070")) as pool:
-    ids = pool.submit_array(len(RATES), ["python3", "-c", TRIAL], gpus=1, name="sweep")
+    ids = pool.submit_array(
+        len(RATES), ["python3", "-c", TRIAL], gpus=1, name="sweep", image=os.environ.get("EDUPOOL_IMAGE", "")
+    )
     print(f"submitted {len(ids)} trials: {ids[0]} .. {ids[-1]}")
     results = {}
     for job_id in ids:

@@ -20,6 +20,8 @@ with edupool.Client(os.environ.get("EDUPOOL_ENDPOINT", "127.0.0.1:7070")) as poo
         job_class="training",
         walltime="10m",
         env={"EPOCHS": "3"},
+        # A root filesystem from the nodes' image store; empty: a host process.
+        image=os.environ.get("EDUPOOL_IMAGE", ""),
     )
     print(f"submitted {job.id}", flush=True)
     for chunk in pool.logs(job.id, follow=True):

@@ -90,7 +90,9 @@ class Pool:
         self.ctl(["pki", "issue-node", node, "--dir", str(self.pki)], json_out=False)
         args = [
             str(bin_dir() / "edupool-agent"), "run", "--scheduler", self.endpoints, "--node-name", node,
-            "--simulate-gpus", gpus, "--work-dir", str(self.root / node), "--allow-root",
+            "--simulate-gpus", gpus, "--work-dir", str(self.root / node),
+            # The tests' jobs are host processes, run as whoever runs the tests.
+            "--allow-root", "--allow-host-jobs",
             "--ca-cert", str(self.ca_cert), "--cert", str(self.pki / f"node-{node}.pem"),
             "--key", str(self.pki / f"node-{node}-key.pem"),
         ]
