@@ -224,7 +224,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_reader_that_takes_nothing_is_ended_with_aborted_and_streams_are_limited_per_tenant() {
+    async fn slow_readers_are_ended_and_streams_limited_per_tenant() {
         let limits = StreamLimits::default();
         let slot = limits.open(&member("zju"), "a test stream").unwrap();
         let (tx, mut rx) = channel_with::<usize>(slot, Duration::from_millis(50));
