@@ -46,6 +46,7 @@ fn spec(gpus: u32, class: JobClass) -> JobSpec {
         constraints: Constraints::default(),
         requeue_on_preempt: true,
         secret_env: Default::default(),
+        image: None,
     }
 }
 
@@ -85,6 +86,8 @@ fn pool(nodes: usize, pending: usize) -> Indexed {
                 node: name.clone(),
                 gpus,
                 agent_version: "bench".into(),
+                images: vec![],
+                allows_host_jobs: true,
             },
         );
         // Three quarters of the nodes are contributed by a member.

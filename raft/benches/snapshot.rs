@@ -43,6 +43,7 @@ fn spec(i: usize) -> JobSpec {
         constraints: Constraints::default(),
         requeue_on_preempt: true,
         secret_env: Default::default(),
+        image: None,
     }
 }
 
@@ -100,6 +101,8 @@ fn pool(nodes: usize, finished: usize, queued: usize) -> State {
                 node,
                 gpus,
                 agent_version,
+                images: vec![],
+                allows_host_jobs: true,
             },
         );
     }

@@ -125,6 +125,8 @@ async fn committed_commands_survive_a_restart() {
         node: "n1".into(),
         gpus: vec![],
         agent_version: "t".into(),
+        images: vec![],
+        allows_host_jobs: true,
     })
     .await
     .unwrap();
@@ -159,6 +161,7 @@ async fn committed_commands_survive_a_restart() {
         constraints: Default::default(),
         requeue_on_preempt: true,
         secret_env: Default::default(),
+        image: None,
     };
     let out = r
         .propose(Command::SubmitJob {

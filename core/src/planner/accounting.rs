@@ -216,6 +216,8 @@ pub struct TenantReport {
     pub class_caps: BTreeMap<JobClass, u32>,
     /// Its pending jobs in the order the planner considers them.
     pub queue: Vec<JobId>,
+    /// Its identity on nodes (see `Tenant::uid_offset`).
+    pub uid_offset: u32,
 }
 
 /// A placement within a guarantee that needed others preempted: how long
@@ -259,6 +261,7 @@ pub fn tenant_reports(state: &Indexed, now: Millis) -> Vec<TenantReport> {
                 equity_milli: t.policy.equity_milli,
                 usage_gpu_seconds: book.share.usage as f64 / 1e3,
                 class_caps: t.policy.class_caps.clone(),
+                uid_offset: t.uid_offset,
                 ..Default::default()
             },
         );

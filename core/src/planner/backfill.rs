@@ -139,8 +139,11 @@ fn earliest_start(
     ends: &HashMap<&str, Vec<(Millis, &Job)>>,
 ) -> Option<Millis> {
     let node = round.index.node(i);
-    let node_free = round.index.free_of(i);
     let spec = &job.spec;
+    if !node.runs(spec) {
+        return None;
+    }
+    let node_free = round.index.free_of(i);
     let milli = spec.milli_per_gpu();
     let eligible: Vec<bool> = (0..node_free.len())
         .map(|pos| {

@@ -18,6 +18,8 @@ pub enum Hold {
     Suspended,
     /// No schedulable node has a GPU of the class or model it asks for.
     NoMatchingGpu,
+    /// No schedulable node has its image (`None`: runs jobs without one).
+    NoSoftware { image: Option<String> },
     /// Above its guarantee and at its borrow limit in every class.
     BorrowLimit { gpu_class: String, limit: u32 },
     /// Its job class has used the tenant's cap for it.
@@ -53,6 +55,14 @@ impl fmt::Display for Hold {
             Hold::NoMatchingGpu => write!(
                 f,
                 "no schedulable node has GPUs of the model or class it asks for (they may be down or cordoned)"
+            ),
+            Hold::NoSoftware { image: Some(image) } => write!(
+                f,
+                "image {image} is on no schedulable node; it runs once an agent reports it (import it with `edupool-agent image import`; `edupoolctl image list` shows which images nodes have)"
+            ),
+            Hold::NoSoftware { image: None } => write!(
+                f,
+                "no schedulable node runs jobs without an image (only agents started with --allow-host-jobs do); submit it with --image NAME (`edupoolctl image list` shows which images nodes have)"
             ),
             Hold::BorrowLimit { gpu_class, limit } => write!(
                 f,
@@ -138,7 +148,18 @@ pub fn explain(state: &Indexed, now: Millis, policy: &Policy, id: JobId) -> Opti
     Some(match job.state {
         JobState::Pending => {
             let (_, hold) = Round::new(state, now, policy, Some(id)).run();
-            hold.unwrap_or(Hold::NotReached).to_string()
+            let hold = hold.unwrap_or(Hold::NotReached);
+            match (&job.spec.image, &hold) {
+                (Some(image), Hold::NoCapacity { .. }) => {
+                    let on = state
+                        .nodes()
+                        .filter(|n| n.schedulable() && n.has_image(image))
+                        .count();
+                    let nodes = if on == 1 { "node" } else { "nodes" };
+                    format!("{hold}; image {image} is on {on} {nodes}, all busy")
+                }
+                _ => hold.to_string(),
+            }
         }
         JobState::Assigned | JobState::Running => format!(
             "{} on {} ({} capacity)",

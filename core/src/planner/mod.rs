@@ -23,6 +23,8 @@ mod preemption;
 mod queue;
 
 #[cfg(test)]
+mod images_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -30,7 +32,8 @@ mod tests;
 use std::collections::HashMap;
 
 use crate::state::{
-    Capacity, Command, Constraints, Indexed, Job, JobClass, JobId, Millis, State, TaskPlacement,
+    Capacity, Command, Constraints, Indexed, Job, JobClass, JobId, JobSpec, Millis, State,
+    TaskPlacement,
 };
 
 use accounting::Books;
@@ -149,7 +152,10 @@ struct Round<'a> {
     /// Smallest task demand (thousandths) found not to fit, per shape:
     /// capacity only shrinks within a round, so a larger job of the same
     /// shape cannot fit either.
-    blocked: HashMap<(Constraints, u32, bool), u32>,
+    blocked: HashMap<(Constraints, Option<String>, u32, bool), u32>,
+    /// Schedulable nodes that run a job of each image (`None`: without
+    /// one), counted when a job of it first fails to fit this round.
+    runners: HashMap<Option<String>, usize>,
 }
 
 /// How a job fared this round.
@@ -174,6 +180,7 @@ impl<'a> Round<'a> {
             reclaims: 0,
             victims: None,
             blocked: HashMap::new(),
+            runners: HashMap::new(),
         }
     }
 
@@ -244,6 +251,7 @@ impl<'a> Round<'a> {
         }
         let shape = (
             spec.constraints.clone(),
+            spec.image.clone(),
             spec.nodes,
             spec.milli_per_gpu() < crate::state::WHOLE_GPU,
         );
@@ -275,6 +283,13 @@ impl<'a> Round<'a> {
                     .or_insert(task);
             }
         }
+        // A job whose software no node has waits for a node that has it,
+        // without preempting or reserving anything for it.
+        if self.runners(spec) == 0 {
+            return Outcome::Held(Hold::NoSoftware {
+                image: spec.image.clone(),
+            });
+        }
         // Within its guarantee: reclaim borrowed GPUs for it (a gang on
         // as many nodes of one site as it has tasks).
         if terms.tier == Tier::Guaranteed {
@@ -303,6 +318,18 @@ impl<'a> Round<'a> {
         Outcome::Held(Hold::NoCapacity {
             within_guarantee: terms.tier == Tier::Guaranteed,
             gang: spec.nodes > 1,
+        })
+    }
+
+    /// How many schedulable nodes run the job's image (or, without one,
+    /// host processes): one walk over the nodes per image and round.
+    fn runners(&mut self, spec: &JobSpec) -> usize {
+        let state = self.state;
+        *self.runners.entry(spec.image.clone()).or_insert_with(|| {
+            state
+                .nodes()
+                .filter(|n| n.schedulable() && n.runs(spec))
+                .count()
         })
     }
 

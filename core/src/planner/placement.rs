@@ -246,7 +246,9 @@ impl<'a> FreeIndex<'a> {
                 .range((milli, 0, 0)..)
                 .take(SCAN_LIMIT)
                 .filter(|(_, i, pos)| {
-                    self.usable(*i, exclude, ends_at) && self.gpu_fits(c, *i, *pos, b)
+                    self.usable(*i, exclude, ends_at)
+                        && self.gpu_fits(c, *i, *pos, b)
+                        && self.node(*i).runs(spec)
                 })
                 .take(CANDIDATES_PER_BUCKET)
             {
@@ -276,7 +278,7 @@ impl<'a> FreeIndex<'a> {
             if fits.len() == CANDIDATES_PER_BUCKET || looser {
                 break;
             }
-            if !self.usable(i, exclude, ends_at) {
+            if !self.usable(i, exclude, ends_at) || !self.node(i).runs(spec) {
                 continue;
             }
             let node_free = self.free_of(i);

@@ -335,11 +335,11 @@ impl<'a> Round<'a> {
         i: usize,
         extra: &BTreeMap<usize, u32>,
     ) -> bool {
-        if self.index.reserved_until(i).is_some() {
+        let spec = &job.spec;
+        if self.index.reserved_until(i).is_some() || !self.index.node(i).runs(spec) {
             return false;
         }
         let node_free = self.index.free_of(i);
-        let spec = &job.spec;
         let milli = spec.milli_per_gpu();
         let usable = (0..node_free.len())
             .filter(|&pos| {

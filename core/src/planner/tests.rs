@@ -72,6 +72,8 @@ impl Pool {
             node: name.into(),
             gpus,
             agent_version: "test".into(),
+            images: vec![],
+            allows_host_jobs: true,
         });
         self.ok(Command::LabelNode {
             node: name.into(),
@@ -724,6 +726,8 @@ fn multi_gpu_jobs_get_nvlink_peers() {
         node: "n1".into(),
         gpus,
         agent_version: "test".into(),
+        images: vec![],
+        allows_host_jobs: true,
     });
     let one = p.submit("zju", job(1, JobClass::Batch));
     let two = p.submit("zju", job(2, JobClass::Batch));

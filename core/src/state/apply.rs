@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use super::command::Command;
+use super::nodes::NodeSoftware;
 use super::outcome::{Applied, Outcome};
 use super::security::{Actor, AuditResult};
 use super::types::*;
@@ -137,7 +138,15 @@ impl State {
                 node,
                 gpus,
                 agent_version,
-            } => self.node_connected(node, gpus, agent_version, at),
+                images,
+                allows_host_jobs,
+            } => {
+                let software = NodeSoftware {
+                    images,
+                    allows_host_jobs,
+                };
+                self.node_connected(node, gpus, agent_version, software, at)
+            }
             Command::NodeDisconnected { node } => self.node_disconnected(&node, at),
             Command::NodeLost { node } => self.node_lost(&node, at),
             Command::SetNodeSchedulable {

@@ -198,6 +198,8 @@ fn command(kind: u8, d: &mut Dice, depth: u32) -> Command {
                 gpus: gpus(d, &node),
                 node,
                 agent_version: d.text(),
+                images: vec![],
+                allows_host_jobs: true,
             }
         }
         5 => Command::NodeDisconnected { node: d.node() },
@@ -455,6 +457,8 @@ fn prelude() -> Vec<(Command, Millis)> {
             node: n.into(),
             gpus: tests_support::gpus(n, count),
             agent_version: "test".into(),
+            images: vec![],
+            allows_host_jobs: true,
         });
     }
     cmds.into_iter().map(|c| (c, 1_000)).collect()

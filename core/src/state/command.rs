@@ -37,11 +37,18 @@ pub enum Command {
         job: JobId,
         reason: String,
     },
-    /// An agent opened a session and reported its GPUs.
+    /// An agent opened a session and reported its GPUs, the images in
+    /// its store and whether it runs jobs without one.
     NodeConnected {
         node: String,
         gpus: Vec<GpuInfo>,
         agent_version: String,
+        #[serde(default)]
+        images: Vec<String>,
+        /// An entry that predates the field came from an agent that ran
+        /// every job as a host process.
+        #[serde(default = "yes")]
+        allows_host_jobs: bool,
     },
     /// An agent's session ended; its jobs are presumed still running.
     NodeDisconnected {
@@ -177,4 +184,8 @@ pub enum Command {
         request_id: String,
         cmd: Box<Command>,
     },
+}
+
+fn yes() -> bool {
+    true
 }

@@ -61,6 +61,8 @@ mod request_ids_tests;
 mod security_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod uid_offset_tests;
 /// Builders for tests, here and in the crates above (feature `test-support`).
 #[cfg(any(test, feature = "test-support"))]
 pub mod tests_support;
@@ -195,8 +197,10 @@ impl From<StoredState> for State {
         );
         let mut accounts = s.accounts;
         accounts.loaded();
+        let mut tenants = s.tenants;
+        tenants::assign_missing_uid_offsets(&mut tenants);
         State {
-            tenants: s.tenants,
+            tenants,
             tokens: s.tokens,
             nodes: s.nodes,
             jobs: s.jobs,

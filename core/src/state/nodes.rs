@@ -9,14 +9,29 @@ use super::outcome::{stop_tasks, Applied, Effect, Outcome, Rejection, TaskEnd};
 use super::types::*;
 use super::State;
 
+/// What a node reported it can run jobs in.
+pub(super) struct NodeSoftware {
+    pub images: Vec<String>,
+    pub allows_host_jobs: bool,
+}
+
 impl State {
     pub(super) fn node_connected(
         &mut self,
         name: String,
         gpus: Vec<GpuInfo>,
         agent_version: String,
+        software: NodeSoftware,
         at: Millis,
     ) -> Applied {
+        let NodeSoftware {
+            mut images,
+            allows_host_jobs,
+        } = software;
+        // Kept sorted so that a lookup is a binary search; the edge has
+        // checked the names and their number.
+        images.sort_unstable();
+        images.dedup();
         let mut effects = vec![];
         let previous = self.nodes.remove(&name);
         let (cordoned, draining) = previous
@@ -64,6 +79,8 @@ impl State {
                 agent_version,
                 status_since: at,
                 labels,
+                images,
+                allows_host_jobs,
             }),
         );
         for (uuid, reason) in unhealthy {

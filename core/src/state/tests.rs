@@ -747,6 +747,8 @@ fn recovery_needs_a_reset_report_then_an_admin() {
             node: "n1".into(),
             gpus: gpus("n1", 4),
             agent_version: "test".into(),
+            images: vec![],
+            allows_host_jobs: true,
         },
         5,
     )
@@ -787,6 +789,8 @@ fn unhealthy_gpu_in_a_hello_is_marked_and_its_job_stopped() {
                 node: "n1".into(),
                 gpus: inventory,
                 agent_version: "test".into(),
+                images: vec![],
+                allows_host_jobs: true,
             },
             8,
         )
@@ -948,6 +952,8 @@ fn failed_gpu_stops_every_fractional_holder_and_keeps_the_holders_over_a_reconne
             node: "n1".into(),
             gpus: gpus("n1", 4),
             agent_version: "test".into(),
+            images: vec![],
+            allows_host_jobs: true,
         },
         3_500,
     )

@@ -66,6 +66,8 @@ pub fn node(s: &mut impl Apply, name: &str, n: u32) {
             node: name.into(),
             gpus: gpus(name, n),
             agent_version: "test".into(),
+            images: vec![],
+            allows_host_jobs: true,
         },
     );
 }
@@ -87,6 +89,7 @@ pub fn spec(gpus: u32, class: JobClass) -> JobSpec {
         constraints: Constraints::default(),
         requeue_on_preempt: true,
         secret_env: Default::default(),
+        image: None,
     }
 }
 

@@ -100,6 +100,11 @@ pub struct JobSpec {
     /// shown by a read (docs/security.md, "Secret environment values").
     #[serde(default)]
     pub secret_env: SecretEnv,
+    /// The root filesystem it runs in, by name in the nodes' image stores
+    /// (see [`valid_image_name`]); `None`: a host process, only on nodes
+    /// that allow host jobs.
+    #[serde(default)]
+    pub image: Option<String>,
 }
 
 /// Secret environment variables of a job. Kept in the replicated spec so
@@ -383,6 +388,12 @@ pub struct Tenant {
     pub created_at: Millis,
     pub policy: TenantPolicy,
     pub usage: Usage,
+    /// Its identity on nodes: its jobs run as uid = gid = the node's
+    /// `--tenant-uid-base` plus this. Assigned when it is created, one
+    /// more than the highest assigned, never reused; 0 only in a snapshot
+    /// that predates the field, until loading it assigns one.
+    #[serde(default)]
+    pub uid_offset: u32,
 }
 
 /// A tenant's GPUs of one class.
@@ -623,6 +634,28 @@ pub struct Node {
     pub agent_version: String,
     pub status_since: Millis,
     pub labels: NodeLabels,
+    /// The images in the node's store, sorted, as its agent reported them.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Its agent runs jobs without an image as host processes. A record
+    /// that predates the field was written for an agent that ran every job
+    /// that way, so it reads `true`.
+    #[serde(default = "yes")]
+    pub allows_host_jobs: bool,
+}
+
+/// The most image names one node may report.
+pub const MAX_NODE_IMAGES: usize = 1024;
+
+/// An image's name as the nodes' stores hold it: 1-128 letters, digits,
+/// `.`, `_`, `-` or `:`, not starting with `.` (so never `.` or `..`, and
+/// never a path).
+pub fn valid_image_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
 }
 
 pub const DEFAULT_SITE: &str = "default";
@@ -645,5 +678,21 @@ impl Node {
 
     pub fn free_gpus(&self) -> impl Iterator<Item = &Gpu> {
         self.gpus.iter().filter(|g| g.is_free())
+    }
+
+    /// Whether the node reports the image (its list is kept sorted).
+    pub fn has_image(&self, image: &str) -> bool {
+        self.images
+            .binary_search_by(|i| i.as_str().cmp(image))
+            .is_ok()
+    }
+
+    /// Whether the node can run the job's software: its image, or, for a
+    /// job without one, host processes.
+    pub fn runs(&self, spec: &JobSpec) -> bool {
+        match &spec.image {
+            Some(image) => self.has_image(image),
+            None => self.allows_host_jobs,
+        }
     }
 }

@@ -109,6 +109,8 @@ impl Pool {
             node: "n1".into(),
             gpus: gpus("n1", 4),
             agent_version: "test".into(),
+            images: vec![],
+            allows_host_jobs: true,
         })
         .await;
         pool

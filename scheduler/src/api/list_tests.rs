@@ -155,6 +155,8 @@ async fn tenants_nodes_and_tokens_page_in_key_order() {
             node: n.into(),
             gpus: gpus(n, 1),
             agent_version: "test".into(),
+            images: vec![],
+            allows_host_jobs: true,
         })
         .await;
     }
@@ -221,6 +223,8 @@ async fn a_gang_counts_every_gpu_it_holds_everywhere() {
             node: n.into(),
             gpus: gpus(n, 4),
             agent_version: "test".into(),
+            images: vec![],
+            allows_host_jobs: true,
         })
         .await;
     }

@@ -320,6 +320,12 @@ impl State {
         if !fits_node(&job.spec.constraints, node) {
             return Err(bad("the node does not meet the job's constraints".into()));
         }
+        if !node.runs(&job.spec) {
+            return Err(bad(match &job.spec.image {
+                Some(image) => format!("it does not have image {image}"),
+                None => "it does not run jobs without an image".into(),
+            }));
+        }
         let milli = job.spec.milli_per_gpu();
         let mut class: Option<String> = None;
         for uuid in &t.gpus {

@@ -265,6 +265,8 @@ impl Replay<'_> {
                     node: node.clone(),
                     gpus,
                     agent_version: "simulated".into(),
+                    images: vec![],
+                    allows_host_jobs: true,
                 };
                 self.apply(connect, at).expect("a new node connects");
                 let labels = NodeLabels {
@@ -373,6 +375,7 @@ impl Replay<'_> {
                 constraints: Constraints::default(),
                 requeue_on_preempt: true,
                 secret_env: Default::default(),
+                image: None,
             };
             let cmd = Command::SubmitJob {
                 tenant: self.members[job.tenant].name.clone(),
