@@ -75,6 +75,11 @@ pub fn start_message(s: &State, id: JobId, node: &str) -> Option<pb::SchedulerMe
             task_index: index as u32,
             task_count: nodes.len() as u32,
             task_nodes: nodes,
+            image: j.spec.image.clone().unwrap_or_default(),
+            data_level: u32::from(j.spec.constraints.data_level),
+            // A tenant is never removed, so a placed job's is there; 0
+            // (no offset) would only follow a broken state.
+            tenant_uid_offset: s.tenant(&j.tenant).map_or(0, |t| t.uid_offset),
             ..Default::default()
         })),
     })
@@ -313,6 +318,8 @@ async fn check_liveness(
                         node,
                         gpus: hello.gpus,
                         agent_version: hello.agent_version,
+                        images: hello.software.images,
+                        allows_host_jobs: hello.software.allows_host_jobs,
                     });
                 }
             }
@@ -329,6 +336,11 @@ async fn check_liveness(
             }
             _ => {}
         }
+    }
+    // Tenants without a uid offset: created by an earlier version, or
+    // whose creation's assignment did not commit.
+    if replica.read(|s| s.uid_offsets_missing()) {
+        commands.push(Command::AssignUidOffsets);
     }
     for cmd in commands {
         if let Err(e) = replica.propose(cmd).await {

@@ -19,6 +19,8 @@ use crate::state::GpuInfo;
 pub struct Hello {
     pub gpus: Vec<GpuInfo>,
     pub agent_version: String,
+    /// Its images and whether it runs host jobs, checked.
+    pub software: crate::api::convert::Software,
 }
 
 #[derive(Clone, Default)]

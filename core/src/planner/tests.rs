@@ -25,6 +25,7 @@ impl Pool {
                 token_hash: format!("hash-{t}"),
             });
         }
+        p.ok(Command::AssignUidOffsets);
         p
     }
 

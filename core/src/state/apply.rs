@@ -41,6 +41,7 @@ impl Command {
             | Command::PreemptJob { job, .. } => Reach::Job(*job),
             Command::Audited { cmd, .. } | Command::SubmitOnce { cmd, .. } => cmd.reach(),
             Command::CreateTenant { .. }
+            | Command::AssignUidOffsets
             | Command::SubmitJob { .. }
             | Command::SubmitArray { .. }
             | Command::SetTenantQuota { .. }
@@ -123,6 +124,7 @@ impl State {
     fn apply_command(&mut self, cmd: Command, at: Millis) -> Applied {
         match cmd {
             Command::CreateTenant { name, token_hash } => self.create_tenant(name, token_hash, at),
+            Command::AssignUidOffsets => self.assign_uid_offsets(),
             Command::SubmitJob { tenant, spec } => self.submit_job(tenant, spec, at),
             Command::SubmitArray {
                 tenant,

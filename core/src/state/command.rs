@@ -19,6 +19,12 @@ pub enum Command {
         name: String,
         token_hash: String,
     },
+    /// Gives every tenant without a uid offset one (see
+    /// `Tenant::uid_offset`). The leader proposes it after creating a
+    /// tenant and whenever it sees a tenant without one (tenants of a
+    /// snapshot or log from before offsets existed), so that every replica
+    /// assigns them at the same entry, however it came by those tenants.
+    AssignUidOffsets,
     SubmitJob {
         tenant: String,
         spec: JobSpec,

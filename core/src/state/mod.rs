@@ -197,10 +197,8 @@ impl From<StoredState> for State {
         );
         let mut accounts = s.accounts;
         accounts.loaded();
-        let mut tenants = s.tenants;
-        tenants::assign_missing_uid_offsets(&mut tenants);
         State {
-            tenants,
+            tenants: s.tenants,
             tokens: s.tokens,
             nodes: s.nodes,
             jobs: s.jobs,

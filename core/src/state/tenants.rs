@@ -18,9 +18,6 @@ impl State {
         if self.tenants.contains_key(&name) {
             return Err(Rejection::TenantExists(name));
         }
-        let Some(uid_offset) = next_uid_offset(&self.tenants) else {
-            return Err(Rejection::inconsistent("every tenant uid offset is taken"));
-        };
         self.tokens.insert(token_hash, name.clone());
         self.tenants.insert(
             name.clone(),
@@ -29,7 +26,8 @@ impl State {
                 created_at: at,
                 policy: TenantPolicy::default(),
                 usage: Usage::default(),
-                uid_offset,
+                // Given by the `AssignUidOffsets` that follows.
+                uid_offset: 0,
             },
         );
         Ok((Outcome::Tenant(name), vec![]))
@@ -53,21 +51,35 @@ fn next_uid_offset(tenants: &BTreeMap<String, Tenant>) -> Option<u32> {
     highest.checked_add(1)
 }
 
-/// Gives the tenants of a snapshot that predates uid offsets (offset 0)
-/// theirs, in the order they were created (creation time, then name): the
-/// order in which replaying their creation would have assigned them, so a
-/// replica that loads such a snapshot and one that replays the log agree.
-pub(super) fn assign_missing_uid_offsets(tenants: &mut BTreeMap<String, Tenant>) {
-    let mut missing: Vec<(Millis, String)> = tenants
-        .values()
-        .filter(|t| t.uid_offset == 0)
-        .map(|t| (t.created_at, t.name.clone()))
-        .collect();
-    missing.sort_unstable();
-    for (_, name) in missing {
-        let next = next_uid_offset(tenants).unwrap_or(u32::MAX);
-        if let Some(t) = tenants.get_mut(&name) {
-            t.uid_offset = next;
+impl State {
+    /// Gives every tenant without a uid offset (0) the next ones, in the
+    /// order they were created (creation time, then name).
+    pub(super) fn assign_uid_offsets(&mut self) -> Applied {
+        let mut missing: Vec<(Millis, String)> = self
+            .tenants
+            .values()
+            .filter(|t| t.uid_offset == 0)
+            .map(|t| (t.created_at, t.name.clone()))
+            .collect();
+        missing.sort_unstable();
+        let highest = self.tenants.values().map(|t| t.uid_offset).max().unwrap_or(0);
+        let fits = u32::try_from(missing.len())
+            .ok()
+            .and_then(|n| highest.checked_add(n));
+        if fits.is_none() {
+            return Err(Rejection::inconsistent("every tenant uid offset is taken"));
         }
+        for (_, name) in missing {
+            let next = next_uid_offset(&self.tenants).unwrap_or(u32::MAX);
+            if let Some(t) = self.tenants.get_mut(&name) {
+                t.uid_offset = next;
+            }
+        }
+        Ok((Outcome::None, vec![]))
+    }
+
+    /// Whether some tenant has no uid offset yet (see `AssignUidOffsets`).
+    pub fn uid_offsets_missing(&self) -> bool {
+        self.tenants.values().any(|t| t.uid_offset == 0)
     }
 }

@@ -40,6 +40,7 @@ pub fn tenant(s: &mut impl Apply, name: &str) {
             token_hash: format!("hash-of-{name}"),
         },
     );
+    apply_ok(s, Command::AssignUidOffsets);
 }
 
 pub fn gpus(node: &str, n: u32) -> Vec<GpuInfo> {

@@ -389,9 +389,9 @@ pub struct Tenant {
     pub policy: TenantPolicy,
     pub usage: Usage,
     /// Its identity on nodes: its jobs run as uid = gid = the node's
-    /// `--tenant-uid-base` plus this. Assigned when it is created, one
-    /// more than the highest assigned, never reused; 0 only in a snapshot
-    /// that predates the field, until loading it assigns one.
+    /// `--tenant-uid-base` plus this. Given by `AssignUidOffsets` right
+    /// after it is created: one more than the highest assigned, never
+    /// reused. 0: not assigned yet.
     #[serde(default)]
     pub uid_offset: u32,
 }

@@ -106,6 +106,12 @@ impl AdminService for Admin {
             ))
             .await
             .map_err(status)?;
+        // Its uid offset, in an entry of its own so that every replica
+        // assigns it at the same point of the log (the leader's control
+        // loop retries it if this fails).
+        if let Err(e) = self.replica.propose(Command::AssignUidOffsets).await {
+            tracing::warn!(tenant = name, "uid offset not assigned yet: {e}");
+        }
         let tenant = self
             .replica
             .read(|s| tenant_view(s, &name))

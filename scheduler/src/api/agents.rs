@@ -70,6 +70,8 @@ impl AgentService for Agents {
         if self.require_node_cert {
             crate::tls::check_node(identity.as_ref(), &hello.node_name)?;
         }
+        let software =
+            convert::software(&hello).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let gpus = convert::inventory(&hello.node_name, hello.gpus)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let node = hello.node_name;
@@ -84,6 +86,7 @@ impl AgentService for Agents {
         let inventory = Hello {
             gpus: gpus.clone(),
             agent_version: agent_version.clone(),
+            software: software.clone(),
         };
         let session = self.sessions.open(&node, inventory, tx, now_millis());
         self.replica
@@ -91,6 +94,8 @@ impl AgentService for Agents {
                 node: node.clone(),
                 gpus,
                 agent_version,
+                images: software.images,
+                allows_host_jobs: software.allows_host_jobs,
             })
             .await
             .map_err(|e| {

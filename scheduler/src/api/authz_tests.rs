@@ -105,6 +105,7 @@ impl Pool {
             })
             .await;
         }
+        pool.propose(Command::AssignUidOffsets).await;
         pool.propose(Command::NodeConnected {
             node: "n1".into(),
             gpus: gpus("n1", 4),

@@ -9,8 +9,8 @@ use thiserror::Error;
 
 use crate::planner::accounting::TenantReport;
 use crate::state::{
-    Constraints, GpuInfo, Job, JobClass, JobId, JobSpec, JobState, JobUsage, Millis, Node,
-    NodeLabels, NodeStatus, OnNodeLost, Quota, SecretEnv, WHOLE_GPU,
+    valid_image_name, Constraints, GpuInfo, Job, JobClass, JobId, JobSpec, JobState, JobUsage, Millis, Node,
+    NodeLabels, NodeStatus, OnNodeLost, Quota, SecretEnv, MAX_NODE_IMAGES, WHOLE_GPU,
 };
 
 /// Bounds on what a job spec may hold, and the pool's defaults.
@@ -113,6 +113,8 @@ pub enum SpecError {
         "invalid {field} '{value}': use at most {MAX_NAME_LEN} letters, digits, '-', '_' or '.'"
     )]
     BadLabel { field: &'static str, value: String },
+    #[error("invalid image '{0}': an image name is 1-128 letters, digits, '.', '_', '-' or ':', not starting with '.' (`edupoolctl image list` shows the nodes' images)")]
+    BadImage(String),
     #[error("site and preferred_site are both set and differ ('{site}' vs '{preferred}'); a required site leaves no choice")]
     ConflictingSites { site: String, preferred: String },
 }
@@ -214,6 +216,7 @@ pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec
     let (nodes, constraints) = policy_fields(&mut spec, limits)?;
     let env = check_env(spec.env)?;
     let secret_env = check_secret_env(spec.secret_env, &env)?;
+    let image = image(std::mem::take(&mut spec.image))?;
     let class = match pb::JobClass::try_from(spec.class) {
         Ok(pb::JobClass::Unspecified | pb::JobClass::Batch) => JobClass::Batch,
         Ok(pb::JobClass::Inference) => JobClass::Inference,
@@ -260,7 +263,17 @@ pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec
         constraints,
         requeue_on_preempt: !spec.no_requeue_on_preempt,
         secret_env,
+        image,
     })
+}
+
+/// A spec's image: empty is none (a host process).
+fn image(name: String) -> Result<Option<String>, SpecError> {
+    match name.as_str() {
+        "" => Ok(None),
+        n if valid_image_name(n) => Ok(Some(name)),
+        n => Err(SpecError::BadImage(truncate(n))),
+    }
 }
 
 fn or_default(v: u64, default: u64) -> u64 {
@@ -549,6 +562,7 @@ fn spec_summary(s: &JobSpec) -> pb::JobSpec {
         data_level: u32::from(s.constraints.data_level),
         no_requeue_on_preempt: !s.requeue_on_preempt,
         secret_env: Default::default(),
+        image: s.image.clone().unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -636,6 +650,8 @@ pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
             data_level: u32::from(n.labels.data_level),
             gpu_class: n.labels.gpu_class.clone().unwrap_or_default(),
         }),
+        images: n.images.clone(),
+        allows_host_jobs: n.allows_host_jobs,
         ..Default::default()
     }
 }
@@ -773,6 +789,7 @@ pub fn tenant_view(r: &TenantReport) -> pb::TenantPolicyView {
             .map(|(c, n)| (c.name().to_string(), *n))
             .collect(),
         queue: r.queue.iter().map(|j| j.to_string()).collect(),
+        uid_offset: r.uid_offset,
         ..Default::default()
     }
 }
@@ -787,6 +804,48 @@ pub enum InventoryError {
     EmptyUuid { index: u32 },
     #[error("GPU UUID {0} is reported twice")]
     DuplicateUuid(String),
+    #[error("the agent reported {0} images; at most {MAX_NODE_IMAGES} per node are supported")]
+    TooManyImages(usize),
+    #[error("the agent reported an invalid image name '{0}': an image name is 1-128 letters, digits, '.', '_', '-' or ':', not starting with '.'")]
+    BadImage(String),
+}
+
+/// What a node can run jobs in, as its agent reported it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Software {
+    /// The images in its store, sorted, each once.
+    pub images: Vec<String>,
+    pub allows_host_jobs: bool,
+}
+
+/// Checks the images an agent reports (their number before anything is
+/// allocated from them, then each name) and whether it runs host jobs.
+///
+/// A hello with none of the fields its agent reports about the host (CPU,
+/// memory, images, host jobs: AgentHello 5-8) comes from an agent that
+/// predates them, which runs every job as a host process: such a node is
+/// taken to allow host jobs, as it always did (docs/policy.md, "Images").
+pub fn software(hello: &pb::AgentHello) -> Result<Software, InventoryError> {
+    if hello.images.len() > MAX_NODE_IMAGES {
+        return Err(InventoryError::TooManyImages(hello.images.len()));
+    }
+    let mut images = Vec::with_capacity(hello.images.len());
+    for name in &hello.images {
+        if !valid_image_name(name) {
+            return Err(InventoryError::BadImage(truncate(name)));
+        }
+        images.push(name.clone());
+    }
+    images.sort_unstable();
+    images.dedup();
+    let predates = hello.cpu_millicores == 0
+        && hello.memory_bytes == 0
+        && images.is_empty()
+        && !hello.allows_host_jobs;
+    Ok(Software {
+        images,
+        allows_host_jobs: hello.allows_host_jobs || predates,
+    })
 }
 
 /// NVLink peers kept per GPU (NVML has at most 18 links).

@@ -24,6 +24,8 @@ mod authz_tests;
 #[cfg(test)]
 mod convert_proptests;
 #[cfg(test)]
+mod images_tests;
+#[cfg(test)]
 mod input_tests;
 #[cfg(test)]
 mod list_tests;
