@@ -4,6 +4,7 @@
 //! - [`inventory`]: the [`GpuInventory`](inventory::GpuInventory) trait and
 //!   its backends: NVML for real GPUs, and simulated GPUs from specs like
 //!   `4xA100-80GB` with telemetry curves and injectable faults.
+//! - [`images`]: the node's image store and `image import`.
 //! - [`health`]: the agent's judgement of each GPU's health, from driver
 //!   events and telemetry; changes go to the scheduler.
 //! - `telemetry` (private): the sampler and the health event watcher, both

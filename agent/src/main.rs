@@ -40,6 +40,36 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the GPUs this agent would report to the scheduler.
     Inventory(InventoryArgs),
+    /// The node's image store: the root filesystems jobs run in.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Put an image into the store as STORE/NAME/rootfs: from an OCI image
+    /// layout (checked against its digests, layers applied in order with
+    /// their whiteouts), a root filesystem directory, or a root filesystem
+    /// tarball (.tar or .tar.gz). Nothing is written outside the image's
+    /// root, and the image appears whole or not at all.
+    #[command(after_help = "Examples:\n  \
+        skopeo copy docker-archive:pytorch.tar oci:/tmp/pytorch:latest\n  \
+        edupool-agent image import --image-store /var/lib/edupool/images \\\n      \
+        --name pytorch-2.3 /tmp/pytorch\n  \
+        edupool-agent image import --image-store /var/lib/edupool/images \\\n      \
+        --name busybox rootfs.tar.gz")]
+    Import {
+        /// The image store (the agent's --image-store)
+        #[arg(long, env = "EDUPOOL_IMAGE_STORE", value_name = "DIR")]
+        image_store: PathBuf,
+        /// The image's name in the store: 1-128 letters, digits, '.', '_',
+        /// '-' or ':', not starting with '.'; jobs ask for it with --image
+        #[arg(long)]
+        name: String,
+        /// An OCI image layout directory, a root filesystem directory, or
+        /// a root filesystem tarball
+        source: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -287,6 +317,20 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => run_agent(*args),
         Command::Inventory(args) => print_inventory(args),
+        Command::Image(ImageCommand::Import {
+            image_store,
+            name,
+            source,
+        }) => {
+            let done = edupool_agent::images::import::import(&image_store, &name, &source)?;
+            println!(
+                "imported {name} ({} {}) into {}",
+                done.layers,
+                if done.layers == 1 { "layer" } else { "layers" },
+                done.rootfs.display()
+            );
+            Ok(())
+        }
     }
 }
 

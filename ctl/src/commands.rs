@@ -298,16 +298,7 @@ impl<W: Write> Ctl<W> {
 
     /// `node list`.
     pub async fn list_nodes(&mut self) -> Result<Vec<Node>, CommandError> {
-        let client = &mut self.clients.admin;
-        let nodes = paging::walk(None, async |page_token, _| {
-            let request = ListNodesRequest {
-                page_size: 0,
-                page_token,
-            };
-            let r = client.list_nodes(request).await?.into_inner();
-            Ok::<_, CommandError>((r.nodes, r.next_page_token))
-        })
-        .await?;
+        let nodes = self.fetch_nodes().await?;
         match self.format {
             OutputFormat::Table if nodes.is_empty() => writeln!(self.out, "no nodes")?,
             OutputFormat::Table => self
@@ -318,6 +309,21 @@ impl<W: Write> Ctl<W> {
             }
         }
         self.out.flush()?;
+        Ok(nodes)
+    }
+
+    /// Every node, all pages, printing nothing.
+    pub async fn fetch_nodes(&mut self) -> Result<Vec<Node>, CommandError> {
+        let client = &mut self.clients.admin;
+        let nodes = paging::walk(None, async |page_token, _| {
+            let request = ListNodesRequest {
+                page_size: 0,
+                page_token,
+            };
+            let r = client.list_nodes(request).await?.into_inner();
+            Ok::<_, CommandError>((r.nodes, r.next_page_token))
+        })
+        .await?;
         Ok(nodes)
     }
 

@@ -20,6 +20,7 @@
 //! site: hangzhou              # required site; or preferred_site
 //! data_level: 2               # data classification 0-3
 //! requeue_on_preempt: false   # default true
+//! image: pytorch-2.3          # optional; the nodes' image store holds it (`edupoolctl image list`)
 //! ```
 //!
 //! Unknown fields are rejected, so a misspelt field never goes unnoticed.
@@ -253,6 +254,10 @@ pub struct JobFile {
     /// Go back to the queue when preempted (the default), or end failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requeue_on_preempt: Option<bool>,
+    /// The root filesystem it runs in, by name in the nodes' image stores;
+    /// without one it runs as a host process, only on nodes that allow it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 fn is_zero(n: &i32) -> bool {
@@ -283,6 +288,7 @@ impl JobFile {
             preferred_site: None,
             data_level: None,
             requeue_on_preempt: None,
+            image: None,
         }
     }
 
@@ -375,6 +381,7 @@ impl JobFile {
             preferred_site: self.preferred_site.clone().unwrap_or_default(),
             data_level: self.data_level.unwrap_or(0),
             no_requeue_on_preempt: self.requeue_on_preempt == Some(false),
+            image: self.image.clone().unwrap_or_default(),
             ..JobSpec::default()
         };
         spec.set_class(self.class.into());

@@ -9,6 +9,8 @@
 //! - [`failover`]: running a command across the replicas, retrying what is
 //!   safe to retry, within an overall deadline.
 //! - [`cluster`]: the `cluster` commands (replicas, leadership, backups).
+//! - [`images`]: `image list` and `node show` (the nodes' image stores
+//!   and host-job permission).
 //! - [`commands`]: one method per CLI command, writing its result to any
 //!   [`Write`](std::io::Write).
 //! - [`output`]: tables for people (drawn by `edupool-table`) and JSON
@@ -34,6 +36,7 @@ pub mod client;
 pub mod cluster;
 pub mod commands;
 pub mod failover;
+pub mod images;
 pub mod jobfile;
 pub mod output;
 pub mod paging;

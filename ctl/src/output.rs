@@ -93,6 +93,9 @@ pub struct JobView {
     /// GPU energy over all attempts, joules.
     #[serde(default)]
     pub energy_joules: f64,
+    /// The image it runs in; `null`: a host process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl From<&Job> for JobView {
@@ -127,6 +130,7 @@ impl From<&Job> for JobView {
             preemptions: job.preemptions,
             gpu_seconds: job.gpu_seconds,
             energy_joules: job.energy_joules,
+            image: non_empty(&spec.image),
         }
     }
 }
@@ -215,6 +219,12 @@ pub struct NodeView {
     pub running_jobs: u32,
     pub last_seen_at: Option<String>,
     pub agent_version: Option<String>,
+    /// The images in its store.
+    #[serde(default)]
+    pub images: Vec<String>,
+    /// Its agent runs jobs without an image as host processes.
+    #[serde(default)]
+    pub allows_host_jobs: bool,
 }
 
 impl From<&Node> for NodeView {
@@ -229,6 +239,8 @@ impl From<&Node> for NodeView {
             running_jobs: node.running_jobs,
             last_seen_at: timestamp(node.last_seen_ms),
             agent_version: non_empty(&node.agent_version),
+            images: node.images.clone(),
+            allows_host_jobs: node.allows_host_jobs,
         }
     }
 }
@@ -359,6 +371,9 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
         ("gpus", job_gpus(&spec)),
         ("command", shell_words(&spec.command)),
     ];
+    if !spec.image.is_empty() {
+        fields.push(("image", spec.image.clone()));
+    }
     if env.is_empty() {
         fields.push(("env", "-".to_owned()));
     }
@@ -526,6 +541,55 @@ pub fn node_table(nodes: &[Node], now: SystemTime) -> String {
     }
     let mut out = table.render();
     out.push_str(&unhealthy_gpu_table(nodes));
+    out
+}
+
+/// `node show`: one `key: value` line per field, then its GPUs.
+pub fn node_detail(node: &Node, now: SystemTime) -> String {
+    let labels = node.labels.clone().unwrap_or_default();
+    let last_seen = if node.last_seen_ms > 0 {
+        format!("{} ago", age(node.last_seen_ms, now))
+    } else {
+        "-".to_owned()
+    };
+    let fields = [
+        ("node", node.name.clone()),
+        ("status", node_status_name(node.status).to_owned()),
+        ("schedulable", node_schedulability(node).to_owned()),
+        (
+            "gpus",
+            format!("{} ({} free)", node.gpus.len(), free_gpus(node)),
+        ),
+        ("models", models(&node.gpus)),
+        ("running", node.running_jobs.to_string()),
+        ("owner", dash(&labels.owner)),
+        ("site", dash(&labels.site)),
+        ("data level", labels.data_level.to_string()),
+        (
+            "images",
+            if node.images.is_empty() {
+                "-".to_owned()
+            } else {
+                node.images.join(", ")
+            },
+        ),
+        (
+            "host jobs",
+            if node.allows_host_jobs {
+                "allowed (jobs without an image run as host processes)".to_owned()
+            } else {
+                "not allowed (only jobs with an image run here)".to_owned()
+            },
+        ),
+        ("agent", dash(&node.agent_version)),
+        ("last seen", last_seen),
+    ];
+    let mut out = String::new();
+    for (key, value) in fields {
+        let key = format!("{key}:");
+        let _ = writeln!(out, "{key:<12} {}", one_line(&value));
+    }
+    out.push_str(&unhealthy_gpu_table(std::slice::from_ref(node)));
     out
 }
 

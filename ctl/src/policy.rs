@@ -59,6 +59,8 @@ pub struct TenantPolicyJson {
     pub running_jobs: u32,
     pub class_caps: std::collections::BTreeMap<String, u32>,
     pub queue: Vec<String>,
+    /// Its jobs run as uid = gid = the node's `--tenant-uid-base` plus this.
+    pub uid_offset: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -99,6 +101,7 @@ impl From<&TenantPolicyView> for TenantPolicyJson {
             running_jobs: t.running_jobs,
             class_caps: t.class_caps.clone().into_iter().collect(),
             queue: t.queue.clone(),
+            uid_offset: t.uid_offset,
         }
     }
 }
@@ -147,6 +150,13 @@ pub fn tenant_detail(t: &TenantPolicyView) -> String {
             },
         ),
         ("queue", queue),
+        (
+            "identity",
+            format!(
+                "uid offset {0}: its jobs run as uid = gid = the node's tenant uid base + {0}",
+                t.uid_offset
+            ),
+        ),
     ];
     for (k, v) in lines {
         out.push_str(&format!("{:<11} {v}\n", format!("{k}:")));

@@ -195,6 +195,12 @@ pub struct PolicyArgs {
     /// End the job failed if it is preempted, instead of requeueing it
     #[arg(long)]
     no_requeue_on_preempt: bool,
+
+    /// Run in this image from the nodes' image stores (`edupoolctl image
+    /// list`); without one the job runs as a host process, only on nodes
+    /// whose agent allows that
+    #[arg(long, value_name = "NAME")]
+    image: Option<String>,
 }
 
 /// A submission made ready before any connection: a bad job file is
@@ -338,6 +344,7 @@ pub fn build_spec(args: SubmitArgs) -> anyhow::Result<JobSpec> {
     if p.no_requeue_on_preempt {
         file.requeue_on_preempt = Some(false);
     }
+    file.image = p.image.or(file.image);
     Ok(file.to_spec()?)
 }
 

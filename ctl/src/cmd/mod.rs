@@ -4,6 +4,7 @@
 mod audit;
 mod budget;
 mod cluster;
+mod image;
 mod job;
 mod node;
 mod pki;
@@ -24,6 +25,7 @@ pub use self::{
     audit::AuditCommand,
     budget::BudgetCommand,
     cluster::ClusterCommand,
+    image::ImageCommand,
     job::{JobCommand, Submission},
     node::NodeCommand,
     pki::PkiCommand,
@@ -41,6 +43,9 @@ pub enum Command {
     /// List nodes and take them in and out of service (admins)
     #[command(subcommand)]
     Node(NodeCommand),
+    /// The images in the nodes' stores, and which nodes have each
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Create, list, configure and suspend tenants (admins)
     #[command(subcommand)]
     Tenant(TenantCommand),
@@ -75,6 +80,7 @@ impl Command {
         match self {
             Command::Job(c) => c.is_repeatable(),
             Command::Node(c) => c.is_repeatable(),
+            Command::Image(c) => c.is_repeatable(),
             Command::Tenant(c) => c.is_repeatable(),
             Command::Cluster(c) => c.is_repeatable(),
             Command::Usage(c) => c.is_repeatable(),
@@ -97,6 +103,7 @@ impl Command {
         match self {
             Command::Job(c) => c.run(ctl, submission).await,
             Command::Node(c) => c.run(ctl).await,
+            Command::Image(c) => c.run(ctl).await,
             Command::Tenant(c) => c.run(ctl).await,
             Command::Cluster(c) => c.run(ctl).await,
             Command::Usage(c) => c.run(ctl, usage_format).await,

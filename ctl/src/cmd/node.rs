@@ -11,6 +11,12 @@ use edupoolctl::commands::{Ctl, NodeAction};
 pub enum NodeCommand {
     /// List nodes, their GPUs and their state
     List,
+    /// One node: its state, labels, GPUs, images and whether it runs jobs
+    /// without an image
+    Show {
+        /// The node's name
+        name: String,
+    },
     /// Place no new jobs on a node; running jobs go on
     Cordon {
         /// The node's name
@@ -56,15 +62,18 @@ pub enum NodeCommand {
 }
 
 impl NodeCommand {
-    /// Whether running it twice does no harm: only `list`.
+    /// Whether running it twice does no harm: only the reads.
     pub fn is_repeatable(&self) -> bool {
-        matches!(self, NodeCommand::List)
+        matches!(self, NodeCommand::List | NodeCommand::Show { .. })
     }
 
     pub async fn run(&self, ctl: &mut Ctl<io::Stdout>) -> anyhow::Result<()> {
         match self {
             NodeCommand::List => {
                 ctl.list_nodes().await?;
+            }
+            NodeCommand::Show { name } => {
+                ctl.show_node(name).await?;
             }
             NodeCommand::Cordon { name } => {
                 ctl.node_action(name, NodeAction::Cordon).await?;

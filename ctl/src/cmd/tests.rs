@@ -96,6 +96,37 @@ fn flags_override_the_job_file() {
 }
 
 #[test]
+fn an_image_comes_from_the_flag_or_the_job_file() {
+    let inline = submit_spec(&[
+        "job",
+        "submit",
+        "--gpus",
+        "1",
+        "--image",
+        "pytorch-2.3",
+        "--",
+        "a",
+    ]);
+    assert_eq!(inline.unwrap().image, "pytorch-2.3");
+    let host = submit_spec(&["job", "submit", "--gpus", "1", "--", "a"]).unwrap();
+    assert_eq!(host.image, "");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.yaml");
+    std::fs::write(&path, "command: [a]\ngpus: 1\nimage: busybox\n").unwrap();
+    let path = path.to_str().unwrap();
+    assert_eq!(
+        submit_spec(&["job", "submit", "-f", path]).unwrap().image,
+        "busybox"
+    );
+    let spec = submit_spec(&["job", "submit", "-f", path, "--image", "other"]).unwrap();
+    assert_eq!(spec.image, "other");
+    // The reads: repeatable.
+    for read in [&["image", "list"][..], &["node", "show", "gpu-01"]] {
+        assert!(parse(read).unwrap().command.is_repeatable(), "{read:?}");
+    }
+}
+
+#[test]
 fn secret_env_comes_from_flags_and_a_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("s.env");
