@@ -112,9 +112,8 @@ fn a_placement_on_a_node_without_the_image_is_rejected() {
         (host, "it does not run jobs without an image"),
         (other, "it does not have image pytorch-2.3"),
     ] {
-        let err = p
-            .s
-            .apply(
+        let err =
+            p.s.apply(
                 Command::PlaceJob {
                     job: id,
                     tasks: vec![TaskPlacement {

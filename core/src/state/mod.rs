@@ -61,11 +61,11 @@ mod request_ids_tests;
 mod security_tests;
 #[cfg(test)]
 mod tests;
-#[cfg(test)]
-mod uid_offset_tests;
 /// Builders for tests, here and in the crates above (feature `test-support`).
 #[cfg(any(test, feature = "test-support"))]
 pub mod tests_support;
+#[cfg(test)]
+mod uid_offset_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;

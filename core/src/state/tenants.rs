@@ -62,7 +62,12 @@ impl State {
             .map(|t| (t.created_at, t.name.clone()))
             .collect();
         missing.sort_unstable();
-        let highest = self.tenants.values().map(|t| t.uid_offset).max().unwrap_or(0);
+        let highest = self
+            .tenants
+            .values()
+            .map(|t| t.uid_offset)
+            .max()
+            .unwrap_or(0);
         let fits = u32::try_from(missing.len())
             .ok()
             .and_then(|n| highest.checked_add(n));

@@ -9,8 +9,8 @@ use thiserror::Error;
 
 use crate::planner::accounting::TenantReport;
 use crate::state::{
-    valid_image_name, Constraints, GpuInfo, Job, JobClass, JobId, JobSpec, JobState, JobUsage, Millis, Node,
-    NodeLabels, NodeStatus, OnNodeLost, Quota, SecretEnv, MAX_NODE_IMAGES, WHOLE_GPU,
+    valid_image_name, Constraints, GpuInfo, Job, JobClass, JobId, JobSpec, JobState, JobUsage,
+    Millis, Node, NodeLabels, NodeStatus, OnNodeLost, Quota, SecretEnv, MAX_NODE_IMAGES, WHOLE_GPU,
 };
 
 /// Bounds on what a job spec may hold, and the pool's defaults.

@@ -100,10 +100,7 @@ async fn the_start_order_carries_image_data_level_and_the_tenants_uid_offset() {
     assert!(!nodes[0].allows_host_jobs);
     let tenant = p
         .admin
-        .get_tenant(req(
-            ADMIN_SECRET,
-            pb::GetTenantRequest { name: "c".into() },
-        ))
+        .get_tenant(req(ADMIN_SECRET, pb::GetTenantRequest { name: "c".into() }))
         .await
         .unwrap()
         .into_inner()
