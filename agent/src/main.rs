@@ -54,9 +54,9 @@ enum ImageCommand {
     /// root, and the image appears whole or not at all.
     #[command(after_help = "Examples:\n  \
         skopeo copy docker-archive:pytorch.tar oci:/tmp/pytorch:latest\n  \
-        edupool-agent image import --image-store /var/lib/edupool/images \\\n      \
+        edupool-agent image import --image-store /var/lib/edupool-agent/images \\\n      \
         --name pytorch-2.3 /tmp/pytorch\n  \
-        edupool-agent image import --image-store /var/lib/edupool/images \\\n      \
+        edupool-agent image import --image-store /var/lib/edupool-agent/images \\\n      \
         --name busybox rootfs.tar.gz")]
     Import {
         /// The image store (the agent's --image-store)
