@@ -152,10 +152,12 @@ pub fn tenant_detail(t: &TenantPolicyView) -> String {
         ("queue", queue),
         (
             "identity",
-            format!(
-                "uid offset {0}: its jobs run as uid = gid = the node's tenant uid base + {0}",
-                t.uid_offset
-            ),
+            match t.uid_offset {
+                0 => "uid offset not assigned yet (the scheduler assigns it shortly)".to_owned(),
+                n => format!(
+                    "uid offset {n}: its jobs run as uid = gid = the node's tenant uid base + {n}"
+                ),
+            },
         ),
     ];
     for (k, v) in lines {
@@ -385,6 +387,23 @@ pub fn parse_weight(text: &str) -> Result<u32, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_show_explains_the_uid_offset() {
+        let mut t = TenantPolicyView {
+            name: "zju".into(),
+            uid_offset: 3,
+            ..Default::default()
+        };
+        let shown = tenant_detail(&t);
+        assert!(
+            shown.contains("\nidentity:   uid offset 3: its jobs run as uid = gid = the node's tenant uid base + 3\n"),
+            "{shown}"
+        );
+        assert_eq!(TenantPolicyJson::from(&t).uid_offset, 3);
+        t.uid_offset = 0;
+        assert!(tenant_detail(&t).contains("uid offset not assigned yet"));
+    }
 
     #[test]
     fn counts_and_weights_parse() {
