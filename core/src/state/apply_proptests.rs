@@ -102,6 +102,9 @@ fn spec(d: &mut Dice) -> JobSpec {
     spec.priority = d.pick(&[0, 0, 5, i32::MIN, i32::MAX]);
     spec.on_node_lost = d.pick(&[OnNodeLost::Requeue, OnNodeLost::Fail]);
     spec.requeue_on_preempt = d.flip();
+    if d.roll().is_multiple_of(5) {
+        spec.image = Some(d.pick(&["busybox", "torch"]).to_string());
+    }
     if d.roll().is_multiple_of(4) {
         spec.constraints = Constraints {
             gpu_model: d.maybe(|d| d.pick(&MODELS).to_string()),
@@ -177,7 +180,8 @@ fn command(kind: u8, d: &mut Dice, depth: u32) -> Command {
             name: d.tenant(),
             token_hash: format!("h{}", d.roll() % 3),
         },
-        1 | 27 | 28 => Command::SubmitJob {
+        28 => Command::AssignUidOffsets,
+        1 | 27 => Command::SubmitJob {
             // Mostly the tenants of the prelude, so that many are accepted.
             tenant: d.pick(&["a", "a", "b", "c"]).to_string(),
             spec: spec(d),
@@ -198,8 +202,8 @@ fn command(kind: u8, d: &mut Dice, depth: u32) -> Command {
                 gpus: gpus(d, &node),
                 node,
                 agent_version: d.text(),
-                images: vec![],
-                allows_host_jobs: true,
+                images: d.pick(&[vec![], vec![], vec!["busybox".to_string()]]),
+                allows_host_jobs: !d.roll().is_multiple_of(5),
             }
         }
         5 => Command::NodeDisconnected { node: d.node() },
