@@ -54,13 +54,16 @@ enum ImageCommand {
     /// root, and the image appears whole or not at all.
     #[command(after_help = "Examples:\n  \
         skopeo copy docker-archive:pytorch.tar oci:/tmp/pytorch:latest\n  \
-        edupool-agent image import --image-store /var/lib/edupool-agent/images \\\n      \
-        --name pytorch-2.3 /tmp/pytorch\n  \
-        edupool-agent image import --image-store /var/lib/edupool-agent/images \\\n      \
-        --name busybox rootfs.tar.gz")]
+        edupool-agent image import --name pytorch-2.3 /tmp/pytorch\n  \
+        edupool-agent image import --image-store /shared/images --name busybox rootfs.tar.gz")]
     Import {
         /// The image store (the agent's --image-store)
-        #[arg(long, env = "EDUPOOL_IMAGE_STORE", value_name = "DIR")]
+        #[arg(
+            long,
+            env = "EDUPOOL_IMAGE_STORE",
+            value_name = "DIR",
+            default_value = "/var/lib/edupool-agent/images"
+        )]
         image_store: PathBuf,
         /// The image's name in the store: 1-128 letters, digits, '.', '_',
         /// '-' or ':', not starting with '.'; jobs ask for it with --image
