@@ -4,7 +4,6 @@
 //! - [`inventory`]: the [`GpuInventory`](inventory::GpuInventory) trait and
 //!   its backends: NVML for real GPUs, and simulated GPUs from specs like
 //!   `4xA100-80GB` with telemetry curves and injectable faults.
-//! - [`images`]: the node's image store and `image import`.
 //! - [`health`]: the agent's judgement of each GPU's health, from driver
 //!   events and telemetry; changes go to the scheduler.
 //! - `telemetry` (private): the sampler and the health event watcher, both
@@ -15,7 +14,8 @@
 //!   allowed, as host processes in their own process group; walltime, stop
 //!   with a grace period, logs, and a record per job until the scheduler
 //!   forgets it.
-//! - [`images`]: the node's image store (unpacked root filesystems).
+//! - [`images`]: the node's image store (unpacked root filesystems) and
+//!   `image import`.
 //! - `session` (private): the `AgentService.Session` stream to the
 //!   scheduler, reopened with backoff over a list of endpoints.
 //! - [`config`]: [`AgentConfig`] and its validation.

@@ -67,19 +67,11 @@ pub struct Imported {
     pub layers: usize,
 }
 
-/// An image's name as the store holds it (the pool's rule, checked again
-/// by the scheduler when the agent reports its images).
-pub fn valid_image_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
-}
-
 /// Imports `source` into `store` as image `name`.
 pub fn import(store: &Path, name: &str, source: &Path) -> Result<Imported, ImportError> {
-    if !valid_image_name(name) {
+    // The store's rule (checked again by the scheduler when the agent
+    // reports its images).
+    if super::store::validate_image_name(name).is_err() {
         return Err(ImportError::BadName(name.to_owned()));
     }
     let dest = store.join(name);
