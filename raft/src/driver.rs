@@ -5,8 +5,9 @@
 //! snapshots and shutdown, feeds each to the step, then has the step
 //! handle raft's `Ready` and performs the actions it returns, in order:
 //! messages to the peers' links, snapshots and entries written to redb
-//! (on blocking threads), effects published to the edges, and the
-//! proposers, readers and leadership watchers told. A proposal is matched
+//! (on blocking threads), effects published to the edges, applied
+//! entries handed to copies of the state (`feed`), and the proposers,
+//! readers and leadership watchers told. A proposal is matched
 //! to its reply by the id the step gives it, never by queue order.
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ReplicaConfig;
+use crate::feed::Feed;
 use crate::machine::Machine;
 use crate::metrics::RaftMetrics;
 use crate::snapshots::{Snapshots, Waiter};
@@ -90,6 +92,7 @@ pub(crate) fn start(
     config: &ReplicaConfig,
     store: RaftStore,
     machine: Arc<RwLock<Machine>>,
+    feed: Feed,
     before_save: Option<BeforeSave>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
@@ -137,6 +140,7 @@ pub(crate) fn start(
         core: Core::new(node, store.peers(), rand::random::<u64>() >> 1),
         store,
         machine,
+        feed,
         applied: applied.clone(),
         leadership: lead_tx,
         status: status_tx,
@@ -211,6 +215,8 @@ struct Driver {
     core: Core<RaftStore>,
     store: RaftStore,
     machine: Arc<RwLock<Machine>>,
+    /// Where applied entries go on to copies of the state.
+    feed: Feed,
     applied: broadcast::Sender<AppliedEffects>,
     leadership: watch::Sender<Leadership>,
     status: watch::Sender<RaftStatus>,
@@ -392,6 +398,8 @@ impl Driver {
                     let routes = peers.clone();
                     blocking(move || store.apply_snapshot(&snapshot, &peers)).await?;
                     self.transport.set_peers(&routes);
+                    // Copies of the state miss what the snapshot holds.
+                    self.feed.cut();
                     tracing::info!(index, "installed a snapshot from the leader");
                 }
                 Action::SaveConfState { conf, peers } => {
@@ -423,6 +431,7 @@ impl Driver {
                     blocking(move || store.set_commit(commit)).await?;
                 }
                 Action::Inconsistent => crate::refused::count(&self.metrics),
+                Action::Applied(entries) => self.feed.publish(entries),
             }
         }
         Ok(())

@@ -13,6 +13,9 @@
 //!   waiters); `snapshots` decides when it takes a snapshot.
 //! - `replica`: the `Replica` handle the scheduler holds; `config` its
 //!   settings.
+//! - `feed`: the entries the driver applied, handed on in bounded
+//!   batches; `mirror`: a private copy of the state kept current from
+//!   them, which the leader's planner reads without the driver's lock.
 //! - `transport`: peer messages over the tonic `RaftService`, batched per
 //!   peer through bounded queues.
 //! - `snapshot`: the versioned snapshot envelope; restore from a backup.
@@ -28,9 +31,11 @@ mod config;
 mod driver;
 #[cfg(feature = "failpoints")]
 pub mod failpoints;
+mod feed;
 mod logger;
 mod machine;
 mod metrics;
+mod mirror;
 pub mod peer_auth;
 mod refused;
 mod replica;
@@ -43,6 +48,8 @@ mod storage;
 mod transport;
 
 #[cfg(test)]
+mod mirror_tests;
+#[cfg(test)]
 mod replica_tests;
 #[cfg(test)]
 mod sim;
@@ -51,6 +58,7 @@ pub use config::ReplicaConfig;
 pub use driver::{AppliedEffects, DriverEnd};
 pub use machine::{apply_entry, LogEntry};
 pub use metrics::RaftMetrics;
+pub use mirror::{CatchUp, Mirror, FEED_CAPACITY};
 pub use replica::Replica;
 pub use snapshot::{replay_data_dir, restore_backup, SnapshotEnvelope, SNAPSHOT_FORMAT};
 pub use status::{MemberStatus, RaftStatus, Role};

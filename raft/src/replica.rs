@@ -1,6 +1,7 @@
 //! The handle on a local replica that the rest of the scheduler holds:
-//! propose commands, read the applied state, follow leadership, status
-//! and applied effects, change membership, take snapshots. `start` opens
+//! propose commands, read the applied state or keep a private copy of it
+//! (`mirror`), follow leadership, status and applied effects, change
+//! membership, take snapshots. `start` opens
 //! the store and starts the driver (`driver`), which does the work.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +15,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ReplicaConfig;
 use crate::driver::{self, AppliedEffects, DriverEnd, Request};
+use crate::feed::Feed;
 use crate::machine::Machine;
 use crate::metrics::RaftMetrics;
+use crate::mirror::{Mirror, FEED_CAPACITY};
 use crate::snapshot::{SnapshotEnvelope, SNAPSHOT_FORMAT};
 use crate::snapshotter::BeforeSave;
 use crate::status::RaftStatus;
@@ -29,6 +32,8 @@ pub struct Replica {
     id: u64,
     requests: mpsc::Sender<Request>,
     machine: Arc<RwLock<Machine>>,
+    /// Applied entries, for copies of the state (`mirror`).
+    feed: Feed,
     applied: broadcast::Sender<AppliedEffects>,
     leadership: watch::Receiver<Leadership>,
     status: watch::Receiver<RaftStatus>,
@@ -82,10 +87,12 @@ impl Replica {
             state: Indexed::new(state),
             applied,
         }));
+        let feed = Feed::default();
         let started = driver::start(
             &config,
             store,
             machine.clone(),
+            feed.clone(),
             before_save,
             shutdown,
             tracker,
@@ -94,6 +101,7 @@ impl Replica {
             id: config.id,
             requests: started.requests,
             machine,
+            feed,
             applied: started.applied,
             leadership: started.leadership,
             status: started.status,
@@ -219,10 +227,28 @@ impl Replica {
     /// The applied index and the SHA-256 (hex) of the serialized state at
     /// that index: replicas at the same index show the same hash.
     pub fn state_hash(&self) -> (u64, String) {
-        use sha2::{Digest, Sha256};
         let m = self.machine.read().expect("state lock poisoned");
-        let bytes = serde_json::to_vec(m.state.state()).expect("the state always serializes");
-        (m.applied, hex::encode(Sha256::digest(bytes)))
+        (m.applied, hash(m.state.state()))
+    }
+
+    /// A private copy of the applied state, kept current from the
+    /// entries the driver applies: a long reader (the planner) reads it
+    /// without holding the driver's lock. Copying takes the read lock
+    /// once, for as long as cloning the state takes.
+    pub fn mirror(&self) -> Mirror {
+        Mirror::start(self.machine.clone(), self.feed.clone(), FEED_CAPACITY)
+    }
+
+    /// `mirror`, with a feed of `capacity` batches.
+    #[cfg(test)]
+    pub(crate) fn mirror_with_capacity(&self, capacity: usize) -> Mirror {
+        Mirror::start(self.machine.clone(), self.feed.clone(), capacity)
+    }
+
+    /// Drops every copy from the feed, as installing a snapshot does.
+    #[cfg(test)]
+    pub(crate) fn cut_feed(&self) {
+        self.feed.cut();
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<AppliedEffects> {
@@ -285,6 +311,13 @@ impl Replica {
             transport: self.transport.clone(),
         }
     }
+}
+
+/// The SHA-256 (hex) of a state's JSON form.
+pub(crate) fn hash(state: &State) -> String {
+    use sha2::{Digest, Sha256};
+    let bytes = serde_json::to_vec(state).expect("the state always serializes");
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Starts a new cluster's log with a snapshot at index 1 that holds the

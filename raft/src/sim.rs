@@ -184,7 +184,8 @@ impl Sim {
                 Action::Leadership(_)
                 | Action::Route(_)
                 | Action::Publish(_)
-                | Action::Inconsistent => {}
+                | Action::Inconsistent
+                | Action::Applied(_) => {}
             }
         }
     }

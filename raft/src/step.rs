@@ -135,6 +135,9 @@ pub enum Action {
     /// A committed entry was refused as inconsistent (and logged with its
     /// index): count it.
     Inconsistent,
+    /// These committed entries were applied, in this order: hand them to
+    /// whoever keeps a copy of the state (`feed`).
+    Applied(Vec<Entry>),
 }
 
 /// A `Ready` being handled, from [`Core::ready`] to [`Core::advance`].
@@ -482,16 +485,20 @@ impl<S: Storage> Core<S> {
         machine: &RwLock<Machine>,
         out: &mut Vec<Action>,
     ) -> Result<(), StorageError> {
-        for entry in entries {
+        // The answers go last, after the entries are handed to copies of
+        // the state: a proposer answered finds its entry in its copy's
+        // feed.
+        let mut answers = Vec::new();
+        for entry in &entries {
             let index = entry.index;
             let result = match entry.get_entry_type() {
                 EntryType::EntryNormal => {
                     let mut m = machine.write().expect("state lock poisoned");
                     m.applied = index;
-                    apply_entry(&mut m.state, &entry)
+                    apply_entry(&mut m.state, entry)
                 }
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => {
-                    let r = self.apply_conf_change(&entry, out);
+                    let r = self.apply_conf_change(entry, out);
                     machine.write().expect("state lock poisoned").applied = index;
                     r?
                 }
@@ -518,10 +525,14 @@ impl<S: Storage> Core<S> {
                 .and_then(|id| Some(id).zip(self.pending.remove(&id)));
             if let Some((id, at)) = proposal {
                 self.pending_at.remove(&at);
-                out.push(Action::Answer { id, result });
+                answers.push(Action::Answer { id, result });
             }
-            self.drop_lost_proposals(index, out);
+            self.drop_lost_proposals(index, &mut answers);
         }
+        if !entries.is_empty() {
+            out.push(Action::Applied(entries));
+        }
+        out.extend(answers);
         Ok(())
     }
 
