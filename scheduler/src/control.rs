@@ -1,7 +1,10 @@
 //! Leader-only loops that close the gap between the log and the world:
 //!
 //! - effect delivery: orders produced by applied commands go to agents;
-//! - planning: the pure planner's decisions are proposed as commands;
+//! - planning: the pure planner's decisions are proposed as commands. It
+//!   plans on its own copy of the state (`Mirror`), kept current from the
+//!   entries the driver applies, so a round holds no lock and the driver
+//!   never waits for it; the copy lives only while this replica leads;
 //! - liveness: nodes whose agents are gone become down, then lost.
 //!
 //! Followers run none of these; a new leader starts them afresh, and the
@@ -13,13 +16,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use edupool_proto::v1 as pb;
 use edupool_proto::v1::scheduler_message::Msg as Down;
-use prometheus::Histogram;
+use prometheus::{Histogram, IntCounter};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::planner;
-use crate::raft::Replica;
+use crate::raft::{Mirror, Replica};
 use crate::sessions::Sessions;
 use crate::state::{Command, Effect, JobId, JobState, Millis, NodeStatus, State};
 
@@ -35,6 +38,8 @@ pub struct ControlConfig {
     pub policy: planner::Policy,
     /// Where each planning round's duration is observed.
     pub planner_round: Histogram,
+    /// Counts the planner's copy of the state taken afresh.
+    pub view_resyncs: IntCounter,
 }
 
 pub fn now_millis() -> Millis {
@@ -151,11 +156,14 @@ async fn lead(
     let mut liveness_tick = tokio::time::interval(Duration::from_millis(500));
     let mut absent_since: HashMap<String, Instant> = HashMap::new();
     let mut replan = true;
+    // The planner's copy of the state: here between rounds, kept current
+    // as entries apply; inside the round while one runs.
+    let mut mirror: Option<Mirror> = Some(replica.mirror());
     // The round whose decisions are being committed. It runs beside this
     // loop, which keeps delivering effects meanwhile (a loop waiting on
     // its own proposals would fall behind the effect stream); the next
     // round starts only once its decisions are applied.
-    let mut round: Option<AbortOnDropHandle<bool>> = None;
+    let mut round: Option<AbortOnDropHandle<(Mirror, bool)>> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -176,18 +184,30 @@ async fn lead(
                 }
                 Err(RecvError::Closed) => return,
             },
+            caught = async { mirror.as_mut().expect("the copy at hand").follow().await }, if mirror.is_some() => {
+                config.view_resyncs.inc_by(caught.resynced.into());
+            }
             _ = plan_tick.tick(), if round.is_none() => {
                 if replan {
                     replan = false;
                     let (replica, config) = (replica.clone(), config.clone());
+                    // A round that failed took its copy with it: copy again.
+                    let view = mirror.take().unwrap_or_else(|| replica.mirror());
                     round = Some(AbortOnDropHandle::new(tokio::spawn(async move {
-                        plan_round(&replica, &config.policy, &config.planner_round).await
+                        plan_round(&replica, view, &config).await
                     })));
                 }
             }
-            full = async { round.as_mut().expect("a round in flight").await }, if round.is_some() => {
+            done = async { round.as_mut().expect("a round in flight").await }, if round.is_some() => {
                 round = None;
-                if full.unwrap_or(true) || replan {
+                let full = match done {
+                    Ok((view, full)) => {
+                        mirror = Some(view);
+                        full
+                    }
+                    Err(_) => true,
+                };
+                if full || replan {
                     // The round stopped at its budget, or work arrived
                     // while its decisions were committing: plan again
                     // without idling a tick. The commit wait batches
@@ -271,13 +291,18 @@ fn deliver(replica: &Replica, sessions: &Sessions, effects: &[Effect]) -> bool {
     replan
 }
 
-/// One planning round; true if another round may place more. Preempted
-/// jobs free their GPUs only after their grace period, so a round that
-/// preempted is followed by more rounds as they exit.
-async fn plan_round(replica: &Replica, policy: &planner::Policy, timing: &Histogram) -> bool {
+/// One planning round on `view`, brought up to date first; returns the
+/// copy and whether another round may place more. Preempted jobs free
+/// their GPUs only after their grace period, so a round that preempted is
+/// followed by more rounds as they exit. The previous round's decisions
+/// were answered only after the feed had them, so the copy holds them.
+async fn plan_round(replica: &Replica, mut view: Mirror, config: &ControlConfig) -> (Mirror, bool) {
+    let policy = &config.policy;
+    let caught = view.catch_up();
+    config.view_resyncs.inc_by(caught.resynced.into());
     let now = now_millis();
-    let timer = timing.start_timer();
-    let decisions = replica.read(|s| planner::plan(s, now, policy));
+    let timer = config.planner_round.start_timer();
+    let decisions = planner::plan(view.state(), now, policy);
     timer.observe_duration();
     let full = decisions.len() >= policy.max_decisions;
     // All of a round's decisions go to the log at once, in the planner's
@@ -290,7 +315,7 @@ async fn plan_round(replica: &Replica, policy: &planner::Policy, timing: &Histog
             tracing::debug!("planner decision not applied: {e}");
         }
     }
-    full
+    (view, full)
 }
 
 async fn check_liveness(

@@ -326,6 +326,7 @@ pub async fn serve(bound: Bound, shutdown: CancellationToken) -> Result<(), Serv
             session_timeout: config.heartbeat_interval * 3,
             policy: Default::default(),
             planner_round: crate::metrics::edge().planner_round.clone(),
+            view_resyncs: crate::metrics::edge().planner_view_resyncs.clone(),
         },
         stop.clone(),
     ));

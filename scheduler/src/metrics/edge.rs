@@ -5,8 +5,8 @@
 //! They are process-wide (one set per scheduler process) and registered
 //! once. The scheduler's own edges name them (`edge().api_requests`); the
 //! replicated log and the control loop are handed theirs at start
-//! (`edge().raft`, `edge().planner_round`), so no code below the metrics
-//! calls up into them.
+//! (`edge().raft`, `edge().planner_round`, `edge().planner_view_resyncs`),
+//! so no code below the metrics calls up into them.
 
 use std::sync::LazyLock;
 
@@ -29,6 +29,9 @@ pub struct Edge {
     pub placement_latency: Histogram,
     /// Wall time of one planning call (the pure planner over the state).
     pub planner_round: Histogram,
+    /// Times the planner's copy of the state was taken afresh from the
+    /// driver's because it missed applied entries.
+    pub planner_view_resyncs: IntCounter,
     /// Agent sessions opened (a reconnecting agent opens a new one).
     pub agent_sessions_opened: IntCounter,
     /// Jobs ordered to stop so a tenant below its guarantee gets GPUs, by
@@ -108,6 +111,11 @@ impl Edge {
                 "Duration of one planning round: the planner computing its decisions over the state.",
                 latency_buckets(),
             ),
+            planner_view_resyncs: IntCounter::new(
+                "edupool_planner_view_resyncs_total",
+                "Times the leader's planner copied the applied state afresh because its copy missed entries (its feed was full, or a snapshot was installed).",
+            )
+            .expect("valid metric"),
             agent_sessions_opened: IntCounter::new(
                 "edupool_agent_sessions_opened_total",
                 "Agent sessions opened on this replica.",
@@ -135,6 +143,7 @@ impl Edge {
         registry.register(Box::new(self.queue_delay.clone()))?;
         registry.register(Box::new(self.placement_latency.clone()))?;
         registry.register(Box::new(self.planner_round.clone()))?;
+        registry.register(Box::new(self.planner_view_resyncs.clone()))?;
         registry.register(Box::new(self.agent_sessions_opened.clone()))?;
         registry.register(Box::new(self.preemptions.clone()))?;
         registry.register(Box::new(self.reclaim_latency.clone()))?;
