@@ -62,7 +62,18 @@ impl Scrape {
     /// The current metrics in Prometheus text format.
     pub fn render(&self) -> prometheus::Result<String> {
         let mut families = self.registry.gather();
-        families.extend(self.replica.read(|s| pool::families(s, now_millis())));
+        // The pool gauges walk every GPU and node: at 10,000 nodes, in a
+        // debug build, 660 ms against 60 ms to copy the state (jobs and
+        // nodes are shared behind `Arc`s). So the driver's lock is held
+        // only for the copy. The indexes the tenant gauges read are built
+        // first, on the state itself, so the copy carries them and the
+        // driver keeps them exact from then on, as when they were built
+        // under the lock.
+        let copy = self.replica.read(|s| {
+            let _ = (s.contributed(), s.holdings());
+            s.clone()
+        });
+        families.extend(pool::families(&copy, now_millis()));
         families.extend(self.replica_families());
         // A pool without nodes or tenants yet has empty families, which
         // the text format cannot carry.
