@@ -21,11 +21,13 @@ use crate::{Replica, ReplicaConfig};
 
 /// A log entry at `index` holding `cmd`.
 fn entry(index: u64, cmd: Command) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = 1;
+    let mut e = Entry {
+        index,
+        term: 1,
+        data: LogEntry::encode(cmd, 1_000 + index as i64).into(),
+        ..Default::default()
+    };
     e.set_entry_type(EntryType::EntryNormal);
-    e.data = LogEntry::encode(cmd, 1_000 + index as i64).into();
     e
 }
 
