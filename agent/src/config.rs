@@ -84,6 +84,10 @@ pub struct AgentConfig {
     pub cgroup_parent: PathBuf,
     /// Where the cgroup file system is mounted.
     pub cgroup_root: PathBuf,
+    /// The CPU and memory jobs may use here (after the system reserve),
+    /// as reported to the scheduler; 0 reports none, and then no job that
+    /// asks for CPU or memory is placed here.
+    pub host: crate::host::HostResources,
 }
 
 /// Which container runtime the agent uses.
@@ -179,6 +183,7 @@ impl AgentConfig {
             pids_limit: DEFAULT_PIDS_LIMIT,
             cgroup_parent: PathBuf::from(DEFAULT_CGROUP_PARENT),
             cgroup_root: PathBuf::from("/sys/fs/cgroup"),
+            host: crate::host::HostResources::default(),
         }
     }
 

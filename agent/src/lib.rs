@@ -4,6 +4,7 @@
 //! - [`inventory`]: the [`GpuInventory`](inventory::GpuInventory) trait and
 //!   its backends: NVML for real GPUs, and simulated GPUs from specs like
 //!   `4xA100-80GB` with telemetry curves and injectable faults.
+//! - [`host`]: the node's CPU and memory, less the system reserve.
 //! - [`health`]: the agent's judgement of each GPU's health, from driver
 //!   events and telemetry; changes go to the scheduler.
 //! - `telemetry` (private): the sampler and the health event watcher, both
@@ -29,6 +30,7 @@
 pub mod config;
 mod convert;
 pub mod health;
+pub mod host;
 pub mod images;
 pub mod inventory;
 pub mod metrics;
@@ -154,6 +156,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         status: Arc::clone(&status),
         images: containers.as_ref().map(|c| c.images.clone()),
         allows_host_jobs: config.allow_host_jobs,
+        host: config.host,
     };
     // Telemetry and metrics run until the jobs are stopped, so the last
     // exits are metered and the endpoint shows the shutdown.

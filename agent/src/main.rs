@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use edupool_agent::health::HealthBoard;
+use edupool_agent::host::HostArgs;
 use edupool_agent::inventory::{
     GpuInfo, GpuInventory, GpuSample, GpuSpec, InventoryError, NvmlInventory, OnlyGpus,
     SimulatedInventory,
@@ -197,6 +198,9 @@ struct RunArgs {
 
     #[command(flatten)]
     gpus: GpuArgs,
+
+    #[command(flatten)]
+    host: HostArgs,
 }
 
 // How jobs are sandboxed (docs/agent.md, "Running jobs").
@@ -293,6 +297,8 @@ enum Backend {
     Nvml,
     /// The GPUs of --simulate-gpus.
     Simulated,
+    /// No GPUs: a CPU-only node.
+    None,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -351,6 +357,22 @@ fn run_agent(args: RunArgs) -> anyhow::Result<()> {
     config.run_as = args.run_as;
     config.allow_root = args.allow_root;
     apply_sandbox(&mut config, args.sandbox)?;
+    // Simulated GPUs come with a simulated node around them.
+    let simulated = match args.gpus.backend {
+        Some(Backend::None) => None,
+        _ if config.inventory.backend() == "simulated" => Some(
+            config
+                .inventory
+                .gpus()
+                .context("cannot read the GPU inventory")?
+                .len(),
+        ),
+        _ => None,
+    };
+    config.host = args
+        .host
+        .allocatable(simulated)
+        .context("cannot read this machine's CPUs and memory")?;
     if let (Some(ca), Some(cert), Some(key)) = (&args.ca_cert, &args.cert, &args.key) {
         config.tls = Some(edupool_agent::AgentTls::from_files(ca, cert, key)?);
     }
@@ -468,6 +490,7 @@ fn inventory(args: &GpuArgs) -> anyhow::Result<(String, Arc<dyn GpuInventory>)> 
         }
     };
     let inventory: Arc<dyn GpuInventory> = match backend {
+        Backend::None => Arc::new(SimulatedInventory::new(&node_name, &GpuSpec::none())),
         Backend::Simulated => {
             let Some(spec) = &args.simulate_gpus else {
                 return Err(anyhow!(

@@ -63,6 +63,7 @@ const MAY_DEPEND_ON: &[(&str, &[&str])] = &[
             "edupool-raft",
             "edupool-proto",
             "edupool-identity",
+            "edupool-table",
         ],
     ),
     ("edupool-agent", &["edupool-proto", "edupool-table"]),

@@ -16,6 +16,9 @@
 //! priority: 5                 # order among your own jobs of one class; higher first
 //! gpu_fraction: 250           # thousandths of one GPU (with gpus: 1)
 //! gpu_model: A100-80GB        # or gpu_class: A100
+//! gpu_models: [V100-16GB, V100-32GB] # any of these; likewise gpu_classes
+//! cpu: 8                      # per task: cores (0.5) or millicores (500m); default: the pool's per GPU
+//! memory: 64GiB               # per task, host memory; default: the pool's per GPU
 //! min_gpu_memory_gib: 40
 //! site: hangzhou              # required site; or preferred_site
 //! data_level: 2               # data classification 0-3
@@ -240,6 +243,26 @@ pub struct JobFile {
     /// A GPU class (model family), e.g. `A100`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_class: Option<String>,
+    /// Any of these GPU models.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_models: Vec<String>,
+    /// Any of these GPU classes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_classes: Vec<String>,
+    /// CPU per task: cores (`4`, `0.5`) or millicores (`500m`).
+    #[serde(
+        default,
+        deserialize_with = "some_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub cpu: Option<String>,
+    /// Host memory per task, e.g. `16GiB`.
+    #[serde(
+        default,
+        deserialize_with = "some_scalar",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub memory: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_gpu_memory_gib: Option<u64>,
     /// Only nodes of this site.
@@ -283,6 +306,10 @@ impl JobFile {
             gpu_fraction: None,
             gpu_model: None,
             gpu_class: None,
+            gpu_models: vec![],
+            gpu_classes: vec![],
+            cpu: None,
+            memory: None,
             min_gpu_memory_gib: None,
             site: None,
             preferred_site: None,
@@ -314,9 +341,10 @@ impl JobFile {
                 field: format!("command[{i}]"),
             });
         }
-        if self.gpus == 0 {
+        if self.gpus == 0 && self.cpu.is_none() {
             return Err(JobFileError::ZeroGpus);
         }
+        self.host()?;
         if self.nodes == Some(0) {
             return Err(JobFileError::ZeroNodes);
         }
@@ -350,10 +378,26 @@ impl JobFile {
         Ok(())
     }
 
+    /// CPU (thousandths of a core) and memory (bytes) per task; 0 where
+    /// not given (the pool's default).
+    fn host(&self) -> Result<(u64, u64), JobFileError> {
+        let amount =
+            |field: &'static str, text: &Option<String>, parse: fn(&str) -> Result<u64, String>| {
+                text.as_deref()
+                    .map_or(Ok(0), parse)
+                    .map_err(|message| JobFileError::BadAmount { field, message })
+            };
+        Ok((
+            amount("cpu", &self.cpu, edupool_table::units::parse_cpu)?,
+            amount("memory", &self.memory, edupool_table::units::parse_memory)?,
+        ))
+    }
+
     /// Checks the file ([`JobFile::validate`]) and converts it to the spec
     /// the scheduler takes.
     pub fn to_spec(&self) -> Result<JobSpec, JobFileError> {
         self.validate()?;
+        let (cpu_millicores, memory_bytes) = self.host()?;
         let mut spec = JobSpec {
             name: self.name.clone().unwrap_or_default(),
             command: self.command.clone(),
@@ -382,6 +426,10 @@ impl JobFile {
             data_level: self.data_level.unwrap_or(0),
             no_requeue_on_preempt: self.requeue_on_preempt == Some(false),
             image: self.image.clone().unwrap_or_default(),
+            gpu_models: self.gpu_models.clone(),
+            gpu_classes: self.gpu_classes.clone(),
+            cpu_millicores,
+            memory_bytes,
             ..JobSpec::default()
         };
         spec.set_class(self.class.into());
@@ -489,8 +537,13 @@ pub enum JobFileError {
     EmptyCommand,
     #[error("command[0], the program to run, is empty")]
     EmptyProgram,
-    #[error("gpus must be at least 1")]
+    #[error("gpus must be at least 1, or 0 with cpu (a CPU-only job)")]
     ZeroGpus,
+    #[error("{field}: {message}")]
+    BadAmount {
+        field: &'static str,
+        message: String,
+    },
     #[error("nodes must be at least 1")]
     ZeroNodes,
     #[error("gpu_fraction is {0}; use 1-999 thousandths of one GPU (leave it out for whole GPUs)")]
@@ -597,6 +650,10 @@ where
 
     let map: BTreeMap<String, Scalar> = BTreeMap::deserialize(d)?;
     Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+fn some_scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    scalar(d).map(Some)
 }
 
 fn scalar<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
@@ -829,7 +886,7 @@ DEBUG = true
     fn zero_gpus_is_refused() {
         assert_eq!(
             yaml_err("command: [a]\ngpus: 0\n"),
-            "gpus must be at least 1"
+            "gpus must be at least 1, or 0 with cpu (a CPU-only job)"
         );
         let err = yaml_err("command: [a]\ngpus: -1\n");
         assert!(err.contains("gpus"), "{err}");
@@ -916,7 +973,10 @@ DEBUG = true
         let err = load(&bad).unwrap_err().to_string();
         assert_eq!(
             err,
-            format!("job file {}: gpus must be at least 1", bad.display())
+            format!(
+                "job file {}: gpus must be at least 1, or 0 with cpu (a CPU-only job)",
+                bad.display()
+            )
         );
 
         let json = dir.join("job.json");

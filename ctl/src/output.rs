@@ -14,7 +14,7 @@ use std::{
 };
 
 use edupool_proto::v1::{Gpu, Job, Node, Tenant};
-use edupool_table::Table;
+use edupool_table::{units, Table};
 use serde::{Deserialize, Serialize};
 
 use crate::{class_name, job_state_is_final, job_state_name, node_status_name, on_node_lost_name};
@@ -225,6 +225,16 @@ pub struct NodeView {
     /// Its agent runs jobs without an image as host processes.
     #[serde(default)]
     pub allows_host_jobs: bool,
+    /// CPU (thousandths of a core) and host memory (bytes) jobs may use,
+    /// and how much of it no job holds.
+    #[serde(default)]
+    pub cpu_millicores: u64,
+    #[serde(default)]
+    pub free_cpu_millicores: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
+    #[serde(default)]
+    pub free_memory_bytes: u64,
 }
 
 impl From<&Node> for NodeView {
@@ -241,6 +251,10 @@ impl From<&Node> for NodeView {
             agent_version: non_empty(&node.agent_version),
             images: node.images.clone(),
             allows_host_jobs: node.allows_host_jobs,
+            cpu_millicores: node.cpu_millicores,
+            free_cpu_millicores: node.free_cpu_millicores,
+            memory_bytes: node.memory_bytes,
+            free_memory_bytes: node.free_memory_bytes,
         }
     }
 }
@@ -369,11 +383,14 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
         ("reason", dash(&job.reason)),
         ("class", class_name(spec.class).to_owned()),
         ("gpus", job_gpus(&spec)),
-        ("command", shell_words(&spec.command)),
     ];
     if !spec.image.is_empty() {
         fields.push(("image", spec.image.clone()));
     }
+    if spec.cpu_millicores > 0 || spec.memory_bytes > 0 {
+        fields.push(("host", host_request(&spec)));
+    }
+    fields.push(("command", shell_words(&spec.command)));
     if env.is_empty() {
         fields.push(("env", "-".to_owned()));
     }
@@ -432,6 +449,15 @@ pub fn job_detail(job: &Job, now: SystemTime) -> String {
     out
 }
 
+/// CPU and memory per task, e.g. `4 CPU, 16GiB memory per task`.
+fn host_request(spec: &edupool_proto::v1::JobSpec) -> String {
+    format!(
+        "{} CPU, {} memory per task",
+        units::cpu(spec.cpu_millicores),
+        units::memory(spec.memory_bytes)
+    )
+}
+
 /// The policy side of a job in one line: shape, constraints and terms.
 fn placement_terms(job: &Job, spec: &edupool_proto::v1::JobSpec) -> String {
     let mut parts = vec![];
@@ -447,6 +473,8 @@ fn placement_terms(job: &Job, spec: &edupool_proto::v1::JobSpec) -> String {
     for (what, value) in [
         ("model", &spec.gpu_model),
         ("class", &spec.gpu_class),
+        ("model", &spec.gpu_models.join(" or ")),
+        ("class", &spec.gpu_classes.join(" or ")),
         ("site", &spec.site),
         ("preferred site", &spec.preferred_site),
     ] {
@@ -512,6 +540,8 @@ pub fn node_table(nodes: &[Node], now: SystemTime) -> String {
         "GPUS",
         "FREE",
         "MODELS",
+        "CPU FREE/ALL",
+        "MEMORY FREE/ALL",
         "RUNNING",
         "CORDONED/DRAINING",
         "LAST-SEEN",
@@ -534,6 +564,16 @@ pub fn node_table(nodes: &[Node], now: SystemTime) -> String {
             gpus,
             free_gpus(node).to_string(),
             models(&node.gpus),
+            format!(
+                "{}/{}",
+                units::cpu(node.free_cpu_millicores),
+                units::cpu(node.cpu_millicores)
+            ),
+            format!(
+                "{}/{}",
+                units::memory(node.free_memory_bytes),
+                units::memory(node.memory_bytes)
+            ),
             node.running_jobs.to_string(),
             node_schedulability(node).to_owned(),
             last_seen,
@@ -975,6 +1015,10 @@ energy:       0.005000 kWh (18000 J)
             running_jobs: 1,
             last_seen_ms: T0,
             agent_version: "0.1.0".into(),
+            cpu_millicores: 63_000,
+            free_cpu_millicores: 55_500,
+            memory_bytes: 510 << 30,
+            free_memory_bytes: 478 << 30,
             ..Node::default()
         };
         node.set_status(NodeStatus::Ready);
@@ -990,9 +1034,9 @@ energy:       0.005000 kWh (18000 J)
         lost.set_status(NodeStatus::Lost);
         let text = node_table(&[node(), lost], at(T0 + 4_000));
         let expected = "\
-NAME    STATUS  GPUS             FREE  MODELS              RUNNING  CORDONED/DRAINING  LAST-SEEN
-gpu-01  ready   4 (1 unhealthy)  2     3xA100-80GB,1xH100  1        cordoned           4s ago
-gpu-02  lost    0                0     -                   0        -                  -
+NAME    STATUS  GPUS             FREE  MODELS              CPU FREE/ALL  MEMORY FREE/ALL  RUNNING  CORDONED/DRAINING  LAST-SEEN
+gpu-01  ready   4 (1 unhealthy)  2     3xA100-80GB,1xH100  55.5/63       478GiB/510GiB    1        cordoned           4s ago
+gpu-02  lost    0                0     -                   0/0           0B/0B            0        -                  -
 
 NODE    GPU    INDEX  RECOVERY       WHY UNHEALTHY
 gpu-01  GPU-2  2      needs a reset  XID 79: GPU has fallen off the bus

@@ -61,6 +61,10 @@ pub struct TenantPolicyJson {
     pub queue: Vec<String>,
     /// Its jobs run as uid = gid = the node's `--tenant-uid-base` plus this.
     pub uid_offset: u32,
+    /// CPU (thousandths of a core) and host memory (bytes) its placed
+    /// jobs hold.
+    pub cpu_millicores_in_use: u64,
+    pub memory_bytes_in_use: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -102,6 +106,8 @@ impl From<&TenantPolicyView> for TenantPolicyJson {
             class_caps: t.class_caps.clone().into_iter().collect(),
             queue: t.queue.clone(),
             uid_offset: t.uid_offset,
+            cpu_millicores_in_use: t.cpu_millicores_in_use,
+            memory_bytes_in_use: t.memory_bytes_in_use,
         }
     }
 }
@@ -140,6 +146,14 @@ pub fn tenant_detail(t: &TenantPolicyView) -> String {
         (
             "jobs",
             format!("{} running, {} pending", t.running_jobs, t.pending_jobs),
+        ),
+        (
+            "cpu/memory",
+            format!(
+                "{} CPU, {} memory in use",
+                edupool_table::units::cpu(t.cpu_millicores_in_use),
+                edupool_table::units::memory(t.memory_bytes_in_use)
+            ),
         ),
         (
             "class caps",

@@ -127,6 +127,8 @@ async fn committed_commands_survive_a_restart() {
         agent_version: "t".into(),
         images: vec![],
         allows_host_jobs: true,
+        cpu_millicores: 0,
+        memory_bytes: 0,
     })
     .await
     .unwrap();
@@ -162,6 +164,8 @@ async fn committed_commands_survive_a_restart() {
         requeue_on_preempt: true,
         secret_env: Default::default(),
         image: None,
+        cpu_millicores: 0,
+        memory_bytes: 0,
     };
     let out = r
         .propose(Command::SubmitJob {

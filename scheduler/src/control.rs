@@ -85,7 +85,9 @@ pub fn start_message(s: &State, id: JobId, node: &str) -> Option<pb::SchedulerMe
             // A tenant is never removed, so a placed job's is there; 0
             // (no offset) would only follow a broken state.
             tenant_uid_offset: s.tenant(&j.tenant).map_or(0, |t| t.uid_offset),
-            ..Default::default()
+            // The node's limits for the task (0 = none, an old entry).
+            cpu_millicores: j.spec.cpu_millicores,
+            memory_bytes: j.spec.memory_bytes,
         })),
     })
 }
@@ -345,6 +347,8 @@ async fn check_liveness(
                         agent_version: hello.agent_version,
                         images: hello.software.images,
                         allows_host_jobs: hello.software.allows_host_jobs,
+                        cpu_millicores: hello.host.cpu_millicores,
+                        memory_bytes: hello.host.memory_bytes,
                     });
                 }
             }

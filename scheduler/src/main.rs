@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use edupool_scheduler::api::convert::JobLimits;
+use edupool_scheduler::api::resources::HostDefaults;
 use edupool_scheduler::api::RateLimit;
 use edupool_scheduler::process::{init_tracing, spawn_signal_handler};
 use edupool_scheduler::raft::Peers;
@@ -62,6 +63,13 @@ struct ServeArgs {
     /// The walltime of jobs that give none.
     #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
     default_walltime: Duration,
+    /// CPU per GPU for jobs that give none (cores, e.g. 4 or 0.5, or
+    /// millicores, e.g. 500m); a fraction of a GPU gets its share.
+    #[arg(long, value_name = "CPU", default_value = "4", value_parser = edupool_table::units::parse_cpu)]
+    default_cpu_per_gpu: u64,
+    /// Host memory per GPU for jobs that give none (e.g. 16GiB).
+    #[arg(long, value_name = "BYTES", default_value = "16GiB", value_parser = edupool_table::units::parse_memory)]
+    default_memory_per_gpu: u64,
     /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks a free port).
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
@@ -254,6 +262,10 @@ async fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         heartbeat_interval: a.heartbeat_interval,
         limits: JobLimits {
             default_walltime_secs: a.default_walltime.as_secs(),
+            host: HostDefaults {
+                cpu_per_gpu: a.default_cpu_per_gpu,
+                memory_per_gpu: a.default_memory_per_gpu,
+            },
             max_pending_per_tenant: a.api_limits.max_pending_per_tenant,
             rate: RateLimit {
                 per_second: a.api_limits.rate_limit,

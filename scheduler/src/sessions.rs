@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use edupool_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::state::GpuInfo;
+use crate::state::{GpuInfo, Host};
 
 /// A node's inventory as its agent reported it.
 #[derive(Clone, Debug)]
@@ -21,6 +21,8 @@ pub struct Hello {
     pub agent_version: String,
     /// Its images and whether it runs host jobs, checked.
     pub software: crate::api::convert::Software,
+    /// CPU and memory jobs may use there.
+    pub host: Host,
 }
 
 #[derive(Clone, Default)]

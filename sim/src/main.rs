@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use edupool_agent::host::HostResources;
 use edupool_scheduler::process::{init_tracing, spawn_signal_handler};
 use edupool_sim::dev::{self, DevConfig, DevOutcome};
 use edupool_sim::simulate;
@@ -61,6 +62,12 @@ struct DevArgs {
     /// Model of the simulated GPUs, with its memory.
     #[arg(long, default_value = "A100-80GB")]
     gpu_model: String,
+    /// CPU each agent offers jobs (e.g. 32 or 500m) [default: 8 cores per GPU].
+    #[arg(long, value_parser = edupool_table::units::parse_cpu, requires = "memory_per_agent")]
+    cpu_per_agent: Option<u64>,
+    /// Memory each agent offers jobs (e.g. 256GiB) [default: 64GiB per GPU].
+    #[arg(long, value_parser = edupool_table::units::parse_memory, requires = "cpu_per_agent")]
+    memory_per_agent: Option<u64>,
     /// The admin token; generated and printed when not given.
     #[arg(long, env = "EDUPOOL_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
@@ -112,6 +119,13 @@ fn run_dev(a: DevArgs) -> anyhow::Result<ExitCode> {
             agents: a.agents,
             gpus_per_agent: a.gpus_per_agent,
             gpu_model: a.gpu_model,
+            host_per_agent: a
+                .cpu_per_agent
+                .zip(a.memory_per_agent)
+                .map(|(cpu, memory)| HostResources {
+                    cpu_millicores: cpu,
+                    memory_bytes: memory,
+                }),
             admin_token: a.admin_token,
             data_dir: a.data_dir,
             workload: a.workload,

@@ -13,8 +13,12 @@
 //! one). Cells are left-aligned unless a column is marked right-aligned.
 //! Trailing spaces are trimmed, so the last column is never padded.
 //! Control characters in cells become spaces, so that a row stays one line.
+//!
+//! `units` reads and prints the CPU and memory amounts those tables show.
 
 #![forbid(unsafe_code)]
+
+pub mod units;
 
 /// Rows of cells under a header, rendered as aligned text.
 #[derive(Debug, Clone, Default)]

@@ -502,6 +502,9 @@ impl SimAgent {
             gpus,
             jobs: vec![],
             agent_version: "edupool-bench".into(),
+            // Room for every GPU's default CPU and memory, and more.
+            cpu_millicores: u64::from(self.config.gpus_per_node.max(1)) * 32_000,
+            memory_bytes: u64::from(self.config.gpus_per_node.max(1)) << 38,
             ..Default::default()
         }))
     }

@@ -29,10 +29,22 @@ const BYTES_PER_GB: u64 = 1 << 30;
 /// Each group is `<count>x<model>-<memory>GB`. The model is what precedes the
 /// last `-` and may itself contain dashes (`1xRTX-6000-48GB`); the memory is
 /// whole binary gigabytes and must be given. GPUs are numbered from 0 in the
-/// order the groups are written.
+/// order the groups are written. `none` is a node without GPUs (CPU-only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuSpec {
     groups: Vec<GpuGroup>,
+}
+
+impl GpuSpec {
+    /// No GPUs: a CPU-only node.
+    pub fn none() -> GpuSpec {
+        GpuSpec { groups: vec![] }
+    }
+
+    /// How many GPUs it declares.
+    pub fn count(&self) -> usize {
+        self.groups.iter().map(|g| g.count as usize).sum()
+    }
 }
 
 /// One group of identical GPUs in a [`GpuSpec`].
@@ -157,6 +169,9 @@ impl FromStr for GpuSpec {
         let spec = spec.trim();
         if spec.is_empty() {
             return Err(SpecError::Empty);
+        }
+        if spec == "none" {
+            return Ok(GpuSpec::none());
         }
         let groups = spec
             .split(',')

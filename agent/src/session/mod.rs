@@ -210,6 +210,8 @@ pub(crate) struct Session {
     pub(crate) images: Option<ImageStore>,
     /// Whether jobs without an image run here.
     pub(crate) allows_host_jobs: bool,
+    /// The CPU and memory jobs may use here, reported in every hello.
+    pub(crate) host: crate::host::HostResources,
 }
 
 /// State of one open session.
@@ -360,7 +362,8 @@ impl Session {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             images,
             allows_host_jobs: self.allows_host_jobs,
-            ..Default::default()
+            cpu_millicores: self.host.cpu_millicores,
+            memory_bytes: self.host.memory_bytes,
         };
         outbound
             .try_send(message(agent_message::Msg::Hello(hello)))

@@ -8,7 +8,7 @@ use std::cmp::Ordering;
 use std::collections::BTreeMap;
 
 use crate::state::usage::weighted_gpu_ms;
-use crate::state::{Indexed, JobClass, JobId, JobState, Millis, Quota, State, WHOLE_GPU};
+use crate::state::{Host, Indexed, JobClass, JobId, JobState, Millis, Quota, State, WHOLE_GPU};
 
 /// GPU time (milliseconds per GPU) a placement adds to its tenant's share
 /// within one round, so one tenant does not take everything at once.
@@ -218,6 +218,8 @@ pub struct TenantReport {
     pub queue: Vec<JobId>,
     /// Its identity on nodes (see `Tenant::uid_offset`).
     pub uid_offset: u32,
+    /// CPU and host memory its placed jobs' live tasks hold.
+    pub host_in_use: Host,
 }
 
 /// A placement within a guarantee that needed others preempted: how long
@@ -278,6 +280,10 @@ pub fn tenant_reports(state: &Indexed, now: Millis) -> Vec<TenantReport> {
             continue;
         }
         r.running_jobs += 1;
+        r.host_in_use = r.host_in_use.plus(job.held_host());
+        if job.spec.cpu_only() {
+            continue;
+        }
         let class = job.gpu_class.clone().unwrap_or_default();
         let task = job.spec.task_milli();
         class_entry(&mut classes, &job.tenant, &class).in_use += job.held_gpu_milli();

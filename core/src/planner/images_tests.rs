@@ -15,6 +15,8 @@ fn node(p: &mut Pool, name: &str, images: &[&str], allows_host_jobs: bool) {
         agent_version: "test".into(),
         images: images.iter().map(|i| i.to_string()).collect(),
         allows_host_jobs,
+        cpu_millicores: 0,
+        memory_bytes: 0,
     });
 }
 

@@ -161,10 +161,7 @@ impl<'a> FreeIndex<'a> {
             .layout
             .models
             .iter()
-            .filter(|(k, m)| {
-                c.gpu_model.as_deref().is_none_or(|want| want == m)
-                    && c.gpu_class.as_deref().is_none_or(|want| want == k)
-            })
+            .filter(|(k, m)| c.allows_model(m) && c.allows_class(k))
             .map(|(k, _)| k.as_str())
             .collect();
         classes.dedup();

@@ -75,6 +75,8 @@ impl Pool {
             agent_version: "test".into(),
             images: vec![],
             allows_host_jobs: true,
+            cpu_millicores: 0,
+            memory_bytes: 0,
         });
         self.ok(Command::LabelNode {
             node: name.into(),
@@ -729,6 +731,8 @@ fn multi_gpu_jobs_get_nvlink_peers() {
         agent_version: "test".into(),
         images: vec![],
         allows_host_jobs: true,
+        cpu_millicores: 0,
+        memory_bytes: 0,
     });
     let one = p.submit("zju", job(1, JobClass::Batch));
     let two = p.submit("zju", job(2, JobClass::Batch));

@@ -142,12 +142,18 @@ impl State {
                 agent_version,
                 images,
                 allows_host_jobs,
+                cpu_millicores,
+                memory_bytes,
             } => {
                 let software = NodeSoftware {
                     images,
                     allows_host_jobs,
                 };
-                self.node_connected(node, gpus, agent_version, software, at)
+                let host = Host {
+                    cpu_millicores,
+                    memory_bytes,
+                };
+                self.node_connected(node, gpus, host, agent_version, software, at)
             }
             Command::NodeDisconnected { node } => self.node_disconnected(&node, at),
             Command::NodeLost { node } => self.node_lost(&node, at),

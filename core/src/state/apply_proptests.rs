@@ -113,6 +113,8 @@ fn spec(d: &mut Dice) -> JobSpec {
             site: d.maybe(|d| d.pick(&["default", "east"]).to_string()),
             data_level: d.pick(&[0, 1, 3, u8::MAX]),
             preferred_site: d.maybe(|d| d.pick(&["default", "east"]).to_string()),
+            gpu_classes: vec![],
+            gpu_models: vec![],
         };
     }
     spec
@@ -204,6 +206,8 @@ fn command(kind: u8, d: &mut Dice, depth: u32) -> Command {
                 agent_version: d.text(),
                 images: d.pick(&[vec![], vec![], vec!["busybox".to_string()]]),
                 allows_host_jobs: !d.roll().is_multiple_of(5),
+                cpu_millicores: 0,
+                memory_bytes: 0,
             }
         }
         5 => Command::NodeDisconnected { node: d.node() },
@@ -463,6 +467,8 @@ fn prelude() -> Vec<(Command, Millis)> {
             agent_version: "test".into(),
             images: vec![],
             allows_host_jobs: true,
+            cpu_millicores: 0,
+            memory_bytes: 0,
         });
     }
     cmds.into_iter().map(|c| (c, 1_000)).collect()

@@ -55,6 +55,12 @@ pub enum Command {
         /// every job as a host process.
         #[serde(default = "yes")]
         allows_host_jobs: bool,
+        /// CPU (thousandths of a core) and memory (bytes) jobs may use on
+        /// the node; 0 in entries from before agents reported them.
+        #[serde(default)]
+        cpu_millicores: u64,
+        #[serde(default)]
+        memory_bytes: u64,
     },
     /// An agent's session ended; its jobs are presumed still running.
     NodeDisconnected {

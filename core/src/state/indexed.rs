@@ -166,6 +166,7 @@ impl Indexed {
             && i.holdings
                 .get()
                 .is_none_or(|h| *h == holdings::sum(s.placed_jobs()))
+            && s.host_held_is_exact()
     }
 }
 

@@ -78,8 +78,8 @@ pub use free::{BucketKey, Contributed, Free, FreeCapacity, Layout};
 pub use holdings::{Holdings, TenantHoldings};
 pub use indexed::Indexed;
 pub use jobs::{
-    fits_gpu, fits_node, TaskPlacement, ARRAY_INDEX_ENV, ARRAY_JOB_ID_ENV, ARRAY_SIZE_ENV,
-    MAX_ARRAY,
+    fits_gpu, fits_node, show_cpu, show_memory, TaskPlacement, ARRAY_INDEX_ENV, ARRAY_JOB_ID_ENV,
+    ARRAY_SIZE_ENV, MAX_ARRAY,
 };
 pub use ledger::billing;
 pub use ledger::{
@@ -195,12 +195,14 @@ impl From<StoredState> for State {
                 .filter_map(|id| s.jobs.get(id))
                 .map(|j| &**j),
         );
+        let mut nodes = s.nodes;
+        jobs::rebuild_host_held(&mut nodes, s.jobs.values().map(|j| &**j));
         let mut accounts = s.accounts;
         accounts.loaded();
         State {
             tenants: s.tenants,
             tokens: s.tokens,
-            nodes: s.nodes,
+            nodes,
             jobs: s.jobs,
             pending: s.pending,
             placed,
@@ -218,6 +220,14 @@ impl From<StoredState> for State {
 }
 
 impl State {
+    /// Whether every node's `host_held` is what its placed jobs hold.
+    #[cfg(test)]
+    pub fn host_held_is_exact(&self) -> bool {
+        let mut fresh = self.nodes.clone();
+        jobs::rebuild_host_held(&mut fresh, self.placed_jobs());
+        fresh == self.nodes
+    }
+
     /// A tenant's archived final jobs, summed.
     pub fn archived(&self, tenant: &str) -> Archived {
         self.archived.get(tenant).copied().unwrap_or_default()

@@ -20,6 +20,7 @@ impl State {
         &mut self,
         name: String,
         gpus: Vec<GpuInfo>,
+        host: Host,
         agent_version: String,
         software: NodeSoftware,
         at: Millis,
@@ -41,6 +42,8 @@ impl State {
             .as_ref()
             .map(|n| n.labels.clone())
             .unwrap_or_default();
+        // What its jobs hold stays theirs across a reconnect.
+        let host_held = previous.as_ref().map(|n| n.host_held).unwrap_or_default();
         // A fault outlives reconnects: only an admin clears it.
         let faults: BTreeMap<String, GpuFault> = previous
             .iter()
@@ -81,6 +84,9 @@ impl State {
                 labels,
                 images,
                 allows_host_jobs,
+                cpu_millicores: host.cpu_millicores,
+                memory_bytes: host.memory_bytes,
+                host_held,
             }),
         );
         for (uuid, reason) in unhealthy {

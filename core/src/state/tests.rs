@@ -749,6 +749,8 @@ fn recovery_needs_a_reset_report_then_an_admin() {
             agent_version: "test".into(),
             images: vec![],
             allows_host_jobs: true,
+            cpu_millicores: 0,
+            memory_bytes: 0,
         },
         5,
     )
@@ -791,6 +793,8 @@ fn unhealthy_gpu_in_a_hello_is_marked_and_its_job_stopped() {
                 agent_version: "test".into(),
                 images: vec![],
                 allows_host_jobs: true,
+                cpu_millicores: 0,
+                memory_bytes: 0,
             },
             8,
         )
@@ -954,6 +958,8 @@ fn failed_gpu_stops_every_fractional_holder_and_keeps_the_holders_over_a_reconne
             agent_version: "test".into(),
             images: vec![],
             allows_host_jobs: true,
+            cpu_millicores: 0,
+            memory_bytes: 0,
         },
         3_500,
     )

@@ -69,6 +69,8 @@ pub fn node(s: &mut impl Apply, name: &str, n: u32) {
             agent_version: "test".into(),
             images: vec![],
             allows_host_jobs: true,
+            cpu_millicores: 0,
+            memory_bytes: 0,
         },
     );
 }
@@ -91,6 +93,8 @@ pub fn spec(gpus: u32, class: JobClass) -> JobSpec {
         requeue_on_preempt: true,
         secret_env: Default::default(),
         image: None,
+        cpu_millicores: 0,
+        memory_bytes: 0,
     }
 }
 

@@ -105,6 +105,15 @@ pub struct JobSpec {
     /// that allow host jobs.
     #[serde(default)]
     pub image: Option<String>,
+    /// Thousandths of a CPU core per task, resolved at the API edge (the
+    /// pool's default per GPU when the caller gave none), so the log holds
+    /// the real number; 0 in an entry written before host resources
+    /// existed: no host request.
+    #[serde(default)]
+    pub cpu_millicores: u64,
+    /// Host memory per task in bytes, resolved like `cpu_millicores`.
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 /// Secret environment variables of a job. Kept in the replicated spec so
@@ -158,14 +167,89 @@ impl JobSpec {
         self.task_milli()
             .saturating_mul(u64::from(self.nodes.max(1)))
     }
+
+    /// CPU and host memory one task holds on its node.
+    pub fn host(&self) -> Host {
+        Host {
+            cpu_millicores: self.cpu_millicores,
+            memory_bytes: self.memory_bytes,
+        }
+    }
+
+    /// A job that needs no GPU (CPU-only work).
+    pub fn cpu_only(&self) -> bool {
+        self.gpus == 0
+    }
+}
+
+/// An amount of host resources: CPU in thousandths of a core, memory in
+/// bytes. Integers, so every replica sums them alike.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Host {
+    pub cpu_millicores: u64,
+    pub memory_bytes: u64,
+}
+
+impl Host {
+    pub fn plus(self, other: Host) -> Host {
+        Host {
+            cpu_millicores: self.cpu_millicores.saturating_add(other.cpu_millicores),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
+
+    pub fn minus(self, other: Host) -> Host {
+        Host {
+            cpu_millicores: self.cpu_millicores.saturating_sub(other.cpu_millicores),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+        }
+    }
+
+    /// Whether `want` fits in this much, in every dimension.
+    pub fn holds(self, want: Host) -> bool {
+        want.cpu_millicores <= self.cpu_millicores && want.memory_bytes <= self.memory_bytes
+    }
+
+    /// The first dimension of `want` that does not fit in this much.
+    pub fn short_of(self, want: Host) -> Option<HostDimension> {
+        if want.cpu_millicores > self.cpu_millicores {
+            Some(HostDimension::Cpu)
+        } else if want.memory_bytes > self.memory_bytes {
+            Some(HostDimension::Memory)
+        } else {
+            None
+        }
+    }
+}
+
+/// A host resource a job asks for besides GPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostDimension {
+    Cpu,
+    Memory,
+}
+
+impl HostDimension {
+    pub fn name(self) -> &'static str {
+        match self {
+            HostDimension::Cpu => "CPU",
+            HostDimension::Memory => "memory",
+        }
+    }
 }
 
 /// Where a job may run.
+///
+/// GPU models and classes are sets (any one will do), sorted and without
+/// duplicates: that is the one form the API writes. The single
+/// `gpu_model`/`gpu_class` are only read from entries written before the
+/// sets existed (the API leaves them `None`); [`Constraints::allows_model`]
+/// and [`Constraints::allows_class`] read both forms.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Constraints {
-    /// An exact GPU model, e.g. `A100-80GB`.
+    /// An exact GPU model, e.g. `A100-80GB` (entries before `gpu_models`).
     pub gpu_model: Option<String>,
-    /// A GPU class, e.g. `A100`.
+    /// A GPU class, e.g. `A100` (entries before `gpu_classes`).
     pub gpu_class: Option<String>,
     pub min_gpu_memory_bytes: u64,
     /// Only nodes of this site.
@@ -174,6 +258,55 @@ pub struct Constraints {
     pub preferred_site: Option<String>,
     /// Data classification level 0-3; only nodes certified at or above it.
     pub data_level: u8,
+    /// Any of these GPU models; empty: any model.
+    #[serde(default)]
+    pub gpu_models: Vec<String>,
+    /// Any of these GPU classes; empty: any class.
+    #[serde(default)]
+    pub gpu_classes: Vec<String>,
+}
+
+impl Constraints {
+    /// Whether a GPU of this model may be used.
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.gpu_model.as_deref().is_none_or(|m| m == model)
+            && (self.gpu_models.is_empty() || self.gpu_models.iter().any(|m| m == model))
+    }
+
+    /// Whether a GPU of this class may be used.
+    pub fn allows_class(&self, class: &str) -> bool {
+        self.gpu_class.as_deref().is_none_or(|c| c == class)
+            && (self.gpu_classes.is_empty() || self.gpu_classes.iter().any(|c| c == class))
+    }
+
+    /// Whether it names GPU models or classes at all.
+    pub fn names_gpu_kind(&self) -> bool {
+        self.gpu_model.is_some()
+            || self.gpu_class.is_some()
+            || !self.gpu_models.is_empty()
+            || !self.gpu_classes.is_empty()
+    }
+
+    /// The models and classes it asks for, for messages: `model A or B,
+    /// class C`; empty when it names none.
+    pub fn describe_gpu_kind(&self) -> String {
+        let set = |one: &Option<String>, many: &[String]| -> Vec<String> {
+            let mut all: Vec<String> = one.iter().chain(many).cloned().collect();
+            all.sort();
+            all.dedup();
+            all
+        };
+        let mut parts = vec![];
+        let models = set(&self.gpu_model, &self.gpu_models);
+        if !models.is_empty() {
+            parts.push(format!("model {}", models.join(" or ")));
+        }
+        let classes = set(&self.gpu_class, &self.gpu_classes);
+        if !classes.is_empty() {
+            parts.push(format!("class {}", classes.join(" or ")));
+        }
+        parts.join(", ")
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +464,17 @@ impl Job {
         }
         let live = self.tasks.iter().filter(|t| !t.finished).count() as u64;
         self.spec.task_milli() * live
+    }
+
+    /// CPU and host memory it holds now, over all its live tasks.
+    pub fn held_host(&self) -> Host {
+        if !self.state.is_placed() {
+            return Host::default();
+        }
+        self.tasks
+            .iter()
+            .filter(|t| !t.finished)
+            .fold(Host::default(), |sum, _| sum.plus(self.spec.host()))
     }
 
     pub fn runs_on(&self, node: &str) -> bool {
@@ -642,6 +786,19 @@ pub struct Node {
     /// that way, so it reads `true`.
     #[serde(default = "yes")]
     pub allows_host_jobs: bool,
+    /// Thousandths of a CPU core jobs may use, as the agent reported it
+    /// (after the node's system reserve); 0 from an agent that reports
+    /// none, which then holds no job that asks for CPU.
+    #[serde(default)]
+    pub cpu_millicores: u64,
+    /// Host memory jobs may use, in bytes, likewise.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// What the placed jobs' live tasks here hold, summed: derived from
+    /// the jobs, kept exact by `apply` and rebuilt when a state is loaded,
+    /// so never serialized (a positional record does not see it).
+    #[serde(skip)]
+    pub host_held: Host,
 }
 
 /// The most image names one node may report.
@@ -694,5 +851,17 @@ impl Node {
             Some(image) => self.has_image(image),
             None => self.allows_host_jobs,
         }
+    }
+    /// CPU and memory jobs may use here in all.
+    pub fn host_allocatable(&self) -> Host {
+        Host {
+            cpu_millicores: self.cpu_millicores,
+            memory_bytes: self.memory_bytes,
+        }
+    }
+
+    /// CPU and memory not held by jobs.
+    pub fn host_free(&self) -> Host {
+        self.host_allocatable().minus(self.host_held)
     }
 }

@@ -81,7 +81,7 @@ pub struct SubmitArgs {
     #[arg(short = 'f', long = "file", value_name = "FILE")]
     file: Option<PathBuf>,
 
-    /// Whole GPUs on one node [required without -f]
+    /// Whole GPUs on one node; 0 for a CPU-only job (with --cpu) [required without -f]
     #[arg(long, required_unless_present = "file", value_name = "N")]
     gpus: Option<u32>,
 
@@ -168,13 +168,23 @@ pub struct PolicyArgs {
     #[arg(long, value_name = "MILLI")]
     gpu_fraction: Option<u32>,
 
-    /// Only GPUs of this exact model, e.g. A100-80GB
-    #[arg(long, value_name = "MODEL")]
-    gpu_model: Option<String>,
+    /// Only GPUs of these exact models, any one of them, e.g. A100-80GB or
+    /// V100-16GB,V100-32GB
+    #[arg(long, value_name = "MODEL,...", value_delimiter = ',')]
+    gpu_model: Vec<String>,
 
-    /// Only GPUs of this class (model family), e.g. A100
-    #[arg(long, value_name = "CLASS")]
-    gpu_class: Option<String>,
+    /// Only GPUs of these classes (model families), e.g. A100 or V100,A100
+    #[arg(long, value_name = "CLASS,...", value_delimiter = ',')]
+    gpu_class: Vec<String>,
+
+    /// CPU per task: cores (4, 0.5) or millicores (500m) [default: the
+    /// pool's per GPU; required with --gpus 0]
+    #[arg(long, value_name = "CPU")]
+    cpu: Option<String>,
+
+    /// Host memory per task, e.g. 16GiB or 512MiB [default: the pool's per GPU]
+    #[arg(long, value_name = "BYTES")]
+    memory: Option<String>,
 
     /// Only GPUs with at least this much memory, in GiB
     #[arg(long, value_name = "GIB")]
@@ -335,8 +345,16 @@ pub fn build_spec(args: SubmitArgs) -> anyhow::Result<JobSpec> {
     file.nodes = p.nodes.or(file.nodes);
     file.priority = p.priority.unwrap_or(file.priority);
     file.gpu_fraction = p.gpu_fraction.or(file.gpu_fraction);
-    file.gpu_model = p.gpu_model.or(file.gpu_model);
-    file.gpu_class = p.gpu_class.or(file.gpu_class);
+    if !p.gpu_model.is_empty() {
+        file.gpu_model = None;
+        file.gpu_models = p.gpu_model;
+    }
+    if !p.gpu_class.is_empty() {
+        file.gpu_class = None;
+        file.gpu_classes = p.gpu_class;
+    }
+    file.cpu = p.cpu.or(file.cpu);
+    file.memory = p.memory.or(file.memory);
     file.min_gpu_memory_gib = p.min_gpu_memory_gib.or(file.min_gpu_memory_gib);
     file.site = p.site.or(file.site);
     file.preferred_site = p.preferred_site.or(file.preferred_site);

@@ -80,7 +80,10 @@ fn inline_submit_needs_gpus_and_a_command() {
     let err = parse(&["job", "submit", "--gpus", "1", "--class", "gold", "--", "x"]).unwrap_err();
     assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
     let err = submit_spec(&["job", "submit", "--gpus", "0", "--", "x"]).unwrap_err();
-    assert_eq!(err.to_string(), "gpus must be at least 1");
+    assert_eq!(
+        err.to_string(),
+        "gpus must be at least 1, or 0 with cpu (a CPU-only job)"
+    );
 }
 
 #[test]
@@ -285,4 +288,43 @@ fn usage_price_and_budget_commands_parse() {
     assert_eq!(equity_discount[0].percent, 20);
     assert!(parse(&["price", "set", "--energy-per-kwh", "-1"]).is_err());
     assert!(parse(&["budget", "set", "uni-b", "--hard", "5", "--remove"]).is_err());
+}
+
+#[test]
+fn host_resources_and_gpu_kind_sets_reach_the_spec() {
+    let spec = submit_spec(&[
+        "job",
+        "submit",
+        "--gpus",
+        "1",
+        "--cpu",
+        "500m",
+        "--memory",
+        "16GiB",
+        "--gpu-model",
+        "V100-16GB,V100-32GB",
+        "--gpu-class",
+        "V100",
+        "--",
+        "x",
+    ])
+    .unwrap();
+    assert_eq!((spec.cpu_millicores, spec.memory_bytes), (500, 16 << 30));
+    assert_eq!(spec.gpu_models, ["V100-16GB", "V100-32GB"]);
+    assert_eq!(spec.gpu_classes, ["V100"]);
+    assert_eq!((spec.gpu_model.as_str(), spec.gpu_class.as_str()), ("", ""));
+    // A CPU-only job: no GPUs, some CPU.
+    let spec = submit_spec(&["job", "submit", "--gpus", "0", "--cpu", "2", "--", "x"]).unwrap();
+    assert_eq!(
+        (spec.gpus, spec.cpu_millicores, spec.memory_bytes),
+        (0, 2000, 0)
+    );
+    let err = submit_spec(&[
+        "job", "submit", "--gpus", "1", "--memory", "lots", "--", "x",
+    ])
+    .unwrap_err();
+    assert!(
+        err.to_string().starts_with("memory: 'lots' is not"),
+        "{err}"
+    );
 }

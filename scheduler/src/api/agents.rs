@@ -23,7 +23,7 @@ use super::{status, Auth, Rpc};
 use crate::control::{now_millis, start_message, stop_message};
 use crate::raft::Replica;
 use crate::sessions::{Hello, Sessions};
-use crate::state::{Command, JobId, JobState};
+use crate::state::{Command, Host, JobId, JobState};
 
 #[derive(Clone)]
 pub struct Agents {
@@ -83,10 +83,15 @@ impl AgentService for Agents {
             })),
         });
         let agent_version = truncate(&hello.agent_version);
+        let host = Host {
+            cpu_millicores: hello.cpu_millicores,
+            memory_bytes: hello.memory_bytes,
+        };
         let inventory = Hello {
             gpus: gpus.clone(),
             agent_version: agent_version.clone(),
             software: software.clone(),
+            host,
         };
         let session = self.sessions.open(&node, inventory, tx, now_millis());
         self.replica
@@ -96,6 +101,8 @@ impl AgentService for Agents {
                 agent_version,
                 images: software.images,
                 allows_host_jobs: software.allows_host_jobs,
+                cpu_millicores: host.cpu_millicores,
+                memory_bytes: host.memory_bytes,
             })
             .await
             .map_err(|e| {

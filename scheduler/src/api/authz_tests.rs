@@ -112,6 +112,9 @@ impl Pool {
             agent_version: "test".into(),
             images: vec![],
             allows_host_jobs: true,
+            // Room for the pool's default CPU and memory per GPU.
+            cpu_millicores: 1_000_000,
+            memory_bytes: 1 << 44,
         })
         .await;
         pool

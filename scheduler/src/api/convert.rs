@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use edupool_proto::v1 as pb;
 use thiserror::Error;
 
+use super::resources::{self, HostDefaults, MAX_CPU_MILLICORES, MAX_KINDS, MAX_MEMORY_BYTES};
 use crate::planner::accounting::TenantReport;
 use crate::state::{
     valid_image_name, Constraints, GpuInfo, Job, JobClass, JobId, JobSpec, JobState, JobUsage,
@@ -27,6 +28,8 @@ pub struct JobLimits {
     pub max_pending_per_tenant: u32,
     /// Requests per second and burst per token at the API edge.
     pub rate: crate::api::RateLimit,
+    /// CPU and memory for jobs that give none.
+    pub host: HostDefaults,
 }
 
 impl Default for JobLimits {
@@ -40,6 +43,7 @@ impl Default for JobLimits {
             default_max_retries: 3,
             max_pending_per_tenant: 10_000,
             rate: crate::api::RateLimit::default(),
+            host: HostDefaults::default(),
         }
     }
 }
@@ -64,8 +68,16 @@ pub enum SpecError {
     TooManyArgs { count: usize },
     #[error("the command is {bytes} bytes long; at most {MAX_COMMAND_BYTES} are allowed")]
     CommandTooLong { bytes: usize },
-    #[error("a job needs at least 1 GPU (gpus was 0)")]
-    ZeroGpus,
+    #[error("a job with gpus = 0 must ask for CPU: set cpu_millicores (1000 is one core)")]
+    NothingRequested,
+    #[error("cpu_millicores is {0}, more than any node has (at most {MAX_CPU_MILLICORES}); it counts thousandths of a core, e.g. 4000 for 4 cores")]
+    CpuTooLarge(u64),
+    #[error("memory_bytes is {0}, more than any node has (at most {MAX_MEMORY_BYTES}, 1 PiB); give bytes, e.g. 17179869184 for 16 GiB")]
+    MemoryTooLarge(u64),
+    #[error("{0} is set for a job with gpus = 0; GPU constraints need GPUs")]
+    GpuConstraintWithoutGpus(&'static str),
+    #[error("{field} names {count} entries; at most {MAX_KINDS} are allowed")]
+    TooManyKinds { field: &'static str, count: usize },
     #[error("a job may ask for at most {max} GPUs; it asked for {requested}")]
     TooManyGpus { requested: u32, max: u32 },
     #[error("unknown job class {0}; use inference, training, batch or scavenger")]
@@ -127,7 +139,7 @@ pub const MAX_GPU_MEMORY_BYTES: u64 = 16 << 40;
 pub const MAX_NODES: u32 = 256;
 
 /// An optional name-like field: empty means unset.
-fn label(field: &'static str, value: String) -> Result<Option<String>, SpecError> {
+pub(crate) fn label(field: &'static str, value: String) -> Result<Option<String>, SpecError> {
     if value.is_empty() {
         return Ok(None);
     }
@@ -184,15 +196,19 @@ fn policy_fields(
             });
         }
     }
+    let (gpu_models, gpu_classes) = resources::gpu_kinds(spec)?;
     Ok((
         nodes,
         Constraints {
-            gpu_model: label("gpu_model", std::mem::take(&mut spec.gpu_model))?,
-            gpu_class: label("gpu_class", std::mem::take(&mut spec.gpu_class))?,
+            // The sets are the stored form; the singles joined them.
+            gpu_model: None,
+            gpu_class: None,
             min_gpu_memory_bytes: spec.min_gpu_memory_bytes,
             site,
             preferred_site,
             data_level: spec.data_level as u8,
+            gpu_models,
+            gpu_classes,
         },
     ))
 }
@@ -201,9 +217,6 @@ fn policy_fields(
 pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec, SpecError> {
     let mut spec = spec.ok_or(SpecError::Missing)?;
     check_command(&spec.command)?;
-    if spec.gpus == 0 {
-        return Err(SpecError::ZeroGpus);
-    }
     if spec.gpus > limits.max_gpus {
         return Err(SpecError::TooManyGpus {
             requested: spec.gpus,
@@ -214,6 +227,7 @@ pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec
         return Err(SpecError::BadName(truncate(&spec.name)));
     }
     let (nodes, constraints) = policy_fields(&mut spec, limits)?;
+    let (cpu_millicores, memory_bytes) = resources::host_request(&spec, limits.host)?;
     let env = check_env(spec.env)?;
     let secret_env = check_secret_env(spec.secret_env, &env)?;
     let image = image(std::mem::take(&mut spec.image))?;
@@ -264,6 +278,8 @@ pub fn job_spec(spec: Option<pb::JobSpec>, limits: &JobLimits) -> Result<JobSpec
         requeue_on_preempt: !spec.no_requeue_on_preempt,
         secret_env,
         image,
+        cpu_millicores,
+        memory_bytes,
     })
 }
 
@@ -563,7 +579,10 @@ fn spec_summary(s: &JobSpec) -> pb::JobSpec {
         no_requeue_on_preempt: !s.requeue_on_preempt,
         secret_env: Default::default(),
         image: s.image.clone().unwrap_or_default(),
-        ..Default::default()
+        cpu_millicores: s.cpu_millicores,
+        memory_bytes: s.memory_bytes,
+        gpu_models: s.constraints.gpu_models.clone(),
+        gpu_classes: s.constraints.gpu_classes.clone(),
     }
 }
 
@@ -652,7 +671,10 @@ pub fn node(n: &Node, running_jobs: u32, last_seen_ms: Millis) -> pb::Node {
         }),
         images: n.images.clone(),
         allows_host_jobs: n.allows_host_jobs,
-        ..Default::default()
+        cpu_millicores: n.cpu_millicores,
+        memory_bytes: n.memory_bytes,
+        free_cpu_millicores: n.host_free().cpu_millicores,
+        free_memory_bytes: n.host_free().memory_bytes,
     }
 }
 
@@ -790,7 +812,8 @@ pub fn tenant_view(r: &TenantReport) -> pb::TenantPolicyView {
             .collect(),
         queue: r.queue.iter().map(|j| j.to_string()).collect(),
         uid_offset: r.uid_offset,
-        ..Default::default()
+        cpu_millicores_in_use: r.host_in_use.cpu_millicores,
+        memory_bytes_in_use: r.host_in_use.memory_bytes,
     }
 }
 
@@ -969,7 +992,8 @@ mod tests {
         })
         .unwrap();
         assert_eq!((s.nodes, s.gpus, s.priority), (2, 4, -3));
-        assert_eq!(s.constraints.gpu_class.as_deref(), Some("A100"));
+        assert_eq!(s.constraints.gpu_classes, ["A100"]);
+        assert_eq!(s.constraints.gpu_class, None);
         assert_eq!(s.constraints.data_level, 2);
         assert!(!s.requeue_on_preempt);
     }
@@ -1040,7 +1064,7 @@ mod tests {
             check(|s| s.command[0].clear()),
             Err(SpecError::EmptyProgram)
         );
-        assert_eq!(check(|s| s.gpus = 0), Err(SpecError::ZeroGpus));
+        assert_eq!(check(|s| s.gpus = 0), Err(SpecError::NothingRequested));
         assert_eq!(
             check(|s| s.gpus = u32::MAX),
             Err(SpecError::TooManyGpus {

@@ -59,6 +59,9 @@ async fn the_start_order_carries_image_data_level_and_the_tenants_uid_offset() {
         agent_version: "test".into(),
         images: vec!["pytorch-2.3".into(), "busybox".into()],
         allows_host_jobs: false,
+        // Room for the pool's default CPU and memory per GPU.
+        cpu_millicores: 1_000_000,
+        memory_bytes: 1 << 44,
     })
     .await;
     // A submit may name an image no node has yet: stores change.

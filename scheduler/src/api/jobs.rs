@@ -261,6 +261,11 @@ impl JobService for Jobs {
         }
         let spec = convert::job_spec(req.spec, &self.limits)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A GPU kind no node has, or a task larger than the largest node,
+        // is bad input: refused before anything is written.
+        self.replica
+            .read(|s| s.check_request(&spec))
+            .map_err(|e| Status::invalid_argument(convert::bounded_message(e)))?;
         if req.array > MAX_ARRAY {
             return Err(Status::invalid_argument(format!(
                 "an array of {} jobs is more than one submission may hold ({MAX_ARRAY}); submit it in parts",

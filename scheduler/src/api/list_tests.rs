@@ -157,6 +157,9 @@ async fn tenants_nodes_and_tokens_page_in_key_order() {
             agent_version: "test".into(),
             images: vec![],
             allows_host_jobs: true,
+            // Room for the pool's default CPU and memory per GPU.
+            cpu_millicores: 1_000_000,
+            memory_bytes: 1 << 44,
         })
         .await;
     }
@@ -225,6 +228,9 @@ async fn a_gang_counts_every_gpu_it_holds_everywhere() {
             agent_version: "test".into(),
             images: vec![],
             allows_host_jobs: true,
+            // Room for the pool's default CPU and memory per GPU.
+            cpu_millicores: 1_000_000,
+            memory_bytes: 1 << 44,
         })
         .await;
     }

@@ -14,6 +14,7 @@ pub mod convert;
 pub mod deadline;
 pub mod jobs;
 pub mod paging;
+pub mod resources;
 pub mod retry_info;
 pub mod security;
 pub mod streams;

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use edupool_agent::host::HostResources;
 use edupool_agent::inventory::SimulatedInventory;
 use edupool_agent::AgentConfig;
 use thiserror::Error;
@@ -30,6 +31,9 @@ pub struct DevConfig {
     pub agents: u32,
     pub gpus_per_agent: u32,
     pub gpu_model: String,
+    /// CPU (thousandths of a core) and memory (bytes) each agent reports
+    /// for jobs; `None`: sized to its GPUs (`HostResources::simulated`).
+    pub host_per_agent: Option<HostResources>,
     pub admin_token: Option<String>,
     /// `None`: a temporary directory, removed at exit.
     pub data_dir: Option<PathBuf>,
@@ -154,6 +158,9 @@ pub async fn run(config: DevConfig, shutdown: CancellationToken) -> Result<DevOu
         // processes (the banner says so).
         agent.runtime = edupool_agent::RuntimeChoice::None;
         agent.allow_host_jobs = true;
+        agent.host = config
+            .host_per_agent
+            .unwrap_or_else(|| HostResources::simulated(config.gpus_per_agent as usize));
         let agent_stop = agents_stop.clone();
         agent_tasks.spawn(async move {
             if let Err(e) = edupool_agent::run(agent, agent_stop).await {

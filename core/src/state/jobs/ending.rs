@@ -130,7 +130,11 @@ impl State {
             return vec![];
         };
         let index = job.tasks.iter().position(|t| t.node == node);
+        let mut released = Host::default();
         if let Some(t) = index.and_then(|i| job.tasks.get_mut(i)) {
+            if !t.finished && job.state.is_placed() {
+                released = job.spec.host();
+            }
             t.finished = true;
         }
         let failure = match end {
@@ -173,7 +177,9 @@ impl State {
                 }
             }
         }
-        if job.tasks.iter().any(|t| !t.finished) {
+        let others_live = job.tasks.iter().any(|t| !t.finished);
+        self.release_host(node, released);
+        if others_live {
             return effects;
         }
         effects.extend(self.finish(id, at));
@@ -255,6 +261,16 @@ impl State {
             for g in n.gpus.iter_mut() {
                 g.holders.remove(&id);
             }
+        }
+    }
+
+    /// Gives a finished task's CPU and memory back to its node.
+    fn release_host(&mut self, node: &str, host: Host) {
+        if host == Host::default() {
+            return;
+        }
+        if let Some(n) = self.nodes.get_mut(node).map(Arc::make_mut) {
+            n.host_held = n.host_held.minus(host);
         }
     }
 }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use feasible::{fits_gpu, fits_node};
+pub use feasible::{cpu as show_cpu, fits_gpu, fits_node, memory as show_memory};
 
 use super::outcome::{stop_tasks, Applied, Effect, Outcome, Rejection};
 use super::types::*;
@@ -41,6 +41,27 @@ pub const MAX_ARRAY: u32 = 100_000;
 pub const ARRAY_INDEX_ENV: &str = "EDUPOOL_ARRAY_INDEX";
 pub const ARRAY_SIZE_ENV: &str = "EDUPOOL_ARRAY_SIZE";
 pub const ARRAY_JOB_ID_ENV: &str = "EDUPOOL_ARRAY_JOB_ID";
+
+/// Sets every node's `host_held` from the placed jobs' live tasks: what
+/// `apply` keeps exact, computed afresh when a state is loaded.
+pub(in crate::state) fn rebuild_host_held<'j>(
+    nodes: &mut super::free::Nodes,
+    placed: impl Iterator<Item = &'j Job>,
+) {
+    let mut held: std::collections::BTreeMap<&str, Host> = Default::default();
+    for job in placed.filter(|j| j.state.is_placed()) {
+        for t in job.tasks.iter().filter(|t| !t.finished) {
+            let h = held.entry(t.node.as_str()).or_default();
+            *h = h.plus(job.spec.host());
+        }
+    }
+    for (name, node) in nodes.iter_mut() {
+        let want = held.get(name.as_str()).copied().unwrap_or_default();
+        if node.host_held != want {
+            Arc::make_mut(node).host_held = want;
+        }
+    }
+}
 
 impl State {
     pub(super) fn submit_job(&mut self, tenant: String, spec: JobSpec, at: Millis) -> Applied {
@@ -233,6 +254,7 @@ impl State {
         // Everything is checked: from here on nothing refuses, so nothing
         // is half-placed.
         let milli = spec.milli_per_gpu();
+        let host = spec.host();
         let tenant = job.tenant.clone();
         let own = owners.iter().all(|o| o.as_deref() == Some(tenant.as_str()));
         let placed: Vec<Task> = tasks
@@ -261,6 +283,7 @@ impl State {
             {
                 g.holders.insert(id, milli);
             }
+            node.host_held = node.host_held.plus(host);
         }
         job.capacity = match capacity {
             Capacity::Guaranteed if own => Capacity::Own,
@@ -279,7 +302,8 @@ impl State {
             .collect();
         job.state = JobState::Assigned;
         job.tasks = placed;
-        job.gpu_class = class;
+        // A CPU-only job holds no GPU, so no class.
+        job.gpu_class = class.filter(|c| !c.is_empty());
         job.placed_at = Some(at);
         job.ending = None;
         self.pending.remove(&id);
@@ -324,6 +348,19 @@ impl State {
             return Err(bad(match &job.spec.image {
                 Some(image) => format!("it does not have image {image}"),
                 None => "it does not run jobs without an image".into(),
+            }));
+        }
+        let (free, want) = (node.host_free(), job.spec.host());
+        if let Some(short) = free.short_of(want) {
+            return Err(bad(match short {
+                HostDimension::Cpu => format!(
+                    "it has {} CPU millicores free, {} needed",
+                    free.cpu_millicores, want.cpu_millicores
+                ),
+                HostDimension::Memory => format!(
+                    "it has {} bytes of memory free, {} needed",
+                    free.memory_bytes, want.memory_bytes
+                ),
             }));
         }
         let milli = job.spec.milli_per_gpu();

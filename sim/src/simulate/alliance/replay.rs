@@ -267,6 +267,10 @@ impl Replay<'_> {
                     agent_version: "simulated".into(),
                     images: vec![],
                     allows_host_jobs: true,
+                    // The Philly trace has GPUs only: no host requests,
+                    // so no host capacity is needed.
+                    cpu_millicores: 0,
+                    memory_bytes: 0,
                 };
                 self.apply(connect, at).expect("a new node connects");
                 let labels = NodeLabels {
@@ -376,6 +380,8 @@ impl Replay<'_> {
                 requeue_on_preempt: true,
                 secret_env: Default::default(),
                 image: None,
+                cpu_millicores: 0,
+                memory_bytes: 0,
             };
             let cmd = Command::SubmitJob {
                 tenant: self.members[job.tenant].name.clone(),
