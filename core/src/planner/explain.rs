@@ -6,8 +6,9 @@
 
 use std::fmt;
 
+use super::placement::Shortage;
 use super::{Policy, Round};
-use crate::state::{Indexed, JobClass, JobId, JobState, Millis};
+use crate::state::{show_cpu, show_memory, Host, Indexed, JobClass, JobId, JobState, Millis};
 
 /// What held a job back in a round (or that it would be placed now).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,8 +42,13 @@ pub enum Hold {
         nodes: Vec<String>,
         until: Millis,
     },
-    /// No free GPUs for it now.
-    NoCapacity { within_guarantee: bool, gang: bool },
+    /// No room for it now. For the job explained: what one task asks for
+    /// besides GPUs, and how many nodes lack each dimension.
+    NoCapacity {
+        within_guarantee: bool,
+        gang: bool,
+        shortage: Option<(Host, Shortage)>,
+    },
     /// The round's budget ran out before its turn.
     NotReached,
 }
@@ -110,13 +116,18 @@ impl fmt::Display for Hold {
             Hold::NoCapacity {
                 within_guarantee,
                 gang,
+                shortage,
             } => {
                 let what = if *gang {
-                    "not enough nodes in one site have the GPUs free for all its tasks at once"
+                    "not enough nodes in one site have the GPUs, CPU and memory free for all its tasks at once"
                 } else {
-                    "no node has enough free GPUs that meet its constraints"
+                    "no node has enough free GPUs, CPU and memory that meet its constraints"
                 };
-                write!(f, "capacity: {what}{}", guarantee_note(*within_guarantee))
+                write!(f, "capacity: {what}")?;
+                if let Some((host, s)) = shortage {
+                    write!(f, " ({})", short_dimensions(*host, s))?;
+                }
+                write!(f, "{}", guarantee_note(*within_guarantee))
             }
             Hold::NotReached => write!(
                 f,
@@ -124,6 +135,44 @@ impl fmt::Display for Hold {
             ),
         }
     }
+}
+
+/// Which dimensions are short and on how many of the nodes that could run
+/// the job: `CPU: 2 of 3 nodes lack 6 CPU cores free; memory: ...`.
+fn short_dimensions(host: Host, s: &Shortage) -> String {
+    if s.nodes == 0 {
+        return "no schedulable node meets its constraints".into();
+    }
+    let of = |n: usize| {
+        let nodes = if s.nodes == 1 { "node" } else { "nodes" };
+        let verb = if n == 1 { "lacks" } else { "lack" };
+        format!("{n} of {} {nodes} {verb}", s.nodes)
+    };
+    let mut parts = vec![];
+    if s.gpus > 0 {
+        parts.push(format!("GPUs: {} the free GPUs it asks for", of(s.gpus)));
+    }
+    if s.cpu > 0 {
+        parts.push(format!(
+            "CPU: {} {} free per task",
+            of(s.cpu),
+            show_cpu(host.cpu_millicores)
+        ));
+    }
+    if s.memory > 0 {
+        parts.push(format!(
+            "memory: {} {} free per task",
+            of(s.memory),
+            show_memory(host.memory_bytes)
+        ));
+    }
+    if parts.is_empty() {
+        return format!(
+            "each of the {} nodes that could run it has room for one task, but they are held for others or too few in one site",
+            s.nodes
+        );
+    }
+    parts.join("; ")
 }
 
 fn rfc3339(at: Millis) -> impl fmt::Display {

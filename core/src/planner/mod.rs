@@ -23,6 +23,8 @@ mod preemption;
 mod queue;
 
 #[cfg(test)]
+mod host_tests;
+#[cfg(test)]
 mod images_tests;
 #[cfg(test)]
 mod proptests;
@@ -32,12 +34,13 @@ mod tests;
 use std::collections::HashMap;
 
 use crate::state::{
-    Capacity, Command, Constraints, Indexed, Job, JobClass, JobId, JobSpec, Millis, State,
+    Capacity, Command, Constraints, Host, Indexed, Job, JobClass, JobId, JobSpec, Millis, State,
     TaskPlacement,
 };
 
 use accounting::Books;
 pub use explain::{explain, Hold};
+pub use placement::Shortage;
 use placement::{BucketKey, FreeIndex};
 use queue::{Queue, Tier};
 
@@ -152,7 +155,9 @@ struct Round<'a> {
     /// Smallest task demand (thousandths) found not to fit, per shape:
     /// capacity only shrinks within a round, so a larger job of the same
     /// shape cannot fit either.
-    blocked: HashMap<(Constraints, Option<String>, u32, bool), u32>,
+    /// The task's CPU and memory are part of the shape: a job that asks
+    /// for more GPUs but less CPU may fit where another did not.
+    blocked: HashMap<(Constraints, Option<String>, u32, bool, Host), u32>,
     /// Schedulable nodes that run a job of each image (`None`: without
     /// one), counted when a job of it first fails to fit this round.
     runners: HashMap<Option<String>, usize>,
@@ -241,6 +246,16 @@ impl<'a> Round<'a> {
 
     fn consider(&mut self, job: &'a Job) -> Outcome {
         let spec = &job.spec;
+        let ends_at = self.now + (spec.walltime_secs as Millis).saturating_mul(1000);
+        if spec.cpu_only() {
+            // No GPUs: no guarantee or quota is involved, nothing to
+            // reclaim, and no reservation is made for it.
+            if let Some(fits) = self.index.place(spec, &[], ends_at) {
+                self.commit(job, &fits, Capacity::Guaranteed);
+                return Outcome::Placed;
+            }
+            return Outcome::Held(self.no_capacity(job, false));
+        }
         let classes = self.index.classes_for(&spec.constraints);
         if classes.is_empty() {
             return Outcome::Held(Hold::NoMatchingGpu);
@@ -254,10 +269,10 @@ impl<'a> Round<'a> {
             spec.image.clone(),
             spec.nodes,
             spec.milli_per_gpu() < crate::state::WHOLE_GPU,
+            spec.host(),
         );
         let all_classes = terms.guaranteed.len() + terms.borrowable.len() == classes.len();
         let task = spec.task_milli() as u32;
-        let ends_at = self.now + (spec.walltime_secs as Millis).saturating_mul(1000);
         let known_blocked = self.blocked.get(&shape).is_some_and(|&m| task >= m);
         if !known_blocked {
             for (list, capacity) in [
@@ -315,10 +330,18 @@ impl<'a> Round<'a> {
                 return Outcome::Held(hold);
             }
         }
-        Outcome::Held(Hold::NoCapacity {
-            within_guarantee: terms.tier == Tier::Guaranteed,
-            gang: spec.nodes > 1,
-        })
+        Outcome::Held(self.no_capacity(job, terms.tier == Tier::Guaranteed))
+    }
+
+    /// No node has room for the job now; for the job being explained,
+    /// which dimensions are short and on how many nodes.
+    fn no_capacity(&self, job: &Job, within_guarantee: bool) -> Hold {
+        let shortage = (Some(job.id) == self.watch).then(|| self.index.shortage(&job.spec));
+        Hold::NoCapacity {
+            within_guarantee,
+            gang: job.spec.nodes > 1,
+            shortage: shortage.map(|s| (job.spec.host(), s)),
+        }
     }
 
     /// How many schedulable nodes run the job's image (or, without one,
@@ -338,10 +361,12 @@ impl<'a> Round<'a> {
         let class = self.index.class_of(&fits[0]).to_string();
         let tasks = self.index.placements(fits);
         for f in fits {
-            self.index.take(f.node, &f.gpus, milli);
+            self.index.take(f.node, &f.gpus, milli, job.spec.host());
         }
-        self.books
-            .place(&job.tenant, &class, job.spec.class, job.spec.demand_milli());
+        if !job.spec.cpu_only() {
+            self.books
+                .place(&job.tenant, &class, job.spec.class, job.spec.demand_milli());
+        }
         self.decisions.push(Decision::Place {
             job: job.id,
             tasks,

@@ -10,8 +10,8 @@ use std::cell::OnceCell;
 
 pub use crate::state::BucketKey;
 use crate::state::{
-    fits_gpu, Constraints, Free, Indexed, JobSpec, Layout, Millis, Node, State, TaskPlacement,
-    WHOLE_GPU,
+    fits_gpu, fits_node, Constraints, Free, Host, Indexed, JobSpec, Layout, Millis, Node, State,
+    TaskPlacement, WHOLE_GPU,
 };
 
 /// How many feasible nodes per bucket are scored for one task; the index
@@ -30,6 +30,9 @@ pub struct Score {
     pub off_preferred_site: bool,
     /// Certified above what the job needs: keep such nodes for sensitive work.
     pub excess_data_level: u8,
+    /// A CPU-only task on a node with GPUs: keep their CPU for GPU work
+    /// (always false for a GPU task).
+    pub cpu_task_on_gpu_node: bool,
     /// A fraction that opens a fresh GPU instead of filling a shared one.
     pub opens_gpu: bool,
     /// Thousandths left free on the shared GPU a fraction lands on.
@@ -39,6 +42,9 @@ pub struct Score {
     pub leftover_gpus: u32,
     /// A multi-GPU task whose GPUs are not all linked to each other.
     pub unlinked: bool,
+    /// CPU millicores left free on the node: the tightest fit keeps room
+    /// for larger tasks elsewhere.
+    pub leftover_cpu: u64,
     pub node: usize,
 }
 
@@ -105,9 +111,19 @@ impl<'a> FreeIndex<'a> {
         self.reserved[i]
     }
 
-    /// Takes `milli` of each listed GPU of node `i`.
-    pub fn take(&mut self, i: usize, gpus: &[usize], milli: u32) {
-        self.free.take(self.layout, i, gpus, milli);
+    /// Takes `milli` of each listed GPU of node `i`, and a task's CPU and
+    /// memory.
+    pub fn take(&mut self, i: usize, gpus: &[usize], milli: u32, host: Host) {
+        if !gpus.is_empty() {
+            self.free.take(self.layout, i, gpus, milli);
+        }
+        self.free.take_host(i, host);
+    }
+
+    /// The CPU and memory of node `i` no job holds (this round's takings
+    /// included).
+    pub fn host_of(&self, i: usize) -> Host {
+        self.free.host(i)
     }
 
     /// Reserves node `i` for a job waiting on preemption: nothing else is
@@ -229,13 +245,23 @@ impl<'a> FreeIndex<'a> {
         let base = Score {
             off_preferred_site: c.preferred_site.as_deref().is_some_and(|s| s != key.site),
             excess_data_level: key.data_level - c.data_level.min(key.data_level),
+            cpu_task_on_gpu_node: false,
             opens_gpu: false,
             stranded_milli: 0,
             leftover_gpus: 0,
             unlinked: false,
+            leftover_cpu: 0,
             node: 0,
         };
         let milli = spec.milli_per_gpu();
+        let host = spec.host();
+        let roomy = |i: usize| self.free.host(i).holds(host);
+        let leftover_cpu = |i: usize| {
+            self.free
+                .host(i)
+                .cpu_millicores
+                .saturating_sub(host.cpu_millicores)
+        };
         let mut fits = vec![];
         if milli < WHOLE_GPU {
             // Fill a shared GPU first: the tightest one that still fits.
@@ -244,6 +270,7 @@ impl<'a> FreeIndex<'a> {
                 .take(SCAN_LIMIT)
                 .filter(|(_, i, pos)| {
                     self.usable(*i, exclude, ends_at)
+                        && roomy(*i)
                         && self.gpu_fits(c, *i, *pos, b)
                         && self.node(*i).runs(spec)
                 })
@@ -254,6 +281,7 @@ impl<'a> FreeIndex<'a> {
                     score: Score {
                         stranded_milli: free - milli,
                         leftover_gpus: leftover,
+                        leftover_cpu: leftover_cpu(i),
                         node: i,
                         ..base
                     },
@@ -275,7 +303,9 @@ impl<'a> FreeIndex<'a> {
             if fits.len() == CANDIDATES_PER_BUCKET || looser {
                 break;
             }
-            if !self.usable(i, exclude, ends_at) || !self.node(i).runs(spec) {
+            // A node without the task's CPU or memory is skipped like a
+            // reserved one: it counts towards the scan's bound.
+            if !self.usable(i, exclude, ends_at) || !roomy(i) || !self.node(i).runs(spec) {
                 continue;
             }
             let node_free = self.free_of(i);
@@ -293,6 +323,7 @@ impl<'a> FreeIndex<'a> {
                     stranded_milli: if opens { WHOLE_GPU - milli } else { 0 },
                     leftover_gpus: whole - want,
                     unlinked,
+                    leftover_cpu: leftover_cpu(i),
                     node: i,
                     ..base
                 },
@@ -308,6 +339,85 @@ impl<'a> FreeIndex<'a> {
         self.layout.buckets_of(i)[pos] == b && fits_gpu(c, node, &node.gpus[pos])
     }
 
+    /// The best node for one task of a CPU-only job: nodes by free CPU,
+    /// tightest first, up to the scan's bound; nodes without GPUs first
+    /// (keep GPU nodes' CPU for GPU work), then those with the fewest free
+    /// GPUs, then the tightest CPU fit. A gang's later tasks stay in the
+    /// site of its first (`site`).
+    pub fn best_host_task(
+        &self,
+        spec: &JobSpec,
+        exclude: &[usize],
+        site: Option<&str>,
+        ends_at: Millis,
+    ) -> Option<TaskFit> {
+        let c = &spec.constraints;
+        let want = spec.host();
+        let mut best: Option<TaskFit> = None;
+        let mut gpuless = 0;
+        for &(cpu, i) in self
+            .free
+            .by_cpu
+            .range((want.cpu_millicores, 0)..)
+            .take(SCAN_LIMIT)
+        {
+            if !self.usable(i, exclude, ends_at) || !self.free.host(i).holds(want) {
+                continue;
+            }
+            let node = self.node(i);
+            if !fits_node(c, node) || !node.runs(spec) || site.is_some_and(|s| node.site() != s) {
+                continue;
+            }
+            let whole = self.free_of(i).iter().filter(|&&f| f == WHOLE_GPU).count() as u32;
+            let score = Score {
+                off_preferred_site: c
+                    .preferred_site
+                    .as_deref()
+                    .is_some_and(|s| s != node.site()),
+                excess_data_level: node.labels.data_level
+                    - c.data_level.min(node.labels.data_level),
+                cpu_task_on_gpu_node: !node.gpus.is_empty(),
+                opens_gpu: false,
+                stranded_milli: 0,
+                leftover_gpus: whole,
+                unlinked: false,
+                leftover_cpu: cpu - want.cpu_millicores,
+                node: i,
+            };
+            if best.as_ref().is_none_or(|b| score < b.score) {
+                best = Some(TaskFit {
+                    score,
+                    node: i,
+                    gpus: vec![],
+                });
+            }
+            // Nodes come tightest first: past a few without GPUs, none
+            // further on can win.
+            if node.gpus.is_empty() {
+                gpuless += 1;
+                if gpuless == CANDIDATES_PER_BUCKET {
+                    break;
+                }
+            }
+        }
+        best
+    }
+
+    /// All tasks of a CPU-only job, or none.
+    fn place_host_only(&self, spec: &JobSpec, ends_at: Millis) -> Option<Vec<TaskFit>> {
+        let n = spec.nodes.max(1) as usize;
+        let first = self.best_host_task(spec, &[], None, ends_at)?;
+        let site = self.node(first.node).site();
+        let mut used = vec![first.node];
+        let mut tasks = vec![first];
+        while tasks.len() < n {
+            let fit = self.best_host_task(spec, &used, Some(site), ends_at)?;
+            used.push(fit.node);
+            tasks.push(fit);
+        }
+        Some(tasks)
+    }
+
     /// All tasks of a job, or none: a single task, or a gang of distinct
     /// nodes inside one site, all on GPUs of one class.
     pub fn place(
@@ -316,6 +426,9 @@ impl<'a> FreeIndex<'a> {
         buckets: &[(usize, &BucketKey)],
         ends_at: Millis,
     ) -> Option<Vec<TaskFit>> {
+        if spec.cpu_only() {
+            return self.place_host_only(spec, ends_at);
+        }
         let n = spec.nodes.max(1) as usize;
         if n == 1 {
             return self.best_task(spec, buckets, &[], ends_at).map(|f| vec![f]);
@@ -370,9 +483,61 @@ impl<'a> FreeIndex<'a> {
             .collect()
     }
 
+    /// The GPU class of a placed task; "" for a CPU-only one.
     pub fn class_of(&self, fit: &TaskFit) -> &str {
-        &self.layout.keys[self.layout.buckets_of(fit.node)[fit.gpus[0]]].class
+        match fit.gpus.first() {
+            Some(&pos) => &self.layout.keys[self.layout.buckets_of(fit.node)[pos]].class,
+            None => "",
+        }
     }
+
+    /// Why no node has room for a job now, by dimension: of the
+    /// schedulable nodes that meet its constraints (and have GPUs of its
+    /// kind), how many lack free GPUs, CPU or memory for one task. A walk
+    /// over every node: for `explain` only.
+    pub fn shortage(&self, spec: &JobSpec) -> Shortage {
+        let c = &spec.constraints;
+        let want = spec.host();
+        let mut s = Shortage::default();
+        for i in 0..self.len() {
+            let node = self.node(i);
+            if !fits_node(c, node) {
+                continue;
+            }
+            let free = self.free_of(i);
+            let kind: Vec<usize> = (0..node.gpus.len())
+                .filter(|&p| fits_gpu(c, node, &node.gpus[p]))
+                .collect();
+            if !spec.cpu_only() && kind.len() < spec.gpus as usize {
+                continue;
+            }
+            s.nodes += 1;
+            let milli = spec.milli_per_gpu();
+            let gpus_free = kind.iter().filter(|&&p| free[p] >= milli).count();
+            if !spec.cpu_only() && gpus_free < spec.gpus as usize {
+                s.gpus += 1;
+            }
+            let host = self.free.host(i);
+            if host.cpu_millicores < want.cpu_millicores {
+                s.cpu += 1;
+            }
+            if host.memory_bytes < want.memory_bytes {
+                s.memory += 1;
+            }
+        }
+        s
+    }
+}
+
+/// How many nodes lack each dimension for one task of a job (see
+/// [`FreeIndex::shortage`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shortage {
+    /// Schedulable nodes that meet its constraints.
+    pub nodes: usize,
+    pub gpus: usize,
+    pub cpu: usize,
+    pub memory: usize,
 }
 
 /// Picks `want` of the free GPU positions, preferring a set in which every

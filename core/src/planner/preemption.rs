@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use super::explain::Hold;
 use super::placement::BucketKey;
 use super::{charged, Decision, Round};
-use crate::state::{Job, JobClass, JobId, JobState, Millis, WHOLE_GPU};
+use crate::state::{Host, Job, JobClass, JobId, JobState, Millis, WHOLE_GPU};
 
 /// Running jobs that could be preempted, best victim first, and the GPUs
 /// already being freed by jobs in their grace period.
@@ -152,6 +152,7 @@ impl<'a> Round<'a> {
         }
         self.reclaims += 1;
         let mut extra = victims.freeing.clone();
+        let mut extra_host: BTreeMap<usize, Host> = BTreeMap::new();
         let mut taken: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         let mut spare: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         for (k, v) in victims.order.iter().enumerate() {
@@ -165,8 +166,13 @@ impl<'a> Round<'a> {
                 touched.push(i);
             }
             touched.dedup();
+            for &i in &touched {
+                let h = extra_host.entry(i).or_default();
+                *h = h.plus(v.spec.host());
+            }
             for i in touched {
-                if self.fits_with(job, buckets, i, &extra[&i]) {
+                let host = self.index.host_of(i).plus(extra_host[&i]);
+                if host.holds(job.spec.host()) && self.fits_with(job, buckets, i, &extra[&i]) {
                     let site = self.index.node(i).site();
                     let nodes = fitting.entry(site).or_default();
                     if !nodes.contains(&i) {
@@ -296,6 +302,8 @@ impl<'a> Round<'a> {
         victims: &Victims<'a>,
     ) -> Option<(usize, Vec<usize>)> {
         let mut extra: BTreeMap<usize, BTreeMap<usize, u32>> = BTreeMap::new();
+        // The CPU and memory the victims taken so far give back, per node.
+        let mut extra_host: BTreeMap<usize, Host> = BTreeMap::new();
         let mut taken: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
         // What each victim's tenant may still give up without dropping
         // below its guarantee, per GPU class.
@@ -311,12 +319,17 @@ impl<'a> Round<'a> {
                 touched.push(i);
             }
             touched.dedup();
+            for &i in &touched {
+                let h = extra_host.entry(i).or_default();
+                *h = h.plus(v.spec.host());
+            }
             for i in touched {
                 let mut with = extra[&i].clone();
                 for (pos, m) in victims.freeing.get(&i).into_iter().flatten() {
                     *with.entry(*pos).or_default() += m;
                 }
-                if self.fits_with(job, buckets, i, &with) {
+                let host = self.index.host_of(i).plus(extra_host[&i]);
+                if host.holds(job.spec.host()) && self.fits_with(job, buckets, i, &with) {
                     let mut chosen = taken.remove(&i).unwrap_or_default();
                     chosen.dedup();
                     return Some((i, chosen));

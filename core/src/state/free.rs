@@ -1,5 +1,6 @@
-//! Free GPU capacity by (GPU class, site, data level): an index derived
-//! from the nodes that the state keeps between planning rounds.
+//! Free GPU capacity by (GPU class, site, data level), and each node's
+//! free CPU and memory: an index derived from the nodes that the state
+//! keeps between planning rounds.
 //!
 //! A round used to rebuild it from every GPU of every node (tens of
 //! milliseconds at 10,000 nodes, before its first decision). Now it is
@@ -17,7 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::types::{Node, NodeStatus, WHOLE_GPU};
+use super::types::{Host, Node, NodeStatus, WHOLE_GPU};
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BucketKey {
@@ -79,6 +80,11 @@ impl Layout {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Free {
     free: Vec<u32>,
+    /// Per node: the CPU and memory no job holds.
+    host: Vec<Host>,
+    /// (free CPU millicores, node) for every node, so a CPU-only task's
+    /// best fit is a range lookup too.
+    pub by_cpu: BTreeSet<(u64, usize)>,
     /// Per bucket: (free whole GPUs, node) for nodes with at least one.
     pub by_free: Vec<BTreeSet<(u32, usize)>>,
     /// Per bucket: (free thousandths, node, GPU position) for GPUs partly
@@ -90,6 +96,24 @@ impl Free {
     /// Free thousandths of each GPU of node `i` (0 for unusable GPUs).
     pub fn of<'f>(&'f self, layout: &Layout, i: usize) -> &'f [u32] {
         &self.free[layout.first[i]..layout.first[i + 1]]
+    }
+
+    /// The CPU and memory of node `i` no job holds.
+    pub fn host(&self, i: usize) -> Host {
+        self.host.get(i).copied().unwrap_or_default()
+    }
+
+    /// Takes one task's CPU and memory from node `i`.
+    pub fn take_host(&mut self, i: usize, want: Host) {
+        if want == Host::default() {
+            return;
+        }
+        let Some(h) = self.host.get_mut(i) else {
+            return;
+        };
+        self.by_cpu.remove(&(h.cpu_millicores, i));
+        *h = h.minus(want);
+        self.by_cpu.insert((h.cpu_millicores, i));
     }
 
     /// Whole free GPUs of node `i` in bucket `b`.
@@ -164,7 +188,8 @@ impl Free {
         self.insert(layout, i);
     }
 
-    /// Sets node `i`'s free amounts to what its GPUs have free now.
+    /// Sets node `i`'s free amounts to what its GPUs, CPU and memory have
+    /// free now.
     fn refresh(&mut self, layout: &Layout, i: usize, node: &Node) {
         self.remove(layout, i);
         let first = layout.first[i];
@@ -172,6 +197,12 @@ impl Free {
             self.free[first + pos] = g.free_milli();
         }
         self.insert(layout, i);
+        let now = node.host_free();
+        if let Some(h) = self.host.get_mut(i) {
+            self.by_cpu.remove(&(h.cpu_millicores, i));
+            *h = now;
+            self.by_cpu.insert((now.cpu_millicores, i));
+        }
     }
 }
 
@@ -188,6 +219,7 @@ impl FreeCapacity {
     pub fn build<'n>(nodes: impl Iterator<Item = &'n Node>) -> FreeCapacity {
         let mut layout = Layout::default();
         let mut free = vec![];
+        let mut host = vec![];
         // Neighbouring nodes are nearly always alike: remember the last
         // bucket seen, across nodes.
         let mut last: Option<(&str, &str, u8, usize)> = None;
@@ -225,11 +257,19 @@ impl FreeCapacity {
                 }
             }
             layout.names.push(node.name.clone());
+            host.push(node.host_free());
         }
         layout.first.push(free.len());
         let buckets = layout.keys.len();
+        let by_cpu = host
+            .iter()
+            .enumerate()
+            .map(|(i, h)| (h.cpu_millicores, i))
+            .collect();
         let mut f = Free {
             free,
+            host,
+            by_cpu,
             by_free: vec![BTreeSet::new(); buckets],
             shared: vec![BTreeSet::new(); buckets],
         };

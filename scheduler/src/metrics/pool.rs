@@ -107,6 +107,23 @@ fn node_families(state: &State) -> Vec<MetricFamily> {
         "1 if the planner may place jobs on the node (ready, neither cordoned nor draining).",
         &["node"],
     );
+    let host = |name: &str, help: &str| gauge(name, help, &["node"]);
+    let cpu = host(
+        "edupool_node_cpu_allocatable_cores",
+        "CPU cores jobs may use on the node, as its agent reported them (after the system reserve).",
+    );
+    let cpu_free = host(
+        "edupool_node_cpu_free_cores",
+        "CPU cores of the node no placed job holds.",
+    );
+    let memory = host(
+        "edupool_node_memory_allocatable_bytes",
+        "Host memory jobs may use on the node, as its agent reported it (after the system reserve).",
+    );
+    let memory_free = host(
+        "edupool_node_memory_free_bytes",
+        "Host memory of the node no placed job holds.",
+    );
     for n in state.nodes() {
         for s in NODE_STATUSES {
             let v = if n.status == s { 1.0 } else { 0.0 };
@@ -114,8 +131,21 @@ fn node_families(state: &State) -> Vec<MetricFamily> {
         }
         let v = if n.schedulable() { 1.0 } else { 0.0 };
         schedulable.with_label_values(&[&n.name]).set(v);
+        let (all, free) = (n.host_allocatable(), n.host_free());
+        let cores = |m: u64| m as f64 / 1000.0;
+        cpu.with_label_values(&[&n.name])
+            .set(cores(all.cpu_millicores));
+        cpu_free
+            .with_label_values(&[&n.name])
+            .set(cores(free.cpu_millicores));
+        memory
+            .with_label_values(&[&n.name])
+            .set(all.memory_bytes as f64);
+        memory_free
+            .with_label_values(&[&n.name])
+            .set(free.memory_bytes as f64);
     }
-    [status, schedulable]
+    [status, schedulable, cpu, cpu_free, memory, memory_free]
         .iter()
         .flat_map(prometheus::core::Collector::collect)
         .collect()
@@ -402,6 +432,61 @@ pub(super) mod tests {
         assert_eq!(
             value(&f, "edupool_node_schedulable", &[("node", "n1")]),
             Some(0.0)
+        );
+    }
+
+    #[test]
+    fn node_cpu_and_memory_gauges_follow_placed_jobs() {
+        let mut s = State::default();
+        tenant(&mut s, "zju");
+        apply_ok(
+            &mut s,
+            Command::NodeConnected {
+                node: "n1".into(),
+                gpus: crate::state::tests_support::gpus("n1", 2),
+                agent_version: "test".into(),
+                images: vec![],
+                allows_host_jobs: true,
+                cpu_millicores: 16_000,
+                memory_bytes: 64 << 30,
+            },
+        );
+        let mut spec = crate::state::tests_support::spec(1, JobClass::Batch);
+        spec.cpu_millicores = 2_500;
+        spec.memory_bytes = 8 << 30;
+        let job = match s.apply(
+            Command::SubmitJob {
+                tenant: "zju".into(),
+                spec,
+            },
+            0,
+        ) {
+            Ok((crate::state::Outcome::Job(id), _)) => id,
+            other => panic!("{other:?}"),
+        };
+        apply_ok(
+            &mut s,
+            Command::PlaceJob {
+                job,
+                tasks: vec![crate::state::TaskPlacement {
+                    node: "n1".into(),
+                    gpus: vec![uuid("n1", 0)],
+                }],
+                capacity: crate::state::Capacity::Guaranteed,
+            },
+        );
+        let f = families(&s, 0);
+        let n1 = [("node", "n1")];
+        let at = |name| value(&f, name, &n1);
+        assert_eq!(at("edupool_node_cpu_allocatable_cores"), Some(16.0));
+        assert_eq!(at("edupool_node_cpu_free_cores"), Some(13.5));
+        assert_eq!(
+            at("edupool_node_memory_allocatable_bytes"),
+            Some((64u64 << 30) as f64)
+        );
+        assert_eq!(
+            at("edupool_node_memory_free_bytes"),
+            Some((56u64 << 30) as f64)
         );
     }
 }
