@@ -96,6 +96,12 @@ pub struct JobView {
     /// The image it runs in; `null`: a host process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// CPU (thousandths of a core) and host memory (bytes) per task, the
+    /// pool's defaults filled in; 0 for a job from before they existed.
+    #[serde(default)]
+    pub cpu_millicores: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 impl From<&Job> for JobView {
@@ -131,6 +137,8 @@ impl From<&Job> for JobView {
             gpu_seconds: job.gpu_seconds,
             energy_joules: job.energy_joules,
             image: non_empty(&spec.image),
+            cpu_millicores: spec.cpu_millicores,
+            memory_bytes: spec.memory_bytes,
         }
     }
 }

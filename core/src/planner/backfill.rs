@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use super::explain::Hold;
 use super::queue::Terms;
 use super::Round;
-use crate::state::{Job, JobId, JobState, Millis, WHOLE_GPU};
+use crate::state::{Host, Job, JobId, JobState, Millis, WHOLE_GPU};
 
 /// The reservation a round made: for which job, on which nodes, from when.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,10 +100,12 @@ pub(super) fn reserve(
         nodes: names.clone(),
         until,
     });
+    let shortage = (round.watch == Some(job.id)).then(|| (spec.host(), round.index.shortage(spec)));
     Some(Hold::Reserved {
         until,
         nodes: names,
         within_guarantee,
+        shortage,
     })
 }
 
@@ -156,14 +158,18 @@ fn earliest_start(
         return None;
     }
     let mut free = node_free.to_vec();
-    let fits = |free: &[u32]| {
-        free.iter()
-            .zip(&eligible)
-            .filter(|(f, e)| **e && (**f).min(WHOLE_GPU) >= milli)
-            .count()
-            >= spec.gpus as usize
+    // The task's CPU and memory must be free too.
+    let mut host = round.index.host_of(i);
+    let fits = |free: &[u32], host: Host| {
+        host.holds(spec.host())
+            && free
+                .iter()
+                .zip(&eligible)
+                .filter(|(f, e)| **e && (**f).min(WHOLE_GPU) >= milli)
+                .count()
+                >= spec.gpus as usize
     };
-    if fits(&free) {
+    if fits(&free, host) {
         return Some(round.now);
     }
     let mut releases = ends.get(node.name.as_str()).cloned().unwrap_or_default();
@@ -175,8 +181,9 @@ fn earliest_start(
                     free[pos] += j.spec.milli_per_gpu();
                 }
             }
+            host = host.plus(j.spec.host());
         }
-        if fits(&free) {
+        if fits(&free, host) {
             return Some(at);
         }
     }

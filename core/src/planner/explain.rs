@@ -34,6 +34,8 @@ pub enum Hold {
         until: Millis,
         nodes: Vec<String>,
         within_guarantee: bool,
+        /// For the job explained: what is short now, as for `NoCapacity`.
+        shortage: Option<(Host, Shortage)>,
     },
     /// It would fit on nodes reserved for `holder`, but its walltime runs
     /// past the reservation's start.
@@ -95,14 +97,20 @@ impl fmt::Display for Hold {
                 until,
                 nodes,
                 within_guarantee,
-            } => write!(
-                f,
-                "reservation: it is the first blocked job in the queue; {} {} reserved for it from {} (when running jobs there reach their walltime); smaller jobs may only use them if they end before then{}",
-                if nodes.len() == 1 { "node" } else { "nodes" },
-                nodes.join(", "),
-                rfc3339(*until),
-                guarantee_note(*within_guarantee)
-            ),
+                shortage,
+            } => {
+                write!(
+                    f,
+                    "reservation: it is the first blocked job in the queue; {} {} reserved for it from {} (when running jobs there reach their walltime); smaller jobs may only use them if they end before then",
+                    if nodes.len() == 1 { "node" } else { "nodes" },
+                    nodes.join(", "),
+                    rfc3339(*until),
+                )?;
+                if let Some((host, s)) = shortage {
+                    write!(f, "; short now: {}", short_dimensions(*host, s))?;
+                }
+                write!(f, "{}", guarantee_note(*within_guarantee))
+            }
             Hold::BehindReservation {
                 holder,
                 nodes,
