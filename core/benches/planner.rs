@@ -47,6 +47,8 @@ fn spec(gpus: u32, class: JobClass) -> JobSpec {
         requeue_on_preempt: true,
         secret_env: Default::default(),
         image: None,
+        cpu_millicores: 0,
+        memory_bytes: 0,
     }
 }
 
@@ -88,6 +90,8 @@ fn pool(nodes: usize, pending: usize) -> Indexed {
                 agent_version: "bench".into(),
                 images: vec![],
                 allows_host_jobs: true,
+                cpu_millicores: 0,
+                memory_bytes: 0,
             },
         );
         // Three quarters of the nodes are contributed by a member.

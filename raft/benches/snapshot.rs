@@ -44,6 +44,8 @@ fn spec(i: usize) -> JobSpec {
         requeue_on_preempt: true,
         secret_env: Default::default(),
         image: None,
+        cpu_millicores: 0,
+        memory_bytes: 0,
     }
 }
 
@@ -103,6 +105,8 @@ fn pool(nodes: usize, finished: usize, queued: usize) -> State {
                 agent_version,
                 images: vec![],
                 allows_host_jobs: true,
+                cpu_millicores: 0,
+                memory_bytes: 0,
             },
         );
     }

@@ -437,7 +437,7 @@ pub(super) mod tests {
 
     #[test]
     fn node_cpu_and_memory_gauges_follow_placed_jobs() {
-        let mut s = State::default();
+        let mut s = Indexed::default();
         tenant(&mut s, "zju");
         apply_ok(
             &mut s,
