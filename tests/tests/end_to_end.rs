@@ -223,7 +223,12 @@ async fn bad_input_gets_a_precise_status_and_changes_nothing() -> Result<()> {
         (
             spec(&|s| s.gpus = 0),
             Code::InvalidArgument,
-            "at least 1 GPU",
+            "a job with gpus = 0 must ask for CPU",
+        ),
+        (
+            spec(&|s| s.memory_bytes = 1 << 44),
+            Code::InvalidArgument,
+            "memory_bytes: it asks for 16384 GiB per task, more than any node has; the largest node",
         ),
         (
             spec(&|s| s.gpus = 100_000),
