@@ -13,9 +13,9 @@
 //! part of the state and its commands: `nodes` -> `jobs` -> `ledger`,
 //! `security`, `tenants` (a sub-machine draws only on those to its
 //! right). Below them the vocabulary, which imports no sub-machine:
-//! `types`, `outcome` (outcomes, effects, rejections), the derived
-//! indexes (`free` and `holdings`, kept by `indexed`; `queues`, kept in
-//! the state) and the snapshot form
+//! `types` (with `host`: CPU and memory amounts), `outcome` (outcomes,
+//! effects, rejections), the derived indexes (`free` and `holdings`, kept
+//! by `indexed`; `queues`, kept in the state) and the snapshot form
 //! (`packed`).
 //!
 //! `apply` is total: whatever command reaches the log, it returns (never
@@ -34,6 +34,7 @@ mod apply;
 mod command;
 mod free;
 mod holdings;
+mod host;
 mod indexed;
 mod jobs;
 mod ledger;

@@ -8,6 +8,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use super::host::{Host, HostDimension};
 use super::usage::Usage;
 
 /// Unix time in milliseconds. Time enters the state machine only as a
@@ -179,62 +180,6 @@ impl JobSpec {
     /// A job that needs no GPU (CPU-only work).
     pub fn cpu_only(&self) -> bool {
         self.gpus == 0
-    }
-}
-
-/// An amount of host resources: CPU in thousandths of a core, memory in
-/// bytes. Integers, so every replica sums them alike.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct Host {
-    pub cpu_millicores: u64,
-    pub memory_bytes: u64,
-}
-
-impl Host {
-    pub fn plus(self, other: Host) -> Host {
-        Host {
-            cpu_millicores: self.cpu_millicores.saturating_add(other.cpu_millicores),
-            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
-        }
-    }
-
-    pub fn minus(self, other: Host) -> Host {
-        Host {
-            cpu_millicores: self.cpu_millicores.saturating_sub(other.cpu_millicores),
-            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
-        }
-    }
-
-    /// Whether `want` fits in this much, in every dimension.
-    pub fn holds(self, want: Host) -> bool {
-        want.cpu_millicores <= self.cpu_millicores && want.memory_bytes <= self.memory_bytes
-    }
-
-    /// The first dimension of `want` that does not fit in this much.
-    pub fn short_of(self, want: Host) -> Option<HostDimension> {
-        if want.cpu_millicores > self.cpu_millicores {
-            Some(HostDimension::Cpu)
-        } else if want.memory_bytes > self.memory_bytes {
-            Some(HostDimension::Memory)
-        } else {
-            None
-        }
-    }
-}
-
-/// A host resource a job asks for besides GPUs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum HostDimension {
-    Cpu,
-    Memory,
-}
-
-impl HostDimension {
-    pub fn name(self) -> &'static str {
-        match self {
-            HostDimension::Cpu => "CPU",
-            HostDimension::Memory => "memory",
-        }
     }
 }
 
