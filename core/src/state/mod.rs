@@ -38,6 +38,7 @@ mod host;
 mod indexed;
 mod jobs;
 mod ledger;
+mod mix;
 mod nodes;
 mod outcome;
 mod packed;
@@ -86,6 +87,7 @@ pub use ledger::billing;
 pub use ledger::{
     Accounts, Budget, GpuPrice, LedgerEntry, Money, PriceBook, PriceChange, PriceVersion, RunEnd,
 };
+pub use mix::{JobKind, Mix, MIX_KINDS, MIX_WINDOW};
 pub use outcome::{Applied, Effect, Outcome, Rejection};
 pub use queues::{Queues, TenantQueue};
 pub use request_ids::{
@@ -154,6 +156,10 @@ pub struct State {
     /// empty, so a pool that never used them serializes as before).
     #[serde(default, skip_serializing_if = "RequestIds::is_empty")]
     request_ids: RequestIds,
+    /// The recent job mix the planner expects (absent in snapshots taken
+    /// before it existed, and left out while empty).
+    #[serde(default, skip_serializing_if = "Mix::is_empty")]
+    mix: Mix,
 }
 
 /// The serialized form of [`State`]: everything but the derived indexes.
@@ -176,6 +182,8 @@ struct StoredState {
     security: security::Security,
     #[serde(default)]
     request_ids: RequestIds,
+    #[serde(default)]
+    mix: Mix,
 }
 
 impl From<StoredState> for State {
@@ -216,6 +224,7 @@ impl From<StoredState> for State {
             queues,
             archived: s.archived,
             request_ids: s.request_ids,
+            mix: s.mix,
         }
     }
 }
@@ -232,6 +241,11 @@ impl State {
     /// A tenant's archived final jobs, summed.
     pub fn archived(&self, tenant: &str) -> Archived {
         self.archived.get(tenant).copied().unwrap_or_default()
+    }
+
+    /// The recent job mix, as the planner expects it.
+    pub fn mix(&self) -> &Mix {
+        &self.mix
     }
 
     pub fn policy(&self) -> &PoolPolicy {

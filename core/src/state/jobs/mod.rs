@@ -66,6 +66,7 @@ pub(in crate::state) fn rebuild_host_held<'j>(
 impl State {
     pub(super) fn submit_job(&mut self, tenant: String, spec: JobSpec, at: Millis) -> Applied {
         self.check_submit(&tenant, &spec, at)?;
+        self.mix.record(&spec, u64::from(spec.nodes.max(1)));
         let id = self.queue_new_job(tenant, spec, at);
         Ok((Outcome::Job(id), vec![Effect::JobChanged(id)]))
     }
@@ -87,6 +88,8 @@ impl State {
             });
         }
         self.check_submit(&tenant, &spec, at)?;
+        self.mix
+            .record(&spec, u64::from(count) * u64::from(spec.nodes.max(1)));
         let first = JobId(self.last_job + 1);
         let mut effects = Vec::with_capacity(count as usize);
         for index in 0..count {
