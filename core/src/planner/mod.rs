@@ -11,6 +11,8 @@
 //! - `queue`: the order jobs are considered in (guarantees, fair share,
 //!   then class, priority and submit time within a tenant);
 //! - `placement`: the free-capacity index and fragmentation-aware packing;
+//! - `fragments`: the change in expected fragmentation a placement causes,
+//!   over the pool's recent job mix (`State::mix`);
 //! - `preemption`: reclaiming borrowed GPUs for a tenant below its guarantee;
 //! - `backfill`: the reservation for the top blocked job;
 //! - `explain`: why a pending job is pending, in words.
@@ -18,10 +20,13 @@
 pub mod accounting;
 mod backfill;
 pub mod explain;
+mod fragments;
 mod placement;
 mod preemption;
 mod queue;
 
+#[cfg(test)]
+mod fragments_tests;
 #[cfg(test)]
 mod host_tests;
 #[cfg(test)]

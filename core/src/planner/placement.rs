@@ -3,20 +3,35 @@
 //!
 //! The index keeps, per bucket, the nodes ordered by how many whole GPUs
 //! they have free and the shared GPUs ordered by the thousandths they have
-//! free, so the best fit for a job is a range lookup rather than a scan of
-//! every node.
+//! free, so the tightest fits for a job are a range lookup rather than a
+//! scan of every node. A bounded number of them per bucket (for a shared
+//! GPU task: the tightest partly held GPUs, at most two per free amount,
+//! and the nodes with the fewest whole GPUs free; for whole GPUs: the
+//! nodes with the fewest whole GPUs that still fit) are scored by how much
+//! each raises the node's expected fragmentation over the pool's recent
+//! job mix (`fragments`), and the least wins.
 
 use std::cell::OnceCell;
 
+use super::fragments::Fragments;
 pub use crate::state::BucketKey;
 use crate::state::{
     fits_gpu, fits_node, Constraints, Free, Host, Indexed, JobSpec, Layout, Millis, Node, State,
     TaskPlacement, WHOLE_GPU,
 };
 
-/// How many feasible nodes per bucket are scored for one task; the index
-/// order already puts the best fits first.
+/// How many feasible nodes per bucket are scored for one whole-GPU task;
+/// the index order puts the tightest fits first.
 const CANDIDATES_PER_BUCKET: usize = 8;
+/// For a shared-GPU task, per bucket: how many partly held GPUs are
+/// scored (at most [`PER_FREE_AMOUNT`] with one free amount), and how
+/// many nodes where it would open a free GPU.
+const SHARED_CANDIDATES: usize = 8;
+const PER_FREE_AMOUNT: usize = 2;
+const OPENING_CANDIDATES: usize = 4;
+/// For a CPU-only task: how many nodes with free GPU capacity are scored
+/// by the fragmentation it would cause (nodes without are free of it).
+const HOST_CANDIDATES: usize = 16;
 /// How many index entries one lookup may skip (nodes that fail a GPU
 /// model or memory constraint, or are reserved) before giving up.
 const SCAN_LIMIT: usize = 256;
@@ -30,6 +45,10 @@ pub struct Score {
     pub off_preferred_site: bool,
     /// Certified above what the job needs: keep such nodes for sensitive work.
     pub excess_data_level: u8,
+    /// How much the placement raises the node's expected fragmentation
+    /// over the pool's recent job mix (fixed point): the work expected
+    /// next should stay placeable.
+    pub fragmentation: i64,
     /// A CPU-only task on a node with GPUs: keep their CPU for GPU work
     /// (always false for a GPU task).
     pub cpu_task_on_gpu_node: bool,
@@ -71,6 +90,7 @@ pub struct FreeIndex<'a> {
     /// Held until this time for a blocked job (backfill reservation), or
     /// wholly for a job waiting on preemption (`Millis::MIN`).
     reserved: Vec<Option<Millis>>,
+    fragments: Fragments,
 }
 
 impl<'a> FreeIndex<'a> {
@@ -83,6 +103,7 @@ impl<'a> FreeIndex<'a> {
             free: capacity.free.clone(),
             reserved: vec![None; n],
             nodes: vec![OnceCell::new(); n],
+            fragments: Fragments::new(state, &capacity.layout, &capacity.free),
         }
     }
 
@@ -207,17 +228,11 @@ impl<'a> FreeIndex<'a> {
         let mut order: Vec<((bool, u8), usize, &BucketKey)> =
             buckets.iter().map(|&(b, k)| (rank(k), b, k)).collect();
         order.sort_unstable_by_key(|(r, b, _)| (*r, *b));
-        let whole = spec.milli_per_gpu() == WHOLE_GPU;
         let mut best: Option<TaskFit> = None;
         for (r, b, key) in order {
             if let Some(x) = &best {
                 if r > (x.score.off_preferred_site, x.score.excess_data_level) {
                     break;
-                }
-                // The tightest node of the bucket bounds what it can offer.
-                let tightest = self.free.by_free[b].range((spec.gpus, 0)..).next();
-                if whole && tightest.is_none_or(|(n, _)| n - spec.gpus > x.score.leftover_gpus) {
-                    continue;
                 }
             }
             for fit in self.bucket_candidates(spec, b, key, exclude, ends_at) {
@@ -245,6 +260,7 @@ impl<'a> FreeIndex<'a> {
         let base = Score {
             off_preferred_site: c.preferred_site.as_deref().is_some_and(|s| s != key.site),
             excess_data_level: key.data_level - c.data_level.min(key.data_level),
+            fragmentation: 0,
             cpu_task_on_gpu_node: false,
             opens_gpu: false,
             stranded_milli: 0,
@@ -264,7 +280,10 @@ impl<'a> FreeIndex<'a> {
         };
         let mut fits = vec![];
         if milli < WHOLE_GPU {
-            // Fill a shared GPU first: the tightest one that still fits.
+            // A shared GPU's remainder: the tightest ones that still fit,
+            // a few per free amount, so that remainders the mix fills
+            // well compete with the tightest.
+            let (mut amount, mut same) = (0, 0);
             for &(free, i, pos) in self.free.shared[b]
                 .range((milli, 0, 0)..)
                 .take(SCAN_LIMIT)
@@ -274,33 +293,35 @@ impl<'a> FreeIndex<'a> {
                         && self.gpu_fits(c, *i, *pos, b)
                         && self.node(*i).runs(spec)
                 })
-                .take(CANDIDATES_PER_BUCKET)
             {
-                let leftover = self.free.whole_in(self.layout, i, b);
-                fits.push(TaskFit {
-                    score: Score {
-                        stranded_milli: free - milli,
-                        leftover_gpus: leftover,
-                        leftover_cpu: leftover_cpu(i),
-                        node: i,
-                        ..base
-                    },
+                if free != amount {
+                    (amount, same) = (free, 0);
+                }
+                same += 1;
+                if same > PER_FREE_AMOUNT {
+                    continue;
+                }
+                let score = Score {
+                    stranded_milli: free - milli,
+                    leftover_gpus: self.free.whole_in(self.layout, i, b),
+                    leftover_cpu: leftover_cpu(i),
                     node: i,
-                    gpus: vec![pos],
-                });
-            }
-            if !fits.is_empty() {
-                return fits;
+                    ..base
+                };
+                fits.push(self.scored(score, i, vec![pos], spec));
+                if fits.len() == SHARED_CANDIDATES {
+                    break;
+                }
             }
         }
         let want = spec.gpus;
-        for &(whole, i) in self.free.by_free[b].range((want, 0)..).take(SCAN_LIMIT) {
-            // Past the first fit, only nodes as tight can still win (on
-            // links or name).
-            let looser = fits
-                .first()
-                .is_some_and(|f: &TaskFit| whole - want > f.score.leftover_gpus);
-            if fits.len() == CANDIDATES_PER_BUCKET || looser {
+        let (limit, least) = if milli < WHOLE_GPU {
+            (fits.len() + OPENING_CANDIDATES, 1)
+        } else {
+            (CANDIDATES_PER_BUCKET, want)
+        };
+        for &(whole, i) in self.free.by_free[b].range((least, 0)..).take(SCAN_LIMIT) {
+            if fits.len() == limit {
                 break;
             }
             // A node without the task's CPU or memory is skipped like a
@@ -317,21 +338,46 @@ impl<'a> FreeIndex<'a> {
             }
             let (gpus, unlinked) = pick_linked(self.node(i), &free, want as usize);
             let opens = milli < WHOLE_GPU;
-            fits.push(TaskFit {
-                score: Score {
-                    opens_gpu: opens,
-                    stranded_milli: if opens { WHOLE_GPU - milli } else { 0 },
-                    leftover_gpus: whole - want,
-                    unlinked,
-                    leftover_cpu: leftover_cpu(i),
-                    node: i,
-                    ..base
-                },
+            let score = Score {
+                opens_gpu: opens,
+                stranded_milli: if opens { WHOLE_GPU - milli } else { 0 },
+                leftover_gpus: whole - want.min(whole),
+                unlinked,
+                leftover_cpu: leftover_cpu(i),
                 node: i,
-                gpus,
-            });
+                ..base
+            };
+            fits.push(self.scored(score, i, gpus, spec));
         }
         fits
+    }
+
+    /// A candidate with the change in its node's expected fragmentation.
+    fn scored(&self, score: Score, i: usize, gpus: Vec<usize>, spec: &JobSpec) -> TaskFit {
+        let fragmentation = self.fragmentation(i, &gpus, spec);
+        TaskFit {
+            score: Score {
+                fragmentation,
+                ..score
+            },
+            node: i,
+            gpus,
+        }
+    }
+
+    /// How much placing a task of `spec` on node `i`, on `gpus`, raises
+    /// the node's expected fragmentation.
+    fn fragmentation(&self, i: usize, gpus: &[usize], spec: &JobSpec) -> i64 {
+        let node = self.node(i);
+        let model = node.gpus.first().map_or("", |g| g.info.model.as_str());
+        let before = self.free.host(i);
+        self.fragments.change(
+            model,
+            self.free_of(i),
+            before,
+            (gpus, spec.milli_per_gpu()),
+            before.minus(spec.host()),
+        )
     }
 
     fn gpu_fits(&self, c: &Constraints, i: usize, pos: usize, b: usize) -> bool {
@@ -354,7 +400,7 @@ impl<'a> FreeIndex<'a> {
         let c = &spec.constraints;
         let want = spec.host();
         let mut best: Option<TaskFit> = None;
-        let mut gpuless = 0;
+        let (mut gpuless, mut with_gpus) = (0, 0);
         for &(cpu, i) in self
             .free
             .by_cpu
@@ -369,6 +415,17 @@ impl<'a> FreeIndex<'a> {
                 continue;
             }
             let whole = self.free_of(i).iter().filter(|&&f| f == WHOLE_GPU).count() as u32;
+            // Taking CPU or memory never lowers a node's fragmentation, and
+            // a node with no free GPU capacity has none to raise.
+            let fragmentation = if self.free_of(i).iter().any(|&f| f > 0) {
+                if with_gpus == HOST_CANDIDATES && best.is_some() {
+                    continue;
+                }
+                with_gpus += 1;
+                self.fragmentation(i, &[], spec)
+            } else {
+                0
+            };
             let score = Score {
                 off_preferred_site: c
                     .preferred_site
@@ -376,6 +433,7 @@ impl<'a> FreeIndex<'a> {
                     .is_some_and(|s| s != node.site()),
                 excess_data_level: node.labels.data_level
                     - c.data_level.min(node.labels.data_level),
+                fragmentation,
                 cpu_task_on_gpu_node: !node.gpus.is_empty(),
                 opens_gpu: false,
                 stranded_milli: 0,

@@ -658,7 +658,7 @@ fn an_impossible_data_level_or_class_is_refused_at_submit() {
 }
 
 #[test]
-fn fractions_pack_onto_shared_gpus_tightest_first() {
+fn fractions_pack_where_the_mix_fills_the_remainders() {
     let mut p = Pool::new(&["zju"]);
     p.node("n1", 2, A100, None, "hz");
     let frac = |m: u32| JobSpec {
@@ -669,15 +669,17 @@ fn fractions_pack_onto_shared_gpus_tightest_first() {
     let b = p.submit("zju", frac(250));
     let c = p.submit("zju", frac(500));
     let d = p.submit("zju", frac(250));
+    // The mix is these four, half 500 and half 250: after `a`, `b` on
+    // GPU 0 would leave 250 beside a free GPU, which a 500 cannot use;
+    // on GPU 1 it leaves 500 and 750, which the mix fills. Then `c` fills
+    // GPU 0 exactly and `d` goes to GPU 1.
     assert_eq!(
         p.round(),
         vec![
             place(a, &[("n1", &[0])], Capacity::Borrowed),
-            place(b, &[("n1", &[0])], Capacity::Borrowed),
-            // 250 left on GPU 0 is too little: a fresh GPU.
-            place(c, &[("n1", &[1])], Capacity::Borrowed),
-            // The tightest shared GPU that fits: GPU 0 (250 left).
-            place(d, &[("n1", &[0])], Capacity::Borrowed),
+            place(b, &[("n1", &[1])], Capacity::Borrowed),
+            place(c, &[("n1", &[0])], Capacity::Borrowed),
+            place(d, &[("n1", &[1])], Capacity::Borrowed),
         ]
     );
     let g = &p.s.node("n1").unwrap().gpus;

@@ -1,5 +1,6 @@
 //! The pool's recent job mix: how many tasks of each kind (GPUs per
-//! task, share of a GPU, the GPU models allowed) were submitted lately.
+//! task, share of a GPU, the GPU models allowed, CPU and memory) were
+//! submitted lately.
 //!
 //! The planner reads it as the workload to expect when it scores a
 //! placement by the fragmentation it causes (`crate::fragmentation`).
@@ -14,8 +15,6 @@
 //!   their sum passes 2 × [`MIX_WINDOW`]: the mix follows roughly the
 //!   last [`MIX_WINDOW`] to 2 × [`MIX_WINDOW`] tasks, older ones weighing
 //!   half as much per halving.
-//!
-//! CPU and host memory join the kind when jobs carry them.
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +34,11 @@ pub struct JobKind {
     pub milli: u32,
     /// GPU models the task may use, sorted; empty: any.
     pub models: Vec<String>,
+    /// CPU (thousandths of a core) and memory (bytes) per task.
+    #[serde(default)]
+    pub cpu_millicores: u64,
+    #[serde(default)]
+    pub memory_bytes: u64,
 }
 
 impl JobKind {
@@ -46,7 +50,15 @@ impl JobKind {
             } else {
                 spec.milli_per_gpu().min(WHOLE_GPU)
             },
-            models: spec.constraints.gpu_model.iter().cloned().collect(),
+            models: {
+                let c = &spec.constraints;
+                let mut m: Vec<String> = c.gpu_model.iter().chain(&c.gpu_models).cloned().collect();
+                m.sort();
+                m.dedup();
+                m
+            },
+            cpu_millicores: spec.cpu_millicores,
+            memory_bytes: spec.memory_bytes,
         }
     }
 }
@@ -123,7 +135,7 @@ mod tests {
         JobKind {
             gpus,
             milli,
-            models: vec![],
+            ..JobKind::default()
         }
     }
 
