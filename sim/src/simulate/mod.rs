@@ -3,9 +3,10 @@
 //! - `traces`: parsers for the public traces (`../shared/traces/`), which
 //!   name the file and line of a malformed row.
 //! - `packing`: scenario 2, packing on the Alibaba GPU-sharing trace by the
-//!   protocol of the FGD experiments, with edupool's fragmentation-aware
-//!   packing beside the random, best-fit and FGD baselines in the same
-//!   run.
+//!   protocol of the FGD experiments: the random, best-fit and FGD
+//!   baselines, and the scheduler's planner in the same run.
+//! - `planner_pool`: scenario 2 through the scheduler's own state machine
+//!   and planner (no placement logic of the simulator's own).
 //! - `fgd`: FGD's own scoring (USENIX ATC'23), as a baseline.
 //! - `alliance`: scenario 1, the Philly trace's virtual clusters as
 //!   members of an alliance, replayed through the scheduler's own state
@@ -19,6 +20,7 @@
 pub mod alliance;
 pub mod fgd;
 pub mod packing;
+pub mod planner_pool;
 pub mod svg;
 pub mod traces;
 
@@ -98,26 +100,21 @@ fn default_inflation() -> f64 {
 }
 
 fn default_packers() -> Vec<Packer> {
-    vec![
-        Packer::Random,
-        Packer::BestFit,
-        Packer::Fgd,
-        Packer::Edupool,
-    ]
+    Packer::ALL.to_vec()
 }
 
 impl<'de> Deserialize<'de> for Packer {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        match s.as_str() {
-            "random" => Ok(Packer::Random),
-            "best-fit" => Ok(Packer::BestFit),
-            "fgd" => Ok(Packer::Fgd),
-            "edupool" => Ok(Packer::Edupool),
-            other => Err(serde::de::Error::custom(format!(
-                "unknown packer '{other}'; the packers are random, best-fit, fgd and edupool"
-            ))),
-        }
+        Packer::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "unknown packer '{s}'; the packers are baseline-random, \
+                     baseline-best-fit, baseline-fgd and edupool-planner"
+                ))
+            })
     }
 }
 
@@ -363,12 +360,17 @@ impl Report {
                 table.row([format!("published {k}"), format!("{v:.2}%")]);
             }
             out.push_str(&table.render());
-            if let Some(b) = r.at_100.get("best-fit") {
-                for k in ["fgd", "edupool"] {
+            let best_fit = Packer::BestFit.name();
+            if let Some(b) = r.at_100.get(best_fit) {
+                for k in [Packer::Fgd.name(), Packer::Planner.name()] {
                     if let Some(v) = r.at_100.get(k) {
-                        let _ = writeln!(out, "  {k} - best-fit: {:+.2} points", v - b);
+                        let _ = writeln!(out, "  {k} - {best_fit}: {:+.2} points", v - b);
                     }
                 }
+            }
+            let (fgd, planner) = (Packer::Fgd.name(), Packer::Planner.name());
+            if let (Some(f), Some(p)) = (r.at_100.get(fgd), r.at_100.get(planner)) {
+                let _ = writeln!(out, "  {planner} - {fgd}: {:+.2} points", p - f);
             }
         }
         if let Some(a) = &self.alliance {
@@ -451,7 +453,8 @@ mod tests {
         std::fs::write(&path, text).expect("written");
         let err = Scenario::load(&path).expect_err("refused").to_string();
         assert!(
-            err.contains("unknown packer 'first-fit'") && err.contains("best-fit, fgd and edupool"),
+            err.contains("unknown packer 'first-fit'")
+                && err.contains("baseline-fgd and edupool-planner"),
             "{err}"
         );
     }
@@ -465,7 +468,11 @@ mod tests {
                 task_list: "t.csv".into(),
                 tasks_per_run: 10,
                 median_curves: BTreeMap::new(),
-                at_100: [("best-fit".into(), 97.5), ("fgd".into(), 100.0)].into(),
+                at_100: [
+                    ("baseline-best-fit".into(), 97.5),
+                    ("baseline-fgd".into(), 100.0),
+                ]
+                .into(),
                 published_at_100: [("fgd".into(), 99.25)].into(),
                 tasks_per_second: 5.0,
                 runs: vec![],
@@ -476,11 +483,11 @@ mod tests {
             report.table(),
             "scenario s (1.0 s wall time)\n\
              \nt.csv: 10 tasks a run, 5 tasks placed per second\n\
-             \x20 policy         GPU alloc @100%\n\
-             \x20 best-fit                97.50%\n\
-             \x20 fgd                    100.00%\n\
-             \x20 published fgd           99.25%\n\
-             \x20 fgd - best-fit: +2.50 points\n"
+             \x20 policy             GPU alloc @100%\n\
+             \x20 baseline-best-fit           97.50%\n\
+             \x20 baseline-fgd               100.00%\n\
+             \x20 published fgd               99.25%\n\
+             \x20 baseline-fgd - baseline-best-fit: +2.50 points\n"
         );
     }
 }

@@ -1,0 +1,181 @@
+//! Scenario 2 through the scheduler itself: the openb cluster built with
+//! the commands the real scheduler logs (`CreateTenant`, `NodeConnected`),
+//! each task submitted as a job (`SubmitJob`), placed by `planner::plan`
+//! on the virtual clock and applied with `State::apply`. The simulator
+//! decides nothing: a task the planner does not place in the round after
+//! it arrives fails and is cancelled, as in the FGD protocol, and nothing
+//! ever leaves.
+//!
+//! What a task asks for is what a `JobSpec` can say: GPUs per task, a
+//! share of one GPU, a GPU model. CPU and memory join in `spec_of` when
+//! job specs and nodes carry them; until then a CPU-only task needs
+//! nothing the pool tracks and is counted as placed without a job, and a
+//! task that accepts several GPU models is submitted without a model
+//! constraint (`Pool::loosened` counts those).
+
+use edupool_core::planner::{self, Policy, QueueOrder};
+use edupool_core::state::{
+    Command, Constraints, GpuInfo, JobClass, JobId, JobSpec, Millis, OnNodeLost, Outcome, State,
+    WHOLE_GPU,
+};
+
+use super::traces::{OpenbNode, OpenbTask};
+
+const TENANT: &str = "openb";
+
+/// The cluster as the planner fills it.
+pub struct Pool {
+    state: State,
+    policy: Policy,
+    now: Millis,
+    capacity_milli: u64,
+    allocated_milli: u64,
+    /// Decisions `State::apply` refused (expected to be none).
+    pub rejected: u64,
+    /// Tasks whose GPU model set had to be dropped (see the module doc).
+    pub loosened: u64,
+}
+
+impl Pool {
+    pub fn new(nodes: &[OpenbNode]) -> Pool {
+        let mut state = State::default();
+        let tenant = Command::CreateTenant {
+            name: TENANT.into(),
+            token_hash: "simulated-token".into(),
+        };
+        let _ = state.apply(tenant, 0);
+        let mut capacity_milli = 0;
+        // CPU-only nodes join when nodes report CPU and memory.
+        for n in nodes.iter().filter(|n| n.gpus > 0) {
+            let gpus = (0..n.gpus)
+                .map(|g| GpuInfo {
+                    uuid: format!("GPU-{}-{g}", n.name),
+                    index: g,
+                    model: n.model.clone(),
+                    memory_bytes: 0,
+                    healthy: true,
+                    peers: vec![],
+                    health_reason: String::new(),
+                    pci_bus_id: String::new(),
+                    nvlink_peers: vec![],
+                    compute_capability: String::new(),
+                })
+                .collect();
+            let connect = Command::NodeConnected {
+                node: n.name.clone(),
+                gpus,
+                agent_version: "simulated".into(),
+            };
+            if state.apply(connect, 0).is_ok() {
+                capacity_milli += u64::from(n.gpus) * u64::from(WHOLE_GPU);
+            }
+        }
+        Pool {
+            state,
+            policy: Policy {
+                order: QueueOrder::Fifo,
+                ..Policy::default()
+            },
+            now: 0,
+            capacity_milli,
+            allocated_milli: 0,
+            rejected: 0,
+            loosened: 0,
+        }
+    }
+
+    pub fn capacity_milli(&self) -> u64 {
+        self.capacity_milli
+    }
+
+    /// Allocated GPU thousandths over capacity, in percent.
+    pub fn allocation_percent(&self) -> f64 {
+        100.0 * self.allocated_milli as f64 / self.capacity_milli.max(1) as f64
+    }
+
+    /// The state as the replay left it.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Submits `t` and lets the planner place it; false when it failed.
+    pub fn place(&mut self, t: &OpenbTask) -> bool {
+        self.now += 1;
+        let Some(spec) = self.spec_of(t) else {
+            return true;
+        };
+        let submit = Command::SubmitJob {
+            tenant: TENANT.into(),
+            spec,
+        };
+        let Ok((Outcome::Job(id), _)) = self.state.apply(submit, self.now) else {
+            // No node of the pool could ever hold it.
+            return false;
+        };
+        let mut placed = false;
+        for d in planner::plan(&self.state, self.now, &self.policy) {
+            let mine = d.job() == id;
+            match self.state.apply(d.into_command(), self.now) {
+                Ok(_) => placed |= mine,
+                Err(_) => self.rejected += 1,
+            }
+        }
+        if placed {
+            self.allocated_milli += t.gpu_request_milli();
+        } else {
+            self.fail(id);
+        }
+        placed
+    }
+
+    fn fail(&mut self, id: JobId) {
+        let cancel = Command::CancelJob {
+            tenant: None,
+            job: id,
+            reason: "fits nowhere on arrival".into(),
+        };
+        if self.state.apply(cancel, self.now).is_err() {
+            self.rejected += 1;
+        }
+    }
+
+    /// The job a task is submitted as; `None` for a task that needs
+    /// nothing the pool tracks.
+    fn spec_of(&mut self, t: &OpenbTask) -> Option<JobSpec> {
+        if t.gpus == 0 {
+            return None;
+        }
+        let gpu_model = match t.models.as_slice() {
+            [one] => Some(one.clone()),
+            [] => None,
+            _ => {
+                self.loosened += 1;
+                None
+            }
+        };
+        Some(JobSpec {
+            name: t.name.clone(),
+            command: vec!["openb-task".into()],
+            env: Default::default(),
+            gpus: t.gpus,
+            nodes: 1,
+            class: JobClass::Batch,
+            walltime_secs: 3600,
+            grace_period_secs: 0,
+            on_node_lost: OnNodeLost::Fail,
+            max_retries: 0,
+            priority: 0,
+            gpu_fraction: if t.gpu_milli < WHOLE_GPU {
+                t.gpu_milli
+            } else {
+                0
+            },
+            constraints: Constraints {
+                gpu_model,
+                ..Constraints::default()
+            },
+            requeue_on_preempt: false,
+            secret_env: Default::default(),
+        })
+    }
+}
