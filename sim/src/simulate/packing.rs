@@ -379,13 +379,7 @@ mod tests {
         let mut fgd = fgd::Memo::new(fgd::Target::of(&tasks));
         let mut rng = StdRng::seed_from_u64(1);
         for t in [&tasks[0], &tasks[1], &tasks[5]] {
-            assert!(place(
-                &mut cluster,
-                t,
-                Packer::Fgd,
-                &mut rng,
-                &mut fgd
-            ));
+            assert!(place(&mut cluster, t, Packer::Fgd, &mut rng, &mut fgd));
         }
         assert_eq!(cluster.nodes[0].gpus, vec![0, 1000]);
         assert_eq!(cluster.nodes[1].gpus, vec![0, 0]);
