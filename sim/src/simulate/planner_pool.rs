@@ -1,7 +1,8 @@
 //! Scenario 2 through the scheduler itself: the openb cluster built with
 //! the commands the real scheduler logs (`CreateTenant`, `NodeConnected`),
 //! each task submitted as a job (`SubmitJob`), placed by `planner::plan`
-//! on the virtual clock and applied with `State::apply`. The simulator
+//! on the virtual clock and applied with `Indexed::apply` (`State::apply`
+//! with the planner's indexes kept). The simulator
 //! decides nothing: a task the planner does not place in the round after
 //! it arrives fails and is cancelled, as in the FGD protocol, and nothing
 //! ever leaves.
@@ -15,8 +16,8 @@
 
 use edupool_core::planner::{self, Policy, QueueOrder};
 use edupool_core::state::{
-    Command, Constraints, GpuInfo, JobClass, JobId, JobSpec, Millis, OnNodeLost, Outcome, State,
-    WHOLE_GPU,
+    Command, Constraints, GpuInfo, Indexed, JobClass, JobId, JobSpec, Millis, OnNodeLost, Outcome,
+    State, WHOLE_GPU,
 };
 
 use super::traces::{OpenbNode, OpenbTask};
@@ -25,7 +26,7 @@ const TENANT: &str = "openb";
 
 /// The cluster as the planner fills it.
 pub struct Pool {
-    state: State,
+    state: Indexed,
     policy: Policy,
     now: Millis,
     capacity_milli: u64,
@@ -38,7 +39,7 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(nodes: &[OpenbNode]) -> Pool {
-        let mut state = State::default();
+        let mut state = Indexed::default();
         let tenant = Command::CreateTenant {
             name: TENANT.into(),
             token_hash: "simulated-token".into(),
@@ -95,7 +96,7 @@ impl Pool {
 
     /// The state as the replay left it.
     pub fn state(&self) -> &State {
-        &self.state
+        self.state.state()
     }
 
     /// Submits `t` and lets the planner place it; false when it failed.
