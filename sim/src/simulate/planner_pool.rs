@@ -7,12 +7,9 @@
 //! it arrives fails and is cancelled, as in the FGD protocol, and nothing
 //! ever leaves.
 //!
-//! What a task asks for is what a `JobSpec` can say: GPUs per task, a
-//! share of one GPU, a GPU model. CPU and memory join in `spec_of` when
-//! job specs and nodes carry them; until then a CPU-only task needs
-//! nothing the pool tracks and is counted as placed without a job, and a
-//! task that accepts several GPU models is submitted without a model
-//! constraint (`Pool::loosened` counts those).
+//! A task is a job of one task with the trace's GPUs, share of a GPU,
+//! set of GPU models, CPU and memory; a node reports its GPUs, CPU and
+//! memory (CPU-only nodes too).
 
 use edupool_core::planner::{self, Policy, QueueOrder};
 use edupool_core::state::{
@@ -33,8 +30,6 @@ pub struct Pool {
     allocated_milli: u64,
     /// Decisions `State::apply` refused (expected to be none).
     pub rejected: u64,
-    /// Tasks whose GPU model set had to be dropped (see the module doc).
-    pub loosened: u64,
 }
 
 impl Pool {
@@ -46,8 +41,7 @@ impl Pool {
         };
         let _ = state.apply(tenant, 0);
         let mut capacity_milli = 0;
-        // CPU-only nodes join when nodes report CPU and memory.
-        for n in nodes.iter().filter(|n| n.gpus > 0) {
+        for n in nodes {
             let gpus = (0..n.gpus)
                 .map(|g| GpuInfo {
                     uuid: format!("GPU-{}-{g}", n.name),
@@ -66,6 +60,8 @@ impl Pool {
                 node: n.name.clone(),
                 gpus,
                 agent_version: "simulated".into(),
+                cpu_millicores: n.cpu_milli,
+                memory_bytes: n.memory_mib << 20,
             };
             if state.apply(connect, 0).is_ok() {
                 capacity_milli += u64::from(n.gpus) * u64::from(WHOLE_GPU);
@@ -81,7 +77,6 @@ impl Pool {
             capacity_milli,
             allocated_milli: 0,
             rejected: 0,
-            loosened: 0,
         }
     }
 
@@ -102,9 +97,7 @@ impl Pool {
     /// Submits `t` and lets the planner place it; false when it failed.
     pub fn place(&mut self, t: &OpenbTask) -> bool {
         self.now += 1;
-        let Some(spec) = self.spec_of(t) else {
-            return true;
-        };
+        let spec = spec_of(t);
         let submit = Command::SubmitJob {
             tenant: TENANT.into(),
             spec,
@@ -139,44 +132,39 @@ impl Pool {
             self.rejected += 1;
         }
     }
+}
 
-    /// The job a task is submitted as; `None` for a task that needs
-    /// nothing the pool tracks.
-    fn spec_of(&mut self, t: &OpenbTask) -> Option<JobSpec> {
-        if t.gpus == 0 {
-            return None;
-        }
-        let gpu_model = match t.models.as_slice() {
-            [one] => Some(one.clone()),
-            [] => None,
-            _ => {
-                self.loosened += 1;
-                None
-            }
-        };
-        Some(JobSpec {
-            name: t.name.clone(),
-            command: vec!["openb-task".into()],
-            env: Default::default(),
-            gpus: t.gpus,
-            nodes: 1,
-            class: JobClass::Batch,
-            walltime_secs: 3600,
-            grace_period_secs: 0,
-            on_node_lost: OnNodeLost::Fail,
-            max_retries: 0,
-            priority: 0,
-            gpu_fraction: if t.gpu_milli < WHOLE_GPU {
-                t.gpu_milli
-            } else {
-                0
+/// The job a task is submitted as.
+fn spec_of(t: &OpenbTask) -> JobSpec {
+    JobSpec {
+        name: t.name.clone(),
+        command: vec!["openb-task".into()],
+        env: Default::default(),
+        gpus: t.gpus,
+        nodes: 1,
+        class: JobClass::Batch,
+        walltime_secs: 3600,
+        grace_period_secs: 0,
+        on_node_lost: OnNodeLost::Fail,
+        max_retries: 0,
+        priority: 0,
+        gpu_fraction: if t.gpus > 0 && t.gpu_milli < WHOLE_GPU {
+            t.gpu_milli
+        } else {
+            0
+        },
+        constraints: Constraints {
+            gpu_models: {
+                let mut m = t.models.clone();
+                m.sort();
+                m.dedup();
+                m
             },
-            constraints: Constraints {
-                gpu_model,
-                ..Constraints::default()
-            },
-            requeue_on_preempt: false,
-            secret_env: Default::default(),
-        })
+            ..Constraints::default()
+        },
+        requeue_on_preempt: false,
+        secret_env: Default::default(),
+        cpu_millicores: t.cpu_milli,
+        memory_bytes: t.memory_mib << 20,
     }
 }
