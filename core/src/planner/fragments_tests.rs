@@ -118,3 +118,47 @@ fn the_tally_follows_the_log_alike_on_every_replica() {
     let back: State = serde_json::from_value(serde_json::to_value(&a).unwrap()).unwrap();
     assert_eq!(back.mix(), a.mix());
 }
+
+#[test]
+fn a_cpu_only_task_leaves_a_gpu_node_the_cores_its_gpu_work_needs() {
+    // Two 2-GPU nodes, `a` with 8 cores and `b` with 16; the mix is
+    // mostly 1-GPU jobs of 3 cores. A CPU-only job of 6 cores on `a`
+    // (the tightest CPU fit) would leave 2 cores, and no GPU job would fit
+    // there any more; on `b` it leaves 10, room for both GPUs' jobs.
+    let mut p = Pool::new(&["zju"]);
+    for (name, cores) in [("a", 8_000), ("b", 16_000)] {
+        p.ok(Command::NodeConnected {
+            node: name.into(),
+            gpus: crate::state::tests_support::gpus(name, 2),
+            agent_version: "test".into(),
+            cpu_millicores: cores,
+            memory_bytes: 64 << 30,
+        });
+    }
+    let gpu_job = JobSpec {
+        cpu_millicores: 3_000,
+        memory_bytes: 1 << 30,
+        ..tests::job(1, JobClass::Batch)
+    };
+    for _ in 0..10 {
+        let id = p.submit("zju", gpu_job.clone());
+        p.ok(Command::CancelJob {
+            tenant: Some("zju".into()),
+            job: id,
+            reason: "withdrawn".into(),
+        });
+    }
+    let cpu_job = JobSpec {
+        cpu_millicores: 6_000,
+        memory_bytes: 1 << 30,
+        ..tests::job(0, JobClass::Batch)
+    };
+    let id = p.submit("zju", cpu_job);
+    match p.round().as_slice() {
+        [Decision::Place { job, tasks, .. }] if *job == id => assert_eq!(tasks[0].node, "b"),
+        other => panic!("{other:?}"),
+    }
+    // Both nodes still take their GPU jobs.
+    let jobs: Vec<JobId> = (0..4).map(|_| p.submit("zju", gpu_job.clone())).collect();
+    assert_eq!(p.round().len(), jobs.len());
+}
