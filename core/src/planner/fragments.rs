@@ -11,20 +11,19 @@
 //! round found it; what each node state costs is remembered for the
 //! round (many nodes share a state).
 //!
-//! Costs are bounded: a round counts hosts in one pass over the index
-//! (O(GPUs), like copying the free amounts), and a placement scores at
-//! most the candidates `placement` gathers, each at O(kinds × GPUs of the
-//! node) the first time its state is seen.
+//! Costs are bounded: a round counts hosts once (below), and a placement
+//! scores at most the candidates `placement` gathers, each at O(kinds ×
+//! GPUs of the node) the first time its state is seen.
 //!
-//! Hosts are counted by GPUs for GPU kinds (a node's free CPU and memory
-//! are not looked at there, to keep the count one pass) and by free CPU
-//! and memory for CPU-only kinds.
+//! Hosts are counted in every dimension (GPUs, model, CPU, memory) over
+//! the nodes' distinct states: O(nodes × GPUs) to group them, then
+//! O(kinds × states) per round.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
 use crate::fragmentation::{self, Demand, Kind, NodeFree, Tail};
-use crate::state::{Free, Host, JobKind, Layout, State, WHOLE_GPU};
+use crate::state::{Free, Host, JobKind, Layout, State};
 
 /// How many kinds of the mix (the most frequent) a round scores by.
 pub const SCORED_KINDS: usize = 64;
@@ -56,7 +55,7 @@ impl Fragments {
             })
             .collect();
         let hosts = Hosts::count(layout, free);
-        fragmentation::share_among_hosts(&mut mix, |k| hosts.of(k, layout));
+        fragmentation::share_among_hosts(&mut mix, |k| hosts.of(k));
         Fragments {
             tail: Tail::of(&mix),
             mix,
@@ -114,97 +113,45 @@ impl Fragments {
     }
 }
 
-/// How many nodes could host one task of a kind, per bucket of the
-/// index: by whole GPUs free, and, for shared-GPU kinds, by the most any
-/// partly held GPU has free.
+/// How many nodes could host one task of a kind: the nodes' distinct
+/// states (model, free GPU amounts, free CPU and memory), counted, so a
+/// kind is checked once per state rather than once per node.
 struct Hosts {
-    /// Per bucket: `whole[b][g]` nodes with at least `g` whole GPUs free.
-    whole: Vec<Vec<u64>>,
-    /// Per bucket: `shared[b][m]` nodes with no whole GPU free there but
-    /// a partly held GPU with at least `m` free.
-    shared: Vec<Vec<u64>>,
-    /// Every node's free CPU and memory, by CPU.
-    hosts: Vec<Host>,
+    states: HashMap<(String, Vec<u32>, Host), u64>,
 }
 
 impl Hosts {
     fn count(layout: &Layout, free: &Free) -> Hosts {
-        let buckets = layout.keys.len();
-        let mut whole = vec![vec![]; buckets];
-        let mut shared = vec![vec![]; buckets];
-        for b in 0..buckets {
-            let mut by_count: Vec<u64> = vec![];
-            for &(n, _) in &free.by_free[b] {
-                let n = n as usize;
-                if by_count.len() <= n {
-                    by_count.resize(n + 1, 0);
-                }
-                by_count[n] += 1;
-            }
-            whole[b] = suffix_sums(by_count);
-            // The most free on a partly held GPU, per node without a whole
-            // one free in the bucket.
-            let mut best: HashMap<usize, u32> = HashMap::new();
-            for &(f, i, _) in &free.shared[b] {
-                if free.whole_in(layout, i, b) == 0 {
-                    let m = best.entry(i).or_default();
-                    *m = (*m).max(f);
-                }
-            }
-            let mut by_most = vec![0u64; WHOLE_GPU as usize + 1];
-            for f in best.into_values() {
-                by_most[f.min(WHOLE_GPU) as usize] += 1;
-            }
-            shared[b] = suffix_sums(by_most);
+        let mut states: HashMap<(String, Vec<u32>, Host), u64> = HashMap::new();
+        for i in 0..layout.len() {
+            let model = layout
+                .buckets_of(i)
+                .first()
+                .and_then(|&b| {
+                    let class = &layout.keys[b].class;
+                    layout.models.iter().find(|(c, _)| c == class)
+                })
+                .map_or(String::new(), |(_, m)| m.clone());
+            let mut gpus = free.of(layout, i).to_vec();
+            gpus.sort_unstable();
+            *states.entry((model, gpus, free.host(i))).or_default() += 1;
         }
-        let hosts = free.by_cpu.iter().map(|&(_, i)| free.host(i)).collect();
-        Hosts {
-            whole,
-            shared,
-            hosts,
-        }
+        Hosts { states }
     }
 
-    fn of(&self, kind: &Kind, layout: &Layout) -> u64 {
-        let d = kind.demand;
-        if d.gpus == 0 {
-            let want = Host {
-                cpu_millicores: d.cpu_millicores,
-                memory_bytes: d.memory_bytes,
-            };
-            let first = self
-                .hosts
-                .partition_point(|h| h.cpu_millicores < want.cpu_millicores);
-            return self.hosts[first..].iter().filter(|h| h.holds(want)).count() as u64;
-        }
-        let at = |v: &[u64], i: usize| v.get(i).copied().unwrap_or(0);
-        (0..layout.keys.len())
-            .filter(|&b| allows(kind, layout, b))
-            .map(|b| {
-                if d.milli >= WHOLE_GPU {
-                    at(&self.whole[b], d.gpus as usize)
-                } else {
-                    at(&self.whole[b], 1) + at(&self.shared[b], d.milli as usize)
-                }
+    fn of(&self, kind: &Kind) -> u64 {
+        self.states
+            .iter()
+            .filter(|((model, gpus, host), _)| {
+                let node = NodeFree {
+                    gpus,
+                    cpu_millicores: host.cpu_millicores,
+                    memory_bytes: host.memory_bytes,
+                    model,
+                };
+                fragmentation::hosts(node, kind.demand, &kind.models)
             })
+            .map(|(_, n)| n)
             .sum()
     }
-}
-
-/// Whether bucket `b` has GPUs of a model the kind may use.
-fn allows(kind: &Kind, layout: &Layout, b: usize) -> bool {
-    let class = &layout.keys[b].class;
-    kind.models.is_empty()
-        || layout
-            .models
-            .iter()
-            .any(|(c, m)| c == class && kind.models.contains(m))
-}
-
-/// `out[i]` = the sum of `counts[i..]`.
-fn suffix_sums(mut counts: Vec<u64>) -> Vec<u64> {
-    for i in (0..counts.len().saturating_sub(1)).rev() {
-        counts[i] += counts[i + 1];
-    }
-    counts
 }
