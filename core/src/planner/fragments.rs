@@ -28,12 +28,16 @@ use crate::state::{Free, Host, JobKind, Layout, State};
 /// How many kinds of the mix (the most frequent) a round scores by.
 pub const SCORED_KINDS: usize = 64;
 
+/// A node's state as fragmentation sees it: its GPU model, the free
+/// thousandths of its GPUs (sorted), its free CPU and memory.
+type NodeState = (String, Vec<u32>, Host);
+
 /// The round's expected fragmentation: the weighted mix and what each
 /// node state seen so far costs.
 pub struct Fragments {
     mix: Vec<Kind>,
     tail: Tail,
-    memo: RefCell<HashMap<(String, Vec<u32>, Host), u64>>,
+    memo: RefCell<HashMap<NodeState, u64>>,
 }
 
 impl Fragments {
@@ -117,12 +121,12 @@ impl Fragments {
 /// states (model, free GPU amounts, free CPU and memory), counted, so a
 /// kind is checked once per state rather than once per node.
 struct Hosts {
-    states: HashMap<(String, Vec<u32>, Host), u64>,
+    states: HashMap<NodeState, u64>,
 }
 
 impl Hosts {
     fn count(layout: &Layout, free: &Free) -> Hosts {
-        let mut states: HashMap<(String, Vec<u32>, Host), u64> = HashMap::new();
+        let mut states: HashMap<NodeState, u64> = HashMap::new();
         for i in 0..layout.len() {
             let model = layout
                 .buckets_of(i)
