@@ -131,6 +131,8 @@ fn a_cpu_only_task_leaves_a_gpu_node_the_cores_its_gpu_work_needs() {
             node: name.into(),
             gpus: crate::state::tests_support::gpus(name, 2),
             agent_version: "test".into(),
+            images: vec![],
+            allows_host_jobs: true,
             cpu_millicores: cores,
             memory_bytes: 64 << 30,
         });

@@ -60,6 +60,8 @@ impl Pool {
                 node: n.name.clone(),
                 gpus,
                 agent_version: "simulated".into(),
+                images: vec![],
+                allows_host_jobs: true,
                 cpu_millicores: n.cpu_milli,
                 memory_bytes: n.memory_mib << 20,
             };
@@ -163,6 +165,7 @@ fn spec_of(t: &OpenbTask) -> JobSpec {
             ..Constraints::default()
         },
         requeue_on_preempt: false,
+        image: None,
         secret_env: Default::default(),
         cpu_millicores: t.cpu_milli,
         memory_bytes: t.memory_mib << 20,
