@@ -505,6 +505,8 @@ impl SimAgent {
             // Room for every GPU's default CPU and memory, and more.
             cpu_millicores: u64::from(self.config.gpus_per_node.max(1)) * 32_000,
             memory_bytes: u64::from(self.config.gpus_per_node.max(1)) << 38,
+            // The bench's jobs are host processes (no image).
+            allows_host_jobs: true,
             ..Default::default()
         }))
     }
