@@ -305,14 +305,18 @@ mod tests {
             let back = SnapshotEnvelope::decode(bytes).unwrap();
             assert_eq!((back.v, back.index, back.term), (v, 7, 2));
             assert_eq!(back.peers, env.peers);
-            assert_eq!(back.state, as_older_formats_hold_it(&env.state), "format {v}");
+            assert_eq!(
+                back.state,
+                as_older_formats_hold_it(&env.state),
+                "format {v}"
+            );
         }
     }
 
     /// The state as formats written before tenants had uid offsets and
     /// before the pool kept its recent job mix hold it: every offset 0
-    /// (until the leader's `AssignUidOffsets`), and an empty mix (the
-    /// tally starts with the submissions after the snapshot).
+    /// (until the leader's `AssignUidOffsets`), and a mix that is not
+    /// counting (until the leader's `StartMixTally`).
     fn as_older_formats_hold_it(state: &State) -> State {
         let mut json = serde_json::to_value(state).unwrap();
         for t in json["tenants"].as_object_mut().unwrap().values_mut() {

@@ -371,6 +371,10 @@ async fn check_liveness(
     if replica.read(|s| s.uid_offsets_missing()) {
         commands.push(Command::AssignUidOffsets);
     }
+    // The job mix counts from one entry on every replica (see `Mix`).
+    if replica.read(|s| !s.mix().is_counting()) {
+        commands.push(Command::StartMixTally);
+    }
     for cmd in commands {
         if let Err(e) = replica.propose(cmd).await {
             tracing::warn!("liveness change not applied: {e}");

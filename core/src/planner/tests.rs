@@ -26,6 +26,7 @@ impl Pool {
             });
         }
         p.ok(Command::AssignUidOffsets);
+        p.ok(Command::StartMixTally);
         p
     }
 

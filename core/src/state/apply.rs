@@ -42,6 +42,7 @@ impl Command {
             Command::Audited { cmd, .. } | Command::SubmitOnce { cmd, .. } => cmd.reach(),
             Command::CreateTenant { .. }
             | Command::AssignUidOffsets
+            | Command::StartMixTally
             | Command::SubmitJob { .. }
             | Command::SubmitArray { .. }
             | Command::SetTenantQuota { .. }
@@ -125,6 +126,10 @@ impl State {
         match cmd {
             Command::CreateTenant { name, token_hash } => self.create_tenant(name, token_hash, at),
             Command::AssignUidOffsets => self.assign_uid_offsets(),
+            Command::StartMixTally => {
+                self.mix.start();
+                Ok((Outcome::None, vec![]))
+            }
             Command::SubmitJob { tenant, spec } => self.submit_job(tenant, spec, at),
             Command::SubmitArray {
                 tenant,

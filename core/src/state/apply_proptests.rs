@@ -182,7 +182,8 @@ fn command(kind: u8, d: &mut Dice, depth: u32) -> Command {
             name: d.tenant(),
             token_hash: format!("h{}", d.roll() % 3),
         },
-        28 => Command::AssignUidOffsets,
+        28 if d.roll().is_multiple_of(2) => Command::AssignUidOffsets,
+        28 => Command::StartMixTally,
         1 | 27 => Command::SubmitJob {
             // Mostly the tenants of the prelude, so that many are accepted.
             tenant: d.pick(&["a", "a", "b", "c"]).to_string(),

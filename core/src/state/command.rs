@@ -25,6 +25,10 @@ pub enum Command {
     /// snapshot or log from before offsets existed), so that every replica
     /// assigns them at the same entry, however it came by those tenants.
     AssignUidOffsets,
+    /// Starts the recent job mix's tally (see `Mix`): the leader proposes
+    /// it when the tally is not counting yet, so that every replica starts
+    /// counting at the same entry. Applying it again changes nothing.
+    StartMixTally,
     SubmitJob {
         tenant: String,
         spec: JobSpec,

@@ -64,12 +64,46 @@ impl JobKind {
 }
 
 /// The tally: kinds in order, each with its count.
+///
+/// It counts only from the entry `Command::StartMixTally` on, which the
+/// leader proposes when it finds the tally not counting. A state read
+/// from a snapshot taken before the tally existed has none, while a
+/// replica that replayed the same log from further back would have
+/// counted those submissions: starting at one entry of the log makes
+/// every replica's tally the same, however it came by its state.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mix {
     kinds: Vec<(JobKind, u64)>,
+    #[serde(default)]
+    counting: bool,
 }
 
 impl Mix {
+    /// A tally that counts from the start (for the simulator and tests,
+    /// whose states begin with the log).
+    pub fn counting() -> Mix {
+        Mix {
+            kinds: vec![],
+            counting: true,
+        }
+    }
+
+    /// Not counting and nothing counted: a state serializes without it, as
+    /// before the tally existed.
+    pub fn is_unused(&self) -> bool {
+        !self.counting && self.kinds.is_empty()
+    }
+
+    /// Whether submissions are counted yet (see `Command::StartMixTally`).
+    pub fn is_counting(&self) -> bool {
+        self.counting
+    }
+
+    /// Starts counting; the kinds so far (none) stay.
+    pub fn start(&mut self) {
+        self.counting = true;
+    }
+
     pub fn is_empty(&self) -> bool {
         self.kinds.is_empty()
     }
@@ -85,7 +119,7 @@ impl Mix {
     }
 
     pub fn add(&mut self, kind: JobKind, tasks: u64) {
-        if tasks == 0 {
+        if tasks == 0 || !self.counting {
             return;
         }
         match self.kinds.binary_search_by(|(k, _)| k.cmp(&kind)) {
@@ -141,7 +175,7 @@ mod tests {
 
     #[test]
     fn counts_by_kind_in_order() {
-        let mut mix = Mix::default();
+        let mut mix = Mix::counting();
         mix.add(kind(1, 500), 2);
         mix.add(kind(0, 0), 1);
         mix.add(kind(1, 500), 3);
@@ -150,7 +184,7 @@ mod tests {
 
     #[test]
     fn the_tally_is_bounded_in_kinds_and_in_counts() {
-        let mut mix = Mix::default();
+        let mut mix = Mix::counting();
         for i in 0..(MIX_KINDS as u32 + 10) {
             mix.add(kind(1, i + 1), 2);
         }
@@ -159,7 +193,7 @@ mod tests {
         assert!(mix.kinds().contains(&(kind(1, MIX_KINDS as u32 + 10), 2)));
         assert!(mix.kinds().contains(&(kind(1, 1), 2)));
         // Past twice the window, every count halves.
-        let mut mix = Mix::default();
+        let mut mix = Mix::counting();
         mix.add(kind(1, 1000), 2 * MIX_WINDOW);
         mix.add(kind(0, 0), 1);
         assert_eq!(mix.kinds(), &[(kind(1, 1000), MIX_WINDOW)]);
@@ -168,7 +202,7 @@ mod tests {
     #[test]
     fn the_same_submissions_give_the_same_tally() {
         let run = || {
-            let mut mix = Mix::default();
+            let mut mix = Mix::counting();
             for i in 0..20_000u32 {
                 mix.add(kind(1 + i % 3, 100 * (i % 11)), u64::from(1 + i % 5));
             }

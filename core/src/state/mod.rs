@@ -58,6 +58,8 @@ mod indexed_tests;
 #[cfg(test)]
 mod ledger_tests;
 #[cfg(test)]
+mod mix_tests;
+#[cfg(test)]
 mod request_ids_tests;
 #[cfg(test)]
 mod security_tests;
@@ -157,8 +159,8 @@ pub struct State {
     #[serde(default, skip_serializing_if = "RequestIds::is_empty")]
     request_ids: RequestIds,
     /// The recent job mix the planner expects (absent in snapshots taken
-    /// before it existed, and left out while empty).
-    #[serde(default, skip_serializing_if = "Mix::is_empty")]
+    /// before it existed, and left out until it starts counting).
+    #[serde(default, skip_serializing_if = "Mix::is_unused")]
     mix: Mix,
 }
 

@@ -41,6 +41,7 @@ pub fn tenant(s: &mut impl Apply, name: &str) {
         },
     );
     apply_ok(s, Command::AssignUidOffsets);
+    apply_ok(s, Command::StartMixTally);
 }
 
 pub fn gpus(node: &str, n: u32) -> Vec<GpuInfo> {

@@ -40,6 +40,9 @@ impl Pool {
             token_hash: "simulated-token".into(),
         };
         let _ = state.apply(tenant, 0);
+        // The planner scores by the mix of the tasks submitted so far, as
+        // a live pool's leader starts it.
+        let _ = state.apply(Command::StartMixTally, 0);
         let mut capacity_milli = 0;
         for n in nodes {
             let gpus = (0..n.gpus)

@@ -239,6 +239,8 @@ impl Replay<'_> {
     }
 
     fn build_pool(&mut self, owners: bool, at: Millis) {
+        // The job mix counts from here, as a live pool's leader starts it.
+        let _ = self.apply(Command::StartMixTally, at);
         for (i, m) in self.members.iter().enumerate() {
             let cmd = Command::CreateTenant {
                 name: m.name.clone(),
