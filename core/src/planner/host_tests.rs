@@ -12,18 +12,7 @@ const GIB: u64 = 1 << 30;
 /// A node of `gpus` A100s (or none) with this much CPU and memory.
 fn node(p: &mut Pool, name: &str, gpus: u32, model: &str, cpu: u64, memory: u64) {
     let gpus = (0..gpus)
-        .map(|i| GpuInfo {
-            uuid: uuid(name, i),
-            index: i,
-            model: model.into(),
-            memory_bytes: 80 * GIB,
-            healthy: true,
-            peers: vec![],
-            health_reason: String::new(),
-            pci_bus_id: String::new(),
-            nvlink_peers: vec![],
-            compute_capability: String::new(),
-        })
+        .map(|i| GpuInfo::plain(uuid(name, i), i, model.into(), 80 * GIB))
         .collect();
     p.ok(Command::NodeConnected {
         node: name.into(),

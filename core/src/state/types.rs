@@ -629,6 +629,25 @@ pub struct GpuInfo {
     pub compute_capability: String,
 }
 
+impl GpuInfo {
+    /// A healthy GPU with no links and no topology: what a simulated or
+    /// test node reports.
+    pub fn plain(uuid: String, index: u32, model: String, memory_bytes: u64) -> GpuInfo {
+        GpuInfo {
+            uuid,
+            index,
+            model,
+            memory_bytes,
+            healthy: true,
+            peers: vec![],
+            health_reason: String::new(),
+            pci_bus_id: String::new(),
+            nvlink_peers: vec![],
+            compute_capability: String::new(),
+        }
+    }
+}
+
 /// A GPU the scheduler saw fail. It stays out of placement until an admin
 /// clears it, whatever the agent reports later: recovery is never silent.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

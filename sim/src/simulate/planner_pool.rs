@@ -46,18 +46,7 @@ impl Pool {
         let mut capacity_milli = 0;
         for n in nodes {
             let gpus = (0..n.gpus)
-                .map(|g| GpuInfo {
-                    uuid: format!("GPU-{}-{g}", n.name),
-                    index: g,
-                    model: n.model.clone(),
-                    memory_bytes: 0,
-                    healthy: true,
-                    peers: vec![],
-                    health_reason: String::new(),
-                    pci_bus_id: String::new(),
-                    nvlink_peers: vec![],
-                    compute_capability: String::new(),
-                })
+                .map(|g| GpuInfo::plain(format!("GPU-{}-{g}", n.name), g, n.model.clone(), 0))
                 .collect();
             let connect = Command::NodeConnected {
                 node: n.name.clone(),

@@ -250,17 +250,8 @@ impl Replay<'_> {
             for n in 0..m.nodes {
                 let node = format!("{}-{n:03}", m.name);
                 let gpus = (0..GPUS_PER_NODE)
-                    .map(|g| GpuInfo {
-                        uuid: format!("GPU-{node}-{g}"),
-                        index: g,
-                        model: "P100-16GB".into(),
-                        memory_bytes: 16 << 30,
-                        healthy: true,
-                        peers: vec![],
-                        health_reason: String::new(),
-                        pci_bus_id: String::new(),
-                        nvlink_peers: vec![],
-                        compute_capability: String::new(),
+                    .map(|g| {
+                        GpuInfo::plain(format!("GPU-{node}-{g}"), g, "P100-16GB".into(), 16 << 30)
                     })
                     .collect();
                 let connect = Command::NodeConnected {
